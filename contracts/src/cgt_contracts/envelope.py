@@ -1,0 +1,53 @@
+"""The CloudEvents 1.0 envelope every CGT Logistics event travels in.
+
+Every event is keyed by its chain-of-identity (COI) identifier (`subject`) so that all events of one
+patient's therapy stay in order on their topic. Payloads carry no patient-identifying data (DESIGN I6).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
+"""A timezone-aware instant, normalised to UTC. Naive datetimes are refused."""
+
+CoiIdentifier = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Z0-9*]+$")]
+"""A chain-of-identity identifier as printed on labels (ISBT 128 ST-028, data structure 040)."""
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+class ContractModel(BaseModel):
+    """Base of every message shape: unknown fields are refused, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventEnvelope(ContractModel):
+    """CloudEvents 1.0 attributes plus correlation and causation ids.
+
+    Concrete events narrow `type` to a versioned literal (``order.accepted.v1``) and `data` to a payload.
+    """
+
+    specversion: Literal["1.0"] = "1.0"
+    id: UUID = Field(default_factory=uuid4)
+    source: Annotated[str, Field(min_length=1, max_length=128)]
+    type: str
+    time: UtcDatetime = Field(default_factory=utc_now)
+    subject: CoiIdentifier
+    datacontenttype: Literal["application/json"] = "application/json"
+    correlationid: Annotated[str, Field(min_length=1, max_length=128)]
+    causationid: Annotated[str | None, Field(max_length=128)] = None

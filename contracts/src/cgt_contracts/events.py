@@ -1,0 +1,308 @@
+"""Every event that crosses a service boundary, with its versioned type and typed payload."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import Field, TypeAdapter
+
+from cgt_contracts.envelope import (
+    CoiIdentifier,
+    ContractModel,
+    EventEnvelope,
+    Identifier,
+    UtcDatetime,
+)
+
+Celsius = Annotated[float, Field(ge=-273.15, le=100.0)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+# ---------------------------------------------------------------- order intake (orders.events)
+
+
+class RejectionReason(ContractModel):
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+    message: Reason
+
+
+class OrderAcceptedData(ContractModel):
+    order_id: UUID
+    coi: CoiIdentifier
+    patient_ref: Identifier
+    therapy_code: Identifier
+    treatment_center_id: Identifier
+    storage_limit_celsius: Celsius
+    conditioning_days: Annotated[int, Field(ge=0, le=30)]
+    accepted_at: UtcDatetime
+
+
+class OrderRejectedData(ContractModel):
+    order_id: UUID
+    patient_ref: Identifier
+    therapy_code: Identifier
+    treatment_center_id: Identifier
+    reasons: Annotated[list[RejectionReason], Field(min_length=1)]
+
+
+class OrderCancelledData(ContractModel):
+    order_id: UUID
+    coi: CoiIdentifier
+    reason: Reason
+    cancelled_by: Identifier
+    cancelled_at: UtcDatetime
+
+
+class OrderAccepted(EventEnvelope):
+    type: Literal["order.accepted.v1"] = "order.accepted.v1"
+    data: OrderAcceptedData
+
+
+class OrderRejected(EventEnvelope):
+    """Rejected orders have no COI yet: `subject` is the order id."""
+
+    type: Literal["order.rejected.v1"] = "order.rejected.v1"
+    data: OrderRejectedData
+
+
+class OrderCancelled(EventEnvelope):
+    type: Literal["order.cancelled.v1"] = "order.cancelled.v1"
+    data: OrderCancelledData
+
+
+# ---------------------------------------------------------------- COI tracking (shipments.events)
+
+
+class ShipmentLeg(StrEnum):
+    OUTBOUND = "outbound"
+    RETURN = "return"
+
+
+class ScanType(StrEnum):
+    PICK_UP = "pick_up"
+    HAND_OFF = "hand_off"
+    CHECKPOINT = "checkpoint"
+    DELAY = "delay"
+    DELIVERY = "delivery"
+    RECEIPT = "receipt"
+
+
+class ShipmentCreatedData(ContractModel):
+    shipment_id: UUID
+    order_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    container_id: Identifier
+    bag_count: Annotated[int, Field(ge=1, le=20)]
+    courier_company: Identifier
+    storage_limit_celsius: Celsius
+
+
+class ShipmentDispatchedData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    dispatched_at: UtcDatetime
+    eta_at: UtcDatetime
+
+
+class ShipmentScannedData(ContractModel):
+    shipment_id: UUID
+    scan_id: UUID
+    coi: CoiIdentifier
+    scan_type: ScanType
+    location: Annotated[str, Field(min_length=1, max_length=128)]
+    scanned_at: UtcDatetime
+    temperature_celsius: Celsius | None
+    accepted: bool
+    refusal_reason: Reason | None = None
+
+
+class CustodyTransferredData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    from_party: Identifier
+    to_party: Identifier
+    location: Annotated[str, Field(min_length=1, max_length=128)]
+    transferred_at: UtcDatetime
+    ledger_sequence: Annotated[int, Field(ge=1)]
+    entry_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ShipmentDeliveredData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    delivered_at: UtcDatetime
+    coi_verified: Literal[True]
+    temperature_record_clean: Literal[True]
+    max_temperature_celsius: Celsius
+
+
+class CoiBreakData(ContractModel):
+    shipment_id: UUID
+    scan_id: UUID
+    expected_coi: CoiIdentifier
+    read_cois: list[Annotated[str, Field(max_length=64)]]
+    detected_at: UtcDatetime
+
+
+class TemperatureExcursionData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    reading_celsius: Celsius
+    limit_celsius: Celsius
+    read_at: UtcDatetime
+
+
+class ShipmentQuarantinedData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    reason: Reason
+    quarantined_at: UtcDatetime
+
+
+class ShipmentCreated(EventEnvelope):
+    type: Literal["shipment.created.v1"] = "shipment.created.v1"
+    data: ShipmentCreatedData
+
+
+class ShipmentDispatched(EventEnvelope):
+    type: Literal["shipment.dispatched.v1"] = "shipment.dispatched.v1"
+    data: ShipmentDispatchedData
+
+
+class ShipmentScanned(EventEnvelope):
+    type: Literal["shipment.scanned.v1"] = "shipment.scanned.v1"
+    data: ShipmentScannedData
+
+
+class CustodyTransferred(EventEnvelope):
+    type: Literal["custody.transferred.v1"] = "custody.transferred.v1"
+    data: CustodyTransferredData
+
+
+class ShipmentDelivered(EventEnvelope):
+    type: Literal["shipment.delivered.v1"] = "shipment.delivered.v1"
+    data: ShipmentDeliveredData
+
+
+class CoiBreak(EventEnvelope):
+    type: Literal["coi.break.v1"] = "coi.break.v1"
+    data: CoiBreakData
+
+
+class TemperatureExcursion(EventEnvelope):
+    type: Literal["temperature.excursion.v1"] = "temperature.excursion.v1"
+    data: TemperatureExcursionData
+
+
+class ShipmentQuarantined(EventEnvelope):
+    type: Literal["shipment.quarantined.v1"] = "shipment.quarantined.v1"
+    data: ShipmentQuarantinedData
+
+
+# ---------------------------------------------------------------- scheduling (scheduling.events)
+
+
+class AppointmentStatus(StrEnum):
+    """FHIR Appointment.status values that scheduling uses (pending = tentative, booked = confirmed)."""
+
+    PENDING = "pending"
+    BOOKED = "booked"
+    CANCELLED = "cancelled"
+
+
+class SlotProposedData(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    conditioning_start_on: date
+    infusion_on: date
+    status: Literal[AppointmentStatus.PENDING] = AppointmentStatus.PENDING
+
+
+class SlotConfirmedData(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    conditioning_start_on: date
+    infusion_on: date
+    shipment_id: UUID
+    confirmed_at: UtcDatetime
+    status: Literal[AppointmentStatus.BOOKED] = AppointmentStatus.BOOKED
+
+
+class SlotHeldData(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    reason: Reason
+    held_at: UtcDatetime
+
+
+class SlotProposed(EventEnvelope):
+    type: Literal["slot.proposed.v1"] = "slot.proposed.v1"
+    data: SlotProposedData
+
+
+class SlotConfirmed(EventEnvelope):
+    type: Literal["slot.confirmed.v1"] = "slot.confirmed.v1"
+    data: SlotConfirmedData
+
+
+class SlotHeld(EventEnvelope):
+    type: Literal["slot.held.v1"] = "slot.held.v1"
+    data: SlotHeldData
+
+
+AnyEvent = Annotated[
+    OrderAccepted
+    | OrderRejected
+    | OrderCancelled
+    | ShipmentCreated
+    | ShipmentDispatched
+    | ShipmentScanned
+    | CustodyTransferred
+    | ShipmentDelivered
+    | CoiBreak
+    | TemperatureExcursion
+    | ShipmentQuarantined
+    | SlotProposed
+    | SlotConfirmed
+    | SlotHeld,
+    Field(discriminator="type"),
+]
+"""Any event on the bus, told apart by its versioned `type`."""
+
+any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+EVENT_TYPES: dict[str, type[EventEnvelope]] = {
+    model.model_fields["type"].default: model
+    for model in (
+        OrderAccepted,
+        OrderRejected,
+        OrderCancelled,
+        ShipmentCreated,
+        ShipmentDispatched,
+        ShipmentScanned,
+        CustodyTransferred,
+        ShipmentDelivered,
+        CoiBreak,
+        TemperatureExcursion,
+        ShipmentQuarantined,
+        SlotProposed,
+        SlotConfirmed,
+        SlotHeld,
+    )
+}
+
+
+def parse_event(raw: bytes | str) -> AnyEvent:
+    """Validate a JSON message into its typed event; raises pydantic.ValidationError otherwise."""
+    return any_event_adapter.validate_json(raw)

@@ -1,0 +1,259 @@
+"""COI tracking rules: scan evaluation (identity, temperature, order of scans) and the custody ledger.
+
+Pure Python, no I/O. A scan is always recorded; this module decides what it means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from cgt_contracts.events import ScanType
+
+
+class ShipmentStatus(StrEnum):
+    PLANNED = "planned"
+    DISPATCHED = "dispatched"
+    IN_TRANSIT = "in_transit"
+    DELIVERED = "delivered"
+    RECEIVED = "received"
+    QUARANTINED = "quarantined"
+    RELEASED = "released"
+    REJECTED = "rejected"
+
+
+# Which scans may follow which status (a quarantined shipment still moves physically: its scans are kept).
+_ALLOWED_FROM: dict[ScanType, frozenset[ShipmentStatus]] = {
+    ScanType.PICK_UP: frozenset({ShipmentStatus.PLANNED}),
+    ScanType.HAND_OFF: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
+    ScanType.CHECKPOINT: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
+    ScanType.DELAY: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
+    ScanType.DELIVERY: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
+    ScanType.RECEIPT: frozenset({ShipmentStatus.DELIVERED}),
+}
+_NEXT_STATUS: dict[ScanType, ShipmentStatus] = {
+    ScanType.PICK_UP: ShipmentStatus.DISPATCHED,
+    ScanType.HAND_OFF: ShipmentStatus.IN_TRANSIT,
+    ScanType.CHECKPOINT: ShipmentStatus.IN_TRANSIT,
+    ScanType.DELAY: ShipmentStatus.IN_TRANSIT,
+    ScanType.DELIVERY: ShipmentStatus.DELIVERED,
+    ScanType.RECEIPT: ShipmentStatus.RECEIVED,
+}
+
+
+@dataclass(frozen=True)
+class ShipmentState:
+    status: ShipmentStatus
+    physical_status: ShipmentStatus
+    """Where the shipment is in its journey, kept apart from quarantine so scans can go on."""
+    expected_coi: str
+    bag_count: int
+    storage_limit_celsius: float
+    custodian: str
+    quarantined: bool
+
+
+@dataclass(frozen=True)
+class Scan:
+    scan_type: ScanType
+    bag_cois: tuple[str, ...]
+    temperature_celsius: float | None
+    scanned_by: str
+    handed_to: str | None
+    treatment_center_id: str
+
+
+@dataclass(frozen=True)
+class CustodyChange:
+    from_party: str
+    to_party: str
+
+
+@dataclass(frozen=True)
+class ScanDecision:
+    accepted: bool
+    refusal_reason: str | None
+    physical_status: ShipmentStatus
+    coi_break: bool
+    temperature_excursion: bool
+    quarantine_reasons: tuple[str, ...]
+    custody: CustodyChange | None
+    dispatched: bool = False
+    delivered_clean: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def quarantine(self) -> bool:
+        return bool(self.quarantine_reasons)
+
+
+def coi_mismatches(expected_coi: str, bag_count: int, bag_cois: tuple[str, ...]) -> list[str]:
+    """Every identity problem at a scan: a bag with another COI, a missing bag, an extra bag."""
+    problems = [
+        f"bag label reads {read!r}, order is {expected_coi!r}" for read in bag_cois if read != expected_coi
+    ]
+    if len(bag_cois) < bag_count:
+        problems.append(f"{bag_count - len(bag_cois)} of {bag_count} bags not scanned")
+    if len(bag_cois) > bag_count:
+        problems.append(f"{len(bag_cois)} bags scanned, the shipment has {bag_count}")
+    return problems
+
+
+def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
+    """Decide what a courier's scan means. Identity and temperature are checked at every scan (I1, I2)."""
+    identity_problems = coi_mismatches(state.expected_coi, state.bag_count, scan.bag_cois)
+    too_warm = scan.temperature_celsius is not None and scan.temperature_celsius > state.storage_limit_celsius
+    reasons: list[str] = []
+    if identity_problems:
+        reasons.append("COI break: " + "; ".join(identity_problems))
+    if too_warm:
+        reasons.append(
+            f"temperature excursion: {scan.temperature_celsius} °C above the limit of {state.storage_limit_celsius} °C"
+        )
+
+    refusal = _refusal(state, scan)
+    if refusal is not None:
+        return ScanDecision(
+            accepted=False,
+            refusal_reason=refusal,
+            physical_status=state.physical_status,
+            coi_break=bool(identity_problems),
+            temperature_excursion=too_warm,
+            quarantine_reasons=tuple(reasons),
+            custody=None,
+        )
+    custody = _custody_change(state, scan)
+    will_be_quarantined = state.quarantined or bool(reasons)
+    return ScanDecision(
+        accepted=True,
+        refusal_reason=None,
+        physical_status=_NEXT_STATUS[scan.scan_type],
+        coi_break=bool(identity_problems),
+        temperature_excursion=too_warm,
+        quarantine_reasons=tuple(reasons),
+        custody=custody,
+        dispatched=scan.scan_type is ScanType.PICK_UP,
+        delivered_clean=scan.scan_type is ScanType.DELIVERY and not will_be_quarantined,
+    )
+
+
+def _refusal(state: ShipmentState, scan: Scan) -> str | None:
+    if state.physical_status not in _ALLOWED_FROM[scan.scan_type]:
+        return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
+    if scan.scan_type is ScanType.HAND_OFF:
+        if not scan.handed_to:
+            return "a hand-off must name who takes the shipment (handed_to)"
+        if scan.handed_to == state.custodian:
+            return f"{scan.handed_to} already holds the shipment"
+    return None
+
+
+def _custody_change(state: ShipmentState, scan: Scan) -> CustodyChange | None:
+    if scan.scan_type is ScanType.PICK_UP:
+        return CustodyChange(from_party=state.custodian, to_party=scan.scanned_by)
+    if scan.scan_type is ScanType.HAND_OFF and scan.handed_to:
+        return CustodyChange(from_party=state.custodian, to_party=scan.handed_to)
+    if scan.scan_type is ScanType.DELIVERY:
+        return CustodyChange(from_party=state.custodian, to_party=scan.treatment_center_id)
+    return None
+
+
+# ---------------------------------------------------------------- custody ledger (I3)
+
+GENESIS_SHA256 = "0" * 64
+
+
+class LedgerKind(StrEnum):
+    CUSTODY = "custody"
+    QUARANTINE = "quarantine"
+    RELEASE = "release"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class LedgerContent:
+    """What one ledger entry says; the hash covers all of it plus the previous entry's hash."""
+
+    shipment_id: str
+    sequence: int
+    kind: LedgerKind
+    from_party: str
+    to_party: str
+    location: str
+    at: datetime
+    signer: str
+    meaning: str
+    reason: str
+
+
+def canonical_bytes(content: LedgerContent, previous_sha256: str) -> bytes:
+    """Canonical encoding: JSON, keys sorted, no whitespace, UTF-8, instants in UTC ISO 8601."""
+    document = {
+        "shipment_id": content.shipment_id,
+        "sequence": content.sequence,
+        "kind": content.kind.value,
+        "from_party": content.from_party,
+        "to_party": content.to_party,
+        "location": content.location,
+        "at": content.at.isoformat(),
+        "signer": content.signer,
+        "meaning": content.meaning,
+        "reason": content.reason,
+        "previous_sha256": previous_sha256,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(content: LedgerContent, previous_sha256: str) -> str:
+    return hashlib.sha256(canonical_bytes(content, previous_sha256)).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    content: LedgerContent
+    previous_sha256: str
+    entry_sha256: str
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    valid: bool
+    entries: int
+    broken_at_sequence: int | None = None
+    """The position (1-based) of the first entry that does not verify."""
+    problem: str | None = None
+
+
+def verify_chain(entries: list[StoredEntry], head_sha256: str | None = None) -> ChainVerification:
+    """Recompute every link. A changed entry fails its own hash; a removed or reordered one breaks the
+    sequence or the link to its predecessor; either way the first bad position is named. `head_sha256`,
+    kept apart from the entries, catches entries cut off at the end."""
+    previous = GENESIS_SHA256
+    for position, entry in enumerate(entries, start=1):
+        if entry.content.sequence != position:
+            return ChainVerification(
+                False,
+                len(entries),
+                position,
+                f"entry at position {position} has sequence {entry.content.sequence}: an entry was removed or reordered",
+            )
+        if entry.previous_sha256 != previous:
+            return ChainVerification(
+                False, len(entries), position, f"entry {position} does not link to entry {position - 1}"
+            )
+        if entry_hash(entry.content, entry.previous_sha256) != entry.entry_sha256:
+            return ChainVerification(
+                False, len(entries), position, f"entry {position} was changed after it was written"
+            )
+        previous = entry.entry_sha256
+    if head_sha256 is not None and head_sha256 != previous:
+        return ChainVerification(
+            False,
+            len(entries),
+            len(entries) + 1,
+            f"the ledger ends after entry {len(entries)}: later entries were removed",
+        )
+    return ChainVerification(True, len(entries))

@@ -1,0 +1,120 @@
+"""COI tracking's tables: shipments, containers, bags, scans, temperature readings, custody ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from cgt_contracts.envelope import utc_now
+from cgt_contracts.events import ScanType, ShipmentLeg
+from sqlalchemy import Column, Table, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from services.coi_tracking.domain import ShipmentStatus
+from services.common.db import UtcDateTime
+
+
+class Shipment(SQLModel, table=True):
+    __tablename__ = "shipment"
+    __table_args__ = (UniqueConstraint("order_id", "leg"),)
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    order_id: UUID = Field(index=True)
+    coi: str = Field(index=True, max_length=16)
+    leg: ShipmentLeg = Field(max_length=16)
+    treatment_center_id: str = Field(index=True, max_length=64)
+    courier_company: str = Field(index=True, max_length=64)
+    storage_limit_celsius: float
+    status: ShipmentStatus = Field(default=ShipmentStatus.PLANNED, max_length=16)
+    physical_status: ShipmentStatus = Field(default=ShipmentStatus.PLANNED, max_length=16)
+    custodian: str = Field(max_length=64)
+    quarantine_reason: str | None = Field(default=None, sa_column=Column(Text))
+    eta_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    dispatched_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    max_temperature_celsius: float | None = None
+    ledger_length: int = 0
+    ledger_head_sha256: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+class Container(SQLModel, table=True):
+    """A liquid-nitrogen dry shipper, with its charge time and validated hold time."""
+
+    __tablename__ = "container"
+
+    id: str = Field(primary_key=True, max_length=64)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    kind: str = Field(default="dry_shipper", max_length=32)
+    charged_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    validated_hold_hours: float = 240.0
+
+
+class Bag(SQLModel, table=True):
+    __tablename__ = "bag"
+    __table_args__ = (UniqueConstraint("shipment_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    coi: str = Field(max_length=16)
+    number: int
+    of: int
+
+
+class ScanRecord(SQLModel, table=True):
+    """Every scan a courier posts, refused or not, with what it was judged to mean."""
+
+    __tablename__ = "scan"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    scan_type: ScanType = Field(max_length=16)
+    bag_cois: str = Field(sa_column=Column(Text, nullable=False))
+    container_id: str | None = Field(default=None, max_length=64)
+    seal_id: str | None = Field(default=None, max_length=64)
+    location: str = Field(max_length=128)
+    scanned_by: str = Field(max_length=64)
+    handed_to: str | None = Field(default=None, max_length=64)
+    device_time: datetime = Field(sa_type=UtcDateTime)
+    received_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    temperature_celsius: float | None = None
+    accepted: bool
+    refusal_reason: str | None = Field(default=None, sa_column=Column(Text))
+    coi_verified: bool
+
+
+class TemperatureReading(SQLModel, table=True):
+    __tablename__ = "temperature_reading"
+
+    id: int | None = Field(default=None, primary_key=True)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    read_at: datetime = Field(sa_type=UtcDateTime)
+    celsius: float
+    source: str = Field(max_length=32)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only, hash-chained custody ledger; rows are only ever inserted."""
+
+    __tablename__ = "custody_ledger"
+    __table_args__ = (UniqueConstraint("shipment_id", "sequence"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    sequence: int
+    kind: str = Field(max_length=16)
+    from_party: str = Field(max_length=64)
+    to_party: str = Field(max_length=64)
+    location: str = Field(max_length=128)
+    at: datetime = Field(sa_type=UtcDateTime)
+    signer: str = Field(max_length=128)
+    meaning: str = Field(max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    previous_sha256: str = Field(max_length=64)
+    entry_sha256: str = Field(max_length=64)
+
+
+TABLES: tuple[Table, ...] = tuple(
+    model.__table__  # type: ignore[attr-defined]
+    for model in (Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry)
+)

@@ -1,0 +1,75 @@
+"""Caller authentication (bearer token per caller) and role checks for every HTTP endpoint."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Role(StrEnum):
+    COORDINATOR = "coordinator"
+    COURIER = "courier"
+    TREATMENT_CENTER = "treatment_center"
+    QA = "qa"
+    SERVICE = "service"
+
+
+class Principal(BaseModel):
+    """Who is calling. A treatment center is bound to its site, a courier to its company."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject: str = Field(min_length=1, max_length=64)
+    role: Role
+    display_name: str = Field(default="", max_length=128)
+    treatment_center_id: str | None = None
+    courier_company: str | None = None
+
+    @model_validator(mode="after")
+    def _scope_present(self) -> Principal:
+        if self.role is Role.TREATMENT_CENTER and not self.treatment_center_id:
+            raise ValueError("a treatment_center caller needs treatment_center_id")
+        if self.role is Role.COURIER and not self.courier_company:
+            raise ValueError("a courier caller needs courier_company")
+        return self
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """401 unless the bearer token belongs to a configured caller (compared in constant time)."""
+    principals: dict[str, Principal] = request.app.state.principals
+    if credentials is not None:
+        offered = credentials.credentials.encode()
+        for token, principal in principals.items():
+            if hmac.compare_digest(token.encode(), offered):
+                return principal
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def require(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency that lets only the given roles through (403 for the others)."""
+
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role not in roles:
+            allowed = ", ".join(role.value for role in roles)
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, detail=f"role {principal.role} may not do this; needs {allowed}"
+            )
+        return principal
+
+    return check

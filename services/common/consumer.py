@@ -1,0 +1,135 @@
+"""Idempotent consumers with dead letters.
+
+Invariant: an event's effect and its id in the inbox commit in one transaction, and the Kafka offset is
+committed only after that (manual acknowledgement), so redelivery after a crash or rebalance is harmless.
+A message that is not a valid event, or whose handling keeps failing after bounded retries, goes to
+`<topic>.dlq` with the reason, its original headers and its source position; the partition keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+from cgt_contracts.envelope import EventEnvelope, utc_now
+from cgt_contracts.events import AnyEvent, parse_event
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import ValidationError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel
+
+from services.common.db import UtcDateTime
+from services.common.topics import dlq
+
+log = structlog.get_logger()
+
+EventHandler = Callable[[Session, AnyEvent], None]
+"""Applies one event inside the given session; must not commit (the consumer commits)."""
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """The inbox: ids of events this service has applied, per consumer."""
+
+    __tablename__ = "processed_event"
+
+    consumer: str = Field(primary_key=True, max_length=64)
+    event_id: str = Field(primary_key=True, max_length=36)
+    event_type: str = Field(max_length=64)
+    processed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+class DeadLetter(Exception):
+    """Raised by a handler for an event that can never be applied (retrying will not help)."""
+
+
+def _raw_body(message: KafkaMessage) -> bytes:
+    return message.body
+
+
+def register_consumer(
+    broker: KafkaBroker,
+    *,
+    topics: list[str],
+    group_id: str,
+    engine: Engine,
+    handlers: dict[type[EventEnvelope], EventHandler],
+    after_commit: Callable[[], None],
+    max_attempts: int = 5,
+) -> None:
+    """Subscribe `group_id` to `topics`; events of other types are acknowledged and ignored."""
+
+    def apply(event: AnyEvent, handler: EventHandler) -> bool:
+        with Session(engine) as session:
+            if session.get(ProcessedEvent, (group_id, str(event.id))) is not None:
+                return False
+            handler(session, event)
+            session.add(ProcessedEvent(consumer=group_id, event_id=str(event.id), event_type=event.type))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                if session.get(ProcessedEvent, (group_id, str(event.id))) is not None:
+                    return False
+                raise
+            return True
+
+    async def dead_letter(message: KafkaMessage, reason: str) -> None:
+        raw = message.raw_message
+        assert not isinstance(raw, tuple)
+        headers = {key: value.decode(errors="replace") for key, value in (raw.headers or [])}
+        headers.update(
+            {
+                "dlq-reason": reason[:2000],
+                "dlq-source-topic": raw.topic,
+                "dlq-source-partition": str(raw.partition),
+                "dlq-source-offset": str(raw.offset),
+                "dlq-consumer-group": group_id,
+            }
+        )
+        await broker.publish(message.body, topic=dlq(raw.topic), key=raw.key, headers=headers)
+        log.warning("consumer.dead_lettered", topic=raw.topic, offset=raw.offset, reason=reason[:300])
+
+    @broker.subscriber(
+        *topics,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=_raw_body,
+        title=f"{group_id}:{'+'.join(topics)}",
+    )
+    async def consume(body: bytes, message: KafkaMessage) -> None:
+        try:
+            event = parse_event(body)
+        except ValidationError as error:
+            await dead_letter(message, f"invalid event: {error}")
+            await message.ack()
+            return
+        handler = handlers.get(type(event))
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
+        ):
+            if handler is None:
+                await message.ack()
+                return
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    applied = await asyncio.to_thread(apply, event, handler)
+                except DeadLetter as error:
+                    await dead_letter(message, f"refused: {error}")
+                    break
+                except Exception as error:
+                    log.warning("consumer.attempt_failed", attempt=attempt, error=repr(error))
+                    if attempt == max_attempts:
+                        await dead_letter(message, f"failed after {attempt} attempts: {error!r}")
+                        break
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                else:
+                    log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
+                    if applied:
+                        after_commit()
+                    break
+            await message.ack()

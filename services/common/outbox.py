@@ -1,0 +1,133 @@
+"""Transactional outbox: events are rows written in the same transaction as the state change.
+
+Invariant: an event is published iff its state change committed. A relay publishes pending rows in id
+order (so in order per COI key) with acks=all and the idempotent producer, then marks them published.
+Failure modes: a crash after publish and before marking republishes the row (same event id): consumers
+drop it through their inbox. On PostgreSQL several relays lock rows with SKIP LOCKED and never publish
+one row twice in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+
+import structlog
+from cgt_contracts.envelope import EventEnvelope, utc_now
+from faststream.kafka import KafkaBroker
+from sqlalchemy import Column, Text
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from services.common.db import UtcDateTime, is_postgres
+
+log = structlog.get_logger()
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(index=True, max_length=36)
+    event_type: str = Field(max_length=64)
+    topic: str = Field(max_length=128)
+    key: str = Field(max_length=64)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    correlation_id: str = Field(max_length=128)
+    created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    published_at: datetime | None = Field(sa_type=UtcDateTime, default=None, index=True)
+
+
+def enqueue(session: Session, topic: str, event: EventEnvelope) -> None:
+    """Add an event to the session's transaction; it is published only if the transaction commits."""
+    session.add(
+        OutboxMessage(
+            event_id=str(event.id),
+            event_type=event.type,
+            topic=topic,
+            key=event.subject,
+            payload=event.model_dump_json(),
+            correlation_id=event.correlationid,
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows. Woken at once after a commit, and polls as a fallback."""
+
+    def __init__(self, engine: Engine, broker: KafkaBroker, poll_seconds: float = 0.5, batch: int = 200):
+        self._engine = engine
+        self._broker = broker
+        self._poll_seconds = poll_seconds
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def notify(self) -> None:
+        """Call after committing outbox rows, from the event loop's thread or any other."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def stop(self) -> None:
+        """Publish what is pending, then stop (graceful shutdown drains the outbox once more)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.publish_pending() == self._batch:
+                    pass
+            except Exception:
+                log.exception("outbox.publish_failed")
+                await asyncio.sleep(self._poll_seconds)
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+            self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending rows in id order; returns how many were published."""
+        with Session(self._engine) as session:
+            query = (
+                select(OutboxMessage)
+                .where(col(OutboxMessage.published_at).is_(None))
+                .order_by(col(OutboxMessage.id))
+                .limit(self._batch)
+            )
+            if is_postgres(self._engine):
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.exec(query))
+            if not rows:
+                return 0
+            pending = [
+                await self._broker.publish(
+                    row.payload.encode(),
+                    topic=row.topic,
+                    key=row.key.encode(),
+                    headers={"content-type": "application/json", "ce_type": row.event_type},
+                    correlation_id=row.correlation_id,
+                    no_confirm=True,
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*pending)
+            published_at = utc_now()
+            for row in rows:
+                row.published_at = published_at
+                session.add(row)
+            session.commit()
+            log.debug("outbox.published", count=len(rows))
+            return len(rows)

@@ -1,0 +1,122 @@
+"""One wiring point for a service: settings, logging, database, broker, outbox relay, FastAPI app.
+
+A plain FastStream `KafkaBroker` is started and stopped in the FastAPI lifespan (the FastStream FastAPI
+plugin is deprecated). Shutdown stops consuming first, then drains the outbox, then closes the producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from sqlalchemy import Table
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from services.common.consumer import ProcessedEvent
+from services.common.db import create_tables, database_reachable, make_engine
+from services.common.logging import configure_logging, correlation_middleware
+from services.common.outbox import OutboxMessage, OutboxRelay
+from services.common.settings import ServiceSettings
+from services.common.topics import ensure_topics
+
+COMMON_TABLES: tuple[Table, ...] = (OutboxMessage.__table__, ProcessedEvent.__table__)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Runtime:
+    """What handlers and routes of one service share."""
+
+    settings: ServiceSettings
+    engine: Engine
+    broker: KafkaBroker
+    relay: OutboxRelay
+
+
+def build_service(
+    *,
+    name: str,
+    tables: Sequence[Table],
+    routers: Sequence[APIRouter],
+    wire: Callable[[Runtime], None],
+    settings: ServiceSettings | None = None,
+    on_startup: Callable[[Runtime], Any] | None = None,
+    on_shutdown: Callable[[Runtime], Any] | None = None,
+) -> FastAPI:
+    settings = settings or ServiceSettings(service_name=name)
+    configure_logging(name, settings.log_level)
+    engine = make_engine(settings.database_url)
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=name,
+        acks="all",
+        enable_idempotence=True,
+        allow_auto_create_topics=False,
+        logger=structlog.get_logger("faststream"),
+    )
+    relay = OutboxRelay(engine, broker, poll_seconds=settings.outbox_poll_seconds)
+    runtime = Runtime(settings=settings, engine=engine, broker=broker, relay=relay)
+    wire(runtime)
+    log = structlog.get_logger()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        create_tables(engine, [*COMMON_TABLES, *tables])
+        await ensure_topics(settings.kafka_bootstrap_servers)
+        await broker.start()
+        relay.start()
+        if on_startup is not None:
+            await on_startup(runtime)
+        log.info("service.started", database=engine.dialect.name, kafka=settings.kafka_bootstrap_servers)
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown(runtime)
+            for subscriber in broker.subscribers:
+                await subscriber.stop()
+            await relay.stop()
+            await broker.stop()
+            engine.dispose()
+            log.info("service.stopped")
+
+    app = FastAPI(title=f"CGT Logistics — {name}", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.principals = settings.principals()
+    app.middleware("http")(correlation_middleware)
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "service": name}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers and the broker answers."""
+        checks = {
+            "database": database_reachable(engine),
+            "broker": await broker.ping(timeout=2.0),
+        }
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    """A request's session: rolled back unless the route commits."""
+    with Session(runtime_of(request).engine) as session:
+        yield session

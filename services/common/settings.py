@@ -1,0 +1,52 @@
+"""Settings every service reads from its environment (12-factor): database, broker, callers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.auth import Principal
+
+
+class ServiceSettings(BaseSettings):
+    """One service's configuration. Environment variables win; defaults suit a local run."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    service_name: str = "cgt"
+    database_url: str = ""
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    cgt_api_tokens_file: Path | None = None
+    cgt_api_tokens: str | None = None
+    log_level: str = "INFO"
+    outbox_poll_seconds: float = Field(default=0.5, gt=0)
+    consumer_max_attempts: int = Field(default=5, ge=1)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_database(self) -> ServiceSettings:
+        if not self.database_url:
+            Path("var").mkdir(exist_ok=True)
+            self.database_url = f"sqlite:///var/{self.service_name}.db"
+        return self
+
+    def principals(self) -> dict[str, Principal]:
+        """Callers by token, from CGT_API_TOKENS (JSON) or CGT_API_TOKENS_FILE. No default: refuse to start."""
+        if self.cgt_api_tokens:
+            raw = self.cgt_api_tokens
+        elif self.cgt_api_tokens_file:
+            raw = self.cgt_api_tokens_file.read_text()
+        else:
+            raise RuntimeError("no callers configured: set CGT_API_TOKENS or CGT_API_TOKENS_FILE")
+        try:
+            return _TokenFile.model_validate(json.loads(raw)).tokens
+        except (ValidationError, json.JSONDecodeError) as error:
+            raise RuntimeError(f"invalid caller configuration: {error}") from error
+
+
+class _TokenFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: dict[str, Principal]

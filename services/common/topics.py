@@ -1,0 +1,57 @@
+"""The one list of topics: one per producing service, keyed by COI, each with its dead-letter topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ORDERS = "orders.events"
+SHIPMENTS = "shipments.events"
+SCHEDULING = "scheduling.events"
+EVENT_PARTITIONS = 6
+DLQ_PARTITIONS = 1
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def dlq(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+
+
+ALL_TOPICS: tuple[TopicSpec, ...] = tuple(
+    spec
+    for topic in (ORDERS, SHIPMENTS, SCHEDULING)
+    for spec in (TopicSpec(topic, EVENT_PARTITIONS), TopicSpec(dlq(topic), DLQ_PARTITIONS))
+)
+
+
+async def ensure_topics(
+    bootstrap_servers: str, topics: tuple[TopicSpec, ...] = ALL_TOPICS, replication_factor: int = 1
+) -> None:
+    """Create missing topics. create_topics does not raise per topic, so every error code is checked."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topics if spec.name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(
+            [NewTopic(spec.name, spec.partitions, replication_factor) for spec in missing]
+        )
+        failures = [
+            f"{name}: error {code} {message}"
+            for name, code, *rest in response.topic_errors
+            for message in [rest[0] if rest else ""]
+            if code not in (0, _TOPIC_ALREADY_EXISTS)
+        ]
+        if failures:
+            raise RuntimeError("could not create topics: " + "; ".join(failures))
+    finally:
+        await admin.close()

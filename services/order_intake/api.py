@@ -1,0 +1,369 @@
+"""Order intake HTTP routes: validate, run the domain checks, persist, enqueue events (one transaction)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated
+from uuid import UUID
+
+import structlog
+from cgt_contracts.envelope import utc_now
+from cgt_contracts.events import (
+    OrderAccepted,
+    OrderAcceptedData,
+    OrderCancelled,
+    OrderCancelledData,
+    OrderRejected,
+    OrderRejectedData,
+    RejectionReason,
+)
+from cryptography.fernet import Fernet
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from services.common.auth import Principal, Role, require
+from services.common.identifiers import coi_identifier, coi_label
+from services.common.outbox import enqueue
+from services.common.service import db_session, runtime_of
+from services.common.topics import ORDERS
+from services.order_intake import domain
+from services.order_intake.domain import OrderStatus
+from services.order_intake.models import (
+    CoiSequence,
+    IdempotentRequest,
+    Order,
+    OrderTransition,
+    PatientRecord,
+    PrescriberSite,
+    SiteCertification,
+    Therapy,
+    TreatmentCenter,
+)
+
+SOURCE = "cgt/order-intake"
+log = structlog.get_logger()
+router = APIRouter(tags=["orders"])
+
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+class PatientIdentity(BaseModel):
+    """Identifying data: stored encrypted in order intake only, never published or logged."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    date_of_birth: date
+    medical_record_number: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class OrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_ref: Ident = Field(
+        description="Pseudonymous patient reference, the only patient key other services see"
+    )
+    patient: PatientIdentity
+    therapy_code: Ident
+    treatment_center_id: Ident
+    prescriber_npi: Annotated[str, Field(pattern=r"^[0-9]{10}$")]
+    ordered_on: date | None = Field(default=None, description="Defaults to today (UTC)")
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(min_length=3, max_length=500)]
+
+
+class OrderView(BaseModel):
+    id: UUID
+    status: OrderStatus
+    coi: str | None
+    coi_label: str | None
+    patient_ref: str
+    therapy_code: str
+    treatment_center_id: str
+    prescriber_npi: str
+    ordered_on: date
+    rejection_reasons: list[RejectionReason]
+    cancelled_reason: str | None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderView:
+        return cls(
+            id=order.id,
+            status=order.status,
+            coi=order.coi,
+            coi_label=coi_label(order.coi) if order.coi else None,
+            patient_ref=order.patient_ref,
+            therapy_code=order.therapy_code,
+            treatment_center_id=order.treatment_center_id,
+            prescriber_npi=order.prescriber_npi,
+            ordered_on=order.ordered_on,
+            rejection_reasons=[RejectionReason(**r) for r in json.loads(order.rejection_reasons or "[]")],
+            cancelled_reason=order.cancelled_reason,
+        )
+
+
+class TransitionView(BaseModel):
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    at: str
+    actor: str
+    cause_event_id: str | None
+
+
+SessionDep = Annotated[Session, Depends(db_session)]
+OrderingCaller = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
+
+
+def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> domain.OrderFacts:
+    therapy = session.get(Therapy, body.therapy_code)
+    site = session.get(TreatmentCenter, body.treatment_center_id)
+    certification = session.exec(
+        select(SiteCertification)
+        .where(SiteCertification.treatment_center_id == body.treatment_center_id)
+        .where(SiteCertification.therapy_code == body.therapy_code)
+        .where(col(SiteCertification.effective_on) <= ordered_on)
+        .order_by(col(SiteCertification.effective_on).desc())
+    ).first()
+    prescriber_site = session.get(PrescriberSite, (body.prescriber_npi, body.treatment_center_id))
+    prescriber_known = (
+        session.exec(select(PrescriberSite.npi).where(PrescriberSite.npi == body.prescriber_npi)).first()
+        is not None
+    )
+    active = session.exec(
+        select(Order.id)
+        .where(Order.patient_ref == body.patient_ref)
+        .where(Order.therapy_code == body.therapy_code)
+        .where(col(Order.status).in_([s.value for s in domain.ACTIVE]))
+    ).first()
+    return domain.OrderFacts(
+        order_date=ordered_on,
+        therapy_known=therapy is not None,
+        site_known=site is not None,
+        site_certified_from=certification.effective_on if certification else None,
+        site_certified_until=certification.expires_on if certification else None,
+        prescriber_known=prescriber_known,
+        prescriber_may_order_for_site=prescriber_site is not None,
+        has_active_order_for_patient_and_therapy=active is not None,
+    )
+
+
+def record_transition(
+    session: Session, order: Order, target: OrderStatus, actor: str, cause_event_id: str | None = None
+) -> None:
+    """Move the order, refusing what the state machine forbids, and keep the history."""
+    domain.check_transition(order.status, target)
+    session.add(
+        OrderTransition(
+            order_id=order.id,
+            from_status=order.status,
+            to_status=target,
+            actor=actor,
+            cause_event_id=cause_event_id,
+        )
+    )
+    order.status = target
+    session.add(order)
+
+
+@router.post("/orders", status_code=status.HTTP_201_CREATED, response_model=OrderView)
+def place_order(
+    body: OrderRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    caller: OrderingCaller,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> OrderView:
+    """Place a therapy order. Accepted orders get a COI identifier; rejected ones list every failed check."""
+    runtime = runtime_of(request)
+    if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != body.treatment_center_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "a treatment center may order only for its own site")
+    if idempotency_key:
+        earlier = session.exec(
+            select(IdempotentRequest)
+            .where(IdempotentRequest.caller == caller.subject)
+            .where(IdempotentRequest.key == idempotency_key)
+        ).first()
+        if earlier is not None:
+            response.status_code = status.HTTP_200_OK
+            return OrderView.of(_must_get(session, earlier.order_id))
+    ordered_on = body.ordered_on or utc_now().date()
+    failures = domain.acceptance_failures(_gather_facts(session, body, ordered_on))
+    order = Order(
+        patient_ref=body.patient_ref,
+        therapy_code=body.therapy_code,
+        treatment_center_id=body.treatment_center_id,
+        prescriber_npi=body.prescriber_npi,
+        ordered_on=ordered_on,
+        created_by=caller.subject,
+    )
+    session.add(order)
+    session.add(
+        OrderTransition(
+            order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=caller.subject
+        )
+    )
+    fernet = Fernet(request.app.state.phi_key)
+    session.add(
+        PatientRecord(
+            order_id=order.id,
+            encrypted_identity=fernet.encrypt(body.patient.model_dump_json().encode()).decode(),
+        )
+    )
+    correlation_id: str = request.state.correlation_id
+    if failures:
+        order.rejection_reasons = json.dumps([{"code": f.code, "message": f.message} for f in failures])
+        record_transition(session, order, OrderStatus.REJECTED, caller.subject)
+        enqueue(
+            session,
+            ORDERS,
+            OrderRejected(
+                source=SOURCE,
+                subject=_order_subject(order.id),
+                correlationid=correlation_id,
+                data=OrderRejectedData(
+                    order_id=order.id,
+                    patient_ref=order.patient_ref,
+                    therapy_code=order.therapy_code,
+                    treatment_center_id=order.treatment_center_id,
+                    reasons=[RejectionReason(code=f.code, message=f.message) for f in failures],
+                ),
+            ),
+        )
+    else:
+        therapy = session.get(Therapy, body.therapy_code)
+        assert therapy is not None
+        sequence = CoiSequence(order_id=order.id)
+        session.add(sequence)
+        session.flush()
+        assert sequence.id is not None
+        order.coi = coi_identifier(request.app.state.issuer_fin, ordered_on.year, sequence.id)
+        record_transition(session, order, OrderStatus.ACCEPTED, caller.subject)
+        enqueue(
+            session,
+            ORDERS,
+            OrderAccepted(
+                source=SOURCE,
+                subject=order.coi,
+                correlationid=correlation_id,
+                data=OrderAcceptedData(
+                    order_id=order.id,
+                    coi=order.coi,
+                    patient_ref=order.patient_ref,
+                    therapy_code=order.therapy_code,
+                    treatment_center_id=order.treatment_center_id,
+                    storage_limit_celsius=therapy.storage_limit_celsius,
+                    conditioning_days=therapy.conditioning_days,
+                    accepted_at=utc_now(),
+                ),
+            ),
+        )
+    if idempotency_key:
+        session.add(IdempotentRequest(caller=caller.subject, key=idempotency_key, order_id=order.id))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key:
+            earlier = session.exec(
+                select(IdempotentRequest)
+                .where(IdempotentRequest.caller == caller.subject)
+                .where(IdempotentRequest.key == idempotency_key)
+            ).first()
+            if earlier is not None:
+                response.status_code = status.HTTP_200_OK
+                return OrderView.of(_must_get(session, earlier.order_id))
+        raise
+    runtime.relay.notify()
+    log.info("order.placed", order_id=str(order.id), status=order.status, coi=order.coi)
+    return OrderView.of(order)
+
+
+def _order_subject(order_id: UUID) -> str:
+    """Rejected orders have no COI: their events are keyed by the order id (hex, upper case)."""
+    return order_id.hex.upper()
+
+
+def _must_get(session: Session, order_id: UUID) -> Order:
+    order = session.get(Order, order_id)
+    if order is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
+    return order
+
+
+def _visible_order(session: Session, order_id: UUID, caller: Principal) -> Order:
+    order = _must_get(session, order_id)
+    if caller.role is Role.TREATMENT_CENTER and order.treatment_center_id != caller.treatment_center_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
+    return order
+
+
+@router.get("/orders", response_model=list[OrderView])
+def list_orders(session: SessionDep, caller: OrderingCaller, coi: str | None = None) -> list[OrderView]:
+    """All orders for a coordinator; a treatment center sees only its own site's orders."""
+    query = select(Order).order_by(col(Order.created_at))
+    if caller.role is Role.TREATMENT_CENTER:
+        query = query.where(Order.treatment_center_id == caller.treatment_center_id)
+    if coi:
+        query = query.where(Order.coi == coi)
+    return [OrderView.of(order) for order in session.exec(query.limit(500))]
+
+
+@router.get("/orders/{order_id}", response_model=OrderView)
+def read_order(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> OrderView:
+    return OrderView.of(_visible_order(session, order_id, caller))
+
+
+@router.get("/orders/{order_id}/history", response_model=list[TransitionView])
+def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[TransitionView]:
+    _visible_order(session, order_id, caller)
+    rows = session.exec(
+        select(OrderTransition).where(OrderTransition.order_id == order_id).order_by(col(OrderTransition.id))
+    )
+    return [
+        TransitionView(
+            from_status=row.from_status,
+            to_status=row.to_status,
+            at=row.at.isoformat(),
+            actor=row.actor,
+            cause_event_id=row.cause_event_id,
+        )
+        for row in rows
+    ]
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderView)
+def cancel_order(
+    order_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: OrderingCaller
+) -> OrderView:
+    """Cancel before infusion (409 otherwise), with the reason, who and when."""
+    order = _visible_order(session, order_id, caller)
+    try:
+        record_transition(session, order, OrderStatus.CANCELLED, caller.subject)
+    except domain.TransitionRefused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+    order.cancelled_reason = body.reason
+    if order.coi:
+        enqueue(
+            session,
+            ORDERS,
+            OrderCancelled(
+                source=SOURCE,
+                subject=order.coi,
+                correlationid=request.state.correlation_id,
+                data=OrderCancelledData(
+                    order_id=order.id,
+                    coi=order.coi,
+                    reason=body.reason,
+                    cancelled_by=caller.subject,
+                    cancelled_at=utc_now(),
+                ),
+            ),
+        )
+    session.commit()
+    runtime_of(request).relay.notify()
+    return OrderView.of(order)

@@ -1,0 +1,42 @@
+"""Order intake: wiring of settings, database, broker and routes. Run: uvicorn services.order_intake.app:app"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic import Field
+
+from services.common.service import Runtime, build_service
+from services.common.settings import ServiceSettings
+from services.order_intake import api, handlers
+from services.order_intake.models import TABLES
+from services.order_intake.seed import seed_registry
+
+
+class OrderIntakeSettings(ServiceSettings):
+    service_name: str = "order-intake"
+    issuer_fin: str = Field(default="W4321", pattern=r"^[A-NP-Z][0-9]{4}$")
+    phi_encryption_key: str = Field(min_length=44, description="Fernet key (urlsafe base64 of 32 bytes)")
+    seed_registry: bool = True
+
+
+def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
+    settings = settings or OrderIntakeSettings()  # type: ignore[call-arg]
+
+    async def on_startup(runtime: Runtime) -> None:
+        if settings.seed_registry:
+            seed_registry(runtime.engine)
+
+    app = build_service(
+        name=settings.service_name,
+        tables=TABLES,
+        routers=[api.router],
+        wire=handlers.wire,
+        settings=settings,
+        on_startup=on_startup,
+    )
+    app.state.issuer_fin = settings.issuer_fin
+    app.state.phi_key = settings.phi_encryption_key.encode()
+    return app
+
+
+app = create_app()

@@ -1,0 +1,136 @@
+"""Order intake's tables. Patient-identifying data lives only here, encrypted (DESIGN I6)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from uuid import UUID, uuid4
+
+from cgt_contracts.envelope import utc_now
+from sqlalchemy import Column, Table, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from services.common.db import UtcDateTime
+from services.order_intake.domain import OrderStatus
+
+
+class Therapy(SQLModel, table=True):
+    __tablename__ = "therapy"
+
+    code: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    vector_type: str = Field(max_length=64)
+    long_term_follow_up: bool
+    storage_limit_celsius: float
+    conditioning_days: int
+
+
+class TreatmentCenter(SQLModel, table=True):
+    __tablename__ = "treatment_center"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    timezone: str = Field(max_length=64)
+
+
+class SiteCertification(SQLModel, table=True):
+    """A manufacturer's qualification of a treatment center for one therapy, between two dates."""
+
+    __tablename__ = "site_certification"
+
+    id: int | None = Field(default=None, primary_key=True)
+    treatment_center_id: str = Field(foreign_key="treatment_center.id", index=True)
+    therapy_code: str = Field(foreign_key="therapy.code")
+    effective_on: date
+    expires_on: date | None = None
+
+
+class Prescriber(SQLModel, table=True):
+    __tablename__ = "prescriber"
+
+    npi: str = Field(primary_key=True, max_length=10)
+    name: str = Field(max_length=128)
+
+
+class PrescriberSite(SQLModel, table=True):
+    __tablename__ = "prescriber_site"
+
+    npi: str = Field(foreign_key="prescriber.npi", primary_key=True)
+    treatment_center_id: str = Field(foreign_key="treatment_center.id", primary_key=True)
+
+
+class Order(SQLModel, table=True):
+    __tablename__ = "therapy_order"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    patient_ref: str = Field(index=True, max_length=64)
+    therapy_code: str = Field(max_length=64)
+    treatment_center_id: str = Field(index=True, max_length=64)
+    prescriber_npi: str = Field(max_length=10)
+    status: OrderStatus = Field(default=OrderStatus.SUBMITTED, max_length=32)
+    coi: str | None = Field(default=None, unique=True, max_length=16)
+    rejection_reasons: str | None = Field(default=None, sa_column=Column(Text))
+    ordered_on: date
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    cancelled_reason: str | None = Field(default=None, max_length=500)
+
+
+class PatientRecord(SQLModel, table=True):
+    """Name, date of birth and record number, encrypted at rest; never leaves this service."""
+
+    __tablename__ = "patient_record"
+
+    order_id: UUID = Field(foreign_key="therapy_order.id", primary_key=True)
+    encrypted_identity: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class CoiSequence(SQLModel, table=True):
+    """One row per issued COI identifier: the row id is the sequence, so it is never reused."""
+
+    __tablename__ = "coi_sequence"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+    order_id: UUID = Field(unique=True)
+    issued_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+class OrderTransition(SQLModel, table=True):
+    """The order's history: every transition, when, and who or which event caused it."""
+
+    __tablename__ = "order_transition"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: UUID = Field(foreign_key="therapy_order.id", index=True)
+    from_status: OrderStatus | None = Field(default=None, max_length=32)
+    to_status: OrderStatus = Field(max_length=32)
+    at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    actor: str = Field(max_length=64)
+    cause_event_id: str | None = Field(default=None, max_length=36)
+
+
+class IdempotentRequest(SQLModel, table=True):
+    __tablename__ = "idempotent_request"
+    __table_args__ = (UniqueConstraint("caller", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    caller: str = Field(max_length=64)
+    key: str = Field(max_length=128)
+    order_id: UUID
+
+
+TABLES: tuple[Table, ...] = tuple(
+    model.__table__  # type: ignore[attr-defined]
+    for model in (
+        Therapy,
+        TreatmentCenter,
+        SiteCertification,
+        Prescriber,
+        PrescriberSite,
+        Order,
+        PatientRecord,
+        CoiSequence,
+        OrderTransition,
+        IdempotentRequest,
+    )
+)

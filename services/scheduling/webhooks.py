@@ -1,0 +1,123 @@
+"""Delivers queued webhooks to treatment centers: signed, with an idempotency key, retried with backoff.
+
+Invariant: a delivery row is written in the same transaction as the change it reports, so a restart
+loses nothing; each row is POSTed until a 2xx answer (at least once; the receiver de-duplicates on the
+Idempotency-Key, which is the row id) or until its last attempt, when it is marked failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import timedelta
+
+import httpx
+import structlog
+from cgt_contracts.envelope import utc_now
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, retry_delay_seconds, sign
+from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+
+log = structlog.get_logger()
+
+
+class WebhookDeliverer:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        timeout_seconds: float,
+        backoff_base_seconds: float,
+        max_attempts: int,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self._engine = engine
+        self._timeout = timeout_seconds
+        self._backoff = backoff_base_seconds
+        self._max_attempts = max_attempts
+        self._poll = poll_seconds
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="webhook-deliverer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            while True:
+                try:
+                    await self.deliver_due(client)
+                except Exception:
+                    log.exception("webhook.loop_failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                self._wake.clear()
+
+    async def deliver_due(self, client: httpx.AsyncClient) -> int:
+        with Session(self._engine) as session:
+            due = session.exec(
+                select(WebhookDelivery, WebhookEndpoint)
+                .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+                .where(WebhookDelivery.status == "pending")
+                .where(col(WebhookDelivery.next_attempt_at) <= utc_now())
+                .order_by(col(WebhookDelivery.created_at))
+                .limit(50)
+            ).all()
+            for delivery, endpoint in due:
+                await self._attempt(client, delivery, endpoint)
+                session.add(delivery)
+                session.commit()
+            return len(due)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, delivery: WebhookDelivery, endpoint: WebhookEndpoint
+    ) -> None:
+        body = delivery.payload.encode()
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(delivery.id),
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(endpoint.secret, timestamp, body),
+            "User-Agent": "cgt-logistics-scheduling/1",
+        }
+        delivery.attempts += 1
+        try:
+            response = await client.post(endpoint.url, content=body, headers=headers)
+            delivery.last_status_code = response.status_code
+            ok = 200 <= response.status_code < 300
+            delivery.last_error = None if ok else f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            ok = False
+            delivery.last_error = repr(error)[:1000]
+        if ok:
+            delivery.status = "delivered"
+            delivery.delivered_at = utc_now()
+        elif delivery.attempts >= self._max_attempts:
+            delivery.status = "failed"
+        else:
+            delay = retry_delay_seconds(delivery.attempts, self._backoff)
+            delivery.next_attempt_at = utc_now() + timedelta(seconds=delay)
+        log.info(
+            "webhook.attempt",
+            delivery_id=str(delivery.id),
+            kind=delivery.kind,
+            attempt=delivery.attempts,
+            status=delivery.status,
+            http_status=delivery.last_status_code,
+        )
