@@ -41,6 +41,7 @@ def plan_return_shipment(
     )
     container = Container(id=f"DS-{secrets.token_hex(4).upper()}", shipment_id=shipment.id)
     session.add(shipment)
+    session.flush()  # the shipment row first: container and bags refer to it
     session.add(container)
     for number in range(1, bag_count + 1):
         session.add(Bag(shipment_id=shipment.id, coi=order.coi, number=number, of=bag_count))

@@ -202,6 +202,7 @@ def place_order(
         created_by=caller.subject,
     )
     session.add(order)
+    session.flush()  # the order row first: its history and patient record refer to it
     session.add(
         OrderTransition(
             order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=caller.subject

@@ -1,0 +1,58 @@
+# CGT Logistics — every command a developer, CI or an operator needs.
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+KAFKA_LIB := deploy/kafka/lib/.complete
+
+.PHONY: help install kafka-deps postgres up demo test test-unit test-e2e lint typecheck schemas chaos bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.installed: pyproject.toml uv.lock contracts/pyproject.toml | $(UV)
+	$(UV) sync --frozen --python python3.11
+	touch $@
+
+install: .venv/.installed ## Python environment from the lock file
+
+$(KAFKA_LIB): deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
+	touch $@
+
+kafka-deps: $(KAFKA_LIB) ## Apache Kafka jars from Maven Central
+
+postgres: ## PostgreSQL on 127.0.0.1:5432 for the suite (installs Debian's package if missing)
+	bash deploy/postgres-local.sh
+
+up: install kafka-deps ## Broker + three services on SQLite, in the foreground (Ctrl-C stops)
+	$(PY) -m deploy.stack up
+
+demo: install kafka-deps ## The vein-to-vein journey against a running stack (or one it starts)
+	$(PY) -m deploy.demo
+
+test: install kafka-deps postgres ## The whole suite: domain tests, then journeys on the real broker, SQLite and PostgreSQL
+	$(PY) -m pytest -p no:cacheprovider
+
+test-unit: install ## Fast domain tests only
+	$(PY) -m pytest tests/unit -q
+
+lint: install ## ruff + mypy
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy services contracts/src deploy tests
+
+schemas: install ## Regenerate the committed JSON Schemas of all events
+	$(PY) contracts/generate_schemas.py
+
+chaos: install kafka-deps postgres ## Fault suite (issue 6)
+	$(PY) -m deploy.chaos
+
+bench: install kafka-deps postgres ## Benchmarks (issue 7)
+	$(PY) -m deploy.bench
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,247 @@
+"""A real Apache Kafka broker (KRaft, combined broker and controller) on loopback, from the Maven Central
+artifacts in deploy/kafka/lib (`make kafka-deps`). No Docker needed.
+
+Used by `make up`, the tests, the fault suite and the benchmarks. Readiness is awaited by asking the
+broker for its cluster metadata, never by sleeping.
+
+    python deploy/kafka/kafka_local.py --port 9092 [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+HERE = Path(__file__).resolve().parent
+LIB = HERE / "lib"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_id() -> str:
+    """Kafka's cluster ids are 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class LocalKafka:
+    """One broker process. `start()` returns once the broker answers a metadata request."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        controller_port: int | None = None,
+        data_dir: Path | None = None,
+        node_id: int = 1,
+        heap: str = "512m",
+    ) -> None:
+        self.port = port or _free_port()
+        self.controller_port = controller_port or _free_port()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cgt-kafka-")
+            data_dir = Path(self._tmp.name)
+        self.data_dir = Path(data_dir)
+        self.node_id = node_id
+        self.heap = heap
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _classpath(self) -> str:
+        if not (LIB.is_dir() and any(LIB.glob("kafka_2.13-*.jar"))):
+            raise RuntimeError(f"Kafka jars missing in {LIB}: run `make kafka-deps` first")
+        return str(LIB / "*")
+
+    def _write_config(self) -> Path:
+        logs = self.data_dir / "logs"
+        config = self.data_dir / "server.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    f"node.id={self.node_id}",
+                    f"controller.quorum.voters={self.node_id}@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={logs}",
+                    "auto.create.topics.enable=false",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=5",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=5",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.flush.interval.messages=9223372036854775807",
+                    "",
+                ]
+            )
+        )
+        return config
+
+    def _java(self, *args: str, heap: str = "256m") -> list[str]:
+        return [
+            "java",
+            f"-Xmx{heap}",
+            "-XX:+UseSerialGC" if heap == "256m" else "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1" if heap == "256m" else "-XX:+UseStringDeduplication",
+            f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+            *args,
+        ]
+
+    def _format(self, config: Path) -> None:
+        if (self.data_dir / "logs" / "meta.properties").exists():
+            return
+        subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(config),
+                "--ignore-formatted",
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        self._format(config)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self._java("kafka.Kafka", str(config), heap=self.heap),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        asyncio.run(self._wait_ready(timeout))
+
+    async def _wait_ready(self, timeout: float) -> None:
+        import logging
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connections are expected here
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Kafka exited with {self.process.returncode}:\n{self.log_tail()}")
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                cluster = await admin.describe_cluster()
+                if cluster.get("brokers"):
+                    return
+            except Exception as error:
+                last_error = error
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.2)
+        raise TimeoutError(
+            f"Kafka not ready on {self.bootstrap} after {timeout}s ({last_error!r}):\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Controlled shutdown (SIGTERM); SIGKILL if it does not stop in time."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+    def kill(self) -> None:
+        """Abrupt death, for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Start again on the same ports and data (the metadata log is kept, no reformat)."""
+        self.stop()
+        self.start(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run one Apache Kafka broker (KRaft) on loopback.")
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--controller-port", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    broker = LocalKafka(port=args.port, controller_port=args.controller_port, data_dir=args.data_dir)
+    started = time.monotonic()
+    broker.start()
+    print(
+        f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}  (ready in {time.monotonic() - started:.1f}s)",
+        flush=True,
+    )
+    stop = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop and broker.process is not None and broker.process.poll() is None:
+        time.sleep(0.5)
+    broker.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(HERE.parent.parent)
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Start the whole stack on this machine: one real Kafka broker and the three services as processes.
+
+Used by `make up` (foreground, Ctrl-C stops everything), `make demo`, the end-to-end tests, the fault
+suite and the benchmarks. Readiness is awaited by asking each service's /ready (database and broker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {
+    "order-intake": "services.order_intake.app:app",
+    "coi-tracking": "services.coi_tracking.app:app",
+    "scheduling": "services.scheduling.app:app",
+}
+DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
+DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
+DEV_PHI_KEY = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
+"""A development-only Fernet key; production sets PHI_ENCRYPTION_KEY from a secret store."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                SERVICES[self.name],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "20",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                response = httpx.get(f"{self.url}/ready", timeout=2.0)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as error:
+                last = repr(error)
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful: drain and commit), SIGKILL if it does not stop in time."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """The three services, each with its own database, against one broker."""
+
+    bootstrap: str
+    database_urls: Mapping[str, str]
+    workdir: Path
+    ports: Mapping[str, int] = field(default_factory=dict)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in SERVICES:
+            env = {
+                **os.environ,
+                "SERVICE_NAME": name,
+                "DATABASE_URL": self.database_urls[name],
+                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "CGT_API_TOKENS_FILE": os.environ.get("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE)),
+                "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
+                "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
+            }
+            port = self.ports.get(name) or free_port()
+            self.services[name] = ServiceProcess(name, port, env, self.workdir / f"{name}.log")
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    def start(self, timeout: float = 90.0) -> None:
+        for service in self.services.values():
+            service.start()
+        for service in self.services.values():
+            service.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+
+def sqlite_urls(directory: Path) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return {name: f"sqlite:///{directory / (name.replace('-', '_') + '.db')}" for name in SERVICES}
+
+
+def _up(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
+    from kafka_local import LocalKafka  # type: ignore[import-not-found]
+
+    var = ROOT / "var"
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = LocalKafka(port=args.kafka_port, data_dir=var / "kafka")
+        print(f"starting Apache Kafka (KRaft) on 127.0.0.1:{args.kafka_port} ...", flush=True)
+        broker.start()
+        bootstrap = broker.bootstrap
+    stack = Stack(
+        bootstrap=bootstrap, database_urls=sqlite_urls(var / "db"), workdir=var / "logs", ports=DEFAULT_PORTS
+    )
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+        print("\nCGT Logistics is up (SQLite databases in var/db, logs in var/logs):")
+        print(f"  kafka          {bootstrap}")
+        for name, service in stack.services.items():
+            print(f"  {name:<14} {service.url}   (OpenAPI: {service.url}/docs)")
+        print("\nExample credentials (deploy/dev-tokens.json, development only):")
+        print("  coordinator       Authorization: Bearer dev-coordinator-token")
+        print("  courier           Authorization: Bearer dev-courier-token      (company CRYO-EXPRESS)")
+        print("  treatment center  Authorization: Bearer dev-center-token       (site TC-BOSTON)")
+        print("  QA                Authorization: Bearer dev-qa-token")
+        print("\nTry `make demo` in another terminal. Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            for service in stack.services.values():
+                if service.process is not None and service.process.poll() is not None:
+                    print(f"{service.name} exited:\n{service.log_tail()}", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("\nstopping services ...", flush=True)
+        stack.stop()
+        if broker is not None:
+            print("stopping Kafka ...", flush=True)
+            broker.stop()
+        print("stopped.")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="broker + three services on SQLite, in the foreground")
+    up.add_argument("--kafka-port", type=int, default=9092)
+    args = parser.parse_args()
+    if args.command == "up":
+        return _up(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""End-to-end fixtures: a real broker and the three services as separate processes, on SQLite and on
+PostgreSQL (each backend gets its own broker, so the two runs cannot see each other's events)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.stack import SERVICES, Stack, sqlite_urls
+from services.common.topics import ALL_TOPICS
+from tests.support.infra import (
+    EventLog,
+    WebhookListener,
+    create_postgres_databases,
+    drop_postgres_databases,
+    kafka_broker,
+)
+
+COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
+COURIER = {"Authorization": "Bearer dev-courier-token"}
+COURIER_2 = {"Authorization": "Bearer dev-courier2-token"}
+OTHER_COURIER = {"Authorization": "Bearer dev-other-courier-token"}
+CENTER = {"Authorization": "Bearer dev-center-token"}
+QA = {"Authorization": "Bearer dev-qa-token"}
+
+
+@dataclass
+class RunningStack:
+    backend: str
+    bootstrap: str
+    stack: Stack
+
+    @property
+    def orders(self) -> str:
+        return self.stack.url("order-intake")
+
+    @property
+    def tracking(self) -> str:
+        return self.stack.url("coi-tracking")
+
+    @property
+    def scheduling(self) -> str:
+        return self.stack.url("scheduling")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    backend: str = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"stack-{backend}")
+    with kafka_broker(workdir / "kafka") as bootstrap:
+        urls = (
+            sqlite_urls(workdir / "db") if backend == "sqlite" else create_postgres_databases(list(SERVICES))
+        )
+        running = Stack(
+            bootstrap=bootstrap,
+            database_urls=urls,
+            workdir=workdir / "logs",
+            extra_env={"WEBHOOK_BACKOFF_SECONDS": "0.2", "OUTBOX_POLL_SECONDS": "0.2"},
+        )
+        try:
+            running.start()
+            yield RunningStack(backend, bootstrap, running)
+        finally:
+            running.stop()
+            if backend == "postgresql":
+                with contextlib.suppress(Exception):
+                    drop_postgres_databases(urls)
+
+
+@pytest.fixture
+async def events(stack: RunningStack) -> AsyncIterator[EventLog]:
+    log = EventLog(stack.bootstrap, [t.name for t in ALL_TOPICS if not t.name.endswith(".dlq")])
+    await log.start()
+    yield log
+    await log.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def webhook_listener() -> Iterator[WebhookListener]:
+    listener = WebhookListener()
+    listener.start()
+    yield listener
+    listener.stop()

@@ -1,0 +1,73 @@
+"""Steps of the vein-to-vein journey, as a coordinator, a courier and a treatment center take them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
+from tests.support.infra import EventLog
+
+DEMO_SITE = "TC-BOSTON"
+WASKYRA = "WASKYRA"
+PRESCRIBER = "1234567893"
+
+
+def order_body(patient_ref: str | None = None, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "patient_ref": patient_ref or f"PSN-{uuid.uuid4().hex[:10]}",
+        "patient": {
+            "name": "Test Patient",
+            "date_of_birth": "2019-04-02",
+            "medical_record_number": "MRN-0042",
+        },
+        "therapy_code": WASKYRA,
+        "treatment_center_id": DEMO_SITE,
+        "prescriber_npi": PRESCRIBER,
+    }
+    body.update(overrides)
+    return body
+
+
+async def place_accepted_order(http: httpx.AsyncClient, stack: RunningStack) -> dict[str, Any]:
+    response = await http.post(f"{stack.orders}/orders", json=order_body(), headers=COORDINATOR)
+    assert response.status_code == 201, response.text
+    order: dict[str, Any] = response.json()
+    assert order["status"] == "accepted", order
+    return order
+
+
+async def shipment_for(
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, coi: str
+) -> dict[str, Any]:
+    """Wait until COI tracking has planned the return shipment, then read it as the courier."""
+    await events.wait_for(lambda e: e.type == "shipment.created.v1" and e.subject == coi)
+    response = await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COURIER)
+    assert response.status_code == 200, response.text
+    shipments: list[dict[str, Any]] = response.json()
+    assert len(shipments) == 1
+    return shipments[0]
+
+
+def scan(
+    scan_type: str,
+    bag_cois: list[str],
+    *,
+    temperature: float = -180.0,
+    location: str = "AGC Biologics, Milan",
+    **extra: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "scan_type": scan_type,
+        "bag_cois": bag_cois,
+        "location": location,
+        "device_time": datetime.now(UTC).isoformat(),
+        "temperature_celsius": temperature,
+    }
+    if scan_type in ("pick_up", "delay") and "eta_at" not in extra:
+        body["eta_at"] = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    body.update(extra)
+    return body

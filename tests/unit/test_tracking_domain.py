@@ -1,0 +1,148 @@
+"""COI tracking rules without I/O: scan evaluation and the hash-chained custody ledger."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+from cgt_contracts.events import ScanType
+
+from services.coi_tracking.domain import (
+    GENESIS_SHA256,
+    LedgerContent,
+    LedgerKind,
+    Scan,
+    ShipmentState,
+    ShipmentStatus,
+    StoredEntry,
+    entry_hash,
+    evaluate_scan,
+    verify_chain,
+)
+
+COI = "CHW4321260000014"
+
+
+def state(
+    physical: ShipmentStatus = ShipmentStatus.DISPATCHED, *, quarantined: bool = False
+) -> ShipmentState:
+    return ShipmentState(
+        status=ShipmentStatus.QUARANTINED if quarantined else physical,
+        physical_status=physical,
+        expected_coi=COI,
+        bag_count=2,
+        storage_limit_celsius=-150.0,
+        custodian="courier-ben",
+        quarantined=quarantined,
+    )
+
+
+def a_scan(
+    kind: ScanType, bags: tuple[str, ...] = (COI, COI), temperature: float | None = -180.0, **kw: str
+) -> Scan:
+    return Scan(
+        kind,
+        bags,
+        temperature,
+        scanned_by="courier-ben",
+        handed_to=kw.get("handed_to"),
+        treatment_center_id="TC-1",
+    )
+
+
+def test_clean_delivery_is_accepted_and_hands_custody_to_the_site() -> None:
+    decision = evaluate_scan(state(), a_scan(ScanType.DELIVERY))
+    assert decision.accepted and decision.delivered_clean and not decision.quarantine
+    assert decision.custody is not None and decision.custody.to_party == "TC-1"
+
+
+def test_a_bag_with_another_coi_is_a_coi_break() -> None:
+    decision = evaluate_scan(state(), a_scan(ScanType.CHECKPOINT, (COI, "CHW4321260000022")))
+    assert decision.coi_break and decision.quarantine
+    assert "CHW4321260000022" in decision.quarantine_reasons[0]
+
+
+def test_a_missing_bag_is_a_coi_break() -> None:
+    decision = evaluate_scan(state(), a_scan(ScanType.CHECKPOINT, (COI,)))
+    assert decision.coi_break and "1 of 2 bags not scanned" in decision.quarantine_reasons[0]
+
+
+def test_a_reading_above_the_limit_is_an_excursion_and_at_the_limit_is_not() -> None:
+    assert evaluate_scan(state(), a_scan(ScanType.CHECKPOINT, temperature=-149.9)).temperature_excursion
+    assert not evaluate_scan(state(), a_scan(ScanType.CHECKPOINT, temperature=-150.0)).temperature_excursion
+
+
+def test_delivery_of_a_quarantined_shipment_is_not_a_clean_delivery() -> None:
+    decision = evaluate_scan(state(quarantined=True), a_scan(ScanType.DELIVERY))
+    assert decision.accepted and not decision.delivered_clean
+
+
+def test_delivery_before_pick_up_is_refused_but_still_checked() -> None:
+    decision = evaluate_scan(state(ShipmentStatus.PLANNED), a_scan(ScanType.DELIVERY, (COI, "WRONG")))
+    assert not decision.accepted and "cannot follow" in (decision.refusal_reason or "")
+    assert decision.coi_break and decision.custody is None
+
+
+def test_hand_off_needs_a_new_custodian() -> None:
+    assert not evaluate_scan(state(), a_scan(ScanType.HAND_OFF)).accepted
+    assert not evaluate_scan(state(), a_scan(ScanType.HAND_OFF, handed_to="courier-ben")).accepted
+    moved = evaluate_scan(state(), a_scan(ScanType.HAND_OFF, handed_to="courier-cy"))
+    assert moved.accepted and moved.custody is not None and moved.custody.from_party == "courier-ben"
+
+
+def _chain(length: int) -> list[StoredEntry]:
+    entries: list[StoredEntry] = []
+    previous = GENESIS_SHA256
+    start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    for sequence in range(1, length + 1):
+        content = LedgerContent(
+            "s-1",
+            sequence,
+            LedgerKind.CUSTODY,
+            f"p{sequence}",
+            f"p{sequence + 1}",
+            "hub",
+            start + timedelta(hours=sequence),
+            "Ben",
+            "custody handed over",
+            "",
+        )
+        digest = entry_hash(content, previous)
+        entries.append(StoredEntry(content, previous, digest))
+        previous = digest
+    return entries
+
+
+def test_an_untouched_chain_verifies() -> None:
+    entries = _chain(4)
+    assert verify_chain(entries, entries[-1].entry_sha256).valid
+
+
+def test_a_changed_entry_is_detected_and_located() -> None:
+    entries = _chain(4)
+    changed = dataclasses.replace(entries[2].content, to_party="someone-else")
+    entries[2] = dataclasses.replace(entries[2], content=changed)
+    result = verify_chain(entries, entries[-1].entry_sha256)
+    assert not result.valid and result.broken_at_sequence == 3 and "changed" in (result.problem or "")
+
+
+def test_a_removed_entry_is_detected_and_located() -> None:
+    entries = _chain(4)
+    head = entries[-1].entry_sha256
+    del entries[1]
+    result = verify_chain(entries, head)
+    assert not result.valid and result.broken_at_sequence == 2
+
+
+def test_reordered_entries_are_detected() -> None:
+    entries = _chain(4)
+    entries[1], entries[2] = entries[2], entries[1]
+    result = verify_chain(entries, entries[-1].entry_sha256)
+    assert not result.valid and result.broken_at_sequence == 2
+
+
+def test_entries_cut_off_at_the_end_are_detected_through_the_head() -> None:
+    entries = _chain(4)
+    head = entries[-1].entry_sha256
+    result = verify_chain(entries[:3], head)
+    assert not result.valid and result.broken_at_sequence == 4
