@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
+from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
-from tests.support.infra import EventLog
 
 DEMO_SITE = "TC-BOSTON"
 WASKYRA = "WASKYRA"

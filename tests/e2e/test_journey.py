@@ -7,10 +7,10 @@ import json
 import httpx
 import pytest
 
+from deploy.observe import EventLog, WebhookListener
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, COURIER_2, RunningStack
 from tests.e2e.journey import order_body, place_accepted_order, scan, shipment_for
-from tests.support.infra import EventLog, WebhookListener
 
 pytestmark = pytest.mark.e2e
 

@@ -6,24 +6,15 @@ Kafka where a Docker engine answers, else one started from the Maven Central art
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer
-from cgt_contracts.events import AnyEvent, parse_event
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -81,109 +72,3 @@ def drop_postgres_databases(urls: dict[str, str]) -> None:
         for url in urls.values():
             database = url.rsplit("/", 1)[1]
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-
-
-@dataclass
-class ReceivedWebhook:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class WebhookListener:
-    """A real HTTP server that records every request; it can be told to fail the next N requests."""
-
-    received: list[ReceivedWebhook] = field(default_factory=list)
-    fail_next: int = 0
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/cgt"
-
-    def start(self) -> None:
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with listener._lock:
-                    listener.received.append(ReceivedWebhook(self.path, dict(self.headers.items()), body))
-                    failing = listener.fail_next > 0
-                    if failing:
-                        listener.fail_next -= 1
-                self.send_response(503 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-
-    def wait_for(
-        self, predicate: Callable[[ReceivedWebhook], bool], timeout: float = 30.0
-    ) -> ReceivedWebhook:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                for hook in self.received:
-                    if predicate(hook):
-                        return hook
-            time.sleep(0.05)
-        raise TimeoutError(
-            f"no matching webhook within {timeout}s; received {[h.json() for h in self.received]}"
-        )
-
-
-class EventLog:
-    """Reads every event on the given topics from the beginning, in a group of its own."""
-
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.events: list[AnyEvent] = []
-        self.raw: list[tuple[str, bytes, dict[str, bytes]]] = []
-        self._consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=bootstrap,
-            group_id=f"test-observer-{uuid.uuid4().hex[:8]}",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for record in self._consumer:
-            self.raw.append((record.topic, record.value, dict(record.headers or [])))
-            with suppress(Exception):
-                self.events.append(parse_event(record.value))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self._consumer.stop()
-
-    async def wait_for(self, predicate: Callable[[AnyEvent], bool], timeout: float = 30.0) -> AnyEvent:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"no matching event within {timeout}s; saw {[e.type for e in self.events]}")
-
-    def of(self, coi: str) -> list[AnyEvent]:
-        return [e for e in self.events if e.subject == coi]

@@ -1,0 +1,200 @@
+"""`make demo`: one clean vein-to-vein journey and one wrong-COI shipment, told as a timeline.
+
+Uses the stack that `make up` runs (ports 8001-8003, Kafka on 127.0.0.1:9092) when it answers, otherwise
+starts its own on temporary SQLite databases. Exits 0 only if the clean journey's infusion slot was
+confirmed (and the treatment center's webhook received it) and the wrong-COI shipment was quarantined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cgt_contracts.events import AnyEvent
+
+from deploy.observe import EventLog, WebhookListener
+from deploy.stack import DEFAULT_PORTS, ROOT, Stack, sqlite_urls
+from services.common.topics import ORDERS, SCHEDULING, SHIPMENTS
+
+COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
+COURIER = {"Authorization": "Bearer dev-courier-token"}
+COURIER_2 = {"Authorization": "Bearer dev-courier2-token"}
+CENTER = {"Authorization": "Bearer dev-center-token"}
+
+
+def describe(event: AnyEvent) -> str | None:
+    """One line a coordinator can read; None for events not worth a line."""
+    d: Any = event.data
+    match event.type:
+        case "order.accepted.v1":
+            return f"order accepted for patient {d.patient_ref}: chain-of-identity {d.coi} assigned"
+        case "shipment.created.v1":
+            return f"return shipment planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
+        case "shipment.dispatched.v1":
+            return f"picked up at the manufacturer, ETA {d.eta_at:%Y-%m-%d %H:%M} UTC"
+        case "custody.transferred.v1":
+            return (
+                f"custody {d.from_party} -> {d.to_party} at {d.location} (ledger entry {d.ledger_sequence})"
+            )
+        case "shipment.delivered.v1":
+            return f"delivered to {d.treatment_center_id}: COI verified, max {d.max_temperature_celsius} °C"
+        case "coi.break.v1":
+            return f"COI BREAK: bag label read {d.read_cois}, order is {d.expected_coi}"
+        case "temperature.excursion.v1":
+            return f"TEMPERATURE EXCURSION: {d.reading_celsius} °C, limit {d.limit_celsius} °C"
+        case "shipment.quarantined.v1":
+            return f"shipment QUARANTINED: {d.reason}"
+        case "slot.proposed.v1":
+            return f"tentative slot: conditioning from {d.conditioning_start_on}, infusion (day 0) {d.infusion_on}"
+        case "slot.confirmed.v1":
+            return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
+        case "slot.held.v1":
+            return f"slot ON HOLD: {d.reason}"
+    return None
+
+
+def scan(kind: str, bags: list[str], location: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "scan_type": kind,
+        "bag_cois": bags,
+        "location": location,
+        "device_time": datetime.now(UTC).isoformat(),
+        "temperature_celsius": -182.0,
+        **extra,
+    }
+    if kind == "pick_up":
+        body["eta_at"] = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    return body
+
+
+async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLog, *, wrong_coi: bool) -> str:
+    order = await http.post(
+        f"{urls['order-intake']}/orders",
+        headers=COORDINATOR,
+        json={
+            "patient_ref": f"PSN-{uuid.uuid4().hex[:8]}",
+            "patient": {
+                "name": "Demo Patient",
+                "date_of_birth": "2020-01-15",
+                "medical_record_number": "MRN-DEMO",
+            },
+            "therapy_code": "WASKYRA",
+            "treatment_center_id": "TC-BOSTON",
+            "prescriber_npi": "1234567893",
+        },
+    )
+    order.raise_for_status()
+    coi: str = order.json()["coi"]
+    await events.wait_for(lambda e: e.type == "shipment.created.v1" and e.subject == coi)
+    shipment = (
+        await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
+    ).json()[0]
+    scans = f"{urls['coi-tracking']}/shipments/{shipment['id']}/scans"
+    (
+        await http.post(scans, headers=COURIER, json=scan("pick_up", [coi], "AGC Biologics, Milan"))
+    ).raise_for_status()
+    if wrong_coi:
+        other = "CHW432126ZZZZZZQ"
+        (
+            await http.post(scans, headers=COURIER, json=scan("checkpoint", [other], "Frankfurt hub"))
+        ).raise_for_status()
+        await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+        return coi
+    handoff = scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy")
+    (await http.post(scans, headers=COURIER, json=handoff)).raise_for_status()
+    (
+        await http.post(scans, headers=COURIER_2, json=scan("delivery", [coi], "Boston QTC cell lab"))
+    ).raise_for_status()
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+    return coi
+
+
+def print_timeline(title: str, events: list[AnyEvent]) -> None:
+    print(f"\n{title}")
+    for event in sorted(events, key=lambda e: e.time):
+        line = describe(event)
+        if line:
+            print(f"  {event.time:%H:%M:%S.%f}"[:-3] + f"  {event.source.split('/')[-1]:<13} {line}")
+
+
+async def run(urls: dict[str, str], bootstrap: str) -> int:
+    listener = WebhookListener()
+    listener.start()
+    events = EventLog(bootstrap, [ORDERS, SHIPMENTS, SCHEDULING])
+    await events.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            registered = await http.post(
+                f"{urls['scheduling']}/webhooks", headers=CENTER, json={"url": listener.url}
+            )
+            registered.raise_for_status()
+            clean = await journey(http, urls, events, wrong_coi=False)
+            broken = await journey(http, urls, events, wrong_coi=True)
+            hook = await asyncio.to_thread(
+                listener.wait_for, lambda h: h.json()["coi"] == clean and h.json()["kind"] == "slot.confirmed"
+            )
+            shipments = (
+                await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": broken}, headers=COURIER)
+            ).json()
+        print_timeline(f"Journey 1 — {clean}: clean cold chain", events.of(clean))
+        print(
+            f"  webhook       treatment center received '{hook.json()['kind']}' (signed, {len(hook.body)} bytes)"
+        )
+        print_timeline(f"Journey 2 — {broken}: a bag with the wrong COI", events.of(broken))
+        confirmed = any(e.type == "slot.confirmed.v1" for e in events.of(clean))
+        quarantined = shipments[0]["status"] == "quarantined" and not any(
+            e.type == "slot.confirmed.v1" for e in events.of(broken)
+        )
+        print(
+            f"\nslot confirmed: {confirmed}; wrong-COI shipment quarantined and never confirmed: {quarantined}"
+        )
+        return 0 if confirmed and quarantined else 1
+    finally:
+        await events.stop()
+        listener.stop()
+
+
+def running_stack() -> dict[str, str] | None:
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items()}
+    try:
+        if all(httpx.get(f"{url}/ready", timeout=2).status_code == 200 for url in urls.values()):
+            return urls
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+def main() -> int:
+    urls = running_stack()
+    if urls is not None:
+        print("using the running stack (make up)")
+        return asyncio.run(run(urls, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))
+    print("no running stack found: starting one on temporary SQLite databases ...")
+    sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
+    from kafka_local import LocalKafka  # type: ignore[import-not-found]
+
+    with (
+        tempfile.TemporaryDirectory(prefix="cgt-demo-") as tmp,
+        LocalKafka(data_dir=Path(tmp) / "kafka") as broker,
+    ):
+        stack = Stack(
+            bootstrap=broker.bootstrap,
+            database_urls=sqlite_urls(Path(tmp) / "db"),
+            workdir=Path(tmp) / "logs",
+        )
+        try:
+            stack.start()
+            return asyncio.run(run({n: s.url for n, s in stack.services.items()}, broker.bootstrap))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
