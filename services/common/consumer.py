@@ -46,6 +46,15 @@ class DeadLetter(Exception):
     """Raised by a handler for an event that can never be applied (retrying will not help)."""
 
 
+def describe_validation_error(error: ValidationError, limit: int = 10) -> str:
+    """`field.path: message` for each problem, so a dead letter names what was wrong."""
+    problems = [
+        f"{'.'.join(str(part) for part in detail['loc']) or '<message>'}: {detail['msg']}"
+        for detail in error.errors(include_url=False)[:limit]
+    ]
+    return "; ".join(problems)
+
+
 def _raw_body(message: KafkaMessage) -> bytes:
     return message.body
 
@@ -105,7 +114,7 @@ def register_consumer(
         try:
             event = parse_event(body)
         except ValidationError as error:
-            await dead_letter(message, f"invalid event: {error}")
+            await dead_letter(message, f"invalid event: {describe_validation_error(error)}")
             await message.ack()
             return
         handler = handlers.get(type(event))

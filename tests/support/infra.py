@@ -72,3 +72,43 @@ def drop_postgres_databases(urls: dict[str, str]) -> None:
         for url in urls.values():
             database = url.rsplit("/", 1)[1]
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
+    """Put raw bytes on a topic (as a misbehaving or duplicating producer would); returns (partition, offset)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        metadata = await producer.send_and_wait(topic, value, key=key)
+        return metadata.partition, metadata.offset
+    finally:
+        await producer.stop()
+
+
+async def wait_committed(
+    bootstrap: str, group: str, topic: str, partition: int, offset: int, timeout: float = 30
+) -> None:
+    """Wait until `group` has committed past `offset` on the partition: it has handled that message."""
+    import asyncio
+    import time
+
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(
+                group, partitions=[TopicPartition(topic, partition)]
+            )
+            committed = offsets.get(TopicPartition(topic, partition))
+            if committed is not None and committed.offset > offset:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{group} did not commit past {topic}[{partition}]@{offset} within {timeout}s")
+    finally:
+        await admin.close()
