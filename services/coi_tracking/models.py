@@ -11,7 +11,7 @@ from sqlalchemy import Column, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from services.coi_tracking.domain import ShipmentStatus
-from services.common.db import UtcDateTime
+from services.common.db import UtcDateTime, tables_of
 
 
 class Shipment(SQLModel, table=True):
@@ -114,7 +114,4 @@ class LedgerEntry(SQLModel, table=True):
     entry_sha256: str = Field(max_length=64)
 
 
-TABLES: tuple[Table, ...] = tuple(
-    model.__table__  # type: ignore[attr-defined]
-    for model in (Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry)
-)
+TABLES: tuple[Table, ...] = tables_of(Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry)

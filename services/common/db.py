@@ -74,3 +74,14 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+def tables_of(*models: type[SQLModel]) -> tuple[Table, ...]:
+    """The tables behind SQLModel table classes (what `create_tables` takes)."""
+    tables: list[Table] = []
+    for model in models:
+        table = getattr(model, "__table__", None)
+        if not isinstance(table, Table):
+            raise TypeError(f"{model.__name__} is not a table model")
+        tables.append(table)
+    return tuple(tables)

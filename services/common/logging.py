@@ -14,7 +14,23 @@ CORRELATION_HEADER = "X-Correlation-ID"
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
+    """JSON lines on stderr, for our own logs and for the libraries' (aiokafka, FastStream) alike."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=structlog.processors.JSONRenderer(),
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -20,13 +20,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.common.consumer import ProcessedEvent
-from services.common.db import create_tables, database_reachable, make_engine
+from services.common.db import create_tables, database_reachable, make_engine, tables_of
 from services.common.logging import configure_logging, correlation_middleware
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
 
-COMMON_TABLES: tuple[Table, ...] = (OutboxMessage.__table__, ProcessedEvent.__table__)  # type: ignore[attr-defined]
+COMMON_TABLES: tuple[Table, ...] = tables_of(OutboxMessage, ProcessedEvent)
 
 
 @dataclass

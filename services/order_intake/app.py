@@ -20,7 +20,7 @@ class OrderIntakeSettings(ServiceSettings):
 
 
 def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
-    settings = settings or OrderIntakeSettings()  # type: ignore[call-arg]
+    settings = settings or OrderIntakeSettings()
 
     async def on_startup(runtime: Runtime) -> None:
         if settings.seed_registry:

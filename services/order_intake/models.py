@@ -9,7 +9,7 @@ from cgt_contracts.envelope import utc_now
 from sqlalchemy import Column, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from services.common.db import UtcDateTime
+from services.common.db import UtcDateTime, tables_of
 from services.order_intake.domain import OrderStatus
 
 
@@ -119,18 +119,15 @@ class IdempotentRequest(SQLModel, table=True):
     order_id: UUID
 
 
-TABLES: tuple[Table, ...] = tuple(
-    model.__table__  # type: ignore[attr-defined]
-    for model in (
-        Therapy,
-        TreatmentCenter,
-        SiteCertification,
-        Prescriber,
-        PrescriberSite,
-        Order,
-        PatientRecord,
-        CoiSequence,
-        OrderTransition,
-        IdempotentRequest,
-    )
+TABLES: tuple[Table, ...] = tables_of(
+    Therapy,
+    TreatmentCenter,
+    SiteCertification,
+    Prescriber,
+    PrescriberSite,
+    Order,
+    PatientRecord,
+    CoiSequence,
+    OrderTransition,
+    IdempotentRequest,
 )

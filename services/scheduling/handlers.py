@@ -52,7 +52,7 @@ def calendar_of(site: Site | None) -> domain.SiteCalendar:
 
 def booked_per_day(session: Session, site_id: str) -> Counter[date]:
     days = session.exec(
-        select(Appointment.infusion_on)
+        select(col(Appointment.infusion_on))
         .where(Appointment.treatment_center_id == site_id)
         .where(col(Appointment.state) != AppointmentState.CANCELLED)
     ).all()

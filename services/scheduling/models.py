@@ -9,7 +9,7 @@ from cgt_contracts.envelope import utc_now
 from sqlalchemy import Column, Table, Text
 from sqlmodel import Field, SQLModel
 
-from services.common.db import UtcDateTime
+from services.common.db import UtcDateTime, tables_of
 from services.scheduling.domain import AppointmentState
 
 
@@ -82,7 +82,4 @@ class WebhookDelivery(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
-TABLES: tuple[Table, ...] = tuple(
-    model.__table__  # type: ignore[attr-defined]
-    for model in (Site, Case, Appointment, WebhookEndpoint, WebhookDelivery)
-)
+TABLES: tuple[Table, ...] = tables_of(Site, Case, Appointment, WebhookEndpoint, WebhookDelivery)

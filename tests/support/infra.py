@@ -43,7 +43,7 @@ def kafka_broker(data_dir: Path) -> Iterator[str]:
         yield configured
         return
     if docker_engine_available():
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+        from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
