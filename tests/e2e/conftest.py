@@ -81,7 +81,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def webhook_listener() -> Iterator[WebhookListener]:
     listener = WebhookListener()
     listener.start()
