@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +88,25 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
             "therapy_code": "WASKYRA",
             "treatment_center_id": "TC-BOSTON",
             "prescriber_npi": "1234567893",
+            "consent": {"signed_on": date.today().isoformat(), "form_version": "WAS-ICF-2.1"},
+            "payer_authorization": {
+                "reference": "PA-DEMO",
+                "expires_on": (date.today() + timedelta(days=90)).isoformat(),
+            },
+            "eligibility_attested": True,
         },
     )
     order.raise_for_status()
     coi: str = order.json()["coi"]
+    order_url = f"{urls['order-intake']}/orders/{order.json()['id']}"
+    collected = await http.post(
+        f"{order_url}/collections", headers=COORDINATOR, json={"collected_at": datetime.now(UTC).isoformat()}
+    )
+    collected.raise_for_status()
+    events.notes.append((coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}"))
+    (
+        await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
+    ).raise_for_status()
     await events.wait_for(lambda e: e.type == "shipment.created.v1" and e.subject == coi)
     shipment = (
         await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
@@ -116,8 +131,14 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
     return coi
 
 
-def print_timeline(title: str, events: list[AnyEvent]) -> None:
+def notes_of(events: EventLog, coi: str) -> list[str]:
+    return [note for key, note in events.notes if key == coi]
+
+
+def print_timeline(title: str, events: list[AnyEvent], notes: list[str]) -> None:
     print(f"\n{title}")
+    for note in notes:
+        print(f"  {'':12}  {'coordinator':<13} {note}")
     for event in sorted(events, key=lambda e: e.time):
         line = describe(event)
         if line:
@@ -143,11 +164,13 @@ async def run(urls: dict[str, str], bootstrap: str) -> int:
             shipments = (
                 await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": broken}, headers=COURIER)
             ).json()
-        print_timeline(f"Journey 1 — {clean}: clean cold chain", events.of(clean))
+        print_timeline(f"Journey 1 — {clean}: clean cold chain", events.of(clean), notes_of(events, clean))
         print(
             f"  webhook       treatment center received '{hook.json()['kind']}' (signed, {len(hook.body)} bytes)"
         )
-        print_timeline(f"Journey 2 — {broken}: a bag with the wrong COI", events.of(broken))
+        print_timeline(
+            f"Journey 2 — {broken}: a bag with the wrong COI", events.of(broken), notes_of(events, broken)
+        )
         confirmed = any(e.type == "slot.confirmed.v1" for e in events.of(clean))
         quarantined = shipments[0]["status"] == "quarantined" and not any(
             e.type == "slot.confirmed.v1" for e in events.of(broken)

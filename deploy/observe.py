@@ -86,6 +86,10 @@ class EventLog:
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         self.events: list[AnyEvent] = []
+        self.positions: dict[str, tuple[str, int, int]] = {}
+        self.notes: list[tuple[str, str]] = []
+        """(COI, text) lines a caller adds to the story, such as the demo's coordinator steps."""
+        """Event id -> (topic, partition, offset), to wait for a consumer group to pass an event."""
         self.raw: list[tuple[str, bytes, dict[str, bytes]]] = []
         self._consumer = AIOKafkaConsumer(
             *topics,
@@ -104,7 +108,9 @@ class EventLog:
         async for record in self._consumer:
             self.raw.append((record.topic, record.value, dict(record.headers or [])))
             with suppress(Exception):
-                self.events.append(parse_event(record.value))
+                event = parse_event(record.value)
+                self.positions[str(event.id)] = (record.topic, record.partition, record.offset)
+                self.events.append(event)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -58,7 +59,16 @@ async def correlation_middleware(
     correlation_id = offered if 0 < len(offered) <= 128 else new_correlation_id()
     request.state.correlation_id = correlation_id
     with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            structlog.get_logger().exception(
+                "http.unhandled_error", method=request.method, path=request.url.path
+            )
+            response = JSONResponse(
+                {"detail": "internal error; quote the correlation id", "correlation_id": correlation_id},
+                status_code=500,
+            )
         structlog.get_logger().info(
             "http.request",
             method=request.method,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
 
 import structlog
 from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import (
+    CollectionRecorded,
+    CollectionRecordedData,
     OrderAccepted,
     OrderAcceptedData,
     OrderCancelled,
@@ -20,12 +22,12 @@ from cgt_contracts.events import (
 )
 from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, Role, require
-from services.common.identifiers import coi_identifier, coi_label
+from services.common.identifiers import coi_identifier, coi_label, din
 from services.common.outbox import enqueue
 from services.common.service import db_session, runtime_of
 from services.common.topics import ORDERS
@@ -33,6 +35,8 @@ from services.order_intake import domain
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import (
     CoiSequence,
+    Collection,
+    DinCounter,
     IdempotentRequest,
     Order,
     OrderTransition,
@@ -59,7 +63,22 @@ class PatientIdentity(BaseModel):
     medical_record_number: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+class Consent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signed_on: date
+    form_version: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class PayerAuthorization(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reference: Annotated[str, Field(min_length=1, max_length=64)]
+    expires_on: date
+
+
 class OrderRequest(BaseModel):
+    """A therapy order. Consent, payer authorization and the eligibility attestation may be missing:
+    the order is then recorded as rejected, with those reasons among all the others."""
+
     model_config = ConfigDict(extra="forbid")
     patient_ref: Ident = Field(
         description="Pseudonymous patient reference, the only patient key other services see"
@@ -68,7 +87,32 @@ class OrderRequest(BaseModel):
     therapy_code: Ident
     treatment_center_id: Ident
     prescriber_npi: Annotated[str, Field(pattern=r"^[0-9]{10}$")]
+    consent: Consent | None = None
+    payer_authorization: PayerAuthorization | None = None
+    eligibility_attested: bool = Field(
+        default=False, description="The prescriber attests clinical eligibility"
+    )
     ordered_on: date | None = Field(default=None, description="Defaults to today (UTC)")
+
+
+class StatusRequest(BaseModel):
+    """A step of the order's life that a coordinator records (collection, manufacturing, infusion...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: OrderStatus
+
+
+class CollectionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    collected_at: AwareDatetime
+
+
+class CollectionView(BaseModel):
+    number: int
+    din: str
+    din_label: str
+    collected_at: datetime
+    coi: str
 
 
 class CancelRequest(BaseModel):
@@ -88,6 +132,8 @@ class OrderView(BaseModel):
     ordered_on: date
     rejection_reasons: list[RejectionReason]
     cancelled_reason: str | None
+    cancelled_by: str | None
+    cancelled_at: datetime | None
 
     @classmethod
     def of(cls, order: Order) -> OrderView:
@@ -103,6 +149,8 @@ class OrderView(BaseModel):
             ordered_on=order.ordered_on,
             rejection_reasons=[RejectionReason(**r) for r in json.loads(order.rejection_reasons or "[]")],
             cancelled_reason=order.cancelled_reason,
+            cancelled_by=order.cancelled_by,
+            cancelled_at=order.cancelled_at,
         )
 
 
@@ -121,13 +169,11 @@ OrderingCaller = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TRE
 def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> domain.OrderFacts:
     therapy = session.get(Therapy, body.therapy_code)
     site = session.get(TreatmentCenter, body.treatment_center_id)
-    certification = session.exec(
+    certifications = session.exec(
         select(SiteCertification)
         .where(SiteCertification.treatment_center_id == body.treatment_center_id)
         .where(SiteCertification.therapy_code == body.therapy_code)
-        .where(col(SiteCertification.effective_on) <= ordered_on)
-        .order_by(col(SiteCertification.effective_on).desc())
-    ).first()
+    ).all()
     prescriber_site = session.get(PrescriberSite, (body.prescriber_npi, body.treatment_center_id))
     prescriber_known = (
         session.exec(select(PrescriberSite.npi).where(PrescriberSite.npi == body.prescriber_npi)).first()
@@ -143,10 +189,16 @@ def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> dom
         order_date=ordered_on,
         therapy_known=therapy is not None,
         site_known=site is not None,
-        site_certified_from=certification.effective_on if certification else None,
-        site_certified_until=certification.expires_on if certification else None,
+        certifications=tuple((c.effective_on, c.expires_on) for c in certifications),
+        prescriber_npi=body.prescriber_npi,
         prescriber_known=prescriber_known,
         prescriber_may_order_for_site=prescriber_site is not None,
+        consent_signed_on=body.consent.signed_on if body.consent else None,
+        consent_form_version=body.consent.form_version if body.consent else None,
+        payer_authorization_expires_on=body.payer_authorization.expires_on
+        if body.payer_authorization
+        else None,
+        eligibility_attested=body.eligibility_attested,
         has_active_order_for_patient_and_therapy=active is not None,
     )
 
@@ -198,6 +250,15 @@ def place_order(
         therapy_code=body.therapy_code,
         treatment_center_id=body.treatment_center_id,
         prescriber_npi=body.prescriber_npi,
+        consent_signed_on=body.consent.signed_on if body.consent else None,
+        consent_form_version=body.consent.form_version if body.consent else None,
+        payer_authorization_reference=body.payer_authorization.reference
+        if body.payer_authorization
+        else None,
+        payer_authorization_expires_on=body.payer_authorization.expires_on
+        if body.payer_authorization
+        else None,
+        eligibility_attested_by=caller.subject if body.eligibility_attested else None,
         ordered_on=ordered_on,
         created_by=caller.subject,
     )
@@ -348,6 +409,8 @@ def cancel_order(
     except domain.TransitionRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
     order.cancelled_reason = body.reason
+    order.cancelled_by = caller.subject
+    order.cancelled_at = utc_now()
     if order.coi:
         enqueue(
             session,
@@ -361,10 +424,120 @@ def cancel_order(
                     coi=order.coi,
                     reason=body.reason,
                     cancelled_by=caller.subject,
-                    cancelled_at=utc_now(),
+                    cancelled_at=order.cancelled_at,
                 ),
             ),
         )
     session.commit()
     runtime_of(request).relay.notify()
     return OrderView.of(order)
+
+
+MANUAL_STEPS = frozenset(
+    {
+        OrderStatus.CELLS_COLLECTED,
+        OrderStatus.IN_MANUFACTURING,
+        OrderStatus.INFUSED,
+        OrderStatus.IN_FOLLOW_UP,
+        OrderStatus.CLOSED,
+    }
+)
+"""Steps a coordinator records; shipping and delivery follow the shipment events instead."""
+
+Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
+
+
+@router.post("/orders/{order_id}/status", response_model=OrderView)
+def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller: Coordinator) -> OrderView:
+    """Record the next step of the order's life; a step out of order is refused with 409."""
+    order = _must_get(session, order_id)
+    if body.status not in MANUAL_STEPS:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{body.status} is set by the shipment and scheduling events, not by hand",
+        )
+    try:
+        record_transition(session, order, body.status, caller.subject)
+    except domain.TransitionRefused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+    session.commit()
+    return OrderView.of(order)
+
+
+def next_din(session: Session, fin: str, year: int) -> str:
+    """Issue the next DIN of a facility and year; the counter row serialises concurrent issuers."""
+    counter = session.exec(
+        select(DinCounter).where(DinCounter.fin == fin).where(DinCounter.year == year).with_for_update()
+    ).first()
+    if counter is None:
+        counter = DinCounter(fin=fin, year=year, last=0)
+    counter.last += 1
+    session.add(counter)
+    session.flush()
+    return din(fin, year, counter.last)
+
+
+@router.post(
+    "/orders/{order_id}/collections", status_code=status.HTTP_201_CREATED, response_model=CollectionView
+)
+def record_collection(
+    order_id: UUID, body: CollectionRequest, request: Request, session: SessionDep, caller: Coordinator
+) -> CollectionView:
+    """Record a collection: it gets its own DIN under the order's COI; the first one moves the order on."""
+    order = _must_get(session, order_id)
+    if order.status not in (OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED) or order.coi is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"cannot record a collection for an order that is {order.status}"
+        )
+    site = session.get(TreatmentCenter, order.treatment_center_id)
+    fin = (site.fin if site and site.fin else None) or request.app.state.issuer_fin
+    number = len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all()) + 1
+    collection = Collection(
+        order_id=order.id,
+        number=number,
+        din=next_din(session, fin, body.collected_at.year),
+        collected_at=body.collected_at,
+        recorded_by=caller.subject,
+    )
+    session.add(collection)
+    if order.status is OrderStatus.ACCEPTED:
+        record_transition(session, order, OrderStatus.CELLS_COLLECTED, caller.subject)
+    enqueue(
+        session,
+        ORDERS,
+        CollectionRecorded(
+            source=SOURCE,
+            subject=order.coi,
+            correlationid=request.state.correlation_id,
+            data=CollectionRecordedData(
+                order_id=order.id,
+                coi=order.coi,
+                collection_number=number,
+                din=collection.din,
+                collected_at=body.collected_at,
+                treatment_center_id=order.treatment_center_id,
+            ),
+        ),
+    )
+    session.commit()
+    runtime_of(request).relay.notify()
+    return _collection_view(collection, order.coi)
+
+
+def _collection_view(collection: Collection, coi: str) -> CollectionView:
+    return CollectionView(
+        number=collection.number,
+        din=collection.din,
+        din_label=f"{collection.din[:-1]} [{collection.din[-1]}]",
+        collected_at=collection.collected_at,
+        coi=coi,
+    )
+
+
+@router.get("/orders/{order_id}/collections", response_model=list[CollectionView])
+def list_collections(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[CollectionView]:
+    order = _visible_order(session, order_id, caller)
+    rows = session.exec(
+        select(Collection).where(Collection.order_id == order.id).order_by(col(Collection.number))
+    )
+    return [_collection_view(row, order.coi or "") for row in rows]

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
-from services.order_intake import api, handlers
+from services.order_intake import api, handlers, registry
 from services.order_intake.models import TABLES
 from services.order_intake.seed import seed_registry
 
@@ -29,7 +29,7 @@ def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
     app = build_service(
         name=settings.service_name,
         tables=TABLES,
-        routers=[api.router],
+        routers=[api.router, registry.router],
         wire=handlers.wire,
         settings=settings,
         on_startup=on_startup,

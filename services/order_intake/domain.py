@@ -1,4 +1,4 @@
-"""Order intake rules: acceptance checks and the order's state machine. Pure Python, no I/O."""
+"""Order intake rules: acceptance checks, NPI validation and the order's state machine. No I/O."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-_FORWARD: tuple[OrderStatus, ...] = (
+LIFECYCLE: tuple[OrderStatus, ...] = (
     OrderStatus.ACCEPTED,
     OrderStatus.CELLS_COLLECTED,
     OrderStatus.IN_MANUFACTURING,
@@ -31,20 +31,21 @@ _FORWARD: tuple[OrderStatus, ...] = (
     OrderStatus.IN_FOLLOW_UP,
     OrderStatus.CLOSED,
 )
+"""The therapy's path, one step at a time: no step is skipped, none is gone back to."""
+
 CANCELLABLE: frozenset[OrderStatus] = frozenset(
-    {OrderStatus.SUBMITTED, *_FORWARD[: _FORWARD.index(OrderStatus.INFUSED)]}
+    {OrderStatus.SUBMITTED, *LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)]}
 )
-ACTIVE: frozenset[OrderStatus] = frozenset(_FORWARD[:-1]) | {OrderStatus.SUBMITTED}
+ACTIVE: frozenset[OrderStatus] = frozenset({OrderStatus.SUBMITTED, *LIFECYCLE[:-1]})
+"""Orders that block a second order for the same patient and therapy."""
 
 
 def allowed_transitions(current: OrderStatus) -> frozenset[OrderStatus]:
-    """The states an order may move to next. Collection and manufacturing may be skipped by events
-    (the return shipment can be the first news order intake hears), never gone back to."""
     targets: set[OrderStatus] = set()
     if current is OrderStatus.SUBMITTED:
         targets |= {OrderStatus.ACCEPTED, OrderStatus.REJECTED}
-    if current in _FORWARD:
-        targets |= set(_FORWARD[_FORWARD.index(current) + 1 :])
+    if current in LIFECYCLE and current is not OrderStatus.CLOSED:
+        targets.add(LIFECYCLE[LIFECYCLE.index(current) + 1])
     if current in CANCELLABLE:
         targets.add(OrderStatus.CANCELLED)
     return frozenset(targets)
@@ -52,7 +53,8 @@ def allowed_transitions(current: OrderStatus) -> frozenset[OrderStatus]:
 
 class TransitionRefused(Exception):
     def __init__(self, current: OrderStatus, target: OrderStatus):
-        super().__init__(f"an order that is {current} cannot become {target}")
+        allowed = ", ".join(sorted(allowed_transitions(current))) or "nothing"
+        super().__init__(f"an order that is {current} cannot become {target} (it may become: {allowed})")
         self.current = current
         self.target = target
 
@@ -60,6 +62,25 @@ class TransitionRefused(Exception):
 def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if target not in allowed_transitions(current):
         raise TransitionRefused(current, target)
+
+
+def npi_is_valid(npi: str) -> bool:
+    """NPI check digit: the Luhn formula over the prefix 80840 and the first nine digits (CMS)."""
+    if len(npi) != 10 or not npi.isdigit():
+        return False
+    return luhn_check_digit("80840" + npi[:9]) == int(npi[9])
+
+
+def luhn_check_digit(digits: str) -> int:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2 == 0:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return (10 - total % 10) % 10
 
 
 @dataclass(frozen=True)
@@ -70,45 +91,64 @@ class Failure:
 
 @dataclass(frozen=True)
 class OrderFacts:
-    """What the acceptance checks need to know, gathered by the caller from the registry."""
+    """What the acceptance checks need, gathered by the caller from the registry and the request."""
 
     order_date: date
     therapy_known: bool
     site_known: bool
-    site_certified_from: date | None
-    site_certified_until: date | None
+    certifications: tuple[tuple[date, date | None], ...]
+    """The site's (effective, expiry) qualifications for this therapy."""
+    prescriber_npi: str
     prescriber_known: bool
     prescriber_may_order_for_site: bool
+    consent_signed_on: date | None
+    consent_form_version: str | None
+    payer_authorization_expires_on: date | None
+    eligibility_attested: bool
     has_active_order_for_patient_and_therapy: bool
 
 
+def certified_on(certifications: tuple[tuple[date, date | None], ...], day: date) -> bool:
+    return any(start <= day and (end is None or day <= end) for start, end in certifications)
+
+
 def acceptance_failures(facts: OrderFacts) -> list[Failure]:
-    """Every failed check, each with a code and a message (an order is rejected with all of them)."""
+    """Every failed check, each with a code and a message: an order is rejected with all of them."""
     failures: list[Failure] = []
     if not facts.therapy_known:
         failures.append(Failure("therapy_unknown", "the therapy is not in the registry"))
     if not facts.site_known:
         failures.append(Failure("site_unknown", "the treatment center is not in the registry"))
-    elif facts.therapy_known and not _certified_on(facts):
+    elif facts.therapy_known and not certified_on(facts.certifications, facts.order_date):
         failures.append(
             Failure(
                 "site_not_certified",
                 f"the treatment center is not qualified for this therapy on {facts.order_date.isoformat()}",
             )
         )
-    if not facts.prescriber_known:
+    if not npi_is_valid(facts.prescriber_npi):
+        failures.append(Failure("prescriber_npi_invalid", "the prescriber's NPI fails its check digit"))
+    elif not facts.prescriber_known:
         failures.append(Failure("prescriber_unknown", "the prescriber is not in the registry"))
     elif not facts.prescriber_may_order_for_site:
         failures.append(Failure("prescriber_not_at_site", "the prescriber may not order for this site"))
+    if facts.consent_signed_on is None or not facts.consent_form_version:
+        failures.append(Failure("consent_missing", "no consent recorded (date and form version)"))
+    elif facts.consent_signed_on > facts.order_date:
+        failures.append(Failure("consent_after_order", "consent is dated after the order"))
+    if facts.payer_authorization_expires_on is None:
+        failures.append(Failure("payer_authorization_missing", "no payer authorization on file"))
+    elif facts.payer_authorization_expires_on < facts.order_date:
+        failures.append(
+            Failure(
+                "payer_authorization_expired",
+                f"the payer authorization expired on {facts.payer_authorization_expires_on.isoformat()}",
+            )
+        )
+    if not facts.eligibility_attested:
+        failures.append(Failure("eligibility_not_attested", "clinical eligibility has not been attested"))
     if facts.has_active_order_for_patient_and_therapy:
         failures.append(
             Failure("duplicate_active_order", "the patient already has an active order for this therapy")
         )
     return failures
-
-
-def _certified_on(facts: OrderFacts) -> bool:
-    start, end = facts.site_certified_from, facts.site_certified_until
-    if start is None:
-        return False
-    return start <= facts.order_date and (end is None or facts.order_date <= end)

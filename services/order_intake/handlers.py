@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import structlog
-from cgt_contracts.events import AnyEvent, ShipmentDelivered, ShipmentDispatched
+from cgt_contracts.events import AnyEvent, ShipmentDelivered, ShipmentDispatched, ShipmentLeg
 from sqlmodel import Session, select
 
 from services.common.consumer import register_consumer
@@ -25,6 +25,7 @@ def _advance(session: Session, event: AnyEvent, target: OrderStatus) -> None:
         return
     if order.status == target:
         return
+    # A refused transition is logged and left unapplied; the event still counts as handled (inbox).
     try:
         record_transition(session, order, target, actor=event.source, cause_event_id=str(event.id))
     except TransitionRefused as refused:
@@ -32,11 +33,15 @@ def _advance(session: Session, event: AnyEvent, target: OrderStatus) -> None:
 
 
 def on_shipment_dispatched(session: Session, event: AnyEvent) -> None:
-    _advance(session, event, OrderStatus.PRODUCT_SHIPPED)
+    assert isinstance(event, ShipmentDispatched)
+    if event.data.leg is ShipmentLeg.RETURN:
+        _advance(session, event, OrderStatus.PRODUCT_SHIPPED)
 
 
 def on_shipment_delivered(session: Session, event: AnyEvent) -> None:
-    _advance(session, event, OrderStatus.PRODUCT_DELIVERED)
+    assert isinstance(event, ShipmentDelivered)
+    if event.data.leg is ShipmentLeg.RETURN:
+        _advance(session, event, OrderStatus.PRODUCT_DELIVERED)
 
 
 def wire(runtime: Runtime) -> None:

@@ -30,6 +30,8 @@ class TreatmentCenter(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=128)
     timezone: str = Field(max_length=64)
+    fin: str | None = Field(default=None, max_length=5, description="ISBT 128 facility number, for DINs")
+    contacts: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
 
 
 class SiteCertification(SQLModel, table=True):
@@ -66,6 +68,11 @@ class Order(SQLModel, table=True):
     therapy_code: str = Field(max_length=64)
     treatment_center_id: str = Field(index=True, max_length=64)
     prescriber_npi: str = Field(max_length=10)
+    consent_signed_on: date | None = None
+    consent_form_version: str | None = Field(default=None, max_length=32)
+    payer_authorization_reference: str | None = Field(default=None, max_length=64)
+    payer_authorization_expires_on: date | None = None
+    eligibility_attested_by: str | None = Field(default=None, max_length=64)
     status: OrderStatus = Field(default=OrderStatus.SUBMITTED, max_length=32)
     coi: str | None = Field(default=None, unique=True, max_length=16)
     rejection_reasons: str | None = Field(default=None, sa_column=Column(Text))
@@ -73,6 +80,32 @@ class Order(SQLModel, table=True):
     created_by: str = Field(max_length=64)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     cancelled_reason: str | None = Field(default=None, max_length=500)
+    cancelled_by: str | None = Field(default=None, max_length=64)
+    cancelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class Collection(SQLModel, table=True):
+    """One collection (apheresis) for an order: its own DIN, linked to the order's one COI identifier."""
+
+    __tablename__ = "collection"
+    __table_args__ = (UniqueConstraint("order_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: UUID = Field(foreign_key="therapy_order.id", index=True)
+    number: int
+    din: str = Field(unique=True, max_length=14)
+    collected_at: datetime = Field(sa_type=UtcDateTime)
+    recorded_by: str = Field(max_length=64)
+
+
+class DinCounter(SQLModel, table=True):
+    """The last DIN sequence issued per facility and year (six digits, never reused)."""
+
+    __tablename__ = "din_counter"
+
+    fin: str = Field(primary_key=True, max_length=5)
+    year: int = Field(primary_key=True)
+    last: int = 0
 
 
 class PatientRecord(SQLModel, table=True):
@@ -130,4 +163,6 @@ TABLES: tuple[Table, ...] = tables_of(
     CoiSequence,
     OrderTransition,
     IdempotentRequest,
+    Collection,
+    DinCounter,
 )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from services.order_intake.models import (
     Prescriber,
@@ -32,7 +33,15 @@ def seed_registry(engine: Engine) -> None:
             storage_limit_celsius=-150.0,
             conditioning_days=4,
         ),
-        TreatmentCenter(id=DEMO_SITE, name="Boston Qualified Treatment Center", timezone="America/New_York"),
+        TreatmentCenter(
+            id=DEMO_SITE,
+            name="Boston Qualified Treatment Center",
+            timezone="America/New_York",
+            fin="B4567",
+            contacts=json.dumps(
+                [{"name": "Cell lab on call", "role": "cell_lab", "phone": "+1-617-555-0100"}]
+            ),
+        ),
         TreatmentCenter(
             id=UNCERTIFIED_SITE, name="Denver Children's (not yet qualified)", timezone="America/Denver"
         ),
@@ -44,10 +53,16 @@ def seed_registry(engine: Engine) -> None:
             primary = tuple(getattr(row, c.name) for c in row.__table__.primary_key.columns)  # type: ignore[attr-defined]
             if session.get(type(row), primary if len(primary) > 1 else primary[0]) is None:
                 session.add(row)
-        if session.get(SiteCertification, 1) is None:
+        session.flush()
+        certified = session.exec(
+            select(SiteCertification.id)
+            .where(SiteCertification.treatment_center_id == DEMO_SITE)
+            .where(SiteCertification.therapy_code == WASKYRA)
+        ).first()
+        if certified is None:
             session.add(
                 SiteCertification(
-                    id=1, treatment_center_id=DEMO_SITE, therapy_code=WASKYRA, effective_on=date(2026, 1, 1)
+                    treatment_center_id=DEMO_SITE, therapy_code=WASKYRA, effective_on=date(2026, 1, 1)
                 )
             )
         session.commit()

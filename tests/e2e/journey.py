@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +27,15 @@ def order_body(patient_ref: str | None = None, **overrides: Any) -> dict[str, An
         "therapy_code": WASKYRA,
         "treatment_center_id": DEMO_SITE,
         "prescriber_npi": PRESCRIBER,
+        "consent": {
+            "signed_on": (date.today() - timedelta(days=3)).isoformat(),
+            "form_version": "WAS-ICF-2.1",
+        },
+        "payer_authorization": {
+            "reference": "PA-2026-0042",
+            "expires_on": (date.today() + timedelta(days=90)).isoformat(),
+        },
+        "eligibility_attested": True,
     }
     body.update(overrides)
     return body
@@ -38,6 +47,24 @@ async def place_accepted_order(http: httpx.AsyncClient, stack: RunningStack) -> 
     order: dict[str, Any] = response.json()
     assert order["status"] == "accepted", order
     return order
+
+
+async def record_collection_and_manufacturing(
+    http: httpx.AsyncClient, stack: RunningStack, order_id: str
+) -> str:
+    """The coordinator records the apheresis (a DIN is issued) and the start of manufacturing."""
+    collected = await http.post(
+        f"{stack.orders}/orders/{order_id}/collections",
+        json={"collected_at": datetime.now(UTC).isoformat()},
+        headers=COORDINATOR,
+    )
+    assert collected.status_code == 201, collected.text
+    started = await http.post(
+        f"{stack.orders}/orders/{order_id}/status", json={"status": "in_manufacturing"}, headers=COORDINATOR
+    )
+    assert started.status_code == 200 and started.json()["status"] == "in_manufacturing", started.text
+    din: str = collected.json()["din"]
+    return din
 
 
 async def shipment_for(

@@ -10,7 +10,13 @@ import pytest
 from deploy.observe import EventLog, WebhookListener
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, COURIER_2, RunningStack
-from tests.e2e.journey import order_body, place_accepted_order, scan, shipment_for
+from tests.e2e.journey import (
+    order_body,
+    place_accepted_order,
+    record_collection_and_manufacturing,
+    scan,
+    shipment_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +37,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     order = await place_accepted_order(http, stack)
     coi = order["coi"]
     assert order["coi_label"].startswith("&/CH")
+    await record_collection_and_manufacturing(http, stack, order["id"])
     await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == coi)
     shipment = await shipment_for(http, stack, events, coi)
     assert shipment["bags"] == [{"number": 1, "of": 1, "coi": coi}]

@@ -1,66 +1,121 @@
-"""Order intake rules without I/O: the state machine and the acceptance checks."""
+"""Order intake rules without I/O: acceptance checks, NPI check digit, the order's state machine."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import date
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.order_intake.domain import (
+    LIFECYCLE,
     OrderFacts,
     OrderStatus,
     TransitionRefused,
     acceptance_failures,
+    allowed_transitions,
     check_transition,
+    luhn_check_digit,
+    npi_is_valid,
 )
+
+ORDER_DAY = date(2026, 3, 1)
 
 
 def facts(**overrides: object) -> OrderFacts:
     base: dict[str, object] = {
-        "order_date": date(2026, 3, 1),
+        "order_date": ORDER_DAY,
         "therapy_known": True,
         "site_known": True,
-        "site_certified_from": date(2026, 1, 1),
-        "site_certified_until": None,
+        "certifications": ((date(2026, 1, 1), None),),
+        "prescriber_npi": "1234567893",
         "prescriber_known": True,
         "prescriber_may_order_for_site": True,
+        "consent_signed_on": date(2026, 2, 20),
+        "consent_form_version": "ICF-2.1",
+        "payer_authorization_expires_on": date(2026, 6, 1),
+        "eligibility_attested": True,
         "has_active_order_for_patient_and_therapy": False,
     }
     base.update(overrides)
     return OrderFacts(**base)  # type: ignore[arg-type]
 
 
-def test_a_valid_order_has_no_failures() -> None:
+def codes(**overrides: object) -> set[str]:
+    return {f.code for f in acceptance_failures(facts(**overrides))}
+
+
+def test_a_complete_order_has_no_failures() -> None:
     assert acceptance_failures(facts()) == []
 
 
-def test_every_failed_check_is_reported() -> None:
-    codes = {
-        f.code
-        for f in acceptance_failures(
-            facts(
-                site_certified_until=date(2026, 2, 1),
-                prescriber_may_order_for_site=False,
-                has_active_order_for_patient_and_therapy=True,
-            )
-        )
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"certifications": ()}, "site_not_certified"),
+        ({"certifications": ((date(2025, 1, 1), date(2026, 2, 28)),)}, "site_not_certified"),
+        ({"certifications": ((date(2026, 3, 2), None),)}, "site_not_certified"),
+        ({"prescriber_npi": "1234567890"}, "prescriber_npi_invalid"),
+        ({"prescriber_known": False}, "prescriber_unknown"),
+        ({"prescriber_may_order_for_site": False}, "prescriber_not_at_site"),
+        ({"consent_signed_on": None}, "consent_missing"),
+        ({"consent_form_version": None}, "consent_missing"),
+        ({"consent_signed_on": date(2026, 3, 2)}, "consent_after_order"),
+        ({"payer_authorization_expires_on": None}, "payer_authorization_missing"),
+        ({"payer_authorization_expires_on": date(2026, 2, 28)}, "payer_authorization_expired"),
+        ({"eligibility_attested": False}, "eligibility_not_attested"),
+        ({"has_active_order_for_patient_and_therapy": True}, "duplicate_active_order"),
+        ({"therapy_known": False}, "therapy_unknown"),
+        ({"site_known": False}, "site_unknown"),
+    ],
+)
+def test_each_check_fails_on_its_own(overrides: dict[str, object], code: str) -> None:
+    assert codes(**overrides) == {code}
+
+
+def test_certification_boundaries_are_inclusive() -> None:
+    assert codes(certifications=((ORDER_DAY, ORDER_DAY),)) == set()
+    assert codes(payer_authorization_expires_on=ORDER_DAY) == set()
+
+
+def test_every_failed_check_is_reported_together() -> None:
+    assert codes(certifications=(), consent_signed_on=None, eligibility_attested=False) == {
+        "site_not_certified",
+        "consent_missing",
+        "eligibility_not_attested",
     }
-    assert codes == {"site_not_certified", "prescriber_not_at_site", "duplicate_active_order"}
 
 
-def test_certification_not_yet_effective_is_refused() -> None:
-    assert [f.code for f in acceptance_failures(facts(site_certified_from=None))] == ["site_not_certified"]
+@pytest.mark.parametrize("npi", ["1234567893", "1245319599", "1003000126"])
+def test_valid_npis(npi: str) -> None:
+    assert npi_is_valid(npi)
 
 
-def test_the_order_moves_forward_and_never_back() -> None:
-    check_transition(OrderStatus.ACCEPTED, OrderStatus.PRODUCT_SHIPPED)
+@given(st.text(alphabet="0123456789", min_size=9, max_size=9), st.integers(0, 9))
+def test_exactly_one_check_digit_is_valid(prefix: str, digit: int) -> None:
+    assert npi_is_valid(prefix + str(digit)) == (digit == luhn_check_digit("80840" + prefix))
+
+
+def test_the_order_moves_one_step_at_a_time() -> None:
+    for current, following in itertools.pairwise(LIFECYCLE):
+        check_transition(current, following)
+    with pytest.raises(TransitionRefused):
+        check_transition(OrderStatus.ACCEPTED, OrderStatus.PRODUCT_SHIPPED)
     with pytest.raises(TransitionRefused):
         check_transition(OrderStatus.PRODUCT_DELIVERED, OrderStatus.PRODUCT_SHIPPED)
+    assert allowed_transitions(OrderStatus.CLOSED) == frozenset()
 
 
 def test_cancellation_is_allowed_before_infusion_only() -> None:
-    check_transition(OrderStatus.PRODUCT_DELIVERED, OrderStatus.CANCELLED)
-    with pytest.raises(TransitionRefused):
-        check_transition(OrderStatus.INFUSED, OrderStatus.CANCELLED)
-    with pytest.raises(TransitionRefused):
-        check_transition(OrderStatus.REJECTED, OrderStatus.CANCELLED)
+    for status in (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED, OrderStatus.PRODUCT_DELIVERED):
+        check_transition(status, OrderStatus.CANCELLED)
+    for status in (
+        OrderStatus.INFUSED,
+        OrderStatus.IN_FOLLOW_UP,
+        OrderStatus.REJECTED,
+        OrderStatus.CANCELLED,
+    ):
+        with pytest.raises(TransitionRefused):
+            check_transition(status, OrderStatus.CANCELLED)

@@ -56,6 +56,17 @@ class OrderCancelledData(ContractModel):
     cancelled_at: UtcDatetime
 
 
+class CollectionRecordedData(ContractModel):
+    """A collection (apheresis) made for an order: its own DIN, under the order's one COI identifier."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    collection_number: Annotated[int, Field(ge=1, le=20)]
+    din: Annotated[str, Field(pattern=r"^[A-NP-Z][0-9]{12}[0-9A-Z*]$")]
+    collected_at: UtcDatetime
+    treatment_center_id: Identifier
+
+
 class OrderAccepted(EventEnvelope):
     type: Literal["order.accepted.v1"] = "order.accepted.v1"
     data: OrderAcceptedData
@@ -71,6 +82,11 @@ class OrderRejected(EventEnvelope):
 class OrderCancelled(EventEnvelope):
     type: Literal["order.cancelled.v1"] = "order.cancelled.v1"
     data: OrderCancelledData
+
+
+class CollectionRecorded(EventEnvelope):
+    type: Literal["collection.recorded.v1"] = "collection.recorded.v1"
+    data: CollectionRecordedData
 
 
 # ---------------------------------------------------------------- COI tracking (shipments.events)
@@ -105,6 +121,7 @@ class ShipmentCreatedData(ContractModel):
 class ShipmentDispatchedData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
+    leg: ShipmentLeg = ShipmentLeg.RETURN
     treatment_center_id: Identifier
     dispatched_at: UtcDatetime
     eta_at: UtcDatetime
@@ -136,6 +153,7 @@ class CustodyTransferredData(ContractModel):
 class ShipmentDeliveredData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
+    leg: ShipmentLeg = ShipmentLeg.RETURN
     treatment_center_id: Identifier
     delivered_at: UtcDatetime
     coi_verified: Literal[True]
@@ -265,6 +283,7 @@ AnyEvent = Annotated[
     OrderAccepted
     | OrderRejected
     | OrderCancelled
+    | CollectionRecorded
     | ShipmentCreated
     | ShipmentDispatched
     | ShipmentScanned
@@ -288,6 +307,7 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
         OrderAccepted,
         OrderRejected,
         OrderCancelled,
+        CollectionRecorded,
         ShipmentCreated,
         ShipmentDispatched,
         ShipmentScanned,

@@ -1,0 +1,373 @@
+"""Order intake through its HTTP API on the real database and broker: registry, checks, COI, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from deploy.observe import EventLog
+from services.common.identifiers import COI_PATTERN, DIN_PATTERN, has_valid_check
+from services.common.topics import ORDERS
+from services.order_intake.domain import luhn_check_digit, npi_is_valid
+from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, RunningStack
+from tests.e2e.journey import (
+    order_body,
+    place_accepted_order,
+    record_collection_and_manufacturing,
+    scan,
+    shipment_for,
+)
+from tests.support.infra import produce, wait_committed
+
+pytestmark = pytest.mark.e2e
+
+
+async def post_order(
+    http: httpx.AsyncClient, stack: RunningStack, body: dict[str, Any], **headers: str
+) -> dict[str, Any]:
+    response = await http.post(f"{stack.orders}/orders", json=body, headers={**COORDINATOR, **headers})
+    assert response.status_code in (200, 201), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def reason_codes(order: dict[str, Any]) -> set[str]:
+    return {reason["code"] for reason in order["rejection_reasons"]}
+
+
+def today_plus(days: int) -> str:
+    return (date.today() + timedelta(days=days)).isoformat()
+
+
+async def new_site(http: httpx.AsyncClient, stack: RunningStack, certifications: list[dict[str, Any]]) -> str:
+    """A fresh treatment center, its certifications, and a prescriber allowed there."""
+    site = f"TC-{uuid.uuid4().hex[:6].upper()}"
+    created = await http.post(
+        f"{stack.orders}/treatment-centers",
+        json={
+            "id": site,
+            "name": "Test QTC",
+            "timezone": "Europe/Rome",
+            "contacts": [{"name": "Cell lab", "role": "cell_lab", "email": "lab@example.org"}],
+        },
+        headers=COORDINATOR,
+    )
+    assert created.status_code == 201, created.text
+    for certification in certifications:
+        added = await http.post(
+            f"{stack.orders}/treatment-centers/{site}/certifications", json=certification, headers=COORDINATOR
+        )
+        assert added.status_code == 201, added.text
+    return site
+
+
+async def test_the_registry_is_created_read_and_listed_by_coordinators(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    site = await new_site(http, stack, [{"therapy_code": "WASKYRA", "effective_on": today_plus(-30)}])
+    read = (await http.get(f"{stack.orders}/treatment-centers/{site}", headers=COORDINATOR)).json()
+    assert read["timezone"] == "Europe/Rome" and read["contacts"][0]["email"] == "lab@example.org"
+    assert read["certifications"] == [
+        {"therapy_code": "WASKYRA", "effective_on": today_plus(-30), "expires_on": None}
+    ]
+    assert site in [
+        c["id"] for c in (await http.get(f"{stack.orders}/treatment-centers", headers=COORDINATOR)).json()
+    ]
+    therapies = (await http.get(f"{stack.orders}/therapies", headers=COORDINATOR)).json()
+    waskyra = next(t for t in therapies if t["code"] == "WASKYRA")
+    assert waskyra["long_term_follow_up"] is True and waskyra["storage_limit_celsius"] == -150.0
+    prescriber = await http.post(
+        f"{stack.orders}/prescribers",
+        json={"npi": "1245319599", "name": "Dr. B", "treatment_center_ids": [site]},
+        headers=COORDINATOR,
+    )
+    assert prescriber.status_code in (201, 409), prescriber.text
+    assert npi_is_valid("1003000118")
+    assert (await http.get(f"{stack.orders}/therapies", headers=CENTER)).status_code == 403
+
+
+async def test_registry_input_errors_name_the_field(stack: RunningStack, http: httpx.AsyncClient) -> None:
+    bad_zone = await http.post(
+        f"{stack.orders}/treatment-centers",
+        json={"id": "TC-X", "name": "X", "timezone": "Mars/Olympus"},
+        headers=COORDINATOR,
+    )
+    assert bad_zone.status_code == 422 and bad_zone.json()["detail"][0]["loc"][-1] == "timezone"
+    bad_npi = await http.post(
+        f"{stack.orders}/prescribers", json={"npi": "1234567890", "name": "Dr. X"}, headers=COORDINATOR
+    )
+    assert bad_npi.status_code == 422 and bad_npi.json()["detail"][0]["loc"][-1] == "npi"
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"consent": None}, "consent_missing"),
+        (
+            {"payer_authorization": {"reference": "PA-1", "expires_on": today_plus(-1)}},
+            "payer_authorization_expired",
+        ),
+        ({"payer_authorization": None}, "payer_authorization_missing"),
+        ({"eligibility_attested": False}, "eligibility_not_attested"),
+        ({"prescriber_npi": "1234567890"}, "prescriber_npi_invalid"),
+        ({"prescriber_npi": "1003000118"}, "prescriber_unknown"),
+        ({"therapy_code": "ZYNTEGLO"}, "therapy_unknown"),
+    ],
+)
+async def test_each_failed_check_rejects_the_order(
+    stack: RunningStack, http: httpx.AsyncClient, change: dict[str, Any], code: str
+) -> None:
+    order = await post_order(http, stack, {**order_body(), **change})
+    assert order["status"] == "rejected" and order["coi"] is None
+    assert reason_codes(order) == {code}
+
+
+def fresh_npi() -> str:
+    prefix = f"{uuid.uuid4().int % 10**9:09d}"
+    return prefix + str(luhn_check_digit("80840" + prefix))
+
+
+async def test_site_certification_is_checked_on_the_order_date(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    expired = await new_site(
+        http,
+        stack,
+        [{"therapy_code": "WASKYRA", "effective_on": today_plus(-400), "expires_on": today_plus(-1)}],
+    )
+    future = await new_site(http, stack, [{"therapy_code": "WASKYRA", "effective_on": today_plus(1)}])
+    current = await new_site(
+        http,
+        stack,
+        [
+            {"therapy_code": "WASKYRA", "effective_on": today_plus(-400), "expires_on": today_plus(-100)},
+            {"therapy_code": "WASKYRA", "effective_on": today_plus(-10), "expires_on": today_plus(0)},
+        ],
+    )
+    npi = fresh_npi()
+    created = await http.post(
+        f"{stack.orders}/prescribers",
+        json={"npi": npi, "name": "Dr. C", "treatment_center_ids": [expired, future, current]},
+        headers=COORDINATOR,
+    )
+    assert created.status_code == 201, created.text
+    for site in (expired, future):
+        rejected = await post_order(http, stack, order_body(treatment_center_id=site, prescriber_npi=npi))
+        assert reason_codes(rejected) == {"site_not_certified"}
+    accepted = await post_order(http, stack, order_body(treatment_center_id=current, prescriber_npi=npi))
+    assert accepted["status"] == "accepted"
+    other_site = await post_order(http, stack, order_body(prescriber_npi=npi))
+    assert reason_codes(other_site) == {"prescriber_not_at_site"}
+    duplicate = await http.post(
+        f"{stack.orders}/prescribers", json={"npi": npi, "name": "Dr. C"}, headers=COORDINATOR
+    )
+    assert duplicate.status_code == 409
+
+
+async def test_a_rejected_order_lists_every_failed_check_and_says_so_on_the_bus(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await post_order(
+        http, stack, order_body(treatment_center_id="TC-DENVER", consent=None, eligibility_attested=False)
+    )
+    expected = {"site_not_certified", "prescriber_not_at_site", "consent_missing", "eligibility_not_attested"}
+    assert reason_codes(order) == expected
+    assert all(reason["message"] for reason in order["rejection_reasons"])
+    rejected = await events.wait_for(
+        lambda e: e.type == "order.rejected.v1" and str(e.data.order_id) == order["id"]  # type: ignore[union-attr]
+    )
+    assert {r.code for r in rejected.data.reasons} == expected  # type: ignore[union-attr]
+
+
+async def test_a_second_active_order_for_the_same_patient_and_therapy_is_rejected(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    first = await post_order(http, stack, order_body())
+    second = await post_order(http, stack, order_body(patient_ref=first["patient_ref"]))
+    assert reason_codes(second) == {"duplicate_active_order"}
+    cancelled = await http.post(
+        f"{stack.orders}/orders/{first['id']}/cancel", json={"reason": "re-ordered"}, headers=COORDINATOR
+    )
+    assert cancelled.status_code == 200
+    third = await post_order(http, stack, order_body(patient_ref=first["patient_ref"]))
+    assert third["status"] == "accepted"
+
+
+async def test_an_idempotency_key_returns_the_first_order_and_never_creates_a_second(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    body = order_body()
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    responses = await asyncio.gather(
+        *(http.post(f"{stack.orders}/orders", json=body, headers={**COORDINATOR, **key}) for _ in range(5))
+    )
+    assert {r.status_code for r in responses} <= {200, 201} and [r.status_code for r in responses].count(
+        201
+    ) == 1
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert all(r.json()["status"] == "accepted" for r in responses)
+    mine = [
+        o
+        for o in (await http.get(f"{stack.orders}/orders", headers=COORDINATOR)).json()
+        if o["patient_ref"] == body["patient_ref"]
+    ]
+    assert len(mine) == 1
+
+
+async def test_coi_identifiers_are_unique_and_check_under_concurrent_orders(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    responses = await asyncio.gather(
+        *(http.post(f"{stack.orders}/orders", json=order_body(), headers=COORDINATOR) for _ in range(20))
+    )
+    cois = [r.json()["coi"] for r in responses]
+    assert all(r.status_code == 201 for r in responses)
+    assert len(set(cois)) == 20
+    assert all(COI_PATTERN.match(c) and has_valid_check(c) for c in cois)
+
+
+async def test_the_lifecycle_refuses_steps_out_of_order_and_keeps_its_history(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    step = f"{stack.orders}/orders/{order['id']}/status"
+    skipped = await http.post(step, json={"status": "in_manufacturing"}, headers=COORDINATOR)
+    assert skipped.status_code == 409 and "cannot become in_manufacturing" in skipped.json()["detail"]
+    by_hand = await http.post(step, json={"status": "product_shipped"}, headers=COORDINATOR)
+    assert by_hand.status_code == 409
+
+    # A shipment event that does not fit the order's state is logged and left unapplied.
+    shipment = await shipment_for(http, stack, events, order["coi"])
+    scans = f"{stack.tracking}/shipments/{shipment['id']}/scans"
+    assert (await http.post(scans, json=scan("pick_up", [order["coi"]]), headers=COURIER)).json()["accepted"]
+    dispatched = await events.wait_for(
+        lambda e: e.type == "shipment.dispatched.v1" and e.subject == order["coi"]
+    )
+    topic, partition, offset = events.positions[str(dispatched.id)]
+    await wait_committed(stack.bootstrap, "order-intake", topic, partition, offset)
+    assert (await http.get(f"{stack.orders}/orders/{order['id']}", headers=COORDINATOR)).json()[
+        "status"
+    ] == "accepted"
+
+    din = await record_collection_and_manufacturing(http, stack, order["id"])
+    assert DIN_PATTERN.match(din) and has_valid_check(din) and din.startswith("B4567")
+    collections = (
+        await http.get(f"{stack.orders}/orders/{order['id']}/collections", headers=COORDINATOR)
+    ).json()
+    assert [(c["number"], c["din"], c["coi"]) for c in collections] == [(1, din, order["coi"])]
+    for status in ("product_shipped",):
+        assert (await http.post(step, json={"status": status}, headers=COORDINATOR)).status_code == 409
+    history = (await http.get(f"{stack.orders}/orders/{order['id']}/history", headers=COORDINATOR)).json()
+    assert [(h["from_status"], h["to_status"]) for h in history] == [
+        (None, "submitted"),
+        ("submitted", "accepted"),
+        ("accepted", "cells_collected"),
+        ("cells_collected", "in_manufacturing"),
+    ]
+    assert all(h["actor"] == "coord-ana" and h["at"] for h in history)
+
+
+async def test_shipment_events_move_the_order_and_cancellation_stops_at_infusion(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    await record_collection_and_manufacturing(http, stack, order["id"])
+    shipment = await shipment_for(http, stack, events, order["coi"])
+    scans = f"{stack.tracking}/shipments/{shipment['id']}/scans"
+    await http.post(scans, json=scan("pick_up", [order["coi"]]), headers=COURIER)
+    await http.post(scans, json=scan("delivery", [order["coi"]]), headers=COURIER)
+    delivered = await events.wait_for(
+        lambda e: e.type == "shipment.delivered.v1" and e.subject == order["coi"]
+    )
+    topic, partition, offset = events.positions[str(delivered.id)]
+    await wait_committed(stack.bootstrap, "order-intake", topic, partition, offset)
+    history = (await http.get(f"{stack.orders}/orders/{order['id']}/history", headers=COORDINATOR)).json()
+    by_event = [h for h in history if h["cause_event_id"]]
+    assert [(h["to_status"], h["actor"]) for h in by_event] == [
+        ("product_shipped", "cgt/coi-tracking"),
+        ("product_delivered", "cgt/coi-tracking"),
+    ]
+    step = f"{stack.orders}/orders/{order['id']}/status"
+    assert (await http.post(step, json={"status": "infused"}, headers=COORDINATOR)).json()[
+        "status"
+    ] == "infused"
+    late = await http.post(
+        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason": "too late"}, headers=COORDINATOR
+    )
+    assert late.status_code == 409
+
+
+async def test_cancellation_records_reason_who_and_when_and_is_published(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    cancelled = await http.post(
+        f"{stack.orders}/orders/{order['id']}/cancel",
+        json={"reason": "patient withdrew consent"},
+        headers=COORDINATOR,
+    )
+    body = cancelled.json()
+    assert body["status"] == "cancelled" and body["cancelled_by"] == "coord-ana" and body["cancelled_at"]
+    event = await events.wait_for(lambda e: e.type == "order.cancelled.v1" and e.subject == order["coi"])
+    assert event.data.reason == "patient withdrew consent"  # type: ignore[union-attr]
+    again = await http.post(
+        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason": "twice"}, headers=COORDINATOR
+    )
+    assert again.status_code == 409
+
+
+async def test_a_treatment_center_sees_only_its_own_orders(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    elsewhere = await post_order(http, stack, order_body(treatment_center_id="TC-DENVER"))
+    mine = await http.post(f"{stack.orders}/orders", json=order_body(), headers=CENTER)
+    assert mine.status_code == 201 and mine.json()["status"] == "accepted"
+    listed = (await http.get(f"{stack.orders}/orders", headers=CENTER)).json()
+    assert listed and {o["treatment_center_id"] for o in listed} == {"TC-BOSTON"}
+    assert (await http.get(f"{stack.orders}/orders/{elsewhere['id']}", headers=CENTER)).status_code == 404
+    assert elsewhere["id"] in [
+        o["id"] for o in (await http.get(f"{stack.orders}/orders", headers=COORDINATOR)).json()
+    ]
+
+
+async def test_patient_identity_is_encrypted_at_rest_and_never_logged_or_published(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    marker = f"Zelda Quux {uuid.uuid4().hex[:6]}"
+    mrn = f"MRN-{uuid.uuid4().hex[:8]}"
+    body = order_body()
+    body["patient"] = {"name": marker, "date_of_birth": "2018-12-24", "medical_record_number": mrn}
+    order = await post_order(http, stack, body)
+    await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == order["coi"])
+    url = stack.stack.database_urls["order-intake"]
+    if url.startswith("sqlite"):
+        database = Path(url.removeprefix("sqlite:///"))
+        stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    else:
+        with psycopg.connect(url) as connection:
+            rows = connection.execute("SELECT encrypted_identity FROM patient_record").fetchall()
+            dump = connection.execute("SELECT * FROM therapy_order").fetchall()
+        stored = repr(rows).encode() + repr(dump).encode()
+    assert marker.encode() not in stored and mrn.encode() not in stored
+    logs = b"".join(p.read_bytes() for p in stack.stack.workdir.glob("*.log"))
+    assert marker.encode() not in logs and mrn.encode() not in logs
+    assert all(marker.encode() not in value and mrn.encode() not in value for _, value, _ in events.raw)
+    assert (
+        "patient" not in (await http.get(f"{stack.orders}/orders/{order['id']}", headers=COORDINATOR)).json()
+    )
+
+
+async def test_a_dead_lettered_marker_does_not_stop_order_events(
+    stack: RunningStack, events: EventLog
+) -> None:
+    """Order intake's own topic keeps flowing for its consumers after garbage (see also the DLQ tests)."""
+    partition, offset = await produce(stack.bootstrap, ORDERS, b"{}", key=b"X")
+    await wait_committed(stack.bootstrap, "coi-tracking", ORDERS, partition, offset)
+    assert datetime.now(UTC)  # reached: the group committed past the garbage
