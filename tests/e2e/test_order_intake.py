@@ -181,7 +181,7 @@ async def test_a_rejected_order_lists_every_failed_check_and_says_so_on_the_bus(
     assert reason_codes(order) == expected
     assert all(reason["message"] for reason in order["rejection_reasons"])
     rejected = await events.wait_for(
-        lambda e: e.type == "order.rejected.v1" and str(e.data.order_id) == order["id"]  # type: ignore[union-attr]
+        lambda e: e.type == "order.rejected.v1" and str(e.data.order_id) == order["id"]
     )
     assert {r.code for r in rejected.data.reasons} == expected  # type: ignore[union-attr]
 
