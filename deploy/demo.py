@@ -36,7 +36,7 @@ def describe(event: AnyEvent) -> str | None:
         case "order.accepted.v1":
             return f"order accepted for patient {d.patient_ref}: chain-of-identity {d.coi} assigned"
         case "shipment.created.v1":
-            return f"return shipment planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
+            return f"{d.leg} leg planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
         case "shipment.dispatched.v1":
             return f"picked up at the manufacturer, ETA {d.eta_at:%Y-%m-%d %H:%M} UTC"
         case "custody.transferred.v1":

@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from cgt_contracts.envelope import EventEnvelope, utc_now
 from cgt_contracts.events import (
-    CoiBreak,
-    CoiBreakData,
-    CustodyTransferred,
-    CustodyTransferredData,
     ScanType,
-    ShipmentDelivered,
-    ShipmentDeliveredData,
-    ShipmentDispatched,
-    ShipmentDispatchedData,
-    ShipmentQuarantined,
-    ShipmentQuarantinedData,
-    ShipmentScanned,
-    ShipmentScannedData,
-    TemperatureExcursion,
-    TemperatureExcursionData,
 )
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
-from services.coi_tracking import domain
-from services.coi_tracking.domain import LedgerKind, ShipmentStatus
-from services.coi_tracking.ledger import append_entry, read_entries, verify_shipment_ledger
-from services.coi_tracking.models import Bag, Container, ScanRecord, Shipment, TemperatureReading
+from services.coi_tracking import commands, domain
+from services.coi_tracking.domain import ShipmentStatus
+from services.coi_tracking.ledger import read_entries, verify_shipment_ledger
+from services.coi_tracking.models import (
+    Bag,
+    Container,
+    QaDisposition,
+    ScanRecord,
+    Shipment,
+    TemperatureReading,
+)
 from services.common.auth import Principal, Role, require
 from services.common.db import is_postgres
-from services.common.outbox import enqueue
 from services.common.service import db_session, runtime_of
-from services.common.topics import SHIPMENTS
 
 SOURCE = "cgt/coi-tracking"
 log = structlog.get_logger()
@@ -91,6 +82,10 @@ class ShipmentView(BaseModel):
     order_id: UUID
     coi: str
     leg: str
+    destination: str
+    min_celsius: float | None
+    max_transit_hours: float | None
+    container: dict[str, Any] | None
     status: ShipmentStatus
     physical_status: ShipmentStatus
     treatment_center_id: str
@@ -145,21 +140,25 @@ def _check_visible(shipment: Shipment, caller: Principal) -> None:
 
 
 def _view(session: Session, shipment: Shipment) -> ShipmentView:
-    containers = session.exec(select(Container.id).where(Container.shipment_id == shipment.id)).all()
+    containers = session.exec(select(Container).where(Container.shipment_id == shipment.id)).all()
     bags = session.exec(select(Bag).where(Bag.shipment_id == shipment.id).order_by(col(Bag.number))).all()
     return ShipmentView(
         id=shipment.id,
         order_id=shipment.order_id,
         coi=shipment.coi,
         leg=shipment.leg,
+        destination=shipment.destination,
+        min_celsius=shipment.min_celsius,
+        max_transit_hours=shipment.max_transit_hours,
+        container=containers[0].model_dump(mode="json", exclude={"shipment_id"}) if containers else None,
         status=shipment.status,
         physical_status=shipment.physical_status,
         treatment_center_id=shipment.treatment_center_id,
         courier_company=shipment.courier_company,
         custodian=shipment.custodian,
         storage_limit_celsius=shipment.storage_limit_celsius,
-        container_ids=list(containers),
-        bags=[{"number": b.number, "of": b.of, "coi": b.coi} for b in bags],
+        container_ids=[c.id for c in containers],
+        bags=[{"number": b.number, "of": b.of, "coi": b.coi, "din": b.din} for b in bags],
         eta_at=shipment.eta_at,
         delivered_at=shipment.delivered_at,
         quarantine_reason=shipment.quarantine_reason,
@@ -189,6 +188,10 @@ def read_shipment(shipment_id: UUID, session: SessionDep, caller: Reader) -> Shi
     return _view(session, shipment)
 
 
+def _actor(caller: Principal) -> commands.Actor:
+    return commands.Actor(subject=caller.subject, printed_name=caller.display_name or caller.subject)
+
+
 @router.post("/shipments/{shipment_id}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanResult)
 def post_scan(
     shipment_id: UUID, body: ScanRequest, request: Request, session: SessionDep, caller: Courier
@@ -196,237 +199,185 @@ def post_scan(
     """Record a courier's scan. It is always stored; the result says whether it was accepted and why not."""
     shipment = _load_for_update(session, shipment_id)
     _check_visible(shipment, caller)
-    state = domain.ShipmentState(
-        status=shipment.status,
-        physical_status=shipment.physical_status,
-        expected_coi=shipment.coi,
-        bag_count=len(session.exec(select(Bag.id).where(Bag.shipment_id == shipment.id)).all()),
-        storage_limit_celsius=shipment.storage_limit_celsius,
-        custodian=shipment.custodian,
-        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
-    )
-    scan = domain.Scan(
-        scan_type=body.scan_type,
-        bag_cois=tuple(body.bag_cois),
-        temperature_celsius=body.temperature_celsius,
-        scanned_by=caller.subject,
-        handed_to=body.handed_to,
-        treatment_center_id=shipment.treatment_center_id,
-    )
-    decision = domain.evaluate_scan(state, scan)
-    record = ScanRecord(
-        shipment_id=shipment.id,
-        scan_type=body.scan_type,
-        bag_cois=json.dumps(body.bag_cois),
-        container_id=body.container_id,
-        seal_id=body.seal_id,
-        location=body.location,
-        scanned_by=caller.subject,
-        handed_to=body.handed_to,
-        device_time=body.device_time,
-        temperature_celsius=body.temperature_celsius,
-        accepted=decision.accepted,
-        refusal_reason=decision.refusal_reason,
-        coi_verified=not decision.coi_break,
-    )
-    session.add(record)
-    events: list[EventEnvelope] = []
-    common = {"source": SOURCE, "subject": shipment.coi, "correlationid": request.state.correlation_id}
-    now = utc_now()
-    if body.temperature_celsius is not None:
-        session.add(
-            TemperatureReading(
-                shipment_id=shipment.id,
-                read_at=body.device_time,
-                celsius=body.temperature_celsius,
-                source="scan",
-            )
-        )
-        if (
-            shipment.max_temperature_celsius is None
-            or body.temperature_celsius > shipment.max_temperature_celsius
-        ):
-            shipment.max_temperature_celsius = body.temperature_celsius
-    events.append(
-        ShipmentScanned(
-            **common,
-            data=ShipmentScannedData(
-                shipment_id=shipment.id,
-                scan_id=record.id,
-                coi=shipment.coi,
-                scan_type=body.scan_type,
-                location=body.location,
-                scanned_at=body.device_time,
-                temperature_celsius=body.temperature_celsius,
-                accepted=decision.accepted,
-                refusal_reason=decision.refusal_reason,
-            ),
-        )
-    )
-    if decision.accepted:
-        shipment.physical_status = decision.physical_status
-        if shipment.status is not ShipmentStatus.QUARANTINED:
-            shipment.status = decision.physical_status
-        if body.eta_at is not None:
-            shipment.eta_at = body.eta_at
-    if decision.custody is not None:
-        entry = append_entry(
-            session,
-            shipment,
-            kind=LedgerKind.CUSTODY,
-            from_party=decision.custody.from_party,
-            to_party=decision.custody.to_party,
-            location=body.location,
-            at=body.device_time,
-            signer=caller.display_name or caller.subject,
-            meaning=f"{body.scan_type.value}: custody handed over",
-        )
-        shipment.custodian = decision.custody.to_party
-        events.append(
-            CustodyTransferred(
-                **common,
-                data=CustodyTransferredData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    from_party=entry.from_party,
-                    to_party=entry.to_party,
-                    location=entry.location,
-                    transferred_at=entry.at,
-                    ledger_sequence=entry.sequence,
-                    entry_sha256=entry.entry_sha256,
-                ),
-            )
-        )
-    if decision.dispatched:
-        assert body.eta_at is not None
-        shipment.dispatched_at = body.device_time
-        events.append(
-            ShipmentDispatched(
-                **common,
-                data=ShipmentDispatchedData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    treatment_center_id=shipment.treatment_center_id,
-                    dispatched_at=body.device_time,
-                    eta_at=body.eta_at,
-                ),
-            )
-        )
-    if decision.coi_break:
-        events.append(
-            CoiBreak(
-                **common,
-                data=CoiBreakData(
-                    shipment_id=shipment.id,
-                    scan_id=record.id,
-                    expected_coi=shipment.coi,
-                    read_cois=body.bag_cois,
-                    detected_at=now,
-                ),
-            )
-        )
-    if decision.temperature_excursion:
-        assert body.temperature_celsius is not None
-        events.append(
-            TemperatureExcursion(
-                **common,
-                data=TemperatureExcursionData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    reading_celsius=body.temperature_celsius,
-                    limit_celsius=shipment.storage_limit_celsius,
-                    read_at=body.device_time,
-                ),
-            )
-        )
-    if decision.quarantine:
-        reason = " | ".join(decision.quarantine_reasons)
-        events.extend(
-            quarantine(
-                session,
-                shipment,
-                reason=reason,
-                location=body.location,
-                correlation_id=common["correlationid"],
-            )
-        )
-    if decision.accepted and body.scan_type is ScanType.DELIVERY:
-        shipment.delivered_at = body.device_time
-        if decision.delivered_clean:
-            events.append(
-                ShipmentDelivered(
-                    **common,
-                    data=ShipmentDeliveredData(
-                        shipment_id=shipment.id,
-                        coi=shipment.coi,
-                        treatment_center_id=shipment.treatment_center_id,
-                        delivered_at=body.device_time,
-                        coi_verified=True,
-                        temperature_record_clean=True,
-                        max_temperature_celsius=shipment.max_temperature_celsius
-                        if shipment.max_temperature_celsius is not None
-                        else shipment.storage_limit_celsius,
-                    ),
-                )
-            )
-    session.add(shipment)
-    for event in events:
-        enqueue(session, SHIPMENTS, event)
-    session.commit()
-    runtime_of(request).relay.notify()
-    log.info(
-        "scan.recorded",
-        shipment_id=str(shipment.id),
-        scan_type=body.scan_type.value,
-        accepted=decision.accepted,
-        coi_verified=not decision.coi_break,
-        quarantined=decision.quarantine,
-    )
-    return ScanResult(
-        scan_id=record.id,
-        accepted=decision.accepted,
-        refusal_reason=decision.refusal_reason,
-        coi_verified=not decision.coi_break,
-        shipment_status=shipment.status,
-        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
-        quarantine_reason=shipment.quarantine_reason,
-    )
-
-
-def quarantine(
-    session: Session, shipment: Shipment, *, reason: str, location: str, correlation_id: str
-) -> list[EventEnvelope]:
-    """Quarantine at once: the status, a ledger entry, and the event that tells everyone (I1, I2)."""
-    already = shipment.status is ShipmentStatus.QUARANTINED
-    shipment.status = ShipmentStatus.QUARANTINED
-    shipment.quarantine_reason = reason if not already else f"{shipment.quarantine_reason} | {reason}"
-    now = utc_now()
-    append_entry(
+    outcome = commands.record_scan(
         session,
         shipment,
-        kind=LedgerKind.QUARANTINE,
-        from_party=shipment.custodian,
-        to_party=shipment.custodian,
-        location=location,
-        at=now,
-        signer="system:coi-tracking",
-        meaning="quarantine",
-        reason=reason,
+        commands.ScanInput(
+            scan_type=body.scan_type,
+            bag_cois=tuple(body.bag_cois),
+            location=body.location,
+            device_time=body.device_time,
+            temperature_celsius=body.temperature_celsius,
+            container_id=body.container_id,
+            seal_id=body.seal_id,
+            handed_to=body.handed_to,
+            eta_at=body.eta_at,
+        ),
+        _actor(caller),
+        request.state.correlation_id,
     )
-    return [
-        ShipmentQuarantined(
-            source=SOURCE,
-            subject=shipment.coi,
-            correlationid=correlation_id,
-            data=ShipmentQuarantinedData(
-                shipment_id=shipment.id,
-                coi=shipment.coi,
-                treatment_center_id=shipment.treatment_center_id,
-                reason=reason[:500],
-                quarantined_at=now,
-            ),
+    session.commit()
+    runtime_of(request).relay.notify()
+    return ScanResult(**dataclasses.asdict(outcome))
+
+
+class ReadingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: AwareDatetime
+    celsius: Annotated[float, Field(ge=-273.15, le=100.0)]
+
+
+class ReadingsRequest(BaseModel):
+    """A batch from the shipment's data logger."""
+
+    model_config = ConfigDict(extra="forbid")
+    logger_id: Ident
+    readings: Annotated[list[ReadingIn], Field(min_length=1, max_length=5000)]
+
+
+class ReadingsResult(BaseModel):
+    stored: int
+    excursions: list[str]
+    quarantined: bool
+
+
+class ReadingOut(BaseModel):
+    at: datetime
+    celsius: float
+    source: str
+
+
+@router.post(
+    "/shipments/{shipment_id}/readings", status_code=status.HTTP_201_CREATED, response_model=ReadingsResult
+)
+def post_readings(
+    shipment_id: UUID, body: ReadingsRequest, request: Request, session: SessionDep, caller: Courier
+) -> ReadingsResult:
+    """Store a logger batch; a reading out of range, a gap or a shipment past its hold time quarantines it."""
+    shipment = _load_for_update(session, shipment_id)
+    _check_visible(shipment, caller)
+    outcome = commands.record_readings(
+        session,
+        shipment,
+        [domain.Reading(r.at, r.celsius) for r in body.readings],
+        f"logger:{body.logger_id}",
+        request.state.correlation_id,
+    )
+    session.commit()
+    runtime_of(request).relay.notify()
+    return ReadingsResult(
+        stored=outcome.stored, excursions=outcome.excursions, quarantined=outcome.quarantined
+    )
+
+
+@router.get("/shipments/{shipment_id}/readings", response_model=list[ReadingOut])
+def read_readings(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[ReadingOut]:
+    """The temperature series, oldest first."""
+    shipment = _visible(session, shipment_id, caller)
+    rows = session.exec(
+        select(TemperatureReading)
+        .where(TemperatureReading.shipment_id == shipment.id)
+        .order_by(col(TemperatureReading.read_at))
+    )
+    return [ReadingOut(at=r.read_at, celsius=r.celsius, source=r.source) for r in rows]
+
+
+class ContainerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    container_id: Ident
+    charged_at: AwareDatetime
+    validated_hold_hours: Annotated[float, Field(gt=0, le=24 * 30)]
+    seal_id: Ident | None = None
+    logger_interval_minutes: Annotated[float | None, Field(gt=0, le=24 * 60)] = None
+
+
+@router.put("/shipments/{shipment_id}/container", response_model=ShipmentView)
+def declare_container(
+    shipment_id: UUID,
+    body: ContainerRequest,
+    session: SessionDep,
+    caller: Annotated[Principal, Depends(require(Role.COURIER, Role.COORDINATOR))],
+) -> ShipmentView:
+    """Declare the dry shipper packed for this shipment: id, charge time, validated hold time, seal."""
+    shipment = _load_for_update(session, shipment_id)
+    _check_visible(shipment, caller)
+    try:
+        commands.declare_container(session, shipment, **body.model_dump())
+    except commands.Refused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+    session.commit()
+    return _view(session, shipment)
+
+
+class DispositionRequest(BaseModel):
+    """A QA electronic signature: the decision, why, and what the signature means."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: domain.Disposition
+    reason: Annotated[str, Field(min_length=10, max_length=500)]
+    meaning: Annotated[str, Field(min_length=3, max_length=64)] = "approval"
+
+
+class DispositionView(BaseModel):
+    id: UUID
+    decision: str
+    reason: str
+    meaning: str
+    signer_id: str
+    signer_printed_name: str
+    signed_at: datetime
+    ledger_sequence: int
+
+
+@router.post(
+    "/shipments/{shipment_id}/dispositions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DispositionView,
+)
+def post_disposition(
+    shipment_id: UUID,
+    body: DispositionRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Annotated[Principal, Depends(require(Role.QA))],
+) -> DispositionView:
+    """Release or reject a quarantined shipment. Only QA signs; the signer's printed name comes from the
+    caller's configured identity, the time from the server."""
+    shipment = _load_for_update(session, shipment_id)
+    try:
+        disposition = commands.record_disposition(
+            session,
+            shipment,
+            decision=body.decision,
+            reason=body.reason,
+            meaning=body.meaning,
+            signer=_actor(caller),
+            correlation_id=request.state.correlation_id,
         )
-    ]
+    except commands.Refused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+    session.commit()
+    runtime_of(request).relay.notify()
+    return DispositionView.model_validate(disposition, from_attributes=True)
+
+
+@router.get("/shipments/{shipment_id}/dispositions", response_model=list[DispositionView])
+def list_dispositions(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[DispositionView]:
+    shipment = _visible(session, shipment_id, caller)
+    rows = session.exec(
+        select(QaDisposition)
+        .where(QaDisposition.shipment_id == shipment.id)
+        .order_by(col(QaDisposition.signed_at))
+    )
+    return [DispositionView.model_validate(r, from_attributes=True) for r in rows]
+
+
+def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment:
+    shipment = session.get(Shipment, shipment_id)
+    if shipment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
+    _check_visible(shipment, caller)
+    return shipment
 
 
 @router.get("/shipments/{shipment_id}/scans")

@@ -18,6 +18,7 @@ class TrackingSettings(ServiceSettings):
     default_courier_company: str = "CRYO-EXPRESS"
     manufacturing_site: str = "manufacturer:AGC-MILAN"
     bags_per_shipment: int = Field(default=1, ge=1, le=20)
+    fresh_max_transit_hours: float = Field(default=72.0, gt=0, description="Fresh apheresis: 72 h at 2-8 °C")
 
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
@@ -28,9 +29,12 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
         routers=[api.router],
         wire=partial(
             handlers.wire,
-            courier_company=settings.default_courier_company,
-            manufacturing_site=settings.manufacturing_site,
-            bag_count=settings.bags_per_shipment,
+            planning=handlers.Planning(
+                courier_company=settings.default_courier_company,
+                manufacturing_site=settings.manufacturing_site,
+                bag_count=settings.bags_per_shipment,
+                fresh_max_transit_hours=settings.fresh_max_transit_hours,
+            ),
         ),
         settings=settings,
     )

@@ -44,6 +44,68 @@ _NEXT_STATUS: dict[ScanType, ShipmentStatus] = {
 }
 
 
+GAP_TOLERANCE = 1.5
+"""A logger gap is an excursion when it exceeds 1.5 logger intervals (one missed reading plus jitter)."""
+
+
+@dataclass(frozen=True)
+class TemperaturePolicy:
+    """What a leg's temperature record must satisfy (I2)."""
+
+    max_celsius: float
+    min_celsius: float | None = None
+    logger_interval_minutes: float | None = None
+    hold_until: datetime | None = None
+    """Dry shipper: charge time + validated hold time."""
+    transit_deadline: datetime | None = None
+    """Fresh leg: dispatch + maximum transit time."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    at: datetime
+    celsius: float
+
+
+def temperature_problems(
+    policy: TemperaturePolicy, readings: list[Reading], previous_reading_at: datetime | None = None
+) -> list[str]:
+    """Every excursion in a batch of readings: out of range, a logger gap, past the hold or transit time."""
+    problems: list[str] = []
+    for reading in sorted(readings, key=lambda r: r.at):
+        if reading.celsius > policy.max_celsius:
+            problems.append(
+                f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
+            )
+        if policy.min_celsius is not None and reading.celsius < policy.min_celsius:
+            problems.append(
+                f"{reading.celsius} °C at {reading.at.isoformat()} is below the minimum of {policy.min_celsius} °C"
+            )
+        if policy.logger_interval_minutes is not None and previous_reading_at is not None:
+            gap = (reading.at - previous_reading_at).total_seconds() / 60
+            if gap > policy.logger_interval_minutes * GAP_TOLERANCE:
+                problems.append(
+                    f"no reading from {previous_reading_at.isoformat()} to {reading.at.isoformat()} "
+                    f"({gap:.0f} min; the logger reads every {policy.logger_interval_minutes:g} min)"
+                )
+        previous_reading_at = (
+            reading.at if previous_reading_at is None else max(previous_reading_at, reading.at)
+        )
+    latest = max((r.at for r in readings), default=None)
+    if latest is not None:
+        problems.extend(time_limit_problems(policy, latest))
+    return problems
+
+
+def time_limit_problems(policy: TemperaturePolicy, at: datetime) -> list[str]:
+    problems = []
+    if policy.hold_until is not None and at > policy.hold_until:
+        problems.append(f"past the dry shipper's validated hold time ({policy.hold_until.isoformat()})")
+    if policy.transit_deadline is not None and at > policy.transit_deadline:
+        problems.append(f"past the leg's maximum transit time ({policy.transit_deadline.isoformat()})")
+    return problems
+
+
 @dataclass(frozen=True)
 class ShipmentState:
     status: ShipmentStatus
@@ -51,9 +113,11 @@ class ShipmentState:
     """Where the shipment is in its journey, kept apart from quarantine so scans can go on."""
     expected_coi: str
     bag_count: int
-    storage_limit_celsius: float
+    policy: TemperaturePolicy
     custodian: str
     quarantined: bool
+    container_id: str | None = None
+    seal_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +128,9 @@ class Scan:
     scanned_by: str
     handed_to: str | None
     treatment_center_id: str
+    at: datetime
+    container_id: str | None = None
+    seal_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,17 +169,33 @@ def coi_mismatches(expected_coi: str, bag_count: int, bag_cois: tuple[str, ...])
     return problems
 
 
+def container_mismatches(state: ShipmentState, scan: Scan) -> list[str]:
+    """A different shipper or seal than the one packed means the product may have been swapped or opened."""
+    problems = []
+    if state.container_id and scan.container_id and scan.container_id != state.container_id:
+        problems.append(
+            f"container {scan.container_id!r} scanned, the shipment travels in {state.container_id!r}"
+        )
+    if state.seal_id and scan.seal_id and scan.seal_id != state.seal_id:
+        problems.append(f"seal {scan.seal_id!r} scanned, {state.seal_id!r} was applied at packing")
+    return problems
+
+
 def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
     """Decide what a courier's scan means. Identity and temperature are checked at every scan (I1, I2)."""
     identity_problems = coi_mismatches(state.expected_coi, state.bag_count, scan.bag_cois)
-    too_warm = scan.temperature_celsius is not None and scan.temperature_celsius > state.storage_limit_celsius
+    identity_problems += container_mismatches(state, scan)
+    readings = [Reading(scan.at, scan.temperature_celsius)] if scan.temperature_celsius is not None else []
+    thermal_problems = (
+        temperature_problems(state.policy, readings)
+        if readings
+        else time_limit_problems(state.policy, scan.at)
+    )
     reasons: list[str] = []
     if identity_problems:
         reasons.append("COI break: " + "; ".join(identity_problems))
-    if too_warm:
-        reasons.append(
-            f"temperature excursion: {scan.temperature_celsius} °C above the limit of {state.storage_limit_celsius} °C"
-        )
+    if thermal_problems:
+        reasons.append("temperature excursion: " + "; ".join(thermal_problems))
 
     refusal = _refusal(state, scan)
     if refusal is not None:
@@ -121,26 +204,27 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
             refusal_reason=refusal,
             physical_status=state.physical_status,
             coi_break=bool(identity_problems),
-            temperature_excursion=too_warm,
+            temperature_excursion=bool(thermal_problems),
             quarantine_reasons=tuple(reasons),
             custody=None,
         )
-    custody = _custody_change(state, scan)
     will_be_quarantined = state.quarantined or bool(reasons)
     return ScanDecision(
         accepted=True,
         refusal_reason=None,
         physical_status=_NEXT_STATUS[scan.scan_type],
         coi_break=bool(identity_problems),
-        temperature_excursion=too_warm,
+        temperature_excursion=bool(thermal_problems),
         quarantine_reasons=tuple(reasons),
-        custody=custody,
+        custody=_custody_change(state, scan),
         dispatched=scan.scan_type is ScanType.PICK_UP,
         delivered_clean=scan.scan_type is ScanType.DELIVERY and not will_be_quarantined,
     )
 
 
 def _refusal(state: ShipmentState, scan: Scan) -> str | None:
+    if state.status is ShipmentStatus.REJECTED:
+        return "QA rejected this shipment: its product may not move on"
     if state.physical_status not in _ALLOWED_FROM[scan.scan_type]:
         return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
     if scan.scan_type is ScanType.HAND_OFF:
@@ -158,6 +242,18 @@ def _custody_change(state: ShipmentState, scan: Scan) -> CustodyChange | None:
         return CustodyChange(from_party=state.custodian, to_party=scan.handed_to)
     if scan.scan_type is ScanType.DELIVERY:
         return CustodyChange(from_party=state.custodian, to_party=scan.treatment_center_id)
+    return None
+
+
+class Disposition(StrEnum):
+    RELEASE = "release"
+    REJECT = "reject"
+
+
+def disposition_refusal(status: ShipmentStatus, decision: Disposition) -> str | None:
+    """QA signs a disposition only for a quarantined shipment; a rejection is final."""
+    if status is not ShipmentStatus.QUARANTINED:
+        return f"only a quarantined shipment takes a QA {decision}; this one is {status}"
     return None
 
 

@@ -16,7 +16,6 @@ from services.common.db import UtcDateTime, tables_of
 
 class Shipment(SQLModel, table=True):
     __tablename__ = "shipment"
-    __table_args__ = (UniqueConstraint("order_id", "leg"),)
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     order_id: UUID = Field(index=True)
@@ -25,6 +24,11 @@ class Shipment(SQLModel, table=True):
     treatment_center_id: str = Field(index=True, max_length=64)
     courier_company: str = Field(index=True, max_length=64)
     storage_limit_celsius: float
+    """The highest allowed temperature: the product's storage limit (cryo) or 8 °C (fresh)."""
+    min_celsius: float | None = None
+    max_transit_hours: float | None = None
+    logger_interval_minutes: float | None = None
+    destination: str = Field(max_length=64)
     status: ShipmentStatus = Field(default=ShipmentStatus.PLANNED, max_length=16)
     physical_status: ShipmentStatus = Field(default=ShipmentStatus.PLANNED, max_length=16)
     custodian: str = Field(max_length=64)
@@ -47,7 +51,8 @@ class Container(SQLModel, table=True):
     shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
     kind: str = Field(default="dry_shipper", max_length=32)
     charged_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    validated_hold_hours: float = 240.0
+    validated_hold_hours: float | None = None
+    seal_id: str | None = Field(default=None, max_length=64)
 
 
 class Bag(SQLModel, table=True):
@@ -57,6 +62,7 @@ class Bag(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
     coi: str = Field(max_length=16)
+    din: str | None = Field(default=None, max_length=14)
     number: int
     of: int
 
@@ -114,4 +120,35 @@ class LedgerEntry(SQLModel, table=True):
     entry_sha256: str = Field(max_length=64)
 
 
-TABLES: tuple[Table, ...] = tables_of(Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry)
+class QaDisposition(SQLModel, table=True):
+    """A QA release or rejection, signed: printed name, date and time, meaning (21 CFR Part 11 §11.50).
+    The ledger entry it writes carries the same fields inside its hash, binding signature and record (§11.70)."""
+
+    __tablename__ = "qa_disposition"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    decision: str = Field(max_length=16)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    meaning: str = Field(max_length=64)
+    signer_id: str = Field(max_length=64)
+    signer_printed_name: str = Field(max_length=128)
+    signed_at: datetime = Field(sa_type=UtcDateTime)
+    ledger_sequence: int
+
+
+class CaptureJob(SQLModel, table=True):
+    """An EPCIS capture: the document's outcome per event, kept for the capturer to poll."""
+
+    __tablename__ = "epcis_capture"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    captured_by: str = Field(max_length=64)
+    received_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    status: str = Field(max_length=16)
+    result: str = Field(sa_column=Column(Text, nullable=False))
+
+
+TABLES: tuple[Table, ...] = tables_of(
+    QaDisposition, CaptureJob, Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry
+)

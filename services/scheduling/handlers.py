@@ -15,7 +15,10 @@ from cgt_contracts.events import (
     OrderCancelled,
     ShipmentDelivered,
     ShipmentDispatched,
+    ShipmentLeg,
     ShipmentQuarantined,
+    ShipmentRejected,
+    ShipmentReleased,
     SlotConfirmed,
     SlotConfirmedData,
     SlotHeld,
@@ -135,6 +138,8 @@ def _move(session: Session, appointment: Appointment, target: AppointmentState) 
 def make_handlers(receipt_buffer_hours: float) -> dict[type[EventEnvelope], EventHandler]:
     def on_shipment_dispatched(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, ShipmentDispatched)
+        if event.data.leg is not ShipmentLeg.RETURN:
+            return
         case = session.get(Case, event.data.coi)
         if case is None or case.cancelled or _open_appointment(session, case.coi) is not None:
             return
@@ -177,6 +182,8 @@ def make_handlers(receipt_buffer_hours: float) -> dict[type[EventEnvelope], Even
     def on_shipment_delivered(session: Session, event: AnyEvent) -> None:
         """The only way to confirm: a delivery with COI verified and a clean temperature record (I4)."""
         assert isinstance(event, ShipmentDelivered)
+        if event.data.leg is not ShipmentLeg.RETURN:
+            return
         appointment = _open_appointment(session, event.data.coi)
         if appointment is None or not _move(session, appointment, AppointmentState.CONFIRMED):
             return
@@ -222,6 +229,28 @@ def make_handlers(receipt_buffer_hours: float) -> dict[type[EventEnvelope], Even
         )
         notify_site(session, appointment, "slot.held")
 
+    def on_shipment_released(session: Session, event: AnyEvent) -> None:
+        """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
+        assert isinstance(event, ShipmentReleased)
+        if event.data.leg is not ShipmentLeg.RETURN:
+            return
+        appointment = _open_appointment(session, event.data.coi)
+        if appointment is None or appointment.state is not AppointmentState.ON_HOLD:
+            return
+        _move(session, appointment, AppointmentState.TENTATIVE)
+        appointment.hold_reason = None
+        notify_site(session, appointment, "slot.resumed")
+
+    def on_shipment_rejected(session: Session, event: AnyEvent) -> None:
+        """A rejected product must not be infused: the appointment is cancelled and the site told."""
+        assert isinstance(event, ShipmentRejected)
+        if event.data.leg is not ShipmentLeg.RETURN:
+            return
+        appointment = _open_appointment(session, event.data.coi)
+        if appointment is not None and _move(session, appointment, AppointmentState.CANCELLED):
+            appointment.hold_reason = f"product rejected by QA: {event.data.reason}"
+            notify_site(session, appointment, "slot.cancelled")
+
     def on_order_cancelled(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, OrderCancelled)
         case = session.get(Case, event.data.coi)
@@ -238,6 +267,8 @@ def make_handlers(receipt_buffer_hours: float) -> dict[type[EventEnvelope], Even
         ShipmentDispatched: on_shipment_dispatched,
         ShipmentDelivered: on_shipment_delivered,
         ShipmentQuarantined: on_shipment_quarantined,
+        ShipmentReleased: on_shipment_released,
+        ShipmentRejected: on_shipment_rejected,
     }
 
 

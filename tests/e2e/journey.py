@@ -68,15 +68,18 @@ async def record_collection_and_manufacturing(
 
 
 async def shipment_for(
-    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, coi: str
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, coi: str, leg: str = "return"
 ) -> dict[str, Any]:
-    """Wait until COI tracking has planned the return shipment, then read it as the courier."""
-    await events.wait_for(lambda e: e.type == "shipment.created.v1" and e.subject == coi)
+    """Wait until COI tracking has planned the leg, then read it as the courier."""
+    await events.wait_for(
+        lambda e: e.type == "shipment.created.v1" and e.subject == coi and e.data.leg == leg
+    )  # type: ignore[union-attr]
     response = await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COURIER)
     assert response.status_code == 200, response.text
-    shipments: list[dict[str, Any]] = response.json()
-    assert len(shipments) == 1
-    return shipments[0]
+    shipments = [s for s in response.json() if s["leg"] == leg]
+    assert len(shipments) == 1, shipments
+    shipment: dict[str, Any] = shipments[0]
+    return shipment
 
 
 def scan(

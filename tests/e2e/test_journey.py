@@ -40,7 +40,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     await record_collection_and_manufacturing(http, stack, order["id"])
     await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == coi)
     shipment = await shipment_for(http, stack, events, coi)
-    assert shipment["bags"] == [{"number": 1, "of": 1, "coi": coi}]
+    assert shipment["bags"] == [{"number": 1, "of": 1, "coi": coi, "din": None}]
     assert shipment["status"] == "planned"
     base = f"{stack.tracking}/shipments/{shipment['id']}/scans"
 

@@ -9,18 +9,24 @@ from cgt_contracts.events import ScanType
 
 from services.coi_tracking.domain import (
     GENESIS_SHA256,
+    Disposition,
     LedgerContent,
     LedgerKind,
+    Reading,
     Scan,
     ShipmentState,
     ShipmentStatus,
     StoredEntry,
+    TemperaturePolicy,
+    disposition_refusal,
     entry_hash,
     evaluate_scan,
+    temperature_problems,
     verify_chain,
 )
 
 COI = "CHW4321260000014"
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 def state(
@@ -31,7 +37,7 @@ def state(
         physical_status=physical,
         expected_coi=COI,
         bag_count=2,
-        storage_limit_celsius=-150.0,
+        policy=TemperaturePolicy(max_celsius=-150.0),
         custodian="courier-ben",
         quarantined=quarantined,
     )
@@ -47,6 +53,8 @@ def a_scan(
         scanned_by="courier-ben",
         handed_to=kw.get("handed_to"),
         treatment_center_id="TC-1",
+        at=NOW,
+        container_id=kw.get("container_id"),
     )
 
 
@@ -146,3 +154,43 @@ def test_entries_cut_off_at_the_end_are_detected_through_the_head() -> None:
     head = entries[-1].entry_sha256
     result = verify_chain(entries[:3], head)
     assert not result.valid and result.broken_at_sequence == 4
+
+
+def test_a_different_container_than_the_one_packed_is_a_coi_break() -> None:
+    packed = dataclasses.replace(state(), container_id="DS-1")
+    assert evaluate_scan(packed, a_scan(ScanType.CHECKPOINT, container_id="DS-2")).coi_break
+    assert not evaluate_scan(packed, a_scan(ScanType.CHECKPOINT, container_id="DS-1")).coi_break
+
+
+def test_a_logger_gap_longer_than_its_interval_allows_is_an_excursion() -> None:
+    policy = TemperaturePolicy(max_celsius=-150.0, logger_interval_minutes=5)
+    steady = [Reading(NOW + timedelta(minutes=5 * i), -180.0) for i in range(4)]
+    assert temperature_problems(policy, steady) == []
+    gapped = [*steady, Reading(NOW + timedelta(minutes=40), -180.0)]
+    problems = temperature_problems(policy, gapped)
+    assert len(problems) == 1 and "no reading from" in problems[0] and "every 5 min" in problems[0]
+    assert temperature_problems(
+        policy, [Reading(NOW + timedelta(minutes=30), -180.0)], previous_reading_at=NOW
+    )
+
+
+def test_fresh_legs_have_a_range_and_a_transit_deadline() -> None:
+    policy = TemperaturePolicy(max_celsius=8.0, min_celsius=2.0, transit_deadline=NOW)
+    assert temperature_problems(policy, [Reading(NOW - timedelta(hours=1), 5.0)]) == []
+    assert "below the minimum" in temperature_problems(policy, [Reading(NOW - timedelta(hours=1), 1.0)])[0]
+    assert "transit time" in temperature_problems(policy, [Reading(NOW + timedelta(minutes=1), 5.0)])[0]
+
+
+def test_a_scan_past_the_shippers_hold_time_quarantines_even_without_a_reading() -> None:
+    held = dataclasses.replace(
+        state(), policy=TemperaturePolicy(max_celsius=-150.0, hold_until=NOW - timedelta(hours=1))
+    )
+    decision = evaluate_scan(held, a_scan(ScanType.CHECKPOINT, temperature=None))
+    assert decision.temperature_excursion and "hold time" in decision.quarantine_reasons[0]
+
+
+def test_qa_signs_only_for_quarantined_shipments_and_a_rejected_shipment_does_not_move() -> None:
+    assert disposition_refusal(ShipmentStatus.QUARANTINED, Disposition.RELEASE) is None
+    assert disposition_refusal(ShipmentStatus.IN_TRANSIT, Disposition.RELEASE) is not None
+    rejected = dataclasses.replace(state(), status=ShipmentStatus.REJECTED)
+    assert not evaluate_scan(rejected, a_scan(ScanType.DELIVERY)).accepted

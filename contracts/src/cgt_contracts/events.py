@@ -154,6 +154,8 @@ class ShipmentDeliveredData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
     leg: ShipmentLeg = ShipmentLeg.RETURN
+    released_by_disposition_id: UUID | None = None
+    """Set when the shipment had been quarantined and a signed QA release let it go on."""
     treatment_center_id: Identifier
     delivered_at: UtcDatetime
     coi_verified: Literal[True]
@@ -185,9 +187,54 @@ class ShipmentQuarantinedData(ContractModel):
     quarantined_at: UtcDatetime
 
 
+class ShipmentDelayedData(ContractModel):
+    shipment_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    previous_eta_at: UtcDatetime | None
+    eta_at: UtcDatetime
+    location: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class QaDispositionData(ContractModel):
+    """A QA disposition as an electronic signature (21 CFR Part 11 §11.50): who, when, and what it means."""
+
+    shipment_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    disposition_id: UUID
+    signer_id: Identifier
+    signer_printed_name: Annotated[str, Field(min_length=1, max_length=128)]
+    signed_at: UtcDatetime
+    meaning: Annotated[str, Field(min_length=1, max_length=64)]
+    reason: Reason
+    ledger_sequence: Annotated[int, Field(ge=1)]
+
+
 class ShipmentCreated(EventEnvelope):
     type: Literal["shipment.created.v1"] = "shipment.created.v1"
     data: ShipmentCreatedData
+
+
+class ShipmentDelayed(EventEnvelope):
+    type: Literal["shipment.delayed.v1"] = "shipment.delayed.v1"
+    data: ShipmentDelayedData
+
+
+class ShipmentReleased(EventEnvelope):
+    """QA released a quarantined shipment: it may go on to delivery confirmation."""
+
+    type: Literal["shipment.released.v1"] = "shipment.released.v1"
+    data: QaDispositionData
+
+
+class ShipmentRejected(EventEnvelope):
+    """QA rejected a quarantined shipment: its product must not be infused."""
+
+    type: Literal["shipment.rejected.v1"] = "shipment.rejected.v1"
+    data: QaDispositionData
 
 
 class ShipmentDispatched(EventEnvelope):
@@ -286,6 +333,9 @@ AnyEvent = Annotated[
     | CollectionRecorded
     | ShipmentCreated
     | ShipmentDispatched
+    | ShipmentDelayed
+    | ShipmentReleased
+    | ShipmentRejected
     | ShipmentScanned
     | CustodyTransferred
     | ShipmentDelivered
@@ -310,6 +360,9 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
         CollectionRecorded,
         ShipmentCreated,
         ShipmentDispatched,
+        ShipmentDelayed,
+        ShipmentReleased,
+        ShipmentRejected,
         ShipmentScanned,
         CustodyTransferred,
         ShipmentDelivered,

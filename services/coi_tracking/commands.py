@@ -1,0 +1,519 @@
+"""COI tracking's state changes — scans, logger readings, container declarations, QA dispositions — each
+applied inside the caller's transaction with the events it causes (outbox). Shared by the REST routes and
+EPCIS capture so that both follow exactly the same rules."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import structlog
+from cgt_contracts.envelope import EventEnvelope, utc_now
+from cgt_contracts.events import (
+    CoiBreak,
+    CoiBreakData,
+    CustodyTransferred,
+    CustodyTransferredData,
+    QaDispositionData,
+    ScanType,
+    ShipmentDelayed,
+    ShipmentDelayedData,
+    ShipmentDelivered,
+    ShipmentDeliveredData,
+    ShipmentDispatched,
+    ShipmentDispatchedData,
+    ShipmentQuarantined,
+    ShipmentQuarantinedData,
+    ShipmentRejected,
+    ShipmentReleased,
+    ShipmentScanned,
+    ShipmentScannedData,
+    TemperatureExcursion,
+    TemperatureExcursionData,
+)
+from sqlmodel import Session, col, select
+
+from services.coi_tracking import domain
+from services.coi_tracking.domain import Disposition, LedgerKind, Reading, ShipmentStatus, TemperaturePolicy
+from services.coi_tracking.ledger import append_entry
+from services.coi_tracking.models import (
+    Bag,
+    Container,
+    QaDisposition,
+    ScanRecord,
+    Shipment,
+    TemperatureReading,
+)
+from services.common.outbox import enqueue
+from services.common.topics import SHIPMENTS
+
+SOURCE = "cgt/coi-tracking"
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Actor:
+    subject: str
+    printed_name: str
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    scan_type: ScanType
+    bag_cois: tuple[str, ...]
+    location: str
+    device_time: datetime
+    temperature_celsius: float | None = None
+    container_id: str | None = None
+    seal_id: str | None = None
+    handed_to: str | None = None
+    eta_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    scan_id: UUID
+    accepted: bool
+    refusal_reason: str | None
+    coi_verified: bool
+    shipment_status: ShipmentStatus
+    quarantined: bool
+    quarantine_reason: str | None
+
+
+class Refused(Exception):
+    """A command that does not fit the shipment's state (HTTP 409)."""
+
+
+def _emit(session: Session, events: list[EventEnvelope]) -> None:
+    for event in events:
+        enqueue(session, SHIPMENTS, event)
+
+
+def _envelope(shipment: Shipment, correlation_id: str) -> dict[str, str]:
+    return {"source": SOURCE, "subject": shipment.coi, "correlationid": correlation_id}
+
+
+def container_of(session: Session, shipment: Shipment) -> Container | None:
+    return session.exec(select(Container).where(Container.shipment_id == shipment.id)).first()
+
+
+def policy_of(session: Session, shipment: Shipment) -> TemperaturePolicy:
+    container = container_of(session, shipment)
+    hold_until = None
+    if (
+        container is not None
+        and container.charged_at is not None
+        and container.validated_hold_hours is not None
+    ):
+        hold_until = container.charged_at + timedelta(hours=container.validated_hold_hours)
+    transit_deadline = None
+    if shipment.max_transit_hours is not None and shipment.dispatched_at is not None:
+        transit_deadline = shipment.dispatched_at + timedelta(hours=shipment.max_transit_hours)
+    return TemperaturePolicy(
+        max_celsius=shipment.storage_limit_celsius,
+        min_celsius=shipment.min_celsius,
+        logger_interval_minutes=shipment.logger_interval_minutes,
+        hold_until=hold_until,
+        transit_deadline=transit_deadline,
+    )
+
+
+def quarantine(
+    session: Session, shipment: Shipment, *, reason: str, location: str, correlation_id: str
+) -> list[EventEnvelope]:
+    """Quarantine at once: the status, a ledger entry, and the event that tells everyone (I1, I2)."""
+    already = shipment.status is ShipmentStatus.QUARANTINED
+    shipment.status = ShipmentStatus.QUARANTINED
+    shipment.quarantine_reason = reason if not already else f"{shipment.quarantine_reason} | {reason}"
+    now = utc_now()
+    append_entry(
+        session,
+        shipment,
+        kind=LedgerKind.QUARANTINE,
+        from_party=shipment.custodian,
+        to_party=shipment.custodian,
+        location=location,
+        at=now,
+        signer="system:coi-tracking",
+        meaning="quarantine",
+        reason=reason,
+    )
+    return [
+        ShipmentQuarantined(
+            **_envelope(shipment, correlation_id),
+            data=ShipmentQuarantinedData(
+                shipment_id=shipment.id,
+                coi=shipment.coi,
+                treatment_center_id=shipment.treatment_center_id,
+                reason=reason[:500],
+                quarantined_at=now,
+            ),
+        )
+    ]
+
+
+def _delivered_event(
+    shipment: Shipment, correlation_id: str, disposition_id: UUID | None = None
+) -> ShipmentDelivered:
+    assert shipment.delivered_at is not None
+    return ShipmentDelivered(
+        **_envelope(shipment, correlation_id),
+        data=ShipmentDeliveredData(
+            shipment_id=shipment.id,
+            coi=shipment.coi,
+            leg=shipment.leg,
+            treatment_center_id=shipment.treatment_center_id,
+            delivered_at=shipment.delivered_at,
+            coi_verified=True,
+            temperature_record_clean=True,
+            max_temperature_celsius=shipment.max_temperature_celsius
+            if shipment.max_temperature_celsius is not None
+            else shipment.storage_limit_celsius,
+            released_by_disposition_id=disposition_id,
+        ),
+    )
+
+
+def record_scan(
+    session: Session, shipment: Shipment, scan: ScanInput, actor: Actor, correlation_id: str
+) -> ScanOutcome:
+    """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine."""
+    container = container_of(session, shipment)
+    state = domain.ShipmentState(
+        status=shipment.status,
+        physical_status=shipment.physical_status,
+        expected_coi=shipment.coi,
+        bag_count=len(session.exec(select(Bag.id).where(Bag.shipment_id == shipment.id)).all()),
+        policy=policy_of(session, shipment),
+        custodian=shipment.custodian,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
+        container_id=container.id if container and container.charged_at else None,
+        seal_id=container.seal_id if container else None,
+    )
+    decision = domain.evaluate_scan(
+        state,
+        domain.Scan(
+            scan_type=scan.scan_type,
+            bag_cois=scan.bag_cois,
+            temperature_celsius=scan.temperature_celsius,
+            scanned_by=actor.subject,
+            handed_to=scan.handed_to,
+            treatment_center_id=shipment.treatment_center_id,
+            at=scan.device_time,
+            container_id=scan.container_id,
+            seal_id=scan.seal_id,
+        ),
+    )
+    record = ScanRecord(
+        shipment_id=shipment.id,
+        scan_type=scan.scan_type,
+        bag_cois=json.dumps(list(scan.bag_cois)),
+        container_id=scan.container_id,
+        seal_id=scan.seal_id,
+        location=scan.location,
+        scanned_by=actor.subject,
+        handed_to=scan.handed_to,
+        device_time=scan.device_time,
+        temperature_celsius=scan.temperature_celsius,
+        accepted=decision.accepted,
+        refusal_reason=decision.refusal_reason,
+        coi_verified=not decision.coi_break,
+    )
+    session.add(record)
+    envelope = _envelope(shipment, correlation_id)
+    events: list[EventEnvelope] = []
+    if scan.temperature_celsius is not None:
+        _store_readings(session, shipment, [Reading(scan.device_time, scan.temperature_celsius)], "scan")
+    events.append(
+        ShipmentScanned(
+            **envelope,
+            data=ShipmentScannedData(
+                shipment_id=shipment.id,
+                scan_id=record.id,
+                coi=shipment.coi,
+                scan_type=scan.scan_type,
+                location=scan.location,
+                scanned_at=scan.device_time,
+                temperature_celsius=scan.temperature_celsius,
+                accepted=decision.accepted,
+                refusal_reason=decision.refusal_reason,
+            ),
+        )
+    )
+    previous_eta = shipment.eta_at
+    if decision.accepted:
+        shipment.physical_status = decision.physical_status
+        if shipment.status not in (ShipmentStatus.QUARANTINED, ShipmentStatus.REJECTED):
+            shipment.status = decision.physical_status
+        if scan.eta_at is not None:
+            shipment.eta_at = scan.eta_at
+    if decision.custody is not None:
+        entry = append_entry(
+            session,
+            shipment,
+            kind=LedgerKind.CUSTODY,
+            from_party=decision.custody.from_party,
+            to_party=decision.custody.to_party,
+            location=scan.location,
+            at=scan.device_time,
+            signer=actor.printed_name,
+            meaning=f"{scan.scan_type.value}: custody handed over",
+        )
+        shipment.custodian = decision.custody.to_party
+        events.append(
+            CustodyTransferred(
+                **envelope,
+                data=CustodyTransferredData(
+                    shipment_id=shipment.id,
+                    coi=shipment.coi,
+                    from_party=entry.from_party,
+                    to_party=entry.to_party,
+                    location=entry.location,
+                    transferred_at=entry.at,
+                    ledger_sequence=entry.sequence,
+                    entry_sha256=entry.entry_sha256,
+                ),
+            )
+        )
+    if decision.dispatched:
+        assert scan.eta_at is not None
+        shipment.dispatched_at = scan.device_time
+        events.append(
+            ShipmentDispatched(
+                **envelope,
+                data=ShipmentDispatchedData(
+                    shipment_id=shipment.id,
+                    coi=shipment.coi,
+                    leg=shipment.leg,
+                    treatment_center_id=shipment.treatment_center_id,
+                    dispatched_at=scan.device_time,
+                    eta_at=scan.eta_at,
+                ),
+            )
+        )
+    if decision.accepted and scan.scan_type is ScanType.DELAY:
+        assert scan.eta_at is not None
+        events.append(
+            ShipmentDelayed(
+                **envelope,
+                data=ShipmentDelayedData(
+                    shipment_id=shipment.id,
+                    coi=shipment.coi,
+                    leg=shipment.leg,
+                    treatment_center_id=shipment.treatment_center_id,
+                    previous_eta_at=previous_eta,
+                    eta_at=scan.eta_at,
+                    location=scan.location,
+                ),
+            )
+        )
+    if decision.coi_break:
+        events.append(
+            CoiBreak(
+                **envelope,
+                data=CoiBreakData(
+                    shipment_id=shipment.id,
+                    scan_id=record.id,
+                    expected_coi=shipment.coi,
+                    read_cois=list(scan.bag_cois),
+                    detected_at=utc_now(),
+                ),
+            )
+        )
+    if decision.temperature_excursion and scan.temperature_celsius is not None:
+        events.append(_excursion(shipment, scan.temperature_celsius, scan.device_time, correlation_id))
+    if decision.quarantine:
+        reason = " | ".join(decision.quarantine_reasons)
+        events.extend(
+            quarantine(
+                session, shipment, reason=reason, location=scan.location, correlation_id=correlation_id
+            )
+        )
+    if decision.accepted and scan.scan_type is ScanType.DELIVERY:
+        shipment.delivered_at = scan.device_time
+        if decision.delivered_clean:
+            events.append(_delivered_event(shipment, correlation_id))
+    session.add(shipment)
+    _emit(session, events)
+    log.info(
+        "scan.recorded",
+        shipment_id=str(shipment.id),
+        scan_type=scan.scan_type.value,
+        accepted=decision.accepted,
+        coi_verified=not decision.coi_break,
+        quarantined=decision.quarantine,
+    )
+    return ScanOutcome(
+        scan_id=record.id,
+        accepted=decision.accepted,
+        refusal_reason=decision.refusal_reason,
+        coi_verified=not decision.coi_break,
+        shipment_status=shipment.status,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
+        quarantine_reason=shipment.quarantine_reason,
+    )
+
+
+def _excursion(shipment: Shipment, celsius: float, at: datetime, correlation_id: str) -> TemperatureExcursion:
+    return TemperatureExcursion(
+        **_envelope(shipment, correlation_id),
+        data=TemperatureExcursionData(
+            shipment_id=shipment.id,
+            coi=shipment.coi,
+            reading_celsius=celsius,
+            limit_celsius=shipment.storage_limit_celsius,
+            read_at=at,
+        ),
+    )
+
+
+def _store_readings(session: Session, shipment: Shipment, readings: list[Reading], source: str) -> None:
+    for reading in readings:
+        session.add(
+            TemperatureReading(
+                shipment_id=shipment.id, read_at=reading.at, celsius=reading.celsius, source=source
+            )
+        )
+        if shipment.max_temperature_celsius is None or reading.celsius > shipment.max_temperature_celsius:
+            shipment.max_temperature_celsius = reading.celsius
+
+
+@dataclass(frozen=True)
+class ReadingsOutcome:
+    stored: int
+    excursions: list[str]
+    quarantined: bool
+
+
+def record_readings(
+    session: Session, shipment: Shipment, readings: list[Reading], source: str, correlation_id: str
+) -> ReadingsOutcome:
+    """Store a logger batch and quarantine on any excursion: out of range, a gap, past hold or transit time."""
+    previous = session.exec(
+        select(TemperatureReading.read_at)
+        .where(TemperatureReading.shipment_id == shipment.id)
+        .where(TemperatureReading.source != "scan")
+        .order_by(col(TemperatureReading.read_at).desc())
+    ).first()
+    problems = domain.temperature_problems(policy_of(session, shipment), readings, previous)
+    _store_readings(session, shipment, readings, source)
+    events: list[EventEnvelope] = []
+    if problems:
+        worst = max(readings, key=lambda r: r.celsius)
+        events.append(_excursion(shipment, worst.celsius, worst.at, correlation_id))
+        reason = (
+            "temperature excursion: "
+            + "; ".join(problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+        events.extend(
+            quarantine(
+                session, shipment, reason=reason, location="data logger", correlation_id=correlation_id
+            )
+        )
+    session.add(shipment)
+    _emit(session, events)
+    return ReadingsOutcome(
+        stored=len(readings), excursions=problems, quarantined=shipment.status is ShipmentStatus.QUARANTINED
+    )
+
+
+def declare_container(
+    session: Session,
+    shipment: Shipment,
+    *,
+    container_id: str,
+    charged_at: datetime,
+    validated_hold_hours: float,
+    seal_id: str | None,
+    logger_interval_minutes: float | None,
+) -> Container:
+    """Record the dry shipper actually packed (before pick-up): its id, charge time, hold time and seal."""
+    if shipment.physical_status is not ShipmentStatus.PLANNED:
+        raise Refused(
+            f"the container is declared before pick-up; this shipment is {shipment.physical_status}"
+        )
+    container = container_of(session, shipment)
+    if container is None:
+        raise Refused("this shipment has no container record")
+    if container.id != container_id:
+        session.delete(container)
+        session.flush()
+        container = Container(id=container_id, shipment_id=shipment.id)
+    container.charged_at = charged_at
+    container.validated_hold_hours = validated_hold_hours
+    container.seal_id = seal_id
+    shipment.logger_interval_minutes = logger_interval_minutes
+    session.add(container)
+    session.add(shipment)
+    return container
+
+
+def record_disposition(
+    session: Session,
+    shipment: Shipment,
+    *,
+    decision: Disposition,
+    reason: str,
+    meaning: str,
+    signer: Actor,
+    correlation_id: str,
+) -> QaDisposition:
+    """A QA release or rejection, signed and chained into the ledger. Only a release lets a quarantined
+    shipment go on to delivery confirmation: if it is already delivered, the delivery is published now."""
+    refusal = domain.disposition_refusal(shipment.status, decision)
+    if refusal is not None:
+        raise Refused(refusal)
+    signed_at = utc_now()
+    entry = append_entry(
+        session,
+        shipment,
+        kind=LedgerKind.RELEASE if decision is Disposition.RELEASE else LedgerKind.REJECT,
+        from_party=shipment.custodian,
+        to_party=shipment.custodian,
+        location="QA",
+        at=signed_at,
+        signer=f"{signer.printed_name} ({signer.subject})",
+        meaning=meaning,
+        reason=reason,
+    )
+    disposition = QaDisposition(
+        shipment_id=shipment.id,
+        decision=decision.value,
+        reason=reason,
+        meaning=meaning,
+        signer_id=signer.subject,
+        signer_printed_name=signer.printed_name,
+        signed_at=signed_at,
+        ledger_sequence=entry.sequence,
+    )
+    session.add(disposition)
+    data = QaDispositionData(
+        shipment_id=shipment.id,
+        coi=shipment.coi,
+        leg=shipment.leg,
+        treatment_center_id=shipment.treatment_center_id,
+        disposition_id=disposition.id,
+        signer_id=signer.subject,
+        signer_printed_name=signer.printed_name,
+        signed_at=signed_at,
+        meaning=meaning,
+        reason=reason[:500],
+        ledger_sequence=entry.sequence,
+    )
+    envelope = _envelope(shipment, correlation_id)
+    events: list[EventEnvelope] = []
+    if decision is Disposition.RELEASE:
+        shipment.status = ShipmentStatus.RELEASED
+        events.append(ShipmentReleased(**envelope, data=data))
+        if shipment.physical_status in (ShipmentStatus.DELIVERED, ShipmentStatus.RECEIVED):
+            events.append(_delivered_event(shipment, correlation_id, disposition.id))
+    else:
+        shipment.status = ShipmentStatus.REJECTED
+        events.append(ShipmentRejected(**envelope, data=data))
+    session.add(shipment)
+    _emit(session, events)
+    return disposition

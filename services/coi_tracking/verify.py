@@ -1,0 +1,65 @@
+"""Verify every shipment's custody ledger against the database: `python -m services.coi_tracking.verify`.
+
+Reads DATABASE_URL (like the service). Prints one line per shipment and, for a broken chain, the position
+of the first entry that does not verify and why. Exits 1 if any ledger is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from uuid import UUID
+
+from sqlmodel import Session, col, select
+
+from services.coi_tracking.ledger import verify_shipment_ledger
+from services.coi_tracking.models import Shipment
+from services.common.db import make_engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url", default=os.environ.get("DATABASE_URL", "sqlite:///var/coi-tracking.db")
+    )
+    parser.add_argument("--shipment", type=UUID, help="only this shipment")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    engine = make_engine(args.database_url)
+    broken = 0
+    with Session(engine) as session:
+        query = select(Shipment).order_by(col(Shipment.created_at))
+        if args.shipment:
+            query = query.where(Shipment.id == args.shipment)
+        for shipment in session.exec(query):
+            result = verify_shipment_ledger(session, shipment)
+            broken += not result.valid
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "shipment_id": str(shipment.id),
+                            "coi": shipment.coi,
+                            "valid": result.valid,
+                            "entries": result.entries,
+                            "broken_at_sequence": result.broken_at_sequence,
+                            "problem": result.problem,
+                        }
+                    )
+                )
+            elif result.valid:
+                print(f"ok      {shipment.id}  {shipment.coi}  {result.entries} entries")
+            else:
+                print(
+                    f"BROKEN  {shipment.id}  {shipment.coi}  at entry {result.broken_at_sequence}: {result.problem}"
+                )
+    engine.dispose()
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
