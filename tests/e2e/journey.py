@@ -73,7 +73,7 @@ async def shipment_for(
     """Wait until COI tracking has planned the leg, then read it as the courier."""
     await events.wait_for(
         lambda e: e.type == "shipment.created.v1" and e.subject == coi and e.data.leg == leg
-    )  # type: ignore[union-attr]
+    )
     response = await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COURIER)
     assert response.status_code == 200, response.text
     shipments = [s for s in response.json() if s["leg"] == leg]

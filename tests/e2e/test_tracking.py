@@ -45,7 +45,7 @@ async def test_every_scan_is_stored_and_a_refused_one_is_explained_and_published
     assert "cannot follow a shipment that is planned" in early.json()["refusal_reason"]
     published = await events.wait_for(
         lambda e: e.type == "shipment.scanned.v1" and str(e.data.scan_id) == early.json()["scan_id"]
-    )  # type: ignore[union-attr]
+    )
     assert published.data.accepted is False and published.data.refusal_reason  # type: ignore[union-attr]
     stored = (await http.get(f"{stack.tracking}/shipments/{shipment}/scans", headers=COORDINATOR)).json()
     assert [(s["scan_type"], s["accepted"]) for s in stored] == [("delivery", False)]
