@@ -51,8 +51,11 @@ def describe(event: AnyEvent) -> str | None:
             return f"TEMPERATURE EXCURSION: {d.reading_celsius} °C, limit {d.limit_celsius} °C"
         case "shipment.quarantined.v1":
             return f"shipment QUARANTINED: {d.reason}"
+        case "slot.options_offered.v1":
+            days = ", ".join(f"{o.infusion_on}" for o in d.options)
+            return f"{len(d.options)} infusion options offered (day 0 on {days})"
         case "slot.proposed.v1":
-            return f"tentative slot: conditioning from {d.conditioning_start_on}, infusion (day 0) {d.infusion_on}"
+            return f"tentative slot sent to the site: conditioning from {d.conditioning_start_on}, infusion (day 0) {d.infusion_on}"
         case "slot.confirmed.v1":
             return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
         case "slot.held.v1":
@@ -104,29 +107,39 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
     )
     collected.raise_for_status()
     events.notes.append((coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}"))
-    (
-        await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
-    ).raise_for_status()
-    await events.wait_for(lambda e: e.type == "shipment.created.v1" and e.subject == coi)
-    shipment = (
+    started = await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
+    started.raise_for_status()
+    await events.wait_for(
+        lambda e: e.type == "shipment.created.v1" and e.subject == coi and e.data.leg == "return"
+    )
+    listed = (
         await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
-    ).json()[0]
+    ).json()
+    shipment = next(s for s in listed if s["leg"] == "return")
     scans = f"{urls['coi-tracking']}/shipments/{shipment['id']}/scans"
-    (
-        await http.post(scans, headers=COURIER, json=scan("pick_up", [coi], "AGC Biologics, Milan"))
-    ).raise_for_status()
+
+    async def post_scan(headers: dict[str, str], body: dict[str, Any]) -> None:
+        (await http.post(scans, headers=headers, json=body)).raise_for_status()
+
+    await post_scan(COURIER, scan("pick_up", [coi], "AGC Biologics, Milan"))
+    offered = await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
+    first = offered.data.options[0]  # type: ignore[union-attr]
+    booking = await http.post(
+        f"{urls['scheduling']}/cases/{coi}/bookings",
+        headers=COORDINATOR,
+        json={"option_id": str(first.option_id)},
+    )
+    booking.raise_for_status()
+    events.notes.append(
+        (coi, f"booked: conditioning from {first.conditioning_start_on}, infusion {first.infusion_on}")
+    )
+    await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
     if wrong_coi:
-        other = "CHW432126ZZZZZZQ"
-        (
-            await http.post(scans, headers=COURIER, json=scan("checkpoint", [other], "Frankfurt hub"))
-        ).raise_for_status()
+        await post_scan(COURIER, scan("checkpoint", ["CHW432126ZZZZZZQ"], "Frankfurt hub"))
         await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
         return coi
-    handoff = scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy")
-    (await http.post(scans, headers=COURIER, json=handoff)).raise_for_status()
-    (
-        await http.post(scans, headers=COURIER_2, json=scan("delivery", [coi], "Boston QTC cell lab"))
-    ).raise_for_status()
+    await post_scan(COURIER, scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy"))
+    await post_scan(COURIER_2, scan("delivery", [coi], "Boston QTC cell lab"))
     await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
     return coi
 
@@ -172,7 +185,8 @@ async def run(urls: dict[str, str], bootstrap: str) -> int:
             f"Journey 2 — {broken}: a bag with the wrong COI", events.of(broken), notes_of(events, broken)
         )
         confirmed = any(e.type == "slot.confirmed.v1" for e in events.of(clean))
-        quarantined = shipments[0]["status"] == "quarantined" and not any(
+        return_leg = next(s for s in shipments if s["leg"] == "return")
+        quarantined = return_leg["status"] == "quarantined" and not any(
             e.type == "slot.confirmed.v1" for e in events.of(broken)
         )
         print(

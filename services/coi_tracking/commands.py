@@ -147,6 +147,7 @@ def quarantine(
             data=ShipmentQuarantinedData(
                 shipment_id=shipment.id,
                 coi=shipment.coi,
+                leg=shipment.leg,
                 treatment_center_id=shipment.treatment_center_id,
                 reason=reason[:500],
                 quarantined_at=now,

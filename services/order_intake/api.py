@@ -321,6 +321,7 @@ def place_order(
                     storage_limit_celsius=therapy.storage_limit_celsius,
                     conditioning_days=therapy.conditioning_days,
                     accepted_at=utc_now(),
+                    long_term_follow_up=therapy.long_term_follow_up,
                 ),
             ),
         )

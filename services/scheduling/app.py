@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from cgt_contracts.envelope import utc_now
 from fastapi import FastAPI
 from pydantic import Field
 from sqlalchemy.engine import Engine
@@ -9,9 +15,11 @@ from sqlmodel import Session
 
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
-from services.scheduling import api, handlers
-from services.scheduling.models import TABLES, Site
+from services.scheduling import api, commands, handlers
+from services.scheduling.models import TABLES, Site, TherapyProtocol
 from services.scheduling.webhooks import WebhookDeliverer
+
+log = structlog.get_logger()
 
 
 class SchedulingSettings(ServiceSettings):
@@ -19,52 +27,81 @@ class SchedulingSettings(ServiceSettings):
     receipt_buffer_hours: float = Field(default=24.0, ge=0)
     webhook_backoff_seconds: float = Field(default=2.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
+    follow_up_check_seconds: float = Field(default=60.0, gt=0)
     seed_sites: bool = True
 
 
-def seed_sites(engine: Engine) -> None:
-    """Demo site calendars (the same site ids as order intake's seed registry)."""
+def seed(engine: Engine) -> None:
+    """Demo calendars and protocol (the same site and therapy ids as order intake's seed registry)."""
     with Session(engine) as session:
-        for site in (
-            Site(id="TC-BOSTON", timezone="America/New_York", infusions_per_day=2),
-            Site(id="TC-DENVER", timezone="America/Denver", infusions_per_day=1),
+        for row in (
+            Site(id="TC-BOSTON", timezone="America/New_York", infusions_per_day=2, admissions_capacity=4),
+            Site(id="TC-DENVER", timezone="America/Denver", infusions_per_day=1, admissions_capacity=2),
         ):
-            if session.get(Site, site.id) is None:
-                session.add(site)
+            if session.get(Site, row.id) is None:
+                session.add(row)
+        if session.get(TherapyProtocol, "WASKYRA") is None:
+            session.add(TherapyProtocol(code="WASKYRA", conditioning_days=4, receipt_buffer_hours=24.0))
         session.commit()
+
+
+async def _every(seconds: float, work: Callable[[], object]) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            log.exception("scheduling.periodic_failed")
+        await asyncio.sleep(seconds)
 
 
 def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     settings = settings or SchedulingSettings()
-    deliverer: WebhookDeliverer | None = None
+    parts: dict[str, WebhookDeliverer] = {}
+    hooks: dict[str, Callable[[], None]] = {}
+    tasks: list[asyncio.Task[None]] = []
 
     def wire(runtime: Runtime) -> None:
-        nonlocal deliverer
         deliverer = WebhookDeliverer(
             runtime.engine,
             timeout_seconds=settings.webhook_timeout_seconds,
             backoff_base_seconds=settings.webhook_backoff_seconds,
             max_attempts=settings.webhook_max_attempts,
+            on_failure_committed=runtime.relay.notify,
         )
-        active = deliverer
+        parts["deliverer"] = deliverer
 
         def after_commit() -> None:
             runtime.relay.notify()
-            active.notify()
+            deliverer.notify()
 
+        hooks["after_commit"] = after_commit
         handlers.wire(runtime, receipt_buffer_hours=settings.receipt_buffer_hours, after_commit=after_commit)
+
+    def check_follow_up(runtime: Runtime) -> None:
+        with Session(runtime.engine) as session:
+            published = commands.publish_overdue_visits(
+                session, utc_now().date(), correlation_id="follow-up-check"
+            )
+            session.commit()
+        if published:
+            runtime.relay.notify()
 
     async def on_startup(runtime: Runtime) -> None:
         if settings.seed_sites:
-            seed_sites(runtime.engine)
-        assert deliverer is not None
-        deliverer.start()
+            seed(runtime.engine)
+        parts["deliverer"].start()
+        tasks.append(
+            asyncio.create_task(_every(settings.follow_up_check_seconds, lambda: check_follow_up(runtime)))
+        )
 
     async def on_shutdown(runtime: Runtime) -> None:
-        assert deliverer is not None
-        await deliverer.stop()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await parts["deliverer"].stop()
 
-    return build_service(
+    app = build_service(
         name=settings.service_name,
         tables=TABLES,
         routers=[api.router],
@@ -73,6 +110,9 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )
+    app.state.scheduling_settings = settings
+    app.state.after_commit = hooks["after_commit"]
+    return app
 
 
 app = create_app()

@@ -1,4 +1,5 @@
-"""Scheduling's tables: site calendars, cases, appointments, webhook endpoints and their delivery log."""
+"""Scheduling's tables: site calendars, therapy protocols, cases, offered options, appointments,
+follow-up visits, webhook endpoints and their delivery log."""
 
 from __future__ import annotations
 
@@ -14,13 +15,26 @@ from services.scheduling.domain import AppointmentState
 
 
 class Site(SQLModel, table=True):
+    """A treatment center's calendar, in its own time zone."""
+
     __tablename__ = "site"
 
     id: str = Field(primary_key=True, max_length=64)
     timezone: str = Field(max_length=64)
     infusions_per_day: int = 1
+    admissions_capacity: int = 2
     working_weekdays: str = Field(default="1,2,3,4,5", max_length=20)
     blackout_dates: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    booking_version: int = 0
+    """Bumped by every booking: the update takes the row lock that serialises concurrent bookings."""
+
+
+class TherapyProtocol(SQLModel, table=True):
+    __tablename__ = "therapy_protocol"
+
+    code: str = Field(primary_key=True, max_length=64)
+    conditioning_days: int
+    receipt_buffer_hours: float
 
 
 class Case(SQLModel, table=True):
@@ -34,7 +48,28 @@ class Case(SQLModel, table=True):
     therapy_code: str = Field(max_length=64)
     treatment_center_id: str = Field(index=True, max_length=64)
     conditioning_days: int
+    long_term_follow_up: bool = False
     cancelled: bool = False
+    shipment_id: UUID | None = None
+    eta_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    product_delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """Set only by a clean (or QA-released) delivery: the I4 gate for confirmation."""
+    quarantined: bool = False
+    attention: str | None = Field(default=None, sa_column=Column(Text))
+    """Why a coordinator must act (no option fits a delay, conditioning already started...)."""
+    attention_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+class OfferedOption(SQLModel, table=True):
+    __tablename__ = "offered_option"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    coi: str = Field(index=True, max_length=16)
+    conditioning_start_on: date
+    infusion_on: date
+    offered_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    current: bool = True
 
 
 class Appointment(SQLModel, table=True):
@@ -48,8 +83,26 @@ class Appointment(SQLModel, table=True):
     infusion_on: date = Field(index=True)
     shipment_id: UUID | None = None
     hold_reason: str | None = Field(default=None, sa_column=Column(Text))
+    booked_by: str = Field(default="", max_length=64)
+    version: int = 1
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    updated_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     confirmed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    infused_on: date | None = None
+
+
+class FollowUpVisit(SQLModel, table=True):
+    __tablename__ = "follow_up_visit"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    coi: str = Field(index=True, max_length=16)
+    treatment_center_id: str = Field(max_length=64)
+    number: int
+    due_on: date
+    window_start_on: date
+    window_end_on: date = Field(index=True)
+    completed_on: date | None = None
+    overdue_published_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class WebhookEndpoint(SQLModel, table=True):
@@ -71,6 +124,7 @@ class WebhookDelivery(SQLModel, table=True):
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     endpoint_id: UUID = Field(foreign_key="webhook_endpoint.id", index=True)
     appointment_id: UUID = Field(index=True)
+    coi: str = Field(default="", max_length=16)
     kind: str = Field(max_length=64)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(default="pending", index=True, max_length=16)
@@ -82,4 +136,6 @@ class WebhookDelivery(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
-TABLES: tuple[Table, ...] = tables_of(Site, Case, Appointment, WebhookEndpoint, WebhookDelivery)
+TABLES: tuple[Table, ...] = tables_of(
+    Site, TherapyProtocol, Case, OfferedOption, Appointment, FollowUpVisit, WebhookEndpoint, WebhookDelivery
+)

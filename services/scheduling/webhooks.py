@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
 import structlog
 from cgt_contracts.envelope import utc_now
+from cgt_contracts.events import WebhookDeliveryFailed, WebhookDeliveryFailedData
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from services.common.outbox import enqueue
+from services.common.topics import SCHEDULING
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, retry_delay_seconds, sign
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
 
@@ -32,8 +36,10 @@ class WebhookDeliverer:
         timeout_seconds: float,
         backoff_base_seconds: float,
         max_attempts: int,
+        on_failure_committed: Callable[[], None],
         poll_seconds: float = 0.5,
     ) -> None:
+        self._on_failure_committed = on_failure_committed
         self._engine = engine
         self._timeout = timeout_seconds
         self._backoff = backoff_base_seconds
@@ -81,8 +87,34 @@ class WebhookDeliverer:
             for delivery, endpoint in due:
                 await self._attempt(client, delivery, endpoint)
                 session.add(delivery)
+                if delivery.status == "failed":
+                    self._publish_failure(session, delivery, endpoint)
                 session.commit()
+                if delivery.status == "failed":
+                    self._on_failure_committed()
             return len(due)
+
+    @staticmethod
+    def _publish_failure(session: Session, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> None:
+        """After the last attempt the failure is published (and the worklist shows it)."""
+        enqueue(
+            session,
+            SCHEDULING,
+            WebhookDeliveryFailed(
+                source="cgt/scheduling",
+                subject=delivery.coi,
+                correlationid=str(delivery.id),
+                data=WebhookDeliveryFailedData(
+                    delivery_id=delivery.id,
+                    appointment_id=delivery.appointment_id,
+                    coi=delivery.coi,
+                    treatment_center_id=endpoint.treatment_center_id,
+                    kind=delivery.kind,
+                    attempts=delivery.attempts,
+                    last_error=(delivery.last_error or "")[:1000],
+                ),
+            ),
+        )
 
     async def _attempt(
         self, client: httpx.AsyncClient, delivery: WebhookDelivery, endpoint: WebhookEndpoint

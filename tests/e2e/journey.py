@@ -101,3 +101,17 @@ def scan(
         body["eta_at"] = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     body.update(extra)
     return body
+
+
+async def book_first_option(
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, coi: str
+) -> dict[str, Any]:
+    """The coordinator books the earliest option scheduling offered once the product was dispatched."""
+    offered = await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
+    option_id = str(offered.data.options[0].option_id)  # type: ignore[union-attr]
+    booked = await http.post(
+        f"{stack.scheduling}/cases/{coi}/bookings", json={"option_id": option_id}, headers=COORDINATOR
+    )
+    assert booked.status_code == 201, booked.text
+    appointment: dict[str, Any] = booked.json()
+    return appointment

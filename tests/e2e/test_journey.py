@@ -11,6 +11,7 @@ from deploy.observe import EventLog, WebhookListener
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, COURIER_2, RunningStack
 from tests.e2e.journey import (
+    book_first_option,
     order_body,
     place_accepted_order,
     record_collection_and_manufacturing,
@@ -47,6 +48,8 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     picked = await http.post(base, json=scan("pick_up", [coi]), headers=COURIER)
     assert picked.status_code == 201, picked.text
     assert picked.json()["accepted"] and picked.json()["shipment_status"] == "dispatched"
+    booked = await book_first_option(http, stack, events, coi)
+    assert booked["state"] == "tentative"
     proposed = await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
     assert proposed.data.status == "pending"  # type: ignore[union-attr]
 
@@ -111,7 +114,7 @@ async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirme
     shipment = await shipment_for(http, stack, events, coi)
     base = f"{stack.tracking}/shipments/{shipment['id']}/scans"
     assert (await http.post(base, json=scan("pick_up", [coi]), headers=COURIER)).json()["accepted"]
-    await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
+    await book_first_option(http, stack, events, coi)
 
     wrong = "CHW4321269ZZZZZ" + "Q"
     broken = await http.post(

@@ -14,7 +14,13 @@ from sqlalchemy import create_engine, text
 
 from deploy.observe import EventLog, WebhookListener
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, OTHER_COURIER, QA, RunningStack
-from tests.e2e.journey import place_accepted_order, record_collection_and_manufacturing, scan, shipment_for
+from tests.e2e.journey import (
+    book_first_option,
+    place_accepted_order,
+    record_collection_and_manufacturing,
+    scan,
+    shipment_for,
+)
 from tests.support.infra import wait_committed
 
 pytestmark = pytest.mark.e2e
@@ -198,6 +204,7 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi]), headers=COURIER)
+    await book_first_option(http, stack, events, coi)
     warm = await http.post(
         f"{base}/scans", json=scan("checkpoint", [coi], temperature=-120.0), headers=COURIER
     )
@@ -247,7 +254,8 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi], temperature=-100.0), headers=COURIER)
-    await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+    booked = await book_first_option(http, stack, events, coi)
+    assert booked["state"] == "on_hold"  # booked while the shipment is quarantined: held at once
     release = {
         "decision": "release",
         "reason": "reading from a probe outside the shipper, confirmed",
@@ -272,6 +280,7 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi], temperature=-90.0), headers=COURIER)
+    booked = await book_first_option(http, stack, events, coi)
     not_quarantined_yet = {
         "decision": "reject",
         "reason": "the product thawed in transit",
@@ -283,6 +292,8 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
     after = (await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)).json()
     assert after["accepted"] is False and "rejected" in after["refusal_reason"]
     assert not [e for e in events.of(coi) if e.type == "shipment.delivered.v1"]
+    cancelled = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
+    assert str(cancelled.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
 
 
 async def test_a_qa_disposition_needs_a_quarantined_shipment(

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime
 
 from services.scheduling.domain import (
     AppointmentState,
+    Load,
     SiteCalendar,
+    SlotOption,
+    booking_problems,
     can_move,
     earliest_conditioning_day,
     feasible_options,
+    follow_up_schedule,
     retry_delay_seconds,
     sign,
     verify_signature,
@@ -32,7 +37,7 @@ def test_options_skip_closed_days_full_days_and_blackouts() -> None:
         calendar=calendar,
         conditioning_days=4,
         receipt_buffer_hours=24,
-        booked_per_day={date(2026, 3, 9): 1},
+        load=Load(infusions={date(2026, 3, 9): 1}, admissions={}),
     )
     infusion_days = [o.infusion_on for o in options]
     # 3/4 + 4 = 3/8 (Sunday), 3/9 full, 3/10 blackout, 3/11 and 3/12 open, conditioning through 3/10 is blocked
@@ -61,3 +66,44 @@ def test_signatures_verify_and_detect_tampering() -> None:
 def test_backoff_doubles_and_is_capped() -> None:
     assert [retry_delay_seconds(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
     assert retry_delay_seconds(30, 2.0, cap_seconds=60) == 60
+
+
+def test_admission_beds_limit_overlapping_conditioning() -> None:
+    calendar = SiteCalendar("UTC", 5, frozenset(range(1, 8)), frozenset(), admissions_capacity=1)
+    taken = Load.of([SlotOption(date(2026, 3, 4), date(2026, 3, 8))])
+    overlapping = SlotOption(date(2026, 3, 8), date(2026, 3, 12))
+    problems = booking_problems(
+        overlapping, eta_at=None, receipt_buffer_hours=0, calendar=calendar, load=taken
+    )
+    assert problems == ["no admission bed left on 2026-03-08"]
+    assert (
+        booking_problems(
+            SlotOption(date(2026, 3, 9), date(2026, 3, 13)),
+            eta_at=None,
+            receipt_buffer_hours=0,
+            calendar=calendar,
+            load=taken,
+        )
+        == []
+    )
+
+
+def test_a_booking_may_not_start_conditioning_before_the_product_can_be_on_site() -> None:
+    calendar = SiteCalendar("UTC", 5, frozenset(range(1, 8)), frozenset())
+    eta = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    early = SlotOption(date(2026, 3, 11), date(2026, 3, 15))
+    problems = booking_problems(
+        early, eta_at=eta, receipt_buffer_hours=24, calendar=calendar, load=Load.of([])
+    )
+    assert problems and "may not start before 2026-03-12" in problems[0]
+
+
+def test_the_follow_up_schedule_covers_fifteen_years_with_windows() -> None:
+    visits = follow_up_schedule(date(2026, 1, 31))
+    assert (
+        visits[0].due_on == date(2026, 2, 28)
+        and visits[0].window_start < visits[0].due_on < visits[0].window_end
+    )
+    assert visits[-1].due_on == date(2041, 1, 31)
+    assert [v.number for v in visits] == list(range(1, len(visits) + 1))
+    assert all(a.due_on < b.due_on for a, b in itertools.pairwise(visits))

@@ -38,6 +38,7 @@ class OrderAcceptedData(ContractModel):
     storage_limit_celsius: Celsius
     conditioning_days: Annotated[int, Field(ge=0, le=30)]
     accepted_at: UtcDatetime
+    long_term_follow_up: bool = False
 
 
 class OrderRejectedData(ContractModel):
@@ -182,6 +183,7 @@ class TemperatureExcursionData(ContractModel):
 class ShipmentQuarantinedData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
+    leg: ShipmentLeg = ShipmentLeg.RETURN
     treatment_center_id: Identifier
     reason: Reason
     quarantined_at: UtcDatetime
@@ -326,6 +328,104 @@ class SlotHeld(EventEnvelope):
     data: SlotHeldData
 
 
+class SlotOption(ContractModel):
+    option_id: UUID
+    conditioning_start_on: date
+    infusion_on: date
+
+
+class SlotOptionsOfferedData(ContractModel):
+    """The earliest feasible options for a coordinator to book, once the return shipment is dispatched."""
+
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    shipment_id: UUID
+    eta_at: UtcDatetime
+    options: Annotated[list[SlotOption], Field(max_length=10)]
+
+
+class SlotRescheduledData(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    previous_conditioning_start_on: date
+    previous_infusion_on: date
+    conditioning_start_on: date
+    infusion_on: date
+    reason: Reason
+
+
+class SlotChangedData(ContractModel):
+    """An appointment that was cancelled, or resumed after a hold, and why."""
+
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    reason: Reason
+    at: UtcDatetime
+
+
+class WebhookDeliveryFailedData(ContractModel):
+    delivery_id: UUID
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    kind: Annotated[str, Field(max_length=64)]
+    attempts: int
+    last_error: Annotated[str, Field(max_length=1000)]
+
+
+class InfusionRecordedData(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    infused_on: date
+    follow_up_visits: int
+
+
+class FollowUpVisitOverdueData(ContractModel):
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    visit_number: int
+    due_on: date
+    window_end_on: date
+
+
+class SlotOptionsOffered(EventEnvelope):
+    type: Literal["slot.options_offered.v1"] = "slot.options_offered.v1"
+    data: SlotOptionsOfferedData
+
+
+class SlotRescheduled(EventEnvelope):
+    type: Literal["slot.rescheduled.v1"] = "slot.rescheduled.v1"
+    data: SlotRescheduledData
+
+
+class SlotCancelled(EventEnvelope):
+    type: Literal["slot.cancelled.v1"] = "slot.cancelled.v1"
+    data: SlotChangedData
+
+
+class SlotResumed(EventEnvelope):
+    type: Literal["slot.resumed.v1"] = "slot.resumed.v1"
+    data: SlotChangedData
+
+
+class WebhookDeliveryFailed(EventEnvelope):
+    type: Literal["webhook.delivery_failed.v1"] = "webhook.delivery_failed.v1"
+    data: WebhookDeliveryFailedData
+
+
+class InfusionRecorded(EventEnvelope):
+    type: Literal["infusion.recorded.v1"] = "infusion.recorded.v1"
+    data: InfusionRecordedData
+
+
+class FollowUpVisitOverdue(EventEnvelope):
+    type: Literal["followup.visit_overdue.v1"] = "followup.visit_overdue.v1"
+    data: FollowUpVisitOverdueData
+
+
 AnyEvent = Annotated[
     OrderAccepted
     | OrderRejected
@@ -344,7 +444,14 @@ AnyEvent = Annotated[
     | ShipmentQuarantined
     | SlotProposed
     | SlotConfirmed
-    | SlotHeld,
+    | SlotHeld
+    | SlotOptionsOffered
+    | SlotRescheduled
+    | SlotCancelled
+    | SlotResumed
+    | WebhookDeliveryFailed
+    | InfusionRecorded
+    | FollowUpVisitOverdue,
     Field(discriminator="type"),
 ]
 """Any event on the bus, told apart by its versioned `type`."""
@@ -372,6 +479,13 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
         SlotProposed,
         SlotConfirmed,
         SlotHeld,
+        SlotOptionsOffered,
+        SlotRescheduled,
+        SlotCancelled,
+        SlotResumed,
+        WebhookDeliveryFailed,
+        InfusionRecorded,
+        FollowUpVisitOverdue,
     )
 }
 
