@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import structlog
-from cgt_contracts.events import AnyEvent, ShipmentDelivered, ShipmentDispatched, ShipmentLeg
+from cgt_contracts.events import (
+    AnyEvent,
+    InfusionRecorded,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentLeg,
+)
 from sqlmodel import Session, select
 
 from services.common.consumer import register_consumer
@@ -44,13 +50,25 @@ def on_shipment_delivered(session: Session, event: AnyEvent) -> None:
         _advance(session, event, OrderStatus.PRODUCT_DELIVERED)
 
 
+def on_infusion_recorded(session: Session, event: AnyEvent) -> None:
+    """Infused; with follow-up visits planned, the order is in long-term follow-up."""
+    assert isinstance(event, InfusionRecorded)
+    _advance(session, event, OrderStatus.INFUSED)
+    if event.data.follow_up_visits:
+        _advance(session, event, OrderStatus.IN_FOLLOW_UP)
+
+
 def wire(runtime: Runtime) -> None:
     register_consumer(
         runtime.broker,
         topics=[SHIPMENTS, SCHEDULING],
         group_id=GROUP_ID,
         engine=runtime.engine,
-        handlers={ShipmentDispatched: on_shipment_dispatched, ShipmentDelivered: on_shipment_delivered},
+        handlers={
+            ShipmentDispatched: on_shipment_dispatched,
+            ShipmentDelivered: on_shipment_delivered,
+            InfusionRecorded: on_infusion_recorded,
+        },
         after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
     )

@@ -55,7 +55,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             bootstrap=bootstrap,
             database_urls=urls,
             workdir=workdir / "logs",
-            extra_env={"WEBHOOK_BACKOFF_SECONDS": "0.2", "OUTBOX_POLL_SECONDS": "0.2"},
+            extra_env={
+                "WEBHOOK_BACKOFF_SECONDS": "0.2",
+                "WEBHOOK_MAX_ATTEMPTS": "4",
+                "OUTBOX_POLL_SECONDS": "0.2",
+                "FOLLOW_UP_CHECK_SECONDS": "0.5",
+            },
         )
         try:
             running.start()

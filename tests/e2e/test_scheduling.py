@@ -1,0 +1,475 @@
+"""Infusion scheduling through its HTTP API on the real broker and database: calendars, options,
+concurrent bookings, delays, webhooks that fail and recover, FHIR resources, infusion and follow-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhir.resources.R4B.appointment import Appointment as FhirAppointment
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.slot import Slot as FhirSlot
+
+from deploy.observe import EventLog, WebhookListener
+from services.order_intake.domain import luhn_check_digit
+from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
+from tests.e2e.journey import (
+    book_first_option,
+    order_body,
+    record_collection_and_manufacturing,
+    scan,
+    shipment_for,
+)
+
+pytestmark = pytest.mark.e2e
+FHIR_R4_EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "fhir" / "R4"
+
+
+def fresh_npi() -> str:
+    prefix = f"{uuid.uuid4().int % 10**9:09d}"
+    return prefix + str(luhn_check_digit("80840" + prefix))
+
+
+class Site:
+    """A treatment center known to order intake (qualified, with a prescriber) and to scheduling."""
+
+    def __init__(self, site_id: str, npi: str, token: dict[str, str] | None = None) -> None:
+        self.id, self.npi = site_id, npi
+
+
+async def new_site(
+    http: httpx.AsyncClient,
+    stack: RunningStack,
+    *,
+    infusions_per_day: int = 2,
+    beds: int = 10,
+    **calendar: Any,
+) -> Site:
+    site_id, npi = f"TC-{uuid.uuid4().hex[:6].upper()}", fresh_npi()
+    o = stack.orders
+    assert (
+        await http.post(
+            f"{o}/treatment-centers",
+            json={"id": site_id, "name": "QTC", "timezone": "UTC"},
+            headers=COORDINATOR,
+        )
+    ).status_code == 201
+    certification = {"therapy_code": "WASKYRA", "effective_on": "2026-01-01"}
+    assert (
+        await http.post(
+            f"{o}/treatment-centers/{site_id}/certifications", json=certification, headers=COORDINATOR
+        )
+    ).status_code == 201
+    prescriber = {"npi": npi, "name": "Dr. S", "treatment_center_ids": [site_id]}
+    assert (await http.post(f"{o}/prescribers", json=prescriber, headers=COORDINATOR)).status_code == 201
+    body = {
+        "timezone": "UTC",
+        "infusions_per_day": infusions_per_day,
+        "admissions_capacity": beds,
+        "working_weekdays": [1, 2, 3, 4, 5, 6, 7],
+        **calendar,
+    }
+    put = await http.put(f"{stack.scheduling}/sites/{site_id}", json=body, headers=COORDINATOR)
+    assert put.status_code == 200, put.text
+    return Site(site_id, npi)
+
+
+async def dispatched_case(
+    http: httpx.AsyncClient,
+    stack: RunningStack,
+    events: EventLog,
+    site: Site,
+    eta: datetime,
+    *,
+    manufactured: bool = False,
+) -> tuple[str, str]:
+    """An accepted order at the site whose return shipment was picked up with the given ETA."""
+    order = await http.post(
+        f"{stack.orders}/orders",
+        json=order_body(treatment_center_id=site.id, prescriber_npi=site.npi),
+        headers=COORDINATOR,
+    )
+    assert order.status_code == 201 and order.json()["status"] == "accepted", order.text
+    coi = order.json()["coi"]
+    if manufactured:
+        await record_collection_and_manufacturing(http, stack, order.json()["id"])
+    shipment = await shipment_for(http, stack, events, coi)
+    picked = await http.post(
+        f"{stack.tracking}/shipments/{shipment['id']}/scans",
+        json=scan("pick_up", [coi], eta_at=eta.isoformat()),
+        headers=COURIER,
+    )
+    assert picked.json()["accepted"], picked.text
+    await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
+    return coi, shipment["id"]
+
+
+def midday(days_from_today: int) -> datetime:
+    return datetime.combine(
+        date.today() + timedelta(days=days_from_today), datetime.min.time(), tzinfo=UTC
+    ) + timedelta(hours=12)
+
+
+async def test_availability_and_options_follow_the_site_calendar(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    blackout = date.today() + timedelta(days=8)
+    site = await new_site(http, stack, infusions_per_day=1, blackout_dates=[blackout.isoformat()])
+    coi, _ = await dispatched_case(http, stack, events, site, eta=midday(3))
+    case = (await http.get(f"{stack.scheduling}/cases/{coi}", headers=COORDINATOR)).json()
+    options = case["options"]
+    assert len(options) == 3
+    for option in options:
+        start, infusion = (
+            date.fromisoformat(option["conditioning_start_on"]),
+            date.fromisoformat(option["infusion_on"]),
+        )
+        assert start >= date.today() + timedelta(days=5)  # ETA day 3 at noon + 24 h buffer -> from day 5
+        assert (infusion - start).days == 4
+        assert not start <= blackout <= infusion
+    booked = await http.post(
+        f"{stack.scheduling}/cases/{coi}/bookings",
+        json={"option_id": options[0]["option_id"]},
+        headers=COORDINATOR,
+    )
+    assert booked.status_code == 201
+    first_infusion = date.fromisoformat(options[0]["infusion_on"])
+    days = (
+        await http.get(
+            f"{stack.scheduling}/sites/{site.id}/availability",
+            params={"from": date.today().isoformat(), "to": (date.today() + timedelta(days=30)).isoformat()},
+            headers=COORDINATOR,
+        )
+    ).json()
+    by_day = {d["day"]: d for d in days}
+    assert by_day[first_infusion.isoformat()]["infusions_booked"] == 1
+    assert by_day[first_infusion.isoformat()]["infusions_capacity"] == 1
+    assert by_day[options[0]["conditioning_start_on"]]["admissions_booked"] == 1
+    assert (
+        by_day[blackout.isoformat()]["open"] is False
+        and by_day[blackout.isoformat()]["admissions_capacity"] == 0
+    )
+    assert len(days) == 31
+    too_early = await http.post(
+        f"{stack.scheduling}/cases/{coi}/bookings",
+        json={"conditioning_start_on": date.today().isoformat()},
+        headers=COORDINATOR,
+    )
+    assert too_early.status_code == 409
+
+
+async def test_concurrent_bookings_never_overbook_the_last_chair(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack, infusions_per_day=1, beds=50)
+    cases = [await dispatched_case(http, stack, events, site, eta=midday(2)) for _ in range(6)]
+    first = (await http.get(f"{stack.scheduling}/cases/{cases[0][0]}", headers=COORDINATOR)).json()[
+        "options"
+    ][0]
+    responses = await asyncio.gather(
+        *(
+            http.post(
+                f"{stack.scheduling}/cases/{coi}/bookings",
+                json={"conditioning_start_on": first["conditioning_start_on"]},
+                headers=COORDINATOR,
+            )
+            for coi, _ in cases
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201, 409, 409, 409, 409, 409], [r.text for r in responses]
+    refused = [r.json()["detail"]["reasons"] for r in responses if r.status_code == 409]
+    assert all(any("no infusion capacity left" in reason for reason in reasons) for reasons in refused)
+    day = (
+        await http.get(
+            f"{stack.scheduling}/sites/{site.id}/availability",
+            params={"from": first["infusion_on"], "to": first["infusion_on"]},
+            headers=COORDINATOR,
+        )
+    ).json()[0]
+    assert day["infusions_booked"] == 1
+
+
+async def test_a_delay_moves_the_tentative_slot_and_tells_the_site(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, webhook_listener: WebhookListener
+) -> None:
+    site = await new_site(http, stack)
+    await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": webhook_listener.url, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(3))
+    booked = await book_first_option(http, stack, events, coi)
+    new_eta = midday(9)
+    delay = scan("delay", [coi], location="Frankfurt hub", eta_at=new_eta.isoformat())
+    assert (
+        await http.post(f"{stack.tracking}/shipments/{shipment}/scans", json=delay, headers=COURIER)
+    ).json()["accepted"]
+    moved = await events.wait_for(lambda e: e.type == "slot.rescheduled.v1" and e.subject == coi)
+    assert str(moved.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
+    assert moved.data.conditioning_start_on >= (new_eta + timedelta(hours=24)).date()  # type: ignore[union-attr]
+    hook = webhook_listener.wait_for(
+        lambda h: h.json()["kind"] == "slot.rescheduled" and h.json()["coi"] == coi
+    )
+    assert hook.json()["conditioning_start_on"] == moved.data.conditioning_start_on.isoformat()  # type: ignore[union-attr]
+    assert "product delayed" in hook.json()["reason"]
+    appointment = (
+        await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert appointment["state"] == "tentative" and appointment["version"] > booked["version"]
+
+
+async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(-3))
+    booked = await book_first_option(http, stack, events, coi)
+    assert date.fromisoformat(booked["conditioning_start_on"]) <= date.today()
+    delay = scan("delay", [coi], location="Customs hold", eta_at=midday(6).isoformat())
+    delayed = await http.post(f"{stack.tracking}/shipments/{shipment}/scans", json=delay, headers=COURIER)
+    assert delayed.json()["accepted"]
+    event = await events.wait_for(lambda e: e.type == "shipment.delayed.v1" and e.subject == coi)
+    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "attention")
+    assert "conditioning started" in item["detail"]
+    unchanged = (
+        await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert unchanged["conditioning_start_on"] == booked["conditioning_start_on"]
+    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"] and event
+
+
+async def _worklist_item(
+    http: httpx.AsyncClient, stack: RunningStack, predicate: Any, timeout: float = 30
+) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        items = (await http.get(f"{stack.scheduling}/worklist", headers=COORDINATOR)).json()
+        found = [i for i in items if predicate(i)]
+        if found:
+            item: dict[str, Any] = found[0]
+            return item
+        await asyncio.sleep(0.1)
+    raise TimeoutError("no matching worklist item")
+
+
+async def test_the_worklist_shows_cases_to_book_oldest_first(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    first, _ = await dispatched_case(http, stack, events, site, eta=midday(4))
+    second, _ = await dispatched_case(http, stack, events, site, eta=midday(4))
+    items = (await http.get(f"{stack.scheduling}/worklist", headers=COORDINATOR)).json()
+    mine = [i["coi"] for i in items if i["kind"] == "to_book" and i["coi"] in (first, second)]
+    assert mine == [first, second]
+    assert [i["since"] for i in items] == sorted(i["since"] for i in items)
+    await book_first_option(http, stack, events, first)
+    items = (await http.get(f"{stack.scheduling}/worklist", headers=COORDINATOR)).json()
+    assert first not in [i["coi"] for i in items if i["kind"] == "to_book"]
+    assert (
+        await http.get(f"{stack.scheduling}/worklist", headers={"Authorization": "Bearer dev-center-token"})
+    ).status_code == 403
+
+
+async def test_a_webhook_that_fails_twice_is_delivered_once_in_effect_and_survives_a_restart(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, webhook_listener: WebhookListener
+) -> None:
+    site = await new_site(http, stack)
+    registered = await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": webhook_listener.url, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    secret = registered.json()["secret"]
+    webhook_listener.fail_next = 2
+    coi, _ = await dispatched_case(http, stack, events, site, eta=midday(3))
+    booked = await book_first_option(http, stack, events, coi)
+    webhook_listener.wait_for(
+        lambda h: (
+            h.json()["coi"] == coi
+            and webhook_listener.fail_next == 0
+            and len([x for x in webhook_listener.received if x.json()["coi"] == coi]) >= 3
+        )
+    )
+    attempts = [h for h in webhook_listener.received if h.json()["coi"] == coi]
+    assert len({h.headers["Idempotency-Key"] for h in attempts}) == 1, (
+        "retries carry the same idempotency key"
+    )
+    for hook in attempts:
+        assert verify_signature(
+            secret, int(hook.headers[TIMESTAMP_HEADER]), hook.body, hook.headers[SIGNATURE_HEADER]
+        )
+    log = await _deliveries(http, stack, booked["id"], lambda rows: rows and rows[0]["status"] == "delivered")
+    assert log[0]["attempts"] == 3 and log[0]["kind"] == "slot.proposed"
+
+    # A failing endpoint, then a restart: the pending delivery is still there and goes out afterwards.
+    webhook_listener.fail_next = 10**6
+    second, _ = await dispatched_case(http, stack, events, site, eta=midday(3))
+    appointment = await book_first_option(http, stack, events, second)
+    await _deliveries(http, stack, appointment["id"], lambda rows: rows and rows[0]["attempts"] >= 1)
+    scheduling = stack.stack.services["scheduling"]
+    scheduling.stop()
+    webhook_listener.fail_next = 0
+    scheduling.start()
+    scheduling.wait_ready()
+    delivered = await _deliveries(
+        http, stack, appointment["id"], lambda rows: rows and rows[0]["status"] == "delivered", timeout=60
+    )
+    assert delivered[0]["attempts"] >= 2
+
+
+async def _deliveries(
+    http: httpx.AsyncClient, stack: RunningStack, appointment_id: str, predicate: Any, timeout: float = 30
+) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    rows: list[dict[str, Any]] = []
+    while asyncio.get_running_loop().time() < deadline:
+        rows = (
+            await http.get(
+                f"{stack.scheduling}/appointments/{appointment_id}/deliveries", headers=COORDINATOR
+            )
+        ).json()
+        if predicate(rows):
+            return rows
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"delivery log never matched: {rows}")
+
+
+async def test_a_webhook_that_never_answers_is_published_as_failed_and_put_on_the_worklist(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    dead = "http://127.0.0.1:9/never"
+    await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": dead, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    coi, _ = await dispatched_case(http, stack, events, site, eta=midday(3))
+    await book_first_option(http, stack, events, coi)
+    failed = await events.wait_for(
+        lambda e: e.type == "webhook.delivery_failed.v1" and e.subject == coi, timeout=60
+    )
+    assert failed.data.attempts == 4 and failed.data.kind == "slot.proposed"  # type: ignore[union-attr]
+    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "webhook_failing")
+    assert "failed after 4 attempts" in item["detail"]
+
+
+def _official(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FHIR_R4_EXAMPLES / name).read_text())
+    return document
+
+
+async def test_appointments_and_slots_are_valid_fhir_r4_like_the_official_examples(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2))
+    booked = await book_first_option(http, stack, events, coi)
+    pending = (
+        await http.get(f"{stack.scheduling}/fhir/Appointment/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert FhirAppointment.model_validate(pending).status == "pending"
+    official = _official("Appointment-example.json")
+    FhirAppointment.model_validate(official)
+    assert {"resourceType", "id", "status", "start", "end", "participant", "slot"} <= set(pending) & set(
+        official
+    ) | {"slot"}
+    assert pending["participant"][1]["actor"]["reference"].startswith("Patient/PSN-")
+    slots = (
+        await http.get(
+            f"{stack.scheduling}/fhir/Slot", params={"schedule": f"Schedule/{site.id}"}, headers=COORDINATOR
+        )
+    ).json()
+    bundle = Bundle.model_validate(slots)
+    assert bundle.total == 1
+    slot = slots["entry"][0]["resource"]
+    assert FhirSlot.model_validate(slot).status == "busy-tentative"
+    for example in ("Slot-example.json", "Slot-1.json", "Slot-3.json"):
+        reference = _official(example)
+        FhirSlot.model_validate(reference)
+        assert {"resourceType", "schedule", "status", "start", "end"} <= set(reference) & set(slot)
+
+    await http.post(
+        f"{stack.tracking}/shipments/{shipment}/scans", json=scan("delivery", [coi]), headers=COURIER
+    )
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+    booked_now = (
+        await http.get(f"{stack.scheduling}/fhir/Appointment/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert FhirAppointment.model_validate(booked_now).status == "booked"
+    assert int(booked_now["meta"]["versionId"]) > int(pending["meta"]["versionId"])
+    slots = (
+        await http.get(
+            f"{stack.scheduling}/fhir/Slot", params={"schedule": f"Schedule/{site.id}"}, headers=COORDINATOR
+        )
+    ).json()
+    assert slots["entry"][0]["resource"]["status"] == "busy"
+    bad = await http.get(
+        f"{stack.scheduling}/fhir/Slot",
+        params={"schedule": f"Schedule/{site.id}", "start": "xx2026-01-01"},
+        headers=COORDINATOR,
+    )
+    assert bad.status_code == 422
+
+
+async def test_infusion_plans_fifteen_years_of_follow_up_and_overdue_visits_are_raised(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2), manufactured=True)
+    booked = await book_first_option(http, stack, events, coi)
+    early = await http.post(
+        f"{stack.scheduling}/appointments/{booked['id']}/infusion",
+        json={"infused_on": date.today().isoformat()},
+        headers=COORDINATOR,
+    )
+    assert early.status_code == 409, "a tentative appointment (product not delivered) cannot be infused"
+    await http.post(
+        f"{stack.tracking}/shipments/{shipment}/scans", json=scan("delivery", [coi]), headers=COURIER
+    )
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+    infused_on = date.today() - timedelta(days=400)
+    recorded = await http.post(
+        f"{stack.scheduling}/appointments/{booked['id']}/infusion",
+        json={"infused_on": infused_on.isoformat()},
+        headers=COORDINATOR,
+    )
+    assert recorded.status_code == 200, recorded.text
+    visits = (await http.get(f"{stack.scheduling}/cases/{coi}/follow-up", headers=COORDINATOR)).json()
+    assert recorded.json()["follow_up_visits"] == len(visits) and len(visits) >= 18
+    assert date.fromisoformat(visits[-1]["due_on"]).year == infused_on.year + 15
+    overdue = await events.wait_for(lambda e: e.type == "followup.visit_overdue.v1" and e.subject == coi)
+    assert overdue.data.visit_number == 1  # type: ignore[union-attr]
+    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "follow_up_overdue")
+    assert "follow-up visit" in item["detail"]
+    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id  # type: ignore[union-attr]
+    for _ in range(300):
+        status = (await http.get(f"{stack.orders}/orders/{order_id}", headers=COORDINATOR)).json()["status"]
+        if status == "in_follow_up":
+            break
+        await asyncio.sleep(0.05)
+    assert status == "in_follow_up"
+
+
+async def test_a_cancelled_order_cancels_its_appointment(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    site = await new_site(http, stack)
+    coi, _ = await dispatched_case(http, stack, events, site, eta=midday(2))
+    booked = await book_first_option(http, stack, events, coi)
+    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id  # type: ignore[union-attr]
+    cancelled = await http.post(
+        f"{stack.orders}/orders/{order_id}/cancel", json={"reason": "patient unwell"}, headers=COORDINATOR
+    )
+    assert cancelled.status_code == 200
+    event = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
+    assert str(event.data.appointment_id) == booked["id"] and "patient unwell" in event.data.reason  # type: ignore[union-attr]
