@@ -12,15 +12,17 @@ import structlog
 from cgt_contracts.events import (
     ScanType,
 )
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
-from services.coi_tracking import commands, domain
+from services.coi_tracking import commands, domain, epcis
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.ledger import read_entries, verify_shipment_ledger
 from services.coi_tracking.models import (
     Bag,
+    CaptureJob,
     Container,
     QaDisposition,
     ScanRecord,
@@ -409,3 +411,125 @@ def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> Ledge
         broken_at_sequence=verification.broken_at_sequence,
         problem=verification.problem,
     )
+
+
+MAX_CAPTURE_BYTES = 2_000_000
+
+
+class CaptureEventResult(BaseModel):
+    event_index: int
+    event_id: str | None
+    outcome: str = Field(description="applied, duplicate, refused, or not_applied (rolled back)")
+    reason: str | None
+    shipment_id: UUID | None
+    scan: ScanResult | None
+
+
+class CaptureJobView(BaseModel):
+    capture_id: UUID
+    running: bool
+    success: bool
+    capture_error_behaviour: str
+    errors: list[str]
+    events: list[CaptureEventResult]
+
+
+@router.post("/capture", status_code=status.HTTP_202_ACCEPTED, response_model=CaptureJobView, tags=["epcis"])
+async def epcis_capture(
+    request: Request,
+    response: Response,
+    caller: Courier,
+    capture_error_behaviour: Annotated[str, Header(alias="GS1-Capture-Error-Behaviour")] = "rollback",
+) -> CaptureJobView:
+    """GS1 EPCIS 2.0 capture (JSON / JSON-LD): 202 with `Location: /capture/{captureID}` to poll. Each
+    ObjectEvent becomes a scan under the same rules as `POST /shipments/{id}/scans`."""
+    if capture_error_behaviour not in ("rollback", "proceed"):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "GS1-Capture-Error-Behaviour: rollback or proceed")
+    raw = await request.body()
+    if len(raw) > MAX_CAPTURE_BYTES:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"an EPCIS document may be {MAX_CAPTURE_BYTES} bytes"
+        )
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body: not JSON ({error})") from error
+    validator = request.app.state.epcis_validator
+    if validator is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the EPCIS JSON Schema is not installed (EPCIS_SCHEMA_PATH)"
+        )
+    errors = epcis.validate_document(document, validator)
+    if errors:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            {"title": "EPCIS document fails the EPCIS 2.0 JSON Schema", "errors": errors},
+        )
+    outcomes = epcis.interpret(document)
+    job = await run_in_threadpool(
+        _apply_capture, request, caller, outcomes, capture_error_behaviour == "rollback"
+    )
+    response.headers["Location"] = f"/capture/{job.capture_id}"
+    return job
+
+
+def _apply_capture(
+    request: Request, caller: Principal, outcomes: list[epcis.Outcome], rollback: bool
+) -> CaptureJobView:
+    runtime = runtime_of(request)
+    with Session(runtime.engine) as session:
+        results = commands.capture(
+            session,
+            outcomes,
+            _actor(caller),
+            caller.courier_company,
+            rollback_on_error=rollback,
+            correlation_id=request.state.correlation_id,
+        )
+        success = all(r.outcome in ("applied", "duplicate") for r in results) and bool(results)
+        view_events = [
+            CaptureEventResult(
+                event_index=r.event_index,
+                event_id=r.event_id,
+                outcome=r.outcome,
+                reason=r.reason,
+                shipment_id=r.shipment_id,
+                scan=ScanResult(**dataclasses.asdict(r.scan)) if r.scan else None,
+            )
+            for r in results
+        ]
+        job = CaptureJob(
+            captured_by=caller.subject,
+            status="succeeded" if success else "failed",
+            result=json.dumps(
+                {
+                    "capture_error_behaviour": "rollback" if rollback else "proceed",
+                    "errors": [] if results else ["the document has no events"],
+                    "events": [e.model_dump(mode="json") for e in view_events],
+                }
+            ),
+        )
+        session.add(job)
+        session.commit()
+        runtime.relay.notify()
+        return _job_view(job)
+
+
+def _job_view(job: CaptureJob) -> CaptureJobView:
+    result = json.loads(job.result)
+    return CaptureJobView(
+        capture_id=job.id,
+        running=False,
+        success=job.status == "succeeded",
+        capture_error_behaviour=result["capture_error_behaviour"],
+        errors=result["errors"],
+        events=[CaptureEventResult.model_validate(e) for e in result["events"]],
+    )
+
+
+@router.get("/capture/{capture_id}", response_model=CaptureJobView, tags=["epcis"])
+def read_capture(capture_id: UUID, session: SessionDep, caller: Courier) -> CaptureJobView:
+    job = session.get(CaptureJob, capture_id)
+    if job is None or job.captured_by != caller.subject:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no capture {capture_id}")
+    return _job_view(job)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
+import structlog
 from fastapi import FastAPI
 from pydantic import Field
 
-from services.coi_tracking import api, handlers
+from services.coi_tracking import api, epcis, handlers
 from services.coi_tracking.models import TABLES
 from services.common.service import build_service
 from services.common.settings import ServiceSettings
@@ -19,11 +21,12 @@ class TrackingSettings(ServiceSettings):
     manufacturing_site: str = "manufacturer:AGC-MILAN"
     bags_per_shipment: int = Field(default=1, ge=1, le=20)
     fresh_max_transit_hours: float = Field(default=72.0, gt=0, description="Fresh apheresis: 72 h at 2-8 °C")
+    epcis_schema_path: Path = epcis.DEFAULT_SCHEMA_PATH
 
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     settings = settings or TrackingSettings()
-    return build_service(
+    app = build_service(
         name=settings.service_name,
         tables=TABLES,
         routers=[api.router],
@@ -38,6 +41,11 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
         ),
         settings=settings,
     )
+    schema_found = settings.epcis_schema_path.exists()
+    app.state.epcis_validator = epcis.load_validator(settings.epcis_schema_path) if schema_found else None
+    if not schema_found:
+        structlog.get_logger().warning("epcis.schema_missing", path=str(settings.epcis_schema_path))
+    return app
 
 
 app = create_app()

@@ -35,7 +35,7 @@ from cgt_contracts.events import (
 )
 from sqlmodel import Session, col, select
 
-from services.coi_tracking import domain
+from services.coi_tracking import domain, epcis
 from services.coi_tracking.domain import Disposition, LedgerKind, Reading, ShipmentStatus, TemperaturePolicy
 from services.coi_tracking.ledger import append_entry
 from services.coi_tracking.models import (
@@ -70,6 +70,7 @@ class ScanInput:
     seal_id: str | None = None
     handed_to: str | None = None
     eta_at: datetime | None = None
+    epcis_event_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def record_scan(
         accepted=decision.accepted,
         refusal_reason=decision.refusal_reason,
         coi_verified=not decision.coi_break,
+        epcis_event_id=scan.epcis_event_id,
     )
     session.add(record)
     envelope = _envelope(shipment, correlation_id)
@@ -518,3 +520,109 @@ def record_disposition(
     session.add(shipment)
     _emit(session, events)
     return disposition
+
+
+EPCIS_PLANNED_TRANSIT = timedelta(hours=48)
+"""EPCIS carries no ETA: a captured pick-up is planned at event time + 48 h until a delay scan says more."""
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    event_index: int
+    event_id: str | None
+    outcome: str
+    """applied, duplicate or refused"""
+    reason: str | None = None
+    shipment_id: UUID | None = None
+    scan: ScanOutcome | None = None
+
+
+def _capture_target(session: Session, scan: epcis.CapturedScan, actor_company: str | None) -> Shipment | str:
+    """The shipment an EPCIS event is about, or why it cannot be told."""
+    if scan.shipment_ref is not None:
+        shipment = session.get(Shipment, UUID(scan.shipment_ref))
+        if shipment is None:
+            return f"bizTransaction names shipment {scan.shipment_ref}, which does not exist"
+    else:
+        open_ = [
+            s
+            for s in session.exec(select(Shipment).where(col(Shipment.coi).in_(set(scan.cois)))).all()
+            if s.physical_status not in (ShipmentStatus.RECEIVED,)
+        ]
+        if len(open_) != 1:
+            found = "no open shipment carries" if not open_ else f"{len(open_)} open shipments carry"
+            return f"{found} COI {', '.join(sorted(set(scan.cois)))}: name the shipment as bizTransaction urn:uuid:<shipment id>"
+        shipment = open_[0]
+    if actor_company is not None and shipment.courier_company != actor_company:
+        return f"shipment {shipment.id} is assigned to another courier company"
+    return shipment
+
+
+def capture(
+    session: Session,
+    outcomes: list[epcis.Outcome],
+    actor: Actor,
+    actor_company: str | None,
+    *,
+    rollback_on_error: bool,
+    correlation_id: str,
+) -> list[CaptureResult]:
+    """Apply captured EPCIS events as scans. With rollback (the standard's default), one refused event
+    means none is applied; with proceed, the good ones are."""
+    results: list[CaptureResult] = []
+    planned: list[tuple[epcis.CapturedScan, Shipment]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, epcis.RefusedEvent):
+            results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", outcome.reason))
+            continue
+        if (
+            outcome.event_id
+            and session.exec(
+                select(ScanRecord.id).where(ScanRecord.epcis_event_id == outcome.event_id)
+            ).first()
+        ):
+            results.append(
+                CaptureResult(
+                    outcome.event_index, outcome.event_id, "duplicate", "this eventID was captured before"
+                )
+            )
+            continue
+        target = _capture_target(session, outcome, actor_company)
+        if isinstance(target, str):
+            results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", target))
+            continue
+        planned.append((outcome, target))
+    if rollback_on_error and any(r.outcome == "refused" for r in results):
+        return sorted(
+            results
+            + [
+                CaptureResult(
+                    o.event_index,
+                    o.event_id,
+                    "not_applied",
+                    "another event of the document was refused (rollback)",
+                    s.id,
+                )
+                for o, s in planned
+            ],
+            key=lambda r: r.event_index,
+        )
+    for outcome, shipment in planned:
+        scan = ScanInput(
+            scan_type=outcome.scan_type,
+            bag_cois=outcome.cois,
+            location=outcome.location,
+            device_time=outcome.event_time,
+            temperature_celsius=outcome.worst_celsius,
+            eta_at=outcome.event_time + EPCIS_PLANNED_TRANSIT
+            if outcome.scan_type in (ScanType.PICK_UP, ScanType.DELAY)
+            else None,
+            epcis_event_id=outcome.event_id,
+        )
+        applied = record_scan(session, shipment, scan, actor, correlation_id)
+        results.append(
+            CaptureResult(
+                outcome.event_index, outcome.event_id, "applied", applied.refusal_reason, shipment.id, applied
+            )
+        )
+    return sorted(results, key=lambda r: r.event_index)

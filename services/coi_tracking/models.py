@@ -87,6 +87,8 @@ class ScanRecord(SQLModel, table=True):
     accepted: bool
     refusal_reason: str | None = Field(default=None, sa_column=Column(Text))
     coi_verified: bool
+    epcis_event_id: str | None = Field(default=None, unique=True, max_length=256)
+    """The EPCIS eventID this scan came from: a repeated capture of the same event is a no-op."""
 
 
 class TemperatureReading(SQLModel, table=True):
