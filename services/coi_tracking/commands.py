@@ -544,15 +544,18 @@ def _capture_target(session: Session, scan: epcis.CapturedScan, actor_company: s
         if shipment is None:
             return f"bizTransaction names shipment {scan.shipment_ref}, which does not exist"
     else:
-        open_ = [
+        candidates = [
             s
             for s in session.exec(select(Shipment).where(col(Shipment.coi).in_(set(scan.cois)))).all()
-            if s.physical_status not in (ShipmentStatus.RECEIVED,)
+            if s.physical_status in domain.ALLOWED_FROM[scan.scan_type]
         ]
-        if len(open_) != 1:
-            found = "no open shipment carries" if not open_ else f"{len(open_)} open shipments carry"
-            return f"{found} COI {', '.join(sorted(set(scan.cois)))}: name the shipment as bizTransaction urn:uuid:<shipment id>"
-        shipment = open_[0]
+        if len(candidates) != 1:
+            found = "no shipment" if not candidates else f"{len(candidates)} shipments"
+            return (
+                f"{found} with COI {', '.join(sorted(set(scan.cois)))} can take a {scan.scan_type} scan now: "
+                "name the shipment as bizTransaction urn:uuid:<shipment id>"
+            )
+        shipment = candidates[0]
     if actor_company is not None and shipment.courier_company != actor_company:
         return f"shipment {shipment.id} is assigned to another courier company"
     return shipment

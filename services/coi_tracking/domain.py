@@ -26,7 +26,7 @@ class ShipmentStatus(StrEnum):
 
 
 # Which scans may follow which status (a quarantined shipment still moves physically: its scans are kept).
-_ALLOWED_FROM: dict[ScanType, frozenset[ShipmentStatus]] = {
+ALLOWED_FROM: dict[ScanType, frozenset[ShipmentStatus]] = {
     ScanType.PICK_UP: frozenset({ShipmentStatus.PLANNED}),
     ScanType.HAND_OFF: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
     ScanType.CHECKPOINT: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT}),
@@ -225,7 +225,7 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
 def _refusal(state: ShipmentState, scan: Scan) -> str | None:
     if state.status is ShipmentStatus.REJECTED:
         return "QA rejected this shipment: its product may not move on"
-    if state.physical_status not in _ALLOWED_FROM[scan.scan_type]:
+    if state.physical_status not in ALLOWED_FROM[scan.scan_type]:
         return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
     if scan.scan_type is ScanType.HAND_OFF:
         if not scan.handed_to:

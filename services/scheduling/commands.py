@@ -5,7 +5,7 @@ recording infusion — each inside the caller's transaction with its events (out
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from uuid import UUID
 
 import structlog
@@ -447,6 +447,8 @@ def record_infusion(
     session: Session, appointment: Appointment, case: Case, infused_on: date, *, correlation_id: str
 ) -> int:
     """Infusion done: the appointment is fulfilled and, for long-term follow-up therapies, the visits planned."""
+    if infused_on > utc_now().date() + timedelta(days=1):
+        raise Refused([f"infused_on {infused_on} is in the future"])
     _touch(session, appointment, AppointmentState.INFUSED)
     appointment.infused_on = infused_on
     visits = domain.follow_up_schedule(infused_on) if case.long_term_follow_up else []
