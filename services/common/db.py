@@ -32,7 +32,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=20, max_overflow=20, pool_timeout=10, pool_pre_ping=True)
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:

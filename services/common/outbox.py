@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import structlog
@@ -18,7 +19,7 @@ from cgt_contracts.envelope import EventEnvelope, utc_now
 from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, Text
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Field, Session, SQLModel, col, select, update
 
 from services.common.db import UtcDateTime, is_postgres
 
@@ -64,6 +65,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay")
 
     def notify(self) -> None:
         """Call after committing outbox rows, from the event loop's thread or any other."""
@@ -99,17 +101,14 @@ class OutboxRelay:
             self._wake.clear()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending rows in id order; returns how many were published."""
-        with Session(self._engine) as session:
-            query = (
-                select(OutboxMessage)
-                .where(col(OutboxMessage.published_at).is_(None))
-                .order_by(col(OutboxMessage.id))
-                .limit(self._batch)
-            )
-            if is_postgres(self._engine):
-                query = query.with_for_update(skip_locked=True)
-            rows = list(session.exec(query))
+        """Publish one batch of pending rows in id order; returns how many were published.
+
+        The database work runs on the relay's own thread (the event loop never waits on the database);
+        the rows stay locked (FOR UPDATE SKIP LOCKED on PostgreSQL) from claim to mark."""
+        loop = asyncio.get_running_loop()
+        session = Session(self._engine)
+        try:
+            rows = await loop.run_in_executor(self._db_thread, self._claim, session)
             if not rows:
                 return 0
             pending = [
@@ -124,10 +123,28 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*pending)
-            published_at = utc_now()
-            for row in rows:
-                row.published_at = published_at
-                session.add(row)
-            session.commit()
+            await loop.run_in_executor(
+                self._db_thread, self._mark_published, session, [row.id for row in rows]
+            )
             log.debug("outbox.published", count=len(rows))
             return len(rows)
+        finally:
+            await loop.run_in_executor(self._db_thread, session.close)
+
+    def _claim(self, session: Session) -> list[OutboxMessage]:
+        query = (
+            select(OutboxMessage)
+            .where(col(OutboxMessage.published_at).is_(None))
+            .order_by(col(OutboxMessage.id))
+            .limit(self._batch)
+        )
+        if is_postgres(self._engine):
+            query = query.with_for_update(skip_locked=True)
+        return list(session.exec(query))
+
+    @staticmethod
+    def _mark_published(session: Session, ids: list[int | None]) -> None:
+        session.exec(
+            update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).values(published_at=utc_now())
+        )
+        session.commit()

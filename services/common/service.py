@@ -6,6 +6,7 @@ plugin is deprecated). Shutdown stops consuming first, then drains the outbox, t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def build_service(
     async def ready() -> JSONResponse:
         """Readiness: the database answers and the broker answers."""
         checks = {
-            "database": database_reachable(engine),
+            "database": await asyncio.to_thread(database_reachable, engine),
             "broker": await broker.ping(timeout=2.0),
         }
         ok = all(checks.values())

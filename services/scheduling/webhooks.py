@@ -75,8 +75,18 @@ class WebhookDeliverer:
                 self._wake.clear()
 
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
-        with Session(self._engine) as session:
-            due = session.exec(
+        """Attempt every due delivery; database work runs in a thread, never on the event loop."""
+        due = await asyncio.to_thread(self._due)
+        for delivery, endpoint in due:
+            await self._attempt(client, delivery, endpoint)
+            failed = await asyncio.to_thread(self._save, delivery, endpoint)
+            if failed:
+                self._on_failure_committed()
+        return len(due)
+
+    def _due(self) -> list[tuple[WebhookDelivery, WebhookEndpoint]]:
+        with Session(self._engine, expire_on_commit=False) as session:
+            rows = session.exec(
                 select(WebhookDelivery, WebhookEndpoint)
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
                 .where(WebhookDelivery.status == "pending")
@@ -84,15 +94,17 @@ class WebhookDeliverer:
                 .order_by(col(WebhookDelivery.created_at))
                 .limit(50)
             ).all()
-            for delivery, endpoint in due:
-                await self._attempt(client, delivery, endpoint)
-                session.add(delivery)
-                if delivery.status == "failed":
-                    self._publish_failure(session, delivery, endpoint)
-                session.commit()
-                if delivery.status == "failed":
-                    self._on_failure_committed()
-            return len(due)
+            session.expunge_all()
+            return [(delivery, endpoint) for delivery, endpoint in rows]
+
+    def _save(self, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> bool:
+        with Session(self._engine) as session:
+            session.merge(delivery)
+            failed = delivery.status == "failed"
+            if failed:
+                self._publish_failure(session, delivery, endpoint)
+            session.commit()
+            return failed
 
     @staticmethod
     def _publish_failure(session: Session, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+from cgt_contracts.events import OrderAccepted
 
 from deploy.observe import EventLog
 from services.common.topics import ORDERS, dlq
@@ -72,3 +77,70 @@ async def test_a_redelivered_event_is_applied_once(
     assert len(shipments) == 1
     created = [e for e in events.of(coi) if e.type == "shipment.created.v1"]
     assert len(created) == 1
+
+
+async def test_dead_letters_are_listed_and_one_is_replayed_after_a_fix(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    """An accepted order whose event a consumer once gave up on (a dead letter) is replayed with the CLI:
+    the consumer that had not applied it now does, the others skip it through their inbox."""
+    order = await place_accepted_order(http, stack)
+    accepted = await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == order["coi"])
+    assert isinstance(accepted, OrderAccepted)
+    lost_order = accepted.model_copy(
+        update={
+            "id": uuid.uuid4(),
+            "subject": "CHW432126ZZZZZ0" + "1",
+            "data": accepted.data.model_copy(update={"order_id": uuid.uuid4(), "coi": "CHW432126ZZZZZ01"}),
+        }
+    )
+    headers = [
+        ("dlq-reason", b"failed after 5 attempts: OperationalError('database unavailable')"),
+        ("dlq-source-topic", ORDERS.encode()),
+        ("dlq-source-partition", b"0"),
+        ("dlq-source-offset", b"0"),
+        ("dlq-consumer-group", b"coi-tracking"),
+    ]
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    try:
+        metadata = await producer.send_and_wait(
+            dlq(ORDERS), lost_order.model_dump_json().encode(), key=b"CHW432126ZZZZZ01", headers=headers
+        )
+    finally:
+        await producer.stop()
+    listing = _cli(stack, "list", "--topic", dlq(ORDERS))
+    assert listing.returncode == 0
+    listed = [json.loads(line) for line in listing.stdout.splitlines()]
+    mine = [d for d in listed if d["offset"] == metadata.offset]
+    assert (
+        mine and "database unavailable" in mine[0]["reason"] and mine[0]["consumer_group"] == "coi-tracking"
+    )
+    replayed = _cli(
+        stack,
+        "replay",
+        "--topic",
+        dlq(ORDERS),
+        "--offset",
+        str(metadata.offset),
+        "--partition",
+        str(metadata.partition),
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    created = await events.wait_for(
+        lambda e: e.type == "shipment.created.v1" and e.subject == "CHW432126ZZZZZ01"
+    )
+    assert str(created.data.order_id) == str(lost_order.data.order_id)  # type: ignore[union-attr]
+
+
+def _cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.common.dlq", *args, "--bootstrap", stack.bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
