@@ -48,6 +48,9 @@ class LocalKafka:
         data_dir: Path | None = None,
         node_id: int = 1,
         heap: str = "512m",
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         self.port = port or _free_port()
         self.controller_port = controller_port or _free_port()
@@ -58,6 +61,10 @@ class LocalKafka:
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.heap = heap
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id or _cluster_id()
+        self.extra = extra or {}
+        self.expected_brokers = 1
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +88,7 @@ class LocalKafka:
                 [
                     "process.roles=broker,controller",
                     f"node.id={self.node_id}",
-                    f"controller.quorum.voters={self.node_id}@127.0.0.1:{self.controller_port}",
+                    f"controller.quorum.voters={self.voters}",
                     f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
                     f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
@@ -99,6 +106,7 @@ class LocalKafka:
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
                     "log.flush.interval.messages=9223372036854775807",
+                    *(f"{key}={value}" for key, value in self.extra.items()),
                     "",
                 ]
             )
@@ -125,7 +133,7 @@ class LocalKafka:
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _cluster_id(),
+                self.cluster_id,
                 "-c",
                 str(config),
                 "--ignore-formatted",
@@ -135,16 +143,30 @@ class LocalKafka:
         )
 
     def start(self, timeout: float = 90.0) -> None:
+        """Launch and return once the broker answers; a broker that never gets ready is killed, not leaked
+        (it runs in its own session, so nothing else would stop it)."""
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def launch(self) -> None:
+        """Format (once) and start the process, without waiting: a cluster launches all nodes first."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         self._format(config)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self._java("kafka.Kafka", str(config), heap=self.heap),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(config), heap=self.heap),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Blocking (runs its own event loop): from async code call it via `asyncio.to_thread`."""
         asyncio.run(self._wait_ready(timeout))
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -162,7 +184,7 @@ class LocalKafka:
             try:
                 await admin.start()
                 cluster = await admin.describe_cluster()
-                if cluster.get("brokers"):
+                if len(cluster.get("brokers", [])) >= self.expected_brokers:
                     return
             except Exception as error:
                 last_error = error
@@ -215,6 +237,62 @@ class LocalKafka:
         self.cleanup()
 
 
+class LocalKafkaCluster:
+    """Three (or more) combined broker-controller nodes on loopback, replication factor 3 and
+    min.insync.replicas 2, for faults that a single broker cannot show (losing a broker mid-stream)."""
+
+    def __init__(self, size: int = 3, data_dir: Path | None = None) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cgt-kafka-cluster-")
+            data_dir = Path(self._tmp.name)
+        controller_ports = [_free_port() for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(controller_ports))
+        cluster_id = _cluster_id()
+        replicas = str(min(size, 3))
+        extra = {
+            "default.replication.factor": replicas,
+            "min.insync.replicas": "2",
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": "2",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": "2",
+        }
+        self.nodes = [
+            LocalKafka(
+                controller_port=controller_ports[i],
+                data_dir=Path(data_dir) / f"node{i + 1}",
+                node_id=i + 1,
+                heap="384m",
+                voters=voters,
+                cluster_id=cluster_id,
+                extra=extra,
+            )
+            for i in range(size)
+        ]
+        for node in self.nodes:
+            node.expected_brokers = size
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> None:
+        for node in self.nodes:
+            node.launch()
+        self.nodes[0].wait_ready(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run one Apache Kafka broker (KRaft) on loopback.")
     parser.add_argument("--port", type=int, default=9092)
@@ -223,10 +301,14 @@ def main() -> int:
     args = parser.parse_args()
     broker = LocalKafka(port=args.port, controller_port=args.controller_port, data_dir=args.data_dir)
     started = time.monotonic()
-    broker.start()
+    try:
+        broker.start()
+    except KeyboardInterrupt:
+        broker.cleanup()
+        return 130
+    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
     print(
-        f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}  (ready in {time.monotonic() - started:.1f}s)",
-        flush=True,
+        f"ready in {time.monotonic() - started:.1f}s, logs in {broker.log_path}", file=sys.stderr, flush=True
     )
     stop = False
 

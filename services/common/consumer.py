@@ -4,6 +4,7 @@ Invariant: an event's effect and its id in the inbox commit in one transaction, 
 committed only after that (manual acknowledgement), so redelivery after a crash or rebalance is harmless.
 A message that is not a valid event, or whose handling keeps failing after bounded retries, goes to
 `<topic>.dlq` with the reason, its original headers and its source position; the partition keeps flowing.
+An unreachable database is not the message's fault: the consumer waits for it instead of dead-lettering.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, Session, SQLModel
 
 from services.common.db import UtcDateTime
 from services.common.topics import dlq
 
 log = structlog.get_logger()
+DATABASE_RETRY_SECONDS = 1.0
 
 EventHandler = Callable[[Session, AnyEvent], None]
 """Applies one event inside the given session; must not commit (the consumer commits)."""
@@ -99,7 +101,15 @@ def register_consumer(
                 "dlq-consumer-group": group_id,
             }
         )
-        await broker.publish(message.body, topic=dlq(raw.topic), key=raw.key, headers=headers)
+        delay = 0.2
+        while True:  # a dead letter must not be lost either: keep trying while the broker is away
+            try:
+                await broker.publish(message.body, topic=dlq(raw.topic), key=raw.key, headers=headers)
+                break
+            except Exception as error:
+                log.warning("consumer.dead_letter_publish_failed", error=repr(error)[:300])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         log.warning("consumer.dead_lettered", topic=raw.topic, offset=raw.offset, reason=reason[:300])
 
     @broker.subscriber(
@@ -124,15 +134,22 @@ def register_consumer(
             if handler is None:
                 await message.ack()
                 return
-            for attempt in range(1, max_attempts + 1):
+            attempt = 0
+            while True:
                 try:
                     applied = await asyncio.to_thread(apply, event, handler)
                 except DeadLetter as error:
                     await dead_letter(message, f"refused: {error}")
                     break
+                except (OperationalError, InterfaceError) as error:
+                    # The database is unreachable: no message can be applied, so wait for it rather than
+                    # dead-letter good events. The offset is not committed meanwhile.
+                    log.warning("consumer.database_unavailable", error=repr(error)[:300])
+                    await asyncio.sleep(DATABASE_RETRY_SECONDS)
                 except Exception as error:
+                    attempt += 1
                     log.warning("consumer.attempt_failed", attempt=attempt, error=repr(error))
-                    if attempt == max_attempts:
+                    if attempt >= max_attempts:
                         await dead_letter(message, f"failed after {attempt} attempts: {error!r}")
                         break
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))

@@ -69,7 +69,7 @@ def build_service(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_tables(engine, [*COMMON_TABLES, *tables])
-        await ensure_topics(settings.kafka_bootstrap_servers)
+        await ensure_topics(settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor)
         await broker.start()
         relay.start()
         if on_startup is not None:

@@ -19,6 +19,7 @@ class ServiceSettings(BaseSettings):
     service_name: str = "cgt"
     database_url: str = ""
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_replication_factor: int = Field(default=1, ge=1, le=5)
     cgt_api_tokens_file: Path | None = None
     cgt_api_tokens: str | None = None
     log_level: str = "INFO"
