@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
@@ -155,6 +157,27 @@ class Stack:
 def sqlite_urls(directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     return {name: f"sqlite:///{directory / (name.replace('-', '_') + '.db')}" for name in SERVICES}
+
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://cgt:cgt@127.0.0.1:5432/postgres")
+
+
+def create_postgres_databases(names: list[str]) -> dict[str, str]:
+    """Fresh databases (one per service) on the test PostgreSQL server; fails loudly if none answers."""
+    urls: dict[str, str] = {}
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as connection:
+        for name in names:
+            database = f"cgt_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+            connection.execute(f'CREATE DATABASE "{database}"')
+            urls[name] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    return urls
+
+
+def drop_postgres_databases(urls: dict[str, str]) -> None:
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as connection:
+        for url in urls.values():
+            database = url.rsplit("/", 1)[1]
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
-from kafka_local import LocalKafka
+from kafka_local import LocalKafka  # type: ignore[import-not-found]
 
 TOPIC = "smoke"
 GROUP = "smoke-group"

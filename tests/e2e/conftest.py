@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from deploy.observe import EventLog, WebhookListener
-from deploy.stack import SERVICES, Stack, sqlite_urls
+from deploy.stack import SERVICES, Stack, create_postgres_databases, drop_postgres_databases, sqlite_urls
 from services.common.topics import ALL_TOPICS
-from tests.support.infra import create_postgres_databases, drop_postgres_databases, kafka_broker
+from tests.support.infra import kafka_broker
 
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
 COURIER = {"Authorization": "Bearer dev-courier-token"}

@@ -9,18 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
 from kafka_local import LocalKafka  # type: ignore[import-not-found]  # noqa: E402
-
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://cgt:cgt@127.0.0.1:5432/postgres")
 
 
 def docker_engine_available() -> bool:
@@ -54,24 +49,6 @@ def kafka_broker(data_dir: Path) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
-
-
-def create_postgres_databases(names: list[str]) -> dict[str, str]:
-    """Fresh databases (one per service) on the test PostgreSQL server; fails loudly if none answers."""
-    urls: dict[str, str] = {}
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as connection:
-        for name in names:
-            database = f"cgt_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-            connection.execute(f'CREATE DATABASE "{database}"')
-            urls[name] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
-    return urls
-
-
-def drop_postgres_databases(urls: dict[str, str]) -> None:
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as connection:
-        for url in urls.values():
-            database = url.rsplit("/", 1)[1]
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
