@@ -19,6 +19,7 @@ TOPIC = "smoke"
 GROUP = "smoke-group"
 PARTITIONS = 3
 BEFORE, CONSUMED_BEFORE, AFTER = 30, 20, 10
+TIMEOUT = 180.0
 
 
 def check(condition: bool, message: str) -> None:
@@ -135,10 +136,11 @@ def main() -> int:
     started = time.monotonic()
     kafka.start()
     print(f"broker {kafka.bootstrap} ready in {time.monotonic() - started:.1f}s (first start, formatted)")
-    try:
-        asyncio.run(run(kafka))
+    try:  # bounded: aiokafka retries a vanished broker forever
+        asyncio.run(asyncio.wait_for(run(kafka), timeout=TIMEOUT))
     except BaseException:
-        print(kafka.log_tail(), file=sys.stderr)
+        code = kafka.process.poll() if kafka.process else "not started"
+        print(f"broker exit code: {code}\n{kafka.log_tail()}", file=sys.stderr)
         raise
     finally:
         started = time.monotonic()

@@ -1,76 +1,283 @@
-"""GS1 EPCIS 2.0 capture: validate a document against the official JSON Schema (with a format checker,
-without which bad CBV values and dates pass) and turn each event into a scan or a precise refusal.
+"""GS1 EPCIS 2.0 capture: validate a document against the official EPCIS 2.0 JSON Schema and turn each of its
+events into a scan or a precise refusal.
 
-Pure functions; the caller finds the shipment and applies the scan through the same rules as a REST scan.
+Pure functions; the only I/O is reading the schema file. The schema (draft-07, self-contained: every `$ref`
+is local) is GS1's file, read from `shared/conformance/epcis/` and never copied here. It is checked WITH a
+format checker: without one, a bogus bizStep (`not-a-step`), a URN-form CBV value, a non-URI readPoint or a
+malformed `eventTime` all pass, because the schema expresses them only as `format: uri` / `date-time`.
+Validation never goes to the network: `$ref`s resolve only to the schema itself or to files beside it.
 
-| EPCIS ObjectEvent (action OBSERVE)  | scan       |
-|-------------------------------------|------------|
-| bizStep shipping                    | pick_up    |
-| departing, arriving, transporting, holding, storing, inspecting | checkpoint |
-| receiving                           | delivery   |
-| accepting                           | receipt    |
+| EPCIS ObjectEvent, action OBSERVE, bizStep                               | scan       |
+|--------------------------------------------------------------------------|------------|
+| shipping                                                                 | pick_up    |
+| departing, arriving, transporting, loading, unloading, holding, storing  | checkpoint |
+| receiving                                                                | delivery   |
+| accepting                                                                | receipt    |
 
-- bag COIs: each EPC in `epcList` whose last segment (after `:`, `.` or `/`) is a COI identifier with a
-  valid MOD 37-2 check character; other EPCs are ignored, an event with none is refused;
-- location: `readPoint.id`, else `bizLocation.id`; time: `eventTime` (with its offset) in UTC;
-- temperature: `sensorElementList[].sensorReport[]` of type Temperature in CEL, FAH or KEL (converted to
-  °C); `value`, else `maxValue` (the worst case for a cryogenic shipment), else `meanValue`;
-- the shipment: a `bizTransactionList` entry whose value ends with its id (`urn:uuid:<shipment id>`),
-  else the one open shipment carrying those COIs;
-- refused: other event types, ADD/DELETE actions, unknown bizSteps, events without a COI-bearing EPC or a
-  location, events with an errorDeclaration (corrections are reviewed by QA, never applied automatically).
+A bizStep may be the bare CBV word, `urn:epcglobal:cbv:bizstep:<word>`, `https://ref.gs1.org/cbv/BizStep-<word>`
+or `cbv:BizStep-<word>`. No bizStep maps to hand_off or delay: EPCIS carries neither a custody transfer
+between couriers nor a new ETA. `inspecting` is refused: inspection is QA's decision at the site, not a
+courier's scan (a courier's inspecting after receiving would otherwise read as an out-of-order checkpoint).
+
+- bags: one COI per EPC of `epcList` whose last segment (after the last `:`, `.` or `/`) is a COI identifier
+  (`COI_PATTERN` and a valid MOD 37-2 check); other EPCs are ignored; a well-formed COI that is not the
+  shipment's is kept, so that the COI check sees it. `quantityList` is never used (a class, not a bag).
+- location: `readPoint.id`, else `bizLocation.id`; time: `eventTime` (with its offset) in UTC.
+- temperatures: `sensorElementList[].sensorReport[]` of type `Temperature` / `gs1:Temperature` /
+  `https://gs1.org/voc/Temperature`, in CEL, FAH or KEL, converted to °C; `value`, else `maxValue` (a
+  cryogenic product is harmed by warming, so the warmest reading of an interval is the one that can be an
+  excursion), else `meanValue`; a report with none of them is ignored (a lone `minValue` says nothing about
+  warming). Sample time: the report's `time`, else `sensorMetadata.time`, else `sensorMetadata.endTime`
+  (the end of the interval the report summarises), else the event time. Other report types are ignored.
+- container: `parentID` when present (the schema allows it on no ObjectEvent, so this is None for a
+  schema-valid document); shipment: a `bizTransactionList` value ending with a UUID (`urn:uuid:<id>`).
+
+Refused events (one `RefusedEvent` each, with the reason):
+- not an ObjectEvent ("<type> is not a shipment scan: only ObjectEvents are captured");
+- an `errorDeclaration` (corrections are not applied automatically; QA reviews them);
+- action ADD or DELETE (only OBSERVE events are scans);
+- a missing bizStep or one outside the table (the reason names it);
+- no COI-bearing EPC in `epcList` (the reason names the EPCs seen, at most three);
+- no location, or one longer than 128 characters; an `eventID` longer than 256 characters;
+- an `eventTime` that is missing, not a date-time, without a UTC offset or out of range;
+- a Temperature report in another unit or none, not a finite number, below absolute zero, or carrying a
+  sensor `exception` (ALARM_CONDITION / ERROR_CONDITION: an alarm is for QA, not for automatic capture).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from cgt_contracts.events import ScanType
-from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
+from referencing.jsonschema import DRAFT7, specification_with
 
 from services.common.identifiers import COI_PATTERN, has_valid_check
 
 DEFAULT_SCHEMA_PATH = (
     Path(__file__).resolve().parents[3] / "shared" / "conformance" / "epcis" / "EPCIS-JSON-Schema.json"
 )
+"""/work/main/services/coi_tracking/epcis.py → /work/shared/conformance/epcis/EPCIS-JSON-Schema.json."""
+
 BIZ_STEPS: dict[str, ScanType] = {
     "shipping": ScanType.PICK_UP,
     "departing": ScanType.CHECKPOINT,
     "arriving": ScanType.CHECKPOINT,
     "transporting": ScanType.CHECKPOINT,
+    "loading": ScanType.CHECKPOINT,
+    "unloading": ScanType.CHECKPOINT,
     "holding": ScanType.CHECKPOINT,
     "storing": ScanType.CHECKPOINT,
-    "inspecting": ScanType.CHECKPOINT,
     "receiving": ScanType.DELIVERY,
     "accepting": ScanType.RECEIPT,
 }
-TEMPERATURE_TYPES = {"Temperature", "gs1:Temperature", "https://gs1.org/voc/Temperature"}
+BIZ_STEP_PREFIXES = ("urn:epcglobal:cbv:bizstep:", "https://ref.gs1.org/cbv/BizStep-", "cbv:BizStep-")
+TEMPERATURE_TYPES = frozenset({"Temperature", "gs1:Temperature", "https://gs1.org/voc/Temperature"})
+EVENT_TYPES = (
+    "ObjectEvent",
+    "AggregationEvent",
+    "TransactionEvent",
+    "TransformationEvent",
+    "AssociationEvent",
+)
+MAX_LOCATION_LENGTH = 128
+"""The scan ledger's column; a longer identifier is refused rather than cut."""
+MAX_EVENT_ID_LENGTH = 256
+ABSOLUTE_ZERO_CELSIUS = -273.15
+_TO_CELSIUS = {
+    "CEL": lambda v: v,
+    "FAH": lambda v: (v - 32.0) * 5.0 / 9.0,
+    "KEL": lambda v: v + ABSOLUTE_ZERO_CELSIUS,
+}
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_EPC_SEGMENT = re.compile(r"[:./]")
 
 
-def load_validator(path: Path = DEFAULT_SCHEMA_PATH) -> Draft7Validator:
-    """The official schema is draft-07 and self-contained; the format checker makes formats count."""
-    schema = json.loads(path.read_text())
-    return Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+# --- the schema ------------------------------------------------------------------------------------------
 
 
-def validate_document(document: object, validator: Draft7Validator) -> list[str]:
-    """Every schema error as `<json path>: <message>` (empty when valid)."""
+def load_schema(path: Path = DEFAULT_SCHEMA_PATH) -> dict[str, Any]:
+    """The EPCIS 2.0 JSON Schema as a dict; it must declare its draft (`$schema`) and be a valid schema."""
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(schema, dict):
+        raise ValueError(f"{path} is not a JSON Schema (a JSON object)")
+    if not isinstance(schema.get("$schema"), str):
+        raise ValueError(f"{path} does not declare its draft ($schema)")
+    _validator_class(schema).check_schema(schema)
+    return schema
+
+
+def _validator_class(schema: Mapping[str, Any]) -> Any:
+    cls = validator_for(schema, default=None)
+    if cls is None:
+        raise ValueError(f"unknown JSON Schema draft {schema.get('$schema')!r}")
+    return cls
+
+
+def offline_registry(schema: Mapping[str, Any], directory: Path) -> Registry[Any]:
+    """A `$ref` registry that never fetches: the schema under its `$id`, and any other referenced document
+    only if a file of that name lies in `directory` (the official schema references none)."""
+    specification = specification_with(str(schema.get("$schema", "")), default=DRAFT7)
+    root = specification.create_resource(dict(schema))
+
+    def retrieve(uri: str) -> Resource[Any]:
+        name = Path(urlsplit(uri).path).name
+        local = directory / name
+        if name and local.suffix in (".json", ".jsonld") and local.is_file():
+            contents = json.loads(local.read_text(encoding="utf-8"))
+            return specification.create_resource(contents)
+        raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class
+
+    registry: Registry[Any] = Registry(retrieve=retrieve)  # type: ignore[call-arg]  # an attrs class
+    schema_id = schema.get("$id")
+    return registry.with_resource(schema_id, root) if isinstance(schema_id, str) else registry
+
+
+def load_validator(path: Path = DEFAULT_SCHEMA_PATH) -> Validator:
+    """A validator of the draft the schema declares (draft-07 for EPCIS 2.0), WITH its format checker."""
+    schema = load_schema(path)
+    cls = _validator_class(schema)
+    validator: Validator = cls(
+        schema, registry=offline_registry(schema, path.parent), format_checker=cls.FORMAT_CHECKER
+    )
+    return validator
+
+
+@functools.cache
+def default_validator() -> Validator:
+    """The validator of `DEFAULT_SCHEMA_PATH`, loaded once."""
+    return load_validator(DEFAULT_SCHEMA_PATH)
+
+
+def validate_document(document: object, validator: Validator, *, limit: int | None = None) -> list[str]:
+    """Every problem as `<json path>: <message>`, sorted by path; empty when the document is valid.
+
+    The document must be a JSON object of type `EPCISDocument` (a query document or a bare event is not a
+    capture). `limit` keeps the first errors and adds a line counting the others."""
     if not isinstance(document, dict):
-        return ["$: an EPCIS document is a JSON object"]
-    if document.get("type") != "EPCISDocument":
-        return [f"$.type: must be 'EPCISDocument', got {document.get('type')!r}"]
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
-    return [f"{error.json_path}: {_short(error.message)}" for error in errors[:50]]
+        return [f"$: an EPCIS document is a JSON object, not {_json_type(document)}"]
+    if "type" not in document:
+        return ['$.type: missing: an EPCIS capture document has "type": "EPCISDocument"']
+    if document["type"] != "EPCISDocument":
+        return [f"$.type: must be 'EPCISDocument', got {_brief(document['type'])}"]
+    problems: list[tuple[tuple[tuple[int, Any], ...], str]] = []
+    untyped: set[int] = set()
+    body = document.get("epcisBody")
+    events = body.get("eventList") if isinstance(body, dict) else None
+    if isinstance(events, list):
+        for index, event in enumerate(events):
+            where = ("epcisBody", "eventList", index)
+            if not isinstance(event, dict):
+                untyped.add(index)
+                problems.append(
+                    (_key(where), f"{_path(where)}: an event is a JSON object, not {_json_type(event)}")
+                )
+            elif "type" not in event:
+                untyped.add(index)
+                problems.append(
+                    (
+                        _key(where),
+                        f"{_path(where)}.type: missing: an event names its type ({', '.join(EVENT_TYPES)})",
+                    )
+                )
+    if isinstance(body, dict) and "eventList" in body and "event" in body:
+        both = ("epcisBody", "event")
+        problems.append((_key(both), f"{_path(both)}: a document carries its events in eventList, not both"))
+    for error in validator.iter_errors(document):
+        at = tuple(error.absolute_path)
+        if len(at) >= 3 and at[:2] == ("epcisBody", "eventList") and at[2] in untyped:
+            continue  # the schema's per-type branches would each report the missing type again
+        problems.append((_key(at), f"{error.json_path}: {_message(error)}"))
+    problems.sort(key=lambda p: p[0])
+    lines = list(dict.fromkeys(line for _, line in problems))
+    if limit is not None and len(lines) > limit:
+        return [*lines[:limit], f"$: … and {len(lines) - limit} more errors"]
+    return lines
 
 
-def _short(message: str, limit: int = 300) -> str:
-    return message if len(message) <= limit else message[:limit] + "…"
+def _key(path: Iterable[Any]) -> tuple[tuple[int, Any], ...]:
+    return tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in path)
+
+
+def _path(path: Iterable[Any]) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    if isinstance(value, dict):
+        return "the object"
+    if isinstance(value, list):
+        return "the array"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _message(error: ValidationError, limit: int = 600) -> str:
+    """The validator's message, made precise: long instances and enums shortened, and for anyOf / oneOf
+    what each alternative wanted (jsonschema alone says only "is not valid under any of the given schemas")."""
+    instance = error.instance
+    if error.validator == "enum":
+        allowed = list(error.validator_value)
+        shown = ", ".join(repr(a) for a in allowed[:6]) + (", …" if len(allowed) > 6 else "")
+        text = f"{_brief(instance)} is not one of the {len(allowed)} allowed values ({shown})"
+    else:
+        text = str(error.message)
+        full = repr(instance)
+        if text.startswith(full):
+            text = _brief(instance) + text[len(full) :]
+    if (
+        error.validator in ("anyOf", "oneOf")
+        and error.context
+        and "propertyNames" in error.relative_schema_path
+    ):
+        known = list(dict.fromkeys(_enum_values(error)))
+        shown = ", ".join(known[:8]) + (", …" if len(known) > 8 else "")
+        text = (
+            f"property {_brief(instance)} is not allowed here: not one of the {len(known)} known fields "
+            f"({shown}), and an extension field needs a namespace prefix (e.g. 'example:{instance}')"
+        )
+    elif error.validator in ("anyOf", "oneOf") and error.context:
+        branches: dict[Any, list[str]] = {}
+        for sub in error.context:
+            branch = sub.relative_schema_path[0] if sub.relative_schema_path else 0
+            detail = _message(sub, limit)
+            for prefix in (_brief(sub.instance) + " ", repr(sub.instance) + " "):
+                if detail.startswith(prefix):
+                    detail = detail[len(prefix) :]
+                    break
+            relative = sub.json_path[len(error.json_path) :].lstrip(".")
+            branches.setdefault(branch, []).append(f"{relative}: {detail}" if relative else detail)
+        alternatives = ["; ".join(dict.fromkeys(found)) for found in branches.values()]
+        text += " (" + " | ".join(alternatives) + ")"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _enum_values(error: ValidationError) -> Iterable[str]:
+    if error.validator == "enum":
+        yield from (str(value) for value in error.validator_value)
+    for sub in error.context or ():
+        yield from _enum_values(sub)
+
+
+# --- the events ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -85,10 +292,13 @@ class CapturedScan:
     event_id: str | None
     scan_type: ScanType
     cois: tuple[str, ...]
+    """One per COI-bearing EPC, in epcList order (two bags of one patient carry the same COI)."""
     location: str
     event_time: datetime
+    """Aware, UTC."""
     temperatures: tuple[TemperatureSample, ...]
-    shipment_ref: str | None
+    container_id: str | None
+    shipment_ref: str | None = None
     """A shipment id named in bizTransactionList, if any."""
 
     @property
@@ -106,106 +316,185 @@ class RefusedEvent:
 Outcome = CapturedScan | RefusedEvent
 
 
-def events_of(document: dict[str, Any]) -> list[dict[str, Any]]:
-    body = document.get("epcisBody", {})
-    if "eventList" in body:
-        return list(body["eventList"])
-    return [body["event"]] if "event" in body else []
+class EventRefused(ValueError):
+    """An event that is not a scan; the message is the reason."""
 
 
-def interpret(document: dict[str, Any]) -> list[Outcome]:
-    """One outcome per event of a schema-valid document."""
-    return [_interpret(index, event) for index, event in enumerate(events_of(document))]
+def events_of(document: Mapping[str, Any]) -> list[Any]:
+    """The events of `epcisBody.eventList`, then `epcisBody.event` (a single event), if present."""
+    body = document.get("epcisBody")
+    if not isinstance(body, dict):
+        return []
+    listed = body.get("eventList")
+    events = list(listed) if isinstance(listed, list) else []
+    if "event" in body:
+        events.append(body["event"])
+    return events
 
 
-def _vocabulary_word(value: str) -> str:
-    for prefix in (
-        "urn:epcglobal:cbv:bizstep:",
-        "https://ref.gs1.org/cbv/BizStep-",
-        "cbv:BizStep-",
-        "gs1:BizStep-",
-    ):
+def interpret(document: Mapping[str, Any]) -> list[Outcome]:
+    """One outcome per event, in document order. Meant for a schema-valid document, but never raises on
+    one that is not: whatever cannot be read is a refusal."""
+    outcomes: list[Outcome] = []
+    for index, event in enumerate(events_of(document)):
+        event_id = event.get("eventID") if isinstance(event, dict) else None
+        event_id = event_id if isinstance(event_id, str) else None
+        try:
+            outcomes.append(_interpret(index, event_id, event))
+        except EventRefused as refusal:
+            outcomes.append(RefusedEvent(index, event_id, str(refusal)))
+    return outcomes
+
+
+def biz_step_word(value: str) -> str:
+    """`shipping` from `shipping`, `urn:epcglobal:cbv:bizstep:shipping` or `https://ref.gs1.org/cbv/BizStep-shipping`."""
+    for prefix in BIZ_STEP_PREFIXES:
         if value.startswith(prefix):
             return value[len(prefix) :]
     return value
 
 
-def _coi_of(epc: str) -> str | None:
-    last = re.split(r"[:./]", epc)[-1]
+def coi_of(epc: str) -> str | None:
+    """The COI identifier an EPC carries as its last segment, if it is one with a valid check character."""
+    last = unquote(_EPC_SEGMENT.split(epc)[-1])
     return last if COI_PATTERN.match(last) and has_valid_check(last) else None
 
 
-def _interpret(index: int, event: dict[str, Any]) -> Outcome:
-    event_id = event.get("eventID")
-
-    def refuse(reason: str) -> RefusedEvent:
-        return RefusedEvent(index, event_id, reason)
-
+def _interpret(index: int, event_id: str | None, event: object) -> CapturedScan:
+    if not isinstance(event, dict):
+        raise EventRefused(f"{_json_type(event)} is not an event: only ObjectEvents are captured")
     kind = event.get("type")
     if kind != "ObjectEvent":
-        return refuse(f"{kind} is not a shipment scan: only ObjectEvents are captured")
+        named = kind if isinstance(kind, str) else "an event without a type"
+        raise EventRefused(f"{named} is not a shipment scan: only ObjectEvents are captured")
     if "errorDeclaration" in event:
-        return refuse("corrections (errorDeclaration) are not applied automatically; QA reviews them")
+        raise EventRefused("corrections (errorDeclaration) are not applied automatically; QA reviews them")
     if event.get("action") != "OBSERVE":
-        return refuse(f"action {event.get('action')} is not a scan: only OBSERVE events are scans")
-    step = _vocabulary_word(str(event.get("bizStep", "")))
-    if step not in BIZ_STEPS:
-        return refuse(
-            f"bizStep {event.get('bizStep')!r} is not a shipment step (expected one of {', '.join(BIZ_STEPS)})"
+        raise EventRefused(f"action {event.get('action')} is not a scan: only OBSERVE events are scans")
+    scan_type = _scan_type(event.get("bizStep"))
+    cois = _cois(event)
+    location = _location(event)
+    if event_id is not None and len(event_id) > MAX_EVENT_ID_LENGTH:
+        raise EventRefused(
+            f"eventID is {len(event_id)} characters long; at most {MAX_EVENT_ID_LENGTH} are kept"
         )
-    epcs = [str(epc) for epc in event.get("epcList", [])]
-    cois = tuple(coi for coi in (_coi_of(epc) for epc in epcs) if coi is not None)
-    if not cois:
-        seen = (
-            ", ".join(epcs[:3]) + (f" and {len(epcs) - 3} more" if len(epcs) > 3 else "") if epcs else "none"
-        )
-        return refuse(f"no EPC in epcList carries a chain-of-identity identifier (saw: {seen})")
-    location = (event.get("readPoint") or {}).get("id") or (event.get("bizLocation") or {}).get("id")
-    if not location:
-        return refuse("no readPoint or bizLocation: a scan needs a location")
-    event_time = datetime.fromisoformat(str(event["eventTime"]).replace("Z", "+00:00")).astimezone(UTC)
-    samples: list[TemperatureSample] = []
-    for element in event.get("sensorElementList", []):
-        metadata = element.get("sensorMetadata", {})
-        for report in element.get("sensorReport", []):
-            if report.get("type") not in TEMPERATURE_TYPES:
-                continue
-            sample = _temperature(report, metadata, event_time)
-            if isinstance(sample, str):
-                return refuse(sample)
-            if sample is not None:
-                samples.append(sample)
-    shipment_ref = next(
-        (
-            match.group(0)
-            for transaction in event.get("bizTransactionList", [])
-            if (match := _UUID.search(str(transaction.get("bizTransaction", ""))))
-        ),
-        None,
-    )
+    event_time = parse_time(event.get("eventTime"), "eventTime")
+    temperatures = temperature_samples(event, event_time)
+    parent = event.get("parentID")
     return CapturedScan(
-        index, event_id, BIZ_STEPS[step], cois, str(location)[:128], event_time, tuple(samples), shipment_ref
+        event_index=index,
+        event_id=event_id,
+        scan_type=scan_type,
+        cois=cois,
+        location=location,
+        event_time=event_time,
+        temperatures=temperatures,
+        container_id=parent if isinstance(parent, str) and parent else None,
+        shipment_ref=_shipment_ref(event),
     )
+
+
+def _scan_type(step: object) -> ScanType:
+    if step is None:
+        raise EventRefused(f"no bizStep: a scan needs one of {', '.join(BIZ_STEPS)}")
+    word = biz_step_word(step) if isinstance(step, str) else None
+    if word is None or word not in BIZ_STEPS:
+        raise EventRefused(
+            f"bizStep {_brief(step)} is not a shipment step (expected one of {', '.join(BIZ_STEPS)})"
+        )
+    return BIZ_STEPS[word]
+
+
+def _cois(event: Mapping[str, Any]) -> tuple[str, ...]:
+    listed = event.get("epcList")
+    epcs = [epc for epc in listed if isinstance(epc, str)] if isinstance(listed, list) else []
+    cois = tuple(coi for coi in map(coi_of, epcs) if coi is not None)
+    if cois:
+        return cois
+    seen = ", ".join(epcs[:3]) + (f" and {len(epcs) - 3} more" if len(epcs) > 3 else "") if epcs else "none"
+    note = "; quantityList is not used: a bag is identified by its EPC" if "quantityList" in event else ""
+    raise EventRefused(f"no EPC in epcList carries a chain-of-identity identifier (saw: {seen}){note}")
+
+
+def _location(event: Mapping[str, Any]) -> str:
+    for field in ("readPoint", "bizLocation"):
+        place = event.get(field)
+        found = place.get("id") if isinstance(place, dict) else None
+        if isinstance(found, str) and found:
+            if len(found) > MAX_LOCATION_LENGTH:
+                raise EventRefused(
+                    f"{field}.id is {len(found)} characters long; a scan location has at most {MAX_LOCATION_LENGTH}"
+                )
+            return found
+    raise EventRefused("no readPoint or bizLocation: a scan needs a location")
+
+
+def _shipment_ref(event: Mapping[str, Any]) -> str | None:
+    transactions = event.get("bizTransactionList")
+    for transaction in transactions if isinstance(transactions, list) else []:
+        value = transaction.get("bizTransaction") if isinstance(transaction, dict) else None
+        match = _UUID.search(value) if isinstance(value, str) else None
+        if match:
+            return match.group(0).lower()
+    return None
+
+
+def parse_time(value: object, what: str) -> datetime:
+    """An RFC 3339 date-time with its offset, in UTC; raises (a refusal) when it is not one."""
+    if not isinstance(value, str) or not value:
+        raise EventRefused(f"{what} is missing")
+    try:
+        parsed = datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
+    except ValueError as error:
+        raise EventRefused(f"{what} {_brief(value)} is not a date-time") from error
+    if parsed.tzinfo is None:
+        raise EventRefused(f"{what} {_brief(value)} has no UTC offset")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as error:
+        raise EventRefused(f"{what} {_brief(value)} is out of range") from error
+
+
+def temperature_samples(event: Mapping[str, Any], event_time: datetime) -> tuple[TemperatureSample, ...]:
+    """The Temperature readings of an event's sensorElementList in °C (any event type). Raises EventRefused
+    (a ValueError) with the reason when a Temperature report cannot be trusted (unit, value, alarm)."""
+    samples: list[TemperatureSample] = []
+    elements = event.get("sensorElementList")
+    for element in elements if isinstance(elements, list) else []:
+        if not isinstance(element, dict):
+            continue
+        metadata = element.get("sensorMetadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        reports = element.get("sensorReport")
+        for report in reports if isinstance(reports, list) else []:
+            if isinstance(report, dict) and report.get("type") in TEMPERATURE_TYPES:
+                sample = _temperature(report, metadata, event_time)
+                if sample is not None:
+                    samples.append(sample)
+    return tuple(samples)
 
 
 def _temperature(
-    report: dict[str, Any], metadata: dict[str, Any], event_time: datetime
-) -> TemperatureSample | str | None:
-    value = next(
-        (report[k] for k in ("value", "maxValue", "meanValue") if isinstance(report.get(k), int | float)),
-        None,
-    )
-    if value is None:
+    report: Mapping[str, Any], metadata: Mapping[str, Any], event_time: datetime
+) -> TemperatureSample | None:
+    if "exception" in report:
+        raise EventRefused(
+            f"the temperature sensor reports {_brief(report['exception'])}: sensor alarms are not captured "
+            "automatically; QA reviews them"
+        )
+    field = next((k for k in ("value", "maxValue", "meanValue") if k in report), None)
+    if field is None:
         return None
-    unit = report.get("uom", "CEL")
-    if unit == "CEL":
-        celsius = float(value)
-    elif unit == "FAH":
-        celsius = (float(value) - 32.0) * 5.0 / 9.0
-    elif unit == "KEL":
-        celsius = float(value) - 273.15
-    else:
-        return f"temperature unit {unit!r} is not CEL, FAH or KEL"
+    value = report[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EventRefused(f"temperature {field} {_brief(value)} is not a finite number")
+    unit = report.get("uom")
+    if unit not in _TO_CELSIUS:
+        shown = "no unit" if unit is None else f"unit {_brief(unit)}"
+        raise EventRefused(f"temperature reported in {shown}: only CEL, FAH and KEL are understood")
+    celsius = round(_TO_CELSIUS[unit](float(value)), 3)
+    if celsius < ABSOLUTE_ZERO_CELSIUS:
+        raise EventRefused(f"temperature {value} {unit} is below absolute zero")
     stamp = report.get("time") or metadata.get("time") or metadata.get("endTime")
-    at = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).astimezone(UTC) if stamp else event_time
-    return TemperatureSample(at, round(celsius, 3))
+    at = parse_time(stamp, "sensorReport time") if stamp is not None else event_time
+    return TemperatureSample(at, celsius)

@@ -54,7 +54,7 @@ def build_service(
     configure_logging(name, settings.log_level)
     engine = make_engine(settings.database_url)
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        settings.kafka_bootstrap_servers.split(","),
         client_id=name,
         acks="all",
         enable_idempotence=True,
@@ -69,7 +69,9 @@ def build_service(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_tables(engine, [*COMMON_TABLES, *tables])
-        await ensure_topics(settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor)
+        await ensure_topics(
+            settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor
+        )
         await broker.start()
         relay.start()
         if on_startup is not None:

@@ -47,8 +47,8 @@ def _own_site(caller: Principal, site_id: str) -> None:
 class SiteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timezone: Annotated[str, Field(max_length=64, description="IANA name")]
-    infusions_per_day: Annotated[int, Field(ge=0, le=50)]
-    admissions_capacity: Annotated[int, Field(ge=0, le=200, description="Beds for patients in conditioning")]
+    infusions_per_day: Annotated[int, Field(ge=0, le=500)]
+    admissions_capacity: Annotated[int, Field(ge=0, le=5000, description="Beds for patients in conditioning")]
     working_weekdays: Annotated[
         list[Annotated[int, Field(ge=1, le=7)]], Field(min_length=1, max_length=7)
     ] = [1, 2, 3, 4, 5]
