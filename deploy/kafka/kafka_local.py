@@ -300,28 +300,35 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
     broker = LocalKafka(port=args.port, controller_port=args.controller_port, data_dir=args.data_dir)
-    started = time.monotonic()
-    try:
-        broker.start()
-    except KeyboardInterrupt:
-        broker.cleanup()
-        return 130
-    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
-    print(
-        f"ready in {time.monotonic() - started:.1f}s, logs in {broker.log_path}", file=sys.stderr, flush=True
-    )
+    ready = False
     stop = False
 
     def _stop(_signum: int, _frame: object) -> None:
+        """SIGINT or SIGTERM: before readiness abort start() (which kills the broker), after it leave the loop.
+        Installed before start() because the broker runs in its own session and would outlive us."""
         nonlocal stop
         stop = True
+        if not ready:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    while not stop and broker.process is not None and broker.process.poll() is None:
-        time.sleep(0.5)
-    broker.cleanup()
-    return 0
+    started = time.monotonic()
+    try:
+        broker.start()
+        ready = True
+        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
+        print(f"ready in {time.monotonic() - started:.1f}s, logs in {broker.log_path}", file=sys.stderr)
+        while not stop and broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.5)
+        if not stop:
+            print(f"Kafka exited on its own:\n{broker.log_tail()}", file=sys.stderr)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        broker.cleanup()
 
 
 if __name__ == "__main__":

@@ -459,7 +459,7 @@ async def epcis_capture(
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the EPCIS JSON Schema is not installed (EPCIS_SCHEMA_PATH)"
         )
-    errors = epcis.validate_document(document, validator)
+    errors = epcis.validate_document(document, validator, limit=50)
     if errors:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,

@@ -3,25 +3,40 @@ plans a fresh outbound leg to manufacturing."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from cgt_contracts.events import (
     AnyEvent,
     CollectionRecorded,
+    CourierScanSubmitted,
     OrderAccepted,
     ShipmentCreated,
     ShipmentCreatedData,
     ShipmentLeg,
+    parse_event,
 )
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
+from services.coi_tracking import commands
 from services.coi_tracking.models import Bag, Container, Shipment
-from services.common.consumer import register_consumer
+from services.common.consumer import (
+    ProcessedEvent,
+    describe_validation_error,
+    publish_dead_letter,
+    register_consumer,
+)
+from services.common.db import is_postgres
 from services.common.outbox import enqueue
 from services.common.service import Runtime
-from services.common.topics import ORDERS, SHIPMENTS
+from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
 
 log = structlog.get_logger()
 GROUP_ID = "coi-tracking"
@@ -143,3 +158,109 @@ def wire(runtime: Runtime, planning: Planning) -> None:
         after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
     )
+    wire_courier_scans(runtime)
+
+
+SCANS_GROUP_ID = "coi-tracking-scans"
+
+
+def wire_courier_scans(runtime: Runtime, *, batch_size: int = 500) -> None:
+    """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches: one transaction
+    and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
+    engine = runtime.engine
+
+    def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
+        refused: list[tuple[CourierScanSubmitted, str]] = []
+        with Session(engine) as session:
+            ids = [str(e.id) for e in events]
+            done = set(
+                session.exec(
+                    select(ProcessedEvent.event_id)
+                    .where(ProcessedEvent.consumer == SCANS_GROUP_ID)
+                    .where(col(ProcessedEvent.event_id).in_(ids))
+                ).all()
+            )
+            wanted = {e.data.shipment_id for e in events}
+            query = select(Shipment).where(col(Shipment.id).in_(wanted))
+            if is_postgres(engine):
+                query = query.with_for_update()
+            shipments = {s.id: s for s in session.exec(query)}
+            for event in events:
+                if str(event.id) in done:
+                    continue
+                done.add(str(event.id))
+                session.add(
+                    ProcessedEvent(consumer=SCANS_GROUP_ID, event_id=str(event.id), event_type=event.type)
+                )
+                data = event.data
+                shipment = shipments.get(data.shipment_id)
+                if shipment is None:
+                    refused.append((event, f"no shipment {data.shipment_id}"))
+                    continue
+                if shipment.courier_company != data.courier_company:
+                    refused.append((event, f"shipment {shipment.id} is assigned to another courier company"))
+                    continue
+                commands.record_scan(
+                    session,
+                    shipment,
+                    commands.ScanInput(
+                        scan_type=data.scan_type,
+                        bag_cois=tuple(data.bag_cois),
+                        location=data.location,
+                        device_time=data.device_time,
+                        temperature_celsius=data.temperature_celsius,
+                        handed_to=data.handed_to,
+                        eta_at=data.eta_at,
+                    ),
+                    commands.Actor(subject=data.courier_id, printed_name=data.courier_id),
+                    event.correlationid,
+                )
+            session.commit()
+        return refused
+
+    @runtime.broker.subscriber(
+        COURIER_SCANS,
+        group_id=SCANS_GROUP_ID,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        batch=True,
+        max_records=batch_size,
+        decoder=lambda message: message.body,
+        title="coi-tracking:couriers.scans",
+    )
+    async def consume_scans(bodies: list[bytes], message: KafkaMessage) -> None:
+        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        events: list[CourierScanSubmitted] = []
+        record_of: dict[str, Any] = {}
+        for record, body in zip(records, bodies, strict=True):
+            try:
+                event = parse_event(body)
+            except ValidationError as error:
+                await publish_dead_letter(
+                    runtime.broker,
+                    record,
+                    f"invalid event: {describe_validation_error(error)}",
+                    SCANS_GROUP_ID,
+                )
+                continue
+            if isinstance(event, CourierScanSubmitted):
+                events.append(event)
+                record_of[str(event.id)] = record
+            else:
+                await publish_dead_letter(
+                    runtime.broker, record, f"refused: {event.type} is not a courier scan", SCANS_GROUP_ID
+                )
+        if events:
+            while True:
+                try:
+                    refused = await asyncio.to_thread(apply_batch, events)
+                    break
+                except (OperationalError, InterfaceError) as error:
+                    log.warning("scans.database_unavailable", error=repr(error)[:300])
+                    await asyncio.sleep(1.0)
+            for event, reason in refused:
+                await publish_dead_letter(
+                    runtime.broker, record_of[str(event.id)], f"refused: {reason}", SCANS_GROUP_ID
+                )
+            runtime.relay.notify()
+        await message.ack()

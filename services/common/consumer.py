@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import structlog
 from cgt_contracts.envelope import EventEnvelope, utc_now
@@ -46,6 +47,31 @@ class ProcessedEvent(SQLModel, table=True):
 
 class DeadLetter(Exception):
     """Raised by a handler for an event that can never be applied (retrying will not help)."""
+
+
+async def publish_dead_letter(broker: KafkaBroker, record: Any, reason: str, group_id: str) -> None:
+    """Put a record on `<topic>.dlq` with the reason, its headers and its source position. Retried until
+    the broker takes it: a dead letter must not be lost either."""
+    headers = {key: value.decode(errors="replace") for key, value in (record.headers or [])}
+    headers.update(
+        {
+            "dlq-reason": reason[:2000],
+            "dlq-source-topic": record.topic,
+            "dlq-source-partition": str(record.partition),
+            "dlq-source-offset": str(record.offset),
+            "dlq-consumer-group": group_id,
+        }
+    )
+    delay = 0.2
+    while True:
+        try:
+            await broker.publish(record.value, topic=dlq(record.topic), key=record.key, headers=headers)
+            break
+        except Exception as error:
+            log.warning("consumer.dead_letter_publish_failed", error=repr(error)[:300])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.warning("consumer.dead_lettered", topic=record.topic, offset=record.offset, reason=reason[:300])
 
 
 def describe_validation_error(error: ValidationError, limit: int = 10) -> str:
@@ -91,26 +117,7 @@ def register_consumer(
     async def dead_letter(message: KafkaMessage, reason: str) -> None:
         raw = message.raw_message
         assert not isinstance(raw, tuple)
-        headers = {key: value.decode(errors="replace") for key, value in (raw.headers or [])}
-        headers.update(
-            {
-                "dlq-reason": reason[:2000],
-                "dlq-source-topic": raw.topic,
-                "dlq-source-partition": str(raw.partition),
-                "dlq-source-offset": str(raw.offset),
-                "dlq-consumer-group": group_id,
-            }
-        )
-        delay = 0.2
-        while True:  # a dead letter must not be lost either: keep trying while the broker is away
-            try:
-                await broker.publish(message.body, topic=dlq(raw.topic), key=raw.key, headers=headers)
-                break
-            except Exception as error:
-                log.warning("consumer.dead_letter_publish_failed", error=repr(error)[:300])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        log.warning("consumer.dead_lettered", topic=raw.topic, offset=raw.offset, reason=reason[:300])
+        await publish_dead_letter(broker, raw, reason, group_id)
 
     @broker.subscriber(
         *topics,

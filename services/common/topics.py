@@ -9,6 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ORDERS = "orders.events"
 SHIPMENTS = "shipments.events"
 SCHEDULING = "scheduling.events"
+COURIER_SCANS = "couriers.scans"
+"""Inbound: scans that couriers' systems publish (consumed by COI tracking)."""
 EVENT_PARTITIONS = 6
 DLQ_PARTITIONS = 1
 _TOPIC_ALREADY_EXISTS = 36
@@ -26,7 +28,7 @@ class TopicSpec:
 
 ALL_TOPICS: tuple[TopicSpec, ...] = tuple(
     spec
-    for topic in (ORDERS, SHIPMENTS, SCHEDULING)
+    for topic in (ORDERS, SHIPMENTS, SCHEDULING, COURIER_SCANS)
     for spec in (TopicSpec(topic, EVENT_PARTITIONS), TopicSpec(dlq(topic), DLQ_PARTITIONS))
 )
 

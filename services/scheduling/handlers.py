@@ -17,21 +17,24 @@ from cgt_contracts.events import (
     ShipmentQuarantined,
     ShipmentRejected,
     ShipmentReleased,
+    parse_event,
 )
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from services.common.consumer import EventHandler, register_consumer
 from services.common.service import Runtime
 from services.common.topics import ORDERS, SHIPMENTS
 from services.scheduling import commands
 from services.scheduling.domain import AppointmentState
-from services.scheduling.models import Case
+from services.scheduling.models import Case, ParkedEvent
 
 log = structlog.get_logger()
 GROUP_ID = "scheduling"
 
 
 def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], EventHandler]:
+    handlers: dict[type[EventEnvelope], EventHandler] = {}
+
     def context(event: AnyEvent) -> dict[str, str]:
         return {"correlation_id": event.correlationid, "causation_id": str(event.id)}
 
@@ -49,18 +52,37 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
                     long_term_follow_up=event.data.long_term_follow_up,
                 )
             )
+            session.flush()
+            apply_parked(session, event.data.coi)
 
-    def return_leg_case(session: Session, coi: str, leg: ShipmentLeg) -> Case | None:
+    def apply_parked(session: Session, coi: str) -> None:
+        """Events about this case that came before its order are applied now, in arrival order."""
+        parked = session.exec(
+            select(ParkedEvent).where(ParkedEvent.coi == coi).order_by(col(ParkedEvent.id))
+        ).all()
+        for row in parked:
+            event = parse_event(row.payload)
+            handlers[type(event)](session, event)
+            session.delete(row)
+
+    def return_leg_case(session: Session, event: AnyEvent, coi: str, leg: ShipmentLeg) -> Case | None:
         if leg is not ShipmentLeg.RETURN:
             return None
         case = session.get(Case, coi)
         if case is None:
-            log.warning("scheduling.unknown_case", coi=coi)
-        return None if case is None or case.cancelled else case
+            # The order's event comes on another topic and may not have arrived yet: park this one.
+            log.info("scheduling.event_parked", coi=coi)
+            if (
+                session.exec(select(ParkedEvent.id).where(ParkedEvent.event_id == str(event.id))).first()
+                is None
+            ):
+                session.add(ParkedEvent(coi=coi, event_id=str(event.id), payload=event.model_dump_json()))
+            return None
+        return None if case.cancelled else case
 
     def on_shipment_dispatched(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, ShipmentDispatched)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         case.shipment_id, case.eta_at = event.data.shipment_id, event.data.eta_at
@@ -68,7 +90,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
 
     def on_shipment_delayed(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, ShipmentDelayed)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         case.eta_at = event.data.eta_at
@@ -79,7 +101,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
     def on_shipment_delivered(session: Session, event: AnyEvent) -> None:
         """The only way to confirm: a delivery with COI verified and a clean (or QA-released) record (I4)."""
         assert isinstance(event, ShipmentDelivered)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         case.product_delivered_at, case.quarantined = event.data.delivered_at, False
@@ -92,7 +114,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
 
     def on_shipment_quarantined(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, ShipmentQuarantined)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         appointment = commands.open_appointment(session, case.coi)
@@ -104,7 +126,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
     def on_shipment_released(session: Session, event: AnyEvent) -> None:
         """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
         assert isinstance(event, ShipmentReleased)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         case.quarantined = False
@@ -118,7 +140,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
     def on_shipment_rejected(session: Session, event: AnyEvent) -> None:
         """A rejected product must not be infused: the appointment is cancelled and the site told."""
         assert isinstance(event, ShipmentRejected)
-        case = return_leg_case(session, event.data.coi, event.data.leg)
+        case = return_leg_case(session, event, event.data.coi, event.data.leg)
         if case is None:
             return
         appointment = commands.open_appointment(session, case.coi)
@@ -139,16 +161,19 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
         if appointment is not None:
             commands.cancel(session, appointment, f"order cancelled: {event.data.reason}", **context(event))
 
-    return {
-        OrderAccepted: on_order_accepted,
-        OrderCancelled: on_order_cancelled,
-        ShipmentDispatched: on_shipment_dispatched,
-        ShipmentDelayed: on_shipment_delayed,
-        ShipmentDelivered: on_shipment_delivered,
-        ShipmentQuarantined: on_shipment_quarantined,
-        ShipmentReleased: on_shipment_released,
-        ShipmentRejected: on_shipment_rejected,
-    }
+    handlers.update(
+        {
+            OrderAccepted: on_order_accepted,
+            OrderCancelled: on_order_cancelled,
+            ShipmentDispatched: on_shipment_dispatched,
+            ShipmentDelayed: on_shipment_delayed,
+            ShipmentDelivered: on_shipment_delivered,
+            ShipmentQuarantined: on_shipment_quarantined,
+            ShipmentReleased: on_shipment_released,
+            ShipmentRejected: on_shipment_rejected,
+        }
+    )
+    return handlers
 
 
 def wire(runtime: Runtime, *, receipt_buffer_hours: float, after_commit: Callable[[], None]) -> None:

@@ -61,6 +61,19 @@ class Case(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
+class ParkedEvent(SQLModel, table=True):
+    """A shipment event that arrived before its order (the two come on different topics, with no order
+    between them). It is applied as soon as the order's case exists."""
+
+    __tablename__ = "parked_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    coi: str = Field(index=True, max_length=16)
+    event_id: str = Field(unique=True, max_length=36)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    parked_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
 class OfferedOption(SQLModel, table=True):
     __tablename__ = "offered_option"
 
@@ -137,5 +150,13 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 TABLES: tuple[Table, ...] = tables_of(
-    Site, TherapyProtocol, Case, OfferedOption, Appointment, FollowUpVisit, WebhookEndpoint, WebhookDelivery
+    Site,
+    TherapyProtocol,
+    Case,
+    ParkedEvent,
+    OfferedOption,
+    Appointment,
+    FollowUpVisit,
+    WebhookEndpoint,
+    WebhookDelivery,
 )

@@ -473,3 +473,56 @@ async def test_a_cancelled_order_cancels_its_appointment(
     assert cancelled.status_code == 200
     event = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
     assert str(event.data.appointment_id) == booked["id"] and "patient unwell" in event.data.reason  # type: ignore[union-attr]
+
+
+async def test_a_shipment_event_that_overtakes_its_order_is_parked_then_applied(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    """Orders and shipments travel on different topics: scheduling may hear of a dispatch first."""
+    from cgt_contracts.events import (
+        OrderAccepted,
+        OrderAcceptedData,
+        ShipmentDispatched,
+        ShipmentDispatchedData,
+    )
+
+    from services.common.topics import ORDERS, SHIPMENTS
+    from tests.support.infra import produce, wait_committed
+
+    coi = f"CHW43212699{uuid.uuid4().hex[:4].upper()}X"
+    dispatched = ShipmentDispatched(
+        source="cgt/coi-tracking",
+        subject=coi,
+        correlationid="overtake",
+        data=ShipmentDispatchedData(
+            shipment_id=uuid.uuid4(),
+            coi=coi,
+            treatment_center_id="TC-BOSTON",
+            dispatched_at=datetime.now(UTC),
+            eta_at=midday(3),
+        ),
+    )
+    partition, offset = await produce(
+        stack.bootstrap, SHIPMENTS, dispatched.model_dump_json().encode(), key=coi.encode()
+    )
+    await wait_committed(
+        stack.bootstrap, "scheduling", SHIPMENTS, partition, offset
+    )  # handled before its order
+    accepted = OrderAccepted(
+        source="cgt/order-intake",
+        subject=coi,
+        correlationid="overtake",
+        data=OrderAcceptedData(
+            order_id=uuid.uuid4(),
+            coi=coi,
+            patient_ref="PSN-OVERTAKE",
+            therapy_code="WASKYRA",
+            treatment_center_id="TC-BOSTON",
+            storage_limit_celsius=-150.0,
+            conditioning_days=4,
+            accepted_at=datetime.now(UTC),
+        ),
+    )
+    await produce(stack.bootstrap, ORDERS, accepted.model_dump_json().encode(), key=coi.encode())
+    offered = await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
+    assert offered.data.shipment_id == dispatched.data.shipment_id  # type: ignore[union-attr]

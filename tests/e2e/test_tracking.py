@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -401,3 +403,59 @@ async def test_each_collection_travels_fresh_to_manufacturing_with_its_din(
     assert frozen["quarantined"] and "below the minimum of 2.0" in frozen["quarantine_reason"]
     # The outbound leg's events do not touch the infusion slot (none is proposed for it).
     await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == order["coi"])
+
+
+async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
+
+    from services.common.topics import COURIER_SCANS, dlq
+    from tests.support.infra import produce
+
+    coi, shipment = await new_return_shipment(http, stack, events)
+    pick_up = CourierScanSubmitted(
+        source="courier/cryo-express",
+        subject=coi,
+        correlationid="kafka-scan-1",
+        data=CourierScanData(
+            shipment_id=uuid.UUID(shipment),
+            scan_type=ScanType.PICK_UP,
+            bag_cois=[coi],
+            location="AGC Biologics, Milan",
+            device_time=datetime.now(UTC),
+            temperature_celsius=-183.0,
+            eta_at=datetime.now(UTC) + timedelta(days=2),
+            courier_id="courier-ben",
+            courier_company="CRYO-EXPRESS",
+        ),
+    )
+    for _ in range(2):  # the second copy is a redelivery: applied once
+        await produce(stack.bootstrap, COURIER_SCANS, pick_up.model_dump_json().encode(), key=coi.encode())
+    await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == coi)
+    stranger = pick_up.model_copy(
+        update={
+            "id": uuid.uuid4(),
+            "data": pick_up.data.model_copy(update={"courier_company": "OTHER-LOGISTICS"}),
+        }
+    )
+    partition, offset = await produce(
+        stack.bootstrap, COURIER_SCANS, stranger.model_dump_json().encode(), key=coi.encode()
+    )
+    await wait_committed(stack.bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
+    scans = (await http.get(f"{stack.tracking}/shipments/{shipment}/scans", headers=COORDINATOR)).json()
+    assert [(s["scan_type"], s["accepted"], s["scanned_by"]) for s in scans] == [
+        ("pick_up", True, "courier-ben")
+    ]
+    dead = EventLog(stack.bootstrap, [dlq(COURIER_SCANS)])
+    await dead.start()
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=30)
+        while (
+            not any(b"another courier company" in h.get("dlq-reason", b"") for _, _, h in dead.raw)
+            and datetime.now(UTC) < deadline
+        ):
+            await asyncio.sleep(0.1)
+        assert any(b"another courier company" in h.get("dlq-reason", b"") for _, _, h in dead.raw)
+    finally:
+        await dead.stop()

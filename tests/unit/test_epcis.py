@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -610,7 +611,9 @@ def test_the_validator_is_draft_7_with_a_format_checker() -> None:
     assert epcis.default_validator() is epcis.default_validator()
 
 
-def test_references_resolve_only_to_local_files(tmp_path: Path) -> None:
+def test_references_resolve_only_to_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fetched: list[object] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: fetched.append(args))
     (tmp_path / "part.json").write_text(json.dumps({"type": "integer"}))
     draft = "http://json-schema.org/draft-07/schema#"
     local = {
@@ -625,6 +628,7 @@ def test_references_resolve_only_to_local_files(tmp_path: Path) -> None:
     (tmp_path / "remote.json").write_text(json.dumps(remote))
     with pytest.raises(Unresolvable):
         epcis.load_validator(tmp_path / "remote.json").is_valid(3)
+    assert fetched == [], "a $ref is never fetched from the network"
 
 
 def test_a_schema_must_declare_its_draft(tmp_path: Path) -> None:

@@ -215,6 +215,26 @@ class QaDispositionData(ContractModel):
     ledger_sequence: Annotated[int, Field(ge=1)]
 
 
+class CourierScanData(ContractModel):
+    """A scan sent by a courier company's system over Kafka instead of HTTP (same meaning as POST .../scans)."""
+
+    shipment_id: UUID
+    scan_type: ScanType
+    bag_cois: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=20)]
+    location: Annotated[str, Field(min_length=1, max_length=128)]
+    device_time: UtcDatetime
+    temperature_celsius: Celsius | None = None
+    handed_to: Identifier | None = None
+    eta_at: UtcDatetime | None = None
+    courier_id: Identifier
+    courier_company: Identifier
+
+
+class CourierScanSubmitted(EventEnvelope):
+    type: Literal["courier.scan.v1"] = "courier.scan.v1"
+    data: CourierScanData
+
+
 class ShipmentCreated(EventEnvelope):
     type: Literal["shipment.created.v1"] = "shipment.created.v1"
     data: ShipmentCreatedData
@@ -431,6 +451,7 @@ AnyEvent = Annotated[
     | OrderRejected
     | OrderCancelled
     | CollectionRecorded
+    | CourierScanSubmitted
     | ShipmentCreated
     | ShipmentDispatched
     | ShipmentDelayed
@@ -465,6 +486,7 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
         OrderRejected,
         OrderCancelled,
         CollectionRecorded,
+        CourierScanSubmitted,
         ShipmentCreated,
         ShipmentDispatched,
         ShipmentDelayed,
