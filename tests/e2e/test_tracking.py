@@ -256,6 +256,8 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi], temperature=-100.0), headers=COURIER)
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    await wait_committed(stack.bootstrap, "scheduling", *events.positions[str(quarantined.id)])
     booked = await book_first_option(http, stack, events, coi)
     assert booked["state"] == "on_hold"  # booked while the shipment is quarantined: held at once
     release = {

@@ -1,0 +1,435 @@
+"""`make bench`: what one instance of each service carries, beside what the broker itself allows.
+
+For SQLite and PostgreSQL in turn, on a fresh stack and broker, after a warm-up, each figure is the median
+of several runs; ratios are taken inside one run (the machine is shared and noisy):
+1. ceiling — raw aiokafka produce-then-consume of the same scan payloads (same size, same key spread);
+2. scan ingestion — courier scans consumed by COI tracking from `couriers.scans`, validated, COI-checked,
+   written with their readings and custody-ledger entries, committed: events/s and ratio to the ceiling;
+3. courier HTTP — POST scans from concurrent clients: requests/s, p50, p99;
+4. journey latency — the delivery scan's HTTP request to the treatment center's webhook receiving the
+   confirmation, at 20 concurrent journeys: p50, p99;
+5. peak resident memory of each service.
+Prints one JSON object, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
+
+from deploy.observe import WebhookListener
+from deploy.stack import (
+    ROOT,
+    SERVICES,
+    Stack,
+    create_postgres_databases,
+    drop_postgres_databases,
+    sqlite_urls,
+)
+from services.common.topics import COURIER_SCANS, TopicSpec, ensure_topics
+
+sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
+from kafka_local import LocalKafka  # type: ignore[import-not-found]
+
+COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
+COURIER = {"Authorization": "Bearer dev-courier-token"}
+CENTER = {"Authorization": "Bearer dev-center-token"}
+TARGETS = {
+    "scan_ingestion_eps": 5000,
+    "ingestion_ratio": 0.25,
+    "http_rps": 1000,
+    "http_p99_ms": 50,
+    "journey_p99_ms": 250,
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n")[0].split()
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(meminfo[1]) / 1024 / 1024, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "kafka": "Apache Kafka 4.1.1 (KRaft, one broker, from Maven Central)",
+    }
+
+
+class Bench:
+    def __init__(self, stack: Stack, bootstrap: str, http: httpx.AsyncClient) -> None:
+        self.stack, self.bootstrap, self.http = stack, bootstrap, http
+        self.tracking, self.orders, self.scheduling = (
+            stack.url(n) for n in ("coi-tracking", "order-intake", "scheduling")
+        )
+
+    async def shipment_in_transit(self, site_ok: bool = True) -> tuple[str, str]:
+        """An accepted order whose return shipment courier-ben has picked up: (COI, shipment id)."""
+        order = (
+            await self.http.post(
+                f"{self.orders}/orders",
+                headers=COORDINATOR,
+                json={
+                    "patient_ref": f"PSN-B{uuid.uuid4().hex[:8]}",
+                    "patient": {
+                        "name": "Bench Patient",
+                        "date_of_birth": "2019-01-01",
+                        "medical_record_number": "M",
+                    },
+                    "therapy_code": "WASKYRA",
+                    "treatment_center_id": "TC-BOSTON",
+                    "prescriber_npi": "1234567893",
+                    "consent": {"signed_on": "2026-01-02", "form_version": "ICF-1"},
+                    "payer_authorization": {"reference": "PA", "expires_on": "2099-01-01"},
+                    "eligibility_attested": True,
+                },
+            )
+        ).json()
+        coi = order["coi"]
+        while True:
+            rows = (
+                await self.http.get(f"{self.tracking}/shipments", params={"coi": coi}, headers=COURIER)
+            ).json()
+            shipment = next((r["id"] for r in rows if r["leg"] == "return"), None)
+            if shipment:
+                break
+            await asyncio.sleep(0.05)
+        picked = await self.http.post(
+            f"{self.tracking}/shipments/{shipment}/scans",
+            headers=COURIER,
+            json=scan_body("pick_up", coi, eta_at=(datetime.now(UTC) + timedelta(days=2)).isoformat()),
+        )
+        assert picked.json()["accepted"], picked.text
+        return coi, shipment
+
+    async def ceiling(self, payloads: list[tuple[bytes, bytes]]) -> float:
+        topic = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
+        await ensure_topics(self.bootstrap, (TopicSpec(topic, 6),))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=f"g-{topic}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            started = time.perf_counter()
+            futures = [await producer.send(topic, value, key=key) for key, value in payloads]
+            await asyncio.gather(*futures)
+            seen = 0
+            while seen < len(payloads):
+                batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                seen += sum(len(records) for records in batch.values())
+            await consumer.commit()
+            return len(payloads) / (time.perf_counter() - started)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def ingestion(self, payloads: list[tuple[bytes, bytes]]) -> float:
+        """Produce the scans, then wait until COI tracking's group has committed every one of them."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            started = time.perf_counter()
+            futures = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
+            sent = await asyncio.gather(*futures)
+            ends: dict[int, int] = {}
+            for metadata in sent:
+                ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+            partitions = [TopicPartition(COURIER_SCANS, p) for p in ends]
+            while True:
+                committed = await admin.list_consumer_group_offsets(
+                    "coi-tracking-scans", partitions=partitions
+                )
+                if all(
+                    committed.get(tp) is not None and committed[tp].offset >= ends[tp.partition]
+                    for tp in partitions
+                ):
+                    return len(payloads) / (time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+            await producer.stop()
+
+    async def courier_http(
+        self, shipments: list[tuple[str, str]], requests: int, clients: int
+    ) -> dict[str, float]:
+        latencies: list[float] = []
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(requests):
+            queue.put_nowait(n)
+
+        async def client() -> None:
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=1)) as own:
+                while not queue.empty():
+                    n = queue.get_nowait()
+                    coi, shipment = shipments[n % len(shipments)]
+                    began = time.perf_counter()
+                    response = await own.post(
+                        f"{self.tracking}/shipments/{shipment}/scans",
+                        headers=COURIER,
+                        json=scan_body("checkpoint", coi),
+                    )
+                    latencies.append(time.perf_counter() - began)
+                    if response.status_code != 201:
+                        raise RuntimeError(response.text)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+        return {
+            "rps": requests / elapsed,
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+        }
+
+    async def journeys(self, listener: WebhookListener, count: int) -> list[float]:
+        """Book `count` journeys, then deliver them all at once; latency = delivery request to webhook."""
+        prepared = [await self.shipment_in_transit() for _ in range(count)]
+        for coi, _ in prepared:
+            while True:
+                case = (await self.http.get(f"{self.scheduling}/cases/{coi}", headers=COORDINATOR)).json()
+                if case.get("options"):
+                    break
+                await asyncio.sleep(0.05)
+            booked = await self.http.post(
+                f"{self.scheduling}/cases/{coi}/bookings",
+                headers=COORDINATOR,
+                json={"option_id": case["options"][0]["option_id"]},
+            )
+            assert booked.status_code == 201, booked.text
+        received: dict[str, float] = {}
+
+        async def one(coi: str, shipment: str) -> float:
+            began = time.perf_counter()
+            response = await self.http.post(
+                f"{self.tracking}/shipments/{shipment}/scans",
+                headers=COURIER,
+                json=scan_body("delivery", coi),
+            )
+            assert response.json()["accepted"], response.text
+            await asyncio.to_thread(
+                listener.wait_for,
+                lambda h: h.json()["coi"] == coi and h.json()["kind"] == "slot.confirmed",
+                60,
+            )
+            received[coi] = time.perf_counter()
+            return received[coi] - began
+
+        return list(await asyncio.gather(*(one(coi, shipment) for coi, shipment in prepared)))
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        peaks = {}
+        for name, service in self.stack.services.items():
+            assert service.process is not None
+            status = Path(f"/proc/{service.process.pid}/status").read_text()
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+            peaks[name] = round(int(hwm.split()[1]) / 1024, 1)
+        return peaks
+
+
+def scan_body(kind: str, coi: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "scan_type": kind,
+        "bag_cois": [coi],
+        "location": "bench lane",
+        "device_time": datetime.now(UTC).isoformat(),
+        "temperature_celsius": -180.5,
+        **extra,
+    }
+
+
+def scan_payloads(
+    shipments: list[tuple[str, str]], per_shipment: int, custodians: dict[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """Realistic courier scans: alternate hand-offs (each writes a ledger entry) with a reading, keyed by COI."""
+    payloads: list[tuple[bytes, bytes]] = []
+    for n in range(per_shipment):
+        for coi, shipment in shipments:
+            holder = custodians[shipment]
+            taker = "courier-cy" if holder == "courier-ben" else "courier-ben"
+            custodians[shipment] = taker
+            event = CourierScanSubmitted(
+                source="courier/cryo-express",
+                subject=coi,
+                correlationid=f"bench-{n}",
+                data=CourierScanData(
+                    shipment_id=uuid.UUID(shipment),
+                    scan_type=ScanType.HAND_OFF,
+                    bag_cois=[coi],
+                    location="bench hub",
+                    device_time=datetime.now(UTC),
+                    temperature_celsius=-180.0 - (n % 7),
+                    handed_to=taker,
+                    courier_id=holder,
+                    courier_company="CRYO-EXPRESS",
+                ),
+            )
+            payloads.append((coi.encode(), event.model_dump_json().encode()))
+    return payloads
+
+
+async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    broker = LocalKafka(data_dir=workdir / f"kafka-{backend}")
+    await asyncio.to_thread(broker.start)
+    urls = (
+        sqlite_urls(workdir / f"db-{backend}")
+        if backend == "sqlite"
+        else create_postgres_databases(list(SERVICES))
+    )
+    stack = Stack(
+        bootstrap=broker.bootstrap,
+        database_urls=urls,
+        workdir=workdir / f"logs-{backend}",
+        extra_env={"LOG_LEVEL": "WARNING", "OUTBOX_POLL_SECONDS": "0.2", "WEBHOOK_BACKOFF_SECONDS": "0.2"},
+    )
+    listener = WebhookListener()
+    listener.start()
+    try:
+        await asyncio.to_thread(stack.start, 120.0)
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
+            bench = Bench(stack, broker.bootstrap, http)
+            await http.put(
+                f"{bench.scheduling}/sites/TC-BOSTON",
+                headers=COORDINATOR,
+                json={
+                    "timezone": "America/New_York",
+                    "infusions_per_day": 500,
+                    "admissions_capacity": 5000,
+                    "working_weekdays": [1, 2, 3, 4, 5, 6, 7],
+                },
+            )
+            await http.post(f"{bench.scheduling}/webhooks", headers=CENTER, json={"url": listener.url})
+            shipments = [await bench.shipment_in_transit() for _ in range(args.shipments)]
+            custodians = {shipment: "courier-ben" for _, shipment in shipments}
+            warm = scan_payloads(shipments, 2, custodians)
+            await bench.ceiling(warm)
+            await bench.ingestion(warm)
+            await bench.courier_http(shipments, 200, args.clients)
+            runs: list[dict[str, Any]] = []
+            for _ in range(args.runs):
+                payloads = scan_payloads(shipments, args.scans // len(shipments), custodians)
+                ceiling = await bench.ceiling(payloads)
+                ingestion = await bench.ingestion(payloads)
+                http_figures = await bench.courier_http(shipments, args.requests, args.clients)
+                latencies = await bench.journeys(listener, args.journeys)
+                runs.append(
+                    {
+                        "ceiling_mps": ceiling,
+                        "scan_ingestion_eps": ingestion,
+                        "ingestion_ratio": ingestion / ceiling,
+                        "http_rps": http_figures["rps"],
+                        "http_p50_ms": http_figures["p50_ms"],
+                        "http_p99_ms": http_figures["p99_ms"],
+                        "journey_p50_ms": percentile(latencies, 0.5) * 1000,
+                        "journey_p99_ms": percentile(latencies, 0.99) * 1000,
+                    }
+                )
+            medians = {
+                key: round(statistics.median(run[key] for run in runs), 3 if key == "ingestion_ratio" else 1)
+                for key in runs[0]
+            }
+            return {
+                "database": backend,
+                "runs": len(runs),
+                "scans_per_run": len(
+                    scan_payloads(shipments, args.scans // len(shipments), dict(custodians))
+                ),
+                "journeys_concurrent": args.journeys,
+                "http_clients": args.clients,
+                **medians,
+                "peak_rss_mib": bench.peak_rss_mib(),
+            }
+    finally:
+        listener.stop()
+        await asyncio.to_thread(stack.stop)
+        broker.cleanup()
+        if backend == "postgresql":
+            drop_postgres_databases(urls)
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "scan_ingestion_eps": result["scan_ingestion_eps"] >= TARGETS["scan_ingestion_eps"],
+        "ingestion_ratio": result["ingestion_ratio"] >= TARGETS["ingestion_ratio"],
+        "http_rps": result["http_rps"] >= TARGETS["http_rps"],
+        "http_p99_ms": result["http_p99_ms"] < TARGETS["http_p99_ms"],
+        "journey_p99_ms": result["journey_p99_ms"] < TARGETS["journey_p99_ms"],
+    }
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cgt-bench-") as tmp:
+        for backend in args.databases:
+            result = await bench_backend(backend, args, Path(tmp))
+            result["targets_met"] = verdicts(result)
+            results.append(result)
+    report = {
+        "machine": machine(),
+        "targets": TARGETS,
+        "results": results,
+        "seconds": round(time.monotonic() - started),
+    }
+    print(json.dumps(report, indent=2))
+    print()
+    header = f"{'database':<11}{'ceiling/s':>11}{'ingest/s':>10}{'ratio':>7}{'http/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'journey p50':>12}{'p99':>7}  peak RSS MiB (intake/tracking/scheduling)"
+    print(header)
+    for r in results:
+        rss = r["peak_rss_mib"]
+        print(
+            f"{r['database']:<11}{r['ceiling_mps']:>11.0f}{r['scan_ingestion_eps']:>10.0f}{r['ingestion_ratio']:>7.2f}"
+            f"{r['http_rps']:>8.0f}{r['http_p50_ms']:>8.1f}{r['http_p99_ms']:>8.1f}{r['journey_p50_ms']:>12.0f}{r['journey_p99_ms']:>7.0f}"
+            f"  {rss['order-intake']}/{rss['coi-tracking']}/{rss['scheduling']}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"]
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--shipments", type=int, default=40)
+    parser.add_argument("--scans", type=int, default=8000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--journeys", type=int, default=20)
+    return asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
