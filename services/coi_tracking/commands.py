@@ -101,8 +101,8 @@ def container_of(session: Session, shipment: Shipment) -> Container | None:
     return session.exec(select(Container).where(Container.shipment_id == shipment.id)).first()
 
 
-def policy_of(session: Session, shipment: Shipment) -> TemperaturePolicy:
-    container = container_of(session, shipment)
+def policy_of(session: Session, shipment: Shipment, container: Container | None = None) -> TemperaturePolicy:
+    container = container or container_of(session, shipment)
     hold_until = None
     if (
         container is not None
@@ -189,7 +189,7 @@ def record_scan(
         physical_status=shipment.physical_status,
         expected_coi=shipment.coi,
         bag_count=len(session.exec(select(Bag.id).where(Bag.shipment_id == shipment.id)).all()),
-        policy=policy_of(session, shipment),
+        policy=policy_of(session, shipment, container),
         custodian=shipment.custodian,
         quarantined=shipment.status is ShipmentStatus.QUARANTINED,
         container_id=container.id if container and container.charged_at else None,

@@ -139,7 +139,8 @@ def register_consumer(
             correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
         ):
             if handler is None:
-                await message.ack()
+                # Not for this service. The offset is committed with the next handled message (a commit
+                # covers every consumed position); if it is re-read after a restart it is ignored again.
                 return
             attempt = 0
             while True:
