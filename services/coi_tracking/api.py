@@ -183,10 +183,7 @@ def list_shipments(session: SessionDep, caller: Reader, coi: str | None = None) 
 
 @router.get("/shipments/{shipment_id}", response_model=ShipmentView)
 def read_shipment(shipment_id: UUID, session: SessionDep, caller: Reader) -> ShipmentView:
-    shipment = session.get(Shipment, shipment_id)
-    if shipment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
-    _check_visible(shipment, caller)
+    shipment = _visible(session, shipment_id, caller)
     return _view(session, shipment)
 
 
@@ -384,10 +381,7 @@ def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment
 
 @router.get("/shipments/{shipment_id}/scans")
 def list_scans(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[dict[str, Any]]:
-    shipment = session.get(Shipment, shipment_id)
-    if shipment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
-    _check_visible(shipment, caller)
+    _visible(session, shipment_id, caller)
     rows = session.exec(
         select(ScanRecord).where(ScanRecord.shipment_id == shipment_id).order_by(col(ScanRecord.received_at))
     )
@@ -397,10 +391,7 @@ def list_scans(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[d
 @router.get("/shipments/{shipment_id}/ledger", response_model=LedgerView)
 def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> LedgerView:
     """The custody ledger with a fresh verification of every hash link."""
-    shipment = session.get(Shipment, shipment_id)
-    if shipment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
-    _check_visible(shipment, caller)
+    shipment = _visible(session, shipment_id, caller)
     verification = verify_shipment_ledger(session, shipment)
     return LedgerView(
         shipment_id=shipment.id,

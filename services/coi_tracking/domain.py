@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -150,7 +150,6 @@ class ScanDecision:
     custody: CustodyChange | None
     dispatched: bool = False
     delivered_clean: bool = False
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def quarantine(self) -> bool:
