@@ -82,7 +82,7 @@ class Bench:
             stack.url(n) for n in ("coi-tracking", "order-intake", "scheduling")
         )
 
-    async def shipment_in_transit(self, site_ok: bool = True) -> tuple[str, str]:
+    async def shipment_in_transit(self) -> tuple[str, str]:
         """An accepted order whose return shipment courier-ben has picked up: (COI, shipment id)."""
         order = (
             await self.http.post(

@@ -310,6 +310,28 @@ async def phase_two_faults(cluster: Any, tally: Tally, journeys: list[Journey]) 
 # ---------------------------------------------------------------- checks
 
 
+EXPECTED = (
+    "order.accepted.v1",
+    "shipment.dispatched.v1",
+    "shipment.delivered.v1",
+    "slot.proposed.v1",
+    "slot.confirmed.v1",
+)
+
+
+async def wait_for_effects(events: EventLog, journeys: list[Journey], timeout: float = 90.0) -> None:
+    """Wait (bounded) until every confirmed journey's events are on the bus: outboxes drain at their own
+    pace after faults (a producer re-resolving partition leaders after a broker loss, say). What is still
+    missing at the deadline is counted as lost by `check`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = {(e.subject, e.type) for e in events.events}
+        if all((j.coi, kind) in seen for j in journeys if j.done for kind in EXPECTED):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)  # duplicates were injected last: a moment for consumers before effects are counted
+
+
 async def check(
     stack: Stack, events: EventLog, journeys: list[Journey], tally: Tally, http: httpx.AsyncClient
 ) -> None:
@@ -336,14 +358,8 @@ async def check(
         ).json()
         if len([a for a in appointments if a["state"] != "cancelled"]) != 1:
             tally.duplicated.append(f"{coi}: {len(appointments)} appointments")
-        distinct = Counter(e.type for e in {e.id: e for e in events.of(coi)}.values())
-        for kind in (
-            "order.accepted.v1",
-            "shipment.dispatched.v1",
-            "shipment.delivered.v1",
-            "slot.proposed.v1",
-            "slot.confirmed.v1",
-        ):
+        distinct: Counter[str] = Counter(e.type for e in {e.id: e for e in events.of(coi)}.values())
+        for kind in EXPECTED:
             if distinct[kind] == 0:
                 tally.lost.append(f"{coi}: no {kind} on the bus")
             elif distinct[kind] > 1:
@@ -381,7 +397,7 @@ async def check_dead_letters(bootstrap: str, malformed: list[tuple[str, bytes]],
 # ---------------------------------------------------------------- phases
 
 
-async def settle(http: httpx.AsyncClient, stack: Stack) -> None:
+async def settle(stack: Stack) -> None:
     for service in stack.services.values():
         await asyncio.to_thread(service.wait_ready, 120.0)
 
@@ -434,8 +450,8 @@ async def run_phase(
             )
             await asyncio.gather(faults, *runs)
             tally.seconds += time.monotonic() - started
-            await settle(http, stack)
-            await asyncio.sleep(2)  # let redelivered duplicates reach the consumers before counting
+            await settle(stack)
+            await wait_for_effects(events, journeys)
             tally.journeys += len(journeys)
             await check(stack, events, journeys, tally, http)
             if malformed:

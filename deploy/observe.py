@@ -126,5 +126,16 @@ class EventLog:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no matching event within {timeout}s; saw {[e.type for e in self.events]}")
 
+    async def wait_raw(
+        self, predicate: Callable[[str, bytes, dict[str, bytes]], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[tuple[str, bytes, dict[str, bytes]]]:
+        """Wait until `count` records (valid events or not) match, e.g. dead letters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [record for record in self.raw if predicate(*record)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.05)
+
     def of(self, coi: str) -> list[AnyEvent]:
         return [e for e in self.events if e.subject == coi]

@@ -94,7 +94,6 @@ class ShipmentView(BaseModel):
     courier_company: str
     custodian: str
     storage_limit_celsius: float
-    container_ids: list[str]
     bags: list[dict[str, Any]]
     eta_at: datetime | None
     delivered_at: datetime | None
@@ -159,7 +158,6 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
         courier_company=shipment.courier_company,
         custodian=shipment.custodian,
         storage_limit_celsius=shipment.storage_limit_celsius,
-        container_ids=[c.id for c in containers],
         bags=[{"number": b.number, "of": b.of, "coi": b.coi, "din": b.din} for b in bags],
         eta_at=shipment.eta_at,
         delivered_at=shipment.delivered_at,

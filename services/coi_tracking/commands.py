@@ -33,7 +33,7 @@ from cgt_contracts.events import (
     TemperatureExcursion,
     TemperatureExcursionData,
 )
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from services.coi_tracking import domain, epcis
 from services.coi_tracking.domain import Disposition, LedgerKind, Reading, ShipmentStatus, TemperaturePolicy
@@ -188,7 +188,7 @@ def record_scan(
         status=shipment.status,
         physical_status=shipment.physical_status,
         expected_coi=shipment.coi,
-        bag_count=len(session.exec(select(Bag.id).where(Bag.shipment_id == shipment.id)).all()),
+        bag_count=session.exec(select(func.count()).where(Bag.shipment_id == shipment.id)).one(),
         policy=policy_of(session, shipment, container),
         custodian=shipment.custodian,
         quarantined=shipment.status is ShipmentStatus.QUARANTINED,

@@ -47,10 +47,6 @@ class ProcessedEvent(SQLModel, table=True):
     processed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
-class DeadLetter(Exception):
-    """Raised by a handler for an event that can never be applied (retrying will not help)."""
-
-
 async def publish_dead_letter(broker: KafkaBroker, record: Any, reason: str, group_id: str) -> None:
     """Put a record on `<topic>.dlq` with the reason, its headers and its source position. Retried until
     the broker takes it: a dead letter must not be lost either."""
@@ -155,9 +151,6 @@ def register_consumer(
             while True:
                 try:
                     applied = await asyncio.to_thread(apply, event, handler)
-                except DeadLetter as error:
-                    await dead_letter(message, f"refused: {error}")
-                    break
                 except (OperationalError, InterfaceError) as error:
                     # The database is unreachable: no message can be applied, so wait for it rather than
                     # dead-letter good events. The offset is not committed meanwhile.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Table, TypeDecorator, event, text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
 
 def _normalise(url: str) -> str:
@@ -51,12 +51,6 @@ def database_reachable(engine: Engine) -> bool:
         return True
     except Exception:
         return False
-
-
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that rolls back unless the caller commits."""
-    with Session(engine) as session:
-        yield session
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -65,19 +65,17 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay")
 
     def notify(self) -> None:
         """Call after committing outbox rows, from the event loop's thread or any other."""
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._wake.set)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def start(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
-
-    _loop: asyncio.AbstractEventLoop | None = None
 
     async def stop(self) -> None:
         """Publish what is pending, then stop (graceful shutdown drains the outbox once more)."""

@@ -41,6 +41,7 @@ from services.order_intake.models import (
     Order,
     OrderTransition,
     PatientRecord,
+    Prescriber,
     PrescriberSite,
     SiteCertification,
     Therapy,
@@ -175,10 +176,7 @@ def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> dom
         .where(SiteCertification.therapy_code == body.therapy_code)
     ).all()
     prescriber_site = session.get(PrescriberSite, (body.prescriber_npi, body.treatment_center_id))
-    prescriber_known = (
-        session.exec(select(PrescriberSite.npi).where(PrescriberSite.npi == body.prescriber_npi)).first()
-        is not None
-    )
+    prescriber_known = session.get(Prescriber, body.prescriber_npi) is not None
     active = session.exec(
         select(Order.id)
         .where(Order.patient_ref == body.patient_ref)
@@ -234,15 +232,10 @@ def place_order(
     runtime = runtime_of(request)
     if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != body.treatment_center_id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a treatment center may order only for its own site")
-    if idempotency_key:
-        earlier = session.exec(
-            select(IdempotentRequest)
-            .where(IdempotentRequest.caller == caller.subject)
-            .where(IdempotentRequest.key == idempotency_key)
-        ).first()
-        if earlier is not None:
-            response.status_code = status.HTTP_200_OK
-            return OrderView.of(_must_get(session, earlier.order_id))
+    earlier = _earlier_order(session, caller, idempotency_key)
+    if earlier is not None:
+        response.status_code = status.HTTP_200_OK
+        return earlier
     ordered_on = body.ordered_on or utc_now().date()
     failures = domain.acceptance_failures(_gather_facts(session, body, ordered_on))
     order = Order(
@@ -331,19 +324,28 @@ def place_order(
         session.commit()
     except IntegrityError:
         session.rollback()
-        if idempotency_key:
-            earlier = session.exec(
-                select(IdempotentRequest)
-                .where(IdempotentRequest.caller == caller.subject)
-                .where(IdempotentRequest.key == idempotency_key)
-            ).first()
-            if earlier is not None:
-                response.status_code = status.HTTP_200_OK
-                return OrderView.of(_must_get(session, earlier.order_id))
-        raise
+        earlier = _earlier_order(
+            session, caller, idempotency_key
+        )  # a concurrent request with the same key won
+        if earlier is None:
+            raise
+        response.status_code = status.HTTP_200_OK
+        return earlier
     runtime.relay.notify()
     log.info("order.placed", order_id=str(order.id), status=order.status, coi=order.coi)
     return OrderView.of(order)
+
+
+def _earlier_order(session: Session, caller: Principal, idempotency_key: str | None) -> OrderView | None:
+    """The order a caller's earlier request with this Idempotency-Key created, if any."""
+    if not idempotency_key:
+        return None
+    earlier = session.exec(
+        select(IdempotentRequest)
+        .where(IdempotentRequest.caller == caller.subject)
+        .where(IdempotentRequest.key == idempotency_key)
+    ).first()
+    return OrderView.of(_must_get(session, earlier.order_id)) if earlier is not None else None
 
 
 def _order_subject(order_id: UUID) -> str:

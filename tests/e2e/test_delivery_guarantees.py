@@ -33,7 +33,8 @@ async def test_a_malformed_event_goes_to_the_dead_letter_topic_with_its_reason(
         partition, offset = await produce(stack.bootstrap, ORDERS, marker, key=b"CHW4321269GARBG0")
         for group in ("coi-tracking", "scheduling"):
             await wait_committed(stack.bootstrap, group, ORDERS, partition, offset)
-        letters = [(value, headers) for topic, value, headers in dead.raw if value == marker]
+        found = await dead.wait_raw(lambda _topic, value, _headers: value == marker, count=2)
+        letters = [(value, headers) for _, value, headers in found]
         groups = sorted(headers["dlq-consumer-group"].decode() for _, headers in letters)
         assert groups == ["coi-tracking", "scheduling"]
         for _, headers in letters:

@@ -168,6 +168,16 @@ async def test_site_certification_is_checked_on_the_order_date(
         f"{stack.orders}/prescribers", json={"npi": npi, "name": "Dr. C"}, headers=COORDINATOR
     )
     assert duplicate.status_code == 409
+    # A registered prescriber with no site yet is known, just not allowed here.
+    siteless = fresh_npi()
+    assert (
+        await http.post(
+            f"{stack.orders}/prescribers", json={"npi": siteless, "name": "Dr. D"}, headers=COORDINATOR
+        )
+    ).status_code == 201
+    assert reason_codes(await post_order(http, stack, order_body(prescriber_npi=siteless))) == {
+        "prescriber_not_at_site"
+    }
 
 
 async def test_a_rejected_order_lists_every_failed_check_and_says_so_on_the_bus(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import uuid
@@ -452,12 +451,9 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
     dead = EventLog(stack.bootstrap, [dlq(COURIER_SCANS)])
     await dead.start()
     try:
-        deadline = datetime.now(UTC) + timedelta(seconds=30)
-        while (
-            not any(b"another courier company" in h.get("dlq-reason", b"") for _, _, h in dead.raw)
-            and datetime.now(UTC) < deadline
-        ):
-            await asyncio.sleep(0.1)
-        assert any(b"another courier company" in h.get("dlq-reason", b"") for _, _, h in dead.raw)
+        refused = await dead.wait_raw(
+            lambda _t, _v, headers: b"another courier company" in headers.get("dlq-reason", b"")
+        )
+        assert refused
     finally:
         await dead.stop()
