@@ -29,6 +29,12 @@ from services.coi_tracking.models import (
     Shipment,
     TemperatureReading,
 )
+from services.coi_tracking.scan_writer import (
+    OtherCourierCompany,
+    ScanSubmission,
+    ScanWriter,
+    ShipmentNotFound,
+)
 from services.common.auth import Principal, Role, require
 from services.common.db import is_postgres
 from services.common.service import db_session, runtime_of
@@ -190,31 +196,37 @@ def _actor(caller: Principal) -> commands.Actor:
 
 
 @router.post("/shipments/{shipment_id}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanResult)
-def post_scan(
-    shipment_id: UUID, body: ScanRequest, request: Request, session: SessionDep, caller: Courier
-) -> ScanResult:
-    """Record a courier's scan. It is always stored; the result says whether it was accepted and why not."""
-    shipment = _load_for_update(session, shipment_id)
-    _check_visible(shipment, caller)
-    outcome = commands.record_scan(
-        session,
-        shipment,
-        commands.ScanInput(
-            scan_type=body.scan_type,
-            bag_cois=tuple(body.bag_cois),
-            location=body.location,
-            device_time=body.device_time,
-            temperature_celsius=body.temperature_celsius,
-            container_id=body.container_id,
-            seal_id=body.seal_id,
-            handed_to=body.handed_to,
-            eta_at=body.eta_at,
-        ),
-        _actor(caller),
-        request.state.correlation_id,
-    )
-    session.commit()
-    runtime_of(request).relay.notify()
+async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, caller: Courier) -> ScanResult:
+    """Record a courier's scan. It is always stored; the result says whether it was accepted and why not.
+    Scans that arrive together are committed together (see `scan_writer`)."""
+    writer: ScanWriter = request.app.state.scan_writer
+    assert caller.courier_company is not None  # a courier principal always names its company
+    try:
+        outcome = await writer.submit(
+            ScanSubmission(
+                shipment_id=shipment_id,
+                scan=commands.ScanInput(
+                    scan_type=body.scan_type,
+                    bag_cois=tuple(body.bag_cois),
+                    location=body.location,
+                    device_time=body.device_time,
+                    temperature_celsius=body.temperature_celsius,
+                    container_id=body.container_id,
+                    seal_id=body.seal_id,
+                    handed_to=body.handed_to,
+                    eta_at=body.eta_at,
+                ),
+                actor=_actor(caller),
+                courier_company=caller.courier_company,
+                correlation_id=request.state.correlation_id,
+            )
+        )
+    except ShipmentNotFound as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from error
+    except OtherCourierCompany as error:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "this shipment is assigned to another courier company"
+        ) from error
     return ScanResult(**dataclasses.asdict(outcome))
 
 

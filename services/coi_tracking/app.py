@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from pydantic import Field
 
 from services.coi_tracking import api, epcis, handlers
 from services.coi_tracking.models import TABLES
-from services.common.service import build_service
+from services.coi_tracking.scan_writer import ScanWriter
+from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
 
 
@@ -26,6 +28,15 @@ class TrackingSettings(ServiceSettings):
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     settings = settings or TrackingSettings()
+
+    async def start_scan_writer(runtime: Runtime) -> None:
+        writer = ScanWriter(runtime.engine, runtime.relay.notify)
+        writer.start()
+        app.state.scan_writer = writer
+
+    async def stop_scan_writer(runtime: Runtime) -> None:
+        await asyncio.to_thread(app.state.scan_writer.stop)
+
     app = build_service(
         name=settings.service_name,
         tables=TABLES,
@@ -40,6 +51,8 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
             ),
         ),
         settings=settings,
+        on_startup=start_scan_writer,
+        on_shutdown=stop_scan_writer,
     )
     schema_found = settings.epcis_schema_path.exists()
     app.state.epcis_validator = epcis.load_validator(settings.epcis_schema_path) if schema_found else None

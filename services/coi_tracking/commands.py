@@ -5,12 +5,13 @@ EPCIS capture so that both follow exactly the same rules."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 import structlog
-from cgt_contracts.envelope import EventEnvelope, utc_now
+from cgt_contracts.envelope import EventEnvelope, new_uuid, utc_now
 from cgt_contracts.events import (
     CoiBreak,
     CoiBreakData,
@@ -46,10 +47,12 @@ from services.coi_tracking.models import (
     Shipment,
     TemperatureReading,
 )
+from services.common.db import insert_later, tables_of, write_deferred
 from services.common.outbox import enqueue
 from services.common.topics import SHIPMENTS
 
 SOURCE = "cgt/coi-tracking"
+SCAN_TABLE, READING_TABLE = tables_of(ScanRecord, TemperatureReading)
 log = structlog.get_logger()
 
 
@@ -99,6 +102,32 @@ def _envelope(shipment: Shipment, correlation_id: str) -> dict[str, str]:
 
 def container_of(session: Session, shipment: Shipment) -> Container | None:
     return session.exec(select(Container).where(Container.shipment_id == shipment.id)).first()
+
+
+@dataclass(frozen=True)
+class ShipmentFacts:
+    """What a scan is judged against besides the shipment row: its container and how many bags it holds."""
+
+    container: Container | None
+    bag_count: int
+
+
+def facts_of(session: Session, shipment_ids: Collection[UUID]) -> dict[UUID, ShipmentFacts]:
+    """The facts of many shipments in two queries (a batch of scans looks them up once)."""
+    wanted = set(shipment_ids)
+    containers = {
+        c.shipment_id: c
+        for c in session.exec(select(Container).where(col(Container.shipment_id).in_(wanted)))
+    }
+    counts: dict[UUID, int] = {
+        shipment_id: count
+        for shipment_id, count in session.exec(
+            select(Bag.shipment_id, func.count())
+            .where(col(Bag.shipment_id).in_(wanted))
+            .group_by(col(Bag.shipment_id))
+        )
+    }
+    return {i: ShipmentFacts(container=containers.get(i), bag_count=counts.get(i, 0)) for i in wanted}
 
 
 def policy_of(session: Session, shipment: Shipment, container: Container | None = None) -> TemperaturePolicy:
@@ -180,15 +209,22 @@ def _delivered_event(
 
 
 def record_scan(
-    session: Session, shipment: Shipment, scan: ScanInput, actor: Actor, correlation_id: str
+    session: Session,
+    shipment: Shipment,
+    scan: ScanInput,
+    actor: Actor,
+    correlation_id: str,
+    facts: ShipmentFacts | None = None,
 ) -> ScanOutcome:
-    """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine."""
-    container = container_of(session, shipment)
+    """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
+    `facts` are looked up when not given (a batch gives them, looked up once for all its shipments)."""
+    facts = facts or facts_of(session, [shipment.id])[shipment.id]
+    container = facts.container
     state = domain.ShipmentState(
         status=shipment.status,
         physical_status=shipment.physical_status,
         expected_coi=shipment.coi,
-        bag_count=session.exec(select(func.count()).where(Bag.shipment_id == shipment.id)).one(),
+        bag_count=facts.bag_count,
         policy=policy_of(session, shipment, container),
         custodian=shipment.custodian,
         quarantined=shipment.status is ShipmentStatus.QUARANTINED,
@@ -209,23 +245,29 @@ def record_scan(
             seal_id=scan.seal_id,
         ),
     )
-    record = ScanRecord(
-        shipment_id=shipment.id,
-        scan_type=scan.scan_type,
-        bag_cois=json.dumps(list(scan.bag_cois)),
-        container_id=scan.container_id,
-        seal_id=scan.seal_id,
-        location=scan.location,
-        scanned_by=actor.subject,
-        handed_to=scan.handed_to,
-        device_time=scan.device_time,
-        temperature_celsius=scan.temperature_celsius,
-        accepted=decision.accepted,
-        refusal_reason=decision.refusal_reason,
-        coi_verified=not decision.coi_break,
-        epcis_event_id=scan.epcis_event_id,
+    scan_id = new_uuid()
+    insert_later(
+        session,
+        SCAN_TABLE,
+        {
+            "id": scan_id,
+            "shipment_id": shipment.id,
+            "scan_type": scan.scan_type,
+            "bag_cois": json.dumps(list(scan.bag_cois)),
+            "container_id": scan.container_id,
+            "seal_id": scan.seal_id,
+            "location": scan.location,
+            "scanned_by": actor.subject,
+            "handed_to": scan.handed_to,
+            "device_time": scan.device_time,
+            "received_at": utc_now(),
+            "temperature_celsius": scan.temperature_celsius,
+            "accepted": decision.accepted,
+            "refusal_reason": decision.refusal_reason,
+            "coi_verified": not decision.coi_break,
+            "epcis_event_id": scan.epcis_event_id,
+        },
     )
-    session.add(record)
     envelope = _envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
     if scan.temperature_celsius is not None:
@@ -235,7 +277,7 @@ def record_scan(
             **envelope,
             data=ShipmentScannedData(
                 shipment_id=shipment.id,
-                scan_id=record.id,
+                scan_id=scan_id,
                 coi=shipment.coi,
                 scan_type=scan.scan_type,
                 location=scan.location,
@@ -272,11 +314,11 @@ def record_scan(
                 data=CustodyTransferredData(
                     shipment_id=shipment.id,
                     coi=shipment.coi,
-                    from_party=entry.from_party,
-                    to_party=entry.to_party,
-                    location=entry.location,
-                    transferred_at=entry.at,
-                    ledger_sequence=entry.sequence,
+                    from_party=entry.content.from_party,
+                    to_party=entry.content.to_party,
+                    location=entry.content.location,
+                    transferred_at=entry.content.at,
+                    ledger_sequence=entry.content.sequence,
                     entry_sha256=entry.entry_sha256,
                 ),
             )
@@ -319,7 +361,7 @@ def record_scan(
                 **envelope,
                 data=CoiBreakData(
                     shipment_id=shipment.id,
-                    scan_id=record.id,
+                    scan_id=scan_id,
                     expected_coi=shipment.coi,
                     read_cois=list(scan.bag_cois),
                     detected_at=utc_now(),
@@ -339,7 +381,8 @@ def record_scan(
         shipment.delivered_at = scan.device_time
         if decision.delivered_clean:
             events.append(_delivered_event(shipment, correlation_id))
-    session.add(shipment)
+    if shipment not in session:  # a loaded shipment is saved anyway (and add() walks its cascades)
+        session.add(shipment)
     _emit(session, events)
     log.info(
         "scan.recorded",
@@ -350,7 +393,7 @@ def record_scan(
         quarantined=decision.quarantine,
     )
     return ScanOutcome(
-        scan_id=record.id,
+        scan_id=scan_id,
         accepted=decision.accepted,
         refusal_reason=decision.refusal_reason,
         coi_verified=not decision.coi_break,
@@ -375,10 +418,10 @@ def _excursion(shipment: Shipment, celsius: float, at: datetime, correlation_id:
 
 def _store_readings(session: Session, shipment: Shipment, readings: list[Reading], source: str) -> None:
     for reading in readings:
-        session.add(
-            TemperatureReading(
-                shipment_id=shipment.id, read_at=reading.at, celsius=reading.celsius, source=source
-            )
+        insert_later(
+            session,
+            READING_TABLE,
+            {"shipment_id": shipment.id, "read_at": reading.at, "celsius": reading.celsius, "source": source},
         )
         if shipment.max_temperature_celsius is None or reading.celsius > shipment.max_temperature_celsius:
             shipment.max_temperature_celsius = reading.celsius
@@ -395,6 +438,7 @@ def record_readings(
     session: Session, shipment: Shipment, readings: list[Reading], source: str, correlation_id: str
 ) -> ReadingsOutcome:
     """Store a logger batch and quarantine on any excursion: out of range, a gap, past hold or transit time."""
+    write_deferred(session)  # an earlier batch of this transaction counts for the gap check
     previous = session.exec(
         select(TemperatureReading.read_at)
         .where(TemperatureReading.shipment_id == shipment.id)
@@ -491,7 +535,7 @@ def record_disposition(
         signer_id=signer.subject,
         signer_printed_name=signer.printed_name,
         signed_at=signed_at,
-        ledger_sequence=entry.sequence,
+        ledger_sequence=entry.content.sequence,
     )
     session.add(disposition)
     data = QaDispositionData(
@@ -505,7 +549,7 @@ def record_disposition(
         signed_at=signed_at,
         meaning=meaning,
         reason=reason[:500],
-        ledger_sequence=entry.sequence,
+        ledger_sequence=entry.content.sequence,
     )
     envelope = _envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
@@ -574,13 +618,14 @@ def capture(
     means none is applied; with proceed, the good ones are."""
     results: list[CaptureResult] = []
     planned: list[tuple[epcis.CapturedScan, Shipment]] = []
+    event_ids: set[str] = set()
     for outcome in outcomes:
         if isinstance(outcome, epcis.RefusedEvent):
             results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", outcome.reason))
             continue
-        if (
-            outcome.event_id
-            and session.exec(
+        if outcome.event_id and (
+            outcome.event_id in event_ids
+            or session.exec(
                 select(ScanRecord.id).where(ScanRecord.epcis_event_id == outcome.event_id)
             ).first()
         ):
@@ -595,6 +640,8 @@ def capture(
             results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", target))
             continue
         planned.append((outcome, target))
+        if outcome.event_id:
+            event_ids.add(outcome.event_id)
     if rollback_on_error and any(r.outcome == "refused" for r in results):
         return sorted(
             results

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import (
     AnyEvent,
     CollectionRecorded,
@@ -27,13 +28,15 @@ from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands
 from services.coi_tracking.models import Bag, Container, Shipment
+from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.consumer import (
+    BATCH_WAIT_MS,
     ProcessedEvent,
     describe_validation_error,
     publish_dead_letter,
     register_consumer,
 )
-from services.common.db import is_postgres
+from services.common.db import insert_later, tables_of
 from services.common.outbox import enqueue
 from services.common.service import Runtime
 from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
@@ -164,68 +167,65 @@ def wire(runtime: Runtime, planning: Planning) -> None:
 SCANS_GROUP_ID = "coi-tracking-scans"
 
 
+def submission_of(event: CourierScanSubmitted) -> ScanSubmission:
+    data = event.data
+    return ScanSubmission(
+        shipment_id=data.shipment_id,
+        scan=commands.ScanInput(
+            scan_type=data.scan_type,
+            bag_cois=tuple(data.bag_cois),
+            location=data.location,
+            device_time=data.device_time,
+            temperature_celsius=data.temperature_celsius,
+            handed_to=data.handed_to,
+            eta_at=data.eta_at,
+        ),
+        actor=commands.Actor(subject=data.courier_id, printed_name=data.courier_id),
+        courier_company=data.courier_company,
+        correlation_id=event.correlationid,
+    )
+
+
+INBOX_TABLE = tables_of(ProcessedEvent)[0]
+
+
 def wire_courier_scans(runtime: Runtime, *, batch_size: int = 500) -> None:
     """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches: one transaction
     and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
     engine = runtime.engine
 
     def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
-        refused: list[tuple[CourierScanSubmitted, str]] = []
         with Session(engine) as session:
-            ids = [str(e.id) for e in events]
             done = set(
                 session.exec(
                     select(ProcessedEvent.event_id)
                     .where(ProcessedEvent.consumer == SCANS_GROUP_ID)
-                    .where(col(ProcessedEvent.event_id).in_(ids))
+                    .where(col(ProcessedEvent.event_id).in_([str(e.id) for e in events]))
                 ).all()
             )
-            wanted = {e.data.shipment_id for e in events}
-            query = select(Shipment).where(col(Shipment.id).in_(wanted))
-            if is_postgres(engine):
-                query = query.with_for_update()
-            shipments = {s.id: s for s in session.exec(query)}
-            # One flush at commit instead of one before every look-up: a batch's rows are inserted together.
-            with session.no_autoflush:
-                refused.extend(apply_each(session, events, done, shipments))
-            session.commit()
-        return refused
-
-    def apply_each(
-        session: Session, events: list[CourierScanSubmitted], done: set[str], shipments: dict[Any, Shipment]
-    ) -> list[tuple[CourierScanSubmitted, str]]:
-        refused: list[tuple[CourierScanSubmitted, str]] = []
-        for event in events:
-            if str(event.id) in done:
-                continue
-            done.add(str(event.id))
-            session.add(
-                ProcessedEvent(consumer=SCANS_GROUP_ID, event_id=str(event.id), event_type=event.type)
-            )
-            data = event.data
-            shipment = shipments.get(data.shipment_id)
-            if shipment is None:
-                refused.append((event, f"no shipment {data.shipment_id}"))
-                continue
-            if shipment.courier_company != data.courier_company:
-                refused.append((event, f"shipment {shipment.id} is assigned to another courier company"))
-                continue
-            commands.record_scan(
-                session,
-                shipment,
-                commands.ScanInput(
-                    scan_type=data.scan_type,
-                    bag_cois=tuple(data.bag_cois),
-                    location=data.location,
-                    device_time=data.device_time,
-                    temperature_celsius=data.temperature_celsius,
-                    handed_to=data.handed_to,
-                    eta_at=data.eta_at,
-                ),
-                commands.Actor(subject=data.courier_id, printed_name=data.courier_id),
-                event.correlationid,
-            )
-        return refused
+            fresh: list[CourierScanSubmitted] = []
+            for event in events:
+                if str(event.id) in done:
+                    continue
+                done.add(str(event.id))
+                fresh.append(event)
+                insert_later(
+                    session,
+                    INBOX_TABLE,
+                    {
+                        "consumer": SCANS_GROUP_ID,
+                        "event_id": str(event.id),
+                        "event_type": event.type,
+                        "processed_at": utc_now(),
+                    },
+                )
+            results = apply_submissions(session, [submission_of(event) for event in fresh])
+            session.commit()  # the batch's rows go in together: one multi-row INSERT per table
+        return [
+            (event, str(result))
+            for event, result in zip(fresh, results, strict=True)
+            if isinstance(result, Exception)
+        ]
 
     @runtime.broker.subscriber(
         COURIER_SCANS,
@@ -233,6 +233,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 500) -> None:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         batch=True,
+        batch_timeout_ms=BATCH_WAIT_MS,
         max_records=batch_size,
         decoder=lambda message: message.body,
         title="coi-tracking:couriers.scans",

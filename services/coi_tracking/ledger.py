@@ -16,6 +16,9 @@ from services.coi_tracking.domain import (
     verify_chain,
 )
 from services.coi_tracking.models import LedgerEntry, Shipment
+from services.common.db import insert_later, tables_of
+
+LEDGER_TABLE = tables_of(LedgerEntry)[0]
 
 
 def append_entry(
@@ -30,8 +33,9 @@ def append_entry(
     signer: str,
     meaning: str,
     reason: str = "",
-) -> LedgerEntry:
-    """Add the next entry, chained to the shipment's current head. The caller holds the shipment's lock."""
+) -> StoredEntry:
+    """Add the next entry, chained to the shipment's current head. The caller holds the shipment's lock.
+    The row is written with the transaction's other ledger rows when it commits."""
     content = LedgerContent(
         shipment_id=str(shipment.id),
         sequence=shipment.ledger_length + 1,
@@ -45,24 +49,29 @@ def append_entry(
         reason=reason,
     )
     previous = shipment.ledger_head_sha256 or GENESIS_SHA256
-    entry = LedgerEntry(
-        shipment_id=shipment.id,
-        sequence=content.sequence,
-        kind=kind.value,
-        from_party=from_party,
-        to_party=to_party,
-        location=location,
-        at=at,
-        signer=signer,
-        meaning=meaning,
-        reason=reason,
-        previous_sha256=previous,
-        entry_sha256=entry_hash(content, previous),
+    entry = StoredEntry(content=content, previous_sha256=previous, entry_sha256=entry_hash(content, previous))
+    insert_later(
+        session,
+        LEDGER_TABLE,
+        {
+            "shipment_id": shipment.id,
+            "sequence": content.sequence,
+            "kind": kind.value,
+            "from_party": from_party,
+            "to_party": to_party,
+            "location": location,
+            "at": at,
+            "signer": signer,
+            "meaning": meaning,
+            "reason": reason,
+            "previous_sha256": previous,
+            "entry_sha256": entry.entry_sha256,
+        },
     )
     shipment.ledger_length = content.sequence
     shipment.ledger_head_sha256 = entry.entry_sha256
-    session.add(entry)
-    session.add(shipment)
+    if shipment not in session:  # a loaded shipment is saved anyway (and add() walks its cascades)
+        session.add(shipment)
     return entry
 
 

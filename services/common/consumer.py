@@ -31,6 +31,9 @@ from services.common.topics import dlq
 log = structlog.get_logger()
 DATABASE_RETRY_SECONDS = 1.0
 IGNORED_COMMIT_SECONDS = 1.0
+BATCH_WAIT_MS = 25
+"""How long an idle batch consumer waits for records per poll (FastStream sleeps as long again after an
+empty poll): the most an event waits before its batch starts."""
 
 EventHandler = Callable[[Session, AnyEvent], None]
 """Applies one event inside the given session; must not commit (the consumer commits)."""
@@ -81,7 +84,8 @@ def describe_validation_error(error: ValidationError, limit: int = 10) -> str:
     return "; ".join(problems)
 
 
-def _raw_body(message: KafkaMessage) -> bytes:
+def _raw_bodies(message: KafkaMessage) -> Any:
+    """Batch subscribers get the records' bodies as they are; parsing is the consumer's (errors to DLQ)."""
     return message.body
 
 
@@ -112,10 +116,15 @@ def register_consumer(
                 raise
             return True
 
-    async def dead_letter(message: KafkaMessage, reason: str) -> None:
-        raw = message.raw_message
-        assert not isinstance(raw, tuple)
-        await publish_dead_letter(broker, raw, reason, group_id)
+    handled_types = {handler_type.model_fields["type"].default for handler_type in handlers}
+
+    def skippable(record: Any) -> bool:
+        """An event whose CloudEvents type header names a type this consumer does not handle is skipped
+        without being parsed (most of a topic's traffic is for other services)."""
+        for key, value in record.headers or ():
+            if key == "ce_type":
+                return value.decode(errors="replace") not in handled_types
+        return False
 
     last_commit = [time.monotonic()]
 
@@ -124,29 +133,41 @@ def register_consumer(
         group_id=group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_body,
+        batch=True,
+        batch_timeout_ms=BATCH_WAIT_MS,
+        max_records=500,
+        decoder=_raw_bodies,
         title=f"{group_id}:{'+'.join(topics)}",
     )
-    async def consume(body: bytes, message: KafkaMessage) -> None:
+    async def consume(bodies: list[bytes], message: KafkaMessage) -> None:
+        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        handled = 0
+        for record, body in zip(records, bodies, strict=True):
+            if skippable(record):
+                continue
+            handled += await consume_one(record, body)
+        # Offsets are committed once per batch. A batch of events only for other services commits at most
+        # every second, so lag stays honest without a commit per poll; re-read after a restart, they are
+        # skipped again.
+        if handled or time.monotonic() - last_commit[0] > IGNORED_COMMIT_SECONDS:
+            await message.ack()
+            last_commit[0] = time.monotonic()
+
+    async def consume_one(record: Any, body: bytes) -> int:
+        """Apply one record, or dead-letter it; returns 1 if it needs its position committed."""
         try:
             event = parse_event(body)
         except ValidationError as error:
-            await dead_letter(message, f"invalid event: {describe_validation_error(error)}")
-            await message.ack()
-            last_commit[0] = time.monotonic()
-            return
+            await publish_dead_letter(
+                broker, record, f"invalid event: {describe_validation_error(error)}", group_id
+            )
+            return 1
         handler = handlers.get(type(event))
+        if handler is None:
+            return 0
         with structlog.contextvars.bound_contextvars(
             correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
         ):
-            if handler is None:
-                # Not for this service: no commit per message (a commit covers every consumed position, so
-                # the next handled message commits it), but at least every second, so lag stays honest.
-                # Re-read after a restart, it is ignored again.
-                if time.monotonic() - last_commit[0] > IGNORED_COMMIT_SECONDS:
-                    await message.ack()
-                    last_commit[0] = time.monotonic()
-                return
             attempt = 0
             while True:
                 try:
@@ -160,13 +181,13 @@ def register_consumer(
                     attempt += 1
                     log.warning("consumer.attempt_failed", attempt=attempt, error=repr(error))
                     if attempt >= max_attempts:
-                        await dead_letter(message, f"failed after {attempt} attempts: {error!r}")
-                        break
+                        await publish_dead_letter(
+                            broker, record, f"failed after {attempt} attempts: {error!r}", group_id
+                        )
+                        return 1
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 else:
                     log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
                     if applied:
                         after_commit()
-                    break
-            await message.ack()
-            last_commit[0] = time.monotonic()
+                    return 1

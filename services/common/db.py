@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Table, TypeDecorator, event, text
+from sqlalchemy import DateTime, Dialect, Table, TypeDecorator, event, insert, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import SQLModel, create_engine
 
 
@@ -79,3 +80,35 @@ def tables_of(*models: type[SQLModel]) -> tuple[Table, ...]:
             raise TypeError(f"{model.__name__} is not a table model")
         tables.append(table)
     return tuple(tables)
+
+
+_DEFERRED = "cgt_deferred_inserts"
+
+
+def insert_later(session: OrmSession, table: Table, row: dict[str, Any]) -> None:
+    """Queue an append-only row; the session's queued rows are written table by table, one multi-row
+    INSERT each, just before it commits (or at `write_deferred`). Rows must be complete: Python-side
+    defaults of table models do not apply. For rows that are only ever inserted (scans, readings, ledger,
+    outbox, inbox), this replaces one ORM object and one statement per row."""
+    tables: dict[Table, list[dict[str, Any]]] = session.info.setdefault(_DEFERRED, {})
+    tables.setdefault(table, []).append(row)
+
+
+def write_deferred(session: OrmSession) -> None:
+    """Write the queued rows now, in the order they were queued per table (ORM objects first)."""
+    tables: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_DEFERRED, None)
+    if not tables:
+        return
+    session.flush()
+    for table, rows in tables.items():
+        session.execute(insert(table), rows)
+
+
+@event.listens_for(OrmSession, "before_commit")
+def _write_deferred_before_commit(session: OrmSession) -> None:
+    write_deferred(session)
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _drop_deferred_after_rollback(session: OrmSession) -> None:
+    session.info.pop(_DEFERRED, None)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 
 import structlog
-from fastapi import Request, Response
-from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -51,29 +51,40 @@ def new_correlation_id() -> str:
     return str(uuid.uuid4())
 
 
-async def correlation_middleware(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Take the caller's correlation id (or make one), bind it for the request's logs, echo it back."""
-    offered = request.headers.get(CORRELATION_HEADER, "")
-    correlation_id = offered if 0 < len(offered) <= 128 else new_correlation_id()
-    request.state.correlation_id = correlation_id
-    with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
-        try:
-            response = await call_next(request)
-        except Exception:
-            structlog.get_logger().exception(
-                "http.unhandled_error", method=request.method, path=request.url.path
-            )
-            response = JSONResponse(
-                {"detail": "internal error; quote the correlation id", "correlation_id": correlation_id},
-                status_code=500,
-            )
-        structlog.get_logger().info(
-            "http.request",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-        )
-    response.headers[CORRELATION_HEADER] = correlation_id
-    return response
+class CorrelationMiddleware:
+    """Take the caller's correlation id (or make one), bind it for the request's logs, echo it back.
+    Plain ASGI (no per-request task or body buffering), so it costs next to nothing per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = Headers(scope=scope).get(CORRELATION_HEADER, "")
+        correlation_id = offered if 0 < len(offered) <= 128 else new_correlation_id()
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        status_code = [500]
+        started = [False]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+                status_code[0] = message["status"]
+                MutableHeaders(scope=message).append(CORRELATION_HEADER, correlation_id)
+            await send(message)
+
+        log = structlog.get_logger()
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("http.unhandled_error", method=scope["method"], path=scope["path"])
+                if started[0]:
+                    raise
+                await JSONResponse(
+                    {"detail": "internal error; quote the correlation id", "correlation_id": correlation_id},
+                    status_code=500,
+                )(scope, receive, send_with_id)
+            log.info("http.request", method=scope["method"], path=scope["path"], status=status_code[0])

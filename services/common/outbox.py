@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from cgt_contracts.envelope import EventEnvelope, utc_now
-from faststream.kafka import KafkaBroker
 from sqlalchemy import Column, Text
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, col, select, update
+from sqlmodel import Field, Session, SQLModel, col, update
 
-from services.common.db import UtcDateTime, is_postgres
+from services.common.db import UtcDateTime, insert_later, is_postgres, tables_of
 
 log = structlog.get_logger()
 
@@ -40,26 +42,54 @@ class OutboxMessage(SQLModel, table=True):
     published_at: datetime | None = Field(sa_type=UtcDateTime, default=None, index=True)
 
 
+OUTBOX_TABLE = tables_of(OutboxMessage)[0]
+
+
 def enqueue(session: Session, topic: str, event: EventEnvelope) -> None:
-    """Add an event to the session's transaction; it is published only if the transaction commits."""
-    session.add(
-        OutboxMessage(
-            event_id=str(event.id),
-            event_type=event.type,
-            topic=topic,
-            key=event.subject,
-            payload=event.model_dump_json(),
-            correlation_id=event.correlationid,
-        )
+    """Add an event to the session's transaction; it is published only if the transaction commits.
+    The session's events are written together, in the order they were enqueued, when it commits."""
+    insert_later(
+        session,
+        OUTBOX_TABLE,
+        {
+            "event_id": str(event.id),
+            "event_type": event.type,
+            "topic": topic,
+            "key": event.subject,
+            "payload": event.model_dump_json(),
+            "correlation_id": event.correlationid,
+            "created_at": utc_now(),
+            "published_at": None,
+        },
     )
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    id: int
+    topic: str
+    key: str
+    payload: str
+    event_type: str
+    correlation_id: str
 
 
 class OutboxRelay:
     """Publishes committed outbox rows. Woken at once after a commit, and polls as a fallback."""
 
-    def __init__(self, engine: Engine, broker: KafkaBroker, poll_seconds: float = 0.5, batch: int = 200):
+    def __init__(
+        self,
+        engine: Engine,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "outbox-relay",
+        poll_seconds: float = 0.5,
+        batch: int = 1000,
+    ):
         self._engine = engine
-        self._broker = broker
+        self._bootstrap_servers = bootstrap_servers.split(",")
+        self._client_id = f"{client_id}-outbox"
+        self._producer: AIOKafkaProducer | None = None
         self._poll_seconds = poll_seconds
         self._batch = batch
         self._wake = asyncio.Event()
@@ -73,7 +103,20 @@ class OutboxRelay:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def start(self) -> None:
+    async def connect(self) -> None:
+        """Start the relay's producer (its own, so publishing does not go through a framework per row)."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap_servers,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=True,
+            )
+            await producer.start()
+            self._producer = producer
+
+    async def start(self) -> None:
+        await self.connect()
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
@@ -83,6 +126,9 @@ class OutboxRelay:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def _run(self) -> None:
         while True:
@@ -109,14 +155,19 @@ class OutboxRelay:
             rows = await loop.run_in_executor(self._db_thread, self._claim, session)
             if not rows:
                 return 0
+            if self._producer is None:
+                raise RuntimeError("the relay is not connected: call connect() or start() first")
+            producer = self._producer
             pending = [
-                await self._broker.publish(
+                await producer.send(
+                    row.topic,
                     row.payload.encode(),
-                    topic=row.topic,
                     key=row.key.encode(),
-                    headers={"content-type": "application/json", "ce_type": row.event_type},
-                    correlation_id=row.correlation_id,
-                    no_confirm=True,
+                    headers=[
+                        ("content-type", b"application/json"),
+                        ("ce_type", row.event_type.encode()),
+                        ("correlation_id", row.correlation_id.encode()),
+                    ],
                 )
                 for row in rows
             ]
@@ -129,19 +180,27 @@ class OutboxRelay:
         finally:
             await loop.run_in_executor(self._db_thread, session.close)
 
-    def _claim(self, session: Session) -> list[OutboxMessage]:
+    def _claim(self, session: Session) -> list[PendingMessage]:
+        columns = OUTBOX_TABLE.c
         query = (
-            select(OutboxMessage)
-            .where(col(OutboxMessage.published_at).is_(None))
-            .order_by(col(OutboxMessage.id))
+            sa_select(
+                columns.id,
+                columns.topic,
+                columns.key,
+                columns.payload,
+                columns.event_type,
+                columns.correlation_id,
+            )
+            .where(columns.published_at.is_(None))
+            .order_by(columns.id)
             .limit(self._batch)
         )
         if is_postgres(self._engine):
             query = query.with_for_update(skip_locked=True)
-        return list(session.exec(query))
+        return [PendingMessage(*row) for row in session.execute(query)]
 
     @staticmethod
-    def _mark_published(session: Session, ids: list[int | None]) -> None:
+    def _mark_published(session: Session, ids: list[int]) -> None:
         session.exec(
             update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).values(published_at=utc_now())
         )

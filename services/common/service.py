@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from services.common.consumer import ProcessedEvent
 from services.common.db import create_tables, database_reachable, make_engine, tables_of
-from services.common.logging import configure_logging, correlation_middleware
+from services.common.logging import CorrelationMiddleware, configure_logging
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
@@ -61,7 +61,9 @@ def build_service(
         allow_auto_create_topics=False,
         logger=structlog.get_logger("faststream"),
     )
-    relay = OutboxRelay(engine, broker, poll_seconds=settings.outbox_poll_seconds)
+    relay = OutboxRelay(
+        engine, settings.kafka_bootstrap_servers, client_id=name, poll_seconds=settings.outbox_poll_seconds
+    )
     runtime = Runtime(settings=settings, engine=engine, broker=broker, relay=relay)
     wire(runtime)
     log = structlog.get_logger()
@@ -73,7 +75,7 @@ def build_service(
             settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor
         )
         await broker.start()
-        relay.start()
+        await relay.start()
         if on_startup is not None:
             await on_startup(runtime)
         log.info("service.started", database=engine.dialect.name, kafka=settings.kafka_bootstrap_servers)
@@ -92,7 +94,7 @@ def build_service(
     app = FastAPI(title=f"CGT Logistics — {name}", lifespan=lifespan)
     app.state.runtime = runtime
     app.state.principals = settings.principals()
-    app.middleware("http")(correlation_middleware)
+    app.add_middleware(CorrelationMiddleware)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

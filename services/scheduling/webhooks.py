@@ -77,10 +77,19 @@ class WebhookDeliverer:
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
         """Attempt every due delivery; database work runs in a thread, never on the event loop."""
         due = await asyncio.to_thread(self._due)
+        by_case: dict[str, list[tuple[WebhookDelivery, WebhookEndpoint]]] = {}
         for delivery, endpoint in due:
-            await self._attempt(client, delivery, endpoint)
-            failed = await asyncio.to_thread(self._save, delivery, endpoint)
-            if failed:
+            by_case.setdefault(delivery.coi, []).append((delivery, endpoint))
+
+        async def deliver_in_order(deliveries: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> None:
+            # A patient's deliveries go out in the order they were queued; different patients' at once.
+            for delivery, endpoint in deliveries:
+                await self._attempt(client, delivery, endpoint)
+
+        await asyncio.gather(*(deliver_in_order(deliveries) for deliveries in by_case.values()))
+        if due:
+            failed_for_good = await asyncio.to_thread(self._save, due)
+            if failed_for_good:
                 self._on_failure_committed()
         return len(due)
 
@@ -97,14 +106,17 @@ class WebhookDeliverer:
             session.expunge_all()
             return [(delivery, endpoint) for delivery, endpoint in rows]
 
-    def _save(self, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> bool:
+    def _save(self, attempted: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> bool:
+        """Record the attempts in one transaction; True if a delivery failed for good (and was published)."""
+        failed = False
         with Session(self._engine) as session:
-            session.merge(delivery)
-            failed = delivery.status == "failed"
-            if failed:
-                self._publish_failure(session, delivery, endpoint)
+            for delivery, endpoint in attempted:
+                session.merge(delivery)
+                if delivery.status == "failed":
+                    failed = True
+                    self._publish_failure(session, delivery, endpoint)
             session.commit()
-            return failed
+        return failed
 
     @staticmethod
     def _publish_failure(session: Session, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> None:

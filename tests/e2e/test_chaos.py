@@ -35,8 +35,8 @@ def test_journeys_survive_killed_services_broker_database_duplicates_and_poison(
         check=False,
         cwd=ROOT,
     )
-    summary = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = result.stdout.strip().splitlines()[-1]
     figures = dict(re.findall(r"(\w+)=(\d+)", summary))
     assert summary.endswith(
         f"journeys=24 faults={figures['faults']} lost=0 duplicated=0 dead_lettered={figures['dead_lettered']}"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from faststream.kafka import KafkaBroker
 from sqlmodel import Session
 
 from deploy.stack import create_postgres_databases, drop_postgres_databases
@@ -47,10 +46,9 @@ async def test_two_relays_publish_every_row_exactly_once(tmp_path: Path) -> None
         )  # the launcher blocks: keep it off the loop
         try:
             await ensure_topics(bootstrap, (TopicSpec(topic, 3),))
-            brokers = [KafkaBroker(bootstrap, acks="all", enable_idempotence=True) for _ in range(2)]
-            for broker in brokers:
-                await broker.start()
-            relays = [OutboxRelay(engine, broker, batch=25) for broker in brokers]
+            relays = [OutboxRelay(engine, bootstrap, batch=25) for _ in range(2)]
+            for relay in relays:
+                await relay.connect()
 
             async def drain(relay: OutboxRelay) -> int:
                 published = 0
@@ -59,8 +57,8 @@ async def test_two_relays_publish_every_row_exactly_once(tmp_path: Path) -> None
                 return published
 
             counts = await asyncio.gather(*(drain(relay) for relay in relays))
-            for broker in brokers:
-                await broker.stop()
+            for relay in relays:
+                await relay.stop()
             assert sum(counts) == ROWS and all(c > 0 for c in counts), (
                 counts
             )  # both relays worked, no row twice

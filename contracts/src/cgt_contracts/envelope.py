@@ -6,9 +6,11 @@ patient's therapy stay in order on their topic. Payloads carry no patient-identi
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import UTC, datetime
 from typing import Annotated, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -36,6 +38,29 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _RandomPool(threading.local):
+    """Random bytes from the OS, drawn 4 KiB at a time (a system call per UUID is costly at volume)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.offset = 0
+
+    def take16(self) -> bytes:
+        if self.offset + 16 > len(self.buffer):
+            self.buffer, self.offset = os.urandom(4096), 0
+        chunk = self.buffer[self.offset : self.offset + 16]
+        self.offset += 16
+        return chunk
+
+
+_POOL = _RandomPool()
+
+
+def new_uuid() -> UUID:
+    """A random (version 4) UUID, from the same OS randomness as `uuid.uuid4`, with fewer system calls."""
+    return UUID(bytes=_POOL.take16(), version=4)
+
+
 class EventEnvelope(ContractModel):
     """CloudEvents 1.0 attributes plus correlation and causation ids.
 
@@ -43,7 +68,7 @@ class EventEnvelope(ContractModel):
     """
 
     specversion: Literal["1.0"] = "1.0"
-    id: UUID = Field(default_factory=uuid4)
+    id: UUID = Field(default_factory=new_uuid)
     source: Annotated[str, Field(min_length=1, max_length=128)]
     type: str
     time: UtcDatetime = Field(default_factory=utc_now)
