@@ -23,6 +23,8 @@ class ReceivedWebhook:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived_at: float = field(default_factory=time.perf_counter)
+    """When the request arrived (time.perf_counter of this process)."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -36,6 +38,10 @@ class WebhookListener:
     fail_next: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _arrived: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._arrived = threading.Condition(self._lock)
 
     @property
     def url(self) -> str:
@@ -53,6 +59,7 @@ class WebhookListener:
                     failing = listener.fail_next > 0
                     if failing:
                         listener.fail_next -= 1
+                    listener._arrived.notify_all()
                 self.send_response(503 if failing else 204)
                 self.end_headers()
 
@@ -70,12 +77,15 @@ class WebhookListener:
         self, predicate: Callable[[ReceivedWebhook], bool], timeout: float = 30.0
     ) -> ReceivedWebhook:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
+        with self._arrived:
+            while True:
                 for hook in self.received:
                     if predicate(hook):
                         return hook
-            time.sleep(0.05)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
         raise TimeoutError(
             f"no matching webhook within {timeout}s; received {[h.json() for h in self.received]}"
         )

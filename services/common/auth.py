@@ -43,10 +43,7 @@ class Principal(BaseModel):
 _bearer = HTTPBearer(auto_error=False)
 
 
-async def authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     """401 unless the bearer token belongs to a configured caller (compared in constant time)."""
     principals: dict[str, Principal] = request.app.state.principals
     if credentials is not None:
@@ -61,10 +58,13 @@ async def authenticate(
     )
 
 
-def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that lets only the given roles through (403 for the others)."""
+def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that authenticates the caller and lets only the given roles through (403 for others)."""
 
-    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def check(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
+        principal = authenticate(request, credentials)
         if principal.role not in roles:
             allowed = ", ".join(role.value for role in roles)
             raise HTTPException(

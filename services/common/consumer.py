@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from services.common.db import UtcDateTime
 from services.common.topics import dlq
@@ -142,10 +142,24 @@ def register_consumer(
     async def consume(bodies: list[bytes], message: KafkaMessage) -> None:
         records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
         handled = 0
+        work: list[tuple[Any, AnyEvent, EventHandler]] = []
         for record, body in zip(records, bodies, strict=True):
             if skippable(record):
                 continue
-            handled += await consume_one(record, body)
+            try:
+                event = parse_event(body)
+            except ValidationError as error:
+                await publish_dead_letter(
+                    broker, record, f"invalid event: {describe_validation_error(error)}", group_id
+                )
+                handled += 1
+                continue
+            handler = handlers.get(type(event))
+            if handler is not None:
+                work.append((record, event, handler))
+        if work:
+            handled += len(work)
+            await apply_all(work)
         # Offsets are committed once per batch. A batch of events only for other services commits at most
         # every second, so lag stays honest without a commit per poll; re-read after a restart, they are
         # skipped again.
@@ -153,18 +167,54 @@ def register_consumer(
             await message.ack()
             last_commit[0] = time.monotonic()
 
-    async def consume_one(record: Any, body: bytes) -> int:
-        """Apply one record, or dead-letter it; returns 1 if it needs its position committed."""
-        try:
-            event = parse_event(body)
-        except ValidationError as error:
-            await publish_dead_letter(
-                broker, record, f"invalid event: {describe_validation_error(error)}", group_id
+    def apply_group(work: list[tuple[Any, AnyEvent, EventHandler]]) -> int:
+        """Apply a batch's events in order in one transaction (one commit); returns how many were new."""
+        applied = 0
+        with Session(engine) as session:
+            done = set(
+                session.exec(
+                    select(ProcessedEvent.event_id)
+                    .where(ProcessedEvent.consumer == group_id)
+                    .where(col(ProcessedEvent.event_id).in_([str(event.id) for _, event, _ in work]))
+                )
             )
-            return 1
-        handler = handlers.get(type(event))
-        if handler is None:
-            return 0
+            for _, event, handler in work:
+                if str(event.id) in done:
+                    continue
+                done.add(str(event.id))
+                with structlog.contextvars.bound_contextvars(
+                    correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
+                ):
+                    handler(session, event)
+                    log.info("consumer.applied")
+                session.add(ProcessedEvent(consumer=group_id, event_id=str(event.id), event_type=event.type))
+                applied += 1
+            session.commit()
+        return applied
+
+    async def apply_all(work: list[tuple[Any, AnyEvent, EventHandler]]) -> None:
+        """One transaction for the batch; if it fails as a whole, each event alone, with retries and
+        dead letters, so that one bad event holds up nobody else."""
+        while True:
+            try:
+                applied = await asyncio.to_thread(apply_group, work)
+            except (OperationalError, InterfaceError) as error:
+                # The database is unreachable: no event can be applied, so wait for it rather than
+                # dead-letter good events. The offsets are not committed meanwhile.
+                log.warning("consumer.database_unavailable", error=repr(error)[:300])
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+            except Exception as error:
+                log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
+                for record, event, handler in work:
+                    await apply_one(record, event, handler)
+                return
+            else:
+                if applied:
+                    after_commit()
+                return
+
+    async def apply_one(record: Any, event: AnyEvent, handler: EventHandler) -> None:
+        """Apply one event in its own transaction, retried; dead-lettered after `max_attempts` failures."""
         with structlog.contextvars.bound_contextvars(
             correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
         ):
@@ -173,8 +223,6 @@ def register_consumer(
                 try:
                     applied = await asyncio.to_thread(apply, event, handler)
                 except (OperationalError, InterfaceError) as error:
-                    # The database is unreachable: no message can be applied, so wait for it rather than
-                    # dead-letter good events. The offset is not committed meanwhile.
                     log.warning("consumer.database_unavailable", error=repr(error)[:300])
                     await asyncio.sleep(DATABASE_RETRY_SECONDS)
                 except Exception as error:
@@ -184,10 +232,10 @@ def register_consumer(
                         await publish_dead_letter(
                             broker, record, f"failed after {attempt} attempts: {error!r}", group_id
                         )
-                        return 1
+                        return
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 else:
                     log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
                     if applied:
                         after_commit()
-                    return 1
+                    return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,8 +34,60 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        _one_writer_at_a_time(engine)
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_timeout=10, pool_pre_ping=True)
+
+
+WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None:
+    """SQLite lets one transaction write at a time; a second writer gets SQLITE_BUSY and SQLite's busy
+    handler sleeps (up to 100 ms a time) before trying again, which makes latency jump under load. Within
+    the process, writers instead queue on a lock, taken at a transaction's first write and released when
+    it commits or rolls back; readers never take it (WAL)."""
+    lock = threading.Lock()
+    holders: set[int] = set()
+    dialect = engine.dialect
+    commit, rollback, close = dialect.do_commit, dialect.do_rollback, dialect.do_close
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        key = id(connection.connection.dbapi_connection)
+        if key not in holders and statement.lstrip()[:7].upper().startswith(WRITE_STATEMENTS):
+            if not lock.acquire(timeout=timeout_seconds):
+                raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+            holders.add(key)
+
+    def _release(connection: Any) -> None:
+        # SQLAlchemy passes the pool's proxy to do_commit/do_rollback and the driver's connection to do_close
+        key = id(getattr(connection, "dbapi_connection", connection))
+        if key in holders:
+            holders.discard(key)
+            lock.release()
+
+    def do_commit(dbapi_connection: Any) -> None:
+        try:
+            commit(dbapi_connection)
+        finally:
+            _release(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        try:
+            rollback(dbapi_connection)
+        finally:
+            _release(dbapi_connection)
+
+    def do_close(dbapi_connection: Any) -> None:
+        try:
+            close(dbapi_connection)
+        finally:
+            _release(dbapi_connection)
+
+    setattr(dialect, "do_commit", do_commit)  # noqa: B010 - released only once the commit is done
+    setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
+    setattr(dialect, "do_close", do_close)  # noqa: B010 - a connection dropped mid-transaction
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
