@@ -290,8 +290,14 @@ def record_scan(
     )
     previous_eta = shipment.eta_at
     if decision.accepted:
-        shipment.physical_status = decision.physical_status
-        if shipment.status not in (ShipmentStatus.QUARANTINED, ShipmentStatus.REJECTED):
+        # Set only what changes: each assignment to a table model costs validation and change tracking.
+        if shipment.physical_status is not decision.physical_status:
+            shipment.physical_status = decision.physical_status
+        if shipment.status not in (
+            ShipmentStatus.QUARANTINED,
+            ShipmentStatus.REJECTED,
+            decision.physical_status,
+        ):
             shipment.status = decision.physical_status
         if scan.eta_at is not None:
             shipment.eta_at = scan.eta_at

@@ -31,6 +31,7 @@ from services.common.topics import dlq
 log = structlog.get_logger()
 DATABASE_RETRY_SECONDS = 1.0
 IGNORED_COMMIT_SECONDS = 1.0
+MAX_BATCH = 500
 BATCH_WAIT_MS = 25
 """How long an idle batch consumer waits for records per poll (FastStream sleeps as long again after an
 empty poll): the most an event waits before its batch starts."""
@@ -135,7 +136,7 @@ def register_consumer(
         ack_policy=AckPolicy.MANUAL,
         batch=True,
         batch_timeout_ms=BATCH_WAIT_MS,
-        max_records=500,
+        max_records=MAX_BATCH,
         decoder=_raw_bodies,
         title=f"{group_id}:{'+'.join(topics)}",
     )
@@ -160,10 +161,11 @@ def register_consumer(
         if work:
             handled += len(work)
             await apply_all(work)
-        # Offsets are committed once per batch. A batch of events only for other services commits at most
-        # every second, so lag stays honest without a commit per poll; re-read after a restart, they are
-        # skipped again.
-        if handled or time.monotonic() - last_commit[0] > IGNORED_COMMIT_SECONDS:
+        # Offsets are committed once per batch. Under load (full batches), a batch of events only for other
+        # services commits at most every second; a batch that empties the backlog always commits, so that
+        # lag reads zero once caught up. Re-read after a restart, skipped events are skipped again.
+        caught_up = len(records) < MAX_BATCH
+        if handled or caught_up or time.monotonic() - last_commit[0] > IGNORED_COMMIT_SECONDS:
             await message.ack()
             last_commit[0] = time.monotonic()
 

@@ -14,9 +14,11 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from cgt_contracts.envelope import EventEnvelope, utc_now
 from sqlalchemy import Column, Text
 from sqlalchemy import select as sa_select
@@ -26,6 +28,7 @@ from sqlmodel import Field, Session, SQLModel, col, update
 from services.common.db import UtcDateTime, insert_later, is_postgres, tables_of
 
 log = structlog.get_logger()
+_PARTITIONER = DefaultPartitioner()
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -132,6 +135,8 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before looking, so a notice that arrives while publishing is not lost.
+            self._wake.clear()
             try:
                 while await self.publish_pending() == self._batch:
                     pass
@@ -142,7 +147,6 @@ class OutboxRelay:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
-            self._wake.clear()
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows in id order; returns how many were published.
@@ -158,19 +162,7 @@ class OutboxRelay:
             if self._producer is None:
                 raise RuntimeError("the relay is not connected: call connect() or start() first")
             producer = self._producer
-            pending = [
-                await producer.send(
-                    row.topic,
-                    row.payload.encode(),
-                    key=row.key.encode(),
-                    headers=[
-                        ("content-type", b"application/json"),
-                        ("ce_type", row.event_type.encode()),
-                        ("correlation_id", row.correlation_id.encode()),
-                    ],
-                )
-                for row in rows
-            ]
+            pending = await self._send_in_batches(producer, rows)
             await asyncio.gather(*pending)
             await loop.run_in_executor(
                 self._db_thread, self._mark_published, session, [row.id for row in rows]
@@ -179,6 +171,43 @@ class OutboxRelay:
             return len(rows)
         finally:
             await loop.run_in_executor(self._db_thread, session.close)
+
+    @staticmethod
+    async def _send_in_batches(
+        producer: AIOKafkaProducer, rows: list[PendingMessage]
+    ) -> list[asyncio.Future[Any]]:
+        """Hand rows to the producer as record batches, one partition at a time, in id order within each
+        partition (the key's partition, as the producer's own partitioner picks it). Appending to a batch
+        costs far less than a `send()` per row."""
+        partitions_of: dict[str, list[int]] = {}
+        per_partition: dict[tuple[str, int], list[PendingMessage]] = {}
+        for row in rows:
+            if row.topic not in partitions_of:
+                partitions_of[row.topic] = sorted(await producer.partitions_for(row.topic))
+            partitions = partitions_of[row.topic]
+            partition = _PARTITIONER(row.key.encode(), partitions, partitions)
+            per_partition.setdefault((row.topic, partition), []).append(row)
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), partition_rows in per_partition.items():
+            batch = producer.create_batch()
+            for row in partition_rows:
+                record = {
+                    "key": row.key.encode(),
+                    "value": row.payload.encode(),
+                    "timestamp": None,
+                    "headers": [
+                        ("content-type", b"application/json"),
+                        ("ce_type", row.event_type.encode()),
+                        ("correlation_id", row.correlation_id.encode()),
+                    ],
+                }
+                if batch.append(**record) is None:  # full: send it, start the next
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(**record) is None:
+                        raise ValueError(f"outbox row {row.id} is larger than a record batch")
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     def _claim(self, session: Session) -> list[PendingMessage]:
         columns = OUTBOX_TABLE.c

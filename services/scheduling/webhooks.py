@@ -66,13 +66,14 @@ class WebhookDeliverer:
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             while True:
+                # Cleared before looking, so a notice that arrives while delivering is not lost.
+                self._wake.clear()
                 try:
                     await self.deliver_due(client)
                 except Exception:
                     log.exception("webhook.loop_failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-                self._wake.clear()
 
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
         """Attempt every due delivery; database work runs in a thread, never on the event loop."""
