@@ -18,6 +18,17 @@ from aiokafka import AIOKafkaConsumer
 from cgt_contracts.events import AnyEvent, parse_event
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop an aiokafka consumer. With a broker down, aiokafka's fetcher can re-raise the cancellation of
+    its own retry sleep from stop(); that one is not ours, so it is absorbed (ours is re-raised)."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 @dataclass
 class ReceivedWebhook:
     path: str
@@ -129,7 +140,9 @@ class EventLog:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        await self._consumer.stop()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        await stop_consumer(self._consumer)
 
     async def wait_for(self, predicate: Callable[[AnyEvent], bool], timeout: float = 30.0) -> AnyEvent:
         deadline = time.monotonic() + timeout

@@ -173,11 +173,20 @@ def create_postgres_databases(names: list[str]) -> dict[str, str]:
     return urls
 
 
-def drop_postgres_databases(urls: dict[str, str]) -> None:
+def drop_postgres_databases(urls: dict[str, str], attempts: int = 60) -> None:
+    """Drop the databases. An autovacuum worker in one cannot be terminated by a non-superuser (FORCE fails
+    with InsufficientPrivilege); it finishes in moments, so the drop is retried, within a bound."""
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as connection:
         for url in urls.values():
             database = url.rsplit("/", 1)[1]
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            for attempt in range(1, attempts + 1):
+                try:
+                    connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                    break
+                except psycopg.errors.InsufficientPrivilege:
+                    if attempt == attempts:
+                        raise
+                    time.sleep(0.5)
 
 
 def _up(args: argparse.Namespace) -> int:

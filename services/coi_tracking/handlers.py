@@ -189,7 +189,7 @@ def submission_of(event: CourierScanSubmitted) -> ScanSubmission:
 INBOX_TABLE = tables_of(ProcessedEvent)[0]
 
 
-def wire_courier_scans(runtime: Runtime, *, batch_size: int = 500) -> None:
+def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches: one transaction
     and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
     engine = runtime.engine

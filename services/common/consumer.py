@@ -31,7 +31,7 @@ from services.common.topics import dlq
 log = structlog.get_logger()
 DATABASE_RETRY_SECONDS = 1.0
 IGNORED_COMMIT_SECONDS = 1.0
-MAX_BATCH = 500
+MAX_BATCH = 2000
 BATCH_WAIT_MS = 25
 """How long an idle batch consumer waits for records per poll (FastStream sleeps as long again after an
 empty poll): the most an event waits before its batch starts."""

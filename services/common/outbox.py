@@ -114,6 +114,7 @@ class OutboxRelay:
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
+                max_batch_size=256 * 1024,  # a relay batch of rows goes out in few, large produce requests
             )
             await producer.start()
             self._producer = producer
