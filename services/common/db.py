@@ -144,6 +144,8 @@ def insert_later(session: OrmSession, table: Table, row: dict[str, Any]) -> None
     INSERT each, just before it commits (or at `write_deferred`). Rows must be complete: Python-side
     defaults of table models do not apply. For rows that are only ever inserted (scans, readings, ledger,
     outbox, inbox), this replaces one ORM object and one statement per row."""
+    if not session.in_transaction():
+        session.begin()  # so that a rollback() before any SQL still ends it, and drops the queue
     tables: dict[Table, list[dict[str, Any]]] = session.info.setdefault(_DEFERRED, {})
     tables.setdefault(table, []).append(row)
 
@@ -163,6 +165,7 @@ def _write_deferred_before_commit(session: OrmSession) -> None:
     write_deferred(session)
 
 
-@event.listens_for(OrmSession, "after_rollback")
-def _drop_deferred_after_rollback(session: OrmSession) -> None:
+@event.listens_for(OrmSession, "after_soft_rollback")
+def _drop_deferred_after_rollback(session: OrmSession, _previous: Any) -> None:
+    # Every rollback() drops the queue, even one before any SQL ran (then there was no DBAPI rollback).
     session.info.pop(_DEFERRED, None)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 ORDERS = "orders.events"
 SHIPMENTS = "shipments.events"
@@ -34,9 +37,28 @@ ALL_TOPICS: tuple[TopicSpec, ...] = tuple(
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: tuple[TopicSpec, ...] = ALL_TOPICS, replication_factor: int = 1
+    bootstrap_servers: str,
+    topics: tuple[TopicSpec, ...] = ALL_TOPICS,
+    replication_factor: int = 1,
+    timeout_seconds: float = 60.0,
 ) -> None:
-    """Create missing topics. create_topics does not raise per topic, so every error code is checked."""
+    """Create missing topics. A broker that is still joining its cluster answers with retriable errors
+    (a node not ready yet): those are retried until `timeout_seconds`, anything else fails at once."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            await _create_missing(bootstrap_servers, topics, replication_factor)
+            return
+        except KafkaError as error:
+            if not error.retriable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _create_missing(
+    bootstrap_servers: str, topics: tuple[TopicSpec, ...], replication_factor: int
+) -> None:
+    """create_topics does not raise per topic, so every error code is checked."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:

@@ -1,0 +1,189 @@
+"""The write paths behind the throughput work, on real databases (SQLite and PostgreSQL, no broker): rows
+queued with `insert_later`, SQLite writers queuing on the process's lock, and courier scans applied in groups by the `ScanWriter`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cgt_contracts.envelope import new_uuid
+from cgt_contracts.events import ScanType, ShipmentLeg
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from deploy.stack import create_postgres_databases, drop_postgres_databases
+from services.coi_tracking import commands
+from services.coi_tracking.domain import ShipmentStatus
+from services.coi_tracking.models import TABLES, Bag, Container, ScanRecord, Shipment
+from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
+from services.common.db import create_tables, insert_later, make_engine, tables_of
+from services.common.outbox import OutboxMessage
+from services.common.service import COMMON_TABLES
+
+OUTBOX = tables_of(OutboxMessage)[0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        urls = {"writes": f"sqlite:///{tmp_path / 'writes.db'}"}
+    else:
+        urls = create_postgres_databases(["writes"])
+    engine = make_engine(urls["writes"])
+    create_tables(engine, [*COMMON_TABLES, *TABLES])
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if request.param == "postgresql":
+            drop_postgres_databases(urls)
+
+
+def outbox_row(n: int) -> dict[str, object]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "test.v1",
+        "topic": "t",
+        "key": f"k{n}",
+        "payload": f'{{"n": {n}}}',
+        "correlation_id": "c",
+        "created_at": datetime.now(UTC),
+        "published_at": None,
+    }
+
+
+def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engine: Engine) -> None:
+    with Session(engine) as session:
+        for n in range(5):
+            insert_later(session, OUTBOX, outbox_row(n))
+        session.rollback()
+        session.commit()  # nothing queued survives a rollback
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(OutboxMessage)).one() == 0
+        for n in range(300):
+            insert_later(session, OUTBOX, outbox_row(n))
+        session.commit()
+    with Session(engine) as session:
+        keys = session.exec(select(OutboxMessage.key).order_by(col(OutboxMessage.id))).all()
+    assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
+
+
+def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE counter (n INTEGER)"))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for n in range(40):
+                with engine.begin() as connection:  # committed
+                    connection.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n})
+                with Session(engine) as session:  # closed without commit: rolled back, lock released
+                    session.execute(text("INSERT INTO counter VALUES (-1)"))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    with engine.begin() as connection:  # the lock is free again
+        connection.execute(text("INSERT INTO counter VALUES (0)"))
+        count = connection.execute(text("SELECT count(*) FROM counter WHERE n >= 0")).scalar_one()
+    assert count == 4 * 40 + 1
+    engine.dispose()
+
+
+def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
+    shipments = []
+    with Session(engine, expire_on_commit=False) as session:
+        for n in range(count):
+            coi = f"W00002612{n:07d}"
+            shipment = Shipment(
+                order_id=uuid.uuid4(),
+                coi=coi,
+                leg=ShipmentLeg.RETURN,
+                treatment_center_id="TC-BOSTON",
+                courier_company="CRYO-EXPRESS",
+                storage_limit_celsius=-150.0,
+                destination="TC-BOSTON",
+                custodian="courier-ben",
+                status=ShipmentStatus.IN_TRANSIT,
+                physical_status=ShipmentStatus.IN_TRANSIT,
+                dispatched_at=datetime.now(UTC),
+                eta_at=datetime.now(UTC) + timedelta(days=2),
+            )
+            session.add(shipment)
+            session.flush()
+            session.add(Container(id=f"DS-T{n}", shipment_id=shipment.id))
+            session.add(Bag(shipment_id=shipment.id, coi=coi, number=1, of=1))
+            shipments.append(shipment)
+        session.commit()
+    return shipments
+
+
+def checkpoint(shipment: Shipment, company: str = "CRYO-EXPRESS") -> ScanSubmission:
+    return ScanSubmission(
+        shipment_id=shipment.id,
+        scan=commands.ScanInput(
+            scan_type=ScanType.CHECKPOINT,
+            bag_cois=(shipment.coi,),
+            location="hub",
+            device_time=datetime.now(UTC),
+            temperature_celsius=-180.0,
+        ),
+        actor=commands.Actor(subject="courier-ben", printed_name="Ben"),
+        courier_company=company,
+        correlation_id="test",
+    )
+
+
+async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, bad = planned_shipments(engine, 2)
+    commits: list[int] = []
+    writer = ScanWriter(engine, after_commit=lambda: commits.append(1))
+    record_scan = commands.record_scan
+
+    def failing_for_bad(session: Session, shipment: Shipment, *args: object, **kwargs: object) -> object:
+        if shipment.id == bad.id:
+            raise RuntimeError("this scan cannot be stored")
+        return record_scan(session, shipment, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(commands, "record_scan", failing_for_bad)
+    writer.start()
+    try:
+        results = await asyncio.gather(
+            *(writer.submit(checkpoint(good)) for _ in range(10)),
+            writer.submit(checkpoint(bad)),
+            writer.submit(dataclasses.replace(checkpoint(good), shipment_id=new_uuid())),
+            return_exceptions=True,
+        )
+    finally:
+        await asyncio.to_thread(writer.stop)
+    outcomes, failed, missing = results[:10], results[10], results[11]
+    assert all(isinstance(o, commands.ScanOutcome) and o.accepted for o in outcomes), outcomes
+    assert isinstance(failed, RuntimeError) and isinstance(missing, ShipmentNotFound)
+    with Session(engine) as session:
+        stored = session.exec(select(ScanRecord.shipment_id)).all()
+        events = session.exec(select(func.count()).select_from(OutboxMessage)).one()
+    assert stored.count(good.id) == 10 and bad.id not in stored
+    assert events == 10  # one shipment.scanned per stored scan, none for the failed one
+    assert commits  # the relay is woken after each commit
+
+
+def test_new_uuids_are_random_version_4() -> None:
+    ids = {new_uuid() for _ in range(20_000)}
+    assert len(ids) == 20_000
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in ids)
