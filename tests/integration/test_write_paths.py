@@ -8,7 +8,7 @@ import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
 
 OUTBOX = tables_of(OutboxMessage)[0]
+SCAN_TABLE = tables_of(ScanRecord)[0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -73,6 +74,48 @@ def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engi
     with Session(engine) as session:
         keys = session.exec(select(OutboxMessage.key).order_by(col(OutboxMessage.id))).all()
     assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
+
+
+def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(engine: Engine) -> None:
+    """Queued rows go to the driver directly (COPY, executemany) after the columns' bind processors: the
+    stored values must be exactly what an ORM insert stores (SQLite keeps instants as text, so the same
+    text is what keeps ordering and comparisons right), and read back the same."""
+    shipment = planned_shipments(engine, 1)[0]
+    at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=timezone(timedelta(hours=-5)))
+    values: dict[str, object] = {
+        "shipment_id": shipment.id,
+        "scan_type": ScanType.HAND_OFF,
+        "bag_cois": '["COI-1"]',
+        "container_id": None,
+        "seal_id": "SEAL-1",
+        "location": "hub",
+        "scanned_by": "courier-ben",
+        "handed_to": "courier-cy",
+        "device_time": at,
+        "received_at": at + timedelta(seconds=1),
+        "temperature_celsius": -180.5,
+        "accepted": True,
+        "refusal_reason": None,
+        "coi_verified": False,
+        "epcis_event_id": None,
+    }
+    queued, mapped = uuid.uuid4(), uuid.uuid4()
+    with Session(engine) as session:
+        insert_later(session, SCAN_TABLE, {"id": queued, **values})
+        session.add(ScanRecord(id=mapped, **values))  # type: ignore[arg-type]
+        session.commit()
+    columns = ", ".join(name for name in values)
+    with engine.connect() as connection:
+        stored = [
+            tuple(row)
+            for row in connection.execute(text(f"SELECT {columns} FROM scan ORDER BY scanned_by, location"))
+        ]
+    assert len(stored) == 2 and stored[0] == stored[1]
+    with Session(engine) as session:
+        read = session.get(ScanRecord, queued)
+        assert read is not None
+        assert {name: getattr(read, name) for name in values} == values
+        assert read.device_time == at and read.device_time.tzinfo is UTC
 
 
 def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
