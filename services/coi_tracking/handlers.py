@@ -261,16 +261,29 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
                     runtime.broker, record, f"refused: {event.type} is not a courier scan", SCANS_GROUP_ID
                 )
         if events:
-            while True:
-                try:
-                    refused = await asyncio.to_thread(apply_batch, events)
-                    break
-                except (OperationalError, InterfaceError) as error:
-                    log.warning("scans.database_unavailable", error=repr(error)[:300])
-                    await asyncio.sleep(1.0)
-            for event, reason in refused:
-                await publish_dead_letter(
-                    runtime.broker, record_of[str(event.id)], f"refused: {reason}", SCANS_GROUP_ID
-                )
+            for event, reason in await apply_or_isolate(events):
+                await publish_dead_letter(runtime.broker, record_of[str(event.id)], reason, SCANS_GROUP_ID)
             runtime.relay.notify()
         await message.ack()
+
+    async def apply_or_isolate(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
+        """The batch in one transaction; if it fails as a whole (not the database being away, which is
+        waited out), each scan in its own transaction, so that only the scan that fails is dead-lettered.
+        Returns the scans to dead-letter, with the reason."""
+        while True:
+            try:
+                refused = await asyncio.to_thread(apply_batch, events)
+            except (OperationalError, InterfaceError) as error:
+                log.warning("scans.database_unavailable", error=repr(error)[:300])
+                await asyncio.sleep(1.0)
+                continue
+            except Exception as error:
+                if len(events) == 1:
+                    log.exception("scans.failed", event_id=str(events[0].id))
+                    return [(events[0], f"failed: {error!r}")]
+                log.warning("scans.group_failed", events=len(events), error=repr(error)[:300])
+                isolated: list[tuple[CourierScanSubmitted, str]] = []
+                for event in events:
+                    isolated.extend(await apply_or_isolate([event]))
+                return isolated
+            return [(event, f"refused: {reason}") for event, reason in refused]
