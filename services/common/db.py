@@ -176,8 +176,8 @@ def write_deferred(session: OrmSession) -> None:
         _insert_rows(connection, table, rows)
 
 
-_BindProcessor = Callable[[Any], Any] | None
-_bind_processors: dict[tuple[Table, str, tuple[str, ...]], list[_BindProcessor]] = {}
+_ProcessedColumns = list[tuple[int, Callable[[Any], Any]]]
+_bind_processors: dict[tuple[Table, str, tuple[str, ...]], _ProcessedColumns] = {}
 
 
 def _insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -187,17 +187,17 @@ def _insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]
     dialect = connection.dialect
     names = tuple(rows[0])
     key = (table, dialect.name, names)
-    processors = _bind_processors.get(key)
-    if processors is None:
+    processed = _bind_processors.get(key)
+    if processed is None:
         processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-        _bind_processors[key] = processors
-    converted = [
-        tuple(
-            value if process is None else process(value)
-            for process, value in zip(processors, (row[name] for name in names), strict=True)
-        )
-        for row in rows
-    ]
+        processed = [(i, process) for i, process in enumerate(processors) if process is not None]
+        _bind_processors[key] = processed
+    converted: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = [row[name] for name in names]
+        for i, process in processed:
+            values[i] = process(values[i])
+        converted.append(tuple(values))
     quote = dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in names)
     if dialect.name == "postgresql":
@@ -207,8 +207,8 @@ def _insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]
             driver_connection.cursor() as cursor,
             cursor.copy(f"COPY {quote(table.name)} ({columns}) FROM STDIN") as copy,
         ):
-            for values in converted:
-                copy.write_row(values)
+            for converted_row in converted:
+                copy.write_row(converted_row)
     else:
         placeholders = ", ".join("?" for _ in names)
         connection.exec_driver_sql(

@@ -88,7 +88,7 @@ class OutboxRelay:
         *,
         client_id: str = "outbox-relay",
         poll_seconds: float = 0.5,
-        batch: int = 1000,
+        batch: int = 4000,
     ):
         self._engine = engine
         self._bootstrap_servers = bootstrap_servers.split(",")
