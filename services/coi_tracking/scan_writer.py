@@ -18,10 +18,9 @@ from uuid import UUID
 import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from services.coi_tracking import commands
-from services.coi_tracking.models import Shipment
 from services.common.db import is_postgres
 
 log = structlog.get_logger()
@@ -51,12 +50,11 @@ ScanResult = commands.ScanOutcome | ShipmentNotFound | OtherCourierCompany
 def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -> list[ScanResult]:
     """Apply scans in order inside the caller's transaction; the caller commits. Shipments are locked in
     id order (PostgreSQL), so two groups never wait on each other in a cycle."""
-    wanted = {s.shipment_id for s in submissions}
-    query = select(Shipment).where(col(Shipment.id).in_(wanted)).order_by(col(Shipment.id))
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
-    shipments = {s.id: s for s in session.exec(query)}
-    facts = commands.facts_of(session, shipments)
+    shipments, facts = commands.locked_with_facts(
+        session,
+        {s.shipment_id for s in submissions},
+        lock=is_postgres(session.get_bind()),  # type: ignore[arg-type]
+    )
     results: list[ScanResult] = []
     for submission in submissions:
         shipment = shipments.get(submission.shipment_id)
