@@ -32,6 +32,7 @@ from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.consumer import (
     BATCH_WAIT_MS,
     ProcessedEvent,
+    already_processed,
     describe_validation_error,
     publish_dead_letter,
     register_consumer,
@@ -196,13 +197,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
 
     def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
         with Session(engine) as session:
-            done = set(
-                session.exec(
-                    select(ProcessedEvent.event_id)
-                    .where(ProcessedEvent.consumer == SCANS_GROUP_ID)
-                    .where(col(ProcessedEvent.event_id).in_([str(e.id) for e in events]))
-                ).all()
-            )
+            done = already_processed(session, SCANS_GROUP_ID, [str(e.id) for e in events])
             fresh: list[CourierScanSubmitted] = []
             for event in events:
                 if str(event.id) in done:
