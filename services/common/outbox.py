@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,13 @@ from services.common.db import UtcDateTime, insert_later, is_postgres, tables_of
 
 log = structlog.get_logger()
 _PARTITIONER = DefaultPartitioner()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _partition_of(key: str, partitions: tuple[int, ...]) -> int:
+    """The partition the producer's own partitioner picks for a key (murmur2 in pure Python: one patient's
+    many events hash once)."""
+    return int(_PARTITIONER(key.encode(), list(partitions), list(partitions)))
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -181,13 +189,12 @@ class OutboxRelay:
         """Hand rows to the producer as record batches, one partition at a time, in id order within each
         partition (the key's partition, as the producer's own partitioner picks it). Appending to a batch
         costs far less than a `send()` per row."""
-        partitions_of: dict[str, list[int]] = {}
+        partitions_of: dict[str, tuple[int, ...]] = {}
         per_partition: dict[tuple[str, int], list[PendingMessage]] = {}
         for row in rows:
             if row.topic not in partitions_of:
-                partitions_of[row.topic] = sorted(await producer.partitions_for(row.topic))
-            partitions = partitions_of[row.topic]
-            partition = _PARTITIONER(row.key.encode(), partitions, partitions)
+                partitions_of[row.topic] = tuple(sorted(await producer.partitions_for(row.topic)))
+            partition = _partition_of(row.key, partitions_of[row.topic])
             per_partition.setdefault((row.topic, partition), []).append(row)
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), partition_rows in per_partition.items():
