@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import (
     AnyEvent,
@@ -255,11 +257,44 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
                 await publish_dead_letter(
                     runtime.broker, record, f"refused: {event.type} is not a courier scan", SCANS_GROUP_ID
                 )
+        positions: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            positions[partition] = max(positions.get(partition, 0), record.offset + 1)
+        # One batch is applied at a time, in order: this one starts once the previous one is done. Meanwhile
+        # the consumer goes on fetching and parsing the next batch (while a batch waits on the database).
+        if applying:
+            await asyncio.wait(applying)
+        task = asyncio.create_task(settle(events, record_of, positions, message.consumer))
+        applying.add(task)
+        task.add_done_callback(applying.discard)
+
+    applying: set[asyncio.Task[None]] = set()
+
+    async def settle(
+        events: list[CourierScanSubmitted],
+        record_of: dict[str, Any],
+        positions: dict[TopicPartition, int],
+        consumer: AIOKafkaConsumer,
+    ) -> None:
+        """Apply a batch, dead-letter what failed, then commit the batch's positions (never a later
+        batch's: those are not applied yet). A commit lost to a rebalance or a shutdown only means a
+        redelivery, which the inbox drops."""
         if events:
             for event, reason in await apply_or_isolate(events):
                 await publish_dead_letter(runtime.broker, record_of[str(event.id)], reason, SCANS_GROUP_ID)
             runtime.relay.notify()
-        await message.ack()
+        try:
+            await consumer.commit(positions)
+        except KafkaError as error:
+            log.warning("scans.commit_failed", error=repr(error)[:300])
+
+    async def drain() -> None:
+        """At shutdown, once consuming has stopped: let the batch being applied finish."""
+        if applying:
+            await asyncio.wait(applying)
+
+    runtime.drains.append(drain)
 
     async def apply_or_isolate(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
         """The batch in one transaction; if it fails as a whole (not the database being away, which is

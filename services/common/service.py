@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -39,6 +39,9 @@ class Runtime:
     engine: Engine
     broker: KafkaBroker
     relay: OutboxRelay
+    drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Awaited at shutdown after consuming has stopped and before the outbox is drained: work that
+    handlers left running (a batch still being applied)."""
 
 
 def build_service(
@@ -92,6 +95,8 @@ def build_service(
                 await on_shutdown(runtime)
             for subscriber in broker.subscribers:
                 await subscriber.stop()
+            for drain in runtime.drains:
+                await drain()
             await relay.stop()
             await broker.stop()
             engine.dispose()

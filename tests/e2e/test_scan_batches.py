@@ -1,7 +1,9 @@
-"""Courier scans from Kafka are applied a batch per transaction. A scan whose handling fails must fail
-alone: the rest of its batch is applied, and it goes to the dead-letter topic with the reason (nothing is
-lost, nothing skipped). COI tracking runs in this process here, on the real broker and SQLite, so that
-one scan's handling can be made to fail."""
+"""Courier scans from Kafka are applied a batch per transaction, one batch at a time while the next is
+fetched. A scan whose handling fails must fail alone: the rest of its batch is applied, and it goes to the
+dead-letter topic with the reason. A graceful shutdown in the middle of a stream finishes the batch being
+applied, and a restart goes on from there: nothing lost, nothing applied twice. COI tracking runs in this
+process here, on the real broker and SQLite, so that one scan's handling can be made to fail and the
+service can be stopped and started again."""
 
 from __future__ import annotations
 
@@ -16,15 +18,17 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
-from sqlmodel import Session, select
+from sqlmodel import Session, col, func, select
 
+from deploy.bench import scan_payloads
 from deploy.stack import DEV_TOKENS_FILE
 from services.coi_tracking import commands
-from services.coi_tracking.models import ScanRecord
+from services.coi_tracking.ledger import verify_shipment_ledger
+from services.coi_tracking.models import ScanRecord, Shipment
 from services.common.db import make_engine
 from services.common.topics import COURIER_SCANS, dlq, ensure_topics
 from tests.integration.test_write_paths import planned_shipments
-from tests.support.infra import kafka_broker
+from tests.support.infra import kafka_broker, wait_committed
 
 pytestmark = pytest.mark.e2e
 POISON = "poison lane"
@@ -45,6 +49,19 @@ def scan(shipment_id: uuid.UUID, coi: str, location: str) -> CourierScanSubmitte
             courier_id="courier-ben",
             courier_company="CRYO-EXPRESS",
         ),
+    )
+
+
+def tracking_app(database_url: str, bootstrap: str) -> Any:
+    from services.coi_tracking.app import TrackingSettings, create_app
+
+    return create_app(
+        TrackingSettings(
+            database_url=database_url,
+            kafka_bootstrap_servers=bootstrap,
+            cgt_api_tokens_file=DEV_TOKENS_FILE,
+            log_level="WARNING",
+        )
     )
 
 
@@ -72,20 +89,11 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
     # The module builds its app from the environment when imported.
     monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
     monkeypatch.setenv("DATABASE_URL", database_url)
-    from services.coi_tracking.app import TrackingSettings, create_app
-
     broker_context = kafka_broker(tmp_path / "kafka")
     bootstrap = await asyncio.to_thread(broker_context.__enter__)
     try:
         await ensure_topics(bootstrap)
-        app = create_app(
-            TrackingSettings(
-                database_url=database_url,
-                kafka_bootstrap_servers=bootstrap,
-                cgt_api_tokens_file=DEV_TOKENS_FILE,
-                log_level="WARNING",
-            )
-        )
+        app = tracking_app(database_url, bootstrap)
         engine = make_engine(database_url)
         async with app.router.lifespan_context(app):  # creates the tables
             shipment = planned_shipments(engine, 1)[0]
@@ -130,4 +138,58 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
             assert headers["dlq-source-topic"] == COURIER_SCANS
         engine.dispose()
     finally:
+        await asyncio.to_thread(broker_context.__exit__, None, None, None)
+
+
+async def test_a_graceful_shutdown_mid_stream_loses_no_scan_and_a_restart_applies_none_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
+    monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    broker_context = kafka_broker(tmp_path / "kafka")
+    bootstrap = await asyncio.to_thread(broker_context.__enter__)
+    engine = make_engine(database_url)
+
+    def stored_scans() -> int:
+        with Session(engine) as session:
+            return int(session.exec(select(func.count()).select_from(ScanRecord)).one())
+
+    try:
+        await ensure_topics(bootstrap)
+        first = tracking_app(database_url, bootstrap)
+        async with first.router.lifespan_context(first):
+            shipments = planned_shipments(engine, 20)
+            custodians = {str(s.id): s.custodian for s in shipments}
+            # Hand-offs (each a ledger entry) alternating with checkpoint scans: 150 per shipment.
+            payloads = scan_payloads([(s.coi, str(s.id)) for s in shipments], 150, custodians)
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+            await producer.start()
+            try:
+                sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
+                ends: dict[int, int] = {}
+                for metadata in await asyncio.gather(*sent):
+                    ends[metadata.partition] = max(ends.get(metadata.partition, -1), metadata.offset)
+            finally:
+                await producer.stop()
+            await eventually(stored_scans)
+        # Stopped while scans were still streaming in: the batch being applied was finished.
+        second = tracking_app(database_url, bootstrap)
+        async with second.router.lifespan_context(second):
+            await eventually(lambda: stored_scans() == len(payloads), timeout=120)
+            for partition, offset in ends.items():
+                await wait_committed(bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
+        assert stored_scans() == len(payloads)  # none twice
+        with Session(engine) as session:
+            refused = session.exec(
+                select(func.count()).select_from(ScanRecord).where(col(ScanRecord.accepted).is_(False))
+            ).one()
+            assert refused == 0
+            for shipment in shipments:
+                reloaded = session.get(Shipment, shipment.id)
+                assert reloaded is not None
+                chain = verify_shipment_ledger(session, reloaded)
+                assert chain.valid and chain.entries == 75, (shipment.id, chain)
+    finally:
+        engine.dispose()
         await asyncio.to_thread(broker_context.__exit__, None, None, None)
