@@ -112,26 +112,8 @@ class ShipmentFacts:
     bag_count: int
 
 
-def facts_of(session: Session, shipment_ids: Collection[UUID]) -> dict[UUID, ShipmentFacts]:
-    """The facts of many shipments in two queries (a batch of scans looks them up once)."""
-    wanted = set(shipment_ids)
-    containers = {
-        c.shipment_id: c
-        for c in session.exec(select(Container).where(col(Container.shipment_id).in_(wanted)))
-    }
-    counts: dict[UUID, int] = {
-        shipment_id: count
-        for shipment_id, count in session.exec(
-            select(Bag.shipment_id, func.count())
-            .where(col(Bag.shipment_id).in_(wanted))
-            .group_by(col(Bag.shipment_id))
-        )
-    }
-    return {i: ShipmentFacts(container=containers.get(i), bag_count=counts.get(i, 0)) for i in wanted}
-
-
-def locked_with_facts(
-    session: Session, shipment_ids: Collection[UUID], lock: bool
+def shipments_with_facts(
+    session: Session, shipment_ids: Collection[UUID], *, lock: bool
 ) -> tuple[dict[UUID, Shipment], dict[UUID, ShipmentFacts]]:
     """Shipments with their facts in one query (one round trip for a group of scans), in id order, locked
     (FOR UPDATE OF shipment) when `lock` is set."""
@@ -246,7 +228,7 @@ def record_scan(
 ) -> ScanOutcome:
     """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
     `facts` are looked up when not given (a batch gives them, looked up once for all its shipments)."""
-    facts = facts or facts_of(session, [shipment.id])[shipment.id]
+    facts = facts or shipments_with_facts(session, [shipment.id], lock=False)[1][shipment.id]
     container = facts.container
     state = domain.ShipmentState(
         status=shipment.status,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -25,7 +26,6 @@ from cgt_contracts.events import (
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands
@@ -38,6 +38,7 @@ from services.common.consumer import (
     describe_validation_error,
     publish_dead_letter,
     register_consumer,
+    run_with_retries,
 )
 from services.common.db import insert_later, tables_of
 from services.common.outbox import enqueue
@@ -297,23 +298,25 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     runtime.drains.append(drain)
 
     async def apply_or_isolate(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
-        """The batch in one transaction; if it fails as a whole (not the database being away, which is
-        waited out), each scan in its own transaction, so that only the scan that fails is dead-lettered.
-        Returns the scans to dead-letter, with the reason."""
-        while True:
-            try:
-                refused = await asyncio.to_thread(apply_batch, events)
-            except (OperationalError, InterfaceError) as error:
-                log.warning("scans.database_unavailable", error=repr(error)[:300])
-                await asyncio.sleep(1.0)
-                continue
-            except Exception as error:
-                if len(events) == 1:
-                    log.exception("scans.failed", event_id=str(events[0].id))
-                    return [(events[0], f"failed: {error!r}")]
-                log.warning("scans.group_failed", events=len(events), error=repr(error)[:300])
-                isolated: list[tuple[CourierScanSubmitted, str]] = []
-                for event in events:
-                    isolated.extend(await apply_or_isolate([event]))
-                return isolated
+        """The batch in one transaction; if it fails as a whole, each scan in its own transaction with the
+        consumers' bounded retries, so that only a scan that keeps failing is dead-lettered. Returns the
+        scans to dead-letter, with the reason."""
+        try:
+            refused = await run_with_retries(partial(apply_batch, events), max_attempts=1)
+        except Exception as error:
+            log.warning("scans.group_failed", events=len(events), error=repr(error)[:300])
+        else:
             return [(event, f"refused: {reason}") for event, reason in refused]
+        dead: list[tuple[CourierScanSubmitted, str]] = []
+        attempts = runtime.settings.consumer_max_attempts
+        for event in events:
+            with structlog.contextvars.bound_contextvars(
+                correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
+            ):
+                try:
+                    refused = await run_with_retries(partial(apply_batch, [event]), attempts)
+                except Exception as error:
+                    dead.append((event, f"failed after {attempts} attempts: {error!r}"))
+                    continue
+            dead.extend((event, f"refused: {reason}") for event, reason in refused)
+        return dead

@@ -50,7 +50,7 @@ ScanResult = commands.ScanOutcome | ShipmentNotFound | OtherCourierCompany
 def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -> list[ScanResult]:
     """Apply scans in order inside the caller's transaction; the caller commits. Shipments are locked in
     id order (PostgreSQL), so two groups never wait on each other in a cycle."""
-    shipments, facts = commands.locked_with_facts(
+    shipments, facts = commands.shipments_with_facts(
         session,
         {s.shipment_id for s in submissions},
         lock=is_postgres(session.get_bind()),  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 from cgt_contracts.envelope import EventEnvelope, utc_now
@@ -21,15 +22,16 @@ from cgt_contracts.events import AnyEvent, parse_event
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
-from sqlalchemy import ARRAY, String, any_, bindparam
+from sqlalchemy import String
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from services.common.db import UtcDateTime, is_postgres
+from services.common.db import UtcDateTime, one_of
 from services.common.topics import dlq
 
 log = structlog.get_logger()
+T = TypeVar("T")
 DATABASE_RETRY_SECONDS = 1.0
 IGNORED_COMMIT_SECONDS = 1.0
 MAX_BATCH = 2000
@@ -52,15 +54,32 @@ class ProcessedEvent(SQLModel, table=True):
     processed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
+async def run_with_retries(work: Callable[[], T], max_attempts: int) -> T:
+    """Run `work` on a thread until it succeeds. An unreachable database is not the work's fault: it is
+    waited out, uncounted (good events are not dead-lettered during an outage). Any other error is retried
+    with backoff; after `max_attempts` failures the last error is raised (the caller dead-letters)."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.to_thread(work)
+        except (OperationalError, InterfaceError) as error:
+            log.warning("consumer.database_unavailable", error=repr(error)[:300])
+            await asyncio.sleep(DATABASE_RETRY_SECONDS)
+        except Exception as error:
+            attempt += 1
+            log.warning("consumer.attempt_failed", attempt=attempt, error=repr(error)[:300])
+            if attempt >= max_attempts:
+                raise
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+
+
 def already_processed(session: Session, consumer: str, event_ids: list[str]) -> set[str]:
-    """Which of these events the consumer has applied. PostgreSQL gets the ids as one array parameter:
-    an IN list of thousands of parameters cost more to build and send than the look-up itself."""
-    column = col(ProcessedEvent.event_id)
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-        chosen = column == any_(bindparam("event_ids", event_ids, type_=ARRAY(String)))
-    else:
-        chosen = column.in_(event_ids)
-    query = select(ProcessedEvent.event_id).where(ProcessedEvent.consumer == consumer).where(chosen)
+    """Which of these events the consumer has applied."""
+    query = (
+        select(ProcessedEvent.event_id)
+        .where(ProcessedEvent.consumer == consumer)
+        .where(one_of(session, col(ProcessedEvent.event_id), event_ids, String()))
+    )
     return set(session.exec(query))
 
 
@@ -204,47 +223,27 @@ def register_consumer(
     async def apply_all(work: list[tuple[Any, AnyEvent, EventHandler]]) -> None:
         """One transaction for the batch; if it fails as a whole, each event alone, with retries and
         dead letters, so that one bad event holds up nobody else."""
-        while True:
-            try:
-                applied = await asyncio.to_thread(apply_group, work)
-            except (OperationalError, InterfaceError) as error:
-                # The database is unreachable: no event can be applied, so wait for it rather than
-                # dead-letter good events. The offsets are not committed meanwhile.
-                log.warning("consumer.database_unavailable", error=repr(error)[:300])
-                await asyncio.sleep(DATABASE_RETRY_SECONDS)
-            except Exception as error:
-                log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
-                for record, event, handler in work:
-                    await apply_one(record, event, handler)
-                return
-            else:
-                if applied:
-                    after_commit()
-                return
+        try:
+            applied = await run_with_retries(partial(apply_group, work), max_attempts=1)
+        except Exception as error:
+            log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
+            for record, event, handler in work:
+                await apply_one(record, event, handler)
+            return
+        if applied:
+            after_commit()
 
     async def apply_one(record: Any, event: AnyEvent, handler: EventHandler) -> None:
         """Apply one event in its own transaction, retried; dead-lettered after `max_attempts` failures."""
         with structlog.contextvars.bound_contextvars(
             correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
         ):
-            attempt = 0
-            while True:
-                try:
-                    applied = await asyncio.to_thread(apply, event, handler)
-                except (OperationalError, InterfaceError) as error:
-                    log.warning("consumer.database_unavailable", error=repr(error)[:300])
-                    await asyncio.sleep(DATABASE_RETRY_SECONDS)
-                except Exception as error:
-                    attempt += 1
-                    log.warning("consumer.attempt_failed", attempt=attempt, error=repr(error))
-                    if attempt >= max_attempts:
-                        await publish_dead_letter(
-                            broker, record, f"failed after {attempt} attempts: {error!r}", group_id
-                        )
-                        return
-                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-                else:
-                    log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
-                    if applied:
-                        after_commit()
-                    return
+            try:
+                applied = await run_with_retries(partial(apply, event, handler), max_attempts)
+            except Exception as error:
+                reason = f"failed after {max_attempts} attempts: {error!r}"
+                await publish_dead_letter(broker, record, reason, group_id)
+                return
+            log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
+            if applied:
+                after_commit()

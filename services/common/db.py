@@ -8,9 +8,22 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Table, TypeDecorator, event, text
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    Table,
+    TypeDecorator,
+    any_,
+    bindparam,
+    event,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.types import TypeEngine
 from sqlmodel import SQLModel, create_engine
 
 
@@ -99,6 +112,19 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def one_of(
+    session: OrmSession,
+    column: ColumnElement[Any] | Mapped[Any],
+    values: list[Any],
+    element_type: TypeEngine[Any],
+) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL one array parameter (`column = ANY(:values)`) instead: an IN
+    list of thousands of parameters costs more to build and send than the look-up itself."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(element_type)))
+    return column.in_(values)
+
+
 def database_reachable(engine: Engine) -> bool:
     try:
         with engine.connect() as connection:
@@ -126,13 +152,10 @@ class UtcDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def to_sqlite_text(value: datetime | None) -> str | None:
-            # What SQLAlchemy's SQLite DATETIME stores ('YYYY-MM-DD HH:MM:SS.ffffff'), in one C call
-            # instead of two layers of Python processors: most rows written carry two or three instants.
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetimes are refused: give a timezone")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            # What SQLAlchemy's SQLite DATETIME stores ('YYYY-MM-DD HH:MM:SS.ffffff'), formatted in one C
+            # call instead of a second layer of Python processor: most rows carry two or three instants.
+            utc = self.process_bind_param(value, dialect)
+            return None if utc is None else utc.isoformat(" ", "microseconds")
 
         return to_sqlite_text
 
@@ -185,8 +208,8 @@ _bind_processors: dict[tuple[Table, str, tuple[str, ...]], _ProcessedColumns] = 
 
 def _insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Rows converted by the columns' own bind processors (what SQLAlchemy would send), then handed to the
-    driver in one call: COPY or executemany on PostgreSQL, executemany on SQLite. SQLAlchemy's per-parameter bookkeeping
-    cost more than the database's own work for a batch of thousands of rows."""
+    driver in one call: COPY or executemany on PostgreSQL, executemany on SQLite. SQLAlchemy's
+    per-parameter bookkeeping cost more than the database's own work for a batch of thousands of rows."""
     dialect = connection.dialect
     names = tuple(rows[0])
     key = (table, dialect.name, names)

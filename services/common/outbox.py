@@ -21,13 +21,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from cgt_contracts.envelope import EventEnvelope, utc_now
-from sqlalchemy import ARRAY, Column, Integer, Text, any_, bindparam
+from sqlalchemy import Column, Integer, Text
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
-from services.common.db import UtcDateTime, insert_later, is_postgres, tables_of
+from services.common.db import UtcDateTime, insert_later, is_postgres, one_of, tables_of
 
 log = structlog.get_logger()
 _PARTITIONER = DefaultPartitioner()
@@ -239,10 +239,6 @@ class OutboxRelay:
 
     @staticmethod
     def _mark_published(session: Session, ids: list[int]) -> None:
-        columns = OUTBOX_TABLE.c
-        if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-            chosen = columns.id == any_(bindparam("ids", ids, type_=ARRAY(Integer)))
-        else:
-            chosen = columns.id.in_(ids)
+        chosen = one_of(session, OUTBOX_TABLE.c.id, ids, Integer())
         session.execute(sa_update(OUTBOX_TABLE).where(chosen).values(published_at=utc_now()))
         session.commit()

@@ -1,13 +1,15 @@
 """Courier scans from Kafka are applied a batch per transaction, one batch at a time while the next is
-fetched. A scan whose handling fails must fail alone: the rest of its batch is applied, and it goes to the
-dead-letter topic with the reason. A graceful shutdown in the middle of a stream finishes the batch being
-applied, and a restart goes on from there: nothing lost, nothing applied twice. COI tracking runs in this
+fetched. A scan whose handling keeps failing must fail alone: the rest of its batch is applied, and it
+goes to the dead-letter topic with the reason after the consumers' bounded retries. A graceful shutdown in
+the middle of a stream finishes the batch being applied before the outbox relay stops, and a restart goes
+on from there: nothing lost, nothing applied twice. COI tracking runs in this
 process here, on the real broker and SQLite, so that one scan's handling can be made to fail and the
 service can be stopped and started again."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
 from sqlmodel import Session, col, func, select
 
@@ -26,12 +28,14 @@ from services.coi_tracking import commands
 from services.coi_tracking.ledger import verify_shipment_ledger
 from services.coi_tracking.models import ScanRecord, Shipment
 from services.common.db import make_engine
+from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.topics import COURIER_SCANS, dlq, ensure_topics
 from tests.integration.test_write_paths import planned_shipments
 from tests.support.infra import kafka_broker, wait_committed
 
 pytestmark = pytest.mark.e2e
 POISON = "poison lane"
+GATE = "gate lane"
 
 
 def scan(shipment_id: uuid.UUID, coi: str, location: str) -> CourierScanSubmitted:
@@ -135,15 +139,30 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
             headers = {key: value.decode() for key, value in record.headers}
             assert CourierScanSubmitted.model_validate_json(record.value).data.location == POISON
             assert "injected failure" in headers["dlq-reason"]
+            assert headers["dlq-reason"].startswith("failed after 5 attempts")  # bounded retries first
             assert headers["dlq-source-topic"] == COURIER_SCANS
         engine.dispose()
     finally:
         await asyncio.to_thread(broker_context.__exit__, None, None, None)
 
 
-async def test_a_graceful_shutdown_mid_stream_loses_no_scan_and_a_restart_applies_none_twice(
+async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_applies_none_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first batch is held inside the database thread until consuming has stopped: shutdown must wait
+    for it (and relay what it caused) before the outbox relay stops. The batch fetched behind it was never
+    applied, so the restart gets it again: nothing is lost or dead-lettered, every scan is stored once
+    and every ledger verifies."""
+    held, release = threading.Event(), threading.Event()
+    real_record_scan = commands.record_scan
+
+    def record_scan(session: Session, shipment: Any, scan_input: commands.ScanInput, *args: Any) -> Any:
+        if scan_input.location == GATE and not release.is_set():
+            held.set()
+            release.wait(timeout=60)
+        return real_record_scan(session, shipment, scan_input, *args)
+
+    monkeypatch.setattr(commands, "record_scan", record_scan)
     database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
     monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
     monkeypatch.setenv("DATABASE_URL", database_url)
@@ -151,35 +170,86 @@ async def test_a_graceful_shutdown_mid_stream_loses_no_scan_and_a_restart_applie
     bootstrap = await asyncio.to_thread(broker_context.__enter__)
     engine = make_engine(database_url)
 
-    def stored_scans() -> int:
+    def count(query: Any) -> int:
         with Session(engine) as session:
-            return int(session.exec(select(func.count()).select_from(ScanRecord)).one())
+            return int(session.exec(query).one())
 
+    def stored_scans() -> int:
+        return count(select(func.count()).select_from(ScanRecord))
+
+    def gate_scan_stored() -> bool:
+        return count(select(func.count()).select_from(ScanRecord).where(ScanRecord.location == GATE)) == 1
+
+    seen_at_relay_stop: list[bool] = []
+    real_relay_stop = OutboxRelay.stop
+
+    async def relay_stop(relay: OutboxRelay) -> None:
+        seen_at_relay_stop.append(await asyncio.to_thread(gate_scan_stored))
+        await real_relay_stop(relay)
+
+    monkeypatch.setattr(OutboxRelay, "stop", relay_stop)
     try:
         await ensure_topics(bootstrap)
         first = tracking_app(database_url, bootstrap)
-        async with first.router.lifespan_context(first):
-            shipments = planned_shipments(engine, 20)
-            custodians = {str(s.id): s.custodian for s in shipments}
-            # Hand-offs (each a ledger entry) alternating with checkpoint scans: 150 per shipment.
-            payloads = scan_payloads([(s.coi, str(s.id)) for s in shipments], 150, custodians)
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-            await producer.start()
-            try:
-                sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
-                ends: dict[int, int] = {}
-                for metadata in await asyncio.gather(*sent):
-                    ends[metadata.partition] = max(ends.get(metadata.partition, -1), metadata.offset)
-            finally:
-                await producer.stop()
-            await eventually(stored_scans)
-        # Stopped while scans were still streaming in: the batch being applied was finished.
+        lifespan = first.router.lifespan_context(first)
+        await lifespan.__aenter__()
+        subscribers = first.state.runtime.broker.subscribers
+        stopped: list[object] = []
+        for subscriber in subscribers:  # release the held batch only once consuming has stopped
+            real_stop = subscriber.stop
+
+            async def stop(real_stop: Any = real_stop) -> None:
+                await real_stop()
+                stopped.append(real_stop)
+                if len(stopped) == len(subscribers):
+                    release.set()
+
+            monkeypatch.setattr(subscriber, "stop", stop)
+        shipments = planned_shipments(engine, 20)
+        custodians = {str(s.id): s.custodian for s in shipments}
+        gate = scan(shipments[0].id, shipments[0].coi, GATE)
+        # The held scan first, then hand-offs (each a ledger entry) alternating with checkpoints.
+        payloads = [(shipments[0].coi.encode(), gate.model_dump_json().encode())]
+        payloads += scan_payloads([(s.coi, str(s.id)) for s in shipments], 150, custodians)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
+            ends: dict[int, int] = {}
+            for metadata in await asyncio.gather(*sent):
+                ends[metadata.partition] = max(ends.get(metadata.partition, -1), metadata.offset)
+        finally:
+            await producer.stop()
+        assert await asyncio.to_thread(held.wait, 60)
+        await lifespan.__aexit__(None, None, None)
+        assert seen_at_relay_stop == [True]  # the held batch was applied before the relay stopped
+        assert (
+            count(
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(col(OutboxMessage.published_at).is_(None))
+            )
+            == 0
+        )
+
         second = tracking_app(database_url, bootstrap)
         async with second.router.lifespan_context(second):
             await eventually(lambda: stored_scans() == len(payloads), timeout=120)
             for partition, offset in ends.items():
                 await wait_committed(bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
         assert stored_scans() == len(payloads)  # none twice
+        dead = AIOKafkaConsumer(dlq(COURIER_SCANS), bootstrap_servers=bootstrap)
+        await dead.start()
+        try:
+            partitions = [
+                TopicPartition(dlq(COURIER_SCANS), p)
+                for p in dead.partitions_for_topic(dlq(COURIER_SCANS)) or ()
+            ]
+            assert (
+                partitions and sum((await dead.end_offsets(partitions)).values()) == 0
+            )  # nothing dead-lettered
+        finally:
+            await dead.stop()
         with Session(engine) as session:
             refused = session.exec(
                 select(func.count()).select_from(ScanRecord).where(col(ScanRecord.accepted).is_(False))
@@ -191,5 +261,6 @@ async def test_a_graceful_shutdown_mid_stream_loses_no_scan_and_a_restart_applie
                 chain = verify_shipment_ledger(session, reloaded)
                 assert chain.valid and chain.entries == 75, (shipment.id, chain)
     finally:
+        release.set()
         engine.dispose()
         await asyncio.to_thread(broker_context.__exit__, None, None, None)

@@ -23,7 +23,7 @@ from services.coi_tracking import commands
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Bag, Container, ScanRecord, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
-from services.common.db import create_tables, insert_later, make_engine, tables_of
+from services.common.db import COPY_FROM_ROWS, create_tables, insert_later, make_engine, tables_of
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
 
@@ -76,10 +76,14 @@ def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engi
     assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
 
 
-def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(engine: Engine) -> None:
-    """Queued rows go to the driver directly (COPY, executemany) after the columns' bind processors: the
+@pytest.mark.parametrize("queued_rows", [1, COPY_FROM_ROWS], ids=["executemany", "copy-on-postgresql"])
+def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(
+    engine: Engine, queued_rows: int
+) -> None:
+    """Queued rows go to the driver directly (COPY or executemany) after the columns' bind processors: the
     stored values must be exactly what an ORM insert stores (SQLite keeps instants as text, so the same
-    text is what keeps ordering and comparisons right), and read back the same."""
+    text is what keeps ordering and comparisons right), and read back the same. Both the pipelined
+    executemany (few rows) and COPY (many, on PostgreSQL) are checked."""
     shipment = planned_shipments(engine, 1)[0]
     at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=timezone(timedelta(hours=-5)))
     values: dict[str, object] = {
@@ -99,23 +103,22 @@ def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(engin
         "coi_verified": False,
         "epcis_event_id": None,
     }
-    queued, mapped = uuid.uuid4(), uuid.uuid4()
+    queued = [uuid.uuid4() for _ in range(queued_rows)]
     with Session(engine) as session:
-        insert_later(session, SCAN_TABLE, {"id": queued, **values})
-        session.add(ScanRecord(id=mapped, **values))  # type: ignore[arg-type]
+        for scan_id in queued:
+            insert_later(session, SCAN_TABLE, {"id": scan_id, **values})
+        session.add(ScanRecord(id=uuid.uuid4(), **values))  # type: ignore[arg-type]
         session.commit()
     columns = ", ".join(name for name in values)
     with engine.connect() as connection:
-        stored = [
-            tuple(row)
-            for row in connection.execute(text(f"SELECT {columns} FROM scan ORDER BY scanned_by, location"))
-        ]
-    assert len(stored) == 2 and stored[0] == stored[1]
+        stored = [tuple(row) for row in connection.execute(text(f"SELECT {columns} FROM scan"))]
+    assert len(stored) == queued_rows + 1 and len(set(stored)) == 1  # every queued row as the ORM's
     with Session(engine) as session:
-        read = session.get(ScanRecord, queued)
-        assert read is not None
-        assert {name: getattr(read, name) for name in values} == values
-        assert read.device_time == at and read.device_time.tzinfo is UTC
+        for scan_id in queued:
+            read = session.get(ScanRecord, scan_id)
+            assert read is not None
+            assert {name: getattr(read, name) for name in values} == values
+            assert read.device_time == at and read.device_time.tzinfo is UTC
 
 
 def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
