@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,34 @@ def tracking_app(database_url: str, bootstrap: str) -> Any:
     )
 
 
+@pytest.fixture
+async def tracking_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, str]]:
+    """A real broker with the project's topics and a SQLite URL for COI tracking: (database URL, bootstrap)."""
+    database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
+    # The module builds its app from the environment when imported.
+    monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    broker_context = kafka_broker(tmp_path / "kafka")
+    bootstrap = await asyncio.to_thread(broker_context.__enter__)
+    try:
+        await ensure_topics(bootstrap)
+        yield database_url, bootstrap
+    finally:
+        await asyncio.to_thread(broker_context.__exit__, None, None, None)
+
+
+def before_scans_at(monkeypatch: pytest.MonkeyPatch, location: str, action: Callable[[], None]) -> None:
+    """Run `action` in the database thread before each scan at `location` is recorded."""
+    real_record_scan = commands.record_scan
+
+    def record_scan(session: Session, shipment: Any, scan_input: commands.ScanInput, *args: Any) -> Any:
+        if scan_input.location == location:
+            action()
+        return real_record_scan(session, shipment, scan_input, *args)
+
+    monkeypatch.setattr(commands, "record_scan", record_scan)
+
+
 async def eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,95 +107,74 @@ async def eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any
 
 
 async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_applied(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracking_env: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_record_scan = commands.record_scan
+    def fail() -> None:
+        raise RuntimeError("injected failure")
 
-    def record_scan(session: Session, shipment: Any, scan_input: commands.ScanInput, *args: Any) -> Any:
-        if scan_input.location == POISON:
-            raise RuntimeError("injected failure")
-        return real_record_scan(session, shipment, scan_input, *args)
+    before_scans_at(monkeypatch, POISON, fail)
+    database_url, bootstrap = tracking_env
+    app = tracking_app(database_url, bootstrap)
+    engine = make_engine(database_url)
+    async with app.router.lifespan_context(app):  # creates the tables
+        shipment = planned_shipments(engine, 1)[0]
+        locations = ["first lane", POISON, "third lane"]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            batch = producer.create_batch()  # one record batch: the consumer gets them together
+            for location in locations:
+                event = scan(shipment.id, shipment.coi, location)
+                assert batch.append(
+                    key=shipment.coi.encode(), value=event.model_dump_json().encode(), timestamp=None
+                )
+            partitions = sorted(await producer.partitions_for(COURIER_SCANS))
+            await (await producer.send_batch(batch, COURIER_SCANS, partition=partitions[0]))
+        finally:
+            await producer.stop()
 
-    monkeypatch.setattr(commands, "record_scan", record_scan)
-    database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
-    # The module builds its app from the environment when imported.
-    monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    broker_context = kafka_broker(tmp_path / "kafka")
-    bootstrap = await asyncio.to_thread(broker_context.__enter__)
-    try:
-        await ensure_topics(bootstrap)
-        app = tracking_app(database_url, bootstrap)
-        engine = make_engine(database_url)
-        async with app.router.lifespan_context(app):  # creates the tables
-            shipment = planned_shipments(engine, 1)[0]
-            locations = ["first lane", POISON, "third lane"]
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-            await producer.start()
-            try:
-                batch = producer.create_batch()  # one record batch: the consumer gets them together
-                for location in locations:
-                    event = scan(shipment.id, shipment.coi, location)
-                    assert batch.append(
-                        key=shipment.coi.encode(), value=event.model_dump_json().encode(), timestamp=None
-                    )
-                partitions = sorted(await producer.partitions_for(COURIER_SCANS))
-                await (await producer.send_batch(batch, COURIER_SCANS, partition=partitions[0]))
-            finally:
-                await producer.stop()
+        def applied() -> list[str]:
+            with Session(engine) as session:
+                rows = session.exec(select(ScanRecord.location).where(ScanRecord.shipment_id == shipment.id))
+                found = sorted(rows)
+            return found if len(found) == 2 else []
 
-            def applied() -> list[str]:
-                with Session(engine) as session:
-                    rows = session.exec(
-                        select(ScanRecord.location).where(ScanRecord.shipment_id == shipment.id)
-                    )
-                    found = sorted(rows)
-                return found if len(found) == 2 else []
-
-            assert await eventually(applied) == ["first lane", "third lane"]
-            dead = AIOKafkaConsumer(
-                dlq(COURIER_SCANS),
-                bootstrap_servers=bootstrap,
-                auto_offset_reset="earliest",
-                group_id="dlq-reader",
-            )
-            await dead.start()
-            try:
-                record = await asyncio.wait_for(dead.getone(), timeout=60)
-            finally:
-                await dead.stop()
-            headers = {key: value.decode() for key, value in record.headers}
-            assert CourierScanSubmitted.model_validate_json(record.value).data.location == POISON
-            assert "injected failure" in headers["dlq-reason"]
-            assert headers["dlq-reason"].startswith("failed after 5 attempts")  # bounded retries first
-            assert headers["dlq-source-topic"] == COURIER_SCANS
-        engine.dispose()
-    finally:
-        await asyncio.to_thread(broker_context.__exit__, None, None, None)
+        assert await eventually(applied) == ["first lane", "third lane"]
+        dead = AIOKafkaConsumer(
+            dlq(COURIER_SCANS),
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            group_id="dlq-reader",
+        )
+        await dead.start()
+        try:
+            record = await asyncio.wait_for(dead.getone(), timeout=60)
+        finally:
+            await dead.stop()
+        headers = {key: value.decode() for key, value in record.headers}
+        assert CourierScanSubmitted.model_validate_json(record.value).data.location == POISON
+        assert "injected failure" in headers["dlq-reason"]
+        assert headers["dlq-reason"].startswith("failed after 5 attempts")  # bounded retries first
+        assert headers["dlq-source-topic"] == COURIER_SCANS
+    engine.dispose()
 
 
 async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_applies_none_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracking_env: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first batch is held inside the database thread until consuming has stopped: shutdown must wait
     for it (and relay what it caused) before the outbox relay stops. The batch fetched behind it was never
     applied, so the restart gets it again: nothing is lost or dead-lettered, every scan is stored once
     and every ledger verifies."""
     held, release = threading.Event(), threading.Event()
-    real_record_scan = commands.record_scan
 
-    def record_scan(session: Session, shipment: Any, scan_input: commands.ScanInput, *args: Any) -> Any:
-        if scan_input.location == GATE and not release.is_set():
+    def hold() -> None:
+        if not release.is_set():
             held.set()
             release.wait(timeout=60)
-        return real_record_scan(session, shipment, scan_input, *args)
 
-    monkeypatch.setattr(commands, "record_scan", record_scan)
-    database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
-    monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    broker_context = kafka_broker(tmp_path / "kafka")
-    bootstrap = await asyncio.to_thread(broker_context.__enter__)
+    before_scans_at(monkeypatch, GATE, hold)
+    database_url, bootstrap = tracking_env
     engine = make_engine(database_url)
 
     def count(query: Any) -> int:
@@ -189,7 +196,6 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
 
     monkeypatch.setattr(OutboxRelay, "stop", relay_stop)
     try:
-        await ensure_topics(bootstrap)
         first = tracking_app(database_url, bootstrap)
         lifespan = first.router.lifespan_context(first)
         await lifespan.__aenter__()
@@ -263,4 +269,3 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
     finally:
         release.set()
         engine.dispose()
-        await asyncio.to_thread(broker_context.__exit__, None, None, None)
