@@ -22,7 +22,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.common.consumer import ProcessedEvent
-from services.common.db import create_tables, database_reachable, make_engine, tables_of
+from services.common.db import (
+    WalCheckpointer,
+    create_tables,
+    database_reachable,
+    make_engine,
+    tables_of,
+)
 from services.common.logging import CorrelationMiddleware, configure_logging
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.settings import ServiceSettings
@@ -56,7 +62,8 @@ def build_service(
 ) -> FastAPI:
     settings = settings or ServiceSettings(service_name=name)
     configure_logging(name, settings.log_level)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, background_checkpoints=True)
+    checkpointer = WalCheckpointer.for_engine(engine)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
         client_id=name,
@@ -75,6 +82,8 @@ def build_service(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_tables(engine, [*COMMON_TABLES, *tables])
+        if checkpointer is not None:
+            checkpointer.start()
         await ensure_topics(
             settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor
         )
@@ -99,6 +108,8 @@ def build_service(
                 await drain()
             await relay.stop()
             await broker.stop()
+            if checkpointer is not None:
+                checkpointer.stop()
             engine.dispose()
             log.info("service.stopped")
 

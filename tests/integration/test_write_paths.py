@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,7 +24,14 @@ from services.coi_tracking import commands
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Bag, Container, ScanRecord, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
-from services.common.db import COPY_FROM_ROWS, create_tables, insert_later, make_engine, tables_of
+from services.common.db import (
+    COPY_FROM_ROWS,
+    WalCheckpointer,
+    create_tables,
+    insert_later,
+    make_engine,
+    tables_of,
+)
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
 
@@ -150,6 +158,43 @@ def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Pa
     engine.dispose()
 
 
+def test_with_background_checkpoints_commits_leave_the_log_to_the_checkpointer(tmp_path: Path) -> None:
+    """Data pages reach a WAL database's main file only when the log is checkpointed: by default inside the
+    commit that takes the log past 1,000 pages; with background checkpoints, by the checkpointer thread."""
+    rows = [{"n": n, "body": f"{n:08d}" * 500} for n in range(3_000)]  # ~4 KiB each: ~3,000 pages
+
+    def commit_rows(engine: Engine) -> None:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE reading (n INTEGER PRIMARY KEY, body TEXT)"))
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO reading VALUES (:n, :body)"), rows)
+
+    inline = make_engine(f"sqlite:///{tmp_path / 'inline.db'}")
+    commit_rows(inline)
+    assert (tmp_path / "inline.db").stat().st_size > 10_000_000  # checkpointed by the commit itself
+    inline.dispose()
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'background.db'}", background_checkpoints=True)
+    commit_rows(engine)
+    assert (tmp_path / "background.db").stat().st_size < 1_000_000  # the commit left the log alone
+    checkpointer = WalCheckpointer.for_engine(engine, interval_seconds=0.05)
+    assert checkpointer is not None
+    checkpointer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (tmp_path / "background.db").stat().st_size < 10_000_000:
+            assert time.monotonic() < deadline, f"not checkpointed: {checkpointer.last}"
+            time.sleep(0.05)
+    finally:
+        checkpointer.stop()
+    assert checkpointer.last is not None and checkpointer.last[1] == checkpointer.last[2] >= 3_000
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM reading")).scalar_one() == len(rows)
+    engine.dispose()
+    assert WalCheckpointer.for_engine(make_engine("sqlite://")) is None
+    assert WalCheckpointer.for_engine(make_engine("postgresql://cgt@localhost/none")) is None
+
+
 def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
     shipments = []
     with Session(engine, expire_on_commit=False) as session:
@@ -229,7 +274,14 @@ async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
     assert commits  # the relay is woken after each commit
 
 
-def test_new_uuids_are_random_version_4() -> None:
-    ids = {new_uuid() for _ in range(20_000)}
-    assert len(ids) == 20_000
-    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in ids)
+def test_new_uuids_are_version_7_time_ordered_and_unique() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_uuid() for _ in range(20_000)]
+    time.sleep(0.002)
+    later = new_uuid()
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 20_000
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in [*ids, later])
+    assert all(before <= u.int >> 80 <= after for u in [*ids, later])  # RFC 9562: Unix time in ms
+    assert all(later > u for u in ids)  # made in a later millisecond: sorts after
+    assert len({u.int & ((1 << 62) - 1) for u in ids}) == 20_000  # and the random bits differ

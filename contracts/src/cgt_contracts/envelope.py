@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -57,8 +58,20 @@ _POOL = _RandomPool()
 
 
 def new_uuid() -> UUID:
-    """A random (version 4) UUID, from the same OS randomness as `uuid.uuid4`, with fewer system calls."""
-    return UUID(bytes=_POOL.take16(), version=4)
+    """A version 7 UUID (RFC 9562 §5.7): 48 bits of Unix time in milliseconds, then 74 bits of OS randomness.
+    Ids made close in time sort close together, so the database indexes they key (scans, the inbox, the
+    outbox) grow at one end instead of having a random page rewritten for every row."""
+    random = int.from_bytes(_POOL.take16(), "big")
+    return UUID(
+        int=(time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (random >> 64 & 0xFFF) << 64
+        | 0b10 << 62
+        | random & _RAND_B
+    )
+
+
+_RAND_B = (1 << 62) - 1
 
 
 class EventEnvelope(ContractModel):
