@@ -199,22 +199,24 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     engine = runtime.engine
 
     def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
+        event_ids = [str(event.id) for event in events]
         with Session(engine) as session:
-            done = already_processed(session, SCANS_GROUP_ID, [str(e.id) for e in events])
+            done = already_processed(session, SCANS_GROUP_ID, event_ids)
             fresh: list[CourierScanSubmitted] = []
-            for event in events:
-                if str(event.id) in done:
+            processed_at = utc_now()
+            for event, event_id in zip(events, event_ids, strict=True):
+                if event_id in done:
                     continue
-                done.add(str(event.id))
+                done.add(event_id)
                 fresh.append(event)
                 insert_later(
                     session,
                     INBOX_TABLE,
                     {
                         "consumer": SCANS_GROUP_ID,
-                        "event_id": str(event.id),
+                        "event_id": event_id,
                         "event_type": event.type,
-                        "processed_at": utc_now(),
+                        "processed_at": processed_at,
                     },
                 )
             results = apply_submissions(session, [submission_of(event) for event in fresh])
@@ -271,6 +273,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
         task.add_done_callback(applying.discard)
 
     applying: set[asyncio.Task[None]] = set()
+    last_commit: asyncio.Task[None] | None = None
 
     async def settle(
         events: list[CourierScanSubmitted],
@@ -278,22 +281,33 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
         positions: dict[TopicPartition, int],
         consumer: AIOKafkaConsumer,
     ) -> None:
-        """Apply a batch, dead-letter what failed, then commit the batch's positions (never a later
-        batch's: those are not applied yet). A commit lost to a rebalance or a shutdown only means a
-        redelivery, which the inbox drops."""
+        """Apply a batch, dead-letter what failed, then have the batch's positions committed (never a later
+        batch's: those are not applied yet). The commit, a round trip to the broker, goes on while the next
+        batch is applied; commits follow each other in batch order. A commit lost to a rebalance or a
+        shutdown only means a redelivery, which the inbox drops."""
+        nonlocal last_commit
         if events:
             for event, reason in await apply_or_isolate(events):
                 await publish_dead_letter(runtime.broker, record_of[str(event.id)], reason, SCANS_GROUP_ID)
             runtime.relay.notify()
+        last_commit = asyncio.create_task(commit_after(last_commit, positions, consumer))
+
+    async def commit_after(
+        previous: asyncio.Task[None] | None, positions: dict[TopicPartition, int], consumer: AIOKafkaConsumer
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
             await consumer.commit(positions)
         except KafkaError as error:
             log.warning("scans.commit_failed", error=repr(error)[:300])
 
     async def drain() -> None:
-        """At shutdown, once consuming has stopped: let the batch being applied finish."""
+        """At shutdown, once consuming has stopped: let the batch being applied finish, and its commit."""
         if applying:
             await asyncio.wait(applying)
+        if last_commit is not None:
+            await asyncio.wait([last_commit])
 
     runtime.drains.append(drain)
 

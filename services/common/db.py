@@ -215,7 +215,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
         def to_sqlite_text(value: datetime | None) -> str | None:
             # What SQLAlchemy's SQLite DATETIME stores ('YYYY-MM-DD HH:MM:SS.ffffff'), formatted in one C
-            # call instead of a second layer of Python processor: most rows carry two or three instants.
+            # call instead of a second layer of Python processor: most rows carry two or three instants,
+            # nearly always in UTC already (contracts normalise to it), which skips the conversion.
+            if value is not None and value.tzinfo is UTC:
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
             utc = self.process_bind_param(value, dialect)
             return None if utc is None else utc.isoformat(" ", "microseconds")
 
