@@ -207,7 +207,8 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetimes are refused: give a timezone")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        # Nearly every instant is in UTC already (the contracts normalise to it): no conversion then.
+        return (value if value.tzinfo is UTC else value.astimezone(UTC)).replace(tzinfo=None)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
         if dialect.name != "sqlite":
@@ -215,10 +216,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
         def to_sqlite_text(value: datetime | None) -> str | None:
             # What SQLAlchemy's SQLite DATETIME stores ('YYYY-MM-DD HH:MM:SS.ffffff'), formatted in one C
-            # call instead of a second layer of Python processor: most rows carry two or three instants,
-            # nearly always in UTC already (contracts normalise to it), which skips the conversion.
-            if value is not None and value.tzinfo is UTC:
-                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            # call instead of a second layer of Python processor: most rows carry two or three instants.
             utc = self.process_bind_param(value, dialect)
             return None if utc is None else utc.isoformat(" ", "microseconds")
 

@@ -57,6 +57,10 @@ class _RandomPool(threading.local):
 _POOL = _RandomPool()
 
 
+_RAND_B = (1 << 62) - 1
+"""The 62 random bits after the variant (RFC 9562's rand_b)."""
+
+
 def new_uuid() -> UUID:
     """A version 7 UUID (RFC 9562 §5.7): 48 bits of Unix time in milliseconds, then 74 bits of OS randomness.
     Ids made close in time sort close together, so the database indexes they key (scans, the inbox, the
@@ -69,9 +73,6 @@ def new_uuid() -> UUID:
         | 0b10 << 62
         | random & _RAND_B
     )
-
-
-_RAND_B = (1 << 62) - 1
 
 
 class EventEnvelope(ContractModel):
