@@ -195,6 +195,17 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
         await real_relay_stop(relay)
 
     monkeypatch.setattr(OutboxRelay, "stop", relay_stop)
+    # Offset commits of the first run take 5 s, longer than the rest of shutdown, so that a commit shutdown
+    # does not wait for is never made (checked: the test fails when the drain skips the last commit).
+    real_commit = AIOKafkaConsumer.commit
+    slow_commits = [True]
+
+    async def slow_commit(consumer: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> None:
+        if slow_commits[0]:
+            await asyncio.sleep(5.0)
+        await real_commit(consumer, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", slow_commit)
     try:
         first = tracking_app(database_url, bootstrap)
         lifespan = first.router.lifespan_context(first)
@@ -221,14 +232,20 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
         await producer.start()
         try:
             sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
+            placed = await asyncio.gather(*sent)
             ends: dict[int, int] = {}
-            for metadata in await asyncio.gather(*sent):
+            for metadata in placed:
                 ends[metadata.partition] = max(ends.get(metadata.partition, -1), metadata.offset)
         finally:
             await producer.stop()
         assert await asyncio.to_thread(held.wait, 60)
         await lifespan.__aexit__(None, None, None)
         assert seen_at_relay_stop == [True]  # the held batch was applied before the relay stopped
+        # ... and its offsets committed before shutdown closed the consumer (no later batch was applied)
+        await wait_committed(
+            bootstrap, "coi-tracking-scans", COURIER_SCANS, placed[0].partition, placed[0].offset, timeout=5
+        )
+        slow_commits[0] = False
         assert (
             count(
                 select(func.count())
