@@ -37,14 +37,8 @@ def _normalise(url: str) -> str:
     return url
 
 
-BACKGROUND_CHECKPOINT_BOUND_PAGES = 16_384
-"""With checkpoints in the background, a commit still checkpoints once the log holds this many pages (64 MiB
-of 4 KiB pages): the bound if the checkpointer falls behind or is not running."""
-
-
-def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
-    """An engine for the URL. SQLite: WAL, foreign keys on, one writer at a time within the process; with
-    `background_checkpoints`, commits leave the log to a `WalCheckpointer` (up to a bound)."""
+def make_engine(url: str) -> Engine:
+    """An engine for the URL. SQLite: WAL, foreign keys on, one writer at a time within the process."""
     url = _normalise(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -55,8 +49,6 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            if background_checkpoints:
-                cursor.execute(f"PRAGMA wal_autocheckpoint={BACKGROUND_CHECKPOINT_BOUND_PAGES}")
             cursor.close()
 
         _one_writer_at_a_time(engine)
@@ -70,11 +62,15 @@ class WalCheckpointer:
     By default SQLite checkpoints inside the commit that takes the log past 1,000 pages; a batch of 2,000
     scans writes more than that, so nearly every batch commit also copied the log into the database file
     and synced it, while the batch's consumer waited. SQLite's documentation suggests this arrangement for
-    such writers: automatic checkpoints off (here: bounded, see `make_engine`) and checkpoints run by a
+    such writers: automatic checkpoints off (here: bounded, `BOUND_PAGES`) and checkpoints run by a
     separate thread. A PASSIVE checkpoint never waits for readers or writers, and runs in SQLite's C code
     without Python's interpreter lock, on the other core."""
 
-    def __init__(self, database: str, interval_seconds: float = 0.2) -> None:
+    BOUND_PAGES = 16_384
+    """Commits still checkpoint once the log holds this many pages (64 MiB of 4 KiB pages): the bound if
+    the thread falls behind or is not running."""
+
+    def __init__(self, database: str, interval_seconds: float) -> None:
         self._database = database
         self._interval = interval_seconds
         self._stopping = threading.Event()
@@ -83,11 +79,18 @@ class WalCheckpointer:
         """The last checkpoint's (busy, pages in the log, pages checkpointed), as SQLite reports it."""
 
     @classmethod
-    def for_engine(cls, engine: Engine, interval_seconds: float = 0.2) -> WalCheckpointer | None:
-        """A checkpointer for a SQLite file database; None for PostgreSQL or an in-memory database."""
+    def attach(cls, engine: Engine, interval_seconds: float = 0.2) -> WalCheckpointer | None:
+        """Leave the log of a SQLite file database to a checkpointer (its connections from now on only
+        checkpoint past `BOUND_PAGES`); None for PostgreSQL or an in-memory database. Start it to run."""
         database = engine.url.database
         if engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return None
+
+        @event.listens_for(engine, "connect")
+        def _bounded_autocheckpoint(connection: Any, _record: Any) -> None:
+            connection.execute(f"PRAGMA wal_autocheckpoint={cls.BOUND_PAGES}")
+
+        engine.dispose()  # pooled connections opened before would keep checkpointing at every commit
         return cls(database, interval_seconds)
 
     def start(self) -> None:

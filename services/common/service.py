@@ -62,8 +62,8 @@ def build_service(
 ) -> FastAPI:
     settings = settings or ServiceSettings(service_name=name)
     configure_logging(name, settings.log_level)
-    engine = make_engine(settings.database_url, background_checkpoints=True)
-    checkpointer = WalCheckpointer.for_engine(engine)
+    engine = make_engine(settings.database_url)
+    checkpointer = WalCheckpointer.attach(engine)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
         client_id=name,

@@ -174,11 +174,13 @@ def test_with_background_checkpoints_commits_leave_the_log_to_the_checkpointer(t
     assert (tmp_path / "inline.db").stat().st_size > 10_000_000  # checkpointed by the commit itself
     inline.dispose()
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'background.db'}", background_checkpoints=True)
+    engine = make_engine(f"sqlite:///{tmp_path / 'background.db'}")
+    with engine.connect():  # a connection pooled before the checkpointer is attached must not count
+        pass
+    checkpointer = WalCheckpointer.attach(engine, interval_seconds=0.05)
+    assert checkpointer is not None
     commit_rows(engine)
     assert (tmp_path / "background.db").stat().st_size < 1_000_000  # the commit left the log alone
-    checkpointer = WalCheckpointer.for_engine(engine, interval_seconds=0.05)
-    assert checkpointer is not None
     checkpointer.start()
     try:
         deadline = time.monotonic() + 30
@@ -191,8 +193,8 @@ def test_with_background_checkpoints_commits_leave_the_log_to_the_checkpointer(t
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM reading")).scalar_one() == len(rows)
     engine.dispose()
-    assert WalCheckpointer.for_engine(make_engine("sqlite://")) is None
-    assert WalCheckpointer.for_engine(make_engine("postgresql://cgt@localhost/none")) is None
+    assert WalCheckpointer.attach(make_engine("sqlite://")) is None
+    assert WalCheckpointer.attach(make_engine("postgresql://cgt@localhost/none")) is None
 
 
 def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
