@@ -221,6 +221,15 @@ def lock_site(session: Session, site_id: str) -> None:
     session.exec(update(Site).where(col(Site.id) == site_id).values(booking_version=Site.booking_version + 1))
 
 
+def lock_case(session: Session, case: Case) -> None:
+    """Take the case's site lock, then read the case again. Bookings and the events that change a case
+    (delivery, quarantine, release, rejection, delay, cancellation) all do this first, so none acts on
+    what it read before another one committed: a case is never booked twice, nor booked as unquarantined
+    while a quarantine is being recorded."""
+    lock_site(session, case.treatment_center_id)
+    session.refresh(case)
+
+
 def book(
     session: Session,
     case: Case,
@@ -231,11 +240,11 @@ def book(
     correlation_id: str,
 ) -> Appointment:
     """Book a tentative appointment; confirm it at once if the product is already on site and clean."""
+    lock_case(session, case)
     if case.cancelled:
         raise Refused(["the order was cancelled"])
     if open_appointment(session, case.coi) is not None:
         raise Refused(["this case already has an appointment: reschedule or cancel it"])
-    lock_site(session, case.treatment_center_id)
     site = session.get(Site, case.treatment_center_id)
     problems = domain.booking_problems(
         option,

@@ -78,6 +78,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
             ):
                 session.add(ParkedEvent(coi=coi, event_id=str(event.id), payload=event.model_dump_json()))
             return None
+        commands.lock_case(session, case)
         return None if case.cancelled else case
 
     def on_shipment_dispatched(session: Session, event: AnyEvent) -> None:
@@ -155,6 +156,7 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
         case = session.get(Case, event.data.coi)
         if case is None:
             return
+        commands.lock_case(session, case)
         case.cancelled = True
         commands.flag(session, case, None)
         appointment = commands.open_appointment(session, case.coi)

@@ -1,0 +1,171 @@
+"""Two coordinators booking the same case at the same moment (SQLite and PostgreSQL, no broker): the second
+booking is judged on what the first one committed, never on what it read before waiting for the site's lock."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cgt_contracts.events import ShipmentQuarantined, ShipmentQuarantinedData
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from deploy.stack import create_postgres_databases, drop_postgres_databases
+from services.common.db import create_tables, make_engine
+from services.common.service import COMMON_TABLES
+from services.scheduling import commands, domain
+from services.scheduling.domain import AppointmentState
+from services.scheduling.handlers import make_handlers
+from services.scheduling.models import TABLES, Appointment, Case, Site
+
+SITE = "TC-LOCK"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        urls = {"bookings": f"sqlite:///{tmp_path / 'bookings.db'}"}
+    else:
+        urls = create_postgres_databases(["bookings"])
+    engine = make_engine(urls["bookings"])
+    create_tables(engine, [*COMMON_TABLES, *TABLES])
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if request.param == "postgresql":
+            drop_postgres_databases(urls)
+
+
+def a_case_ready_to_book(engine: Engine) -> tuple[str, domain.SlotOption]:
+    coi = f"W{uuid.uuid4().hex[:12].upper()}"
+    eta = datetime.now(UTC) + timedelta(days=1)
+    with Session(engine) as session:
+        session.add(
+            Site(
+                id=SITE,
+                timezone="UTC",
+                infusions_per_day=10,
+                admissions_capacity=10,
+                working_weekdays="1,2,3,4,5,6,7",
+            )
+        )
+        session.add(
+            Case(
+                coi=coi,
+                order_id=uuid.uuid4(),
+                patient_ref="ref-lock",
+                therapy_code="ETA-CEL",
+                treatment_center_id=SITE,
+                conditioning_days=2,
+                shipment_id=uuid.uuid4(),
+                eta_at=eta,
+            )
+        )
+        session.commit()
+    start = domain.earliest_conditioning_day(eta, 24, "UTC")
+    return coi, domain.SlotOption(start, start + timedelta(days=2))
+
+
+def book(session: Session, coi: str, option: domain.SlotOption, coordinator: str) -> Appointment:
+    case = session.get(Case, coi)
+    assert case is not None
+    return commands.book(
+        session, case, option, booked_by=coordinator, default_buffer_hours=24, correlation_id=coordinator
+    )
+
+
+def test_a_case_booked_twice_at_once_gets_one_appointment(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coi, option = a_case_ready_to_book(engine)
+    second_at_the_lock = threading.Event()
+    second: dict[str, Any] = {}
+
+    take_the_lock = commands.lock_site
+
+    def reaching_the_lock(session: Session, site_id: str) -> None:
+        if threading.current_thread().name == "second-coordinator":
+            second_at_the_lock.set()
+        take_the_lock(session, site_id)
+
+    monkeypatch.setattr(commands, "lock_site", reaching_the_lock)
+
+    def second_coordinator() -> None:
+        with Session(engine) as session:
+            try:
+                second["appointment"] = book(session, coi, option, "coordinator-b")
+                session.commit()
+            except commands.Refused as refused:
+                session.rollback()
+                second["refused"] = refused.reasons
+
+    with Session(engine) as first:
+        book(first, coi, option, "coordinator-a")  # holds the site's lock until it commits
+        thread = threading.Thread(target=second_coordinator, name="second-coordinator")
+        thread.start()
+        assert second_at_the_lock.wait(10), "the second booking never reached the site's lock"
+        first.commit()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    assert "appointment" not in second, "the case was booked twice"
+    assert second["refused"] == ["this case already has an appointment: reschedule or cancel it"]
+    with Session(engine) as session:
+        booked = session.exec(
+            select(func.count()).select_from(Appointment).where(col(Appointment.coi) == coi)
+        )
+        assert booked.one() == 1
+
+
+def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coi, option = a_case_ready_to_book(engine)
+    coordinator_at_the_lock = threading.Event()
+    take_the_lock = commands.lock_site
+
+    def reaching_the_lock(session: Session, site_id: str) -> None:
+        if threading.current_thread().name == "coordinator":
+            coordinator_at_the_lock.set()
+        take_the_lock(session, site_id)
+
+    monkeypatch.setattr(commands, "lock_site", reaching_the_lock)
+    booking: dict[str, Appointment] = {}
+
+    def coordinator() -> None:
+        with Session(engine) as session:
+            booking["appointment"] = book(session, coi, option, "coordinator-a")
+            session.commit()
+            session.refresh(booking["appointment"])
+
+    quarantined = ShipmentQuarantined(
+        source="cgt/coi-tracking",
+        subject=coi,
+        correlationid="quarantine-while-booking",
+        data=ShipmentQuarantinedData(
+            shipment_id=uuid.uuid4(),
+            coi=coi,
+            treatment_center_id=SITE,
+            reason="temperature excursion: -120.0 °C above the -150.0 °C limit",
+            quarantined_at=datetime.now(UTC),
+        ),
+    )
+    with Session(engine) as consumer:
+        make_handlers(default_buffer_hours=24)[ShipmentQuarantined](consumer, quarantined)
+        thread = threading.Thread(target=coordinator, name="coordinator")
+        thread.start()
+        assert coordinator_at_the_lock.wait(10), "the booking never reached the site's lock"
+        consumer.commit()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    appointment = booking["appointment"]
+    assert appointment.state is AppointmentState.ON_HOLD, "booked as if the shipment were not quarantined"
+    assert appointment.hold_reason == "the shipment is quarantined"
