@@ -3,8 +3,9 @@
 Invariant: an event is published iff its state change committed. A relay publishes pending rows in id
 order (so in order per COI key) with acks=all and the idempotent producer, then marks them published.
 Failure modes: a crash after publish and before marking republishes the row (same event id): consumers
-drop it through their inbox. On PostgreSQL several relays lock rows with SKIP LOCKED and never publish
-one row twice in effect.
+drop it through their inbox. On PostgreSQL several relays (several instances of a service) take turns:
+one at a time holds the outbox's advisory lock from claim to mark, so rows still go out in id order (two
+relays publishing batches side by side could put a patient's later event before an earlier one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from cgt_contracts.envelope import EventEnvelope, utc_now
-from sqlalchemy import Column, Integer, Text
+from sqlalchemy import Column, Integer, Text, func
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
@@ -31,6 +32,8 @@ from services.common.db import UtcDateTime, insert_later, is_postgres, one_of, t
 
 log = structlog.get_logger()
 _PARTITIONER = DefaultPartitioner()
+RELAY_LOCK = 0x0C67_0B0C
+"""PostgreSQL advisory lock (per database: each service has its own) held by the relay that is publishing."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -219,6 +222,11 @@ class OutboxRelay:
         return futures
 
     def _claim(self, session: Session) -> list[PendingMessage]:
+        """The next pending rows, in id order; none while another relay publishes (PostgreSQL: it holds
+        the advisory lock until its transaction ends)."""
+        postgres = is_postgres(self._engine)
+        if postgres and not session.execute(sa_select(func.pg_try_advisory_xact_lock(RELAY_LOCK))).scalar():
+            return []
         columns = OUTBOX_TABLE.c
         query = (
             sa_select(
@@ -233,7 +241,7 @@ class OutboxRelay:
             .order_by(columns.id)
             .limit(self._batch)
         )
-        if is_postgres(self._engine):
+        if postgres:
             query = query.with_for_update(skip_locked=True)
         return [PendingMessage(*row) for row in session.execute(query)]
 

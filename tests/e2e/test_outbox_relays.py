@@ -1,83 +1,160 @@
-"""Several outbox relays on one PostgreSQL database never publish a row twice (FOR UPDATE SKIP LOCKED)."""
+"""Several outbox relays on one PostgreSQL database (several instances of a service): every row is published
+exactly once, and in id order per key, because one relay at a time publishes (the outbox's advisory lock)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
 
 from deploy.stack import create_postgres_databases, drop_postgres_databases
 from services.common.db import create_tables, make_engine
-from services.common.outbox import OutboxMessage, OutboxRelay
+from services.common.outbox import OutboxMessage, OutboxRelay, PendingMessage
 from services.common.service import COMMON_TABLES
 from services.common.topics import TopicSpec, ensure_topics
 from tests.support.infra import kafka_broker
 
 pytestmark = pytest.mark.e2e
-ROWS = 600
+KEYS = 17
 
 
-async def test_two_relays_publish_every_row_exactly_once(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with kafka_broker(tmp_path_factory.mktemp("kafka")) as address:
+        yield address
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
     urls = create_postgres_databases(["relay-test"])
     engine = make_engine(urls["relay-test"])
-    topic = f"relay.test.{uuid.uuid4().hex[:6]}"
+    create_tables(engine, COMMON_TABLES)
     try:
-        create_tables(engine, COMMON_TABLES)
-        with Session(engine) as session:
-            for n in range(ROWS):
-                session.add(
-                    OutboxMessage(
-                        event_id=str(uuid.uuid4()),
-                        event_type="t",
-                        topic=topic,
-                        key=f"k{n % 17}",
-                        payload=f'{{"n": {n}}}',
-                        correlation_id="c",
-                    )
-                )
-            session.commit()
-        broker_context = kafka_broker(tmp_path / "kafka")
-        bootstrap = await asyncio.to_thread(
-            broker_context.__enter__
-        )  # the launcher blocks: keep it off the loop
-        try:
-            await ensure_topics(bootstrap, (TopicSpec(topic, 3),))
-            relays = [OutboxRelay(engine, bootstrap, batch=25) for _ in range(2)]
-            for relay in relays:
-                await relay.connect()
-
-            async def drain(relay: OutboxRelay) -> int:
-                published = 0
-                while (count := await relay.publish_pending()) > 0:
-                    published += count
-                return published
-
-            counts = await asyncio.gather(*(drain(relay) for relay in relays))
-            for relay in relays:
-                await relay.stop()
-            assert sum(counts) == ROWS and all(c > 0 for c in counts), (
-                counts
-            )  # both relays worked, no row twice
-            consumer = AIOKafkaConsumer(
-                topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"g-{topic}"
-            )
-            await consumer.start()
-            seen: list[bytes] = []
-            try:
-                while len(seen) < ROWS:
-                    batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
-                    seen.extend(record.value for records in batch.values() for record in records)
-                extra = await consumer.getmany(timeout_ms=1500)
-                seen.extend(record.value for records in extra.values() for record in records)
-            finally:
-                await consumer.stop()
-            assert len(seen) == ROWS and len(set(seen)) == ROWS
-        finally:
-            await asyncio.to_thread(broker_context.__exit__, None, None, None)
+        yield engine
     finally:
         engine.dispose()
         drop_postgres_databases(urls)
+
+
+@pytest.fixture
+async def topic(bootstrap: str) -> AsyncIterator[str]:
+    name = f"relay.test.{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, (TopicSpec(name, 3),))
+    yield name
+
+
+def pending_rows(engine: Engine, topic: str, rows: int) -> None:
+    """`rows` events over `KEYS` keys, each payload carrying its position."""
+    with Session(engine) as session:
+        for n in range(rows):
+            session.add(
+                OutboxMessage(
+                    event_id=str(uuid.uuid4()),
+                    event_type="t",
+                    topic=topic,
+                    key=f"k{n % KEYS}",
+                    payload=json.dumps({"n": n}),
+                    correlation_id="c",
+                )
+            )
+        session.commit()
+
+
+def unpublished(engine: Engine) -> int:
+    with Session(engine) as session:
+        query = (
+            select(func.count()).select_from(OutboxMessage).where(col(OutboxMessage.published_at).is_(None))
+        )
+        return session.exec(query).one()
+
+
+async def published(bootstrap: str, topic: str, expected: int) -> dict[str, list[int]]:
+    """Every record on the topic (waiting for `expected`, then a little longer for any extra one): each
+    key's positions in the order they arrived."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"g-{topic}"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        while len(records) < expected:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), timeout=30)
+            records.extend(record for partition in batch.values() for record in partition)
+        extra = await consumer.getmany(timeout_ms=1500)
+        records.extend(record for partition in extra.values() for record in partition)
+    finally:
+        await consumer.stop()
+    per_key: dict[str, list[int]] = {}
+    for record in records:
+        per_key.setdefault(record.key.decode(), []).append(json.loads(record.value)["n"])
+    return per_key
+
+
+async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
+    engine: Engine, bootstrap: str, topic: str
+) -> None:
+    rows = 600
+    pending_rows(engine, topic, rows)
+    relays = [OutboxRelay(engine, bootstrap, batch=25) for _ in range(2)]
+    for relay in relays:
+        await relay.connect()
+
+    async def publish_until_empty(relay: OutboxRelay) -> None:
+        """Keep trying while rows are pending: a relay that finds the other one publishing gets none."""
+        async with asyncio.timeout(60):
+            while await asyncio.to_thread(unpublished, engine) > 0:
+                if await relay.publish_pending() == 0:
+                    await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.gather(*(publish_until_empty(relay) for relay in relays))
+    finally:
+        for relay in relays:
+            await relay.stop()
+    per_key = await published(bootstrap, topic, rows)
+    assert sum(len(positions) for positions in per_key.values()) == rows  # none twice, none lost
+    for key, positions in per_key.items():
+        assert positions == sorted(positions), f"{key} published out of order: {positions}"
+    assert sorted(n for positions in per_key.values() for n in positions) == list(range(rows))
+
+
+async def test_a_second_relay_waits_while_the_first_publishes_then_takes_the_next_rows(
+    engine: Engine, bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending_rows(engine, topic, 50)
+    first, second = OutboxRelay(engine, bootstrap, batch=25), OutboxRelay(engine, bootstrap, batch=25)
+    for relay in (first, second):
+        await relay.connect()
+    first_claimed, release_first = asyncio.Event(), asyncio.Event()
+    send = OutboxRelay._send_in_batches
+
+    async def first_waits_before_sending(producer: Any, rows: list[PendingMessage]) -> list[Any]:
+        if producer is first._producer:
+            first_claimed.set()
+            await release_first.wait()
+        return await send(producer, rows)
+
+    monkeypatch.setattr(OutboxRelay, "_send_in_batches", staticmethod(first_waits_before_sending))
+    try:
+        first_round = asyncio.create_task(first.publish_pending())
+        async with asyncio.timeout(30):
+            await first_claimed.wait()
+        assert await second.publish_pending() == 0, "the second relay published while the first held its rows"
+        release_first.set()
+        assert await first_round == 25
+        assert await second.publish_pending() == 25
+    finally:
+        release_first.set()
+        for relay in (first, second):
+            await relay.stop()
+    per_key = await published(bootstrap, topic, 50)
+    assert sorted(n for positions in per_key.values() for n in positions) == list(range(50))
+    for key, positions in per_key.items():
+        assert positions == sorted(positions), f"{key} published out of order: {positions}"
