@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from services.coi_tracking import commands
 from services.common.db import is_postgres
+from services.common.logging import log_context
 
 log = structlog.get_logger()
 
@@ -66,7 +67,7 @@ def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -
                 OtherCourierCompany(f"shipment {shipment.id} is assigned to another courier company")
             )
             continue
-        with structlog.contextvars.bound_contextvars(correlation_id=submission.correlation_id):
+        with log_context(correlation_id=submission.correlation_id):
             results.append(
                 commands.record_scan(
                     session,

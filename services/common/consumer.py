@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from services.common.db import UtcDateTime, one_of
+from services.common.logging import log_context
 from services.common.topics import dlq
 
 log = structlog.get_logger()
@@ -210,7 +211,7 @@ def register_consumer(
                 if str(event.id) in done:
                     continue
                 done.add(str(event.id))
-                with structlog.contextvars.bound_contextvars(
+                with log_context(
                     correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
                 ):
                     handler(session, event)
@@ -235,9 +236,7 @@ def register_consumer(
 
     async def apply_one(record: Any, event: AnyEvent, handler: EventHandler) -> None:
         """Apply one event in its own transaction, retried; dead-lettered after `max_attempts` failures."""
-        with structlog.contextvars.bound_contextvars(
-            correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
-        ):
+        with log_context(correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type):
             try:
                 applied = await run_with_retries(partial(apply, event, handler), max_attempts)
             except Exception as error:
