@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from services.common.auth import Principal, Role, require
 from services.common.identifiers import coi_identifier, coi_label, din
@@ -201,10 +201,27 @@ def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> dom
     )
 
 
+def lock_order(session: Session, order: Order) -> None:
+    """Lock a stored order's row (PostgreSQL; SQLite: the write lock) and read it again, so that a change
+    is judged on the order as it is now: a coordinator's cancellation and a delivery event arriving at the
+    same moment are applied one after the other, never both from the same stale status."""
+    if order in session.new:  # not stored yet: nobody else can change it
+        return
+    session.flush()  # this transaction's own changes first: the order is read back below
+    session.exec(
+        update(Order)
+        .where(col(Order.id) == order.id)
+        .values(status=Order.status)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(order)
+
+
 def record_transition(
     session: Session, order: Order, target: OrderStatus, actor: str, cause_event_id: str | None = None
 ) -> None:
     """Move the order, refusing what the state machine forbids, and keep the history."""
+    lock_order(session, order)
     domain.check_transition(order.status, target)
     session.add(
         OrderTransition(

@@ -1,0 +1,118 @@
+"""A coordinator's cancellation and a shipment event moving the same order at the same moment (SQLite and
+PostgreSQL, no broker): the second change is judged on the order the first one left, never on the status
+both read before."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from cgt_contracts.events import ShipmentDelivered, ShipmentDeliveredData
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from deploy.stack import create_postgres_databases, drop_postgres_databases
+from services.common.db import create_tables, make_engine
+from services.common.service import COMMON_TABLES
+from services.order_intake import api, handlers
+from services.order_intake.domain import OrderStatus
+from services.order_intake.models import TABLES, Order, OrderTransition
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        urls = {"orders": f"sqlite:///{tmp_path / 'orders.db'}"}
+    else:
+        urls = create_postgres_databases(["orders"])
+    engine = make_engine(urls["orders"])
+    create_tables(engine, [*COMMON_TABLES, *TABLES])
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if request.param == "postgresql":
+            drop_postgres_databases(urls)
+
+
+def a_shipped_order(engine: Engine) -> Order:
+    order = Order(
+        patient_ref="ref-race",
+        therapy_code="ETA-CEL",
+        treatment_center_id="TC-RACE",
+        prescriber_npi="1234567893",
+        ordered_on=date.today(),
+        created_by="coordinator-a",
+        status=OrderStatus.PRODUCT_SHIPPED,
+        coi=f"W{uuid.uuid4().hex[:12].upper()}",
+    )
+    with Session(engine) as session:
+        session.add(order)
+        session.commit()
+        session.refresh(order)
+    return order
+
+
+def delivered(order: Order) -> ShipmentDelivered:
+    assert order.coi is not None
+    return ShipmentDelivered(
+        source="cgt/coi-tracking",
+        subject=order.coi,
+        correlationid="delivery-while-cancelling",
+        data=ShipmentDeliveredData(
+            shipment_id=uuid.uuid4(),
+            coi=order.coi,
+            treatment_center_id=order.treatment_center_id,
+            delivered_at=datetime.now(UTC),
+            coi_verified=True,
+            temperature_record_clean=True,
+            max_temperature_celsius=-180.0,
+        ),
+    )
+
+
+def test_a_delivery_arriving_while_the_order_is_cancelled_is_judged_on_the_cancelled_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = a_shipped_order(engine)
+    event_at_the_order = threading.Event()
+    record_transition = api.record_transition
+
+    def arriving(
+        session: Session, order: Order, target: OrderStatus, actor: str, cause_event_id: str | None = None
+    ) -> None:
+        if threading.current_thread().name == "delivery-event":
+            event_at_the_order.set()
+        record_transition(session, order, target, actor, cause_event_id)
+
+    monkeypatch.setattr(handlers, "record_transition", arriving)
+
+    def delivery_event() -> None:
+        with Session(engine) as session:
+            handlers.on_shipment_delivered(session, delivered(order))
+            session.commit()
+
+    with Session(engine) as coordinator:
+        cancelling = coordinator.get(Order, order.id)
+        assert cancelling is not None
+        api.record_transition(coordinator, cancelling, OrderStatus.CANCELLED, "coordinator-a")
+        thread = threading.Thread(target=delivery_event, name="delivery-event")
+        thread.start()
+        assert event_at_the_order.wait(10), "the delivery event never reached the order"
+        coordinator.commit()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    with Session(engine) as session:
+        stored = session.get(Order, order.id)
+        assert stored is not None and stored.status is OrderStatus.CANCELLED
+        history = session.exec(
+            select(OrderTransition.from_status, OrderTransition.to_status)
+            .where(col(OrderTransition.order_id) == order.id)
+            .order_by(col(OrderTransition.id))
+        ).all()
+        assert list(history) == [(OrderStatus.PRODUCT_SHIPPED, OrderStatus.CANCELLED)], history
