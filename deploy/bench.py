@@ -490,10 +490,11 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
             if refused:
                 raise RuntimeError(f"COI tracking refused {refused} of the bench's scans: figures void")
             await bench.close()
-            medians = {
-                key: round(statistics.median(run[key] for run in runs), 3 if key == "ingestion_ratio" else 1)
-                for key in runs[0]
-            }
+
+            def rounded(key: str, value: float) -> float:
+                return round(value, 3 if key == "ingestion_ratio" else 1)
+
+            medians = {key: rounded(key, statistics.median(run[key] for run in runs)) for key in runs[0]}
             return {
                 "database": backend,
                 "runs": len(runs),
@@ -505,6 +506,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
                 "journeys_concurrent": args.journeys,
                 "http_clients": args.clients,
                 **medians,
+                "each_run": [{key: rounded(key, value) for key, value in run.items()} for run in runs],
                 "peak_rss_mib": bench.peak_rss_mib(),
             }
     finally:
