@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +15,10 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from deploy.stack import create_postgres_databases, drop_postgres_databases
-from services.common.db import create_tables, make_engine
 from services.common.outbox import OutboxMessage, OutboxRelay, PendingMessage
 from services.common.service import COMMON_TABLES
 from services.common.topics import TopicSpec, ensure_topics
-from tests.support.infra import kafka_broker
+from tests.support.infra import database, kafka_broker
 
 pytestmark = pytest.mark.e2e
 KEYS = 17
@@ -32,15 +31,9 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    urls = create_postgres_databases(["relay-test"])
-    engine = make_engine(urls["relay-test"])
-    create_tables(engine, COMMON_TABLES)
-    try:
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with database("postgresql", tmp_path, COMMON_TABLES) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        drop_postgres_databases(urls)
 
 
 @pytest.fixture

@@ -16,31 +16,20 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from deploy.stack import create_postgres_databases, drop_postgres_databases
-from services.common.db import create_tables, make_engine
 from services.common.service import COMMON_TABLES
 from services.scheduling import commands, domain
 from services.scheduling.domain import AppointmentState
 from services.scheduling.handlers import make_handlers
 from services.scheduling.models import TABLES, Appointment, Case, Site
+from tests.support.infra import database
 
 SITE = "TC-LOCK"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        urls = {"bookings": f"sqlite:///{tmp_path / 'bookings.db'}"}
-    else:
-        urls = create_postgres_databases(["bookings"])
-    engine = make_engine(urls["bookings"])
-    create_tables(engine, [*COMMON_TABLES, *TABLES])
-    try:
+    with database(request.param, tmp_path, [*COMMON_TABLES, *TABLES]) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        if request.param == "postgresql":
-            drop_postgres_databases(urls)
 
 
 def a_case_ready_to_book(engine: Engine) -> tuple[str, domain.SlotOption]:

@@ -15,28 +15,17 @@ from cgt_contracts.events import ShipmentDelivered, ShipmentDeliveredData
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from deploy.stack import create_postgres_databases, drop_postgres_databases
-from services.common.db import create_tables, make_engine
 from services.common.service import COMMON_TABLES
 from services.order_intake import api, handlers
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import TABLES, Order, OrderTransition
+from tests.support.infra import database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        urls = {"orders": f"sqlite:///{tmp_path / 'orders.db'}"}
-    else:
-        urls = create_postgres_databases(["orders"])
-    engine = make_engine(urls["orders"])
-    create_tables(engine, [*COMMON_TABLES, *TABLES])
-    try:
+    with database(request.param, tmp_path, [*COMMON_TABLES, *TABLES]) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        if request.param == "postgresql":
-            drop_postgres_databases(urls)
 
 
 def a_shipped_order(engine: Engine) -> Order:

@@ -19,7 +19,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from deploy.stack import create_postgres_databases, drop_postgres_databases
 from services.coi_tracking import commands
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Bag, Container, ScanRecord, Shipment
@@ -27,13 +26,13 @@ from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, Shipme
 from services.common.db import (
     COPY_FROM_ROWS,
     WalCheckpointer,
-    create_tables,
     insert_later,
     make_engine,
     tables_of,
 )
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
+from tests.support.infra import database
 
 OUTBOX = tables_of(OutboxMessage)[0]
 SCAN_TABLE = tables_of(ScanRecord)[0]
@@ -41,18 +40,8 @@ SCAN_TABLE = tables_of(ScanRecord)[0]
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        urls = {"writes": f"sqlite:///{tmp_path / 'writes.db'}"}
-    else:
-        urls = create_postgres_databases(["writes"])
-    engine = make_engine(urls["writes"])
-    create_tables(engine, [*COMMON_TABLES, *TABLES])
-    try:
+    with database(request.param, tmp_path, [*COMMON_TABLES, *TABLES]) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        if request.param == "postgresql":
-            drop_postgres_databases(urls)
 
 
 def outbox_row(n: int) -> dict[str, object]:

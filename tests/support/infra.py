@@ -9,9 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Engine
+
+from deploy.stack import create_postgres_databases, drop_postgres_databases
+from services.common.db import create_tables, make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -89,3 +95,22 @@ async def wait_committed(
         raise TimeoutError(f"{group} did not commit past {topic}[{partition}]@{offset} within {timeout}s")
     finally:
         await admin.close()
+
+
+@contextmanager
+def database(kind: str, directory: Path, tables: Sequence[Table]) -> Iterator[Engine]:
+    """A fresh database with `tables`: a SQLite file in `directory`, or a PostgreSQL database dropped
+    afterwards (`kind` is "sqlite" or "postgresql")."""
+    urls = (
+        {"test": f"sqlite:///{directory / 'test.db'}"}
+        if kind == "sqlite"
+        else create_postgres_databases(["test"])
+    )
+    engine = make_engine(urls["test"])
+    create_tables(engine, tables)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if kind == "postgresql":
+            drop_postgres_databases(urls)
