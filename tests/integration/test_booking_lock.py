@@ -3,7 +3,6 @@ booking is judged on what the first one committed, never on what it read before 
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from services.scheduling.domain import AppointmentState
 from services.scheduling.handlers import make_handlers
 from services.scheduling.models import TABLES, Appointment, Case, Site
 from tests.support.infra import database
+from tests.support.races import Contender
 
 SITE = "TC-LOCK"
 
@@ -74,17 +74,7 @@ def test_a_case_booked_twice_at_once_gets_one_appointment(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     coi, option = a_case_ready_to_book(engine)
-    second_at_the_lock = threading.Event()
     second: dict[str, Any] = {}
-
-    take_the_lock = commands.lock_site
-
-    def reaching_the_lock(session: Session, site_id: str) -> None:
-        if threading.current_thread().name == "second-coordinator":
-            second_at_the_lock.set()
-        take_the_lock(session, site_id)
-
-    monkeypatch.setattr(commands, "lock_site", reaching_the_lock)
 
     def second_coordinator() -> None:
         with Session(engine) as session:
@@ -95,14 +85,12 @@ def test_a_case_booked_twice_at_once_gets_one_appointment(
                 session.rollback()
                 second["refused"] = refused.reasons
 
+    contender = Contender(monkeypatch, commands, "lock_site", second_coordinator)
     with Session(engine) as first:
         book(first, coi, option, "coordinator-a")  # holds the site's lock until it commits
-        thread = threading.Thread(target=second_coordinator, name="second-coordinator")
-        thread.start()
-        assert second_at_the_lock.wait(10), "the second booking never reached the site's lock"
+        contender.arrive()
         first.commit()
-    thread.join(30)
-    assert not thread.is_alive()
+    contender.finish()
 
     assert "appointment" not in second, "the case was booked twice"
     assert second["refused"] == ["this case already has an appointment: reschedule or cancel it"]
@@ -117,15 +105,6 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     coi, option = a_case_ready_to_book(engine)
-    coordinator_at_the_lock = threading.Event()
-    take_the_lock = commands.lock_site
-
-    def reaching_the_lock(session: Session, site_id: str) -> None:
-        if threading.current_thread().name == "coordinator":
-            coordinator_at_the_lock.set()
-        take_the_lock(session, site_id)
-
-    monkeypatch.setattr(commands, "lock_site", reaching_the_lock)
     booking: dict[str, Appointment] = {}
 
     def coordinator() -> None:
@@ -134,6 +113,7 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
             session.commit()
             session.refresh(booking["appointment"])
 
+    contender = Contender(monkeypatch, commands, "lock_site", coordinator)
     quarantined = ShipmentQuarantined(
         source="cgt/coi-tracking",
         subject=coi,
@@ -148,12 +128,9 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
     )
     with Session(engine) as consumer:
         make_handlers(default_buffer_hours=24)[ShipmentQuarantined](consumer, quarantined)
-        thread = threading.Thread(target=coordinator, name="coordinator")
-        thread.start()
-        assert coordinator_at_the_lock.wait(10), "the booking never reached the site's lock"
+        contender.arrive()
         consumer.commit()
-    thread.join(30)
-    assert not thread.is_alive()
+    contender.finish()
 
     appointment = booking["appointment"]
     assert appointment.state is AppointmentState.ON_HOLD, "booked as if the shipment were not quarantined"

@@ -4,7 +4,6 @@ both read before."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -20,6 +19,7 @@ from services.order_intake import api, handlers
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import TABLES, Order, OrderTransition
 from tests.support.infra import database
+from tests.support.races import Contender
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -68,33 +68,20 @@ def test_a_delivery_arriving_while_the_order_is_cancelled_is_judged_on_the_cance
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     order = a_shipped_order(engine)
-    event_at_the_order = threading.Event()
-    record_transition = api.record_transition
-
-    def arriving(
-        session: Session, order: Order, target: OrderStatus, actor: str, cause_event_id: str | None = None
-    ) -> None:
-        if threading.current_thread().name == "delivery-event":
-            event_at_the_order.set()
-        record_transition(session, order, target, actor, cause_event_id)
-
-    monkeypatch.setattr(handlers, "record_transition", arriving)
 
     def delivery_event() -> None:
         with Session(engine) as session:
             handlers.on_shipment_delivered(session, delivered(order))
             session.commit()
 
+    contender = Contender(monkeypatch, handlers, "record_transition", delivery_event)
     with Session(engine) as coordinator:
         cancelling = coordinator.get(Order, order.id)
         assert cancelling is not None
         api.record_transition(coordinator, cancelling, OrderStatus.CANCELLED, "coordinator-a")
-        thread = threading.Thread(target=delivery_event, name="delivery-event")
-        thread.start()
-        assert event_at_the_order.wait(10), "the delivery event never reached the order"
+        contender.arrive()
         coordinator.commit()
-    thread.join(30)
-    assert not thread.is_alive()
+    contender.finish()
 
     with Session(engine) as session:
         stored = session.get(Order, order.id)

@@ -1,0 +1,49 @@
+"""Two writers on the same rows, made to meet deterministically: the second runs on a thread of its own and is
+caught as it calls the function that leads it to the lock, while the first still holds its transaction."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+class Contender:
+    """`work` on a thread of its own; `arrive()` returns once it has called `owner.function_name` (the step
+    before the lock), `finish()` once it is done, raising what it raised."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, owner: object, function_name: str, work: Callable[[], None]
+    ) -> None:
+        self._arrived = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=f"contender-{id(self)}")
+        function = getattr(owner, function_name)
+
+        def arriving(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is self._thread:
+                self._arrived.set()
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(owner, function_name, arriving)
+        self._function_name = function_name
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the test's thread by finish()
+            self._error = error
+
+    def arrive(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        if not self._arrived.wait(timeout):
+            self.finish()  # its own failure first, if it had one
+            raise AssertionError(f"the second writer never reached {self._function_name}")
+
+    def finish(self, timeout: float = 30.0) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the second writer did not finish"
+        if self._error is not None:
+            raise self._error
