@@ -505,6 +505,7 @@ def record_collection(
 ) -> CollectionView:
     """Record a collection: it gets its own DIN under the order's COI; the first one moves the order on."""
     order = _must_get(session, order_id)
+    lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
     if order.status not in (OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED) or order.coi is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"cannot record a collection for an order that is {order.status}"

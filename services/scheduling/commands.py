@@ -226,6 +226,7 @@ def lock_case(session: Session, case: Case) -> None:
     (delivery, quarantine, release, rejection, delay, cancellation) all do this first, so none acts on
     what it read before another one committed: a case is never booked twice, nor booked as unquarantined
     while a quarantine is being recorded."""
+    session.flush()  # this transaction's own changes to the case first: it is read back below
     lock_site(session, case.treatment_center_id)
     session.refresh(case)
 
