@@ -18,14 +18,16 @@ def written() -> Iterator[io.StringIO]:
     """The services' logging set-up, writing its JSON lines here."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    config, bound = structlog.get_config(), structlog.contextvars.get_contextvars()
     configure_logging("test-service", "INFO")
     lines = io.StringIO()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=lines))
     try:
         yield lines
-    finally:
+    finally:  # whatever the process had before, for the tests that follow
         structlog.contextvars.clear_contextvars()
-        structlog.reset_defaults()
+        structlog.contextvars.bind_contextvars(**bound)
+        structlog.configure(**config)
         root.handlers, root.level = handlers, level
 
 
