@@ -36,7 +36,7 @@ from services.coi_tracking.scan_writer import (
     ShipmentNotFound,
 )
 from services.common.auth import Principal, Role, require
-from services.common.db import is_postgres
+from services.common.db import lock_for_writing
 from services.common.service import db_session, runtime_of
 
 SOURCE = "cgt/coi-tracking"
@@ -130,9 +130,13 @@ class LedgerView(BaseModel):
 
 
 def _load_for_update(session: Session, shipment_id: UUID) -> Shipment:
-    query = select(Shipment).where(Shipment.id == shipment_id)
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
+    lock_for_writing(session)
+    query = (
+        select(Shipment)
+        .where(Shipment.id == shipment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     shipment = session.exec(query).first()
     if shipment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")

@@ -47,7 +47,7 @@ from services.coi_tracking.models import (
     Shipment,
     TemperatureReading,
 )
-from services.common.db import insert_later, tables_of, write_deferred
+from services.common.db import insert_later, lock_for_writing, tables_of, write_deferred
 from services.common.outbox import enqueue
 from services.common.topics import SHIPMENTS
 
@@ -115,8 +115,9 @@ class ShipmentFacts:
 def shipments_with_facts(
     session: Session, shipment_ids: Collection[UUID], *, lock: bool
 ) -> tuple[dict[UUID, Shipment], dict[UUID, ShipmentFacts]]:
-    """Shipments with their facts in one query (one round trip for a group of scans), in id order, locked
-    (FOR UPDATE OF shipment) when `lock` is set."""
+    """Shipments with their facts in one query (one round trip for a group of scans), in id order. With
+    `lock`, the shipments are locked first (FOR UPDATE OF shipment; SQLite: the write locks) and read as
+    they are now, even those the session had loaded before."""
     bag_count = (
         select(func.count())
         .select_from(Bag)
@@ -131,7 +132,8 @@ def shipments_with_facts(
         .order_by(col(Shipment.id))
     )
     if lock:
-        query = query.with_for_update(of=Shipment)
+        lock_for_writing(session)
+        query = query.with_for_update(of=Shipment).execution_options(populate_existing=True)
     shipments: dict[UUID, Shipment] = {}
     facts: dict[UUID, ShipmentFacts] = {}
     for shipment, container, bags in session.exec(query):
@@ -227,8 +229,9 @@ def record_scan(
     facts: ShipmentFacts | None = None,
 ) -> ScanOutcome:
     """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
-    `facts` are looked up when not given (a batch gives them, looked up once for all its shipments)."""
-    facts = facts or shipments_with_facts(session, [shipment.id], lock=False)[1][shipment.id]
+    `facts` are looked up when not given, the shipment locked and read again (a batch gives them, looked up
+    once for all its shipments, locked)."""
+    facts = facts or shipments_with_facts(session, [shipment.id], lock=True)[1][shipment.id]
     container = facts.container
     state = domain.ShipmentState(
         status=shipment.status,

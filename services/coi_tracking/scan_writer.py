@@ -21,7 +21,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 from services.coi_tracking import commands
-from services.common.db import is_postgres
 from services.common.logging import log_context
 
 log = structlog.get_logger()
@@ -50,12 +49,8 @@ ScanResult = commands.ScanOutcome | ShipmentNotFound | OtherCourierCompany
 
 def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -> list[ScanResult]:
     """Apply scans in order inside the caller's transaction; the caller commits. Shipments are locked in
-    id order (PostgreSQL), so two groups never wait on each other in a cycle."""
-    shipments, facts = commands.shipments_with_facts(
-        session,
-        {s.shipment_id for s in submissions},
-        lock=is_postgres(session.get_bind()),  # type: ignore[arg-type]
-    )
+    id order (PostgreSQL; SQLite: the write locks), so two groups never wait on each other in a cycle."""
+    shipments, facts = commands.shipments_with_facts(session, {s.shipment_id for s in submissions}, lock=True)
     results: list[ScanResult] = []
     for submission in submissions:
         shipment = shipments.get(submission.shipment_id)

@@ -117,7 +117,8 @@ class WalCheckpointer:
             connection.close()
 
 
-WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE")
+"""What takes the process's writer lock: the first statement of a transaction that writes."""
 
 
 def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None:
@@ -133,7 +134,7 @@ def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None
     @event.listens_for(engine, "before_cursor_execute")
     def _take(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
         key = id(connection.connection.dbapi_connection)
-        if key not in holders and statement.lstrip()[:7].upper().startswith(WRITE_STATEMENTS):
+        if key not in holders and statement.lstrip()[:15].upper().startswith(WRITE_STATEMENTS):
             if not lock.acquire(timeout=timeout_seconds):
                 raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
             holders.add(key)
@@ -166,6 +167,17 @@ def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None
     setattr(dialect, "do_commit", do_commit)  # noqa: B010 - released only once the commit is done
     setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
     setattr(dialect, "do_close", do_close)  # noqa: B010 - a connection dropped mid-transaction
+
+
+def lock_for_writing(session: OrmSession) -> None:
+    """SQLite: take the write locks now (this process's writer lock, then SQLite's: BEGIN IMMEDIATE), before
+    reading what the transaction's writes depend on — what SELECT ... FOR UPDATE does for the rows read
+    on PostgreSQL. Nothing on PostgreSQL, nor once the transaction has written (it holds them already)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:

@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cgt_contracts.envelope import new_uuid
 from cgt_contracts.events import ScanType, ShipmentLeg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -27,6 +28,7 @@ from services.common.db import (
     COPY_FROM_ROWS,
     WalCheckpointer,
     insert_later,
+    lock_for_writing,
     make_engine,
     tables_of,
 )
@@ -144,6 +146,44 @@ def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Pa
         connection.execute(text("INSERT INTO counter VALUES (0)"))
         count = connection.execute(text("SELECT count(*) FROM counter WHERE n >= 0")).scalar_one()
     assert count == 4 * 40 + 1
+    engine.dispose()
+
+
+def test_sqlite_reads_after_lock_for_writing_see_every_earlier_write(tmp_path: Path) -> None:
+    """Read-then-write transactions from four threads: with `lock_for_writing` first, none reads a value
+    another has changed meanwhile (no lost update), and none collides in SQLite itself (its busy handler is
+    off here: a writer not queued on the process's lock would fail at once)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'counter.db'}")
+
+    @event.listens_for(engine, "connect")
+    def _no_busy_handler(connection: Any, _record: Any) -> None:
+        connection.execute("PRAGMA busy_timeout = 0")
+
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE counter (n INTEGER)"))
+        connection.execute(text("INSERT INTO counter VALUES (0)"))
+    errors: list[BaseException] = []
+
+    def increment_40_times() -> None:
+        try:
+            for _ in range(40):
+                with Session(engine) as session:
+                    lock_for_writing(session)
+                    n = session.execute(text("SELECT max(n) FROM counter")).scalar_one()
+                    session.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n + 1})
+                    session.commit()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=increment_40_times) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(thread.is_alive() for thread in threads), errors[:1]
+    with engine.connect() as connection:
+        values = connection.execute(text("SELECT n FROM counter ORDER BY n")).scalars().all()
+    assert values == list(range(4 * 40 + 1))
     engine.dispose()
 
 

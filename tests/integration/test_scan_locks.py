@@ -1,0 +1,85 @@
+"""Two scans of one shipment at the same moment (SQLite and PostgreSQL, no broker): the second waits for the
+shipment while the first holds it, and is judged on what the first left — whether it comes in a group (HTTP,
+Kafka) or alone with the shipment loaded beforehand (EPCIS capture)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cgt_contracts.events import ScanType
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from services.coi_tracking import commands
+from services.coi_tracking.domain import ShipmentStatus
+from services.coi_tracking.models import TABLES, Shipment
+from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
+from services.common.service import COMMON_TABLES
+from tests.integration.test_write_paths import planned_shipments
+from tests.support.infra import database
+from tests.support.races import Contender
+
+COURIER = commands.Actor(subject="courier-ben", printed_name="Ben")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with database(request.param, tmp_path, [*COMMON_TABLES, *TABLES]) as engine:
+        yield engine
+
+
+def scan(shipment: Shipment, scan_type: ScanType, **extra: object) -> commands.ScanInput:
+    return commands.ScanInput(
+        scan_type=scan_type,
+        bag_cois=(shipment.coi,),
+        location="TC-BOSTON dock",
+        device_time=datetime.now(UTC),
+        temperature_celsius=-180.0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered_shipment(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (shipment,) = planned_shipments(engine, 1)
+    delay: dict[str, commands.ScanOutcome] = {}
+
+    def courier_system_reports_a_delay() -> None:
+        with Session(engine) as session:
+            loaded = session.get(Shipment, shipment.id)  # as EPCIS capture finds its shipment, unlocked
+            assert loaded is not None and loaded.status is ShipmentStatus.IN_TRANSIT
+            eta = datetime.now(UTC) + timedelta(days=1)
+            delay["outcome"] = commands.record_scan(
+                session, loaded, scan(shipment, ScanType.DELAY, eta_at=eta), COURIER, "delay"
+            )
+            session.commit()
+
+    contender = Contender(monkeypatch, commands, "shipments_with_facts", courier_system_reports_a_delay)
+    with Session(engine) as courier_app:
+        (delivered,) = apply_submissions(
+            courier_app,
+            [
+                ScanSubmission(
+                    shipment_id=shipment.id,
+                    scan=scan(shipment, ScanType.DELIVERY),
+                    actor=COURIER,
+                    courier_company="CRYO-EXPRESS",
+                    correlation_id="delivery",
+                )
+            ],
+        )
+        assert isinstance(delivered, commands.ScanOutcome) and delivered.accepted, delivered
+        contender.arrive()  # the delay scan has reached the shipment the delivery holds
+        courier_app.commit()
+    contender.finish()
+
+    outcome = delay["outcome"]
+    assert not outcome.accepted, "a delay was accepted for a shipment being delivered"
+    assert outcome.refusal_reason == "a delay scan cannot follow a shipment that is delivered"
+    with Session(engine) as session:
+        stored = session.get(Shipment, shipment.id)
+        assert stored is not None and stored.status is ShipmentStatus.DELIVERED
