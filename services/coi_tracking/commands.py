@@ -676,6 +676,9 @@ def capture(
             ],
             key=lambda r: r.event_index,
         )
+    # Every shipment of the document locked at once, in id order (two captures never wait on each other in
+    # a cycle), and read again: each scan is judged on the shipment as it is now.
+    _, facts = shipments_with_facts(session, {shipment.id for _, shipment in planned}, lock=True)
     for outcome, shipment in planned:
         scan = ScanInput(
             scan_type=outcome.scan_type,
@@ -688,7 +691,7 @@ def capture(
             else None,
             epcis_event_id=outcome.event_id,
         )
-        applied = record_scan(session, shipment, scan, actor, correlation_id)
+        applied = record_scan(session, shipment, scan, actor, correlation_id, facts[shipment.id])
         results.append(
             CaptureResult(
                 outcome.event_index, outcome.event_id, "applied", applied.refusal_reason, shipment.id, applied

@@ -1,11 +1,12 @@
 """Two scans of one shipment at the same moment (SQLite and PostgreSQL, no broker): the second waits for the
-shipment while the first holds it, and is judged on what the first left — whether it comes in a group (HTTP,
-Kafka) or alone with the shipment loaded beforehand (EPCIS capture)."""
+shipment while the first holds it, and is judged on what the first left — here a group of courier scans
+(HTTP, Kafka) and an EPCIS capture, which finds its shipment before it locks it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from cgt_contracts.events import ScanType
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.coi_tracking import commands
+from services.coi_tracking import commands, epcis
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
@@ -46,19 +47,34 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (shipment,) = planned_shipments(engine, 1)
-    delay: dict[str, commands.ScanOutcome] = {}
+    captured: list[commands.CaptureResult] = []
+    delay = epcis.CapturedScan(
+        event_index=0,
+        event_id=f"urn:uuid:{uuid.uuid4()}",
+        scan_type=ScanType.DELAY,
+        cois=(shipment.coi,),
+        location="hub",
+        event_time=datetime.now(UTC),
+        temperatures=(),
+        container_id=None,
+        shipment_ref=str(shipment.id),
+    )
 
-    def courier_system_reports_a_delay() -> None:
+    def courier_system_captures_a_delay() -> None:
         with Session(engine) as session:
-            loaded = session.get(Shipment, shipment.id)  # as EPCIS capture finds its shipment, unlocked
-            assert loaded is not None and loaded.status is ShipmentStatus.IN_TRANSIT
-            eta = datetime.now(UTC) + timedelta(days=1)
-            delay["outcome"] = commands.record_scan(
-                session, loaded, scan(shipment, ScanType.DELAY, eta_at=eta), COURIER, "delay"
+            captured.extend(
+                commands.capture(
+                    session,
+                    [delay],
+                    COURIER,
+                    "CRYO-EXPRESS",
+                    rollback_on_error=True,
+                    correlation_id="epcis-delay",
+                )
             )
             session.commit()
 
-    contender = Contender(monkeypatch, commands, "shipments_with_facts", courier_system_reports_a_delay)
+    contender = Contender(monkeypatch, commands, "shipments_with_facts", courier_system_captures_a_delay)
     with Session(engine) as courier_app:
         (delivered,) = apply_submissions(
             courier_app,
@@ -77,9 +93,10 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
         courier_app.commit()
     contender.finish()
 
-    outcome = delay["outcome"]
-    assert not outcome.accepted, "a delay was accepted for a shipment being delivered"
-    assert outcome.refusal_reason == "a delay scan cannot follow a shipment that is delivered"
+    (result,) = captured
+    assert result.outcome == "applied" and result.scan is not None
+    assert not result.scan.accepted, "a delay was accepted for a shipment being delivered"
+    assert result.scan.refusal_reason == "a delay scan cannot follow a shipment that is delivered"
     with Session(engine) as session:
         stored = session.get(Shipment, shipment.id)
         assert stored is not None and stored.status is ShipmentStatus.DELIVERED
