@@ -303,11 +303,23 @@ def _appointment(session: Session, appointment_id: UUID, caller: Principal) -> A
     return appointment
 
 
+def _appointment_to_change(
+    session: Session, appointment_id: UUID, caller: Principal
+) -> tuple[Appointment, Case]:
+    """The appointment and its case under the case's lock (the one bookings and shipment events take), both
+    read again: a cancellation is never overwritten by a confirmation that read the appointment before."""
+    appointment = _appointment(session, appointment_id, caller)
+    case = _case(session, appointment.coi, caller)
+    commands.lock_case(session, case)
+    session.refresh(appointment)
+    return appointment, case
+
+
 @router.post("/appointments/{appointment_id}/cancel", response_model=AppointmentView)
 def cancel_appointment(
     appointment_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
-    appointment = _appointment(session, appointment_id, caller)
+    appointment, _ = _appointment_to_change(session, appointment_id, caller)
     try:
         commands.cancel(
             session, appointment, body.reason, correlation_id=request.state.correlation_id, causation_id=None
@@ -334,8 +346,7 @@ def record_infusion(
     appointment_id: UUID, body: InfusionRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> InfusionView:
     """Record the infusion of a confirmed appointment; long-term follow-up visits are planned from it."""
-    appointment = _appointment(session, appointment_id, caller)
-    case = _case(session, appointment.coi, caller)
+    appointment, case = _appointment_to_change(session, appointment_id, caller)
     try:
         visits = commands.record_infusion(
             session, appointment, case, body.infused_on, correlation_id=request.state.correlation_id

@@ -1,5 +1,6 @@
-"""Two coordinators booking the same case at the same moment (SQLite and PostgreSQL, no broker): the second
-booking is judged on what the first one committed, never on what it read before waiting for the site's lock."""
+"""Changes to one case's appointment at the same moment (SQLite and PostgreSQL, no broker) — two bookings, a
+booking and a quarantine, a cancellation and a delivery: the second is judged on what the first committed,
+never on what it read before waiting for the case's lock."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cgt_contracts.events import ShipmentQuarantined, ShipmentQuarantinedData
-from sqlalchemy import func
+from cgt_contracts.events import (
+    ShipmentDelivered,
+    ShipmentDeliveredData,
+    ShipmentQuarantined,
+    ShipmentQuarantinedData,
+)
+from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from services.common.auth import Principal, Role
+from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
-from services.scheduling import commands, domain
+from services.scheduling import api, commands, domain
 from services.scheduling.domain import AppointmentState
 from services.scheduling.handlers import make_handlers
 from services.scheduling.models import TABLES, Appointment, Case, Site
@@ -135,3 +143,73 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
     appointment = booking["appointment"]
     assert appointment.state is AppointmentState.ON_HOLD, "booked as if the shipment were not quarantined"
     assert appointment.hold_reason == "the shipment is quarantined"
+
+
+def test_a_cancellation_is_not_overwritten_by_a_delivery_confirming_the_appointment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL (on SQLite the cancellation's write lock already keeps the event out): the delivery
+    event either waits for the cancellation before reading the appointment, or — without the case's lock
+    — reads it as still tentative and confirms it over the cancellation."""
+    with database("postgresql", tmp_path, [*COMMON_TABLES, *TABLES]) as engine:
+        cancellation_then_delivery(engine, monkeypatch)
+
+
+def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    coi, option = a_case_ready_to_book(engine)
+    with Session(engine) as session:
+        appointment_id = book(session, coi, option, "coordinator-a").id
+        session.commit()
+    with Session(engine) as session:
+        case = session.get(Case, coi)
+        assert case is not None and case.shipment_id is not None
+        shipment_id = case.shipment_id
+    delivered = ShipmentDelivered(
+        source="cgt/coi-tracking",
+        subject=coi,
+        correlationid="delivered-while-cancelling",
+        data=ShipmentDeliveredData(
+            shipment_id=shipment_id,
+            coi=coi,
+            treatment_center_id=SITE,
+            delivered_at=datetime.now(UTC),
+            coi_verified=True,
+            temperature_record_clean=True,
+            max_temperature_celsius=-180.0,
+        ),
+    )
+
+    def delivery_event() -> None:
+        with Session(engine) as session:
+            make_handlers(default_buffer_hours=24)[ShipmentDelivered](session, delivered)
+            session.commit()
+
+    def a_session_waits_on_a_lock() -> bool:
+        with engine.connect() as connection:
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        return bool(waiting)
+
+    contender = Contender(monkeypatch, commands, "confirm", delivery_event)
+    coordinator = Principal(subject="coordinator-a", role=Role.COORDINATOR)
+    with Session(engine) as session:
+        appointment, _ = api._appointment_to_change(session, appointment_id, coordinator)
+        commands.cancel(session, appointment, "patient unwell", correlation_id="cancel", causation_id=None)
+        session.flush()  # the cancellation is written (its row locked) before the delivery comes
+        contender.arrive(or_waiting=a_session_waits_on_a_lock)
+        session.commit()
+    contender.finish()
+
+    with Session(engine) as session:
+        stored = session.get(Appointment, appointment_id)
+        assert stored is not None and stored.state is AppointmentState.CANCELLED, "the cancellation was lost"
+        confirmations = session.exec(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(col(OutboxMessage.event_type) == "slot.confirmed.v1")
+        ).one()
+        assert confirmations == 0, "a cancelled appointment was confirmed to the site"

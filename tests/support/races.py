@@ -4,6 +4,7 @@ caught as it calls the function that leads it to the lock, while the first still
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,11 +37,17 @@ class Contender:
         except BaseException as error:  # handed to the test's thread by finish()
             self._error = error
 
-    def arrive(self, timeout: float = 10.0) -> None:
+    def arrive(self, timeout: float = 10.0, or_waiting: Callable[[], bool] | None = None) -> None:
+        """Start it and return once it has called the function — or, with `or_waiting`, once that says it
+        waits on a lock instead (checked every 10 ms)."""
         self._thread.start()
-        if not self._arrived.wait(timeout):
-            self.finish()  # its own failure first, if it had one
-            raise AssertionError(f"the second writer never reached {self._function_name}")
+        deadline = time.monotonic() + timeout
+        while not self._arrived.wait(0.01):
+            if or_waiting is not None and or_waiting():
+                return
+            if time.monotonic() > deadline:
+                self.finish()  # its own failure first, if it had one
+                raise AssertionError(f"the second writer never reached {self._function_name}")
 
     def finish(self, timeout: float = 30.0) -> None:
         self._thread.join(timeout)
