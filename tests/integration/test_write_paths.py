@@ -8,7 +8,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -120,28 +120,39 @@ def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(
             assert read.device_time == at and read.device_time.tzinfo is UTC
 
 
-def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE counter (n INTEGER)"))
+def on_four_threads(work: Callable[[], None]) -> None:
+    """`work` on four threads at once; fails with the first error one of them raised."""
     errors: list[BaseException] = []
 
-    def writer() -> None:
+    def run() -> None:
         try:
-            for n in range(40):
-                with engine.begin() as connection:  # committed
-                    connection.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n})
-                with Session(engine) as session:  # closed without commit: rolled back, lock released
-                    session.execute(text("INSERT INTO counter VALUES (-1)"))
+            work()
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=writer) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]
+
+
+def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE counter (n INTEGER)"))
+
+    def writer() -> None:
+        for n in range(40):
+            with engine.begin() as connection:  # committed
+                connection.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n})
+            with Session(engine) as session:  # closed without commit: rolled back, lock released
+                session.execute(text("INSERT INTO counter VALUES (-1)"))
+
+    on_four_threads(writer)
     with engine.begin() as connection:  # the lock is free again
         connection.execute(text("INSERT INTO counter VALUES (0)"))
         count = connection.execute(text("SELECT count(*) FROM counter WHERE n >= 0")).scalar_one()
@@ -162,25 +173,16 @@ def test_sqlite_reads_after_lock_for_writing_see_every_earlier_write(tmp_path: P
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE counter (n INTEGER)"))
         connection.execute(text("INSERT INTO counter VALUES (0)"))
-    errors: list[BaseException] = []
 
     def increment_40_times() -> None:
-        try:
-            for _ in range(40):
-                with Session(engine) as session:
-                    lock_for_writing(session)
-                    n = session.execute(text("SELECT max(n) FROM counter")).scalar_one()
-                    session.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n + 1})
-                    session.commit()
-        except BaseException as error:
-            errors.append(error)
+        for _ in range(40):
+            with Session(engine) as session:
+                lock_for_writing(session)
+                n = session.execute(text("SELECT max(n) FROM counter")).scalar_one()
+                session.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n + 1})
+                session.commit()
 
-    threads = [threading.Thread(target=increment_40_times) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors and not any(thread.is_alive() for thread in threads), errors[:1]
+    on_four_threads(increment_40_times)
     with engine.connect() as connection:
         values = connection.execute(text("SELECT n FROM counter ORDER BY n")).scalars().all()
     assert values == list(range(4 * 40 + 1))
