@@ -38,7 +38,9 @@ def _normalise(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the URL. SQLite: WAL, foreign keys on, one writer at a time within the process."""
+    """An engine for the URL. SQLite: WAL, foreign keys on, every commit synced to disk before it returns
+    (synchronous=FULL: a scan answered 201, or a Kafka offset committed after it, is never lost to a power
+    cut), one writer at a time within the process."""
     url = _normalise(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -48,7 +50,7 @@ def make_engine(url: str) -> Engine:
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
 
         _one_writer_at_a_time(engine)

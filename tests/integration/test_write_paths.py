@@ -140,6 +140,19 @@ def on_four_threads(work: Callable[[], None]) -> None:
         raise errors[0]
 
 
+def test_sqlite_connections_log_ahead_enforce_keys_and_sync_every_commit(tmp_path: Path) -> None:
+    """What every SQLite connection is opened with: WAL, foreign keys, and synchronous=FULL — a commit
+    (a scan answered 201, a batch whose offsets are then committed) is on disk before it returns."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    with engine.connect() as connection:
+        pragmas = {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+            for name in ("journal_mode", "foreign_keys", "synchronous")
+        }
+    engine.dispose()
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 2}  # 2: FULL
+
+
 def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
     with engine.begin() as connection:
