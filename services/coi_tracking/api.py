@@ -36,7 +36,7 @@ from services.coi_tracking.scan_writer import (
     ShipmentNotFound,
 )
 from services.common.auth import Principal, Role, require
-from services.common.db import lock_for_writing
+from services.common.db import locked
 from services.common.service import db_session, runtime_of
 
 SOURCE = "cgt/coi-tracking"
@@ -130,14 +130,7 @@ class LedgerView(BaseModel):
 
 
 def _load_for_update(session: Session, shipment_id: UUID) -> Shipment:
-    lock_for_writing(session)
-    query = (
-        select(Shipment)
-        .where(Shipment.id == shipment_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    shipment = session.exec(query).first()
+    shipment = session.exec(locked(session, select(Shipment).where(Shipment.id == shipment_id))).first()
     if shipment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
     return shipment

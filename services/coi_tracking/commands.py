@@ -47,7 +47,7 @@ from services.coi_tracking.models import (
     Shipment,
     TemperatureReading,
 )
-from services.common.db import insert_later, lock_for_writing, tables_of, write_deferred
+from services.common.db import insert_later, locked, tables_of, write_deferred
 from services.common.outbox import enqueue
 from services.common.topics import SHIPMENTS
 
@@ -112,12 +112,12 @@ class ShipmentFacts:
     bag_count: int
 
 
-def shipments_with_facts(
-    session: Session, shipment_ids: Collection[UUID], *, lock: bool
+def locked_with_facts(
+    session: Session, shipment_ids: Collection[UUID]
 ) -> tuple[dict[UUID, Shipment], dict[UUID, ShipmentFacts]]:
-    """Shipments with their facts in one query (one round trip for a group of scans), in id order. With
-    `lock`, the shipments are locked first (FOR UPDATE OF shipment; SQLite: the write locks) and read as
-    they are now, even those the session had loaded before."""
+    """Shipments locked (`locked`: FOR UPDATE OF shipment; SQLite: the write locks) in id order, so two
+    groups never wait on each other in a cycle, read as they are now, with their facts — in one query,
+    one round trip for a group of scans."""
     bag_count = (
         select(func.count())
         .select_from(Bag)
@@ -131,9 +131,7 @@ def shipments_with_facts(
         .where(col(Shipment.id).in_(set(shipment_ids)))
         .order_by(col(Shipment.id))
     )
-    if lock:
-        lock_for_writing(session)
-        query = query.with_for_update(of=Shipment).execution_options(populate_existing=True)
+    query = locked(session, query, of=Shipment)
     shipments: dict[UUID, Shipment] = {}
     facts: dict[UUID, ShipmentFacts] = {}
     for shipment, container, bags in session.exec(query):
@@ -226,12 +224,11 @@ def record_scan(
     scan: ScanInput,
     actor: Actor,
     correlation_id: str,
-    facts: ShipmentFacts | None = None,
+    facts: ShipmentFacts,
 ) -> ScanOutcome:
     """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
-    `facts` are looked up when not given, the shipment locked and read again (a batch gives them, looked up
-    once for all its shipments, locked)."""
-    facts = facts or shipments_with_facts(session, [shipment.id], lock=True)[1][shipment.id]
+    The caller has locked the shipment and looked up its `facts` (`locked_with_facts`, once for all the
+    shipments of a group or a captured document)."""
     container = facts.container
     state = domain.ShipmentState(
         status=shipment.status,
@@ -676,9 +673,8 @@ def capture(
             ],
             key=lambda r: r.event_index,
         )
-    # Every shipment of the document locked at once, in id order (two captures never wait on each other in
-    # a cycle), and read again: each scan is judged on the shipment as it is now.
-    _, facts = shipments_with_facts(session, {shipment.id for _, shipment in planned}, lock=True)
+    # Every shipment of the document locked at once: each scan is judged on the shipment as it is now.
+    _, facts = locked_with_facts(session, {shipment.id for _, shipment in planned})
     for outcome, shipment in planned:
         scan = ScanInput(
             scan_type=outcome.scan_type,

@@ -36,12 +36,12 @@ from services.common.consumer import (
     ProcessedEvent,
     already_processed,
     describe_validation_error,
+    event_log_context,
     publish_dead_letter,
     register_consumer,
     run_with_retries,
 )
 from services.common.db import insert_later, tables_of
-from services.common.logging import log_context
 from services.common.outbox import enqueue
 from services.common.service import Runtime
 from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
@@ -325,9 +325,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
         dead: list[tuple[CourierScanSubmitted, str]] = []
         attempts = runtime.settings.consumer_max_attempts
         for event in events:
-            with log_context(
-                correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
-            ):
+            with event_log_context(event):
                 try:
                     refused = await run_with_retries(partial(apply_batch, [event]), attempts)
                 except Exception as error:

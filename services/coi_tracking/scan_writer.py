@@ -48,9 +48,9 @@ ScanResult = commands.ScanOutcome | ShipmentNotFound | OtherCourierCompany
 
 
 def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -> list[ScanResult]:
-    """Apply scans in order inside the caller's transaction; the caller commits. Shipments are locked in
-    id order (PostgreSQL; SQLite: the write locks), so two groups never wait on each other in a cycle."""
-    shipments, facts = commands.shipments_with_facts(session, {s.shipment_id for s in submissions}, lock=True)
+    """Apply scans in order inside the caller's transaction (their shipments locked first: `locked_with_facts`);
+    the caller commits."""
+    shipments, facts = commands.locked_with_facts(session, {s.shipment_id for s in submissions})
     results: list[ScanResult] = []
     for submission in submissions:
         shipment = shipments.get(submission.shipment_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -53,6 +54,11 @@ class ProcessedEvent(SQLModel, table=True):
     event_id: str = Field(primary_key=True, max_length=36)
     event_type: str = Field(max_length=64)
     processed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+def event_log_context(event: EventEnvelope) -> AbstractContextManager[None]:
+    """The event's correlation id, id and type on every log line written while it is handled."""
+    return log_context(correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type)
 
 
 async def run_with_retries(work: Callable[[], T], max_attempts: int) -> T:
@@ -211,9 +217,7 @@ def register_consumer(
                 if str(event.id) in done:
                     continue
                 done.add(str(event.id))
-                with log_context(
-                    correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type
-                ):
+                with event_log_context(event):
                     handler(session, event)
                     log.info("consumer.applied")
                 session.add(ProcessedEvent(consumer=group_id, event_id=str(event.id), event_type=event.type))
@@ -236,7 +240,7 @@ def register_consumer(
 
     async def apply_one(record: Any, event: AnyEvent, handler: EventHandler) -> None:
         """Apply one event in its own transaction, retried; dead-lettered after `max_attempts` failures."""
-        with log_context(correlation_id=event.correlationid, event_id=str(event.id), event_type=event.type):
+        with event_log_context(event):
             try:
                 applied = await run_with_retries(partial(apply, event, handler), max_attempts)
             except Exception as error:

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -26,6 +26,9 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.types import TypeEngine
 from sqlmodel import SQLModel, create_engine
+
+if TYPE_CHECKING:  # what sqlmodel's Select and SelectOfScalar share
+    from sqlmodel.sql._expression_select_cls import SelectBase
 
 log = structlog.get_logger()
 
@@ -121,6 +124,7 @@ class WalCheckpointer:
 
 WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE")
 """What takes the process's writer lock: the first statement of a transaction that writes."""
+_WRITE_PREFIX = max(len(prefix) for prefix in WRITE_STATEMENTS)
 
 
 def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None:
@@ -136,7 +140,7 @@ def _one_writer_at_a_time(engine: Engine, timeout_seconds: float = 30.0) -> None
     @event.listens_for(engine, "before_cursor_execute")
     def _take(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
         key = id(connection.connection.dbapi_connection)
-        if key not in holders and statement.lstrip()[:15].upper().startswith(WRITE_STATEMENTS):
+        if key not in holders and statement.lstrip()[:_WRITE_PREFIX].upper().startswith(WRITE_STATEMENTS):
             if not lock.acquire(timeout=timeout_seconds):
                 raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
             holders.add(key)
@@ -180,6 +184,17 @@ def lock_for_writing(session: OrmSession) -> None:
         return
     if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_Select = TypeVar("_Select", bound="SelectBase[*tuple[Any, ...]]")
+
+
+def locked(session: OrmSession, query: _Select, **for_update: Any) -> _Select:
+    """`query` as a locking read: the rows it reads are locked until the transaction ends (FOR UPDATE,
+    `for_update` passed on; SQLite: `lock_for_writing`) and read as they are now, even those the session
+    had loaded before. Every change judged on stored state (a scan, an order's transition) reads it so."""
+    lock_for_writing(session)
+    return query.with_for_update(**for_update).execution_options(populate_existing=True)
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:

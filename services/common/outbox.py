@@ -165,7 +165,7 @@ class OutboxRelay:
         """Publish one batch of pending rows in id order; returns how many were published.
 
         The database work runs on the relay's own thread (the event loop never waits on the database);
-        the rows stay locked (FOR UPDATE SKIP LOCKED on PostgreSQL) from claim to mark."""
+        on PostgreSQL the relay holds the outbox's advisory lock from claim to mark."""
         loop = asyncio.get_running_loop()
         session = Session(self._engine)
         try:
@@ -223,9 +223,12 @@ class OutboxRelay:
 
     def _claim(self, session: Session) -> list[PendingMessage]:
         """The next pending rows, in id order; none while another relay publishes (PostgreSQL: it holds
-        the advisory lock until its transaction ends)."""
-        postgres = is_postgres(self._engine)
-        if postgres and not session.execute(sa_select(func.pg_try_advisory_xact_lock(RELAY_LOCK))).scalar():
+        the advisory lock until its transaction ends). Only the relay holding the lock touches pending
+        rows, so they need no row locks of their own."""
+        if (
+            is_postgres(self._engine)
+            and not session.execute(sa_select(func.pg_try_advisory_xact_lock(RELAY_LOCK))).scalar()
+        ):
             return []
         columns = OUTBOX_TABLE.c
         query = (
@@ -241,8 +244,6 @@ class OutboxRelay:
             .order_by(columns.id)
             .limit(self._batch)
         )
-        if postgres:
-            query = query.with_for_update(skip_locked=True)
         return [PendingMessage(*row) for row in session.execute(query)]
 
     @staticmethod

@@ -24,9 +24,10 @@ from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, Role, require
+from services.common.db import locked
 from services.common.identifiers import coi_identifier, coi_label, din
 from services.common.outbox import enqueue
 from services.common.service import db_session, runtime_of
@@ -202,19 +203,13 @@ def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> dom
 
 
 def lock_order(session: Session, order: Order) -> None:
-    """Lock a stored order's row (PostgreSQL; SQLite: the write lock) and read it again, so that a change
-    is judged on the order as it is now: a coordinator's cancellation and a delivery event arriving at the
-    same moment are applied one after the other, never both from the same stale status."""
+    """Lock a stored order's row and read it again (`locked`), so that a change is judged on the order as
+    it is now: a coordinator's cancellation and a delivery event arriving at the same moment are applied
+    one after the other, never both from the same stale status."""
     if order in session.new:  # not stored yet: nobody else can change it
         return
     session.flush()  # this transaction's own changes first: the order is read back below
-    session.exec(
-        update(Order)
-        .where(col(Order.id) == order.id)
-        .values(status=Order.status)
-        .execution_options(synchronize_session=False)
-    )
-    session.refresh(order)
+    session.exec(locked(session, select(Order).where(col(Order.id) == order.id))).one()
 
 
 def record_transition(
@@ -487,7 +482,7 @@ def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller
 def next_din(session: Session, fin: str, year: int) -> str:
     """Issue the next DIN of a facility and year; the counter row serialises concurrent issuers."""
     counter = session.exec(
-        select(DinCounter).where(DinCounter.fin == fin).where(DinCounter.year == year).with_for_update()
+        locked(session, select(DinCounter).where(DinCounter.fin == fin).where(DinCounter.year == year))
     ).first()
     if counter is None:
         counter = DinCounter(fin=fin, year=year, last=0)

@@ -381,7 +381,8 @@ def reschedule_for_delay(
     causation_id: str | None,
 ) -> None:
     """A delay moves a tentative appointment to the next feasible option and tells the site; when none
-    fits, or conditioning has already started, it is never moved silently: a coordinator is alerted."""
+    fits, or conditioning has already started, it is never moved silently: a coordinator is alerted. The
+    caller holds the case's lock (`lock_case`), so capacity is counted under the site's lock."""
     appointment = open_appointment(session, case.coi)
     if appointment is None:
         offer_options(
@@ -410,7 +411,6 @@ def reschedule_for_delay(
     if appointment.state is AppointmentState.CONFIRMED:
         flag(session, case, "a confirmed appointment's product is reported delayed: check with the courier")
         return
-    lock_site(session, case.treatment_center_id)
     options = domain.feasible_options(
         eta_at=case.eta_at,
         calendar=calendar,

@@ -30,8 +30,8 @@ from services.coi_tracking.models import ScanRecord, Shipment
 from services.common.db import make_engine
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.topics import COURIER_SCANS, dlq, ensure_topics
-from tests.integration.test_write_paths import planned_shipments
 from tests.support.infra import kafka_broker, wait_committed
+from tests.support.shipments import planned_shipments
 
 pytestmark = pytest.mark.e2e
 POISON = "poison lane"

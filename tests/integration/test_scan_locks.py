@@ -19,9 +19,9 @@ from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.service import COMMON_TABLES
-from tests.integration.test_write_paths import planned_shipments
 from tests.support.infra import database
 from tests.support.races import Contender
+from tests.support.shipments import planned_shipments
 
 COURIER = commands.Actor(subject="courier-ben", printed_name="Ben")
 
@@ -74,7 +74,7 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
             )
             session.commit()
 
-    contender = Contender(monkeypatch, commands, "shipments_with_facts", courier_system_captures_a_delay)
+    contender = Contender(monkeypatch, commands, "locked_with_facts", courier_system_captures_a_delay)
     with Session(engine) as courier_app:
         (delivered,) = apply_submissions(
             courier_app,

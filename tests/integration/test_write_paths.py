@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 from cgt_contracts.envelope import new_uuid
-from cgt_contracts.events import ScanType, ShipmentLeg
+from cgt_contracts.events import ScanType
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from services.coi_tracking import commands
-from services.coi_tracking.domain import ShipmentStatus
-from services.coi_tracking.models import TABLES, Bag, Container, ScanRecord, Shipment
+from services.coi_tracking.models import TABLES, ScanRecord, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
 from services.common.db import (
     COPY_FROM_ROWS,
@@ -35,6 +34,7 @@ from services.common.db import (
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
 from tests.support.infra import database
+from tests.support.shipments import planned_shipments
 
 OUTBOX = tables_of(OutboxMessage)[0]
 SCAN_TABLE = tables_of(ScanRecord)[0]
@@ -239,34 +239,6 @@ def test_with_background_checkpoints_commits_leave_the_log_to_the_checkpointer(t
     engine.dispose()
     assert WalCheckpointer.attach(make_engine("sqlite://")) is None
     assert WalCheckpointer.attach(make_engine("postgresql://cgt@localhost/none")) is None
-
-
-def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
-    shipments = []
-    with Session(engine, expire_on_commit=False) as session:
-        for n in range(count):
-            coi = f"W00002612{n:07d}"
-            shipment = Shipment(
-                order_id=uuid.uuid4(),
-                coi=coi,
-                leg=ShipmentLeg.RETURN,
-                treatment_center_id="TC-BOSTON",
-                courier_company="CRYO-EXPRESS",
-                storage_limit_celsius=-150.0,
-                destination="TC-BOSTON",
-                custodian="courier-ben",
-                status=ShipmentStatus.IN_TRANSIT,
-                physical_status=ShipmentStatus.IN_TRANSIT,
-                dispatched_at=datetime.now(UTC),
-                eta_at=datetime.now(UTC) + timedelta(days=2),
-            )
-            session.add(shipment)
-            session.flush()
-            session.add(Container(id=f"DS-T{n}", shipment_id=shipment.id))
-            session.add(Bag(shipment_id=shipment.id, coi=coi, number=1, of=1))
-            shipments.append(shipment)
-        session.commit()
-    return shipments
 
 
 def checkpoint(shipment: Shipment, company: str = "CRYO-EXPRESS") -> ScanSubmission:
