@@ -222,10 +222,10 @@ def lock_site(session: Session, site_id: str) -> None:
 
 
 def lock_case(session: Session, case: Case) -> None:
-    """Take the case's site lock, then read the case again. Bookings and the events that change a case
-    (delivery, quarantine, release, rejection, delay, cancellation) all do this first, so none acts on
-    what it read before another one committed: a case is never booked twice, nor booked as unquarantined
-    while a quarantine is being recorded."""
+    """Take the case's site lock, then read the case again. Bookings, a coordinator's cancellation or
+    infusion, and the events that change a case (delivery, quarantine, release, rejection, delay,
+    cancelled order) all do this first, so none acts on what it read before another one committed: a case
+    is never booked twice, nor booked as unquarantined while a quarantine is being recorded."""
     session.flush()  # this transaction's own changes to the case first: it is read back below
     lock_site(session, case.treatment_center_id)
     session.refresh(case)
