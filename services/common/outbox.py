@@ -22,10 +22,11 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from cgt_contracts.envelope import EventEnvelope, utc_now
-from sqlalchemy import Column, Integer, Text, func
+from sqlalchemy import Column, Index, Integer, Text, func, text
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql import Select
 from sqlmodel import Field, Session, SQLModel
 
 from services.common.db import UtcDateTime, insert_later, is_postgres, one_of, tables_of
@@ -34,6 +35,16 @@ log = structlog.get_logger()
 _PARTITIONER = DefaultPartitioner()
 RELAY_LOCK = 0x0C67_0B0C
 """PostgreSQL advisory lock (per database: each service has its own) held by the relay that is publishing."""
+TAKE_TURN = sa_select(
+    func.pg_try_advisory_xact_lock(RELAY_LOCK),
+    func.set_config("enable_bitmapscan", "off", True),
+    func.set_config("enable_seqscan", "off", True),
+)
+"""PostgreSQL: the relay's turn (true if this transaction holds `RELAY_LOCK`), and for this transaction
+only a plain walk of the pending index. A published row leaves a dead version behind until VACUUM; a plain
+index scan flags such entries in the index as it passes them, so the next claims skip them, whereas a
+bitmap scan (the planner's choice once the table grows) visits every one again: claims then grew with
+every row published since the last VACUUM (4 ms a claim after 60,000 rows)."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -45,6 +56,16 @@ def _partition_of(key: str, partitions: tuple[int, ...]) -> int:
 
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
+    __table_args__ = (
+        # The relay's way to its work: only pending rows, in id order (a row leaves the index when it is
+        # marked published). An index on `published_at` itself kept an entry for every row ever written.
+        Index(
+            "ix_outbox_pending",
+            "id",
+            postgresql_where=text("published_at IS NULL"),
+            sqlite_where=text("published_at IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(index=True, max_length=36)
@@ -54,7 +75,7 @@ class OutboxMessage(SQLModel, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))
     correlation_id: str = Field(max_length=128)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
-    published_at: datetime | None = Field(sa_type=UtcDateTime, default=None, index=True)
+    published_at: datetime | None = Field(sa_type=UtcDateTime, default=None)
 
 
 OUTBOX_TABLE = tables_of(OutboxMessage)[0]
@@ -76,6 +97,24 @@ def enqueue(session: Session, topic: str, event: EventEnvelope) -> None:
             "created_at": utc_now(),
             "published_at": None,
         },
+    )
+
+
+def pending_rows(limit: int) -> Select[tuple[int, str, str, str, str, str]]:
+    """The first `limit` pending rows in id order, as the relay claims them (through `ix_outbox_pending`)."""
+    columns = OUTBOX_TABLE.c
+    return (
+        sa_select(
+            columns.id,
+            columns.topic,
+            columns.key,
+            columns.payload,
+            columns.event_type,
+            columns.correlation_id,
+        )
+        .where(columns.published_at.is_(None))
+        .order_by(columns.id)
+        .limit(limit)
     )
 
 
@@ -225,26 +264,9 @@ class OutboxRelay:
         """The next pending rows, in id order; none while another relay publishes (PostgreSQL: it holds
         the advisory lock until its transaction ends). Only the relay holding the lock touches pending
         rows, so they need no row locks of their own."""
-        if (
-            is_postgres(self._engine)
-            and not session.execute(sa_select(func.pg_try_advisory_xact_lock(RELAY_LOCK))).scalar()
-        ):
+        if is_postgres(self._engine) and not session.execute(TAKE_TURN).scalar():
             return []
-        columns = OUTBOX_TABLE.c
-        query = (
-            sa_select(
-                columns.id,
-                columns.topic,
-                columns.key,
-                columns.payload,
-                columns.event_type,
-                columns.correlation_id,
-            )
-            .where(columns.published_at.is_(None))
-            .order_by(columns.id)
-            .limit(self._batch)
-        )
-        return [PendingMessage(*row) for row in session.execute(query)]
+        return [PendingMessage(*row) for row in session.execute(pending_rows(self._batch))]
 
     @staticmethod
     def _mark_published(session: Session, ids: list[int]) -> None:

@@ -31,7 +31,7 @@ from services.common.db import (
     make_engine,
     tables_of,
 )
-from services.common.outbox import OutboxMessage
+from services.common.outbox import TAKE_TURN, OutboxMessage, OutboxRelay, pending_rows
 from services.common.service import COMMON_TABLES
 from tests.support.infra import database
 from tests.support.shipments import planned_shipments
@@ -73,6 +73,32 @@ def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engi
     with Session(engine) as session:
         keys = session.exec(select(OutboxMessage.key).order_by(col(OutboxMessage.id))).all()
     assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
+
+
+def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -> None:
+    """With thousands of rows published and a few pending, the claim walks the pending rows' index in id
+    order (no sort, no bitmap scan: on PostgreSQL those revisit every published row's dead version until
+    VACUUM), and returns exactly the pending rows."""
+    with Session(engine) as session:
+        for n in range(3000):
+            insert_later(session, OUTBOX, outbox_row(n))
+        session.commit()
+    with Session(engine) as session:
+        OutboxRelay._mark_published(session, list(range(1, 2991)))
+    postgres = engine.dialect.name == "postgresql"
+    claim = pending_rows(4000)
+    sql = str(claim.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with Session(engine) as session:
+        if postgres:
+            assert session.execute(TAKE_TURN).scalar() is True
+            plan = "\n".join(session.execute(text(f"EXPLAIN {sql}")).scalars())
+            assert "Index Scan using ix_outbox_pending on outbox" in plan, plan
+            assert "Bitmap" not in plan and "Sort" not in plan, plan
+        else:
+            plan = "\n".join(str(row[-1]) for row in session.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+            assert "USING INDEX ix_outbox_pending" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+        assert [row.id for row in session.execute(claim)] == list(range(2991, 3001))
 
 
 @pytest.mark.parametrize("queued_rows", [1, COPY_FROM_ROWS], ids=["executemany", "copy-on-postgresql"])
