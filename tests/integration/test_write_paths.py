@@ -101,14 +101,18 @@ def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -
         assert [row.id for row in session.execute(claim)] == list(range(2991, 3001))
 
 
-@pytest.mark.parametrize("queued_rows", [1, COPY_FROM_ROWS], ids=["executemany", "copy-on-postgresql"])
+@pytest.mark.parametrize(
+    "queued_rows",
+    [1, COPY_FROM_ROWS - 1, COPY_FROM_ROWS],
+    ids=["one-row", "values-list", "copy-on-postgresql"],
+)
 def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(
     engine: Engine, queued_rows: int
 ) -> None:
-    """Queued rows go to the driver directly (COPY or executemany) after the columns' bind processors: the
-    stored values must be exactly what an ORM insert stores (SQLite keeps instants as text, so the same
-    text is what keeps ordering and comparisons right), and read back the same. Both the pipelined
-    executemany (few rows) and COPY (many, on PostgreSQL) are checked."""
+    """Queued rows go to the driver directly after the columns' bind processors: the stored values must be
+    exactly what an ORM insert stores (SQLite keeps instants as text, so the same text is what keeps
+    ordering and comparisons right), and read back the same. On PostgreSQL one INSERT with a VALUES list
+    (few rows) and COPY (many) are both checked; SQLite takes an executemany."""
     shipment = planned_shipments(engine, 1)[0]
     at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=timezone(timedelta(hours=-5)))
     values: dict[str, object] = {
