@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -224,7 +223,7 @@ async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, call
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "this shipment is assigned to another courier company"
         ) from error
-    return ScanResult(**dataclasses.asdict(outcome))
+    return ScanResult.model_validate(outcome, from_attributes=True)
 
 
 class ReadingIn(BaseModel):
@@ -492,7 +491,7 @@ def _apply_capture(
                 outcome=r.outcome,
                 reason=r.reason,
                 shipment_id=r.shipment_id,
-                scan=ScanResult(**dataclasses.asdict(r.scan)) if r.scan else None,
+                scan=ScanResult.model_validate(r.scan, from_attributes=True) if r.scan else None,
             )
             for r in results
         ]
