@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import (
     AnyEvent,
     CollectionRecorded,
@@ -33,15 +32,13 @@ from services.coi_tracking.models import Bag, Container, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.consumer import (
     BATCH_WAIT_MS,
-    ProcessedEvent,
-    already_processed,
     describe_validation_error,
     event_log_context,
     publish_dead_letter,
     register_consumer,
     run_with_retries,
+    take_fresh,
 )
-from services.common.db import insert_later, tables_of
 from services.common.outbox import enqueue
 from services.common.service import Runtime
 from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
@@ -191,37 +188,16 @@ def submission_of(event: CourierScanSubmitted) -> ScanSubmission:
     )
 
 
-INBOX_TABLE = tables_of(ProcessedEvent)[0]
-
-
 def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches: one transaction
     and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
     engine = runtime.engine
 
     def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
-        event_ids = [str(event.id) for event in events]
         with Session(engine) as session:
-            done = already_processed(session, SCANS_GROUP_ID, event_ids)
-            fresh: list[CourierScanSubmitted] = []
-            processed_at = utc_now()
-            for event, event_id in zip(events, event_ids, strict=True):
-                if event_id in done:
-                    continue
-                done.add(event_id)
-                fresh.append(event)
-                insert_later(
-                    session,
-                    INBOX_TABLE,
-                    {
-                        "consumer": SCANS_GROUP_ID,
-                        "event_id": event_id,
-                        "event_type": event.type,
-                        "processed_at": processed_at,
-                    },
-                )
+            fresh = take_fresh(session, SCANS_GROUP_ID, events)
             results = apply_submissions(session, [submission_of(event) for event in fresh])
-            session.commit()  # the batch's rows go in together: one multi-row INSERT per table
+            session.commit()  # the batch's rows go in together: one driver call per table
         return [
             (event, str(result))
             for event, result in zip(fresh, results, strict=True)

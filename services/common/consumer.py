@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -28,12 +28,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from services.common.db import UtcDateTime, one_of
+from services.common.db import UtcDateTime, insert_later, one_of, tables_of
 from services.common.logging import log_context
 from services.common.topics import dlq
 
 log = structlog.get_logger()
 T = TypeVar("T")
+E = TypeVar("E", bound=EventEnvelope)
 DATABASE_RETRY_SECONDS = 1.0
 IGNORED_COMMIT_SECONDS = 1.0
 MAX_BATCH = 2000
@@ -54,6 +55,34 @@ class ProcessedEvent(SQLModel, table=True):
     event_id: str = Field(primary_key=True, max_length=36)
     event_type: str = Field(max_length=64)
     processed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+INBOX_TABLE = tables_of(ProcessedEvent)[0]
+
+
+def take_fresh(session: Session, consumer: str, events: Sequence[E]) -> list[E]:
+    """The events `consumer` has not applied yet, in order (an id repeated within `events` counts once),
+    each entered in its inbox in the caller's transaction: applied exactly when that transaction commits."""
+    event_ids = [str(event.id) for event in events]
+    done = already_processed(session, consumer, event_ids)
+    processed_at = utc_now()
+    fresh: list[E] = []
+    for event, event_id in zip(events, event_ids, strict=True):
+        if event_id in done:
+            continue
+        done.add(event_id)
+        fresh.append(event)
+        insert_later(
+            session,
+            INBOX_TABLE,
+            {
+                "consumer": consumer,
+                "event_id": event_id,
+                "event_type": event.type,
+                "processed_at": processed_at,
+            },
+        )
+    return fresh
 
 
 def event_log_context(event: EventEnvelope) -> AbstractContextManager[None]:
@@ -210,20 +239,14 @@ def register_consumer(
 
     def apply_group(work: list[tuple[Any, AnyEvent, EventHandler]]) -> int:
         """Apply a batch's events in order in one transaction (one commit); returns how many were new."""
-        applied = 0
         with Session(engine) as session:
-            done = already_processed(session, group_id, [str(event.id) for _, event, _ in work])
-            for _, event, handler in work:
-                if str(event.id) in done:
-                    continue
-                done.add(str(event.id))
+            fresh = take_fresh(session, group_id, [event for _, event, _ in work])
+            for event in fresh:
                 with event_log_context(event):
-                    handler(session, event)
+                    handlers[type(event)](session, event)
                     log.info("consumer.applied")
-                session.add(ProcessedEvent(consumer=group_id, event_id=str(event.id), event_type=event.type))
-                applied += 1
             session.commit()
-        return applied
+        return len(fresh)
 
     async def apply_all(work: list[tuple[Any, AnyEvent, EventHandler]]) -> None:
         """One transaction for the batch; if it fails as a whole, each event alone, with retries and

@@ -43,7 +43,7 @@ async def topic(bootstrap: str) -> AsyncIterator[str]:
     yield name
 
 
-def pending_rows(engine: Engine, topic: str, rows: int) -> None:
+def enqueue_rows(engine: Engine, topic: str, rows: int) -> None:
     """`rows` events over `KEYS` keys, each payload carrying its position."""
     with Session(engine) as session:
         for n in range(rows):
@@ -94,7 +94,7 @@ async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
     engine: Engine, bootstrap: str, topic: str
 ) -> None:
     rows = 600
-    pending_rows(engine, topic, rows)
+    enqueue_rows(engine, topic, rows)
     relays = [OutboxRelay(engine, bootstrap, batch=25) for _ in range(2)]
     for relay in relays:
         await relay.connect()
@@ -121,7 +121,7 @@ async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
 async def test_a_second_relay_waits_while_the_first_publishes_then_takes_the_next_rows(
     engine: Engine, bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pending_rows(engine, topic, 50)
+    enqueue_rows(engine, topic, 50)
     first, second = OutboxRelay(engine, bootstrap, batch=25), OutboxRelay(engine, bootstrap, batch=25)
     for relay in (first, second):
         await relay.connect()

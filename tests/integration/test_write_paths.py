@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cgt_contracts.envelope import new_uuid
-from cgt_contracts.events import ScanType
+from cgt_contracts.events import OrderCancelled, OrderCancelledData, ScanType
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -23,6 +23,7 @@ from sqlmodel import Session, col, func, select
 from services.coi_tracking import commands
 from services.coi_tracking.models import TABLES, ScanRecord, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
+from services.common.consumer import ProcessedEvent, take_fresh
 from services.common.db import (
     COPY_FROM_ROWS,
     WalCheckpointer,
@@ -31,7 +32,7 @@ from services.common.db import (
     make_engine,
     tables_of,
 )
-from services.common.outbox import TAKE_TURN, OutboxMessage, OutboxRelay, pending_rows
+from services.common.outbox import OutboxMessage, OutboxRelay, pending_rows
 from services.common.service import COMMON_TABLES
 from tests.support.infra import database
 from tests.support.shipments import planned_shipments
@@ -75,22 +76,60 @@ def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engi
     assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
 
 
+def cancellation(n: int) -> OrderCancelled:
+    return OrderCancelled(
+        source="test",
+        subject=f"W00002612{n:07d}",
+        correlationid=f"c{n}",
+        data=OrderCancelledData(
+            order_id=uuid.uuid4(),
+            coi=f"W00002612{n:07d}",
+            reason="test",
+            cancelled_by="coordinator-a",
+            cancelled_at=datetime.now(UTC),
+        ),
+    )
+
+
+def test_the_inbox_takes_only_events_not_applied_yet_and_only_if_the_transaction_commits(
+    engine: Engine,
+) -> None:
+    """`take_fresh`: an event applied before is skipped, an id repeated within one batch counts once, and
+    the inbox rows are written with the caller's transaction (a rollback leaves them out)."""
+    applied, new, other = cancellation(1), cancellation(2), cancellation(3)
+    with Session(engine) as session:
+        assert take_fresh(session, "g", [applied]) == [applied]
+        session.commit()
+    with Session(engine) as session:
+        assert take_fresh(session, "g", [other]) == [other]
+        session.rollback()
+    with Session(engine) as session:
+        assert take_fresh(session, "g", [applied, new, new, other]) == [new, other]
+        assert take_fresh(session, "another-group", [applied]) == [applied]
+        session.commit()
+    with Session(engine) as session:
+        stored = session.exec(select(ProcessedEvent.consumer, ProcessedEvent.event_id)).all()
+    assert sorted(stored) == sorted(
+        [("g", str(applied.id)), ("g", str(new.id)), ("g", str(other.id)), ("another-group", str(applied.id))]
+    )
+
+
 def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -> None:
-    """With thousands of rows published and a few pending, the claim walks the pending rows' index in id
-    order (no sort, no bitmap scan: on PostgreSQL those revisit every published row's dead version until
-    VACUUM), and returns exactly the pending rows."""
+    """With thousands of rows published and a few pending, the relay's claim returns exactly the pending
+    rows, walking their own index in id order (no sort, no bitmap scan: on PostgreSQL those revisit every
+    published row's dead version until VACUUM). The plan is read inside the claim's own transaction, under
+    whatever the claim set for it."""
     with Session(engine) as session:
         for n in range(3000):
             insert_later(session, OUTBOX, outbox_row(n))
         session.commit()
     with Session(engine) as session:
         OutboxRelay._mark_published(session, list(range(1, 2991)))
-    postgres = engine.dialect.name == "postgresql"
-    claim = pending_rows(4000)
-    sql = str(claim.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    relay = OutboxRelay(engine, "127.0.0.1:9", batch=4000)  # never connects: only its claim runs
+    sql = str(pending_rows(4000).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     with Session(engine) as session:
-        if postgres:
-            assert session.execute(TAKE_TURN).scalar() is True
+        assert [row.id for row in relay._claim(session)] == list(range(2991, 3001))
+        if engine.dialect.name == "postgresql":
             plan = "\n".join(session.execute(text(f"EXPLAIN {sql}")).scalars())
             assert "Index Scan using ix_outbox_pending on outbox" in plan, plan
             assert "Bitmap" not in plan and "Sort" not in plan, plan
@@ -98,7 +137,6 @@ def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -
             plan = "\n".join(str(row[-1]) for row in session.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
             assert "USING INDEX ix_outbox_pending" in plan, plan
             assert "TEMP B-TREE" not in plan, plan
-        assert [row.id for row in session.execute(claim)] == list(range(2991, 3001))
 
 
 @pytest.mark.parametrize(
