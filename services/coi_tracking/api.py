@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import structlog
@@ -13,7 +14,8 @@ from cgt_contracts.events import (
 )
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands, domain, epcis
@@ -34,13 +36,16 @@ from services.coi_tracking.scan_writer import (
     ScanWriter,
     ShipmentNotFound,
 )
+from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
+from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
+from services.common.problems import FieldError, ProblemError
 from services.common.service import db_session, runtime_of
 
 SOURCE = "cgt/coi-tracking"
 log = structlog.get_logger()
-router = APIRouter(tags=["shipments"])
+router = APIRouter(route_class=EdgeRoute, tags=["shipments"])
 
 SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[
@@ -51,10 +56,9 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class ScanRequest(BaseModel):
+class ScanRequest(RequestModel):
     """One courier scan: what was read off the bag labels, where, when, and the logger's reading."""
 
-    model_config = ConfigDict(extra="forbid")
     scan_type: ScanType
     bag_cois: Annotated[list[Label], Field(max_length=20, description="COI read from each bag label")]
     container_id: Ident | None = None
@@ -226,18 +230,20 @@ async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, call
     return ScanResult.model_validate(outcome, from_attributes=True)
 
 
-class ReadingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReadingIn(RequestModel):
     at: AwareDatetime
     celsius: Annotated[float, Field(ge=-273.15, le=100.0)]
 
 
-class ReadingsRequest(BaseModel):
+class ReadingsRequest(RequestModel):
     """A batch from the shipment's data logger."""
 
-    model_config = ConfigDict(extra="forbid")
     logger_id: Ident
     readings: Annotated[list[ReadingIn], Field(min_length=1, max_length=5000)]
+
+
+READINGS_BODY_LIMIT = 512 * 1024
+"""A full batch (5,000 readings) is about 300 kB."""
 
 
 class ReadingsResult(BaseModel):
@@ -253,7 +259,10 @@ class ReadingOut(BaseModel):
 
 
 @router.post(
-    "/shipments/{shipment_id}/readings", status_code=status.HTTP_201_CREATED, response_model=ReadingsResult
+    "/shipments/{shipment_id}/readings",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ReadingsResult,
+    openapi_extra=body_limit(READINGS_BODY_LIMIT),
 )
 def post_readings(
     shipment_id: UUID, body: ReadingsRequest, request: Request, session: SessionDep, caller: Courier
@@ -287,8 +296,7 @@ def read_readings(shipment_id: UUID, session: SessionDep, caller: Reader) -> lis
     return [ReadingOut(at=r.read_at, celsius=r.celsius, source=r.source) for r in rows]
 
 
-class ContainerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ContainerRequest(RequestModel):
     container_id: Ident
     charged_at: AwareDatetime
     validated_hold_hours: Annotated[float, Field(gt=0, le=24 * 30)]
@@ -308,16 +316,17 @@ def declare_container(
     _check_visible(shipment, caller)
     try:
         commands.declare_container(session, shipment, **body.model_dump())
+        session.commit()
     except commands.Refused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
-    session.commit()
+        raise problems.conflict(str(refused)) from refused
+    except IntegrityError as error:  # another shipment declared the same container id meanwhile
+        raise problems.conflict("this container id is already declared for another shipment") from error
     return _view(session, shipment)
 
 
-class DispositionRequest(BaseModel):
+class DispositionRequest(RequestModel):
     """A QA electronic signature: the decision, why, and what the signature means."""
 
-    model_config = ConfigDict(extra="forbid")
     decision: domain.Disposition
     reason: Annotated[str, Field(min_length=10, max_length=500)]
     meaning: Annotated[str, Field(min_length=3, max_length=64)] = "approval"
@@ -360,7 +369,7 @@ def post_disposition(
             correlation_id=request.state.correlation_id,
         )
     except commands.Refused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+        raise problems.conflict(str(refused)) from refused
     session.commit()
     runtime_of(request).relay.notify()
     return DispositionView.model_validate(disposition, from_attributes=True)
@@ -411,6 +420,7 @@ def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> Ledge
 
 
 MAX_CAPTURE_BYTES = 2_000_000
+EPCIS_INVALID = f"{problems.TYPE_PREFIX}epcis-schema"
 
 
 class CaptureEventResult(BaseModel):
@@ -431,36 +441,36 @@ class CaptureJobView(BaseModel):
     events: list[CaptureEventResult]
 
 
-@router.post("/capture", status_code=status.HTTP_202_ACCEPTED, response_model=CaptureJobView, tags=["epcis"])
+@router.post(
+    "/capture",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CaptureJobView,
+    tags=["epcis"],
+    openapi_extra=json_body(
+        limit=MAX_CAPTURE_BYTES,
+        media_types=("application/json", "application/ld+json"),
+        schema={"type": "object", "description": "An EPCIS 2.0 EPCISDocument (JSON / JSON-LD)"},
+    ),
+)
 async def epcis_capture(
     request: Request,
     response: Response,
     caller: Courier,
-    capture_error_behaviour: Annotated[str, Header(alias="GS1-Capture-Error-Behaviour")] = "rollback",
+    capture_error_behaviour: Annotated[
+        Literal["rollback", "proceed"], Header(alias="GS1-Capture-Error-Behaviour")
+    ] = "rollback",
 ) -> CaptureJobView:
     """GS1 EPCIS 2.0 capture (JSON / JSON-LD): 202 with `Location: /capture/{captureID}` to poll. Each
     ObjectEvent becomes a scan under the same rules as `POST /shipments/{id}/scans`."""
-    if capture_error_behaviour not in ("rollback", "proceed"):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "GS1-Capture-Error-Behaviour: rollback or proceed")
-    raw = await request.body()
-    if len(raw) > MAX_CAPTURE_BYTES:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"an EPCIS document may be {MAX_CAPTURE_BYTES} bytes"
-        )
-    try:
-        document = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body: not JSON ({error})") from error
-    validator = request.app.state.epcis_validator
-    if validator is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "the EPCIS JSON Schema is not installed (EPCIS_SCHEMA_PATH)"
-        )
-    errors = epcis.validate_document(document, validator, limit=50)
+    document = await request.json()  # admitted by the edge: UTF-8, within the limit, finite, not too deep
+    errors = epcis.validate_document(document, request.app.state.epcis_validator, limit=50)
     if errors:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            {"title": "EPCIS document fails the EPCIS 2.0 JSON Schema", "errors": errors},
+        raise ProblemError(
+            400,
+            f"the document fails the EPCIS 2.0 JSON Schema ({len(errors)} problems)",
+            type=EPCIS_INVALID,
+            title="EPCIS document fails the EPCIS 2.0 JSON Schema",
+            errors=[_schema_error(line) for line in errors],
         )
     outcomes = epcis.interpret(document)
     job = await run_in_threadpool(
@@ -468,6 +478,13 @@ async def epcis_capture(
     )
     response.headers["Location"] = f"/capture/{job.capture_id}"
     return job
+
+
+def _schema_error(line: str) -> FieldError:
+    """`$.epcisBody.eventList[0].bizStep: message` as a field error with a JSON pointer."""
+    path, _, message = line.partition(": ")
+    segments = [s for s in re.split(r"\.|\[|\]", path.removeprefix("$")) if s]
+    return FieldError(pointer=problems.pointer([s.strip("'") for s in segments]), detail=message)
 
 
 def _apply_capture(

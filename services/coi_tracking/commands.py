@@ -503,6 +503,8 @@ def declare_container(
     if container is None:
         raise Refused("this shipment has no container record")
     if container.id != container_id:
+        if session.get(Container, container_id) is not None:
+            raise Refused("this container id is already declared for another shipment")
         session.delete(container)
         session.flush()
         container = Container(id=container_id, shipment_id=shipment.id)

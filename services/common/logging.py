@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -10,10 +11,14 @@ from contextlib import contextmanager
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.problems import internal_error, problem_response
+
 CORRELATION_HEADER = "X-Correlation-ID"
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+"""A caller's id is taken only if it is an identifier: it goes into every log line and problem document."""
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -77,7 +82,7 @@ class CorrelationMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get(CORRELATION_HEADER, "")
-        correlation_id = offered if 0 < len(offered) <= 128 else new_correlation_id()
+        correlation_id = offered if _CORRELATION_ID.fullmatch(offered) else new_correlation_id()
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         status_code = [500]
         started = [False]
@@ -97,8 +102,5 @@ class CorrelationMiddleware:
                 log.exception("http.unhandled_error", method=scope["method"], path=scope["path"])
                 if started[0]:
                     raise
-                await JSONResponse(
-                    {"detail": "internal error; quote the correlation id", "correlation_id": correlation_id},
-                    status_code=500,
-                )(scope, receive, send_with_id)
+                await problem_response(Request(scope), internal_error())(scope, receive, send_with_id)
             log.info("http.request", method=scope["method"], path=scope["path"], status=status_code[0])

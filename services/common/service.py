@@ -29,8 +29,15 @@ from services.common.db import (
     make_engine,
     tables_of,
 )
+from services.common.edge import EdgeRoute, check_admitted
 from services.common.logging import CorrelationMiddleware, configure_logging
 from services.common.outbox import OutboxMessage, OutboxRelay
+from services.common.problems import (
+    ProblemError,
+    document_problems,
+    install_problem_handlers,
+    problem_response,
+)
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
 
@@ -119,9 +126,11 @@ def build_service(
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = EdgeRoute
     app.state.runtime = runtime
     app.state.principals = settings.principals()
     app.add_middleware(CorrelationMiddleware)
+    install_problem_handlers(app)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:
@@ -129,18 +138,37 @@ def build_service(
         return {"status": "ok", "service": name}
 
     @app.get("/ready", tags=["ops"])
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         """Readiness: the database answers and the broker answers."""
         checks = {
             "database": await asyncio.to_thread(database_reachable, engine),
             "broker": await broker.ping(timeout=2.0),
         }
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        failing = [name for name, ok in checks.items() if not ok]
+        if failing:
+            problem = ProblemError(
+                503, f"not ready: {', '.join(failing)} not answering", extensions={"checks": checks}
+            )
+            return problem_response(request, problem)
+        return JSONResponse({"ready": True, "checks": checks})
 
     for router in routers:
         app.include_router(router)
+    check_admitted(app)
+    _document_problems(app)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Every operation's OpenAPI lists the problems the edge and the route can answer with."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -22,12 +22,14 @@ from cgt_contracts.events import (
 )
 from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
+from services.common.edge import EdgeRoute, RequestModel
 from services.common.identifiers import coi_identifier, coi_label, din
 from services.common.outbox import enqueue
 from services.common.service import db_session, runtime_of
@@ -51,37 +53,33 @@ from services.order_intake.models import (
 
 SOURCE = "cgt/order-intake"
 log = structlog.get_logger()
-router = APIRouter(tags=["orders"])
+router = APIRouter(route_class=EdgeRoute, tags=["orders"])
 
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
 
-class PatientIdentity(BaseModel):
+class PatientIdentity(RequestModel):
     """Identifying data: stored encrypted in order intake only, never published or logged."""
 
-    model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=200)]
     date_of_birth: date
     medical_record_number: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class Consent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Consent(RequestModel):
     signed_on: date
     form_version: Annotated[str, Field(min_length=1, max_length=32)]
 
 
-class PayerAuthorization(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PayerAuthorization(RequestModel):
     reference: Annotated[str, Field(min_length=1, max_length=64)]
     expires_on: date
 
 
-class OrderRequest(BaseModel):
+class OrderRequest(RequestModel):
     """A therapy order. Consent, payer authorization and the eligibility attestation may be missing:
     the order is then recorded as rejected, with those reasons among all the others."""
 
-    model_config = ConfigDict(extra="forbid")
     patient_ref: Ident = Field(
         description="Pseudonymous patient reference, the only patient key other services see"
     )
@@ -97,15 +95,13 @@ class OrderRequest(BaseModel):
     ordered_on: date | None = Field(default=None, description="Defaults to today (UTC)")
 
 
-class StatusRequest(BaseModel):
+class StatusRequest(RequestModel):
     """A step of the order's life that a coordinator records (collection, manufacturing, infusion...)."""
 
-    model_config = ConfigDict(extra="forbid")
     status: OrderStatus
 
 
-class CollectionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CollectionRequest(RequestModel):
     collected_at: AwareDatetime
 
 
@@ -117,8 +113,7 @@ class CollectionView(BaseModel):
     coi: str
 
 
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CancelRequest(RequestModel):
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
@@ -422,7 +417,7 @@ def cancel_order(
     try:
         record_transition(session, order, OrderStatus.CANCELLED, caller.subject)
     except domain.TransitionRefused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+        raise problems.conflict(str(refused)) from refused
     order.cancelled_reason = body.reason
     order.cancelled_by = caller.subject
     order.cancelled_at = utc_now()
@@ -467,14 +462,11 @@ def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller
     """Record the next step of the order's life; a step out of order is refused with 409."""
     order = _must_get(session, order_id)
     if body.status not in MANUAL_STEPS:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"{body.status} is set by the shipment and scheduling events, not by hand",
-        )
+        raise problems.conflict(f"{body.status} is set by the shipment and scheduling events, not by hand")
     try:
         record_transition(session, order, body.status, caller.subject)
     except domain.TransitionRefused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from refused
+        raise problems.conflict(str(refused)) from refused
     session.commit()
     return OrderView.of(order)
 
@@ -502,9 +494,7 @@ def record_collection(
     order = _must_get(session, order_id)
     lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
     if order.status not in (OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED) or order.coi is None:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"cannot record a collection for an order that is {order.status}"
-        )
+        raise problems.conflict(f"cannot record a collection for an order that is {order.status}")
     site = session.get(TreatmentCenter, order.treatment_center_id)
     fin = (site.fin if site and site.fin else None) or request.app.state.issuer_fin
     number = len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all()) + 1

@@ -9,11 +9,13 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from services.common import problems
 from services.common.auth import Principal, Role, require
+from services.common.edge import EdgeRoute, RequestModel
 from services.common.service import db_session
 from services.order_intake.domain import npi_is_valid
 from services.order_intake.models import (
@@ -24,14 +26,14 @@ from services.order_intake.models import (
     TreatmentCenter,
 )
 
-router = APIRouter(tags=["registry"])
+router = APIRouter(route_class=EdgeRoute, tags=["registry"])
 SessionDep = Annotated[Session, Depends(db_session)]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
 
-class TherapyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+class TherapyBody(RequestModel):
+    model_config = ConfigDict(from_attributes=True)
     code: Ident = Field(description="Product code")
     name: Annotated[str, Field(min_length=1, max_length=128)]
     vector_type: Annotated[str, Field(min_length=1, max_length=64)]
@@ -40,16 +42,15 @@ class TherapyBody(BaseModel):
     conditioning_days: Annotated[int, Field(ge=0, le=30)]
 
 
-class Contact(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Contact(RequestModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     role: Annotated[str, Field(min_length=1, max_length=64)]
     email: EmailStr | None = None
     phone: Annotated[str | None, Field(max_length=32)] = None
 
 
-class CertificationBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+class CertificationBody(RequestModel):
+    model_config = ConfigDict(from_attributes=True)
     therapy_code: Ident
     effective_on: date
     expires_on: date | None = None
@@ -61,15 +62,14 @@ class CertificationBody(BaseModel):
         return self
 
 
-class TreatmentCenterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TreatmentCenterBody(RequestModel):
     id: Ident
     name: Annotated[str, Field(min_length=1, max_length=128)]
     timezone: Annotated[
         str, Field(min_length=1, max_length=64, description="IANA name, e.g. America/New_York")
     ]
     fin: Annotated[str | None, Field(pattern=r"^[A-NP-Z][0-9]{4}$")] = None
-    contacts: Annotated[list[Contact], Field(max_length=20)] = []
+    contacts: Annotated[list[Contact], Field(max_length=20, default=[])]
 
     @field_validator("timezone")
     @classmethod
@@ -77,7 +77,7 @@ class TreatmentCenterBody(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValueError(f"{value!r} is not an IANA time zone") from error
+            raise ValueError("not an IANA time zone name (such as Europe/Paris)") from error
         return value
 
 
@@ -85,11 +85,10 @@ class TreatmentCenterView(TreatmentCenterBody):
     certifications: list[CertificationBody]
 
 
-class PrescriberBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PrescriberBody(RequestModel):
     npi: Annotated[str, Field(pattern=r"^[0-9]{10}$")]
     name: Annotated[str, Field(min_length=1, max_length=128)]
-    treatment_center_ids: Annotated[list[Ident], Field(max_length=50)] = []
+    treatment_center_ids: Annotated[list[Ident], Field(max_length=50, default=[])]
 
     @field_validator("npi")
     @classmethod
@@ -104,9 +103,7 @@ def _commit_or_conflict(session: Session, what: str) -> None:
         session.commit()
     except IntegrityError as error:
         session.rollback()
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{what} already exists or refers to a missing record"
-        ) from error
+        raise problems.conflict(f"{what} already exists or refers to a missing record") from error
 
 
 @router.post("/therapies", status_code=status.HTTP_201_CREATED, response_model=TherapyBody)
@@ -125,7 +122,7 @@ def list_therapies(session: SessionDep, _: Coordinator) -> list[TherapyBody]:
 def read_therapy(code: str, session: SessionDep, _: Coordinator) -> TherapyBody:
     therapy = session.get(Therapy, code)
     if therapy is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no therapy {code}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such therapy")
     return TherapyBody.model_validate(therapy)
 
 
@@ -171,7 +168,7 @@ def list_treatment_centers(session: SessionDep, _: Coordinator) -> list[Treatmen
 def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -> TreatmentCenterView:
     center = session.get(TreatmentCenter, center_id)
     if center is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no treatment center {center_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
     return _center_view(session, center)
 
 
@@ -186,7 +183,7 @@ def add_certification(
     """Record the manufacturer's qualification of the site for a therapy, between two dates."""
     center = session.get(TreatmentCenter, center_id)
     if center is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no treatment center {center_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
     if session.get(Therapy, body.therapy_code) is None:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY, f"therapy_code: no therapy {body.therapy_code}"
@@ -206,7 +203,7 @@ def _prescriber_view(session: Session, prescriber: Prescriber) -> PrescriberBody
 @router.post("/prescribers", status_code=status.HTTP_201_CREATED, response_model=PrescriberBody)
 def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator) -> PrescriberBody:
     if session.get(Prescriber, body.npi) is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"prescriber {body.npi} already exists")
+        raise problems.conflict(f"prescriber {body.npi} already exists")
     missing = [site for site in body.treatment_center_ids if session.get(TreatmentCenter, site) is None]
     if missing:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"treatment_center_ids: unknown {missing}")
@@ -230,5 +227,5 @@ def list_prescribers(session: SessionDep, _: Coordinator) -> list[PrescriberBody
 def read_prescriber(npi: str, session: SessionDep, _: Coordinator) -> PrescriberBody:
     prescriber = session.get(Prescriber, npi)
     if prescriber is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no prescriber {npi}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such prescriber")
     return _prescriber_view(session, prescriber)

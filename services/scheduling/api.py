@@ -14,7 +14,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session, and_, col, or_, select
 
+from services.common import problems
 from services.common.auth import Principal, Role, require
+from services.common.edge import EdgeRoute, RequestModel
 from services.common.service import db_session
 from services.scheduling import commands, domain, fhir
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState
@@ -29,7 +31,8 @@ from services.scheduling.models import (
     WebhookEndpoint,
 )
 
-router = APIRouter(tags=["scheduling"])
+router = APIRouter(route_class=EdgeRoute, tags=["scheduling"])
+START_FORMAT = "each value is ge, gt, le or lt followed by a date (YYYY-MM-DD)"
 SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
@@ -38,21 +41,20 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.
 
 def _own_site(caller: Principal, site_id: str) -> None:
     if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != site_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no site {site_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such site")
 
 
 # ---------------------------------------------------------------- sites and protocols
 
 
-class SiteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SiteBody(RequestModel):
     timezone: Annotated[str, Field(max_length=64, description="IANA name")]
     infusions_per_day: Annotated[int, Field(ge=0, le=500)]
     admissions_capacity: Annotated[int, Field(ge=0, le=5000, description="Beds for patients in conditioning")]
     working_weekdays: Annotated[
-        list[Annotated[int, Field(ge=1, le=7)]], Field(min_length=1, max_length=7)
-    ] = [1, 2, 3, 4, 5]
-    blackout_dates: Annotated[list[date], Field(max_length=366)] = []
+        list[Annotated[int, Field(ge=1, le=7)]], Field(min_length=1, max_length=7, default=[1, 2, 3, 4, 5])
+    ]
+    blackout_dates: Annotated[list[date], Field(max_length=366, default=[])]
 
     @field_validator("timezone")
     @classmethod
@@ -60,7 +62,7 @@ class SiteBody(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValueError(f"{value!r} is not an IANA time zone") from error
+            raise ValueError("not an IANA time zone name (such as Europe/Paris)") from error
         return value
 
 
@@ -114,12 +116,10 @@ def availability(
     """Capacity and bookings per day, site-local dates, for at most 92 days."""
     _own_site(caller, site_id)
     if end < start or (end - start).days > 92:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "to: must be on or after from, at most 92 days later"
-        )
+        raise problems.invalid("query", "to", "must be on or after from, at most 92 days later")
     site = session.get(Site, site_id)
     if site is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no site {site_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such site")
     calendar = commands.calendar_of(site)
     load = commands.load_of(session, site_id)
     days = [start + timedelta(days=d) for d in range((end - start).days + 1)]
@@ -136,8 +136,8 @@ def availability(
     ]
 
 
-class ProtocolBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+class ProtocolBody(RequestModel):
+    model_config = ConfigDict(from_attributes=True)
     conditioning_days: Annotated[
         int, Field(ge=0, le=30, description="Days of conditioning before infusion (day 0)")
     ]
@@ -197,7 +197,7 @@ class CaseView(BaseModel):
 def _case(session: Session, coi: str, caller: Principal) -> Case:
     case = session.get(Case, coi)
     if case is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no case {coi}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such case")
     _own_site(caller, case.treatment_center_id)
     return case
 
@@ -238,10 +238,9 @@ def read_case(coi: str, session: SessionDep, caller: Reader) -> CaseView:
     return _case_view(session, _case(session, coi, caller))
 
 
-class BookingRequest(BaseModel):
+class BookingRequest(RequestModel):
     """Book one offered option, or name the conditioning start day yourself (checked the same way)."""
 
-    model_config = ConfigDict(extra="forbid")
     option_id: UUID | None = None
     conditioning_start_on: date | None = None
 
@@ -261,9 +260,7 @@ def book(
     if body.option_id is not None:
         offered = session.get(OfferedOption, body.option_id)
         if offered is None or offered.coi != coi or not offered.current:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, "option_id: not a current option of this case"
-            )
+            raise problems.invalid("body", "option_id", "not a current option of this case")
         option = domain.SlotOption(offered.conditioning_start_on, offered.infusion_on)
     else:
         assert body.conditioning_start_on is not None
@@ -284,13 +281,12 @@ def book(
         session.commit()
     except commands.Refused as refused:
         session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, {"reasons": refused.reasons}) from refused
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CancelRequest(RequestModel):
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
@@ -325,14 +321,13 @@ def cancel_appointment(
             session, appointment, body.reason, correlation_id=request.state.correlation_id, causation_id=None
         )
     except commands.Refused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, {"reasons": refused.reasons}) from refused
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
     request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
-class InfusionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class InfusionRequest(RequestModel):
     infused_on: date
 
 
@@ -352,7 +347,7 @@ def record_infusion(
             session, appointment, case, body.infused_on, correlation_id=request.state.correlation_id
         )
     except commands.Refused as refused:
-        raise HTTPException(status.HTTP_409_CONFLICT, {"reasons": refused.reasons}) from refused
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
     request.app.state.after_commit()
     return InfusionView(
@@ -477,8 +472,7 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
 # ---------------------------------------------------------------- appointments, webhooks, FHIR
 
 
-class WebhookRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WebhookRequest(RequestModel):
     url: AnyHttpUrl
     secret: Annotated[str | None, Field(min_length=16, max_length=128)] = None
     treatment_center_id: Annotated[str | None, Field(max_length=64)] = Field(
@@ -513,9 +507,7 @@ def _site_for(caller: Principal, requested: str | None) -> str:
             )
         return caller.treatment_center_id
     if requested is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "treatment_center_id: required for a coordinator"
-        )
+        raise problems.invalid("body", "treatment_center_id", "required for a coordinator")
     return requested
 
 
@@ -579,7 +571,7 @@ def fhir_slots(
     _own_site(caller, site_id)
     site = session.get(Site, site_id)
     if site is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such schedule")
     query = (
         select(Appointment)
         .where(Appointment.treatment_center_id == site_id)
@@ -590,15 +582,11 @@ def fhir_slots(
         try:
             day = date.fromisoformat(value[:10])
         except ValueError as error:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, f"start: {bound!r} is not ge/gt/le/lt + a date"
-            ) from error
+            raise problems.invalid("query", "start", START_FORMAT) from error
         column = col(Appointment.infusion_on)
         conditions = {"ge": column >= day, "gt": column > day, "le": column <= day, "lt": column < day}
         if prefix not in conditions:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, f"start: prefix {prefix!r} must be ge, gt, le or lt"
-            )
+            raise problems.invalid("query", "start", START_FORMAT)
         query = query.where(conditions[prefix])
     appointments = session.exec(query.order_by(col(Appointment.infusion_on)).limit(500)).all()
     return fhir.slot_bundle(site, appointments, commands.calendar_of(site))

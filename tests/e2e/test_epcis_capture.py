@@ -137,14 +137,19 @@ async def test_an_invalid_document_is_refused_naming_the_fields(
     document["epcisBody"]["eventList"][0]["eventTime"] = "yesterday"
     response = await capture(http, stack, document)
     assert response.status_code == 400
-    errors = response.json()["detail"]["errors"]
-    assert any("eventTime" in e for e in errors)
+    assert response.headers["content-type"] == "application/problem+json"
+    errors = response.json()["errors"]
+    assert any(e["pointer"] == "/epcisBody/eventList/0/eventTime" for e in errors)
+    not_json = {**COURIER, "Content-Type": "application/ld+json"}
+    assert (
+        await http.post(f"{stack.tracking}/capture", content=b"{not json", headers=not_json)
+    ).status_code == 400
     assert (
         await http.post(f"{stack.tracking}/capture", content=b"{not json", headers=COURIER)
-    ).status_code == 400
-    assert (
-        await capture(http, stack, epcis_document(), **{"GS1-Capture-Error-Behaviour": "maybe"})
-    ).status_code == 400
+    ).status_code == 415
+    behaviour = await capture(http, stack, epcis_document(), **{"GS1-Capture-Error-Behaviour": "maybe"})
+    assert behaviour.status_code == 422
+    assert [e["pointer"] for e in behaviour.json()["errors"]] == ["/GS1-Capture-Error-Behaviour"]
 
 
 async def test_every_official_example_is_accepted_or_refused_with_a_reason_over_http(
@@ -165,7 +170,7 @@ async def test_every_official_example_is_accepted_or_refused_with_a_reason_over_
         assert response.status_code in (202, 400), (path.name, response.text)
         body = response.json()
         if response.status_code == 400:
-            assert body["detail"]["errors"], path.name
+            assert body["errors"], path.name
             continue
         assert body["events"], path.name
         for event in body["events"]:

@@ -193,7 +193,7 @@ async def test_bad_input_gets_4xx_naming_the_field(
         f"{stack.orders}/orders", json=order_body(prescriber_npi="12AB"), headers=COORDINATOR
     )
     assert response.status_code == 422
-    assert any(error["loc"][-1] == "prescriber_npi" for error in response.json()["detail"])
+    assert any(error["pointer"] == "/prescriber_npi" for error in response.json()["errors"])
     order = await place_accepted_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     body = scan("pick_up", [order["coi"]])
@@ -202,7 +202,7 @@ async def test_bad_input_gets_4xx_naming_the_field(
         f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=COURIER
     )
     assert response.status_code == 422
-    assert "eta_at" in json.dumps(response.json()["detail"])
+    assert "eta_at" in json.dumps(response.json()["errors"])
 
 
 async def test_health_and_readiness(stack: RunningStack, http: httpx.AsyncClient) -> None:

@@ -1,0 +1,222 @@
+"""The HTTP edge: every request body is admitted here, once, before any route or dependency sees it.
+
+`EdgeRoute` is the route class of every router. For a request with a body it, in this order:
+- refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
+  while reading otherwise (`x-max-body-bytes` in the operation's OpenAPI, `DEFAULT_BODY_LIMIT` if unset);
+- refuses a media type the operation does not document with **415**;
+- refuses bytes that are not UTF-8 JSON, and JSON nested deeper than `MAX_JSON_DEPTH`, with **400**;
+- validates a model body in pydantic's *strict JSON* mode: `"yes"` is not a boolean, `0` not a date,
+  `"2"` not a number; with `RequestModel`'s `allow_inf_nan=False`, NaN and Infinity are **422**.
+The body it parsed (a validated model, or the JSON of a route that reads its own) is handed to FastAPI,
+so nothing is parsed twice. Every refusal is an RFC 9457 problem (`services.common.problems`).
+"""
+
+from __future__ import annotations
+
+import email.message
+import json
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from services.common import problems
+from services.common.problems import FieldError, ProblemError
+
+BODY_LIMIT_KEY = "x-max-body-bytes"
+DEFAULT_BODY_LIMIT = 64 * 1024
+"""Every request model of the services fits in a few kilobytes; EPCIS capture states its own limit."""
+MAX_JSON_DEPTH = 32
+"""Deeper than any document the services take (an EPCIS sensor report sits at depth 7)."""
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON_MEDIA_TYPES = ("application/json",)
+
+
+class RequestModel(BaseModel):
+    """Base of every request body (and of the models nested in one): unknown fields are refused and a
+    number must be finite. Strictness (no coercion) is applied by the edge, which validates the JSON."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def json_body(
+    *, limit: int = DEFAULT_BODY_LIMIT, media_types: tuple[str, ...] = JSON_MEDIA_TYPES, schema: Any = None
+) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads a JSON body of its own (no model parameter): documents the
+    body and its limit, and tells the edge which media types to admit."""
+    content = {media: {"schema": schema or {"type": "object"}} for media in media_types}
+    return {BODY_LIMIT_KEY: limit, "requestBody": {"required": True, "content": content}}
+
+
+def body_limit(limit: int) -> dict[str, Any]:
+    """`openapi_extra` of a model route whose body may be larger than `DEFAULT_BODY_LIMIT`."""
+    return {BODY_LIMIT_KEY: limit}
+
+
+class EdgeRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        admission = BodyAdmission.of(self)
+
+        async def admitted(request: Request) -> Response:
+            if request.method in BODY_METHODS:
+                await admission.admit(request)
+            return await handler(request)
+
+        return admitted
+
+
+def check_admitted(app: FastAPI) -> None:
+    """Refuse to build an app with a route outside the edge, or one whose body model is not a
+    `RequestModel`: such a route would take bodies unchecked."""
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            if not isinstance(route, EdgeRoute):
+                raise TypeError(
+                    f"{route.path} is not an EdgeRoute: make its router with route_class=EdgeRoute"
+                )
+            BodyAdmission.of(route)
+
+
+class BodyAdmission:
+    """What one route admits: its limit, its media types and the model its body must be."""
+
+    def __init__(self, limit: int, media_types: tuple[str, ...], model: TypeAdapter[Any] | None) -> None:
+        self.limit = limit
+        self.media_types = media_types
+        self.model = model
+
+    @classmethod
+    def of(cls, route: APIRoute) -> BodyAdmission:
+        extra = route.openapi_extra or {}
+        limit = int(extra.get(BODY_LIMIT_KEY, DEFAULT_BODY_LIMIT))
+        media_types = tuple(extra.get("requestBody", {}).get("content", {})) or JSON_MEDIA_TYPES
+        model: TypeAdapter[Any] | None = None
+        if route.body_field is not None:
+            annotation = route.body_field.field_info.annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, RequestModel)):
+                raise TypeError(f"{route.path}: a request body must be a RequestModel, not {annotation!r}")
+            model = TypeAdapter(annotation)
+        return cls(limit, media_types, model)
+
+    async def admit(self, request: Request) -> None:
+        body = await self._read(request)
+        if not body:
+            return  # FastAPI answers a missing required body with a 422 naming it
+        self._check_media_type(request.headers.get("content-type"))
+        request._body = body
+        if self.model is not None:
+            request._json = self._validated(body)
+        else:
+            request._json = _parsed(body)
+
+    async def _read(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            raise _too_large(self.limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.limit:
+                raise _too_large(self.limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_media_type(self, content_type: str | None) -> None:
+        message = email.message.Message()
+        message["content-type"] = content_type or ""
+        media = message.get_content_type() if content_type else ""
+        charset = message.get_content_charset()
+        if media not in self.media_types or charset not in (None, "utf-8"):
+            raise ProblemError(
+                415,
+                f"send the body as {' or '.join(self.media_types)} (UTF-8)",
+                type=problems.UNSUPPORTED_MEDIA,
+                title="Unsupported media type",
+            )
+
+    def _validated(self, body: bytes) -> Any:
+        assert self.model is not None
+        try:
+            return self.model.validate_json(body, strict=True)
+        except ValidationError as error:
+            details = error.errors(include_input=False, include_url=False, include_context=False)
+            syntax = next((e for e in details if e["type"] == "json_invalid"), None)
+            if syntax is not None:
+                raise _malformed_json(str(syntax["msg"])) from None
+            # Deep JSON fails the model too: name the depth, not the first field it broke.
+            _check_depth(json.loads(body))
+            raise problems.validation_problem(problems.field_errors(details)) from None
+
+
+def _parsed(body: bytes) -> Any:
+    """The JSON of a route that validates its own document (EPCIS): UTF-8, finite numbers, bounded depth."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ProblemError(
+            400,
+            f"the body is not UTF-8 (byte {error.start})",
+            type=problems.MALFORMED,
+            title="The body is not valid JSON",
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except json.JSONDecodeError as error:
+        raise _malformed_json(f"{error.msg} at line {error.lineno} column {error.colno}") from None
+    non_finite = _check_depth(document)
+    if non_finite:
+        raise problems.validation_problem(non_finite)
+    return document
+
+
+def _check_depth(document: Any) -> list[FieldError]:
+    """400 past `MAX_JSON_DEPTH`; else every NaN or ±Infinity (written as such, or overflowing a float)."""
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(document, ())]
+    non_finite: list[FieldError] = []
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(value, dict):
+            stack.extend((child, (*path, key)) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, (*path, index)) for index, child in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            non_finite.append(
+                FieldError(pointer=problems.pointer(path), detail="Input should be a finite number")
+            )
+    return sorted(non_finite, key=lambda e: e.pointer)
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(
+        413,
+        f"the body may be at most {limit} bytes",
+        type=problems.TOO_LARGE,
+        title="The body is too large",
+    )
+
+
+def _too_deep() -> ProblemError:
+    return ProblemError(
+        400,
+        f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels",
+        type=problems.MALFORMED,
+        title="The body is not valid JSON",
+    )
+
+
+def _malformed_json(reason: str) -> ProblemError:
+    if "recursion limit" in reason:
+        return _too_deep()
+    return ProblemError(
+        400,
+        f"the body is not valid JSON: {reason}",
+        type=problems.MALFORMED,
+        title="The body is not valid JSON",
+    )
