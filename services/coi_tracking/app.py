@@ -16,6 +16,14 @@ from services.coi_tracking.scan_writer import ScanWriter
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
 
+COI_TRACKING = (
+    "Cryogenic shipment chain-of-identity tracking. Couriers declare the dry shipper, post scans "
+    "(pick-up, hand-off, checkpoint, delay, delivery, receipt), logger readings and GS1 EPCIS 2.0 "
+    "documents; every bag's COI and every temperature is checked, every hand-off is recorded in a "
+    "hash-chained custody ledger, and a shipment is quarantined at once on a COI break or a warm reading. "
+    "QA releases or rejects a quarantined shipment with a signed disposition."
+)
+
 
 class TrackingSettings(ServiceSettings):
     service_name: str = "coi-tracking"
@@ -41,6 +49,7 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
         name=settings.service_name,
         tables=TABLES,
         routers=[api.router],
+        description=COI_TRACKING,
         wire=partial(
             handlers.wire,
             planning=handlers.Planning(

@@ -195,16 +195,19 @@ _AUTH_PROBLEMS = (401, 403)
 
 def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make every error response of every operation a Problem (`application/problem+json`): those the
-    route declares, and those the edge gives: 400/413/415/422 with a body, 422 with parameters, 401/403
-    when the caller must authenticate. FastAPI's own validation-error schemas go."""
+    route declares, and those the edge gives: 400/413/415/422 with a body, 422 with parameters, 404 with
+    a path parameter, 401/403 when the caller must authenticate. FastAPI's own validation-error schemas go."""
     for path_item in openapi.get("paths", {}).values():
         for operation in path_item.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
             implied: list[int] = []
             if "requestBody" in operation:
                 implied += _BODY_PROBLEMS
-            if operation.get("parameters"):
+            parameters = operation.get("parameters", [])
+            if parameters:
                 implied.append(422)
+            if any(parameter.get("in") == "path" for parameter in parameters):
+                implied.append(404)  # a path names a resource, which may not exist (or not be the caller's)
             if operation.get("security"):
                 implied += _AUTH_PROBLEMS
             for status in implied:

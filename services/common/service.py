@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ def build_service(
     tables: Sequence[Table],
     routers: Sequence[APIRouter],
     wire: Callable[[Runtime], None],
+    description: str = "",
     settings: ServiceSettings | None = None,
     on_startup: Callable[[Runtime], Any] | None = None,
     on_shutdown: Callable[[Runtime], Any] | None = None,
@@ -123,6 +125,8 @@ def build_service(
     # No OpenTelemetry here (logs carry the correlation ids); off, FastAPI skips its per-request checks.
     app = FastAPI(
         title=f"CGT Logistics — {name}",
+        version=importlib.metadata.version("cgt-logistics"),
+        description=description,
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )

@@ -11,6 +11,14 @@ from services.order_intake import api, handlers, registry
 from services.order_intake.models import TABLES
 from services.order_intake.seed import seed_registry
 
+ORDER_INTAKE = (
+    "Order intake for autologous cell and gene therapies. Coordinators and treatment centers place a "
+    "therapy order; it is checked (site qualified for the therapy, prescriber, consent, payer "
+    "authorization, eligibility, no other active order) and gets its ISBT 128 chain-of-identity (COI) "
+    "identifier. Coordinators record collections (each with its DIN) and the order's steps, and keep the "
+    "registry of therapies, treatment centers and prescribers. Patient identity stays here, encrypted."
+)
+
 
 class OrderIntakeSettings(ServiceSettings):
     service_name: str = "order-intake"
@@ -30,6 +38,7 @@ def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
         name=settings.service_name,
         tables=TABLES,
         routers=[api.router, registry.router],
+        description=ORDER_INTAKE,
         wire=handlers.wire,
         settings=settings,
         on_startup=on_startup,

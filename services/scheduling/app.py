@@ -22,6 +22,15 @@ from services.scheduling.webhooks import WebhookDeliverer
 log = structlog.get_logger()
 
 
+SCHEDULING = (
+    "Infusion-site scheduling. Coordinators keep each treatment center's calendar and capacity and book "
+    "an infusion option; the appointment stays tentative until the product is delivered with its COI "
+    "verified and a clean temperature record, and is held or moved when the shipment is quarantined or "
+    "delayed. Treatment centers register signed webhooks and read their cases, appointments and FHIR R4 "
+    "Schedule, Slot and Appointment resources."
+)
+
+
 class SchedulingSettings(ServiceSettings):
     service_name: str = "scheduling"
     receipt_buffer_hours: float = Field(default=24.0, ge=0)
@@ -105,6 +114,7 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
         name=settings.service_name,
         tables=TABLES,
         routers=[api.router],
+        description=SCHEDULING,
         wire=wire,
         settings=settings,
         on_startup=on_startup,

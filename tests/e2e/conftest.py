@@ -43,10 +43,9 @@ class RunningStack:
         return self.stack.url("scheduling")
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    backend: str = request.param
-    workdir: Path = tmp_path_factory.mktemp(f"stack-{backend}")
+@contextlib.contextmanager
+def running_stack(backend: str, workdir: Path) -> Iterator[RunningStack]:
+    """A broker of its own and the three services on `backend` ("sqlite" or "postgresql")."""
     with kafka_broker(workdir / "kafka") as bootstrap:
         urls = (
             sqlite_urls(workdir / "db") if backend == "sqlite" else create_postgres_databases(list(SERVICES))
@@ -70,6 +69,13 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             if backend == "postgresql":
                 with contextlib.suppress(Exception):
                     drop_postgres_databases(urls)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    backend: str = request.param
+    with running_stack(backend, tmp_path_factory.mktemp(f"stack-{backend}")) as running:
+        yield running
 
 
 @pytest.fixture
