@@ -482,8 +482,8 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
                 }
 
             # Warm-up: whole runs, discarded. The broker's JIT compiler is still at work for the first
-            # minute or two of load (its compiler threads took 190-380 µs of CPU per HTTP scan in the
-            # first run, 10-50 by the sixth); the services' pools and caches fill on the way.
+            # minute or two of load (its CPU per scan falls run after run; docs/performance.md), and the
+            # services' pools and caches fill on the way.
             warm_started = time.perf_counter()
             warm_up = [await one_run() for _ in range(args.warmup_runs)]
             warmup_seconds = time.perf_counter() - warm_started

@@ -295,10 +295,9 @@ def write_deferred(session: OrmSession) -> None:
 
 
 COPY_FROM_ROWS = 8
-"""From this many rows on, PostgreSQL gets them by COPY; fewer go as one INSERT with a VALUES list. Client
-CPU per call on this machine (a 900-byte outbox row): 1 row 46 µs (a pipelined executemany 74, COPY 83);
-8 rows COPY 96 (INSERT 129, executemany 148); 32 rows COPY 144 (executemany 463). Wall time is within
-~15 % between them from 8 rows on, and COPY's second round trip costs ~80 µs below that."""
+"""From this many rows on, PostgreSQL gets them by COPY; fewer go as one INSERT with a VALUES list. A
+pipelined executemany costs client CPU for every row; COPY costs least per row but pays a second round
+trip, which outweighs its savings for a few rows. The split point was measured (docs/performance.md)."""
 _ProcessedColumns = list[tuple[int, Callable[[Any], Any]]]
 _bind_processors: dict[tuple[Table, str, tuple[str, ...]], _ProcessedColumns] = {}
 

@@ -58,7 +58,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 def log_context(**values: str) -> Iterator[None]:
     """Bind `values` to every log line written inside the block, then restore what was bound before.
     Restores through the bind's own tokens: structlog's `bound_contextvars` copies the whole context to
-    save it first (3.9 against 1.9 µs per use with 20 context variables set: once per courier scan)."""
+    save it first, and this runs once per courier scan (figures: docs/performance.md)."""
     tokens = structlog.contextvars.bind_contextvars(**values)
     try:
         yield

@@ -44,7 +44,7 @@ TAKE_TURN = sa_select(
 only a plain walk of the pending index. A published row leaves a dead version behind until VACUUM; a plain
 index scan flags such entries in the index as it passes them, so the next claims skip them, whereas a
 bitmap scan (the planner's choice once the table grows) visits every one again: claims then grew with
-every row published since the last VACUUM (4 ms a claim after 60,000 rows)."""
+every row published since the last VACUUM (figures: docs/performance.md)."""
 
 
 @functools.lru_cache(maxsize=65_536)
