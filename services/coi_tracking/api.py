@@ -304,7 +304,9 @@ class ContainerRequest(RequestModel):
     logger_interval_minutes: Annotated[float | None, Field(gt=0, le=24 * 60)] = None
 
 
-@router.put("/shipments/{shipment_id}/container", response_model=ShipmentView)
+@router.put(
+    "/shipments/{shipment_id}/container", response_model=ShipmentView, responses=problems.documented(409)
+)
 def declare_container(
     shipment_id: UUID,
     body: ContainerRequest,
@@ -347,6 +349,7 @@ class DispositionView(BaseModel):
     "/shipments/{shipment_id}/dispositions",
     status_code=status.HTTP_201_CREATED,
     response_model=DispositionView,
+    responses=problems.documented(409),
 )
 def post_disposition(
     shipment_id: UUID,

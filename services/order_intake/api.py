@@ -226,7 +226,15 @@ def record_transition(
     session.add(order)
 
 
-@router.post("/orders", status_code=status.HTTP_201_CREATED, response_model=OrderView)
+@router.post(
+    "/orders",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderView,
+    responses={
+        200: {"model": OrderView, "description": "The same Idempotency-Key again: the order it placed"},
+        **problems.documented(404),
+    },
+)
 def place_order(
     body: OrderRequest,
     request: Request,
@@ -408,7 +416,7 @@ def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -
     ]
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderView)
+@router.post("/orders/{order_id}/cancel", response_model=OrderView, responses=problems.documented(409))
 def cancel_order(
     order_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: OrderingCaller
 ) -> OrderView:
@@ -457,7 +465,7 @@ MANUAL_STEPS = frozenset(
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 
 
-@router.post("/orders/{order_id}/status", response_model=OrderView)
+@router.post("/orders/{order_id}/status", response_model=OrderView, responses=problems.documented(409))
 def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller: Coordinator) -> OrderView:
     """Record the next step of the order's life; a step out of order is refused with 409."""
     order = _must_get(session, order_id)
@@ -485,7 +493,10 @@ def next_din(session: Session, fin: str, year: int) -> str:
 
 
 @router.post(
-    "/orders/{order_id}/collections", status_code=status.HTTP_201_CREATED, response_model=CollectionView
+    "/orders/{order_id}/collections",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CollectionView,
+    responses=problems.documented(409),
 )
 def record_collection(
     order_id: UUID, body: CollectionRequest, request: Request, session: SessionDep, caller: Coordinator

@@ -106,7 +106,12 @@ def _commit_or_conflict(session: Session, what: str) -> None:
         raise problems.conflict(f"{what} already exists or refers to a missing record") from error
 
 
-@router.post("/therapies", status_code=status.HTTP_201_CREATED, response_model=TherapyBody)
+@router.post(
+    "/therapies",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TherapyBody,
+    responses=problems.documented(409),
+)
 def create_therapy(body: TherapyBody, session: SessionDep, _: Coordinator) -> TherapyBody:
     session.add(Therapy(**body.model_dump()))
     _commit_or_conflict(session, f"therapy {body.code}")
@@ -142,7 +147,12 @@ def _center_view(session: Session, center: TreatmentCenter) -> TreatmentCenterVi
     )
 
 
-@router.post("/treatment-centers", status_code=status.HTTP_201_CREATED, response_model=TreatmentCenterView)
+@router.post(
+    "/treatment-centers",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TreatmentCenterView,
+    responses=problems.documented(409),
+)
 def create_treatment_center(
     body: TreatmentCenterBody, session: SessionDep, _: Coordinator
 ) -> TreatmentCenterView:
@@ -176,6 +186,7 @@ def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -
     "/treatment-centers/{center_id}/certifications",
     status_code=status.HTTP_201_CREATED,
     response_model=TreatmentCenterView,
+    responses=problems.documented(409),
 )
 def add_certification(
     center_id: str, body: CertificationBody, session: SessionDep, _: Coordinator
@@ -200,7 +211,12 @@ def _prescriber_view(session: Session, prescriber: Prescriber) -> PrescriberBody
     return PrescriberBody(npi=prescriber.npi, name=prescriber.name, treatment_center_ids=sorted(sites))
 
 
-@router.post("/prescribers", status_code=status.HTTP_201_CREATED, response_model=PrescriberBody)
+@router.post(
+    "/prescribers",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PrescriberBody,
+    responses=problems.documented(409),
+)
 def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator) -> PrescriberBody:
     if session.get(Prescriber, body.npi) is not None:
         raise problems.conflict(f"prescriber {body.npi} already exists")

@@ -251,7 +251,12 @@ class BookingRequest(RequestModel):
         return self
 
 
-@router.post("/cases/{coi}/bookings", status_code=status.HTTP_201_CREATED, response_model=AppointmentView)
+@router.post(
+    "/cases/{coi}/bookings",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AppointmentView,
+    responses=problems.documented(409),
+)
 def book(
     coi: str, body: BookingRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
@@ -311,7 +316,11 @@ def _appointment_to_change(
     return appointment, case
 
 
-@router.post("/appointments/{appointment_id}/cancel", response_model=AppointmentView)
+@router.post(
+    "/appointments/{appointment_id}/cancel",
+    response_model=AppointmentView,
+    responses=problems.documented(409),
+)
 def cancel_appointment(
     appointment_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
@@ -336,7 +345,9 @@ class InfusionView(BaseModel):
     follow_up_visits: int
 
 
-@router.post("/appointments/{appointment_id}/infusion", response_model=InfusionView)
+@router.post(
+    "/appointments/{appointment_id}/infusion", response_model=InfusionView, responses=problems.documented(409)
+)
 def record_infusion(
     appointment_id: UUID, body: InfusionRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> InfusionView:
@@ -559,7 +570,7 @@ def fhir_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) 
     return fhir.appointment_resource(appointment, case, commands.calendar_of(site))
 
 
-@router.get("/fhir/Slot")
+@router.get("/fhir/Slot", responses=problems.documented(404))
 def fhir_slots(
     session: SessionDep,
     caller: Reader,

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -67,6 +67,7 @@ def failures_of(url: str) -> list[str]:
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
             derandomize=True,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: the first failing example is reported
             database=None,
             deadline=None,
             suppress_health_check=list(HealthCheck),
