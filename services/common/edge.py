@@ -6,7 +6,7 @@
 - refuses a media type the operation does not document with **415**;
 - refuses bytes that are not UTF-8 JSON, and JSON nested deeper than `MAX_JSON_DEPTH`, with **400**;
 - validates a model body in pydantic's *strict JSON* mode: `"yes"` is not a boolean, `0` not a date,
-  `"2"` not a number; with `RequestModel`'s `allow_inf_nan=False`, NaN and Infinity are **422**.
+  `"2"` not a number; `RequestModel` makes NaN, Infinity and control characters in text **422** too.
 The body it parsed (a validated model, or the JSON of a route that reads its own) is handed to FastAPI,
 so nothing is parsed twice. Every refusal is an RFC 9457 problem (`services.common.problems`).
 """
@@ -16,12 +16,13 @@ from __future__ import annotations
 import email.message
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
 from services.common import problems
 from services.common.problems import FieldError, ProblemError
@@ -36,10 +37,33 @@ JSON_MEDIA_TYPES = ("application/json",)
 
 
 class RequestModel(BaseModel):
-    """Base of every request body (and of the models nested in one): unknown fields are refused and a
-    number must be finite. Strictness (no coercion) is applied by the edge, which validates the JSON."""
+    """Base of every request body (and of the models nested in one): unknown fields are refused, a number
+    must be finite and text holds no control character. Strictness (no coercion) is applied by the edge,
+    which validates the JSON."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        # PostgreSQL cannot store NUL in text; the others (bar tab and line breaks) only hide or garble it.
+        if _holds_control_character(value):
+            raise ValueError(CONTROL_CHARACTER_DETAIL)
+        return value
+
+
+CONTROL_CHARACTER_DETAIL = "must not contain control characters (such as NUL)"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _holds_control_character(value: Any) -> bool:
+    if isinstance(value, str):
+        return _CONTROL_CHARACTER.search(value) is not None
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds_control_character(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_control_character(k) or _holds_control_character(v) for k, v in value.items())
+    return False
 
 
 def json_body(
@@ -62,11 +86,27 @@ class EdgeRoute(APIRoute):
         admission = BodyAdmission.of(self)
 
         async def admitted(request: Request) -> Response:
+            _check_parameters(request)
             if request.method in BODY_METHODS:
                 await admission.admit(request)
             return await handler(request)
 
         return admitted
+
+
+def _check_parameters(request: Request) -> None:
+    """Path and query values hold no control character either (a NUL reaching PostgreSQL is a 500)."""
+    errors = [
+        FieldError(location=location, pointer=problems.pointer([name]), detail=CONTROL_CHARACTER_DETAIL)
+        for location, values in (
+            ("path", request.path_params.items()),
+            ("query", request.query_params.multi_items()),
+        )
+        for name, value in values
+        if _holds_control_character(value)
+    ]
+    if errors:
+        raise problems.validation_problem(errors)
 
 
 def check_admitted(app: FastAPI) -> None:

@@ -113,3 +113,22 @@ async def test_conflicts_and_missing_things_are_problems(
         f"{stack.orders}/orders/{order['id']}/status", json={"status": "infused"}, headers=COORDINATOR
     )
     assert a_problem(skipped, 409)["type"] == "urn:cgt:problem:conflict"
+
+
+async def test_a_nul_character_in_free_text_is_refused_on_every_database(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    shipment = await shipment_for(http, stack, events, (await place_accepted_order(http, stack))["coi"])
+    body = scan("checkpoint", ["CHW4321260000014"], location="Milan\u0000hub")
+    response = await http.post(
+        f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=COURIER
+    )
+    assert pointers(a_problem(response, 422)) == {"/location"}
+    order = order_body(patient={**PATIENT, "name": "Jane\u0000Doe"})
+    assert pointers(
+        a_problem(await http.post(f"{stack.orders}/orders", json=order, headers=COORDINATOR), 422)
+    ) == {"/patient/name"}
+    by_coi = await http.get(f"{stack.tracking}/shipments", params={"coi": "CHW\u0000"}, headers=COURIER)
+    assert pointers(a_problem(by_coi, 422)) == {"/coi"}
+    case = await http.get(f"{stack.scheduling}/cases/CHW%00", headers=COORDINATOR)
+    assert pointers(a_problem(case, 422)) == {"/coi"}

@@ -202,6 +202,19 @@ def test_a_document_within_the_depth_limit_is_admitted(client: TestClient) -> No
     assert post(client, "/documents", nested, "application/ld+json").status_code == 200
 
 
+def test_text_with_a_control_character_is_refused_in_a_body_a_path_or_a_query(client: TestClient) -> None:
+    named = order(patient={"name": "Jane\u0000Doe", "date_of_birth": "2019-04-02"})
+    assert pointers(a_problem(post(client, "/orders", named), 422)) == ["/patient/name"]
+    assert (
+        post(
+            client, "/orders", order(patient={"name": "Jane\tDoe\n", "date_of_birth": "2019-04-02"})
+        ).status_code
+        == 200
+    )
+    in_query = a_problem(client.post("/conflict?note=a%00b"), 422)
+    assert [(e["location"], e["pointer"]) for e in in_query["errors"]] == [("query", "/note")]
+
+
 def test_conflicts_routing_errors_and_bugs_are_problems_too(client: TestClient) -> None:
     conflict = a_problem(client.post("/conflict"), 409)
     assert conflict["type"] == problems.CONFLICT and conflict["reasons"] == ["cancelled on 2026-11-30"]
