@@ -14,7 +14,8 @@ from cgt_contracts.events import (
 )
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -55,9 +56,46 @@ Courier = Annotated[Principal, Depends(require(Role.COURIER))]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 
+COI = "CHW4321260000014"
+SHIPMENT_ID = "6a1f0c2e-8b3d-4f5a-9c7e-2d4b6f8a0c1e"
+SCAN_RESULT_EXAMPLE: JsonDict = {
+    "scan_id": "0b7e4c2a-1d3f-4a5b-8c6d-9e0f1a2b3c4d",
+    "accepted": True,
+    "refusal_reason": None,
+    "coi_verified": True,
+    "shipment_status": "dispatched",
+    "quarantined": False,
+    "quarantine_reason": None,
+}
+
 
 class ScanRequest(RequestModel):
     """One courier scan: what was read off the bag labels, where, when, and the logger's reading."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "scan_type": "pick_up",
+                    "bag_cois": [COI],
+                    "location": "AGC Biologics, Milan",
+                    "device_time": "2026-12-01T09:00:00Z",
+                    "container_id": "DS-4471",
+                    "seal_id": "SEAL-88123",
+                    "temperature_celsius": -182.5,
+                    "eta_at": "2026-12-03T09:00:00Z",
+                },
+                {
+                    "scan_type": "hand_off",
+                    "bag_cois": [COI],
+                    "location": "JFK cargo",
+                    "device_time": "2026-12-02T06:40:00Z",
+                    "temperature_celsius": -179.0,
+                    "handed_to": "courier-cy",
+                },
+            ]
+        }
+    )
 
     scan_type: ScanType
     bag_cois: Annotated[list[Label], Field(max_length=20, description="COI read from each bag label")]
@@ -79,6 +117,21 @@ class ScanRequest(RequestModel):
 
 
 class ScanResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                SCAN_RESULT_EXAMPLE,
+                SCAN_RESULT_EXAMPLE
+                | {
+                    "coi_verified": False,
+                    "shipment_status": "quarantined",
+                    "quarantined": True,
+                    "quarantine_reason": "bag 1: label reads CHW4321260000022, not this shipment's COI",
+                },
+            ]
+        }
+    )
+
     scan_id: UUID
     accepted: bool
     refusal_reason: str | None
@@ -89,16 +142,52 @@ class ScanResult(BaseModel):
 
 
 class ShipmentView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": SHIPMENT_ID,
+                    "order_id": "3f2b8c1e-5d4a-4e8f-9a6b-1c2d3e4f5a6b",
+                    "coi": COI,
+                    "leg": "return",
+                    "destination": "TC-BOSTON",
+                    "min_celsius": None,
+                    "max_transit_hours": None,
+                    "container": {
+                        "id": "DS-4471",
+                        "kind": "dry_shipper",
+                        "charged_at": "2026-12-01T03:00:00Z",
+                        "validated_hold_hours": 240.0,
+                        "seal_id": "SEAL-88123",
+                    },
+                    "status": "dispatched",
+                    "physical_status": "dispatched",
+                    "treatment_center_id": "TC-BOSTON",
+                    "courier_company": "CRYO-EXPRESS",
+                    "custodian": "courier-ben",
+                    "storage_limit_celsius": -150.0,
+                    "bags": [{"number": 1, "of": 1, "coi": COI, "din": None}],
+                    "eta_at": "2026-12-03T09:00:00Z",
+                    "delivered_at": None,
+                    "quarantine_reason": None,
+                    "max_temperature_celsius": -182.5,
+                }
+            ]
+        }
+    )
+
     id: UUID
     order_id: UUID
     coi: str
-    leg: str
+    leg: str = Field(description="outbound: fresh cells to manufacturing; return: the product to the site")
     destination: str
     min_celsius: float | None
     max_transit_hours: float | None
     container: dict[str, Any] | None
-    status: ShipmentStatus
-    physical_status: ShipmentStatus
+    status: ShipmentStatus = Field(description="Where it stands, quarantine and QA disposition included")
+    physical_status: ShipmentStatus = Field(
+        description="Where it physically is (a quarantined one still moves)"
+    )
     treatment_center_id: str
     courier_company: str
     custodian: str
@@ -110,7 +199,24 @@ class ShipmentView(BaseModel):
     max_temperature_celsius: float | None
 
 
+LEDGER_ENTRY_EXAMPLE: JsonDict = {
+    "sequence": 1,
+    "kind": "custody",
+    "from_party": "manufacturer:AGC-MILAN",
+    "to_party": "courier-ben",
+    "location": "AGC Biologics, Milan",
+    "at": "2026-12-01T09:00:00Z",
+    "signer": "Ben Courier",
+    "meaning": "pick_up: custody handed over",
+    "reason": "",
+    "previous_sha256": "0" * 64,
+    "entry_sha256": "5d41c0b2a8e3f7d6c9b4a1e0f3d2c5b8a7e6f9d0c3b2a5e4f7d8c1b0a9e2f3d4",
+}
+
+
 class LedgerEntryView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [LEDGER_ENTRY_EXAMPLE]})
+
     sequence: int
     kind: str
     from_party: str
@@ -125,10 +231,24 @@ class LedgerEntryView(BaseModel):
 
 
 class LedgerView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "shipment_id": SHIPMENT_ID,
+                    "entries": [LEDGER_ENTRY_EXAMPLE],
+                    "valid": True,
+                    "broken_at_sequence": None,
+                    "problem": None,
+                }
+            ]
+        }
+    )
+
     shipment_id: UUID
     entries: list[LedgerEntryView]
-    valid: bool
-    broken_at_sequence: int | None
+    valid: bool = Field(description="Every entry's hash and its link to the one before verified just now")
+    broken_at_sequence: int | None = Field(description="The first entry changed, removed or reordered")
     problem: str | None
 
 
@@ -172,9 +292,11 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
     )
 
 
-@router.get("/shipments", response_model=list[ShipmentView])
+@router.get("/shipments", summary="List shipments", response_model=list[ShipmentView])
 def list_shipments(session: SessionDep, caller: Reader, coi: str | None = None) -> list[ShipmentView]:
-    """Couriers see their company's shipments, treatment centers their site's, coordinators and QA all."""
+    """The shipments, oldest first (at most 500), with their bags, container and status. Couriers see
+    their company's shipments, treatment centers their site's, coordinators and QA all. `coi` finds the
+    shipments of one chain-of-identity identifier: the fresh cells' leg and the product's return leg."""
     query = select(Shipment).order_by(col(Shipment.created_at))
     if coi:
         query = query.where(Shipment.coi == coi)
@@ -185,8 +307,10 @@ def list_shipments(session: SessionDep, caller: Reader, coi: str | None = None) 
     return [_view(session, s) for s in session.exec(query.limit(500))]
 
 
-@router.get("/shipments/{shipment_id}", response_model=ShipmentView)
+@router.get("/shipments/{shipment_id}", summary="Read a shipment", response_model=ShipmentView)
 def read_shipment(shipment_id: UUID, session: SessionDep, caller: Reader) -> ShipmentView:
+    """One shipment with its bags, container, custodian, status and warmest temperature so far. A courier
+    reads only its company's shipments (403 for another's), a treatment center its site's (404)."""
     shipment = _visible(session, shipment_id, caller)
     return _view(session, shipment)
 
@@ -195,10 +319,24 @@ def _actor(caller: Principal) -> commands.Actor:
     return commands.Actor(subject=caller.subject, printed_name=caller.display_name or caller.subject)
 
 
-@router.post("/shipments/{shipment_id}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanResult)
+@router.post(
+    "/shipments/{shipment_id}/scans",
+    summary="Scan a shipment",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ScanResult,
+)
 async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, caller: Courier) -> ScanResult:
-    """Record a courier's scan. It is always stored; the result says whether it was accepted and why not.
-    Scans that arrive together are committed together (see `scan_writer`)."""
+    """Couriers post each scan: the COI read off every bag label, where and when, the shipper's
+    temperature, the expected delivery (`eta_at`) at pick-up and delay, who takes custody (`handed_to`)
+    at a hand-off. Only the courier company the shipment is assigned to may scan it (403).
+
+    Every scan is stored, accepted or not: the answer says whether it was accepted and, if not, why. An
+    accepted scan moves the shipment on (dispatched, in transit, delivered, received), and a change of
+    custody is chained into the custody ledger. Another COI, a missing or extra bag, another container or
+    seal (`coi.break.v1`), or a temperature above the limit (`temperature.excursion.v1`) quarantines the
+    shipment at once, and scheduling holds the appointment. A delivery with every COI verified and a clean
+    temperature record confirms the appointment."""
+    # Scans that arrive together are committed together, in one transaction (see `scan_writer`).
     writer: ScanWriter = request.app.state.scan_writer
     assert caller.courier_company is not None  # a courier principal always names its company
     try:
@@ -236,7 +374,21 @@ class ReadingIn(RequestModel):
 
 
 class ReadingsRequest(RequestModel):
-    """A batch from the shipment's data logger."""
+    """Readings downloaded from the shipment's data logger."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "logger_id": "LOG-77",
+                    "readings": [
+                        {"at": "2026-12-02T06:35:00Z", "celsius": -180.4},
+                        {"at": "2026-12-02T06:40:00Z", "celsius": -179.9},
+                    ],
+                }
+            ]
+        }
+    )
 
     logger_id: Ident
     readings: Annotated[list[ReadingIn], Field(min_length=1, max_length=5000)]
@@ -247,19 +399,30 @@ READINGS_BODY_LIMIT = 512 * 1024
 
 
 class ReadingsResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"stored": 2, "excursions": [], "quarantined": False}]}
+    )
+
     stored: int
-    excursions: list[str]
+    excursions: list[str] = Field(description="What was out of range, missing or past the hold time")
     quarantined: bool
 
 
 class ReadingOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"at": "2026-12-02T06:35:00Z", "celsius": -180.4, "source": "logger:LOG-77"}]
+        }
+    )
+
     at: datetime
     celsius: float
-    source: str
+    source: str = Field(description="logger:<logger id>, or scan for a courier's reading")
 
 
 @router.post(
     "/shipments/{shipment_id}/readings",
+    summary="Upload logger readings",
     status_code=status.HTTP_201_CREATED,
     response_model=ReadingsResult,
     openapi_extra=body_limit(READINGS_BODY_LIMIT),
@@ -267,7 +430,10 @@ class ReadingOut(BaseModel):
 def post_readings(
     shipment_id: UUID, body: ReadingsRequest, request: Request, session: SessionDep, caller: Courier
 ) -> ReadingsResult:
-    """Store a logger batch; a reading out of range, a gap or a shipment past its hold time quarantines it."""
+    """Couriers upload the readings of the shipment's data logger (at most 5,000 at once). A reading out
+    of range, a gap in the record or a shipper past its validated hold time quarantines the shipment
+    (`temperature.excursion.v1`, and scheduling holds the appointment); `excursions` says what was found.
+    Only the courier company the shipment is assigned to may upload (403)."""
     shipment = _load_for_update(session, shipment_id)
     _check_visible(shipment, caller)
     outcome = commands.record_readings(
@@ -284,9 +450,13 @@ def post_readings(
     )
 
 
-@router.get("/shipments/{shipment_id}/readings", response_model=list[ReadingOut])
+@router.get(
+    "/shipments/{shipment_id}/readings",
+    summary="Read a shipment's temperatures",
+    response_model=list[ReadingOut],
+)
 def read_readings(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[ReadingOut]:
-    """The temperature series, oldest first."""
+    """The shipment's temperature record, oldest first: the logger's readings and those of the scans."""
     shipment = _visible(session, shipment_id, caller)
     rows = session.exec(
         select(TemperatureReading)
@@ -297,6 +467,20 @@ def read_readings(shipment_id: UUID, session: SessionDep, caller: Reader) -> lis
 
 
 class ContainerRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "container_id": "DS-4471",
+                    "charged_at": "2026-12-01T03:00:00Z",
+                    "validated_hold_hours": 240,
+                    "seal_id": "SEAL-88123",
+                    "logger_interval_minutes": 5,
+                }
+            ]
+        }
+    )
+
     container_id: Ident
     charged_at: AwareDatetime
     validated_hold_hours: Annotated[float, Field(gt=0, le=24 * 30)]
@@ -305,7 +489,10 @@ class ContainerRequest(RequestModel):
 
 
 @router.put(
-    "/shipments/{shipment_id}/container", response_model=ShipmentView, responses=problems.documented(409)
+    "/shipments/{shipment_id}/container",
+    summary="Declare the dry shipper",
+    response_model=ShipmentView,
+    responses=problems.documented(409),
 )
 def declare_container(
     shipment_id: UUID,
@@ -313,7 +500,10 @@ def declare_container(
     session: SessionDep,
     caller: Annotated[Principal, Depends(require(Role.COURIER, Role.COORDINATOR))],
 ) -> ShipmentView:
-    """Declare the dry shipper packed for this shipment: id, charge time, validated hold time, seal."""
+    """Couriers (or coordinators) declare the dry shipper packed for the shipment, before pick-up: its
+    id, when it was charged, its validated hold time, its seal and the logger's interval. Scans are then
+    checked against this container and seal, and the shipment is quarantined when the hold time runs out.
+    After pick-up, or with a container id declared for another shipment, it is 409."""
     shipment = _load_for_update(session, shipment_id)
     _check_visible(shipment, caller)
     try:
@@ -333,8 +523,37 @@ class DispositionRequest(RequestModel):
     reason: Annotated[str, Field(min_length=10, max_length=500)]
     meaning: Annotated[str, Field(min_length=3, max_length=64)] = "approval"
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "decision": "release",
+                    "reason": "logger spike during courier swap; product probe below -150 °C",
+                    "meaning": "approval",
+                }
+            ]
+        }
+    )
+
 
 class DispositionView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "e4d3c2b1-a0f9-4e8d-b7c6-a5b4c3d2e1f0",
+                    "decision": "release",
+                    "reason": "logger spike during courier swap; product probe below -150 °C",
+                    "meaning": "approval",
+                    "signer_id": "qa-jr",
+                    "signer_printed_name": "J. Rivera (QA)",
+                    "signed_at": "2026-12-02T11:20:00Z",
+                    "ledger_sequence": 4,
+                }
+            ]
+        }
+    )
+
     id: UUID
     decision: str
     reason: str
@@ -347,6 +566,7 @@ class DispositionView(BaseModel):
 
 @router.post(
     "/shipments/{shipment_id}/dispositions",
+    summary="Release or reject a quarantined shipment",
     status_code=status.HTTP_201_CREATED,
     response_model=DispositionView,
     responses=problems.documented(409),
@@ -358,8 +578,11 @@ def post_disposition(
     session: SessionDep,
     caller: Annotated[Principal, Depends(require(Role.QA))],
 ) -> DispositionView:
-    """Release or reject a quarantined shipment. Only QA signs; the signer's printed name comes from the
-    caller's configured identity, the time from the server."""
+    """QA signs the disposition of a quarantined shipment: `release` or `reject`, why, and what the
+    signature means. The printed name is the caller's registered identity and the time the server's (21 CFR
+    Part 11 §11.50); the signature is chained into the custody ledger. A release publishes
+    `shipment.released.v1` and the appointment resumes; a rejection publishes `shipment.rejected.v1` and
+    the product must not be infused. Only QA signs (403); a shipment that is not quarantined is 409."""
     shipment = _load_for_update(session, shipment_id)
     try:
         disposition = commands.record_disposition(
@@ -378,8 +601,13 @@ def post_disposition(
     return DispositionView.model_validate(disposition, from_attributes=True)
 
 
-@router.get("/shipments/{shipment_id}/dispositions", response_model=list[DispositionView])
+@router.get(
+    "/shipments/{shipment_id}/dispositions",
+    summary="List a shipment's dispositions",
+    response_model=list[DispositionView],
+)
 def list_dispositions(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[DispositionView]:
+    """QA's signed releases and rejections of the shipment, oldest first."""
     shipment = _visible(session, shipment_id, caller)
     rows = session.exec(
         select(QaDisposition)
@@ -397,8 +625,34 @@ def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment
     return shipment
 
 
-@router.get("/shipments/{shipment_id}/scans")
+SCAN_RECORD_EXAMPLE: JsonDict = {
+    "id": "0b7e4c2a-1d3f-4a5b-8c6d-9e0f1a2b3c4d",
+    "shipment_id": SHIPMENT_ID,
+    "scan_type": "pick_up",
+    "bag_cois": [COI],
+    "container_id": "DS-4471",
+    "seal_id": "SEAL-88123",
+    "location": "AGC Biologics, Milan",
+    "scanned_by": "courier-ben",
+    "handed_to": None,
+    "device_time": "2026-12-01T09:00:00Z",
+    "received_at": "2026-12-01T09:00:01.250000Z",
+    "temperature_celsius": -182.5,
+    "accepted": True,
+    "refusal_reason": None,
+    "coi_verified": True,
+    "epcis_event_id": None,
+}
+
+
+@router.get(
+    "/shipments/{shipment_id}/scans",
+    summary="List a shipment's scans",
+    responses={200: {"content": {"application/json": {"example": [SCAN_RECORD_EXAMPLE]}}}},
+)
 def list_scans(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[dict[str, Any]]:
+    """Every scan of the shipment in the order received, accepted or refused (with why), including those
+    that came from EPCIS capture (`epcis_event_id`)."""
     _visible(session, shipment_id, caller)
     rows = session.exec(
         select(ScanRecord).where(ScanRecord.shipment_id == shipment_id).order_by(col(ScanRecord.received_at))
@@ -406,9 +660,13 @@ def list_scans(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[d
     return [row.model_dump(mode="json") | {"bag_cois": json.loads(row.bag_cois)} for row in rows]
 
 
-@router.get("/shipments/{shipment_id}/ledger", response_model=LedgerView)
+@router.get(
+    "/shipments/{shipment_id}/ledger", summary="Read and verify the custody ledger", response_model=LedgerView
+)
 def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> LedgerView:
-    """The custody ledger with a fresh verification of every hash link."""
+    """Every change of custody, quarantine and QA signature of the shipment, in order. Each read verifies
+    the SHA-256 chain again: `valid` is false when an entry was changed, removed or reordered, and
+    `broken_at_sequence` names the first."""
     shipment = _visible(session, shipment_id, caller)
     verification = verify_shipment_ledger(session, shipment)
     return LedgerView(
@@ -429,30 +687,87 @@ EPCIS_INVALID = f"{problems.TYPE_PREFIX}epcis-schema"
 class CaptureEventResult(BaseModel):
     event_index: int
     event_id: str | None
-    outcome: str = Field(description="applied, duplicate, refused, or not_applied (rolled back)")
+    outcome: Literal["applied", "duplicate", "refused", "not_applied"] = Field(
+        description="applied, duplicate (its eventID was captured before), refused, or not_applied (rolled back)"
+    )
     reason: str | None
     shipment_id: UUID | None
     scan: ScanResult | None
 
 
+CAPTURE_EVENT_ID = "urn:uuid:5f0c6e1a-2b3d-4c5e-8f9a-0b1c2d3e4f5a"
+CAPTURE_EXAMPLE: JsonDict = {
+    "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+    "type": "EPCISDocument",
+    "schemaVersion": "2.0",
+    "creationDate": "2026-12-02T15:05:00Z",
+    "epcisBody": {
+        "eventList": [
+            {
+                "type": "ObjectEvent",
+                "eventID": CAPTURE_EVENT_ID,
+                "action": "OBSERVE",
+                "bizStep": "accepting",
+                "epcList": [f"urn:epc:id:giai:4012345.{COI}"],
+                "eventTime": "2026-12-02T15:00:00Z",
+                "eventTimeZoneOffset": "+00:00",
+                "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.0"},
+                "sensorElementList": [
+                    {"sensorReport": [{"type": "Temperature", "value": -178.0, "uom": "CEL"}]}
+                ],
+            }
+        ]
+    },
+}
+
+
 class CaptureJobView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "capture_id": "7c6b5a49-3827-4165-9f0e-d1c2b3a4f5e6",
+                    "running": False,
+                    "success": True,
+                    "capture_error_behaviour": "rollback",
+                    "errors": [],
+                    "events": [
+                        {
+                            "event_index": 0,
+                            "event_id": CAPTURE_EVENT_ID,
+                            "outcome": "applied",
+                            "reason": None,
+                            "shipment_id": SHIPMENT_ID,
+                            "scan": SCAN_RESULT_EXAMPLE | {"shipment_status": "received"},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     capture_id: UUID
     running: bool
     success: bool
-    capture_error_behaviour: str
+    capture_error_behaviour: Literal["rollback", "proceed"]
     errors: list[str]
     events: list[CaptureEventResult]
 
 
 @router.post(
     "/capture",
+    summary="Capture EPCIS events",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CaptureJobView,
     tags=["epcis"],
     openapi_extra=json_body(
         limit=MAX_CAPTURE_BYTES,
         media_types=("application/json", "application/ld+json"),
-        schema={"type": "object", "description": "An EPCIS 2.0 EPCISDocument (JSON / JSON-LD)"},
+        schema={
+            "type": "object",
+            "description": "An EPCIS 2.0 EPCISDocument (JSON / JSON-LD)",
+            "examples": [CAPTURE_EXAMPLE],
+        },
     ),
 )
 async def epcis_capture(
@@ -463,8 +778,13 @@ async def epcis_capture(
         Literal["rollback", "proceed"], Header(alias="GS1-Capture-Error-Behaviour")
     ] = "rollback",
 ) -> CaptureJobView:
-    """GS1 EPCIS 2.0 capture (JSON / JSON-LD): 202 with `Location: /capture/{captureID}` to poll. Each
-    ObjectEvent becomes a scan under the same rules as `POST /shipments/{id}/scans`."""
+    """Couriers' systems post a GS1 EPCIS 2.0 document (JSON or JSON-LD, at most 2 MB). It must pass the
+    EPCIS 2.0 JSON Schema (400 lists every problem). Each ObjectEvent with action OBSERVE is a scan under
+    the same rules as `POST /shipments/{shipment_id}/scans`: bizStep `shipping` is a pick-up,
+    `departing`/`arriving` a checkpoint, `receiving` a delivery, `accepting` a receipt; other events are
+    refused. With `GS1-Capture-Error-Behaviour: rollback` (the default) nothing is applied if any event is
+    refused; with `proceed` the others are. The answer is 202 with `Location: /capture/{capture_id}`,
+    where the result can be read again."""
     document = await request.json()  # admitted by the edge: UTF-8, within the limit, finite, not too deep
     errors = epcis.validate_document(document, request.app.state.epcis_validator, limit=50)
     if errors:
@@ -544,8 +864,12 @@ def _job_view(job: CaptureJob) -> CaptureJobView:
     )
 
 
-@router.get("/capture/{capture_id}", response_model=CaptureJobView, tags=["epcis"])
+@router.get(
+    "/capture/{capture_id}", summary="Read a capture's result", response_model=CaptureJobView, tags=["epcis"]
+)
 def read_capture(capture_id: UUID, session: SessionDep, caller: Courier) -> CaptureJobView:
+    """What became of each event of a capture: applied (with its scan's result), duplicate, refused with
+    the reason, or not applied (rolled back). Only the courier who posted it reads it (404 otherwise)."""
     job = session.get(CaptureJob, capture_id)
     if job is None or job.captured_by != caller.subject:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no capture {capture_id}")

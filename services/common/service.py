@@ -143,14 +143,33 @@ def build_service(
     app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
 
-    @app.get("/health", tags=["ops"])
+    @app.get(
+        "/health",
+        tags=["ops"],
+        summary="Check that the service is alive",
+        responses={200: {"content": {"application/json": {"example": {"status": "ok", "service": name}}}}},
+    )
     def health() -> dict[str, str]:
-        """Liveness: the process answers."""
+        """Liveness: the process answers. No token needed; for load balancers and orchestrators."""
         return {"status": "ok", "service": name}
 
-    @app.get("/ready", tags=["ops"])
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        summary="Check that the service can take requests",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {
+                        "example": {"ready": True, "checks": {"database": True, "broker": True}}
+                    }
+                }
+            },
+            503: {"description": "The database or the broker does not answer (see `checks`)"},
+        },
+    )
     async def ready(request: Request) -> JSONResponse:
-        """Readiness: the database answers and the broker answers."""
+        """Readiness: the database answers and the broker answers; 503 names what does not. No token needed."""
         checks = {
             "database": await asyncio.to_thread(database_reachable, engine),
             "broker": await broker.ping(timeout=2.0),

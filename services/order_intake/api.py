@@ -22,7 +22,8 @@ from cgt_contracts.events import (
 )
 from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -80,6 +81,27 @@ class OrderRequest(RequestModel):
     """A therapy order. Consent, payer authorization and the eligibility attestation may be missing:
     the order is then recorded as rejected, with those reasons among all the others."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "patient_ref": "PSN-7F3A",
+                    "patient": {
+                        "name": "Jane Doe",
+                        "date_of_birth": "2019-04-02",
+                        "medical_record_number": "MRN-12345",
+                    },
+                    "therapy_code": "WASKYRA",
+                    "treatment_center_id": "TC-BOSTON",
+                    "prescriber_npi": "1234567893",
+                    "consent": {"signed_on": "2026-11-20", "form_version": "WAS-ICF-2.1"},
+                    "payer_authorization": {"reference": "PA-2026-0042", "expires_on": "2027-03-31"},
+                    "eligibility_attested": True,
+                }
+            ]
+        }
+    )
+
     patient_ref: Ident = Field(
         description="Pseudonymous patient reference, the only patient key other services see"
     )
@@ -98,26 +120,87 @@ class OrderRequest(RequestModel):
 class StatusRequest(RequestModel):
     """A step of the order's life that a coordinator records (collection, manufacturing, infusion...)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "in_manufacturing"}]})
+
     status: OrderStatus
 
 
 class CollectionRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"collected_at": "2026-11-24T14:30:00Z"}]})
+
     collected_at: AwareDatetime
 
 
 class CollectionView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "number": 1,
+                    "din": "W432126000001D",
+                    "din_label": "W432126000001 [D]",
+                    "collected_at": "2026-11-24T14:30:00Z",
+                    "coi": "CHW4321260000014",
+                }
+            ]
+        }
+    )
+
     number: int
-    din: str
-    din_label: str
+    din: str = Field(description="Donation Identification Number (ISBT 128) with its check character")
+    din_label: str = Field(description="The DIN as printed: its check character boxed beside it")
     collected_at: datetime
     coi: str
 
 
 class CancelRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "patient no longer eligible"}]})
+
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
+ORDER_EXAMPLE: JsonDict = {
+    "id": "3f2b8c1e-5d4a-4e8f-9a6b-1c2d3e4f5a6b",
+    "status": "accepted",
+    "coi": "CHW4321260000014",
+    "coi_label": "&/CHW432126000001 [4]",
+    "patient_ref": "PSN-7F3A",
+    "therapy_code": "WASKYRA",
+    "treatment_center_id": "TC-BOSTON",
+    "prescriber_npi": "1234567893",
+    "ordered_on": "2026-11-23",
+    "rejection_reasons": [],
+    "cancelled_reason": None,
+    "cancelled_by": None,
+    "cancelled_at": None,
+}
+
+
 class OrderView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                ORDER_EXAMPLE,
+                ORDER_EXAMPLE
+                | {
+                    "id": "9c0d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f",
+                    "status": "rejected",
+                    "coi": None,
+                    "coi_label": None,
+                    "patient_ref": "PSN-90B2",
+                    "treatment_center_id": "TC-DENVER",
+                    "rejection_reasons": [
+                        {
+                            "code": "site_not_certified",
+                            "message": "the treatment center is not qualified for this therapy on 2026-11-23",
+                        },
+                        {"code": "consent_missing", "message": "no consent recorded (date and form version)"},
+                    ],
+                },
+            ]
+        }
+    )
+
     id: UUID
     status: OrderStatus
     coi: str | None
@@ -152,11 +235,25 @@ class OrderView(BaseModel):
 
 
 class TransitionView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "from_status": "accepted",
+                    "to_status": "cells_collected",
+                    "at": "2026-11-24T14:31:02.120000+00:00",
+                    "actor": "coord-ana",
+                    "cause_event_id": None,
+                }
+            ]
+        }
+    )
+
     from_status: OrderStatus | None
     to_status: OrderStatus
     at: str
     actor: str
-    cause_event_id: str | None
+    cause_event_id: str | None = Field(description="The event that moved the order, when no person did")
 
 
 SessionDep = Annotated[Session, Depends(db_session)]
@@ -228,6 +325,7 @@ def record_transition(
 
 @router.post(
     "/orders",
+    summary="Place a therapy order",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
     responses={
@@ -243,7 +341,18 @@ def place_order(
     caller: OrderingCaller,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> OrderView:
-    """Place a therapy order. Accepted orders get a COI identifier; rejected ones list every failed check."""
+    """Place an order for a patient's autologous therapy. Coordinators order for any treatment center, a
+    treatment center only for its own (403 otherwise).
+
+    The order is checked at once: the site qualified for the therapy on the order date, the prescriber
+    (NPI) known and allowed to order there, consent, payer authorization and the eligibility attestation on
+    file, no other active order for the patient and therapy. An accepted order (201, `accepted`) gets its
+    chain-of-identity (COI) identifier and `order.accepted.v1` is published: the return shipment is planned
+    and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
+    check in `rejection_reasons`, and `order.rejected.v1` is published.
+
+    Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed.
+    The patient's identity is stored encrypted and is never returned or published."""
     runtime = runtime_of(request)
     if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != body.treatment_center_id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a treatment center may order only for its own site")
@@ -382,9 +491,10 @@ def _visible_order(session: Session, order_id: UUID, caller: Principal) -> Order
     return order
 
 
-@router.get("/orders", response_model=list[OrderView])
+@router.get("/orders", summary="List orders", response_model=list[OrderView])
 def list_orders(session: SessionDep, caller: OrderingCaller, coi: str | None = None) -> list[OrderView]:
-    """All orders for a coordinator; a treatment center sees only its own site's orders."""
+    """The orders, oldest first (at most 500): a coordinator sees every site's, a treatment center only its
+    own. `coi` finds the order of one chain-of-identity identifier."""
     query = select(Order).order_by(col(Order.created_at))
     if caller.role is Role.TREATMENT_CENTER:
         query = query.where(Order.treatment_center_id == caller.treatment_center_id)
@@ -393,13 +503,19 @@ def list_orders(session: SessionDep, caller: OrderingCaller, coi: str | None = N
     return [OrderView.of(order) for order in session.exec(query.limit(500))]
 
 
-@router.get("/orders/{order_id}", response_model=OrderView)
+@router.get("/orders/{order_id}", summary="Read an order", response_model=OrderView)
 def read_order(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> OrderView:
+    """One order: its status, COI, and why it was rejected or cancelled. A treatment center reads only its
+    own site's orders (another site's is 404)."""
     return OrderView.of(_visible_order(session, order_id, caller))
 
 
-@router.get("/orders/{order_id}/history", response_model=list[TransitionView])
+@router.get(
+    "/orders/{order_id}/history", summary="Read an order's history", response_model=list[TransitionView]
+)
 def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[TransitionView]:
+    """Every step of the order, oldest first: from which status to which, when, and who moved it (a person,
+    or the shipment or scheduling event that did)."""
     _visible_order(session, order_id, caller)
     rows = session.exec(
         select(OrderTransition).where(OrderTransition.order_id == order_id).order_by(col(OrderTransition.id))
@@ -416,11 +532,20 @@ def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -
     ]
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderView, responses=problems.documented(409))
+@router.post(
+    "/orders/{order_id}/cancel",
+    summary="Cancel an order",
+    response_model=OrderView,
+    responses=problems.documented(409),
+)
 def cancel_order(
     order_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: OrderingCaller
 ) -> OrderView:
-    """Cancel before infusion (409 otherwise), with the reason, who and when."""
+    """Cancel an order before the patient is infused, giving the reason; who cancelled and when are
+    recorded. Coordinators cancel any order, a treatment center its own site's.
+
+    `order.cancelled.v1` is published: scheduling cancels the appointment and tells the site by webhook.
+    An order already infused, closed, rejected or cancelled is 409."""
     order = _visible_order(session, order_id, caller)
     try:
         record_transition(session, order, OrderStatus.CANCELLED, caller.subject)
@@ -465,9 +590,17 @@ MANUAL_STEPS = frozenset(
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 
 
-@router.post("/orders/{order_id}/status", response_model=OrderView, responses=problems.documented(409))
+@router.post(
+    "/orders/{order_id}/status",
+    summary="Record an order step",
+    response_model=OrderView,
+    responses=problems.documented(409),
+)
 def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller: Coordinator) -> OrderView:
-    """Record the next step of the order's life; a step out of order is refused with 409."""
+    """Coordinators record the steps that happen outside the system: `cells_collected`,
+    `in_manufacturing`, `infused`, `in_follow_up`, `closed`. Shipping and delivery follow the shipment's
+    own events and cannot be set by hand (409); a step out of order is 409 too (`infused` before the
+    product was delivered, say), naming the steps allowed next."""
     order = _must_get(session, order_id)
     if body.status not in MANUAL_STEPS:
         raise problems.conflict(f"{body.status} is set by the shipment and scheduling events, not by hand")
@@ -494,6 +627,7 @@ def next_din(session: Session, fin: str, year: int) -> str:
 
 @router.post(
     "/orders/{order_id}/collections",
+    summary="Record a cell collection",
     status_code=status.HTTP_201_CREATED,
     response_model=CollectionView,
     responses=problems.documented(409),
@@ -501,7 +635,10 @@ def next_din(session: Session, fin: str, year: int) -> str:
 def record_collection(
     order_id: UUID, body: CollectionRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> CollectionView:
-    """Record a collection: it gets its own DIN under the order's COI; the first one moves the order on."""
+    """Coordinators record each apheresis collection of an accepted order. Each gets its own Donation
+    Identification Number (DIN) under the order's COI; the first moves the order to `cells_collected`.
+    `collection.recorded.v1` is published: the fresh shipment of the cells to manufacturing is planned.
+    An order that is not accepted (rejected, cancelled, or past collection) is 409."""
     order = _must_get(session, order_id)
     lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
     if order.status not in (OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED) or order.coi is None:
@@ -551,8 +688,13 @@ def _collection_view(collection: Collection, coi: str) -> CollectionView:
     )
 
 
-@router.get("/orders/{order_id}/collections", response_model=list[CollectionView])
+@router.get(
+    "/orders/{order_id}/collections",
+    summary="List an order's collections",
+    response_model=list[CollectionView],
+)
 def list_collections(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[CollectionView]:
+    """The order's collections in the order they were taken, each with its DIN and printed label."""
     order = _visible_order(session, order_id, caller)
     rows = session.exec(
         select(Collection).where(Collection.order_id == order.id).order_by(col(Collection.number))

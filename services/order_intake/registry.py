@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -33,13 +34,29 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.
 
 
 class TherapyBody(RequestModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "EXAMPLE-THERAPY",
+                    "name": "Example autologous gene therapy",
+                    "vector_type": "lentiviral",
+                    "long_term_follow_up": True,
+                    "storage_limit_celsius": -150.0,
+                    "conditioning_days": 4,
+                }
+            ]
+        },
+    )
     code: Ident = Field(description="Product code")
     name: Annotated[str, Field(min_length=1, max_length=128)]
     vector_type: Annotated[str, Field(min_length=1, max_length=64)]
-    long_term_follow_up: bool
-    storage_limit_celsius: Annotated[float, Field(le=-60.0, ge=-273.15)] = -150.0
-    conditioning_days: Annotated[int, Field(ge=0, le=30)]
+    long_term_follow_up: bool = Field(description="Whether patients are followed up for years after infusion")
+    storage_limit_celsius: Annotated[
+        float, Field(le=-60.0, ge=-273.15, description="Warmest temperature the product may reach in transit")
+    ] = -150.0
+    conditioning_days: Annotated[int, Field(ge=0, le=30, description="Days of conditioning before infusion")]
 
 
 class Contact(RequestModel):
@@ -49,8 +66,15 @@ class Contact(RequestModel):
     phone: Annotated[str | None, Field(max_length=32)] = None
 
 
+CERTIFICATION_EXAMPLE: JsonDict = {
+    "therapy_code": "WASKYRA",
+    "effective_on": "2026-06-01",
+    "expires_on": "2028-05-31",
+}
+
+
 class CertificationBody(RequestModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [CERTIFICATION_EXAMPLE]})
     therapy_code: Ident
     effective_on: date
     expires_on: date | None = None
@@ -62,13 +86,30 @@ class CertificationBody(RequestModel):
         return self
 
 
+CENTER_EXAMPLE: JsonDict = {
+    "id": "TC-EXAMPLE",
+    "name": "Example QTC",
+    "timezone": "America/Los_Angeles",
+    "fin": "S1234",
+    "contacts": [{"name": "Cell lab", "role": "cell_lab", "email": "lab@example.org"}],
+}
+
+
 class TreatmentCenterBody(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [CENTER_EXAMPLE]})
+
     id: Ident
     name: Annotated[str, Field(min_length=1, max_length=128)]
     timezone: Annotated[
         str, Field(min_length=1, max_length=64, description="IANA name, e.g. America/New_York")
     ]
-    fin: Annotated[str | None, Field(pattern=r"^[A-NP-Z][0-9]{4}$")] = None
+    fin: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-NP-Z][0-9]{4}$",
+            description="ISBT 128 facility identification number: the site's own DINs are issued under it",
+        ),
+    ] = None
     contacts: Annotated[list[Contact], Field(max_length=20, default=[])]
 
     @field_validator("timezone")
@@ -82,13 +123,27 @@ class TreatmentCenterBody(RequestModel):
 
 
 class TreatmentCenterView(TreatmentCenterBody):
-    certifications: list[CertificationBody]
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [CENTER_EXAMPLE | {"certifications": [CERTIFICATION_EXAMPLE]}]}
+    )
+
+    certifications: list[CertificationBody] = Field(description="The site's qualifications per therapy")
 
 
 class PrescriberBody(RequestModel):
-    npi: Annotated[str, Field(pattern=r"^[0-9]{10}$")]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"npi": "1245319599", "name": "Dr. R. Okafor", "treatment_center_ids": ["TC-EXAMPLE"]}
+            ]
+        }
+    )
+
+    npi: Annotated[str, Field(pattern=r"^[0-9]{10}$", description="National Provider Identifier")]
     name: Annotated[str, Field(min_length=1, max_length=128)]
-    treatment_center_ids: Annotated[list[Ident], Field(max_length=50, default=[])]
+    treatment_center_ids: Annotated[
+        list[Ident], Field(max_length=50, default=[], description="The sites the prescriber may order for")
+    ]
 
     @field_validator("npi")
     @classmethod
@@ -108,23 +163,29 @@ def _commit_or_conflict(session: Session, what: str) -> None:
 
 @router.post(
     "/therapies",
+    summary="Add a therapy",
     status_code=status.HTTP_201_CREATED,
     response_model=TherapyBody,
     responses=problems.documented(409),
 )
 def create_therapy(body: TherapyBody, session: SessionDep, _: Coordinator) -> TherapyBody:
+    """Coordinators add a therapy product: its code, vector type, whether long-term follow-up is required,
+    the warmest temperature it may reach in transit and its days of conditioning. Orders may then name it,
+    at treatment centers qualified for it. A code already registered is 409."""
     session.add(Therapy(**body.model_dump()))
     _commit_or_conflict(session, f"therapy {body.code}")
     return body
 
 
-@router.get("/therapies", response_model=list[TherapyBody])
+@router.get("/therapies", summary="List therapies", response_model=list[TherapyBody])
 def list_therapies(session: SessionDep, _: Coordinator) -> list[TherapyBody]:
+    """Every therapy in the registry, by code (coordinators)."""
     return [TherapyBody.model_validate(t) for t in session.exec(select(Therapy).order_by(col(Therapy.code)))]
 
 
-@router.get("/therapies/{code}", response_model=TherapyBody)
+@router.get("/therapies/{code}", summary="Read a therapy", response_model=TherapyBody)
 def read_therapy(code: str, session: SessionDep, _: Coordinator) -> TherapyBody:
+    """One therapy of the registry (coordinators); an unknown code is 404."""
     therapy = session.get(Therapy, code)
     if therapy is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such therapy")
@@ -149,6 +210,7 @@ def _center_view(session: Session, center: TreatmentCenter) -> TreatmentCenterVi
 
 @router.post(
     "/treatment-centers",
+    summary="Add a treatment center",
     status_code=status.HTTP_201_CREATED,
     response_model=TreatmentCenterView,
     responses=problems.documented(409),
@@ -156,6 +218,9 @@ def _center_view(session: Session, center: TreatmentCenter) -> TreatmentCenterVi
 def create_treatment_center(
     body: TreatmentCenterBody, session: SessionDep, _: Coordinator
 ) -> TreatmentCenterView:
+    """Coordinators add a treatment center: its id, name, IANA time zone, optional facility identification
+    number (FIN) and contacts. It takes orders once qualified for a therapy (`POST
+    /treatment-centers/{center_id}/certifications`). An id already registered is 409."""
     center = TreatmentCenter(
         id=body.id,
         name=body.name,
@@ -168,14 +233,18 @@ def create_treatment_center(
     return _center_view(session, center)
 
 
-@router.get("/treatment-centers", response_model=list[TreatmentCenterView])
+@router.get("/treatment-centers", summary="List treatment centers", response_model=list[TreatmentCenterView])
 def list_treatment_centers(session: SessionDep, _: Coordinator) -> list[TreatmentCenterView]:
+    """Every treatment center with its qualifications, by id (coordinators)."""
     centers = session.exec(select(TreatmentCenter).order_by(col(TreatmentCenter.id))).all()
     return [_center_view(session, c) for c in centers]
 
 
-@router.get("/treatment-centers/{center_id}", response_model=TreatmentCenterView)
+@router.get(
+    "/treatment-centers/{center_id}", summary="Read a treatment center", response_model=TreatmentCenterView
+)
 def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -> TreatmentCenterView:
+    """One treatment center with its contacts and qualifications (coordinators); an unknown id is 404."""
     center = session.get(TreatmentCenter, center_id)
     if center is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
@@ -184,6 +253,7 @@ def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -
 
 @router.post(
     "/treatment-centers/{center_id}/certifications",
+    summary="Qualify a treatment center for a therapy",
     status_code=status.HTTP_201_CREATED,
     response_model=TreatmentCenterView,
     responses=problems.documented(409),
@@ -191,7 +261,9 @@ def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -
 def add_certification(
     center_id: str, body: CertificationBody, session: SessionDep, _: Coordinator
 ) -> TreatmentCenterView:
-    """Record the manufacturer's qualification of the site for a therapy, between two dates."""
+    """Coordinators record the manufacturer's qualification of the site for a therapy, from `effective_on`
+    to `expires_on` (open-ended without it): orders for the therapy at the site are accepted on dates
+    within it. An unknown site is 404, an unknown therapy 422, the same qualification twice 409."""
     center = session.get(TreatmentCenter, center_id)
     if center is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
@@ -213,11 +285,14 @@ def _prescriber_view(session: Session, prescriber: Prescriber) -> PrescriberBody
 
 @router.post(
     "/prescribers",
+    summary="Add a prescriber",
     status_code=status.HTTP_201_CREATED,
     response_model=PrescriberBody,
     responses=problems.documented(409),
 )
 def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator) -> PrescriberBody:
+    """Coordinators add a prescriber by NPI (its check digit is verified) with the treatment centers they
+    may order for. An NPI already registered is 409, an unknown treatment center 422."""
     if session.get(Prescriber, body.npi) is not None:
         raise problems.conflict(f"prescriber {body.npi} already exists")
     missing = [site for site in body.treatment_center_ids if session.get(TreatmentCenter, site) is None]
@@ -232,15 +307,17 @@ def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator)
     return _prescriber_view(session, prescriber)
 
 
-@router.get("/prescribers", response_model=list[PrescriberBody])
+@router.get("/prescribers", summary="List prescribers", response_model=list[PrescriberBody])
 def list_prescribers(session: SessionDep, _: Coordinator) -> list[PrescriberBody]:
+    """Every prescriber with the sites they may order for, by NPI (coordinators)."""
     return [
         _prescriber_view(session, p) for p in session.exec(select(Prescriber).order_by(col(Prescriber.npi)))
     ]
 
 
-@router.get("/prescribers/{npi}", response_model=PrescriberBody)
+@router.get("/prescribers/{npi}", summary="Read a prescriber", response_model=PrescriberBody)
 def read_prescriber(npi: str, session: SessionDep, _: Coordinator) -> PrescriberBody:
+    """One prescriber with the sites they may order for (coordinators); an unknown NPI is 404."""
     prescriber = session.get(Prescriber, npi)
     if prescriber is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such prescriber")

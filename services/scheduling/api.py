@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cgt_contracts.envelope import utc_now
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 from sqlmodel import Session, and_, col, or_, select
 
 from services.common import problems
@@ -37,6 +38,8 @@ SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+COI = "CHW4321260000014"
+APPOINTMENT_ID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 
 
 def _own_site(caller: Principal, site_id: str) -> None:
@@ -47,12 +50,29 @@ def _own_site(caller: Principal, site_id: str) -> None:
 # ---------------------------------------------------------------- sites and protocols
 
 
+SITE_EXAMPLE: JsonDict = {
+    "timezone": "America/New_York",
+    "infusions_per_day": 2,
+    "admissions_capacity": 4,
+    "working_weekdays": [1, 2, 3, 4, 5],
+    "blackout_dates": ["2026-12-25"],
+}
+
+
 class SiteBody(RequestModel):
-    timezone: Annotated[str, Field(max_length=64, description="IANA name")]
-    infusions_per_day: Annotated[int, Field(ge=0, le=500)]
+    model_config = ConfigDict(json_schema_extra={"examples": [SITE_EXAMPLE]})
+
+    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA name")]
+    infusions_per_day: Annotated[int, Field(ge=0, le=500, description="Infusion chairs per working day")]
     admissions_capacity: Annotated[int, Field(ge=0, le=5000, description="Beds for patients in conditioning")]
     working_weekdays: Annotated[
-        list[Annotated[int, Field(ge=1, le=7)]], Field(min_length=1, max_length=7, default=[1, 2, 3, 4, 5])
+        list[Annotated[int, Field(ge=1, le=7)]],
+        Field(
+            min_length=1,
+            max_length=7,
+            default=[1, 2, 3, 4, 5],
+            description="ISO weekdays: 1 Monday, 7 Sunday",
+        ),
     ]
     blackout_dates: Annotated[list[date], Field(max_length=366, default=[])]
 
@@ -67,6 +87,8 @@ class SiteBody(RequestModel):
 
 
 class SiteView(SiteBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "TC-BOSTON", **SITE_EXAMPLE}]})
+
     id: str
 
 
@@ -82,9 +104,11 @@ def _site_view(site: Site) -> SiteView:
     )
 
 
-@router.put("/sites/{site_id}", response_model=SiteView)
+@router.put("/sites/{site_id}", summary="Set a treatment center's calendar", response_model=SiteView)
 def put_site(site_id: Ident, body: SiteBody, session: SessionDep, _: Coordinator) -> SiteView:
-    """Set a treatment center's calendar: time zone, daily infusion capacity, beds, working days, blackouts."""
+    """Coordinators set a site's time zone, infusions per day, beds for patients in conditioning, working
+    weekdays and blackout dates; the whole calendar is replaced (a new site id creates it). Options are
+    offered and bookings checked against it."""
     site = session.get(Site, site_id) or Site(id=site_id, timezone=body.timezone)
     site.timezone = body.timezone
     site.infusions_per_day = body.infusions_per_day
@@ -97,6 +121,21 @@ def put_site(site_id: Ident, body: SiteBody, session: SessionDep, _: Coordinator
 
 
 class DayAvailability(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "day": "2026-12-08",
+                    "open": True,
+                    "infusions_booked": 1,
+                    "infusions_capacity": 2,
+                    "admissions_booked": 3,
+                    "admissions_capacity": 4,
+                }
+            ]
+        }
+    )
+
     day: date
     open: bool
     infusions_booked: int
@@ -105,7 +144,11 @@ class DayAvailability(BaseModel):
     admissions_capacity: int
 
 
-@router.get("/sites/{site_id}/availability", response_model=list[DayAvailability])
+@router.get(
+    "/sites/{site_id}/availability",
+    summary="Read a site's availability",
+    response_model=list[DayAvailability],
+)
 def availability(
     site_id: str,
     session: SessionDep,
@@ -113,7 +156,9 @@ def availability(
     start: Annotated[date, Query(alias="from")],
     end: Annotated[date, Query(alias="to")],
 ) -> list[DayAvailability]:
-    """Capacity and bookings per day, site-local dates, for at most 92 days."""
+    """For each day from `from` to `to` (site-local dates, at most 92 days): whether the site is open, and
+    the infusions and admissions booked against its capacity. Coordinators read any site, a treatment
+    center its own."""
     _own_site(caller, site_id)
     if end < start or (end - start).days > 92:
         raise problems.invalid("query", "to", "must be on or after from, at most 92 days later")
@@ -137,7 +182,10 @@ def availability(
 
 
 class ProtocolBody(RequestModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={"examples": [{"conditioning_days": 4, "receipt_buffer_hours": 24.0}]},
+    )
     conditioning_days: Annotated[
         int, Field(ge=0, le=30, description="Days of conditioning before infusion (day 0)")
     ]
@@ -146,8 +194,12 @@ class ProtocolBody(RequestModel):
     ]
 
 
-@router.put("/therapies/{code}/protocol", response_model=ProtocolBody)
+@router.put(
+    "/therapies/{code}/protocol", summary="Set a therapy's scheduling protocol", response_model=ProtocolBody
+)
 def put_protocol(code: Ident, body: ProtocolBody, session: SessionDep, _: Coordinator) -> ProtocolBody:
+    """Coordinators set how many days of conditioning precede the infusion (day 0) of a therapy, and how
+    many hours after the product's receipt conditioning may start. Options offered from then on follow it."""
     protocol = session.get(TherapyProtocol, code) or TherapyProtocol(code=code, **body.model_dump())
     protocol.conditioning_days, protocol.receipt_buffer_hours = (
         body.conditioning_days,
@@ -161,26 +213,77 @@ def put_protocol(code: Ident, body: ProtocolBody, session: SessionDep, _: Coordi
 # ---------------------------------------------------------------- cases, options, bookings
 
 
+OPTION_EXAMPLE: JsonDict = {
+    "option_id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+    "conditioning_start_on": "2026-12-04",
+    "infusion_on": "2026-12-08",
+}
+APPOINTMENT_EXAMPLE: JsonDict = {
+    "id": APPOINTMENT_ID,
+    "coi": COI,
+    "treatment_center_id": "TC-BOSTON",
+    "state": "tentative",
+    "conditioning_start_on": "2026-12-04",
+    "infusion_on": "2026-12-08",
+    "hold_reason": None,
+    "version": 1,
+    "confirmed_at": None,
+    "infused_on": None,
+}
+
+
 class OptionView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [OPTION_EXAMPLE]})
+
     option_id: UUID
     conditioning_start_on: date
     infusion_on: date
 
 
 class AppointmentView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                APPOINTMENT_EXAMPLE,
+                APPOINTMENT_EXAMPLE
+                | {"state": "confirmed", "version": 2, "confirmed_at": "2026-12-03T08:15:00Z"},
+            ]
+        }
+    )
+
     id: UUID
     coi: str
     treatment_center_id: str
     state: AppointmentState
     conditioning_start_on: date
     infusion_on: date
-    hold_reason: str | None
-    version: int
+    hold_reason: str | None = Field(description="Why it is on hold or was cancelled")
+    version: int = Field(description="Increases with every change of the appointment")
     confirmed_at: datetime | None
     infused_on: date | None
 
 
 class CaseView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "coi": COI,
+                    "patient_ref": "PSN-7F3A",
+                    "therapy_code": "WASKYRA",
+                    "treatment_center_id": "TC-BOSTON",
+                    "eta_at": "2026-12-03T09:00:00Z",
+                    "product_delivered_at": None,
+                    "quarantined": False,
+                    "cancelled": False,
+                    "attention": None,
+                    "options": [OPTION_EXAMPLE],
+                    "appointment": APPOINTMENT_EXAMPLE,
+                }
+            ]
+        }
+    )
+
     coi: str
     patient_ref: str
     therapy_code: str
@@ -189,8 +292,8 @@ class CaseView(BaseModel):
     product_delivered_at: datetime | None
     quarantined: bool
     cancelled: bool
-    attention: str | None
-    options: list[OptionView]
+    attention: str | None = Field(description="What needs a coordinator (a delay, a risk to the slot)")
+    options: list[OptionView] = Field(description="The options currently offered, earliest first")
     appointment: AppointmentView | None
 
 
@@ -232,14 +335,25 @@ def _case_view(session: Session, case: Case) -> CaseView:
     )
 
 
-@router.get("/cases/{coi}", response_model=CaseView)
+@router.get("/cases/{coi}", summary="Read a case", response_model=CaseView)
 def read_case(coi: str, session: SessionDep, caller: Reader) -> CaseView:
-    """The case with its current options and its appointment."""
+    """The scheduling case of one COI: the product's ETA and delivery, whether it is quarantined or
+    cancelled, what needs a coordinator, the options offered and the appointment. A treatment center
+    reads only its own site's cases."""
     return _case_view(session, _case(session, coi, caller))
 
 
 class BookingRequest(RequestModel):
     """Book one offered option, or name the conditioning start day yourself (checked the same way)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"option_id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"},
+                {"conditioning_start_on": "2026-12-07"},
+            ]
+        }
+    )
 
     option_id: UUID | None = None
     conditioning_start_on: date | None = None
@@ -253,6 +367,7 @@ class BookingRequest(RequestModel):
 
 @router.post(
     "/cases/{coi}/bookings",
+    summary="Book an infusion appointment",
     status_code=status.HTTP_201_CREATED,
     response_model=AppointmentView,
     responses=problems.documented(409),
@@ -260,7 +375,14 @@ class BookingRequest(RequestModel):
 def book(
     coi: str, body: BookingRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
-    """Book a tentative appointment. Capacity is checked under the site's lock: never overbooked (409)."""
+    """Coordinators book one of the case's offered options (`option_id`), or name the conditioning start
+    day (`conditioning_start_on`), checked the same way: working days, a free infusion chair, beds through
+    conditioning, no blackout, after the product's receipt. The appointment is tentative and the site gets
+    `slot.proposed` by webhook; it is confirmed (`slot.confirmed`) only once the product is delivered with
+    every COI verified and a clean temperature record. A site is never overbooked: no capacity, a case
+    that already has an appointment or a cancelled order is 409 with the reasons; an option that is not
+    offered now is 422."""
+    # Capacity is checked under the site's lock (commands.book): two bookings never share the last chair.
     case = _case(session, coi, caller)
     if body.option_id is not None:
         offered = session.get(OfferedOption, body.option_id)
@@ -292,6 +414,8 @@ def book(
 
 
 class CancelRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "patient no longer eligible"}]})
+
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
@@ -318,12 +442,15 @@ def _appointment_to_change(
 
 @router.post(
     "/appointments/{appointment_id}/cancel",
+    summary="Cancel an appointment",
     response_model=AppointmentView,
     responses=problems.documented(409),
 )
 def cancel_appointment(
     appointment_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
+    """Coordinators cancel an appointment, giving the reason; the site gets `slot.cancelled` by webhook.
+    An appointment already cancelled or infused is 409."""
     appointment, _ = _appointment_to_change(session, appointment_id, caller)
     try:
         commands.cancel(
@@ -337,21 +464,46 @@ def cancel_appointment(
 
 
 class InfusionRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"infused_on": "2026-12-08"}]})
+
     infused_on: date
 
 
 class InfusionView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "appointment": APPOINTMENT_EXAMPLE
+                    | {
+                        "state": "infused",
+                        "version": 3,
+                        "confirmed_at": "2026-12-03T08:15:00Z",
+                        "infused_on": "2026-12-08",
+                    },
+                    "follow_up_visits": 19,
+                }
+            ]
+        }
+    )
+
     appointment: AppointmentView
-    follow_up_visits: int
+    follow_up_visits: int = Field(description="Long-term follow-up visits planned from the infusion")
 
 
 @router.post(
-    "/appointments/{appointment_id}/infusion", response_model=InfusionView, responses=problems.documented(409)
+    "/appointments/{appointment_id}/infusion",
+    summary="Record the infusion",
+    response_model=InfusionView,
+    responses=problems.documented(409),
 )
 def record_infusion(
     appointment_id: UUID, body: InfusionRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> InfusionView:
-    """Record the infusion of a confirmed appointment; long-term follow-up visits are planned from it."""
+    """Coordinators record that a confirmed appointment's infusion took place on `infused_on` (not in the
+    future). For a therapy with long-term follow-up, the visits (15 years) are planned from that day; the
+    site gets `infusion.recorded` by webhook and order intake moves the order to `infused`. An appointment
+    that is not confirmed is 409."""
     appointment, case = _appointment_to_change(session, appointment_id, caller)
     try:
         visits = commands.record_infusion(
@@ -367,6 +519,20 @@ def record_infusion(
 
 
 class VisitView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "number": 1,
+                    "due_on": "2027-01-08",
+                    "window_start_on": "2027-01-01",
+                    "window_end_on": "2027-01-15",
+                    "completed_on": None,
+                }
+            ]
+        }
+    )
+
     number: int
     due_on: date
     window_start_on: date
@@ -374,8 +540,12 @@ class VisitView(BaseModel):
     completed_on: date | None
 
 
-@router.get("/cases/{coi}/follow-up", response_model=list[VisitView])
+@router.get(
+    "/cases/{coi}/follow-up", summary="List a case's follow-up visits", response_model=list[VisitView]
+)
 def follow_up(coi: str, session: SessionDep, caller: Reader) -> list[VisitView]:
+    """The long-term follow-up visits planned from the infusion, in order: when each is due, its window
+    and when it was done. A visit whose window closes undone is published and put on the worklist."""
     _case(session, coi, caller)
     rows = session.exec(
         select(FollowUpVisit).where(FollowUpVisit.coi == coi).order_by(col(FollowUpVisit.number))
@@ -387,7 +557,25 @@ def follow_up(coi: str, session: SessionDep, caller: Reader) -> list[VisitView]:
 
 
 class WorkItem(BaseModel):
-    kind: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "to_book",
+                    "coi": COI,
+                    "treatment_center_id": "TC-BOSTON",
+                    "since": "2026-12-01T09:00:03Z",
+                    "detail": "options offered: book one",
+                    "appointment_id": None,
+                }
+            ]
+        }
+    )
+
+    kind: str = Field(
+        description="attention, to_book, on_hold, webhook_failing or follow_up_overdue",
+        examples=["to_book", "on_hold"],
+    )
     coi: str
     treatment_center_id: str
     since: datetime
@@ -395,10 +583,11 @@ class WorkItem(BaseModel):
     appointment_id: UUID | None = None
 
 
-@router.get("/worklist", response_model=list[WorkItem])
+@router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
 def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
-    """Every case needing a coordinator: to book, delayed or at risk, on hold, webhook failing, follow-up
-    overdue — oldest first."""
+    """Every case needing a coordinator, oldest first: options to book (`to_book`), a delay or a risk to
+    the slot (`attention`), an appointment on hold (`on_hold`), a webhook the site is not receiving
+    (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
     items: list[WorkItem] = []
     active = [s.value for s in ACTIVE_STATES]
     booked = set(session.exec(select(Appointment.coi).where(col(Appointment.state).in_(active))).all())
@@ -484,14 +673,31 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
 
 
 class WebhookRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"url": "http://127.0.0.1:9000/cgt"}]})
+
     url: AnyHttpUrl
-    secret: Annotated[str | None, Field(min_length=16, max_length=128)] = None
-    treatment_center_id: Annotated[str | None, Field(max_length=64)] = Field(
+    secret: Annotated[str | None, Field(min_length=16, max_length=128)] = Field(
+        default=None, description="The signing secret; generated when not given"
+    )
+    treatment_center_id: Ident | None = Field(
         default=None, description="Coordinators name the site; a treatment center registers for its own"
     )
 
 
 class WebhookView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "2e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b",
+                    "treatment_center_id": "TC-BOSTON",
+                    "url": "http://127.0.0.1:9000/cgt",
+                    "secret": "q3Xh7T0pZ2kLwE9vR4sY1mN8bC6dF5gH",
+                }
+            ]
+        }
+    )
+
     id: UUID
     treatment_center_id: str
     url: str
@@ -499,9 +705,26 @@ class WebhookView(BaseModel):
 
 
 class DeliveryView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "8f7e6d5c-4b3a-4928-8170-6f5e4d3c2b1a",
+                    "kind": "slot.confirmed",
+                    "status": "delivered",
+                    "attempts": 1,
+                    "last_status_code": 204,
+                    "last_error": None,
+                    "delivered_at": "2026-12-03T08:15:01Z",
+                    "created_at": "2026-12-03T08:15:00Z",
+                }
+            ]
+        }
+    )
+
     id: UUID
-    kind: str
-    status: str
+    kind: str = Field(examples=["slot.proposed", "slot.confirmed", "infusion.recorded"])
+    status: str = Field(description="pending (being retried), delivered or failed")
     attempts: int
     last_status_code: int | None
     last_error: str | None
@@ -522,9 +745,16 @@ def _site_for(caller: Principal, requested: str | None) -> str:
     return requested
 
 
-@router.post("/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookView)
+@router.post(
+    "/webhooks", summary="Register a webhook", status_code=status.HTTP_201_CREATED, response_model=WebhookView
+)
 def register_webhook(body: WebhookRequest, session: SessionDep, caller: Reader) -> WebhookView:
-    """Register where a site receives proposals, confirmations, changes and cancellations."""
+    """Register the URL where a site receives the messages about its appointments: `slot.proposed`,
+    `slot.confirmed`, `slot.held`, `slot.resumed`, `slot.rescheduled`, `slot.at_risk`, `slot.cancelled`,
+    `infusion.recorded`. Each is a JSON POST with `X-CGT-Timestamp`, `X-CGT-Signature: v1=<hex
+    HMAC-SHA256 of "<timestamp>.<body>">` under the secret and an `Idempotency-Key` (the same on every
+    retry), retried with backoff. A treatment center registers for its own site (403 for another), a
+    coordinator names the site. The secret is generated when not given, and shown only in this answer."""
     site = _site_for(caller, body.treatment_center_id)
     endpoint = WebhookEndpoint(
         treatment_center_id=site, url=str(body.url), secret=body.secret or secrets.token_urlsafe(32)
@@ -534,8 +764,10 @@ def register_webhook(body: WebhookRequest, session: SessionDep, caller: Reader) 
     return WebhookView(id=endpoint.id, treatment_center_id=site, url=endpoint.url, secret=endpoint.secret)
 
 
-@router.get("/appointments", response_model=list[AppointmentView])
+@router.get("/appointments", summary="List appointments", response_model=list[AppointmentView])
 def list_appointments(session: SessionDep, caller: Reader, coi: str | None = None) -> list[AppointmentView]:
+    """The appointments, oldest first (at most 500): a coordinator sees every site's, a treatment center
+    its own. `coi` finds the appointments of one chain-of-identity identifier."""
     query = select(Appointment).order_by(col(Appointment.created_at))
     if caller.role is Role.TREATMENT_CENTER:
         query = query.where(Appointment.treatment_center_id == caller.treatment_center_id)
@@ -544,14 +776,21 @@ def list_appointments(session: SessionDep, caller: Reader, coi: str | None = Non
     return [AppointmentView.model_validate(a, from_attributes=True) for a in session.exec(query.limit(500))]
 
 
-@router.get("/appointments/{appointment_id}", response_model=AppointmentView)
+@router.get("/appointments/{appointment_id}", summary="Read an appointment", response_model=AppointmentView)
 def read_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) -> AppointmentView:
+    """One appointment: its state (tentative, on hold, confirmed, cancelled, infused), its days and why
+    it is held. A treatment center reads only its own site's (404 otherwise)."""
     return AppointmentView.model_validate(_appointment(session, appointment_id, caller), from_attributes=True)
 
 
-@router.get("/appointments/{appointment_id}/deliveries", response_model=list[DeliveryView])
+@router.get(
+    "/appointments/{appointment_id}/deliveries",
+    summary="Read an appointment's webhook deliveries",
+    response_model=list[DeliveryView],
+)
 def delivery_log(appointment_id: UUID, session: SessionDep, caller: Reader) -> list[DeliveryView]:
-    """Every webhook message about this appointment and how its delivery went."""
+    """Every webhook message sent about this appointment, oldest first, and how its delivery went:
+    attempts, the last status code or error, when it was delivered."""
     _appointment(session, appointment_id, caller)
     rows = session.exec(
         select(WebhookDelivery)
@@ -561,23 +800,78 @@ def delivery_log(appointment_id: UUID, session: SessionDep, caller: Reader) -> l
     return [DeliveryView.model_validate(r, from_attributes=True) for r in rows]
 
 
-@router.get("/fhir/Appointment/{appointment_id}")
+FHIR_APPOINTMENT_EXAMPLE: JsonDict = {
+    "resourceType": "Appointment",
+    "id": APPOINTMENT_ID,
+    "meta": {"versionId": "2", "lastUpdated": "2026-12-03T08:15:00+00:00"},
+    "identifier": [{"system": fhir.COI_SYSTEM, "value": COI}],
+    "status": "booked",
+    "description": "Infusion (day 0); conditioning starts 2026-12-04",
+    "start": "2026-12-08T08:00:00-05:00",
+    "end": "2026-12-08T12:00:00-05:00",
+    "created": "2026-12-01T09:00:03+00:00",
+    "slot": [{"reference": f"Slot/{APPOINTMENT_ID}"}],
+    "participant": [
+        {"actor": {"reference": "Location/TC-BOSTON"}, "status": "accepted"},
+        {"actor": {"reference": "Patient/PSN-7F3A"}, "status": "accepted"},
+    ],
+}
+FHIR_SLOT_BUNDLE_EXAMPLE: JsonDict = {
+    "resourceType": "Bundle",
+    "type": "searchset",
+    "total": 1,
+    "entry": [
+        {
+            "fullUrl": f"Slot/{APPOINTMENT_ID}",
+            "resource": {
+                "resourceType": "Slot",
+                "id": APPOINTMENT_ID,
+                "schedule": {"reference": "Schedule/TC-BOSTON"},
+                "status": "busy",
+                "start": "2026-12-08T08:00:00-05:00",
+                "end": "2026-12-08T12:00:00-05:00",
+                "comment": f"COI {COI}",
+            },
+        }
+    ],
+}
+
+
+@router.get(
+    "/fhir/Appointment/{appointment_id}",
+    summary="Read an appointment as FHIR",
+    responses={200: {"content": {"application/json": {"example": FHIR_APPOINTMENT_EXAMPLE}}}},
+)
 def fhir_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) -> dict[str, Any]:
-    """The appointment as an HL7 FHIR R4 Appointment (pending while tentative, booked once confirmed)."""
+    """The appointment as an HL7 FHIR R4 Appointment: `pending` while tentative or on hold, `booked` once
+    confirmed, `fulfilled` after the infusion, `cancelled`. A treatment center reads its own site's."""
     appointment = _appointment(session, appointment_id, caller)
     case = session.get(Case, appointment.coi)
     site = session.get(Site, appointment.treatment_center_id)
     return fhir.appointment_resource(appointment, case, commands.calendar_of(site))
 
 
-@router.get("/fhir/Slot", responses=problems.documented(404))
+@router.get(
+    "/fhir/Slot",
+    summary="Search a site's slots (FHIR)",
+    responses={
+        200: {"content": {"application/json": {"example": FHIR_SLOT_BUNDLE_EXAMPLE}}},
+        **problems.documented(404),
+    },
+)
 def fhir_slots(
     session: SessionDep,
     caller: Reader,
     schedule: Annotated[str, Query(description="Schedule/<site id>")],
-    start: Annotated[list[str], Query(description="ge<date> and/or lt<date>")] = [],  # noqa: B006
+    start: Annotated[
+        list[Annotated[str, Field(pattern=r"^(ge|gt|le|lt)[0-9]{4}-[0-9]{2}-[0-9]{2}")]],
+        Query(description="ge<date> and/or lt<date>"),
+    ] = [],  # noqa: B006
 ) -> dict[str, Any]:
-    """Booked slots of a site as a FHIR R4 searchset Bundle of Slot resources."""
+    """A site's booked infusion slots as an HL7 FHIR R4 searchset Bundle of Slot resources: `busy-tentative`
+    until the appointment is confirmed, then `busy`. `schedule` is `Schedule/<site id>` (an unknown site
+    is 404); `start` bounds the day, e.g. `ge2026-12-01` and `lt2027-01-01`. A treatment center searches
+    its own site."""
     site_id = schedule.removeprefix("Schedule/")
     _own_site(caller, site_id)
     site = session.get(Site, site_id)
