@@ -17,12 +17,13 @@ import email.message
 import json
 import math
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
+from starlette.routing import BaseRoute
 
 from services.common import problems
 from services.common.problems import FieldError, ProblemError
@@ -109,16 +110,23 @@ def _check_parameters(request: Request) -> None:
         raise problems.validation_problem(errors)
 
 
+def api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, those of included routers too (FastAPI keeps an included router whole)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from api_routes(included.routes)
+
+
 def check_admitted(app: FastAPI) -> None:
     """Refuse to build an app with a route outside the edge, or one whose body model is not a
     `RequestModel`: such a route would take bodies unchecked."""
-    for route in app.routes:
-        if isinstance(route, APIRoute):
-            if not isinstance(route, EdgeRoute):
-                raise TypeError(
-                    f"{route.path} is not an EdgeRoute: make its router with route_class=EdgeRoute"
-                )
-            BodyAdmission.of(route)
+    for route in api_routes(app.routes):
+        if not isinstance(route, EdgeRoute):
+            raise TypeError(f"{route.path} is not an EdgeRoute: make its router with route_class=EdgeRoute")
+        BodyAdmission.of(route)
 
 
 class BodyAdmission:

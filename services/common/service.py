@@ -10,7 +10,7 @@ import asyncio
 import gc
 import importlib.metadata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -126,6 +126,17 @@ def build_service(
             engine.dispose()
             log.info("service.stopped")
 
+    return _web_app(name, description, lifespan, runtime, [ops_router(name, engine, broker), *routers])
+
+
+def _web_app(
+    name: str,
+    description: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    runtime: Runtime,
+    routers: Sequence[APIRouter],
+) -> FastAPI:
+    """The FastAPI app: every route through the edge, every error a problem document, docs offline."""
     # No OpenTelemetry here (logs carry the correlation ids); off, FastAPI skips its per-request checks.
     app = FastAPI(
         title=f"CGT Logistics — {name}",
@@ -139,11 +150,22 @@ def build_service(
     app.router.route_class = EdgeRoute
     add_offline_docs(app)
     app.state.runtime = runtime
-    app.state.principals = settings.principals()
+    app.state.principals = runtime.settings.principals()
     app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
 
-    @app.get(
+    for router in routers:
+        app.include_router(router)
+    check_admitted(app)
+    _document_problems(app)
+    return app
+
+
+def ops_router(name: str, engine: Engine, broker: KafkaBroker) -> APIRouter:
+    """`/health` and `/ready`, for load balancers and orchestrators (no token needed)."""
+    router = APIRouter(route_class=EdgeRoute)
+
+    @router.get(
         "/health",
         tags=["ops"],
         summary="Check that the service is alive",
@@ -153,7 +175,7 @@ def build_service(
         """Liveness: the process answers. No token needed; for load balancers and orchestrators."""
         return {"status": "ok", "service": name}
 
-    @app.get(
+    @router.get(
         "/ready",
         tags=["ops"],
         summary="Check that the service can take requests",
@@ -182,11 +204,7 @@ def build_service(
             return problem_response(request, problem)
         return JSONResponse({"ready": True, "checks": checks})
 
-    for router in routers:
-        app.include_router(router)
-    check_admitted(app)
-    _document_problems(app)
-    return app
+    return router
 
 
 def _document_problems(app: FastAPI) -> None:

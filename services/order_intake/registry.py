@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
+from services.common.problems import FieldError
 from services.common.service import db_session
 from services.order_intake.domain import npi_is_valid
 from services.order_intake.models import (
@@ -268,9 +269,7 @@ def add_certification(
     if center is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
     if session.get(Therapy, body.therapy_code) is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, f"therapy_code: no therapy {body.therapy_code}"
-        )
+        raise problems.invalid("body", "therapy_code", "no such therapy in the registry")
     session.add(SiteCertification(treatment_center_id=center_id, **body.model_dump()))
     _commit_or_conflict(session, "certification")
     return _center_view(session, center)
@@ -295,9 +294,15 @@ def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator)
     may order for. An NPI already registered is 409, an unknown treatment center 422."""
     if session.get(Prescriber, body.npi) is not None:
         raise problems.conflict(f"prescriber {body.npi} already exists")
-    missing = [site for site in body.treatment_center_ids if session.get(TreatmentCenter, site) is None]
+    missing = [
+        FieldError(
+            pointer=f"/treatment_center_ids/{index}", detail="no such treatment center in the registry"
+        )
+        for index, site in enumerate(body.treatment_center_ids)
+        if session.get(TreatmentCenter, site) is None
+    ]
     if missing:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"treatment_center_ids: unknown {missing}")
+        raise problems.validation_problem(missing)
     prescriber = Prescriber(npi=body.npi, name=body.name)
     session.add(prescriber)
     session.flush()

@@ -132,3 +132,22 @@ async def test_a_nul_character_in_free_text_is_refused_on_every_database(
     assert pointers(a_problem(by_coi, 422)) == {"/coi"}
     case = await http.get(f"{stack.scheduling}/cases/CHW%00", headers=COORDINATOR)
     assert pointers(a_problem(case, 422)) == {"/coi"}
+
+
+async def test_a_registry_entry_naming_what_is_not_registered_points_at_it(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    prescriber = {"npi": "1245319599", "name": "Dr. P", "treatment_center_ids": ["TC-BOSTON", "TC-NOWHERE"]}
+    unknown_site = await http.post(f"{stack.orders}/prescribers", json=prescriber, headers=COORDINATOR)
+    assert pointers(a_problem(unknown_site, 422)) == {"/treatment_center_ids/1"}
+    assert "TC-NOWHERE" not in unknown_site.text
+    certification = {
+        "therapy_code": "NO-SUCH-THERAPY",
+        "effective_on": "2026-01-01",
+        "expires_on": "2027-01-01",
+    }
+    unknown_therapy = await http.post(
+        f"{stack.orders}/treatment-centers/TC-BOSTON/certifications", json=certification, headers=COORDINATOR
+    )
+    assert pointers(a_problem(unknown_therapy, 422)) == {"/therapy_code"}
+    assert "NO-SUCH-THERAPY" not in unknown_therapy.text

@@ -240,6 +240,12 @@ def test_a_route_outside_the_edge_rules_cannot_be_built() -> None:
     plain_app.post("/plain")(lambda: None)
     with pytest.raises(TypeError, match="not an EdgeRoute"):
         check_admitted(plain_app)
+    plain_router = APIRouter()
+    plain_router.post("/plain")(lambda: None)
+    including_app = FastAPI()
+    including_app.include_router(plain_router)
+    with pytest.raises(TypeError, match="/plain is not an EdgeRoute"):
+        check_admitted(including_app)
     check_admitted(build_app())
 
 
