@@ -14,7 +14,7 @@ from cgt_contracts.events import (
 )
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -108,12 +108,6 @@ class ScanRequest(RequestModel):
     eta_at: AwareDatetime | None = Field(
         default=None, description="Expected delivery (pick-up and delay scans)"
     )
-
-    @model_validator(mode="after")
-    def _eta_where_needed(self) -> ScanRequest:
-        if self.scan_type in (ScanType.PICK_UP, ScanType.DELAY) and self.eta_at is None:
-            raise ValueError(f"eta_at is required for a {self.scan_type} scan")
-        return self
 
 
 class ScanResult(BaseModel):

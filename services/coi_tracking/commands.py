@@ -240,7 +240,9 @@ def record_scan(
         quarantined=shipment.status is ShipmentStatus.QUARANTINED,
         container_id=container.id if container and container.charged_at else None,
         seal_id=container.seal_id if container else None,
+        planned_at=shipment.created_at,
     )
+    received_at = utc_now()
     decision = domain.evaluate_scan(
         state,
         domain.Scan(
@@ -251,8 +253,10 @@ def record_scan(
             handed_to=scan.handed_to,
             treatment_center_id=shipment.treatment_center_id,
             at=scan.device_time,
+            received_at=received_at,
             container_id=scan.container_id,
             seal_id=scan.seal_id,
+            eta_at=scan.eta_at,
         ),
     )
     scan_id = new_uuid()
@@ -270,7 +274,7 @@ def record_scan(
             "scanned_by": actor.subject,
             "handed_to": scan.handed_to,
             "device_time": scan.device_time,
-            "received_at": utc_now(),
+            "received_at": received_at,
             "temperature_celsius": scan.temperature_celsius,
             "accepted": decision.accepted,
             "refusal_reason": decision.refusal_reason,
@@ -280,8 +284,8 @@ def record_scan(
     )
     envelope = _envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
-    if scan.temperature_celsius is not None:
-        _store_readings(session, shipment, [Reading(scan.device_time, scan.temperature_celsius)], "scan")
+    if decision.reading is not None:
+        _store_readings(session, shipment, [decision.reading], "scan")
     events.append(
         ShipmentScanned(
             **envelope,
@@ -384,8 +388,8 @@ def record_scan(
                 ),
             )
         )
-    if decision.temperature_excursion and scan.temperature_celsius is not None:
-        events.append(_excursion(shipment, scan.temperature_celsius, scan.device_time, correlation_id))
+    if decision.temperature_excursion and decision.reading is not None:
+        events.append(_excursion(shipment, decision.reading.celsius, decision.reading.at, correlation_id))
     if decision.quarantine:
         reason = " | ".join(decision.quarantine_reasons)
         events.extend(

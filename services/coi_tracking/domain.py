@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from cgt_contracts.events import ScanType
@@ -43,6 +43,11 @@ _NEXT_STATUS: dict[ScanType, ShipmentStatus] = {
     ScanType.RECEIPT: ShipmentStatus.RECEIVED,
 }
 
+
+CLOCK_TOLERANCE = timedelta(minutes=5)
+"""How far a device's clock may be off the server's: a scan dated later than that was not made yet, and one
+dated that much before its shipment was planned is not of this shipment."""
+NEEDS_ETA = frozenset({ScanType.PICK_UP, ScanType.DELAY})
 
 GAP_TOLERANCE = 1.5
 """A logger gap is an excursion when it exceeds 1.5 logger intervals (one missed reading plus jitter)."""
@@ -118,6 +123,8 @@ class ShipmentState:
     quarantined: bool
     container_id: str | None = None
     seal_id: str | None = None
+    planned_at: datetime | None = None
+    """When the shipment was planned: no scan of it can be older."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,12 @@ class Scan:
     handed_to: str | None
     treatment_center_id: str
     at: datetime
+    """The device's (or the EPCIS event's) time."""
+    received_at: datetime
+    """The server's clock when the scan arrived."""
     container_id: str | None = None
     seal_id: str | None = None
+    eta_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,8 @@ class ScanDecision:
     temperature_excursion: bool
     quarantine_reasons: tuple[str, ...]
     custody: CustodyChange | None
+    reading: Reading | None = None
+    """The scan's temperature, at the time it is judged at (the server's, if the device's is not credible)."""
     dispatched: bool = False
     delivered_clean: bool = False
 
@@ -181,14 +194,17 @@ def container_mismatches(state: ShipmentState, scan: Scan) -> list[str]:
 
 
 def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
-    """Decide what a courier's scan means. Identity and temperature are checked at every scan (I1, I2)."""
+    """Decide what a courier's scan means. Identity and temperature are checked at every scan, even one
+    that is refused (I1, I2); a scan whose time is not credible is judged at the time it arrived."""
     identity_problems = coi_mismatches(state.expected_coi, state.bag_count, scan.bag_cois)
     identity_problems += container_mismatches(state, scan)
-    readings = [Reading(scan.at, scan.temperature_celsius)] if scan.temperature_celsius is not None else []
+    time_refusal = _time_refusal(state, scan)
+    judged_at = scan.received_at if time_refusal else scan.at
+    reading = Reading(judged_at, scan.temperature_celsius) if scan.temperature_celsius is not None else None
     thermal_problems = (
-        temperature_problems(state.policy, readings)
-        if readings
-        else time_limit_problems(state.policy, scan.at)
+        temperature_problems(state.policy, [reading])
+        if reading
+        else time_limit_problems(state.policy, judged_at)
     )
     reasons: list[str] = []
     if identity_problems:
@@ -196,7 +212,7 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
     if thermal_problems:
         reasons.append("temperature excursion: " + "; ".join(thermal_problems))
 
-    refusal = _refusal(state, scan)
+    refusal = time_refusal or _refusal(state, scan)
     if refusal is not None:
         return ScanDecision(
             accepted=False,
@@ -206,6 +222,7 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
             temperature_excursion=bool(thermal_problems),
             quarantine_reasons=tuple(reasons),
             custody=None,
+            reading=reading,
         )
     will_be_quarantined = state.quarantined or bool(reasons)
     return ScanDecision(
@@ -216,9 +233,29 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
         temperature_excursion=bool(thermal_problems),
         quarantine_reasons=tuple(reasons),
         custody=_custody_change(state, scan),
+        reading=reading,
         dispatched=scan.scan_type is ScanType.PICK_UP,
         delivered_clean=scan.scan_type is ScanType.DELIVERY and not will_be_quarantined,
     )
+
+
+def _time_refusal(state: ShipmentState, scan: Scan) -> str | None:
+    """A scan dated in the future or before its shipment existed, or a pick-up or delay without a
+    credible ETA, says nothing reliable about where the product is or when it will arrive."""
+    ahead = scan.at - scan.received_at
+    if ahead > CLOCK_TOLERANCE:
+        return (
+            f"the scan is dated more than {CLOCK_TOLERANCE.total_seconds() / 60:.0f} min ahead of the "
+            "server's clock: check the device's clock"
+        )
+    if state.planned_at is not None and scan.at < state.planned_at - CLOCK_TOLERANCE:
+        return f"the scan is dated before the shipment was planned ({state.planned_at.isoformat()})"
+    if scan.scan_type in NEEDS_ETA:
+        if scan.eta_at is None:
+            return f"a {scan.scan_type} scan must give the expected delivery time (eta_at)"
+        if scan.eta_at < scan.received_at:
+            return f"the expected delivery time {scan.eta_at.isoformat()} is in the past"
+    return None
 
 
 def _refusal(state: ShipmentState, scan: Scan) -> str | None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from cgt_contracts.events import ScanType
 
 from services.coi_tracking.domain import (
+    CLOCK_TOLERANCE,
     GENESIS_SHA256,
     Disposition,
     LedgerContent,
@@ -54,6 +55,7 @@ def a_scan(
         handed_to=kw.get("handed_to"),
         treatment_center_id="TC-1",
         at=NOW,
+        received_at=NOW,
         container_id=kw.get("container_id"),
     )
 
@@ -194,3 +196,47 @@ def test_qa_signs_only_for_quarantined_shipments_and_a_rejected_shipment_does_no
     assert disposition_refusal(ShipmentStatus.IN_TRANSIT, Disposition.RELEASE) is not None
     rejected = dataclasses.replace(state(), status=ShipmentStatus.REJECTED)
     assert not evaluate_scan(rejected, a_scan(ScanType.DELIVERY)).accepted
+
+
+# --- times and ETAs: judged once, here, for every way a scan arrives -----------------------------------
+
+
+def test_a_scan_dated_in_the_future_is_refused_and_judged_at_the_time_it_arrived() -> None:
+    hold = TemperaturePolicy(max_celsius=-150.0, hold_until=NOW + timedelta(hours=1))
+    shipment = dataclasses.replace(state(), policy=hold)
+    ahead = dataclasses.replace(a_scan(ScanType.CHECKPOINT), at=datetime(2099, 1, 1, tzinfo=UTC))
+    decision = evaluate_scan(shipment, ahead)
+    assert not decision.accepted and "ahead of the server's clock" in (decision.refusal_reason or "")
+    # Not quarantined for a hold time that only a bogus clock has passed; the reading counts at arrival.
+    assert not decision.quarantine and decision.reading == Reading(NOW, -180.0)
+    warm = evaluate_scan(shipment, dataclasses.replace(ahead, temperature_celsius=-100.0))
+    assert warm.temperature_excursion and warm.reading == Reading(NOW, -100.0)
+
+
+def test_a_device_clock_a_little_ahead_or_behind_is_tolerated() -> None:
+    planned = dataclasses.replace(state(), planned_at=NOW)
+    for skew in (CLOCK_TOLERANCE, -CLOCK_TOLERANCE):
+        assert evaluate_scan(
+            planned, dataclasses.replace(a_scan(ScanType.CHECKPOINT), at=NOW + skew)
+        ).accepted
+
+
+def test_a_scan_dated_before_its_shipment_was_planned_is_refused() -> None:
+    planned = dataclasses.replace(state(), planned_at=NOW)
+    early = dataclasses.replace(a_scan(ScanType.CHECKPOINT), at=NOW - timedelta(days=2))
+    decision = evaluate_scan(planned, early)
+    assert not decision.accepted and "before the shipment was planned" in (decision.refusal_reason or "")
+
+
+def test_a_pick_up_or_delay_needs_an_eta_that_is_not_in_the_past() -> None:
+    for kind, physical in (
+        (ScanType.PICK_UP, ShipmentStatus.PLANNED),
+        (ScanType.DELAY, ShipmentStatus.DISPATCHED),
+    ):
+        shipment = state(physical)
+        missing = evaluate_scan(shipment, a_scan(kind))
+        assert not missing.accepted and "eta_at" in (missing.refusal_reason or ""), kind
+        past = evaluate_scan(shipment, dataclasses.replace(a_scan(kind), eta_at=NOW - timedelta(minutes=1)))
+        assert not past.accepted and "in the past" in (past.refusal_reason or ""), kind
+        ahead = evaluate_scan(shipment, dataclasses.replace(a_scan(kind), eta_at=NOW + timedelta(days=2)))
+        assert ahead.accepted, (kind, ahead.refusal_reason)
