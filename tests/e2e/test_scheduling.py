@@ -10,11 +10,19 @@ from typing import Any
 
 import httpx
 import pytest
+from cgt_contracts.events import (
+    ShipmentDelayed,
+    ShipmentDelayedData,
+    ShipmentDispatched,
+    ShipmentDispatchedData,
+    ShipmentLeg,
+)
 from fhir.resources.R4B.appointment import Appointment as FhirAppointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.slot import Slot as FhirSlot
 
 from deploy.observe import EventLog, WebhookListener
+from services.common.topics import SHIPMENTS
 from services.order_intake.domain import luhn_check_digit
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
@@ -25,6 +33,7 @@ from tests.e2e.journey import (
     scan,
     shipment_for,
 )
+from tests.support.infra import produce
 
 pytestmark = pytest.mark.e2e
 
@@ -227,21 +236,55 @@ async def test_a_delay_moves_the_tentative_slot_and_tells_the_site(
 async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
+    # COI tracking refuses a pick-up whose ETA has passed, so a case whose conditioning has started is made
+    # here as scheduling would see it after days of waiting: the shipment events, as COI tracking publishes
+    # them, on its topic.
     site = await new_site(http, stack)
-    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(-3))
+    order = await http.post(
+        f"{stack.orders}/orders",
+        json=order_body(treatment_center_id=site.id, prescriber_npi=site.npi),
+        headers=COORDINATOR,
+    )
+    coi: str = order.json()["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    about = {"shipment_id": uuid.UUID(shipment["id"]), "coi": coi, "treatment_center_id": site.id}
+    await _as_coi_tracking(
+        stack,
+        ShipmentDispatched(
+            source="cgt/coi-tracking",
+            subject=coi,
+            correlationid=f"late-{coi}",
+            data=ShipmentDispatchedData(**about, dispatched_at=midday(-5), eta_at=midday(-3)),
+        ),
+    )
     booked = await book_first_option(http, stack, events, coi)
     assert date.fromisoformat(booked["conditioning_start_on"]) <= date.today()
-    delay = scan("delay", [coi], location="Customs hold", eta_at=midday(6).isoformat())
-    delayed = await http.post(f"{stack.tracking}/shipments/{shipment}/scans", json=delay, headers=COURIER)
-    assert delayed.json()["accepted"]
-    event = await events.wait_for(lambda e: e.type == "shipment.delayed.v1" and e.subject == coi)
+    await _as_coi_tracking(
+        stack,
+        ShipmentDelayed(
+            source="cgt/coi-tracking",
+            subject=coi,
+            correlationid=f"late-{coi}",
+            data=ShipmentDelayedData(
+                **about,
+                leg=ShipmentLeg.RETURN,
+                previous_eta_at=midday(-3),
+                eta_at=midday(6),
+                location="Customs",
+            ),
+        ),
+    )
     item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "attention")
     assert "conditioning started" in item["detail"]
     unchanged = (
         await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
     ).json()
     assert unchanged["conditioning_start_on"] == booked["conditioning_start_on"]
-    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"] and event
+    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"]
+
+
+async def _as_coi_tracking(stack: RunningStack, event: ShipmentDispatched | ShipmentDelayed) -> None:
+    await produce(stack.bootstrap, SHIPMENTS, event.model_dump_json().encode(), event.subject.encode())
 
 
 async def _worklist_item(
