@@ -515,7 +515,9 @@ class DispositionRequest(RequestModel):
 
     decision: domain.Disposition
     reason: Annotated[str, Field(min_length=10, max_length=500)]
-    meaning: Annotated[str, Field(min_length=3, max_length=64)] = "approval"
+    meaning: domain.SignatureMeaning = Field(
+        description="What the signature means: approval for a release, rejection for a rejection (required)"
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -37,7 +37,14 @@ from cgt_contracts.events import (
 from sqlmodel import Session, col, func, select
 
 from services.coi_tracking import domain, epcis
-from services.coi_tracking.domain import Disposition, LedgerKind, Reading, ShipmentStatus, TemperaturePolicy
+from services.coi_tracking.domain import (
+    Disposition,
+    LedgerKind,
+    Reading,
+    ShipmentStatus,
+    SignatureMeaning,
+    TemperaturePolicy,
+)
 from services.coi_tracking.ledger import append_entry
 from services.coi_tracking.models import (
     Bag,
@@ -527,13 +534,13 @@ def record_disposition(
     *,
     decision: Disposition,
     reason: str,
-    meaning: str,
+    meaning: SignatureMeaning,
     signer: Actor,
     correlation_id: str,
 ) -> QaDisposition:
     """A QA release or rejection, signed and chained into the ledger. Only a release lets a quarantined
     shipment go on to delivery confirmation: if it is already delivered, the delivery is published now."""
-    refusal = domain.disposition_refusal(shipment.status, decision)
+    refusal = domain.disposition_refusal(shipment.status, decision, meaning)
     if refusal is not None:
         raise Refused(refusal)
     signed_at = utc_now()
@@ -546,14 +553,14 @@ def record_disposition(
         location="QA",
         at=signed_at,
         signer=f"{signer.printed_name} ({signer.subject})",
-        meaning=meaning,
+        meaning=meaning.value,
         reason=reason,
     )
     disposition = QaDisposition(
         shipment_id=shipment.id,
         decision=decision.value,
         reason=reason,
-        meaning=meaning,
+        meaning=meaning.value,
         signer_id=signer.subject,
         signer_printed_name=signer.printed_name,
         signed_at=signed_at,
@@ -569,7 +576,7 @@ def record_disposition(
         signer_id=signer.subject,
         signer_printed_name=signer.printed_name,
         signed_at=signed_at,
-        meaning=meaning,
+        meaning=meaning.value,
         reason=reason[:500],
         ledger_sequence=entry.content.sequence,
     )

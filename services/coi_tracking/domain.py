@@ -286,8 +286,26 @@ class Disposition(StrEnum):
     REJECT = "reject"
 
 
-def disposition_refusal(status: ShipmentStatus, decision: Disposition) -> str | None:
-    """QA signs a disposition only for a quarantined shipment; a rejection is final."""
+class SignatureMeaning(StrEnum):
+    """What a QA signer declares by signing (21 CFR Part 11 §11.50(a)(3)): from a closed list."""
+
+    APPROVAL = "approval"
+    REJECTION = "rejection"
+
+
+MEANING_OF: dict[Disposition, SignatureMeaning] = {
+    Disposition.RELEASE: SignatureMeaning.APPROVAL,
+    Disposition.REJECT: SignatureMeaning.REJECTION,
+}
+
+
+def disposition_refusal(
+    status: ShipmentStatus, decision: Disposition, meaning: SignatureMeaning
+) -> str | None:
+    """QA signs a disposition only for a quarantined shipment, and only with the meaning its decision has
+    (a release is an approval, a rejection a rejection): a signature must mean what it says."""
+    if meaning is not MEANING_OF[decision]:
+        return f"a {decision} is signed with the meaning {MEANING_OF[decision]}, not {meaning}"
     if status is not ShipmentStatus.QUARANTINED:
         return f"only a quarantined shipment takes a QA {decision}; this one is {status}"
     return None

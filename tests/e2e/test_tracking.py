@@ -289,8 +289,16 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
         "reason": "the product thawed in transit",
         "meaning": "rejection",
     }
+    # The meaning is required, from a closed list, and must fit the decision: never defaulted.
+    unsaid = {k: v for k, v in not_quarantined_yet.items() if k != "meaning"}
+    missing = await http.post(f"{base}/dispositions", json=unsaid, headers=QA)
+    assert missing.status_code == 422 and [e["pointer"] for e in missing.json()["errors"]] == ["/meaning"]
+    free_text = await http.post(f"{base}/dispositions", json={**unsaid, "meaning": "ok by me"}, headers=QA)
+    assert free_text.status_code == 422
+    contrary = await http.post(f"{base}/dispositions", json={**unsaid, "meaning": "approval"}, headers=QA)
+    assert contrary.status_code == 409 and "meaning rejection, not approval" in contrary.json()["detail"]
     signed = await http.post(f"{base}/dispositions", json=not_quarantined_yet, headers=QA)
-    assert signed.status_code == 201
+    assert signed.status_code == 201 and signed.json()["meaning"] == "rejection"
     await events.wait_for(lambda e: e.type == "shipment.rejected.v1" and e.subject == coi)
     after = (await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)).json()
     assert after["accepted"] is False and "rejected" in after["refusal_reason"]

@@ -17,6 +17,7 @@ from services.coi_tracking.domain import (
     Scan,
     ShipmentState,
     ShipmentStatus,
+    SignatureMeaning,
     StoredEntry,
     TemperaturePolicy,
     disposition_refusal,
@@ -192,8 +193,14 @@ def test_a_scan_past_the_shippers_hold_time_quarantines_even_without_a_reading()
 
 
 def test_qa_signs_only_for_quarantined_shipments_and_a_rejected_shipment_does_not_move() -> None:
-    assert disposition_refusal(ShipmentStatus.QUARANTINED, Disposition.RELEASE) is None
-    assert disposition_refusal(ShipmentStatus.IN_TRANSIT, Disposition.RELEASE) is not None
+    assert (
+        disposition_refusal(ShipmentStatus.QUARANTINED, Disposition.RELEASE, SignatureMeaning.APPROVAL)
+        is None
+    )
+    assert (
+        disposition_refusal(ShipmentStatus.IN_TRANSIT, Disposition.RELEASE, SignatureMeaning.APPROVAL)
+        is not None
+    )
     rejected = dataclasses.replace(state(), status=ShipmentStatus.REJECTED)
     assert not evaluate_scan(rejected, a_scan(ScanType.DELIVERY)).accepted
 
@@ -240,3 +247,11 @@ def test_a_pick_up_or_delay_needs_an_eta_that_is_not_in_the_past() -> None:
         assert not past.accepted and "in the past" in (past.refusal_reason or ""), kind
         ahead = evaluate_scan(shipment, dataclasses.replace(a_scan(kind), eta_at=NOW + timedelta(days=2)))
         assert ahead.accepted, (kind, ahead.refusal_reason)
+
+
+def test_a_qa_signature_must_mean_what_its_decision_is() -> None:
+    quarantined = ShipmentStatus.QUARANTINED
+    assert disposition_refusal(quarantined, Disposition.REJECT, SignatureMeaning.REJECTION) is None
+    wrong = disposition_refusal(quarantined, Disposition.REJECT, SignatureMeaning.APPROVAL)
+    assert wrong == "a reject is signed with the meaning rejection, not approval"
+    assert disposition_refusal(quarantined, Disposition.RELEASE, SignatureMeaning.REJECTION) is not None
