@@ -197,12 +197,13 @@ class BodyAdmission:
             if syntax is not None:
                 raise _malformed_json(str(syntax["msg"])) from None
             # Deep JSON fails the model too: name the depth, not the first field it broke.
-            _check_depth(json.loads(body))
+            _check_document(json.loads(body))
             raise problems.validation_problem(problems.field_errors(details)) from None
 
 
 def _parsed(body: bytes) -> Any:
-    """The JSON of a route that validates its own document (EPCIS): UTF-8, finite numbers, bounded depth."""
+    """The JSON of a route that validates its own document (EPCIS): UTF-8, bounded depth, finite numbers,
+    text without control characters."""
     try:
         document = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -216,29 +217,36 @@ def _parsed(body: bytes) -> Any:
         raise _too_deep() from None
     except json.JSONDecodeError as error:
         raise _malformed_json(f"{error.msg} at line {error.lineno} column {error.colno}") from None
-    non_finite = _check_depth(document)
-    if non_finite:
-        raise problems.validation_problem(non_finite)
+    refused = _check_document(document)
+    if refused:
+        raise problems.validation_problem(refused)
     return document
 
 
-def _check_depth(document: Any) -> list[FieldError]:
-    """400 past `MAX_JSON_DEPTH`; else every NaN or ±Infinity (written as such, or overflowing a float)."""
+def _check_document(document: Any) -> list[FieldError]:
+    """400 past `MAX_JSON_DEPTH`; else every NaN or ±Infinity (written as such, or overflowing a float) and
+    every text (value or key) with a control character: what a model would refuse, for a document that
+    no model describes."""
     stack: list[tuple[Any, tuple[int | str, ...]]] = [(document, ())]
-    non_finite: list[FieldError] = []
+    problems_found: list[FieldError] = []
     while stack:
         value, path = stack.pop()
         if len(path) > MAX_JSON_DEPTH:
             raise _too_deep()
+        detail = None
         if isinstance(value, dict):
             stack.extend((child, (*path, key)) for key, child in value.items())
+            if any(_holds_control_character(key) for key in value):
+                detail = "a key " + CONTROL_CHARACTER_DETAIL
         elif isinstance(value, list):
             stack.extend((child, (*path, index)) for index, child in enumerate(value))
         elif isinstance(value, float) and not math.isfinite(value):
-            non_finite.append(
-                FieldError(pointer=problems.pointer(path), detail="Input should be a finite number")
-            )
-    return sorted(non_finite, key=lambda e: e.pointer)
+            detail = "Input should be a finite number"
+        elif isinstance(value, str) and _holds_control_character(value):
+            detail = CONTROL_CHARACTER_DETAIL
+        if detail is not None:
+            problems_found.append(FieldError(pointer=problems.pointer(path), detail=detail))
+    return sorted(problems_found, key=lambda e: e.pointer)
 
 
 def _too_large(limit: int) -> ProblemError:

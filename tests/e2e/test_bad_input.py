@@ -12,6 +12,7 @@ import pytest
 from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
 from tests.e2e.journey import order_body, place_accepted_order, scan, shipment_for
+from tests.e2e.test_epcis_capture import epcis_document, object_event
 
 pytestmark = pytest.mark.e2e
 PATIENT = {"name": "Jane Q. Doe", "date_of_birth": "2019-04-02", "medical_record_number": "MRN-998877"}
@@ -132,6 +133,14 @@ async def test_a_nul_character_in_free_text_is_refused_on_every_database(
     assert pointers(a_problem(by_coi, 422)) == {"/coi"}
     case = await http.get(f"{stack.scheduling}/cases/CHW%00", headers=COORDINATOR)
     assert pointers(a_problem(case, 422)) == {"/coi"}
+    event = object_event("arriving", ["CHW4321260000014"], shipment=shipment["id"])
+    event["readPoint"] = {"id": "urn:epc:id:sgln:4012345.00005.0\u0000"}
+    captured = await http.post(
+        f"{stack.tracking}/capture",
+        content=json.dumps(epcis_document(event)),
+        headers={**COURIER, "Content-Type": "application/ld+json"},
+    )
+    assert pointers(a_problem(captured, 422)) == {"/epcisBody/eventList/0/readPoint/id"}
 
 
 async def test_a_registry_entry_naming_what_is_not_registered_points_at_it(

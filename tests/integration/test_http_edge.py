@@ -211,6 +211,10 @@ def test_text_with_a_control_character_is_refused_in_a_body_a_path_or_a_query(cl
         ).status_code
         == 200
     )
+    document = b'{"where": ["hub", "Milan\\u0000"], "ok": "tab\\there"}'
+    assert pointers(a_problem(post(client, "/documents", document, "application/ld+json"), 422)) == [
+        "/where/1"
+    ]
     in_query = a_problem(client.post("/conflict?note=a%00b"), 422)
     assert [(e["location"], e["pointer"]) for e in in_query["errors"]] == [("query", "/note")]
 
