@@ -13,13 +13,14 @@ from cgt_contracts.events import (
     ScanType,
 )
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.coi_tracking import commands, domain, epcis
+from services.coi_tracking import commands, domain, epcis, models
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.ledger import read_entries, verify_shipment_ledger
 from services.coi_tracking.models import (
@@ -53,7 +54,8 @@ Reader = Annotated[
     Principal, Depends(require(Role.COORDINATOR, Role.COURIER, Role.TREATMENT_CENTER, Role.QA))
 ]
 Courier = Annotated[Principal, Depends(require(Role.COURIER))]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+IDENT_PATTERN = r"^[A-Za-z0-9._:\-]+$"
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT_PATTERN)]
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 
 COI = "CHW4321260000014"
@@ -870,3 +872,63 @@ def read_capture(capture_id: UUID, session: SessionDep, caller: Courier) -> Capt
     if job is None or job.captured_by != caller.subject:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no capture {capture_id}")
     return _job_view(job)
+
+
+# ---------------------------------------------------------------- the courier registry (I3)
+
+Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
+
+
+class CourierBody(RequestModel):
+    """A courier who may hold shipments of their company (custody passes only to a registered courier)."""
+
+    company: Ident
+    display_name: Annotated[str, Field(max_length=128)] = ""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"company": "CRYO-EXPRESS", "display_name": "Eve Courier"}]}
+    )
+
+
+class CourierView(BaseModel):
+    id: str
+    company: str
+    display_name: str
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [{"id": "courier-eve", "company": "CRYO-EXPRESS", "display_name": "Eve Courier"}]
+        },
+    )
+
+
+@router.put(
+    "/couriers/{courier_id}", summary="Register a courier", response_model=CourierView, tags=["couriers"]
+)
+def register_courier(
+    courier_id: Annotated[str, FastApiPath(pattern=IDENT_PATTERN, max_length=64)],
+    body: CourierBody,
+    session: SessionDep,
+    _: Coordinator,
+) -> CourierView:
+    """Coordinators register a courier (the id their scans and hand-offs name) and the company they work
+    for, or change it. A pick-up must come from, and a hand-off go to, a registered courier of the company
+    that carries the shipment; the custody ledger names no one else."""
+    courier = session.get(models.Courier, courier_id) or models.Courier(id=courier_id, company=body.company)
+    courier.company = body.company
+    courier.display_name = body.display_name
+    session.add(courier)
+    session.commit()
+    return CourierView.model_validate(courier)
+
+
+@router.get(
+    "/couriers", summary="List the registered couriers", response_model=list[CourierView], tags=["couriers"]
+)
+def list_couriers(
+    session: SessionDep, _: Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))]
+) -> list[CourierView]:
+    """Every registered courier and their company, by id (coordinators and QA)."""
+    rows = session.exec(select(models.Courier).order_by(col(models.Courier.id))).all()
+    return [CourierView.model_validate(row) for row in rows]

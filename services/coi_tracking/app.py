@@ -13,6 +13,7 @@ from pydantic import Field
 from services.coi_tracking import api, epcis, handlers
 from services.coi_tracking.models import TABLES
 from services.coi_tracking.scan_writer import ScanWriter
+from services.coi_tracking.seed import seed_couriers
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
 
@@ -32,6 +33,7 @@ class TrackingSettings(ServiceSettings):
     bags_per_shipment: int = Field(default=1, ge=1, le=20)
     fresh_max_transit_hours: float = Field(default=72.0, gt=0, description="Fresh apheresis: 72 h at 2-8 °C")
     epcis_schema_path: Path = epcis.DEFAULT_SCHEMA_PATH
+    seed_couriers: bool = True
 
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
@@ -39,6 +41,8 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     validator = epcis.service_validator(settings.epcis_schema_path)  # SchemaUnavailable: refuse to start
 
     async def start_scan_writer(runtime: Runtime) -> None:
+        if settings.seed_couriers:
+            seed_couriers(runtime.engine)
         writer = ScanWriter(runtime.engine, runtime.relay.notify)
         writer.start()
         app.state.scan_writer = writer

@@ -49,6 +49,7 @@ from services.coi_tracking.ledger import append_entry
 from services.coi_tracking.models import (
     Bag,
     Container,
+    Courier,
     QaDisposition,
     ScanRecord,
     Shipment,
@@ -145,6 +146,13 @@ def locked_with_facts(
         shipments[shipment.id] = shipment
         facts[shipment.id] = ShipmentFacts(container=container, bag_count=bags)
     return shipments, facts
+
+
+def company_of(session: Session, party: str) -> str | None:
+    """The courier registry's company for `party`, or None. Looked up by key: within a batch's session the
+    identity map answers repeats without a query."""
+    courier = session.get(Courier, party)
+    return courier.company if courier is not None else None
 
 
 def policy_of(session: Session, shipment: Shipment, container: Container | None = None) -> TemperaturePolicy:
@@ -248,6 +256,7 @@ def record_scan(
         container_id=container.id if container and container.charged_at else None,
         seal_id=container.seal_id if container else None,
         planned_at=shipment.created_at,
+        courier_company=shipment.courier_company,
     )
     received_at = utc_now()
     decision = domain.evaluate_scan(
@@ -264,6 +273,8 @@ def record_scan(
             container_id=scan.container_id,
             seal_id=scan.seal_id,
             eta_at=scan.eta_at,
+            scanned_by_company=company_of(session, actor.subject),
+            handed_to_company=company_of(session, scan.handed_to) if scan.handed_to else None,
         ),
     )
     scan_id = new_uuid()

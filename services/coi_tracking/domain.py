@@ -125,6 +125,8 @@ class ShipmentState:
     seal_id: str | None = None
     planned_at: datetime | None = None
     """When the shipment was planned: no scan of it can be older."""
+    courier_company: str | None = None
+    """The company that carries the shipment: only its couriers may hold it."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,10 @@ class Scan:
     container_id: str | None = None
     seal_id: str | None = None
     eta_at: datetime | None = None
+    scanned_by_company: str | None = None
+    """The company the courier registry has for `scanned_by` (None: not a registered courier)."""
+    handed_to_company: str | None = None
+    """The company the courier registry has for `handed_to` (None: not a registered courier)."""
 
 
 @dataclass(frozen=True)
@@ -263,11 +269,25 @@ def _refusal(state: ShipmentState, scan: Scan) -> str | None:
         return "QA rejected this shipment: its product may not move on"
     if state.physical_status not in ALLOWED_FROM[scan.scan_type]:
         return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
+    if scan.scan_type is ScanType.PICK_UP:
+        return _courier_refusal(state, scan.scanned_by, scan.scanned_by_company)
+    if scan.scan_type in (ScanType.HAND_OFF, ScanType.DELIVERY) and scan.scanned_by != state.custodian:
+        return f"custody is with {state.custodian}: only they can hand the shipment on"
     if scan.scan_type is ScanType.HAND_OFF:
         if not scan.handed_to:
             return "a hand-off must name who takes the shipment (handed_to)"
         if scan.handed_to == state.custodian:
             return f"{scan.handed_to} already holds the shipment"
+        return _courier_refusal(state, scan.handed_to, scan.handed_to_company)
+    return None
+
+
+def _courier_refusal(state: ShipmentState, party: str, company: str | None) -> str | None:
+    """Custody passes only to a registered courier of the company that carries the shipment (I3)."""
+    if company is None:
+        return f"{party} is not a registered courier: custody passes only to a known courier"
+    if state.courier_company is not None and company != state.courier_company:
+        return f"{party} works for {company}; this shipment is carried by {state.courier_company}"
     return None
 
 

@@ -151,6 +151,17 @@ class CaptureJob(SQLModel, table=True):
     result: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class Courier(SQLModel, table=True):
+    """Someone who may hold a shipment (a courier's person or system), and the company they work for: the
+    custody ledger names no one who is not here."""
+
+    __tablename__ = "courier"
+
+    id: str = Field(primary_key=True, max_length=64)
+    company: str = Field(index=True, max_length=64)
+    display_name: str = Field(default="", max_length=128)
+
+
 TABLES: tuple[Table, ...] = tables_of(
-    QaDisposition, CaptureJob, Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry
+    QaDisposition, CaptureJob, Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry, Courier
 )

@@ -134,3 +134,121 @@ async def test_a_scan_rule_gives_the_same_decision_on_every_way_in(
     decisions = {way: await decision_on(way, stack, http, events, case) for way in ways}
     for way, (accepted, reason, status) in decisions.items():
         assert not accepted and case.reason in reason and status == "planned", (way, reason, status)
+
+
+# --- custody (I3): the same refusal whichever way the scan comes -----------------------------------------
+
+COURIER_TOKENS = {"courier-ben": "Bearer dev-courier-token", "courier-cy": "Bearer dev-courier2-token"}
+
+
+async def custody_scan(
+    way: str,
+    stack: RunningStack,
+    http: httpx.AsyncClient,
+    shipment: dict[str, Any],
+    kind: str,
+    by: str,
+    **extra: Any,
+) -> None:
+    """A hand-off or delivery scan of `shipment` by courier `by`, sent `way`."""
+    now = datetime.now(UTC)
+    if way == "http":
+        body = {
+            "scan_type": kind,
+            "bag_cois": [shipment["coi"]],
+            "location": "JFK cargo",
+            "device_time": now.isoformat(),
+            "temperature_celsius": -180.0,
+            **extra,
+        }
+        headers = {"Authorization": COURIER_TOKENS[by]}
+        response = await http.post(
+            f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=headers
+        )
+        assert response.status_code == 201, response.text
+    elif way == "kafka":
+        data = CourierScanData(
+            shipment_id=uuid.UUID(shipment["id"]),
+            scan_type=ScanType(kind),
+            bag_cois=[shipment["coi"]],
+            location="JFK cargo",
+            device_time=now,
+            temperature_celsius=-180.0,
+            courier_id=by,
+            courier_company="CRYO-EXPRESS",
+            **extra,
+        )
+        event = CourierScanSubmitted(
+            source="courier/cryo-express",
+            subject=shipment["coi"],
+            correlationid=f"custody-{uuid.uuid4()}",
+            data=data,
+        )
+        await produce(
+            stack.bootstrap, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode()
+        )
+    else:
+        assert kind == "delivery"
+        document = epcis_document(object_event("receiving", [shipment["coi"]], shipment=shipment["id"]))
+        headers = {"Authorization": COURIER_TOKENS[by], "Content-Type": "application/ld+json"}
+        response = await http.post(f"{stack.tracking}/capture", content=json.dumps(document), headers=headers)
+        assert response.status_code == 202, response.text
+
+
+CUSTODY_CASES = [
+    ("delivery", "courier-cy", {}, "custody is with courier-ben", ("http", "kafka", "epcis")),
+    (
+        "hand_off",
+        "courier-ben",
+        {"handed_to": "nobody-xyz"},
+        "nobody-xyz is not a registered courier",
+        ("http", "kafka"),
+    ),
+    ("hand_off", "courier-ben", {"handed_to": "courier-dee"}, "works for OTHER-LOGISTICS", ("http", "kafka")),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "by", "extra", "reason", "ways"), CUSTODY_CASES, ids=[c[3] for c in CUSTODY_CASES]
+)
+async def test_a_custody_rule_gives_the_same_decision_on_every_way_in(
+    stack: RunningStack,
+    http: httpx.AsyncClient,
+    events: EventLog,
+    kind: str,
+    by: str,
+    extra: dict[str, Any],
+    reason: str,
+    ways: tuple[str, ...],
+) -> None:
+    for way in ways:
+        reason_given, holders = await custody_decision(way, stack, http, events, kind, by, extra)
+        assert reason in reason_given, (way, reason_given)
+        assert holders == ["courier-ben"], (way, holders)
+
+
+async def custody_decision(
+    way: str,
+    stack: RunningStack,
+    http: httpx.AsyncClient,
+    events: EventLog,
+    kind: str,
+    by: str,
+    extra: dict[str, Any],
+) -> tuple[str, list[str]]:
+    """After courier-ben's pick-up, the refusal of the custody scan sent `way`, and who the ledger names."""
+    order = await place_accepted_order(http, stack)
+    coi: str = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    await over_http(
+        http, stack, shipment, Case("pick-up by courier-ben", timedelta(0), timedelta(days=2), "")
+    )
+    await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == coi)
+    await custody_scan(way, stack, http, shipment, kind, by, **extra)
+    refused = await events.wait_for(
+        lambda e: e.type == "shipment.scanned.v1" and e.subject == coi and e.data.accepted is False
+    )
+    ledger = (
+        await http.get(f"{stack.tracking}/shipments/{shipment['id']}/ledger", headers=COORDINATOR)
+    ).json()
+    return refused.data.refusal_reason or "", [entry["to_party"] for entry in ledger["entries"]]  # type: ignore[union-attr]

@@ -353,7 +353,7 @@ async def test_a_tampered_ledger_is_detected_and_located_by_the_api_and_the_cli(
     await http.post(f"{base}/scans", json=scan("hand_off", [coi], handed_to="courier-cy"), headers=COURIER)
     await http.post(
         f"{base}/scans",
-        json=scan("hand_off", [coi], handed_to="courier-zed"),
+        json=scan("hand_off", [coi], handed_to="courier-ben"),
         headers={"Authorization": "Bearer dev-courier2-token"},
     )
     assert (await http.get(f"{base}/ledger", headers=QA)).json()["valid"] is True

@@ -10,6 +10,7 @@ from cgt_contracts.events import ScanType
 from services.coi_tracking.domain import (
     CLOCK_TOLERANCE,
     GENESIS_SHA256,
+    CustodyChange,
     Disposition,
     LedgerContent,
     LedgerKind,
@@ -28,6 +29,7 @@ from services.coi_tracking.domain import (
 )
 
 COI = "CHW4321260000014"
+CARRIER = "CRYO-EXPRESS"
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
@@ -42,6 +44,7 @@ def state(
         policy=TemperaturePolicy(max_celsius=-150.0),
         custodian="courier-ben",
         quarantined=quarantined,
+        courier_company=CARRIER,
     )
 
 
@@ -58,6 +61,8 @@ def a_scan(
         at=NOW,
         received_at=NOW,
         container_id=kw.get("container_id"),
+        scanned_by_company=CARRIER,
+        handed_to_company=CARRIER if kw.get("handed_to") else None,
     )
 
 
@@ -255,3 +260,39 @@ def test_a_qa_signature_must_mean_what_its_decision_is() -> None:
     wrong = disposition_refusal(quarantined, Disposition.REJECT, SignatureMeaning.APPROVAL)
     assert wrong == "a reject is signed with the meaning rejection, not approval"
     assert disposition_refusal(quarantined, Disposition.RELEASE, SignatureMeaning.REJECTION) is not None
+
+
+# --- custody: only registered couriers of the carrier, and only the one holding it hands it on (I3) -------
+
+
+def test_custody_passes_only_to_a_registered_courier_of_the_carrier() -> None:
+    unknown = dataclasses.replace(a_scan(ScanType.HAND_OFF, handed_to="nobody-xyz"), handed_to_company=None)
+    decision = evaluate_scan(state(), unknown)
+    assert not decision.accepted and decision.custody is None
+    assert (
+        decision.refusal_reason
+        == "nobody-xyz is not a registered courier: custody passes only to a known courier"
+    )
+    rival = dataclasses.replace(a_scan(ScanType.HAND_OFF, handed_to="courier-dee"), handed_to_company="OTHER")
+    assert "works for OTHER; this shipment is carried by CRYO-EXPRESS" in (
+        evaluate_scan(state(), rival).refusal_reason or ""
+    )
+    taken = evaluate_scan(state(), a_scan(ScanType.HAND_OFF, handed_to="courier-cy"))
+    assert taken.accepted and taken.custody == CustodyChange("courier-ben", "courier-cy")
+
+
+def test_only_the_custodian_hands_the_shipment_on_or_delivers_it() -> None:
+    for kind in (ScanType.HAND_OFF, ScanType.DELIVERY):
+        by_other = dataclasses.replace(a_scan(kind, handed_to="courier-cy"), scanned_by="courier-cy")
+        decision = evaluate_scan(state(), by_other)
+        assert not decision.accepted and "custody is with courier-ben" in (decision.refusal_reason or ""), (
+            kind
+        )
+
+
+def test_a_pick_up_comes_from_a_registered_courier_of_the_carrier() -> None:
+    pick_up = dataclasses.replace(a_scan(ScanType.PICK_UP), eta_at=NOW + timedelta(days=2))
+    planned = state(ShipmentStatus.PLANNED)
+    assert evaluate_scan(planned, pick_up).accepted
+    stranger = dataclasses.replace(pick_up, scanned_by="courier-x", scanned_by_company=None)
+    assert "courier-x is not a registered courier" in (evaluate_scan(planned, stranger).refusal_reason or "")
