@@ -13,30 +13,14 @@ from uuid import UUID
 import structlog
 from cgt_contracts.envelope import EventEnvelope, new_uuid, utc_now
 from cgt_contracts.events import (
-    CoiBreak,
-    CoiBreakData,
-    CustodyTransferred,
-    CustodyTransferredData,
     QaDispositionData,
     ScanType,
-    ShipmentDelayed,
-    ShipmentDelayedData,
-    ShipmentDelivered,
-    ShipmentDeliveredData,
-    ShipmentDispatched,
-    ShipmentDispatchedData,
-    ShipmentQuarantined,
-    ShipmentQuarantinedData,
     ShipmentRejected,
     ShipmentReleased,
-    ShipmentScanned,
-    ShipmentScannedData,
-    TemperatureExcursion,
-    TemperatureExcursionData,
 )
 from sqlmodel import Session, col, func, select
 
-from services.coi_tracking import domain, epcis
+from services.coi_tracking import domain, epcis, translate
 from services.coi_tracking.domain import (
     Disposition,
     LedgerKind,
@@ -102,10 +86,6 @@ class Refused(Exception):
 def _emit(session: Session, events: list[EventEnvelope]) -> None:
     for event in events:
         enqueue(session, SHIPMENTS, event)
-
-
-def _envelope(shipment: Shipment, correlation_id: str) -> dict[str, str]:
-    return {"source": SOURCE, "subject": shipment.coi, "correlationid": correlation_id}
 
 
 def container_of(session: Session, shipment: Shipment) -> Container | None:
@@ -180,6 +160,13 @@ def quarantine(
     session: Session, shipment: Shipment, *, reason: str, location: str, correlation_id: str
 ) -> list[EventEnvelope]:
     """Quarantine at once: the status, a ledger entry, and the event that tells everyone (I1, I2)."""
+    at = enter_quarantine(session, shipment, reason=reason, location=location)
+    return [translate.shipment_quarantined(shipment, reason, at, correlation_id)]
+
+
+def enter_quarantine(session: Session, shipment: Shipment, *, reason: str, location: str) -> datetime:
+    """The quarantine itself: the status, the reason added to any earlier one, a ledger entry. Returns
+    when it was entered."""
     already = shipment.status is ShipmentStatus.QUARANTINED
     shipment.status = ShipmentStatus.QUARANTINED
     shipment.quarantine_reason = reason if not already else f"{shipment.quarantine_reason} | {reason}"
@@ -196,56 +183,13 @@ def quarantine(
         meaning="quarantine",
         reason=reason,
     )
-    return [
-        ShipmentQuarantined(
-            **_envelope(shipment, correlation_id),
-            data=ShipmentQuarantinedData(
-                shipment_id=shipment.id,
-                coi=shipment.coi,
-                leg=shipment.leg,
-                treatment_center_id=shipment.treatment_center_id,
-                reason=reason[:500],
-                quarantined_at=now,
-            ),
-        )
-    ]
+    return now
 
 
-def _delivered_event(
-    shipment: Shipment, correlation_id: str, disposition_id: UUID | None = None
-) -> ShipmentDelivered:
-    assert shipment.delivered_at is not None
-    return ShipmentDelivered(
-        **_envelope(shipment, correlation_id),
-        data=ShipmentDeliveredData(
-            shipment_id=shipment.id,
-            coi=shipment.coi,
-            leg=shipment.leg,
-            treatment_center_id=shipment.treatment_center_id,
-            delivered_at=shipment.delivered_at,
-            coi_verified=True,
-            temperature_record_clean=True,
-            max_temperature_celsius=shipment.max_temperature_celsius
-            if shipment.max_temperature_celsius is not None
-            else shipment.storage_limit_celsius,
-            released_by_disposition_id=disposition_id,
-        ),
-    )
-
-
-def record_scan(
-    session: Session,
-    shipment: Shipment,
-    scan: ScanInput,
-    actor: Actor,
-    correlation_id: str,
-    facts: ShipmentFacts,
-) -> ScanOutcome:
-    """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
-    The caller has locked the shipment and looked up its `facts` (`locked_with_facts`, once for all the
-    shipments of a group or a captured document)."""
+def scan_state(session: Session, shipment: Shipment, facts: ShipmentFacts) -> domain.ShipmentState:
+    """The shipment as the domain judges a scan against it."""
     container = facts.container
-    state = domain.ShipmentState(
+    return domain.ShipmentState(
         status=shipment.status,
         physical_status=shipment.physical_status,
         expected_coi=shipment.coi,
@@ -258,25 +202,79 @@ def record_scan(
         planned_at=shipment.created_at,
         courier_company=shipment.courier_company,
     )
+
+
+def judged_scan(
+    session: Session, shipment: Shipment, scan: ScanInput, actor: Actor, received_at: datetime
+) -> domain.Scan:
+    """The scan as the domain sees it: with the courier registry's companies of the parties it names."""
+    return domain.Scan(
+        scan_type=scan.scan_type,
+        bag_cois=scan.bag_cois,
+        temperature_celsius=scan.temperature_celsius,
+        scanned_by=actor.subject,
+        handed_to=scan.handed_to,
+        treatment_center_id=shipment.treatment_center_id,
+        at=scan.device_time,
+        received_at=received_at,
+        container_id=scan.container_id,
+        seal_id=scan.seal_id,
+        eta_at=scan.eta_at,
+        scanned_by_company=company_of(session, actor.subject),
+        handed_to_company=company_of(session, scan.handed_to) if scan.handed_to else None,
+    )
+
+
+def record_scan(
+    session: Session,
+    shipment: Shipment,
+    scan: ScanInput,
+    actor: Actor,
+    correlation_id: str,
+    facts: ShipmentFacts,
+) -> ScanOutcome:
+    """Store the scan, whatever it means, then act on it: the domain decides what it means (the facts),
+    `apply_scan_facts` applies them, `translate` publishes them. The caller has locked the shipment and
+    looked up its `facts` (`locked_with_facts`, once for all the shipments of a group or a document)."""
     received_at = utc_now()
     decision = domain.evaluate_scan(
-        state,
-        domain.Scan(
-            scan_type=scan.scan_type,
-            bag_cois=scan.bag_cois,
-            temperature_celsius=scan.temperature_celsius,
-            scanned_by=actor.subject,
-            handed_to=scan.handed_to,
-            treatment_center_id=shipment.treatment_center_id,
-            at=scan.device_time,
-            received_at=received_at,
-            container_id=scan.container_id,
-            seal_id=scan.seal_id,
-            eta_at=scan.eta_at,
-            scanned_by_company=company_of(session, actor.subject),
-            handed_to_company=company_of(session, scan.handed_to) if scan.handed_to else None,
-        ),
+        scan_state(session, shipment, facts), judged_scan(session, shipment, scan, actor, received_at)
     )
+    recorded = store_scan(session, shipment, scan, actor, decision, received_at)
+    if decision.reading is not None:
+        _store_readings(session, shipment, [decision.reading], "scan")
+    applied = apply_scan_facts(session, shipment, decision, scan, actor)
+    if shipment not in session:  # a loaded shipment is saved anyway (and add() walks its cascades)
+        session.add(shipment)
+    _emit(session, translate.scan_events(shipment, decision, recorded, applied, correlation_id))
+    log.info(
+        "scan.recorded",
+        shipment_id=str(shipment.id),
+        scan_type=scan.scan_type.value,
+        accepted=decision.accepted,
+        coi_verified=not decision.coi_break,
+        quarantined=decision.quarantine,
+    )
+    return ScanOutcome(
+        scan_id=recorded.scan_id,
+        accepted=decision.accepted,
+        refusal_reason=decision.refusal_reason,
+        coi_verified=not decision.coi_break,
+        shipment_status=shipment.status,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
+        quarantine_reason=shipment.quarantine_reason,
+    )
+
+
+def store_scan(
+    session: Session,
+    shipment: Shipment,
+    scan: ScanInput,
+    actor: Actor,
+    decision: domain.ScanDecision,
+    received_at: datetime,
+) -> translate.ScanRecorded:
+    """The scan's row in the scan ledger, accepted or refused, written with the transaction."""
     scan_id = new_uuid()
     insert_later(
         session,
@@ -300,158 +298,53 @@ def record_scan(
             "epcis_event_id": scan.epcis_event_id,
         },
     )
-    envelope = _envelope(shipment, correlation_id)
-    events: list[EventEnvelope] = []
-    if decision.reading is not None:
-        _store_readings(session, shipment, [decision.reading], "scan")
-    events.append(
-        ShipmentScanned(
-            **envelope,
-            data=ShipmentScannedData(
-                shipment_id=shipment.id,
-                scan_id=scan_id,
-                coi=shipment.coi,
-                scan_type=scan.scan_type,
-                location=scan.location,
-                scanned_at=scan.device_time,
-                temperature_celsius=scan.temperature_celsius,
-                accepted=decision.accepted,
-                refusal_reason=decision.refusal_reason,
-            ),
-        )
-    )
-    previous_eta = shipment.eta_at
-    if decision.accepted:
-        # Set only what changes: each assignment to a table model costs validation and change tracking.
-        if shipment.physical_status is not decision.physical_status:
-            shipment.physical_status = decision.physical_status
-        if shipment.status not in (
-            ShipmentStatus.QUARANTINED,
-            ShipmentStatus.REJECTED,
-            decision.physical_status,
-        ):
-            shipment.status = decision.physical_status
-        if scan.eta_at is not None:
-            shipment.eta_at = scan.eta_at
-    if decision.custody is not None:
-        entry = append_entry(
-            session,
-            shipment,
-            kind=LedgerKind.CUSTODY,
-            from_party=decision.custody.from_party,
-            to_party=decision.custody.to_party,
-            location=scan.location,
-            at=scan.device_time,
-            signer=actor.printed_name,
-            meaning=f"{scan.scan_type.value}: custody handed over",
-        )
-        shipment.custodian = decision.custody.to_party
-        events.append(
-            CustodyTransferred(
-                **envelope,
-                data=CustodyTransferredData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    from_party=entry.content.from_party,
-                    to_party=entry.content.to_party,
-                    location=entry.content.location,
-                    transferred_at=entry.content.at,
-                    ledger_sequence=entry.content.sequence,
-                    entry_sha256=entry.entry_sha256,
-                ),
-            )
-        )
-    if decision.dispatched:
-        assert scan.eta_at is not None
-        shipment.dispatched_at = scan.device_time
-        events.append(
-            ShipmentDispatched(
-                **envelope,
-                data=ShipmentDispatchedData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    leg=shipment.leg,
-                    treatment_center_id=shipment.treatment_center_id,
-                    dispatched_at=scan.device_time,
-                    eta_at=scan.eta_at,
-                ),
-            )
-        )
-    if decision.accepted and scan.scan_type is ScanType.DELAY:
-        assert scan.eta_at is not None
-        events.append(
-            ShipmentDelayed(
-                **envelope,
-                data=ShipmentDelayedData(
-                    shipment_id=shipment.id,
-                    coi=shipment.coi,
-                    leg=shipment.leg,
-                    treatment_center_id=shipment.treatment_center_id,
-                    previous_eta_at=previous_eta,
-                    eta_at=scan.eta_at,
-                    location=scan.location,
-                ),
-            )
-        )
-    if decision.coi_break:
-        events.append(
-            CoiBreak(
-                **envelope,
-                data=CoiBreakData(
-                    shipment_id=shipment.id,
-                    scan_id=scan_id,
-                    expected_coi=shipment.coi,
-                    read_cois=list(scan.bag_cois),
-                    detected_at=utc_now(),
-                ),
-            )
-        )
-    if decision.temperature_excursion and decision.reading is not None:
-        events.append(_excursion(shipment, decision.reading.celsius, decision.reading.at, correlation_id))
-    if decision.quarantine:
-        reason = " | ".join(decision.quarantine_reasons)
-        events.extend(
-            quarantine(
-                session, shipment, reason=reason, location=scan.location, correlation_id=correlation_id
-            )
-        )
-    if decision.accepted and scan.scan_type is ScanType.DELIVERY:
-        shipment.delivered_at = scan.device_time
-        if decision.delivered_clean:
-            events.append(_delivered_event(shipment, correlation_id))
-    if shipment not in session:  # a loaded shipment is saved anyway (and add() walks its cascades)
-        session.add(shipment)
-    _emit(session, events)
-    log.info(
-        "scan.recorded",
-        shipment_id=str(shipment.id),
-        scan_type=scan.scan_type.value,
-        accepted=decision.accepted,
-        coi_verified=not decision.coi_break,
-        quarantined=decision.quarantine,
-    )
-    return ScanOutcome(
+    return translate.ScanRecorded(
         scan_id=scan_id,
-        accepted=decision.accepted,
-        refusal_reason=decision.refusal_reason,
-        coi_verified=not decision.coi_break,
-        shipment_status=shipment.status,
-        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
-        quarantine_reason=shipment.quarantine_reason,
+        scan_type=scan.scan_type,
+        location=scan.location,
+        scanned_at=scan.device_time,
+        temperature_celsius=scan.temperature_celsius,
+        detected_at=received_at,
     )
 
 
-def _excursion(shipment: Shipment, celsius: float, at: datetime, correlation_id: str) -> TemperatureExcursion:
-    return TemperatureExcursion(
-        **_envelope(shipment, correlation_id),
-        data=TemperatureExcursionData(
-            shipment_id=shipment.id,
-            coi=shipment.coi,
-            reading_celsius=celsius,
-            limit_celsius=shipment.storage_limit_celsius,
-            read_at=at,
-        ),
-    )
+def apply_scan_facts(
+    session: Session, shipment: Shipment, decision: domain.ScanDecision, scan: ScanInput, actor: Actor
+) -> translate.Applied:
+    """Apply each fact the domain found to the shipment's rows; nothing here decides anything."""
+    previous_eta_at = shipment.eta_at
+    custody_entry = None
+    quarantined_at = None
+    for fact in decision.facts:
+        match fact:
+            case domain.Moved(physical_status=moved_to, eta_at=eta_at):
+                # Set only what changes: each assignment to a table model costs validation and tracking.
+                if shipment.physical_status is not moved_to:
+                    shipment.physical_status = moved_to
+                if shipment.status not in (ShipmentStatus.QUARANTINED, ShipmentStatus.REJECTED, moved_to):
+                    shipment.status = moved_to
+                if eta_at is not None:
+                    shipment.eta_at = eta_at
+            case domain.CustodyChange(from_party=from_party, to_party=to_party):
+                custody_entry = append_entry(
+                    session,
+                    shipment,
+                    kind=LedgerKind.CUSTODY,
+                    from_party=from_party,
+                    to_party=to_party,
+                    location=scan.location,
+                    at=scan.device_time,
+                    signer=actor.printed_name,
+                    meaning=f"{scan.scan_type.value}: custody handed over",
+                )
+                shipment.custodian = to_party
+            case domain.Dispatched(at=at):
+                shipment.dispatched_at = at
+            case domain.Quarantined(reason=reason):
+                quarantined_at = enter_quarantine(session, shipment, reason=reason, location=scan.location)
+            case domain.Delivered(at=at):
+                shipment.delivered_at = at
+    return translate.Applied(previous_eta_at, custody_entry, quarantined_at)
 
 
 def _store_readings(session: Session, shipment: Shipment, readings: list[Reading], source: str) -> None:
@@ -488,7 +381,7 @@ def record_readings(
     events: list[EventEnvelope] = []
     if problems:
         worst = max(readings, key=lambda r: r.celsius)
-        events.append(_excursion(shipment, worst.celsius, worst.at, correlation_id))
+        events.append(translate.temperature_excursion(shipment, worst, correlation_id))
         reason = (
             "temperature excursion: "
             + "; ".join(problems[:5])
@@ -591,13 +484,13 @@ def record_disposition(
         reason=reason[:500],
         ledger_sequence=entry.content.sequence,
     )
-    envelope = _envelope(shipment, correlation_id)
+    envelope = translate.envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
     if decision is Disposition.RELEASE:
         shipment.status = ShipmentStatus.RELEASED
         events.append(ShipmentReleased(**envelope, data=data))
         if shipment.physical_status in (ShipmentStatus.DELIVERED, ShipmentStatus.RECEIVED):
-            events.append(_delivered_event(shipment, correlation_id, disposition.id))
+            events.append(translate.shipment_delivered(shipment, correlation_id, disposition.id))
     else:
         shipment.status = ShipmentStatus.REJECTED
         events.append(ShipmentRejected(**envelope, data=data))

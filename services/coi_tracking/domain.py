@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from cgt_contracts.events import ScanType
 
@@ -150,6 +151,29 @@ class Scan:
     """The company the courier registry has for `handed_to` (None: not a registered courier)."""
 
 
+# ---- what a scan implies: the facts the command applies and the translator publishes, each once
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The shipment is now here in its journey (an accepted scan)."""
+
+    physical_status: ShipmentStatus
+    eta_at: datetime | None
+    """A new expected delivery time, if the scan gave one."""
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    at: datetime
+    eta_at: datetime
+
+
+@dataclass(frozen=True)
+class Delayed:
+    eta_at: datetime
+
+
 @dataclass(frozen=True)
 class CustodyChange:
     from_party: str
@@ -157,22 +181,78 @@ class CustodyChange:
 
 
 @dataclass(frozen=True)
+class CoiBroken:
+    read_cois: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TemperatureExceeded:
+    reading: Reading | None
+    """The reading out of range; None when the time itself is the excursion (past hold or transit time)."""
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    at: datetime
+    clean: bool
+    """Identity verified, temperature record clean and never quarantined: the site may be told (I1, I2)."""
+
+
+Fact = (
+    Moved | Dispatched | Delayed | CustodyChange | CoiBroken | TemperatureExceeded | Quarantined | Delivered
+)
+
+
+@dataclass(frozen=True)
 class ScanDecision:
+    """What a scan means: accepted or refused with the reason, and the facts it implies, in the order
+    they are applied. A refused scan can still imply facts (a COI break, an excursion, a quarantine)."""
+
     accepted: bool
     refusal_reason: str | None
-    physical_status: ShipmentStatus
-    coi_break: bool
-    temperature_excursion: bool
-    quarantine_reasons: tuple[str, ...]
-    custody: CustodyChange | None
+    facts: tuple[Fact, ...]
     reading: Reading | None = None
     """The scan's temperature, at the time it is judged at (the server's, if the device's is not credible)."""
-    dispatched: bool = False
-    delivered_clean: bool = False
+
+    def _first(self, kind: type[_F]) -> _F | None:
+        return next((fact for fact in self.facts if isinstance(fact, kind)), None)
+
+    @property
+    def coi_break(self) -> bool:
+        return self._first(CoiBroken) is not None
+
+    @property
+    def temperature_excursion(self) -> bool:
+        return self._first(TemperatureExceeded) is not None
+
+    @property
+    def quarantine_reasons(self) -> tuple[str, ...]:
+        return tuple(f.reason for f in self.facts if isinstance(f, Quarantined))
 
     @property
     def quarantine(self) -> bool:
         return bool(self.quarantine_reasons)
+
+    @property
+    def custody(self) -> CustodyChange | None:
+        return self._first(CustodyChange)
+
+    @property
+    def dispatched(self) -> bool:
+        return self._first(Dispatched) is not None
+
+    @property
+    def delivered_clean(self) -> bool:
+        delivered = self._first(Delivered)
+        return delivered is not None and delivered.clean
+
+
+_F = TypeVar("_F", bound=Fact)
 
 
 def coi_mismatches(expected_coi: str, bag_count: int, bag_cois: tuple[str, ...]) -> list[str]:
@@ -212,37 +292,38 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
         if reading
         else time_limit_problems(state.policy, judged_at)
     )
-    reasons: list[str] = []
+    warnings: list[Fact] = []
+    if identity_problems:
+        warnings.append(CoiBroken(scan.bag_cois))
+    if thermal_problems:
+        warnings.append(TemperatureExceeded(reading))
+    reasons = []
     if identity_problems:
         reasons.append("COI break: " + "; ".join(identity_problems))
     if thermal_problems:
         reasons.append("temperature excursion: " + "; ".join(thermal_problems))
+    quarantined = [Quarantined(" | ".join(reasons))] if reasons else []
 
     refusal = time_refusal or _refusal(state, scan)
     if refusal is not None:
-        return ScanDecision(
-            accepted=False,
-            refusal_reason=refusal,
-            physical_status=state.physical_status,
-            coi_break=bool(identity_problems),
-            temperature_excursion=bool(thermal_problems),
-            quarantine_reasons=tuple(reasons),
-            custody=None,
-            reading=reading,
-        )
-    will_be_quarantined = state.quarantined or bool(reasons)
-    return ScanDecision(
-        accepted=True,
-        refusal_reason=None,
-        physical_status=_NEXT_STATUS[scan.scan_type],
-        coi_break=bool(identity_problems),
-        temperature_excursion=bool(thermal_problems),
-        quarantine_reasons=tuple(reasons),
-        custody=_custody_change(state, scan),
-        reading=reading,
-        dispatched=scan.scan_type is ScanType.PICK_UP,
-        delivered_clean=scan.scan_type is ScanType.DELIVERY and not will_be_quarantined,
-    )
+        return ScanDecision(False, refusal, (*warnings, *quarantined), reading)
+    facts = [*_movement(state, scan), *warnings, *quarantined]
+    if scan.scan_type is ScanType.DELIVERY:
+        facts.append(Delivered(scan.at, clean=not (state.quarantined or reasons)))
+    return ScanDecision(True, None, tuple(facts), reading)
+
+
+def _movement(state: ShipmentState, scan: Scan) -> list[Fact]:
+    """What an accepted scan changes: where the shipment is, who holds it, its dispatch or delay."""
+    facts: list[Fact] = [Moved(_NEXT_STATUS[scan.scan_type], scan.eta_at)]
+    custody = _custody_change(state, scan)
+    if custody is not None:
+        facts.append(custody)
+    if scan.scan_type is ScanType.PICK_UP and scan.eta_at is not None:
+        facts.append(Dispatched(scan.at, scan.eta_at))
+    if scan.scan_type is ScanType.DELAY and scan.eta_at is not None:
+        facts.append(Delayed(scan.eta_at))
+    return facts
 
 
 def _time_refusal(state: ShipmentState, scan: Scan) -> str | None:
