@@ -15,7 +15,9 @@ from aiokafka.errors import KafkaError
 from cgt_contracts.events import (
     AnyEvent,
     CollectionRecorded,
+    CourierScanDataV2,
     CourierScanSubmitted,
+    CourierScanSubmittedV2,
     OrderAccepted,
     ShipmentCreated,
     ShipmentCreatedData,
@@ -169,8 +171,15 @@ def wire(runtime: Runtime, planning: Planning) -> None:
 SCANS_GROUP_ID = "coi-tracking-scans"
 
 
-def submission_of(event: CourierScanSubmitted) -> ScanSubmission:
+CourierScan = CourierScanSubmitted | CourierScanSubmittedV2
+"""Every version of a courier's scan still accepted on `couriers.scans`."""
+
+
+def submission_of(event: CourierScan) -> ScanSubmission:
+    """A courier's Kafka scan as the same input an HTTP scan becomes (v1 has no container or seal ids)."""
     data = event.data
+    container_id = data.container_id if isinstance(data, CourierScanDataV2) else None
+    seal_id = data.seal_id if isinstance(data, CourierScanDataV2) else None
     return ScanSubmission(
         shipment_id=data.shipment_id,
         scan=commands.ScanInput(
@@ -181,6 +190,8 @@ def submission_of(event: CourierScanSubmitted) -> ScanSubmission:
             temperature_celsius=data.temperature_celsius,
             handed_to=data.handed_to,
             eta_at=data.eta_at,
+            container_id=container_id,
+            seal_id=seal_id,
         ),
         actor=commands.Actor(subject=data.courier_id, printed_name=data.courier_id),
         courier_company=data.courier_company,
@@ -193,7 +204,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
     engine = runtime.engine
 
-    def apply_batch(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
+    def apply_batch(events: list[CourierScan]) -> list[tuple[CourierScan, str]]:
         with Session(engine) as session:
             fresh = take_fresh(session, SCANS_GROUP_ID, events)
             results = apply_submissions(session, [submission_of(event) for event in fresh])
@@ -217,7 +228,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     )
     async def consume_scans(bodies: list[bytes], message: KafkaMessage) -> None:
         records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
-        events: list[CourierScanSubmitted] = []
+        events: list[CourierScan] = []
         record_of: dict[str, Any] = {}
         for record, body in zip(records, bodies, strict=True):
             try:
@@ -230,7 +241,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
                     SCANS_GROUP_ID,
                 )
                 continue
-            if isinstance(event, CourierScanSubmitted):
+            if isinstance(event, CourierScan):
                 events.append(event)
                 record_of[str(event.id)] = record
             else:
@@ -253,7 +264,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
     last_commit: asyncio.Task[None] | None = None
 
     async def settle(
-        events: list[CourierScanSubmitted],
+        events: list[CourierScan],
         record_of: dict[str, Any],
         positions: dict[TopicPartition, int],
         consumer: AIOKafkaConsumer,
@@ -288,7 +299,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
 
     runtime.drains.append(drain)
 
-    async def apply_or_isolate(events: list[CourierScanSubmitted]) -> list[tuple[CourierScanSubmitted, str]]:
+    async def apply_or_isolate(events: list[CourierScan]) -> list[tuple[CourierScan, str]]:
         """The batch in one transaction; if it fails as a whole, each scan in its own transaction with the
         consumers' bounded retries, so that only a scan that keeps failing is dead-lettered. Returns the
         scans to dead-letter, with the reason."""
@@ -298,7 +309,7 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
             log.warning("scans.group_failed", events=len(events), error=repr(error)[:300])
         else:
             return [(event, f"refused: {reason}") for event, reason in refused]
-        dead: list[tuple[CourierScanSubmitted, str]] = []
+        dead: list[tuple[CourierScan, str]] = []
         attempts = runtime.settings.consumer_max_attempts
         for event in events:
             with event_log_context(event):

@@ -1,254 +1,312 @@
-"""Every scan rule on times and ETAs gives the same decision whichever way the scan arrives: HTTP, a
-`courier.scan.v1` event on the real broker, or a GS1 EPCIS capture. Each case is a pick-up of a planned
-shipment that must be refused with the same reason on every way, and leave the shipment planned."""
+"""Every scan rule gives the same decision whichever way the scan arrives: an HTTP scan, a `courier.scan.v2`
+event on the real broker, a GS1 EPCIS capture, or (for temperature rules) a logger upload. One table: each
+row is a rule, the scan that tests it, the decision every way must reach (accepted or refused with the
+reason, the shipment's status after, the quarantine reason) and the ways that can carry such a scan (EPCIS
+carries no ETA, hand-off or container id; a logger upload only temperatures).
+
+The rules live once, in services/coi_tracking/domain.py; this table is how we know no way in skips one."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
+from cgt_contracts.events import CourierScanDataV2, CourierScanSubmittedV2, ScanType
 
 from deploy.observe import EventLog
 from services.common.topics import COURIER_SCANS
-from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
+from tests.e2e.conftest import COORDINATOR, RunningStack
 from tests.e2e.journey import place_accepted_order, shipment_for
 from tests.e2e.test_epcis_capture import epcis_document, object_event
 from tests.support.infra import produce
 
 pytestmark = pytest.mark.e2e
 
+COURIERS = {
+    "courier-ben": ("Bearer dev-courier-token", "CRYO-EXPRESS"),
+    "courier-cy": ("Bearer dev-courier2-token", "CRYO-EXPRESS"),
+}
+RULE_LOCATION = "urn:epc:id:sgln:4012345.00099.0"
+"""The location of the scan under test: its `shipment.scanned` event is told from the set-up's by it."""
+SET_UP_LOCATION = "urn:epc:id:sgln:4012345.00001.0"
+SEAL = "SEAL-RULES-1"
+EPCIS_STEPS = {
+    "pick_up": "shipping",
+    "checkpoint": "arriving",
+    "delivery": "receiving",
+    "receipt": "accepting",
+}
+TWO_DAYS = timedelta(days=2)
+
 
 @dataclass(frozen=True)
-class Case:
+class Send:
+    """The scan under test, as offsets from now and names; each way turns it into its own message."""
+
+    kind: str
+    by: str = "courier-ben"
+    at: timedelta = timedelta(0)
+    eta: timedelta | None = TWO_DAYS
+    temperature: float | None = -181.0
+    bags: str = "own"
+    """own: the shipment's COI; foreign: another patient's COI (a valid one); none: no bag read."""
+    handed_to: str | None = None
+    container_id: str | None = None
+    seal_id: str | None = None
+    location: str = RULE_LOCATION
+
+
+@dataclass(frozen=True)
+class Expect:
+    accepted: bool
+    reason: str = ""
+    """A part of the refusal reason ("" when accepted)."""
+    status: str = "planned"
+    quarantine: str = ""
+    """A part of the quarantine reason ("" when not quarantined)."""
+
+
+@dataclass(frozen=True)
+class Rule:
     name: str
-    device_time: timedelta
-    """Offset from now of the device's (or the EPCIS event's) time."""
-    eta: timedelta | None
-    """Offset from now of the ETA; None: no ETA given (EPCIS gives none: its adapter plans one)."""
-    reason: str
-    over_epcis: bool = True
+    send: Send
+    expect: Expect
+    ways: tuple[str, ...]
+    picked_up: bool = False
+    """Set-up: courier-ben picked the shipment up (over HTTP) before the scan under test."""
+    container: bool = False
+    """Set-up: a dry shipper sealed with SEAL was declared before pick-up."""
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-CASES = [
-    Case(
-        "dated in 2099", timedelta(days=365 * 73), timedelta(days=365 * 73 + 2), "ahead of the server's clock"
-    ),
-    Case(
-        "dated before the shipment was planned", -timedelta(days=3), timedelta(days=2), "before the shipment"
-    ),
-    Case("without an ETA", timedelta(0), None, "must give the expected delivery time", over_epcis=False),
-    Case("with an ETA in the past", timedelta(0), -timedelta(hours=1), "is in the past", over_epcis=False),
-]
+ALL = ("http", "kafka", "epcis")
+NO_EPCIS = ("http", "kafka")
+FOREIGN_COI = "CHA99992600039UT"
+"""A well-formed COI of another patient (valid MOD 37-2 check character)."""
+
+RULES = [
+    # time (domain._time_refusal)
+    Rule("a scan dated in 2099", Send("pick_up", at=timedelta(days=365 * 73), eta=timedelta(days=365 * 73 + 2)),
+         Expect(False, "ahead of the server's clock"), ALL),
+    Rule("a scan dated before the shipment was planned", Send("pick_up", at=-timedelta(days=3)),
+         Expect(False, "before the shipment was planned"), ALL),
+    Rule("a pick-up without an ETA", Send("pick_up", eta=None),
+         Expect(False, "must give the expected delivery time"), NO_EPCIS),
+    Rule("a pick-up with an ETA in the past", Send("pick_up", eta=-timedelta(hours=1)),
+         Expect(False, "is in the past"), NO_EPCIS),
+    Rule("a delay without an ETA", Send("delay", eta=None), Expect(False, "must give the expected", "dispatched"),
+         NO_EPCIS, picked_up=True),
+    # order of scans (domain.ALLOWED_FROM)
+    Rule("a receipt of a shipment not yet delivered", Send("receipt"),
+         Expect(False, "cannot follow a shipment that is planned"), ALL),
+    # identity (I1: domain.coi_mismatches, container_mismatches)
+    Rule("a bag of another patient at pick-up", Send("pick_up", bags="foreign"),
+         Expect(True, status="quarantined", quarantine="COI break"), ALL),
+    Rule("another dry shipper at a checkpoint", Send("checkpoint", container_id="DS-OTHER"),
+         Expect(True, status="quarantined", quarantine="container 'DS-OTHER' scanned"), NO_EPCIS,
+         picked_up=True, container=True),
+    Rule("a broken seal at a checkpoint", Send("checkpoint", seal_id="SEAL-OTHER"),
+         Expect(True, status="quarantined", quarantine="seal 'SEAL-OTHER' scanned"), NO_EPCIS,
+         picked_up=True, container=True),
+    # temperature (I2: domain.temperature_problems)
+    Rule("a warm reading in transit", Send("checkpoint", temperature=-120.0),
+         Expect(True, status="quarantined", quarantine="above the limit of -150.0"), (*ALL, "readings"),
+         picked_up=True),
+    Rule("a warm reading on a refused scan", Send("receipt", temperature=-120.0),
+         Expect(False, "cannot follow", status="quarantined", quarantine="above the limit"), ALL),
+    # custody (I3: domain._refusal, _courier_refusal)
+    Rule("a delivery by someone who does not hold the shipment", Send("delivery", by="courier-cy"),
+         Expect(False, "custody is with courier-ben", "dispatched"), ALL, picked_up=True),
+    Rule("a hand-off to an unknown party", Send("hand_off", handed_to="nobody-xyz"),
+         Expect(False, "nobody-xyz is not a registered courier", "dispatched"), NO_EPCIS, picked_up=True),
+    Rule("a hand-off to a courier of another company", Send("hand_off", handed_to="courier-dee"),
+         Expect(False, "works for OTHER-LOGISTICS", "dispatched"), NO_EPCIS, picked_up=True),
+    Rule("a hand-off without a taker", Send("hand_off"),
+         Expect(False, "must name who takes the shipment", "dispatched"), NO_EPCIS, picked_up=True),
+    # the rules let a correct scan through, on every way
+    Rule("a correct pick-up", Send("pick_up"), Expect(True, status="dispatched"), ALL),
+    Rule("a hand-off to a colleague", Send("hand_off", handed_to="courier-cy"),
+         Expect(True, status="in_transit"), NO_EPCIS, picked_up=True),
+]  # fmt: skip
 
 
-def _at(offset: timedelta) -> datetime:
+def _now(offset: timedelta) -> datetime:
     return datetime.now(UTC) + offset
 
 
+def _bags(send: Send, coi: str) -> list[str]:
+    return {"own": [coi], "foreign": [FOREIGN_COI], "none": []}[send.bags]
+
+
 async def over_http(
-    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], case: Case
+    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], send: Send
 ) -> None:
     body: dict[str, Any] = {
-        "scan_type": "pick_up",
-        "bag_cois": [shipment["coi"]],
-        "location": "AGC Biologics, Milan",
-        "device_time": _at(case.device_time).isoformat(),
-        "temperature_celsius": -181.0,
+        "scan_type": send.kind,
+        "bag_cois": _bags(send, shipment["coi"]),
+        "location": send.location,
+        "device_time": _now(send.at).isoformat(),
     }
-    if case.eta is not None:
-        body["eta_at"] = _at(case.eta).isoformat()
+    optional = {
+        "temperature_celsius": send.temperature,
+        "eta_at": _now(send.eta).isoformat() if send.eta is not None else None,
+        "handed_to": send.handed_to,
+        "container_id": send.container_id,
+        "seal_id": send.seal_id,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    headers = {"Authorization": COURIERS[send.by][0]}
     response = await http.post(
-        f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=COURIER
+        f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=headers
     )
     assert response.status_code == 201, response.text
 
 
 async def over_kafka(
-    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], case: Case
+    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], send: Send
 ) -> None:
-    event = CourierScanSubmitted(
+    event = CourierScanSubmittedV2(
         source="courier/cryo-express",
         subject=shipment["coi"],
         correlationid=f"rules-{uuid.uuid4()}",
-        data=CourierScanData(
+        data=CourierScanDataV2(
             shipment_id=uuid.UUID(shipment["id"]),
-            scan_type=ScanType.PICK_UP,
-            bag_cois=[shipment["coi"]],
-            location="AGC Biologics, Milan",
-            device_time=_at(case.device_time),
-            temperature_celsius=-181.0,
-            eta_at=_at(case.eta) if case.eta is not None else None,
-            courier_id="courier-ben",
-            courier_company="CRYO-EXPRESS",
+            scan_type=ScanType(send.kind),
+            bag_cois=_bags(send, shipment["coi"]),
+            location=send.location,
+            device_time=_now(send.at),
+            temperature_celsius=send.temperature,
+            eta_at=_now(send.eta) if send.eta is not None else None,
+            handed_to=send.handed_to,
+            container_id=send.container_id,
+            seal_id=send.seal_id,
+            courier_id=send.by,
+            courier_company=COURIERS[send.by][1],
         ),
     )
     await produce(stack.bootstrap, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode())
 
 
 async def over_epcis(
-    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], case: Case
+    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], send: Send
 ) -> None:
-    event = object_event("shipping", [shipment["coi"]], shipment=shipment["id"])
-    event["eventTime"] = _at(case.device_time).isoformat()
+    event = object_event(EPCIS_STEPS[send.kind], _bags(send, shipment["coi"]), shipment=shipment["id"])
+    event["eventTime"] = _now(send.at).isoformat()
+    event["readPoint"] = {"id": send.location}
+    if send.temperature is None:
+        del event["sensorElementList"]
+    else:
+        event["sensorElementList"][0]["sensorReport"][0]["value"] = send.temperature
+    headers = {"Authorization": COURIERS[send.by][0], "Content-Type": "application/ld+json"}
     response = await http.post(
-        f"{stack.tracking}/capture",
-        content=json.dumps(epcis_document(event)),
-        headers={**COURIER, "Content-Type": "application/ld+json"},
+        f"{stack.tracking}/capture", content=json.dumps(epcis_document(event)), headers=headers
     )
     assert response.status_code == 202, response.text
 
 
-WAYS: dict[str, Callable[[httpx.AsyncClient, RunningStack, dict[str, Any], Case], Awaitable[None]]] = {
-    "http": over_http,
-    "kafka": over_kafka,
-    "epcis": over_epcis,
-}
+async def over_readings(
+    http: httpx.AsyncClient, stack: RunningStack, shipment: dict[str, Any], send: Send
+) -> None:
+    assert send.temperature is not None, "a logger upload carries temperatures only"
+    body = {
+        "logger_id": "LOG-RULES",
+        "readings": [{"at": _now(send.at).isoformat(), "celsius": send.temperature}],
+    }
+    headers = {"Authorization": COURIERS[send.by][0]}
+    response = await http.post(
+        f"{stack.tracking}/shipments/{shipment['id']}/readings", json=body, headers=headers
+    )
+    assert response.status_code == 201, response.text
+
+
+WAYS = {"http": over_http, "kafka": over_kafka, "epcis": over_epcis, "readings": over_readings}
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    refusal_reason: str
+    status: str
+    quarantine_reason: str
+
+
+async def prepared_shipment(
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, rule: Rule
+) -> dict[str, Any]:
+    """A fresh return shipment, in the state the rule's set-up asks for."""
+    order = await place_accepted_order(http, stack)
+    shipment = await shipment_for(http, stack, events, order["coi"])
+    container_id = f"DS-RULES-{shipment['id'][:8]}"
+    if rule.container:
+        declared = await http.put(
+            f"{stack.tracking}/shipments/{shipment['id']}/container",
+            json={"container_id": container_id, "charged_at": _now(-timedelta(hours=2)).isoformat(),
+                  "validated_hold_hours": 240, "seal_id": SEAL},
+            headers=COORDINATOR,
+        )  # fmt: skip
+        assert declared.status_code == 200, declared.text
+    if rule.picked_up:
+        pick_up = Send("pick_up", container_id=container_id if rule.container else None,
+                       seal_id=SEAL if rule.container else None, location=SET_UP_LOCATION)  # fmt: skip
+        await over_http(http, stack, shipment, pick_up)
+        await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == order["coi"])
+    return shipment
+
+
+async def scan_under_test(events: EventLog, coi: str) -> Any:
+    """The `shipment.scanned` event of the scan under test (told from the set-up's by its location)."""
+    return await events.wait_for(
+        lambda e: e.type == "shipment.scanned.v1" and e.subject == coi and e.data.location == RULE_LOCATION
+    )
 
 
 async def decision_on(
-    way: str, stack: RunningStack, http: httpx.AsyncClient, events: EventLog, case: Case
-) -> tuple[bool, str, str]:
-    """Send the case's pick-up of a fresh shipment one way: (accepted, refusal reason, shipment status)."""
-    order = await place_accepted_order(http, stack)
-    coi: str = order["coi"]
-    shipment = await shipment_for(http, stack, events, coi)
-    await WAYS[way](http, stack, shipment, case)
-    scanned = await events.wait_for(lambda e: e.type == "shipment.scanned.v1" and e.subject == coi)
-    read = await http.get(f"{stack.tracking}/shipments/{shipment['id']}", headers=COORDINATOR)
-    data = scanned.data
-    return data.accepted, data.refusal_reason or "", read.json()["status"]  # type: ignore[union-attr]
+    way: str, rule: Rule, stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> Decision:
+    shipment = await prepared_shipment(http, stack, events, rule)
+    await WAYS[way](http, stack, shipment, rule.send)
+    accepted, reason = True, ""
+    if way != "readings":
+        scanned = await scan_under_test(events, shipment["coi"])
+        accepted, reason = scanned.data.accepted, scanned.data.refusal_reason or ""
+    read = (await http.get(f"{stack.tracking}/shipments/{shipment['id']}", headers=COORDINATOR)).json()
+    return Decision(accepted, reason, read["status"], read["quarantine_reason"] or "")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-async def test_a_scan_rule_gives_the_same_decision_on_every_way_in(
-    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, case: Case
+@pytest.mark.parametrize("rule", RULES, ids=[rule.name for rule in RULES])
+async def test_a_rule_gives_the_same_decision_on_every_way_in(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, rule: Rule
 ) -> None:
-    ways = [way for way in WAYS if way != "epcis" or case.over_epcis]
-    decisions = {way: await decision_on(way, stack, http, events, case) for way in ways}
-    for way, (accepted, reason, status) in decisions.items():
-        assert not accepted and case.reason in reason and status == "planned", (way, reason, status)
+    expect = rule.expect
+    for way in rule.ways:
+        decision = await decision_on(way, rule, stack, http, events)
+        assert decision.accepted == expect.accepted or way == "readings", (way, decision)
+        assert expect.reason in decision.refusal_reason if expect.reason else not decision.refusal_reason, (
+            way,
+            decision,
+        )
+        assert decision.status == expect.status, (way, decision)
+        if expect.quarantine:
+            assert expect.quarantine in decision.quarantine_reason, (way, decision)
+        else:
+            assert not decision.quarantine_reason, (way, decision)
 
 
-# --- custody (I3): the same refusal whichever way the scan comes -----------------------------------------
-
-COURIER_TOKENS = {"courier-ben": "Bearer dev-courier-token", "courier-cy": "Bearer dev-courier2-token"}
-
-
-async def custody_scan(
-    way: str,
-    stack: RunningStack,
-    http: httpx.AsyncClient,
-    shipment: dict[str, Any],
-    kind: str,
-    by: str,
-    **extra: Any,
+async def test_the_custody_ledger_never_names_a_refused_taker(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    """A hand-off or delivery scan of `shipment` by courier `by`, sent `way`."""
-    now = datetime.now(UTC)
-    if way == "http":
-        body = {
-            "scan_type": kind,
-            "bag_cois": [shipment["coi"]],
-            "location": "JFK cargo",
-            "device_time": now.isoformat(),
-            "temperature_celsius": -180.0,
-            **extra,
-        }
-        headers = {"Authorization": COURIER_TOKENS[by]}
-        response = await http.post(
-            f"{stack.tracking}/shipments/{shipment['id']}/scans", json=body, headers=headers
-        )
-        assert response.status_code == 201, response.text
-    elif way == "kafka":
-        data = CourierScanData(
-            shipment_id=uuid.UUID(shipment["id"]),
-            scan_type=ScanType(kind),
-            bag_cois=[shipment["coi"]],
-            location="JFK cargo",
-            device_time=now,
-            temperature_celsius=-180.0,
-            courier_id=by,
-            courier_company="CRYO-EXPRESS",
-            **extra,
-        )
-        event = CourierScanSubmitted(
-            source="courier/cryo-express",
-            subject=shipment["coi"],
-            correlationid=f"custody-{uuid.uuid4()}",
-            data=data,
-        )
-        await produce(
-            stack.bootstrap, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode()
-        )
-    else:
-        assert kind == "delivery"
-        document = epcis_document(object_event("receiving", [shipment["coi"]], shipment=shipment["id"]))
-        headers = {"Authorization": COURIER_TOKENS[by], "Content-Type": "application/ld+json"}
-        response = await http.post(f"{stack.tracking}/capture", content=json.dumps(document), headers=headers)
-        assert response.status_code == 202, response.text
-
-
-CUSTODY_CASES = [
-    ("delivery", "courier-cy", {}, "custody is with courier-ben", ("http", "kafka", "epcis")),
-    (
-        "hand_off",
-        "courier-ben",
-        {"handed_to": "nobody-xyz"},
-        "nobody-xyz is not a registered courier",
-        ("http", "kafka"),
-    ),
-    ("hand_off", "courier-ben", {"handed_to": "courier-dee"}, "works for OTHER-LOGISTICS", ("http", "kafka")),
-]
-
-
-@pytest.mark.parametrize(
-    ("kind", "by", "extra", "reason", "ways"), CUSTODY_CASES, ids=[c[3] for c in CUSTODY_CASES]
-)
-async def test_a_custody_rule_gives_the_same_decision_on_every_way_in(
-    stack: RunningStack,
-    http: httpx.AsyncClient,
-    events: EventLog,
-    kind: str,
-    by: str,
-    extra: dict[str, Any],
-    reason: str,
-    ways: tuple[str, ...],
-) -> None:
-    for way in ways:
-        reason_given, holders = await custody_decision(way, stack, http, events, kind, by, extra)
-        assert reason in reason_given, (way, reason_given)
-        assert holders == ["courier-ben"], (way, holders)
-
-
-async def custody_decision(
-    way: str,
-    stack: RunningStack,
-    http: httpx.AsyncClient,
-    events: EventLog,
-    kind: str,
-    by: str,
-    extra: dict[str, Any],
-) -> tuple[str, list[str]]:
-    """After courier-ben's pick-up, the refusal of the custody scan sent `way`, and who the ledger names."""
-    order = await place_accepted_order(http, stack)
-    coi: str = order["coi"]
-    shipment = await shipment_for(http, stack, events, coi)
-    await over_http(
-        http, stack, shipment, Case("pick-up by courier-ben", timedelta(0), timedelta(days=2), "")
-    )
-    await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == coi)
-    await custody_scan(way, stack, http, shipment, kind, by, **extra)
-    refused = await events.wait_for(
-        lambda e: e.type == "shipment.scanned.v1" and e.subject == coi and e.data.accepted is False
-    )
-    ledger = (
-        await http.get(f"{stack.tracking}/shipments/{shipment['id']}/ledger", headers=COORDINATOR)
-    ).json()
-    return refused.data.refusal_reason or "", [entry["to_party"] for entry in ledger["entries"]]  # type: ignore[union-attr]
+    """After a refused hand-off to an unknown party, the ledger still names only the real custodian (I3)."""
+    rule = next(rule for rule in RULES if rule.name == "a hand-off to an unknown party")
+    for way in rule.ways:
+        shipment = await prepared_shipment(http, stack, events, rule)
+        await WAYS[way](http, stack, shipment, rule.send)
+        await scan_under_test(events, shipment["coi"])
+        ledger = (
+            await http.get(f"{stack.tracking}/shipments/{shipment['id']}/ledger", headers=COORDINATOR)
+        ).json()
+        assert [entry["to_party"] for entry in ledger["entries"]] == ["courier-ben"], way

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from uuid import UUID
 
 from pydantic import Field, TypeAdapter
@@ -230,9 +230,24 @@ class CourierScanData(ContractModel):
     courier_company: Identifier
 
 
+class CourierScanDataV2(CourierScanData):
+    """v2 adds what an HTTP scan can already say: the dry shipper's id and its seal, so that a courier's
+    system on Kafka is judged on the same identity checks (a swapped shipper or a broken seal)."""
+
+    container_id: Identifier | None = None
+    seal_id: Identifier | None = None
+
+
 class CourierScanSubmitted(EventEnvelope):
+    """courier.scan.v1, still accepted: a scan without container and seal ids."""
+
     type: Literal["courier.scan.v1"] = "courier.scan.v1"
     data: CourierScanData
+
+
+class CourierScanSubmittedV2(EventEnvelope):
+    type: Literal["courier.scan.v2"] = "courier.scan.v2"
+    data: CourierScanDataV2
 
 
 class ShipmentCreated(EventEnvelope):
@@ -452,6 +467,7 @@ AnyEvent = Annotated[
     | OrderCancelled
     | CollectionRecorded
     | CourierScanSubmitted
+    | CourierScanSubmittedV2
     | ShipmentCreated
     | ShipmentDispatched
     | ShipmentDelayed
@@ -480,36 +496,9 @@ AnyEvent = Annotated[
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 EVENT_TYPES: dict[str, type[EventEnvelope]] = {
-    model.model_fields["type"].default: model
-    for model in (
-        OrderAccepted,
-        OrderRejected,
-        OrderCancelled,
-        CollectionRecorded,
-        CourierScanSubmitted,
-        ShipmentCreated,
-        ShipmentDispatched,
-        ShipmentDelayed,
-        ShipmentReleased,
-        ShipmentRejected,
-        ShipmentScanned,
-        CustodyTransferred,
-        ShipmentDelivered,
-        CoiBreak,
-        TemperatureExcursion,
-        ShipmentQuarantined,
-        SlotProposed,
-        SlotConfirmed,
-        SlotHeld,
-        SlotOptionsOffered,
-        SlotRescheduled,
-        SlotCancelled,
-        SlotResumed,
-        WebhookDeliveryFailed,
-        InfusionRecorded,
-        FollowUpVisitOverdue,
-    )
+    model.model_fields["type"].default: model for model in get_args(get_args(AnyEvent)[0])
 }
+"""Each event model by its `type`: the members of `AnyEvent`, listed once there."""
 
 
 def parse_event(raw: bytes | str) -> AnyEvent:
