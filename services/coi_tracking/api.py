@@ -256,8 +256,10 @@ def _load_for_update(session: Session, shipment_id: UUID) -> Shipment:
 
 
 def _check_visible(shipment: Shipment, caller: Principal) -> None:
-    if caller.role is Role.COURIER and shipment.courier_company != caller.courier_company:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this shipment is assigned to another courier company")
+    if caller.role is Role.COURIER:
+        refusal = domain.other_company_refusal(shipment.courier_company, caller.courier_company)
+        if refusal is not None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
     if caller.role is Role.TREATMENT_CENTER and shipment.treatment_center_id != caller.treatment_center_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment.id}")
 

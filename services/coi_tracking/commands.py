@@ -533,9 +533,7 @@ def _capture_target(session: Session, scan: epcis.CapturedScan, actor_company: s
                 "name the shipment as bizTransaction urn:uuid:<shipment id>"
             )
         shipment = candidates[0]
-    if actor_company is not None and shipment.courier_company != actor_company:
-        return f"shipment {shipment.id} is assigned to another courier company"
-    return shipment
+    return domain.other_company_refusal(shipment.courier_company, actor_company) or shipment
 
 
 def capture(

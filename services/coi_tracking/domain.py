@@ -363,6 +363,14 @@ def _refusal(state: ShipmentState, scan: Scan) -> str | None:
     return None
 
 
+def other_company_refusal(shipment_company: str, courier_company: str | None) -> str | None:
+    """Only the courier company a shipment is assigned to may see it, scan it or capture events of it;
+    None (a coordinator, QA, the system) is not a courier and is not limited."""
+    if courier_company is not None and courier_company != shipment_company:
+        return "this shipment is assigned to another courier company"
+    return None
+
+
 def _courier_refusal(state: ShipmentState, party: str, company: str | None) -> str | None:
     """Custody passes only to a registered courier of the company that carries the shipment (I3)."""
     if company is None:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
-from services.coi_tracking import commands
+from services.coi_tracking import commands, domain
 from services.common.logging import log_context
 
 log = structlog.get_logger()
@@ -57,10 +57,9 @@ def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -
         if shipment is None:
             results.append(ShipmentNotFound(f"no shipment {submission.shipment_id}"))
             continue
-        if shipment.courier_company != submission.courier_company:
-            results.append(
-                OtherCourierCompany(f"shipment {shipment.id} is assigned to another courier company")
-            )
+        refusal = domain.other_company_refusal(shipment.courier_company, submission.courier_company)
+        if refusal is not None:
+            results.append(OtherCourierCompany(refusal))
             continue
         with log_context(correlation_id=submission.correlation_id):
             results.append(

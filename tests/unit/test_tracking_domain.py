@@ -296,3 +296,11 @@ def test_a_pick_up_comes_from_a_registered_courier_of_the_carrier() -> None:
     assert evaluate_scan(planned, pick_up).accepted
     stranger = dataclasses.replace(pick_up, scanned_by="courier-x", scanned_by_company=None)
     assert "courier-x is not a registered courier" in (evaluate_scan(planned, stranger).refusal_reason or "")
+
+
+def test_only_the_assigned_courier_company_may_handle_a_shipment() -> None:
+    from services.coi_tracking.domain import other_company_refusal
+
+    assert other_company_refusal("CRYO-EXPRESS", "CRYO-EXPRESS") is None
+    assert other_company_refusal("CRYO-EXPRESS", None) is None  # coordinator, QA, the system
+    assert "another courier company" in (other_company_refusal("CRYO-EXPRESS", "OTHER-LOGISTICS") or "")
