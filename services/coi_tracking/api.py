@@ -592,7 +592,7 @@ def post_disposition(
     `shipment.released.v1` and the appointment resumes; a rejection publishes `shipment.rejected.v1` and
     the product must not be infused. Only QA signs (403), each time with their signing PIN (21 CFR Part 11
     §11.200): a wrong one, or none enrolled, is 403 `urn:cgt:problem:signature-refused` and nothing is
-    signed; five wrong PINs in a row block the signer until a coordinator resets the enrolment. A shipment
+    signed; five consecutive wrong PINs block the signer until a coordinator resets the enrolment. A shipment
     that is not quarantined is 409."""
     shipment = _load_for_update(session, shipment_id)
     try:
@@ -668,12 +668,20 @@ class SigningPinRequest(RequestModel):
 
 
 class SigningPinView(BaseModel):
+    """Whether a QA signer has a signing PIN and since when (never the PIN, nor its hash)."""
+
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"signer_id": "qa-jr", "pin_set_at": "2026-12-02T11:20:00Z"}]}
+        json_schema_extra={
+            "examples": [
+                {"signer_id": "qa-jr", "enrolled": True, "pin_set_at": "2026-12-02T11:20:00Z"},
+                {"signer_id": "qa-mk", "enrolled": False, "pin_set_at": None},
+            ]
+        }
     )
 
     signer_id: str
-    pin_set_at: datetime
+    enrolled: bool
+    pin_set_at: datetime | None
 
 
 @router.put(
@@ -704,29 +712,27 @@ def put_signing_pin(
         raise problems.invalid("body", invalid.field, invalid.detail) from invalid
     except IntegrityError as error:  # the signer's first enrolment, twice at once
         raise problems.conflict("a signing PIN was enrolled for this signer meanwhile; try again") from error
-    assert signer.pin_set_at is not None
-    return SigningPinView(signer_id=signer.signer_id, pin_set_at=signer.pin_set_at)
+    return SigningPinView(signer_id=signer.signer_id, enrolled=True, pin_set_at=signer.pin_set_at)
 
 
 @router.delete(
     "/qa-signers/{signer_id}/signing-pin",
     summary="Reset a QA signer's signing PIN",
     tags=["qa-signers"],
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
+    response_model=SigningPinView,
 )
 def reset_signing_pin(
     signer_id: Annotated[str, FastApiPath(min_length=1, max_length=64, pattern=IDENT_PATTERN)],
     session: SessionDep,
     caller: Annotated[Principal, Depends(require(Role.COORDINATOR))],
-) -> Response:
+) -> SigningPinView:
     """A coordinator withdraws a QA signer's signing PIN, when it is forgotten or signing was blocked
-    after five wrong PINs in a row (21 CFR Part 11 §11.300(d)); the signer then sets a new one and signs
+    after five consecutive wrong PINs (21 CFR Part 11 §11.300(d)); the signer then sets a new one and signs
     again. A signer without a PIN is 404."""
     if not commands.reset_signing_pin(session, signer_id, _actor(caller)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "this signer has no signing PIN to reset")
     session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return SigningPinView(signer_id=signer_id, enrolled=False, pin_set_at=None)
 
 
 def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment:

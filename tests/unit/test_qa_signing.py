@@ -75,7 +75,9 @@ def test_the_right_pin_signs_and_clears_the_count_of_wrong_ones() -> None:
 def test_no_enrolled_pin_refuses_the_signature_saying_how_to_enrol() -> None:
     for credential in (None, SigningCredential(pin_hash=None)):
         check = check_signing_pin(credential, PIN)
-        assert check.refusal is SigningRefusal.NOT_ENROLLED and "PUT /qa-signers/me/signing-pin" in check.detail
+        assert (
+            check.refusal is SigningRefusal.NOT_ENROLLED and "PUT /qa-signers/me/signing-pin" in check.detail
+        )
 
 
 def test_wrong_pins_in_a_row_are_counted_and_the_fifth_blocks_the_signer() -> None:
