@@ -110,7 +110,7 @@ async def test_a_disposition_is_signed_only_with_the_signers_pin(
     assert signed.json()["signer_id"] == "qa-jr" and "signing_pin" not in signed.json()
     released = await events.wait_for(
         lambda e: e.type == "shipment.released.v1" and str(e.data.shipment_id) == shipment
-    )  # type: ignore[union-attr]
+    )
     ledger = (await http.get(f"{stack.tracking}/shipments/{shipment}/ledger", headers=QA)).json()
     published = released.model_dump_json()
     for pin in (DEV_QA_SIGNING_PIN, WRONG_PIN):  # in no event, ledger entry or log line
