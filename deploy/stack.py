@@ -31,6 +31,9 @@ DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
 DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
 DEV_PHI_KEY = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
 """A development-only Fernet key; production sets PHI_ENCRYPTION_KEY from a secret store."""
+DEV_QA_SIGNING_PIN = "24681357"
+"""The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
+DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
 
 
 def free_port() -> int:
@@ -134,6 +137,7 @@ class Stack:
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                 "CGT_API_TOKENS_FILE": os.environ.get("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE)),
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
+                "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
                 "PYTHONUNBUFFERED": "1",
                 **self.extra_env,
             }
@@ -239,7 +243,9 @@ def _up(args: argparse.Namespace) -> int:
         print("  coordinator       Authorization: Bearer dev-coordinator-token")
         print("  courier           Authorization: Bearer dev-courier-token      (company CRYO-EXPRESS)")
         print("  treatment center  Authorization: Bearer dev-center-token       (site TC-BOSTON)")
-        print("  QA                Authorization: Bearer dev-qa-token")
+        print(
+            f"  QA                Authorization: Bearer dev-qa-token        (signing PIN {DEV_QA_SIGNING_PIN})"
+        )
         print("\nTry `make demo` in another terminal. Ctrl-C stops everything.", flush=True)
         while not stopping:
             for service in stack.services.values():

@@ -15,7 +15,7 @@ from cgt_contracts.events import (
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -514,6 +514,12 @@ def declare_container(
     return _view(session, shipment)
 
 
+PinField = Annotated[SecretStr, Field(max_length=256)]
+"""A signing PIN as sent: a secret (never in a log line, a repr or an answer), bounded in size; what makes
+one acceptable is the domain's rule."""
+SIGNATURE_REFUSED = f"{problems.TYPE_PREFIX}signature-refused"
+
+
 class DispositionRequest(RequestModel):
     """A QA electronic signature: the decision, why, and what the signature means."""
 
@@ -521,6 +527,9 @@ class DispositionRequest(RequestModel):
     reason: Annotated[str, Field(min_length=10, max_length=500)]
     meaning: domain.SignatureMeaning = Field(
         description="What the signature means: approval for a release, rejection for a rejection (required)"
+    )
+    signing_pin: PinField = Field(
+        description="The signer's signing PIN, the signature's second identification component (required)"
     )
 
     model_config = ConfigDict(
@@ -530,6 +539,7 @@ class DispositionRequest(RequestModel):
                     "decision": "release",
                     "reason": "logger spike during courier swap; product probe below -150 °C",
                     "meaning": "approval",
+                    "signing_pin": "24681357",
                 }
             ]
         }
@@ -569,7 +579,7 @@ class DispositionView(BaseModel):
     summary="Release or reject a quarantined shipment",
     status_code=status.HTTP_201_CREATED,
     response_model=DispositionView,
-    responses=problems.documented(409),
+    responses=problems.documented(403, 409),
 )
 def post_disposition(
     shipment_id: UUID,
@@ -582,7 +592,10 @@ def post_disposition(
     signature means. The printed name is the caller's registered identity and the time the server's (21 CFR
     Part 11 §11.50); the signature is chained into the custody ledger. A release publishes
     `shipment.released.v1` and the appointment resumes; a rejection publishes `shipment.rejected.v1` and
-    the product must not be infused. Only QA signs (403); a shipment that is not quarantined is 409."""
+    the product must not be infused. Only QA signs (403), each time with their signing PIN (21 CFR Part 11
+    §11.200): a wrong one, or none enrolled, is 403 `urn:cgt:problem:signature-refused` and nothing is
+    signed; five consecutive wrong PINs block the signer until a coordinator resets the enrolment. A shipment
+    that is not quarantined is 409."""
     shipment = _load_for_update(session, shipment_id)
     try:
         disposition = commands.record_disposition(
@@ -592,8 +605,12 @@ def post_disposition(
             reason=body.reason,
             meaning=body.meaning,
             signer=_actor(caller),
+            signing_pin=body.signing_pin.get_secret_value(),
             correlation_id=request.state.correlation_id,
         )
+    except commands.SigningRefused as refused:
+        session.commit()  # the wrong try is counted although nothing is signed
+        raise _signature_refused(refused) from refused
     except commands.Refused as refused:
         raise problems.conflict(str(refused)) from refused
     session.commit()
@@ -615,6 +632,109 @@ def list_dispositions(shipment_id: UUID, session: SessionDep, caller: Reader) ->
         .order_by(col(QaDisposition.signed_at))
     )
     return [DispositionView.model_validate(r, from_attributes=True) for r in rows]
+
+
+def _signature_refused(refused: commands.SigningRefused) -> ProblemError:
+    # 403, not 401: the bearer token did authenticate the caller, and a 401 asks for HTTP authentication
+    # again (with a WWW-Authenticate challenge). What failed is the signature's own second component, sent
+    # in the body: the server understood the request and refuses to sign (RFC 9110 §15.5.4).
+    refusal = refused.check.refusal
+    return ProblemError(
+        status.HTTP_403_FORBIDDEN,
+        refused.check.detail,
+        type=SIGNATURE_REFUSED,
+        title="The signature was refused",
+        extensions={"refusal": refusal.value if refusal else None},
+    )
+
+
+class SigningPinRequest(RequestModel):
+    """A QA signer's own signing PIN: the first one alone; a new one with the current one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"signing_pin": "97315864"},
+                {"signing_pin": "97315864", "current_signing_pin": "24681357"},
+            ]
+        }
+    )
+
+    signing_pin: PinField = Field(
+        description="The new PIN: 8 to 128 printable characters, not one repeated, not a run such as "
+        "12345678, not holding the signer's id"
+    )
+    current_signing_pin: PinField | None = Field(
+        default=None, description="The PIN enrolled now (required to change it)"
+    )
+
+
+class SigningPinView(BaseModel):
+    """Whether a QA signer has a signing PIN and since when (never the PIN, nor its hash)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"signer_id": "qa-jr", "enrolled": True, "pin_set_at": "2026-12-02T11:20:00Z"},
+                {"signer_id": "qa-mk", "enrolled": False, "pin_set_at": None},
+            ]
+        }
+    )
+
+    signer_id: str
+    enrolled: bool
+    pin_set_at: datetime | None
+
+
+@router.put(
+    "/qa-signers/me/signing-pin",
+    summary="Set my signing PIN",
+    tags=["qa-signers"],
+    response_model=SigningPinView,
+    responses=problems.documented(409),
+)
+def put_signing_pin(
+    body: SigningPinRequest, session: SessionDep, caller: Annotated[Principal, Depends(require(Role.QA))]
+) -> SigningPinView:
+    """A QA signer enrols the signing PIN every disposition of theirs then needs (21 CFR Part 11 §11.200:
+    the second identification component beside the bearer token), or changes it with the current one. Only
+    a salted hash is kept; the PIN is never shown again. A weak PIN, or a change without the current PIN,
+    is 422 naming the field; a wrong current PIN counts as a wrong signature and is 403, as is a blocked
+    signer's (a coordinator resets the enrolment first). A concurrent first enrolment is 409."""
+    current = body.current_signing_pin.get_secret_value() if body.current_signing_pin else None
+    try:
+        signer = commands.set_signing_pin(
+            session, _actor(caller), current, body.signing_pin.get_secret_value()
+        )
+        session.commit()
+    except commands.SigningRefused as refused:
+        session.commit()  # a wrong current PIN is counted like a wrong signature
+        raise _signature_refused(refused) from refused
+    except commands.SigningPinInvalid as invalid:
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
+    except IntegrityError as error:  # the signer's first enrolment, twice at once
+        raise problems.conflict("a signing PIN was enrolled for this signer meanwhile; try again") from error
+    return SigningPinView(signer_id=signer.signer_id, enrolled=True, pin_set_at=signer.pin_set_at)
+
+
+@router.delete(
+    "/qa-signers/{signer_id}/signing-pin",
+    summary="Reset a QA signer's signing PIN",
+    tags=["qa-signers"],
+    response_model=SigningPinView,
+)
+def reset_signing_pin(
+    signer_id: Annotated[str, FastApiPath(min_length=1, max_length=64, pattern=IDENT_PATTERN)],
+    session: SessionDep,
+    caller: Annotated[Principal, Depends(require(Role.COORDINATOR))],
+) -> SigningPinView:
+    """A coordinator withdraws a QA signer's signing PIN, when it is forgotten or signing was blocked
+    after five consecutive wrong PINs (21 CFR Part 11 §11.300(d)); the signer then sets a new one and signs
+    again. A signer without a PIN is 404."""
+    if not commands.reset_signing_pin(session, signer_id, _actor(caller)):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "this signer has no signing PIN to reset")
+    session.commit()
+    return SigningPinView(signer_id=signer_id, enrolled=False, pin_set_at=None)
 
 
 def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment:

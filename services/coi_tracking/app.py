@@ -8,12 +8,12 @@ from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.coi_tracking import api, epcis, handlers
 from services.coi_tracking.models import TABLES
 from services.coi_tracking.scan_writer import ScanWriter
-from services.coi_tracking.seed import seed_couriers
+from services.coi_tracking.seed import seed_couriers, seed_signing_pins
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
 
@@ -34,6 +34,10 @@ class TrackingSettings(ServiceSettings):
     fresh_max_transit_hours: float = Field(default=72.0, gt=0, description="Fresh apheresis: 72 h at 2-8 °C")
     epcis_schema_path: Path = epcis.DEFAULT_SCHEMA_PATH
     seed_couriers: bool = True
+    seed_signing_pins: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Development QA signers' signing PINs, JSON {signer id: PIN}; none by default",
+    )
 
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
@@ -43,6 +47,10 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     async def start_scan_writer(runtime: Runtime) -> None:
         if settings.seed_couriers:
             seed_couriers(runtime.engine)
+        seed_signing_pins(
+            runtime.engine,
+            {signer: pin.get_secret_value() for signer, pin in settings.seed_signing_pins.items()},
+        )
         writer = ScanWriter(runtime.engine, runtime.relay.notify)
         writer.start()
         app.state.scan_writer = writer

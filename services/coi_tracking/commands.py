@@ -5,6 +5,7 @@ EPCIS capture so that both follow exactly the same rules."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ from services.coi_tracking.models import (
     Container,
     Courier,
     QaDisposition,
+    QaSigner,
     ScanRecord,
     Shipment,
     TemperatureReading,
@@ -440,10 +442,13 @@ def record_disposition(
     reason: str,
     meaning: SignatureMeaning,
     signer: Actor,
+    signing_pin: str,
     correlation_id: str,
 ) -> QaDisposition:
-    """A QA release or rejection, signed and chained into the ledger. Only a release lets a quarantined
-    shipment go on to delivery confirmation: if it is already delivered, the delivery is published now."""
+    """A QA release or rejection, signed with the signer's PIN (SigningRefused, counted, when it is not
+    theirs) and chained into the ledger. Only a release lets a quarantined shipment go on to delivery
+    confirmation: if it is already delivered, the delivery is published now. The PIN goes nowhere else."""
+    verify_signing_pin(session, signer, signing_pin, shipment.id)
     refusal = domain.disposition_refusal(shipment.status, decision, meaning)
     if refusal is not None:
         raise Refused(refusal)
@@ -497,6 +502,105 @@ def record_disposition(
     session.add(shipment)
     _emit(session, events)
     return disposition
+
+
+# ---------------------------------------------------------------- QA signing PIN (21 CFR Part 11 §11.200)
+
+
+class SigningRefused(Exception):
+    """A signature, or a PIN change, whose signing PIN is wrong, not enrolled or blocked (HTTP 403)."""
+
+    def __init__(self, check: domain.PinCheck) -> None:
+        super().__init__(check.detail)
+        self.check = check
+
+
+class SigningPinInvalid(Exception):
+    """A PIN change that leaves out the current PIN or sets a weak one: the field and what is wrong (422)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+def _signer_for_update(session: Session, signer_id: str) -> QaSigner | None:
+    return session.exec(locked(session, select(QaSigner).where(QaSigner.signer_id == signer_id))).first()
+
+
+def _credential(row: QaSigner | None) -> domain.SigningCredential | None:
+    if row is None:
+        return None
+    return domain.SigningCredential(row.pin_hash, row.wrong_attempts, row.blocked_at is not None)
+
+
+def _count_attempt(
+    session: Session, row: QaSigner | None, check: domain.PinCheck, signer_id: str, **context: str
+) -> None:
+    """Store the counters a PIN check left, and report a refusal (§11.300(d)); the caller commits them even
+    though it refuses the request, or a guesser would get unlimited tries."""
+    if row is not None:
+        row.wrong_attempts = check.wrong_attempts
+        if check.blocked and row.blocked_at is None:
+            row.blocked_at = utc_now()
+        session.add(row)
+    if check.refusal is None:
+        return
+    # Never the PIN: who, what, why and how many in a row.
+    log.warning(
+        "qa.signature_refused",
+        signer_id=signer_id,
+        refusal=check.refusal.value,
+        wrong_attempts=check.wrong_attempts,
+        **context,
+    )
+    if check.newly_blocked:
+        log.warning("qa.signer_blocked", signer_id=signer_id, wrong_attempts=check.wrong_attempts, **context)
+
+
+def verify_signing_pin(session: Session, signer: Actor, signing_pin: str, shipment_id: UUID) -> None:
+    """The second identification component, checked at this signature: SigningRefused unless it is the
+    signer's enrolled PIN and the signer is not blocked."""
+    row = _signer_for_update(session, signer.subject)
+    check = domain.check_signing_pin(_credential(row), signing_pin)
+    _count_attempt(session, row, check, signer.subject, shipment_id=str(shipment_id))
+    if check.refusal is not None:
+        raise SigningRefused(check)
+
+
+def set_signing_pin(session: Session, signer: Actor, current_pin: str | None, new_pin: str) -> QaSigner:
+    """A QA signer enrols their signing PIN, or changes it with the current one (domain.judge_pin_change).
+    Only a salted scrypt hash is stored, with a salt of its own per signer and per PIN."""
+    row = _signer_for_update(session, signer.subject)
+    change = domain.judge_pin_change(_credential(row), current_pin, new_pin, signer.subject)
+    if change.current is not None:
+        _count_attempt(session, row, change.current, signer.subject, action="change_pin")
+        if change.current.refusal is not None:
+            raise SigningRefused(change.current)
+    if change.current_missing:
+        raise SigningPinInvalid("current_signing_pin", "is required to change an enrolled signing PIN")
+    if change.new_pin_problems:
+        raise SigningPinInvalid("signing_pin", "; ".join(change.new_pin_problems))
+    first = row is None or row.pin_hash is None
+    row = row or QaSigner(signer_id=signer.subject)
+    row.pin_hash = domain.hash_signing_pin(new_pin, secrets.token_bytes(domain.PIN_SALT_BYTES))
+    row.wrong_attempts, row.blocked_at, row.pin_set_at = 0, None, utc_now()
+    session.add(row)
+    log.info("qa.signing_pin_set", signer_id=signer.subject, enrolment="first" if first else "change")
+    return row
+
+
+def reset_signing_pin(session: Session, signer_id: str, by: Actor) -> bool:
+    """A coordinator withdraws a signer's PIN (forgotten, or blocked after wrong PINs): the signer then
+    enrols a new one as at first. False when the signer has nothing to reset."""
+    row = _signer_for_update(session, signer_id)
+    if row is None or (row.pin_hash is None and row.blocked_at is None):
+        return False
+    was_blocked = row.blocked_at is not None
+    row.pin_hash, row.wrong_attempts, row.blocked_at, row.pin_set_at = None, 0, None, None
+    session.add(row)
+    log.warning("qa.signing_pin_reset", signer_id=signer_id, reset_by=by.subject, was_blocked=was_blocked)
+    return True
 
 
 EPCIS_PLANNED_TRANSIT = timedelta(hours=48)

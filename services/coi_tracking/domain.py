@@ -6,10 +6,12 @@ Pure Python, no I/O. A scan is always recorded; this module decides what it mean
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
 from typing import TypeVar
 
 from cgt_contracts.events import ScanType
@@ -418,6 +420,170 @@ def disposition_refusal(
     if status is not ShipmentStatus.QUARANTINED:
         return f"only a quarantined shipment takes a QA {decision}; this one is {status}"
     return None
+
+
+# ---------------------------------------------------------------- QA signing PIN (21 CFR Part 11)
+# §11.200(a)(1): a non-biometric signature is made of two distinct identification components. The bearer
+# token identifies the signer; a signing PIN that only the signer knows is the second one, checked at every
+# signature. §11.300(d): consecutive wrong PINs are detected, reported and end in a block.
+
+SIGNING_PIN_MIN_LENGTH = 8
+SIGNING_PIN_MAX_LENGTH = 128
+MAX_WRONG_SIGNING_PINS = 5
+"""Consecutive wrong PINs after which the signer is blocked until a coordinator resets the enrolment."""
+PIN_SALT_BYTES = 16
+
+
+@dataclass(frozen=True)
+class ScryptWork:
+    """scrypt's work factor: n=2^14, r=8 costs 16 MiB and tens of milliseconds per try, cheap for one
+    signature and dear for a guesser with a stolen table. Stored with each hash, so it can be raised."""
+
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
+    length: int = 32
+
+
+PIN_WORK = ScryptWork()
+
+
+def signing_pin_problems(pin: str, signer_id: str) -> list[str]:
+    """What makes a PIN too weak to sign with: too short or long, control characters, one character
+    repeated, a run of consecutive characters (12345678, abcdefgh), or the signer's own id inside it."""
+    problems: list[str] = []
+    if not SIGNING_PIN_MIN_LENGTH <= len(pin) <= SIGNING_PIN_MAX_LENGTH:
+        problems.append(f"must be {SIGNING_PIN_MIN_LENGTH} to {SIGNING_PIN_MAX_LENGTH} characters long")
+    if any(not character.isprintable() for character in pin):
+        problems.append("must hold printable characters only")
+    if len(set(pin)) == 1:
+        problems.append("must not be one character repeated")
+    elif _is_consecutive_run(pin):
+        problems.append("must not be a run of consecutive characters")
+    if signer_id and signer_id.casefold() in pin.casefold():
+        problems.append("must not contain the signer's id")
+    return problems
+
+
+def _is_consecutive_run(pin: str) -> bool:
+    steps = {ord(b) - ord(a) for a, b in pairwise(pin)}
+    return steps in ({1}, {-1})
+
+
+def hash_signing_pin(pin: str, salt: bytes, work: ScryptWork = PIN_WORK) -> str:
+    """`scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>`: the PIN salted and stretched, with the work it took."""
+    digest = _scrypt(pin, salt, work)
+    return f"scrypt${work.n}${work.r}${work.p}${salt.hex()}${digest.hex()}"
+
+
+def signing_pin_matches(pin: str, stored: str) -> bool:
+    """Whether `pin` is the one `stored` was made from, compared in constant time."""
+    try:
+        scheme, n, r, p, salt, expected = stored.split("$")
+        work = ScryptWork(n=int(n), r=int(r), p=int(p), length=len(expected) // 2)
+        if scheme != "scrypt":
+            return False
+        return hmac.compare_digest(_scrypt(pin, bytes.fromhex(salt), work), bytes.fromhex(expected))
+    except ValueError:  # a malformed stored hash matches nothing
+        return False
+
+
+def _scrypt(pin: str, salt: bytes, work: ScryptWork) -> bytes:
+    return hashlib.scrypt(
+        pin.encode(), salt=salt, n=work.n, r=work.r, p=work.p, dklen=work.length, maxmem=64 * 1024 * 1024
+    )
+
+
+class SigningRefusal(StrEnum):
+    NOT_ENROLLED = "not_enrolled"
+    BLOCKED = "blocked"
+    WRONG_PIN = "wrong_pin"
+
+
+@dataclass(frozen=True)
+class SigningCredential:
+    """A signer's stored PIN (None until enrolled, and after a reset) and the wrong tries since the last
+    right one."""
+
+    pin_hash: str | None
+    wrong_attempts: int = 0
+    blocked: bool = False
+
+
+@dataclass(frozen=True)
+class PinCheck:
+    """The verdict on one PIN: refused or not (and why), and the credential's counters after it."""
+
+    refusal: SigningRefusal | None
+    wrong_attempts: int
+    blocked: bool
+    detail: str = ""
+
+    @property
+    def newly_blocked(self) -> bool:
+        return self.blocked and self.refusal is SigningRefusal.WRONG_PIN
+
+
+def check_signing_pin(credential: SigningCredential | None, pin: str) -> PinCheck:
+    """Judge a PIN offered to sign (or to change the PIN). A blocked signer's PIN is not even compared, so
+    a guesser learns nothing more; the right PIN clears the count, a wrong one adds to it and the
+    MAX_WRONG_SIGNING_PINS-th in a row blocks the signer."""
+    if credential is None or credential.pin_hash is None:
+        return PinCheck(
+            SigningRefusal.NOT_ENROLLED,
+            0,
+            False,
+            "no signing PIN is enrolled for this signer: set one with PUT /qa-signers/me/signing-pin",
+        )
+    if credential.blocked:
+        return PinCheck(
+            SigningRefusal.BLOCKED,
+            credential.wrong_attempts,
+            True,
+            f"signing is blocked after {MAX_WRONG_SIGNING_PINS} wrong PINs in a row: a coordinator resets"
+            " the enrolment, then the signer sets a new PIN",
+        )
+    if signing_pin_matches(pin, credential.pin_hash):
+        return PinCheck(None, 0, False)
+    wrong = credential.wrong_attempts + 1
+    blocked = wrong >= MAX_WRONG_SIGNING_PINS
+    detail = "wrong signing PIN" + (
+        f"; signing is now blocked after {wrong} wrong PINs in a row"
+        if blocked
+        else f" ({wrong} of {MAX_WRONG_SIGNING_PINS} in a row before signing is blocked)"
+    )
+    return PinCheck(SigningRefusal.WRONG_PIN, wrong, blocked, detail)
+
+
+@dataclass(frozen=True)
+class PinChange:
+    """The verdict on setting a signing PIN: the check of the current PIN (when one is enrolled or the
+    signer is blocked), whether that current PIN was left out, and what is wrong with the new one."""
+
+    current: PinCheck | None
+    current_missing: bool
+    new_pin_problems: list[str]
+
+    @property
+    def allowed(self) -> bool:
+        current_ok = self.current is None or self.current.refusal is None
+        return current_ok and not self.current_missing and not self.new_pin_problems
+
+
+def judge_pin_change(
+    credential: SigningCredential | None, current_pin: str | None, new_pin: str, signer_id: str
+) -> PinChange:
+    """A signer sets their own PIN: the first one freely; a change only with the current PIN (a stolen
+    token alone must not take over the signature), counted like a signature's; a blocked signer not at all."""
+    new_pin_problems = signing_pin_problems(new_pin, signer_id)
+    if credential is None or (credential.pin_hash is None and not credential.blocked):
+        return PinChange(None, False, new_pin_problems)
+    if current_pin is None and not credential.blocked:
+        return PinChange(None, True, new_pin_problems)
+    current = check_signing_pin(credential, current_pin or "")
+    if current.refusal is None and new_pin == current_pin:
+        new_pin_problems.append("must differ from the current PIN")
+    return PinChange(current, False, new_pin_problems)
 
 
 # ---------------------------------------------------------------- custody ledger (I3)

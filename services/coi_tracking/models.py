@@ -162,6 +162,30 @@ class Courier(SQLModel, table=True):
     display_name: str = Field(default="", max_length=128)
 
 
+class QaSigner(SQLModel, table=True):
+    """A QA signer's signing PIN, the second identification component of their signatures (21 CFR Part 11
+    §11.200(a)(1)): only its salted scrypt hash (`domain.hash_signing_pin`), never the PIN. Wrong PINs in a
+    row are counted; at `domain.MAX_WRONG_SIGNING_PINS` the signer is blocked until a coordinator resets."""
+
+    __tablename__ = "qa_signer"
+
+    signer_id: str = Field(primary_key=True, max_length=64)
+    """The bearer token's subject."""
+    pin_hash: str | None = Field(default=None, max_length=256)
+    wrong_attempts: int = 0
+    blocked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    pin_set_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
 TABLES: tuple[Table, ...] = tables_of(
-    QaDisposition, CaptureJob, Shipment, Container, Bag, ScanRecord, TemperatureReading, LedgerEntry, Courier
+    QaDisposition,
+    QaSigner,
+    CaptureJob,
+    Shipment,
+    Container,
+    Bag,
+    ScanRecord,
+    TemperatureReading,
+    LedgerEntry,
+    Courier,
 )

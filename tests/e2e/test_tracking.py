@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deploy.observe import EventLog, WebhookListener
+from deploy.stack import DEV_QA_SIGNING_PIN
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, OTHER_COURIER, QA, RunningStack
 from tests.e2e.journey import (
     book_first_option,
@@ -218,6 +219,7 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
         "decision": "release",
         "reason": "logger spike during courier swap; product probe stayed below -150 °C",
         "meaning": "approval",
+        "signing_pin": DEV_QA_SIGNING_PIN,
     }
     assert (await http.post(f"{base}/dispositions", json=disposition, headers=COORDINATOR)).status_code == 403
     signed = await http.post(f"{base}/dispositions", json=disposition, headers=QA)
@@ -263,6 +265,7 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
         "decision": "release",
         "reason": "reading from a probe outside the shipper, confirmed",
         "meaning": "approval",
+        "signing_pin": DEV_QA_SIGNING_PIN,
     }
     assert (await http.post(f"{base}/dispositions", json=release, headers=QA)).status_code == 201
     released = await events.wait_for(lambda e: e.type == "shipment.released.v1" and e.subject == coi)
@@ -288,6 +291,7 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
         "decision": "reject",
         "reason": "the product thawed in transit",
         "meaning": "rejection",
+        "signing_pin": DEV_QA_SIGNING_PIN,
     }
     # The meaning is required, from a closed list, and must fit the decision: never defaulted.
     unsaid = {k: v for k, v in not_quarantined_yet.items() if k != "meaning"}
@@ -311,7 +315,12 @@ async def test_a_qa_disposition_needs_a_quarantined_shipment(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
     _, shipment = await new_return_shipment(http, stack, events)
-    body = {"decision": "release", "reason": "nothing to release here", "meaning": "approval"}
+    body = {
+        "decision": "release",
+        "reason": "nothing to release here",
+        "meaning": "approval",
+        "signing_pin": DEV_QA_SIGNING_PIN,
+    }
     refused = await http.post(f"{stack.tracking}/shipments/{shipment}/dispositions", json=body, headers=QA)
     assert refused.status_code == 409 and "only a quarantined shipment" in refused.json()["detail"]
 
