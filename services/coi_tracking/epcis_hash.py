@@ -22,33 +22,53 @@ of its time, not of the newest one; both are deterministic, which is what tellin
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 import threading
 from collections.abc import Mapping
+from importlib.resources import files
 from typing import Any
 
-from epcis_event_hash_generator import file_document_loader, hash_generator, json_to_py
+from epcis_event_hash_generator import hash_generator, json_to_py
 from pyld import jsonld
 
 STANDARD_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
-BUNDLED_CONTEXTS = frozenset({STANDARD_CONTEXT, "https://gs1.github.io/EPCIS/epcis-context.jsonld"})
+BUNDLED: dict[str, str] = {
+    STANDARD_CONTEXT: "e532647e8eb371379b8b0e8602d8981c8566bc60f7351f22c76a5bc865962008.jsonld",
+    "https://gs1.github.io/EPCIS/epcis-context.jsonld": (
+        "14b10c9d3e92d35f577bfc610fe5ec15aa2941124987919389d7cd9998516861.jsonld"
+    ),
+}
+"""The EPCIS contexts the package ships (its files, named by their SHA-256), by URL."""
+BUNDLED_CONTEXTS = frozenset(BUNDLED)
 NOT_HASHED = ("eventID", "recordTime", "errorDeclaration")
 """What the canonical hash leaves out (the same list in the fallback)."""
 
 _lock = threading.Lock()
-_bundled = file_document_loader.file_document_loader()
 
 
-def _offline_loader(url: str, options: dict[str, Any] | None = None) -> Any:
-    if url not in BUNDLED_CONTEXTS:
+@functools.cache
+def _bundled_context(url: str) -> Any:
+    return json.loads((files("epcis_event_hash_generator") / BUNDLED[url]).read_text(encoding="utf-8"))
+
+
+def _offline_loader(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """pyld's document loader: the bundled contexts, and nothing from the network."""
+    if url not in BUNDLED:
         raise jsonld.JsonLdError(
             f"{url} is not a bundled EPCIS context: nothing is fetched",
             "jsonld.LoadDocumentError",
             code="loading document failed",
         )
-    return _bundled(url, options or {})
+    document = _bundled_context(url)
+    return {
+        "contentType": "application/ld+json",
+        "contextUrl": None,
+        "documentUrl": url,
+        "document": document,
+    }
 
 
 jsonld.set_document_loader(_offline_loader)  # the package installed its own, with a network fallback
