@@ -820,6 +820,10 @@ def _apply_event(session: Session, event: epcis.Outcome, context: CaptureContext
         return CaptureResult(
             event.event_index, event.event_id, "duplicate", "this eventID was captured before"
         )
+    if replay is domain.Replay.CONFLICT:
+        assert stored is not None
+        _judge_temperatures(session, event, _target(event, context, None), context)
+        return _conflict(session, event, stored, context)
     scan_type = event.scan_type if context.apply_scans and event.refusal is None else None
     target = _target(event, context, scan_type)
     if isinstance(target, str) and scan_type is not None:
@@ -827,9 +831,6 @@ def _apply_event(session: Session, event: epcis.Outcome, context: CaptureContext
         _judge_temperatures(session, event, judged, context)
         return CaptureResult(event.event_index, event.event_id, "refused", target)
     judged_any = _judge_temperatures(session, event, target, context)
-    if replay is domain.Replay.CONFLICT:
-        assert stored is not None and event.event_id is not None
-        return _conflict(session, event, stored, context)
     if isinstance(target, str):
         return CaptureResult(event.event_index, event.event_id, "refused", target)
     if event.refusal is not None:
