@@ -413,7 +413,9 @@ class ReadingOut(BaseModel):
 
     at: datetime
     celsius: float
-    source: str = Field(description="logger:<logger id>, scan for a courier's reading, epcis for an EPCIS sensor report")
+    source: str = Field(
+        description="logger:<logger id>, scan for a courier's reading, epcis for an EPCIS sensor report"
+    )
 
 
 @router.post(

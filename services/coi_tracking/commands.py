@@ -831,11 +831,12 @@ def _apply_event(session: Session, event: epcis.Outcome, context: CaptureContext
         _judge_temperatures(session, event, judged, context)
         return CaptureResult(event.event_index, event.event_id, "refused", target)
     judged_any = _judge_temperatures(session, event, target, context)
-    if isinstance(target, str):
-        return CaptureResult(event.event_index, event.event_id, "refused", target)
     if event.refusal is not None:
         reason = event.refusal + ("; its temperatures were judged" if judged_any else "")
-        return CaptureResult(event.event_index, event.event_id, "refused", reason, target.id)
+        named = target.id if not isinstance(target, str) else None
+        return CaptureResult(event.event_index, event.event_id, "refused", reason, named)
+    if isinstance(target, str):
+        return CaptureResult(event.event_index, event.event_id, "refused", target)
     if not context.apply_scans:
         return CaptureResult(event.event_index, event.event_id, "applied", READINGS_JUDGED, target.id)
     if event.kind is epcis.EventKind.SCAN:

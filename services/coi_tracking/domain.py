@@ -102,7 +102,9 @@ def range_problems(policy: TemperaturePolicy, reading: Reading) -> list[str]:
 
 def _above_limit(policy: TemperaturePolicy, reading: Reading) -> str | None:
     if reading.celsius > policy.max_celsius:
-        return f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
+        return (
+            f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
+        )
     return None
 
 
