@@ -415,7 +415,9 @@ class ReadingOut(BaseModel):
 
     at: datetime
     celsius: float
-    source: str = Field(description="logger:<logger id>, or scan for a courier's reading")
+    source: str = Field(
+        description="logger:<logger id>, scan for a courier's reading, epcis for an EPCIS sensor report"
+    )
 
 
 @router.post(
@@ -762,6 +764,9 @@ SCAN_RECORD_EXAMPLE: JsonDict = {
     "refusal_reason": None,
     "coi_verified": True,
     "epcis_event_id": None,
+    "epcis_event_hash": None,
+    "retracted_at": None,
+    "retraction_reason": None,
 }
 
 
@@ -808,7 +813,9 @@ class CaptureEventResult(BaseModel):
     event_index: int
     event_id: str | None
     outcome: Literal["applied", "duplicate", "refused", "not_applied"] = Field(
-        description="applied, duplicate (its eventID was captured before), refused, or not_applied (rolled back)"
+        description="applied (a scan, readings, an aggregation or a retraction), duplicate (its eventID was "
+        "captured before with the same event hash), refused (with the reason; its temperatures are judged all "
+        "the same), or not_applied (rolled back)"
     )
     reason: str | None
     shipment_id: UUID | None
@@ -899,12 +906,18 @@ async def epcis_capture(
     ] = "rollback",
 ) -> CaptureJobView:
     """Couriers' systems post a GS1 EPCIS 2.0 document (JSON or JSON-LD, at most 2 MB). It must pass the
-    EPCIS 2.0 JSON Schema (400 lists every problem). Each ObjectEvent with action OBSERVE is a scan under
-    the same rules as `POST /shipments/{shipment_id}/scans`: bizStep `shipping` is a pick-up,
-    `departing`/`arriving` a checkpoint, `receiving` a delivery, `accepting` a receipt; other events are
-    refused. With `GS1-Capture-Error-Behaviour: rollback` (the default) nothing is applied if any event is
-    refused; with `proceed` the others are. The answer is 202 with `Location: /capture/{capture_id}`,
-    where the result can be read again."""
+    EPCIS 2.0 JSON Schema (400 lists every problem). Its events are applied in eventTime order, each under
+    the same rules as `POST /shipments/{shipment_id}/scans` and `/readings`: an ObjectEvent OBSERVE with
+    bizStep `shipping` is a pick-up, `departing`/`arriving`/… a checkpoint, `receiving` a delivery,
+    `accepting` a receipt; `inspecting` and `sensor_reporting` events, TransactionEvents and
+    AggregationEvents (bags packed into or unpacked from the shipper) carry readings; every temperature of
+    every event that names a shipment (its bags, its container as parentID, or urn:uuid:<shipment id> as
+    bizTransaction) is judged, a sensor alarm quarantines. An eventID captured before is a duplicate when
+    its EPCIS event hash is the same and a conflict (refused, the shipment put before QA) when it is not;
+    an errorDeclaration retracts the event it declares and puts the shipment before QA. Other events are
+    refused. With `GS1-Capture-Error-Behaviour: rollback` (the default) no event is applied if any is
+    refused (temperatures and conflicts are still judged); with `proceed` the others are. The answer is
+    202 with `Location: /capture/{capture_id}`, where the result can be read again."""
     document = await request.json()  # admitted by the edge: UTF-8, within the limit, finite, not too deep
     errors = epcis.validate_document(document, request.app.state.epcis_validator, limit=50)
     if errors:

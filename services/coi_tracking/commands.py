@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
@@ -28,6 +28,7 @@ from services.coi_tracking.domain import (
     Reading,
     ShipmentStatus,
     SignatureMeaning,
+    TemperatureEvidence,
     TemperaturePolicy,
 )
 from services.coi_tracking.ledger import append_entry
@@ -35,6 +36,7 @@ from services.coi_tracking.models import (
     Bag,
     Container,
     Courier,
+    EpcisEventRecord,
     QaDisposition,
     QaSigner,
     ScanRecord,
@@ -68,6 +70,7 @@ class ScanInput:
     handed_to: str | None = None
     eta_at: datetime | None = None
     epcis_event_id: str | None = None
+    epcis_event_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ def store_scan(
             "refusal_reason": decision.refusal_reason,
             "coi_verified": not decision.coi_break,
             "epcis_event_id": scan.epcis_event_id,
+            "epcis_event_hash": scan.epcis_event_hash,
         },
     )
     return translate.ScanRecorded(
@@ -368,36 +372,56 @@ class ReadingsOutcome:
 
 
 def record_readings(
-    session: Session, shipment: Shipment, readings: list[Reading], source: str, correlation_id: str
+    session: Session,
+    shipment: Shipment,
+    readings: Sequence[Reading | TemperatureEvidence],
+    source: str,
+    correlation_id: str,
+    *,
+    location: str = "data logger",
+    after_stored: bool = True,
 ) -> ReadingsOutcome:
-    """Store a logger batch and quarantine on any excursion: out of range, a gap, past hold or transit time."""
-    write_deferred(session)  # an earlier batch of this transaction counts for the gap check
-    previous = session.exec(
-        select(TemperatureReading.read_at)
-        .where(TemperatureReading.shipment_id == shipment.id)
-        .where(TemperatureReading.source != "scan")
-        .order_by(col(TemperatureReading.read_at).desc())
-    ).first()
-    problems = domain.temperature_problems(policy_of(session, shipment), readings, previous)
-    _store_readings(session, shipment, readings, source)
+    """Store temperature readings, each at its own time, and quarantine on any problem the domain finds:
+    out of range, a gap, past hold or transit time, a sensor alarm, a reading that cannot be proven cold.
+    `after_stored`: the gap check starts from the shipment's last stored logger reading (a logger batch);
+    EPCIS sensor reports are judged on their own (they are not the logger's complete record)."""
+    previous = None
+    if after_stored:
+        write_deferred(session)  # an earlier batch of this transaction counts for the gap check
+        previous = session.exec(
+            select(TemperatureReading.read_at)
+            .where(TemperatureReading.shipment_id == shipment.id)
+            .where(TemperatureReading.source != "scan")
+            .order_by(col(TemperatureReading.read_at).desc())
+        ).first()
+    evidence = [
+        r if isinstance(r, TemperatureEvidence) else TemperatureEvidence(r.at, value=r.celsius)
+        for r in readings
+    ]
+    judged = domain.judge_evidence(
+        policy_of(session, shipment), evidence, received_at=utc_now(), previous_reading_at=previous
+    )
+    _store_readings(session, shipment, judged.readings, source)
     events: list[EventEnvelope] = []
-    if problems:
-        worst = max(readings, key=lambda r: r.celsius)
-        events.append(translate.temperature_excursion(shipment, worst, correlation_id))
+    if judged.problems:
+        if judged.readings:
+            worst = max(judged.readings, key=lambda r: r.celsius)
+            events.append(translate.temperature_excursion(shipment, worst, correlation_id))
+        problems = judged.problems
         reason = (
             "temperature excursion: "
             + "; ".join(problems[:5])
             + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         )
         events.extend(
-            quarantine(
-                session, shipment, reason=reason, location="data logger", correlation_id=correlation_id
-            )
+            quarantine(session, shipment, reason=reason, location=location, correlation_id=correlation_id)
         )
     session.add(shipment)
     _emit(session, events)
     return ReadingsOutcome(
-        stored=len(readings), excursions=problems, quarantined=shipment.status is ShipmentStatus.QUARANTINED
+        stored=len(judged.readings),
+        excursions=judged.problems,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
     )
 
 
@@ -612,32 +636,35 @@ class CaptureResult:
     event_index: int
     event_id: str | None
     outcome: str
-    """applied, duplicate or refused"""
+    """applied, duplicate, refused or not_applied"""
     reason: str | None = None
     shipment_id: UUID | None = None
     scan: ScanOutcome | None = None
 
 
-def _capture_target(session: Session, scan: epcis.CapturedScan, actor_company: str | None) -> Shipment | str:
-    """The shipment an EPCIS event is about, or why it cannot be told."""
-    if scan.shipment_ref is not None:
-        shipment = session.get(Shipment, UUID(scan.shipment_ref))
-        if shipment is None:
-            return f"bizTransaction names shipment {scan.shipment_ref}, which does not exist"
-    else:
-        candidates = [
-            s
-            for s in session.exec(select(Shipment).where(col(Shipment.coi).in_(set(scan.cois)))).all()
-            if s.physical_status in domain.ALLOWED_FROM[scan.scan_type]
-        ]
-        if len(candidates) != 1:
-            found = "no shipment" if not candidates else f"{len(candidates)} shipments"
-            return (
-                f"{found} with COI {', '.join(sorted(set(scan.cois)))} can take a {scan.scan_type} scan now: "
-                "name the shipment as bizTransaction urn:uuid:<shipment id>"
-            )
-        shipment = candidates[0]
-    return domain.other_company_refusal(shipment.courier_company, actor_company) or shipment
+@dataclass(frozen=True)
+class StoredEvent:
+    """An EPCIS event captured before: as a scan (`scan_id`) or as another kind of event."""
+
+    event_hash: str | None
+    shipment_id: UUID
+    scan_id: UUID | None
+    retracted: bool
+
+
+@dataclass
+class CaptureContext:
+    """What the events of one capture share while they are applied in order."""
+
+    actor: Actor
+    actor_company: str | None
+    correlation_id: str
+    shipments: dict[UUID, Shipment]
+    facts: dict[UUID, ShipmentFacts]
+    stored: dict[str, StoredEvent]
+    """By eventID: captured before, or earlier in this document."""
+    apply_scans: bool = True
+    """False: a rolled-back document, of which only temperatures and conflicts are still judged."""
 
 
 def capture(
@@ -649,67 +676,310 @@ def capture(
     rollback_on_error: bool,
     correlation_id: str,
 ) -> list[CaptureResult]:
-    """Apply captured EPCIS events as scans. With rollback (the standard's default), one refused event
-    means none is applied; with proceed, the good ones are."""
-    results: list[CaptureResult] = []
-    planned: list[tuple[epcis.CapturedScan, Shipment]] = []
-    event_ids: set[str] = set()
-    for outcome in outcomes:
-        if isinstance(outcome, epcis.RefusedEvent):
-            results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", outcome.reason))
-            continue
-        if outcome.event_id and (
-            outcome.event_id in event_ids
-            or session.exec(
-                select(ScanRecord.id).where(ScanRecord.epcis_event_id == outcome.event_id)
-            ).first()
-        ):
-            results.append(
-                CaptureResult(
-                    outcome.event_index, outcome.event_id, "duplicate", "this eventID was captured before"
-                )
-            )
-            continue
-        target = _capture_target(session, outcome, actor_company)
-        if isinstance(target, str):
-            results.append(CaptureResult(outcome.event_index, outcome.event_id, "refused", target))
-            continue
-        planned.append((outcome, target))
-        if outcome.event_id:
-            event_ids.add(outcome.event_id)
+    """Apply captured EPCIS events in `eventTime` order (ties in document order), each judged on the
+    shipments as the events before it left them. With rollback (the standard's default), one refused event
+    means no event is applied — but every temperature is still judged and every conflict still put before
+    QA (I2: nothing warm is lost); with proceed, the others are applied. The session's transaction is rolled
+    back for that, so the caller passes a session with nothing else pending."""
+    ordered = sorted(outcomes, key=lambda o: (isinstance(o, epcis.CapturedEvent), _time_of(o)))
+    context = _capture_context(session, ordered, actor, actor_company, correlation_id)
+    results = [_apply_event(session, outcome, context) for outcome in ordered]
     if rollback_on_error and any(r.outcome == "refused" for r in results):
-        return sorted(
-            results
-            + [
-                CaptureResult(
-                    o.event_index,
-                    o.event_id,
-                    "not_applied",
-                    "another event of the document was refused (rollback)",
-                    s.id,
-                )
-                for o, s in planned
-            ],
-            key=lambda r: r.event_index,
+        session.rollback()
+        context = _capture_context(session, ordered, actor, actor_company, correlation_id)
+        context.apply_scans = False
+        kept = {r.event_index: r for r in results}
+        results = [_rolled_back(kept[o.event_index], _apply_event(session, o, context)) for o in ordered]
+    return sorted(results, key=lambda r: r.event_index)
+
+
+def _time_of(outcome: epcis.Outcome) -> datetime:
+    return (
+        outcome.event_time if isinstance(outcome, epcis.CapturedEvent) else datetime.min.replace(tzinfo=UTC)
+    )
+
+
+def _rolled_back(first: CaptureResult, safety: CaptureResult) -> CaptureResult:
+    if first.outcome in ("refused", "duplicate"):
+        return first
+    judged = "; its temperatures were judged all the same" if safety.reason == READINGS_JUDGED else ""
+    reason = f"another event of the document was refused (rollback){judged}"
+    return CaptureResult(first.event_index, first.event_id, "not_applied", reason, first.shipment_id)
+
+
+def _capture_context(
+    session: Session,
+    events: list[epcis.Outcome],
+    actor: Actor,
+    actor_company: str | None,
+    correlation_id: str,
+) -> CaptureContext:
+    """Every shipment the document could touch, locked at once in id order (`locked_with_facts`), and the
+    events of it captured before."""
+    captured = [e for e in events if isinstance(e, epcis.CapturedEvent)]
+    stored = _stored_events(session, {e.event_id for e in captured if e.event_id})
+    ids = {s.shipment_id for s in stored.values()} | _named_shipments(session, captured)
+    shipments, facts = locked_with_facts(session, ids)
+    return CaptureContext(actor, actor_company, correlation_id, shipments, facts, stored)
+
+
+def _stored_events(session: Session, event_ids: set[str]) -> dict[str, StoredEvent]:
+    if not event_ids:
+        return {}
+    found: dict[str, StoredEvent] = {}
+    scans = select(ScanRecord).where(col(ScanRecord.epcis_event_id).in_(event_ids))
+    for scan in session.exec(scans):
+        assert scan.epcis_event_id is not None
+        found[scan.epcis_event_id] = StoredEvent(
+            scan.epcis_event_hash, scan.shipment_id, scan.id, scan.retracted_at is not None
         )
-    # Every shipment of the document locked at once: each scan is judged on the shipment as it is now.
-    _, facts = locked_with_facts(session, {shipment.id for _, shipment in planned})
-    for outcome, shipment in planned:
-        scan = ScanInput(
-            scan_type=outcome.scan_type,
-            bag_cois=outcome.cois,
-            location=outcome.location,
-            device_time=outcome.event_time,
-            temperature_celsius=outcome.worst_celsius,
-            eta_at=outcome.event_time + EPCIS_PLANNED_TRANSIT
-            if outcome.scan_type in (ScanType.PICK_UP, ScanType.DELAY)
-            else None,
-            epcis_event_id=outcome.event_id,
+    others = select(EpcisEventRecord).where(col(EpcisEventRecord.event_id).in_(event_ids))
+    for row in session.exec(others):
+        found[row.event_id] = StoredEvent(row.event_hash, row.shipment_id, None, row.retracted_at is not None)
+    return found
+
+
+def _named_shipments(session: Session, events: list[epcis.CapturedEvent]) -> set[UUID]:
+    """The shipments the events name: by id, by their bags' COI, by their container."""
+    ids = {UUID(e.shipment_ref) for e in events if e.shipment_ref}
+    cois = {coi for e in events for coi in e.cois}
+    containers = {e.container_id for e in events if e.container_id}
+    if cois:
+        ids |= set(session.exec(select(Shipment.id).where(col(Shipment.coi).in_(cois))).all())
+    if containers:
+        query = select(Container.shipment_id).where(col(Container.id).in_(containers))
+        ids |= set(session.exec(query).all())
+    return ids
+
+
+READINGS_JUDGED = "temperatures judged"
+_OPEN = (
+    ShipmentStatus.PLANNED,
+    ShipmentStatus.DISPATCHED,
+    ShipmentStatus.IN_TRANSIT,
+    ShipmentStatus.DELIVERED,
+)
+_MOVING = (ShipmentStatus.DISPATCHED, ShipmentStatus.IN_TRANSIT)
+
+
+def _target(
+    event: epcis.CapturedEvent, context: CaptureContext, scan_type: ScanType | None
+) -> Shipment | str:
+    """The shipment an event is about, as the events before it left them, or why it cannot be told: the
+    one it names by id, else the one its bags identify (for a scan: the one that can take it now; for
+    readings: the one open, preferring the one moving), else the one its parentID is the container of."""
+    if event.shipment_ref is not None:
+        shipment = context.shipments.get(UUID(event.shipment_ref))
+        if shipment is None:
+            return f"bizTransaction names shipment {event.shipment_ref}, which does not exist"
+        return _assigned(shipment, context)
+    if event.cois:
+        named = [s for s in context.shipments.values() if s.coi in event.cois]
+        what = f"COI {', '.join(sorted(set(event.cois)))}"
+    else:
+        named = [
+            s
+            for s in context.shipments.values()
+            if (found := context.facts[s.id].container) is not None and found.id == event.container_id
+        ]
+        what = f"container {event.container_id}"
+    if scan_type is not None:
+        candidates = [s for s in named if s.physical_status in domain.ALLOWED_FROM[scan_type]]
+        wanted = f"can take a {scan_type} scan now"
+    else:
+        candidates = [s for s in named if s.physical_status in _OPEN]
+        moving = [s for s in candidates if s.physical_status in _MOVING]
+        candidates = moving if len(moving) == 1 else candidates
+        wanted = "is on its way"
+    if len(candidates) != 1:
+        found_count = "no shipment" if not candidates else f"{len(candidates)} shipments"
+        return (
+            f"{found_count} with {what} {wanted}: name the shipment as bizTransaction urn:uuid:<shipment id>"
         )
-        applied = record_scan(session, shipment, scan, actor, correlation_id, facts[shipment.id])
-        results.append(
-            CaptureResult(
-                outcome.event_index, outcome.event_id, "applied", applied.refusal_reason, shipment.id, applied
+    return _assigned(candidates[0], context)
+
+
+def _assigned(shipment: Shipment, context: CaptureContext) -> Shipment | str:
+    refusal = domain.other_company_refusal(shipment.courier_company, context.actor_company)
+    if refusal is not None:
+        return refusal
+    return shipment
+
+
+def _apply_event(session: Session, event: epcis.Outcome, context: CaptureContext) -> CaptureResult:
+    """One event: refused, a duplicate, a conflict, a retraction, or its readings then what it is."""
+    if isinstance(event, epcis.RefusedEvent):
+        return CaptureResult(event.event_index, event.event_id, "refused", event.reason)
+    if event.kind is epcis.EventKind.RETRACTION:
+        return _retract(session, event, context)
+    stored = context.stored.get(event.event_id) if event.event_id else None
+    replay = domain.replay_of(stored.event_hash if stored else None, stored is not None, event.event_hash)
+    if replay is domain.Replay.DUPLICATE:
+        return CaptureResult(
+            event.event_index, event.event_id, "duplicate", "this eventID was captured before"
+        )
+    if replay is domain.Replay.CONFLICT:
+        assert stored is not None
+        _judge_temperatures(session, event, _target(event, context, None), context)
+        return _conflict(session, event, stored, context)
+    scan_type = event.scan_type if context.apply_scans and event.refusal is None else None
+    target = _target(event, context, scan_type)
+    if isinstance(target, str) and scan_type is not None:
+        judged = _target(event, context, None)  # the scan cannot be placed; its readings still can
+        _judge_temperatures(session, event, judged, context)
+        return CaptureResult(event.event_index, event.event_id, "refused", target)
+    judged_any = _judge_temperatures(session, event, target, context)
+    if event.refusal is not None:
+        reason = event.refusal + ("; its temperatures were judged" if judged_any else "")
+        named = target.id if not isinstance(target, str) else None
+        return CaptureResult(event.event_index, event.event_id, "refused", reason, named)
+    if isinstance(target, str):
+        return CaptureResult(event.event_index, event.event_id, "refused", target)
+    if not context.apply_scans:
+        return CaptureResult(event.event_index, event.event_id, "applied", READINGS_JUDGED, target.id)
+    if event.kind is epcis.EventKind.SCAN:
+        return _apply_scan(session, event, target, context)
+    return _apply_other(session, event, target, context, judged_any)
+
+
+def _judge_temperatures(
+    session: Session, event: epcis.CapturedEvent, target: Shipment | str, context: CaptureContext
+) -> bool:
+    if isinstance(target, str) or not event.temperatures:
+        return False
+    record_readings(
+        session,
+        target,
+        list(event.temperatures),
+        "epcis",
+        context.correlation_id,
+        location=event.location or "EPCIS sensor report",
+        after_stored=False,
+    )
+    return True
+
+
+def _apply_scan(
+    session: Session, event: epcis.CapturedEvent, shipment: Shipment, context: CaptureContext
+) -> CaptureResult:
+    assert event.scan_type is not None and event.location is not None
+    scan = ScanInput(
+        scan_type=event.scan_type,
+        bag_cois=event.cois,
+        location=event.location,
+        device_time=event.event_time,
+        eta_at=event.event_time + EPCIS_PLANNED_TRANSIT
+        if event.scan_type in (ScanType.PICK_UP, ScanType.DELAY)
+        else None,
+        epcis_event_id=event.event_id,
+        epcis_event_hash=event.event_hash,
+    )
+    applied = record_scan(
+        session, shipment, scan, context.actor, context.correlation_id, context.facts[shipment.id]
+    )
+    if event.event_id:
+        context.stored[event.event_id] = StoredEvent(event.event_hash, shipment.id, applied.scan_id, False)
+    return CaptureResult(
+        event.event_index, event.event_id, "applied", applied.refusal_reason, shipment.id, applied
+    )
+
+
+def _apply_other(
+    session: Session, event: epcis.CapturedEvent, shipment: Shipment, context: CaptureContext, judged: bool
+) -> CaptureResult:
+    """Readings (already judged) and an aggregation: bags packed into another container than the declared
+    one is a COI break (domain.packing_problems)."""
+    notes = [f"{len(event.temperatures)} temperature reports judged"] if judged else ["no temperatures"]
+    if event.kind is epcis.EventKind.AGGREGATION and event.action == "ADD":
+        container = context.facts[shipment.id].container
+        declared = container.id if container is not None and container.charged_at is not None else None
+        problems = domain.packing_problems(declared, event.container_id)
+        notes.append(f"bags packed into {event.container_id}")
+        if problems:
+            _to_qa(session, shipment, "COI break: " + "; ".join(problems), event.location, context)
+    if event.event_id:
+        session.add(
+            EpcisEventRecord(
+                event_id=event.event_id,
+                event_hash=event.event_hash,
+                kind=event.kind.value,
+                shipment_id=shipment.id,
             )
         )
-    return sorted(results, key=lambda r: r.event_index)
+        context.stored[event.event_id] = StoredEvent(event.event_hash, shipment.id, None, False)
+    return CaptureResult(
+        event.event_index, event.event_id, "applied", f"{event.kind.value}: " + "; ".join(notes), shipment.id
+    )
+
+
+def _conflict(
+    session: Session, event: epcis.CapturedEvent, stored: StoredEvent, context: CaptureContext
+) -> CaptureResult:
+    """The same eventID with other content: refused, and the shipment of the first one put before QA."""
+    assert event.event_id is not None
+    reason = domain.conflict_reason(event.event_id)
+    shipment = context.shipments.get(stored.shipment_id)
+    if shipment is not None:
+        _to_qa(session, shipment, reason, event.location, context)
+    return CaptureResult(event.event_index, event.event_id, "refused", reason, stored.shipment_id)
+
+
+def _retract(session: Session, event: epcis.CapturedEvent, context: CaptureContext) -> CaptureResult:
+    """An error declaration: the event it declares (its own eventID, §7.4.1.4; else the same event hash)
+    is marked retracted, and its shipment goes to QA review. Neither applied silently nor ignored."""
+    stored = context.stored.get(event.event_id) if event.event_id else None
+    named = event.event_id or event.event_hash
+    if stored is None and event.event_id is None:
+        stored = _stored_by_hash(session, event.event_hash)
+    if stored is None:
+        reason = f"the errorDeclaration names event {named}, which was never captured"
+        return CaptureResult(event.event_index, event.event_id, "refused", reason)
+    if stored.retracted:
+        return CaptureResult(
+            event.event_index, event.event_id, "duplicate", "that event is retracted already"
+        )
+    if not context.apply_scans:
+        return CaptureResult(event.event_index, event.event_id, "applied", None, stored.shipment_id)
+    reason = domain.retraction_reason(named, event.declared_reason)
+    write_deferred(session)  # the declared scan may be of this very document
+    row: ScanRecord | EpcisEventRecord | None = (
+        session.get(ScanRecord, stored.scan_id) if stored.scan_id else session.get(EpcisEventRecord, named)
+    )
+    if row is not None:
+        row.retracted_at = utc_now()
+        if isinstance(row, ScanRecord):
+            row.retraction_reason = reason
+        session.add(row)
+    shipment = context.shipments.get(stored.shipment_id)
+    if shipment is not None:
+        _to_qa(session, shipment, reason, event.location, context)
+    if event.event_id:
+        context.stored[event.event_id] = replace(stored, retracted=True)
+    return CaptureResult(event.event_index, event.event_id, "applied", reason, stored.shipment_id)
+
+
+def _stored_by_hash(session: Session, event_hash: str) -> StoredEvent | None:
+    scan = session.exec(select(ScanRecord).where(ScanRecord.epcis_event_hash == event_hash)).first()
+    if scan is not None:
+        return StoredEvent(event_hash, scan.shipment_id, scan.id, scan.retracted_at is not None)
+    other = session.exec(select(EpcisEventRecord).where(EpcisEventRecord.event_hash == event_hash)).first()
+    if other is not None:
+        return StoredEvent(event_hash, other.shipment_id, None, other.retracted_at is not None)
+    return None
+
+
+def _to_qa(
+    session: Session, shipment: Shipment, reason: str, location: str | None, context: CaptureContext
+) -> None:
+    """Quarantine with the reason (QA reviews it); a shipment QA rejected stays rejected."""
+    if shipment.status is ShipmentStatus.REJECTED:
+        return
+    events = quarantine(
+        session,
+        shipment,
+        reason=reason,
+        location=location or "EPCIS capture",
+        correlation_id=context.correlation_id,
+    )
+    session.add(shipment)
+    _emit(session, events)

@@ -81,14 +81,7 @@ def temperature_problems(
     """Every excursion in a batch of readings: out of range, a logger gap, past the hold or transit time."""
     problems: list[str] = []
     for reading in sorted(readings, key=lambda r: r.at):
-        if reading.celsius > policy.max_celsius:
-            problems.append(
-                f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
-            )
-        if policy.min_celsius is not None and reading.celsius < policy.min_celsius:
-            problems.append(
-                f"{reading.celsius} °C at {reading.at.isoformat()} is below the minimum of {policy.min_celsius} °C"
-            )
+        problems.extend(range_problems(policy, reading))
         if policy.logger_interval_minutes is not None and previous_reading_at is not None:
             gap = (reading.at - previous_reading_at).total_seconds() / 60
             if gap > policy.logger_interval_minutes * GAP_TOLERANCE:
@@ -103,6 +96,117 @@ def temperature_problems(
     if latest is not None:
         problems.extend(time_limit_problems(policy, latest))
     return problems
+
+
+def range_problems(policy: TemperaturePolicy, reading: Reading) -> list[str]:
+    """A reading above the leg's limit or below its minimum (a fresh leg's 2 °C)."""
+    return [p for p in (_above_limit(policy, reading), _below_minimum(policy, reading)) if p is not None]
+
+
+def _above_limit(policy: TemperaturePolicy, reading: Reading) -> str | None:
+    if reading.celsius > policy.max_celsius:
+        return (
+            f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
+        )
+    return None
+
+
+def _below_minimum(policy: TemperaturePolicy, reading: Reading) -> str | None:
+    if policy.min_celsius is not None and reading.celsius < policy.min_celsius:
+        return f"{reading.celsius} °C at {reading.at.isoformat()} is below the minimum of {policy.min_celsius} °C"
+    return None
+
+
+@dataclass(frozen=True)
+class TemperatureEvidence:
+    """One temperature report as a sensor gave it, converted to °C but not yet judged (I2): a single
+    `value`, an interval summary (`min_value`/`max_value`/`mean_value`), a sensor exception, or a report
+    that could not be read (`unreadable` says why: no unit, not a number...)."""
+
+    at: datetime
+    value: float | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    mean_value: float | None = None
+    sensor_exception: str | None = None
+    """The sensor's own alarm (EPCIS `exception`: ALARM_CONDITION, ERROR_CONDITION)."""
+    unreadable: str | None = None
+
+
+@dataclass(frozen=True)
+class EvidenceJudgement:
+    readings: list[Reading]
+    """What is stored: the warmest value of each report, at its credible time."""
+    problems: list[str]
+
+
+def judge_evidence(
+    policy: TemperaturePolicy,
+    evidence: list[TemperatureEvidence],
+    *,
+    received_at: datetime,
+    previous_reading_at: datetime | None = None,
+) -> EvidenceJudgement:
+    """Judge every temperature report whatever its shape. The warmest value of a report counts against
+    the limit (a cryogenic product is harmed by warming: a cold `value` does not hide a warm `maxValue`),
+    the coldest against a fresh leg's minimum; a sensor alarm, or a report that cannot be proven cold, is
+    a problem in itself. A report dated ahead of the server's clock is judged at the time it arrived, as
+    a scan is."""
+    readings: list[Reading] = []
+    problems: list[str] = []
+    for item in sorted(evidence, key=lambda e: e.at):
+        at = received_at if item.at - received_at > CLOCK_TOLERANCE else item.at
+        if item.sensor_exception is not None:
+            problems.append(f"the temperature sensor reports {item.sensor_exception} at {at.isoformat()}")
+        if item.unreadable is not None:
+            problems.append(f"a temperature at {at.isoformat()} cannot be proven cold: {item.unreadable}")
+        upper = [v for v in (item.value, item.max_value, item.mean_value) if v is not None]
+        if upper:
+            readings.append(Reading(at, max(upper)))
+            coldest = min([*upper, *([item.min_value] if item.min_value is not None else [])])
+            below = _below_minimum(policy, Reading(at, coldest)) if coldest < max(upper) else None
+            if below is not None:
+                problems.append(below)
+        elif item.min_value is not None:
+            problems.append(
+                f"a temperature at {at.isoformat()} cannot be proven cold: only a minimum "
+                f"({item.min_value} °C) is reported, not the warmest value"
+            )
+        elif item.sensor_exception is None and item.unreadable is None:
+            problems.append(f"a temperature at {at.isoformat()} cannot be proven cold: it carries no value")
+    return EvidenceJudgement(readings, temperature_problems(policy, readings, previous_reading_at) + problems)
+
+
+class Replay(StrEnum):
+    """What an EPCIS event whose eventID was captured before is."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+def replay_of(stored_hash: str | None, found: bool, event_hash: str) -> Replay:
+    """Same eventID and same content (the EPCIS event hash) is a duplicate; the same eventID with other
+    content is a conflict for QA, never a duplicate (its readings could differ). A row stored before
+    hashes were kept (no hash) counts as the same content."""
+    if not found:
+        return Replay.NEW
+    if stored_hash is None or stored_hash == event_hash:
+        return Replay.DUPLICATE
+    return Replay.CONFLICT
+
+
+def conflict_reason(event_id: str) -> str:
+    return (
+        f"EPCIS eventID {event_id} was captured before with different content (another event hash): "
+        "QA reviews the shipment"
+    )
+
+
+def retraction_reason(event_id: str, declared_reason: str | None) -> str:
+    """Why a shipment goes to QA when a courier's system declares one of its events erroneous."""
+    why = f" (reason: {declared_reason})" if declared_reason else ""
+    return f"EPCIS error declaration retracts event {event_id}{why}: QA reviews the shipment"
 
 
 def time_limit_problems(policy: TemperaturePolicy, at: datetime) -> list[str]:
@@ -271,14 +375,17 @@ def coi_mismatches(expected_coi: str, bag_count: int, bag_cois: tuple[str, ...])
 
 def container_mismatches(state: ShipmentState, scan: Scan) -> list[str]:
     """A different shipper or seal than the one packed means the product may have been swapped or opened."""
-    problems = []
-    if state.container_id and scan.container_id and scan.container_id != state.container_id:
-        problems.append(
-            f"container {scan.container_id!r} scanned, the shipment travels in {state.container_id!r}"
-        )
+    problems = packing_problems(state.container_id, scan.container_id)
     if state.seal_id and scan.seal_id and scan.seal_id != state.seal_id:
         problems.append(f"seal {scan.seal_id!r} scanned, {state.seal_id!r} was applied at packing")
     return problems
+
+
+def packing_problems(expected_container: str | None, seen_container: str | None) -> list[str]:
+    """The bags seen in (or packed into, by an EPCIS aggregation) another container than the declared one."""
+    if expected_container and seen_container and seen_container != expected_container:
+        return [f"container {seen_container!r} scanned, the shipment travels in {expected_container!r}"]
+    return []
 
 
 def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:

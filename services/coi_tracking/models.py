@@ -89,6 +89,11 @@ class ScanRecord(SQLModel, table=True):
     coi_verified: bool
     epcis_event_id: str | None = Field(default=None, unique=True, max_length=256)
     """The EPCIS eventID this scan came from: a repeated capture of the same event is a no-op."""
+    epcis_event_hash: str | None = Field(default=None, max_length=128)
+    """The EPCIS 2.0 event hash of that event: the same eventID with another hash is a conflict."""
+    retracted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When an EPCIS error declaration retracted the event this scan came from (the scan stays, marked)."""
+    retraction_reason: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class TemperatureReading(SQLModel, table=True):
@@ -99,6 +104,21 @@ class TemperatureReading(SQLModel, table=True):
     read_at: datetime = Field(sa_type=UtcDateTime)
     celsius: float
     source: str = Field(max_length=32)
+
+
+class EpcisEventRecord(SQLModel, table=True):
+    """An EPCIS event captured that is not a scan (readings, an aggregation, an error declaration): its
+    eventID and hash, so that a repeat is a duplicate and a changed repeat a conflict. Scans keep theirs on
+    ScanRecord."""
+
+    __tablename__ = "epcis_event"
+
+    event_id: str = Field(primary_key=True, max_length=256)
+    event_hash: str = Field(max_length=128)
+    kind: str = Field(max_length=16)
+    shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
+    captured_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    retracted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -186,6 +206,7 @@ TABLES: tuple[Table, ...] = tables_of(
     Bag,
     ScanRecord,
     TemperatureReading,
+    EpcisEventRecord,
     LedgerEntry,
     Courier,
 )

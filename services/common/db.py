@@ -19,6 +19,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -198,8 +199,32 @@ def locked(session: OrmSession, query: _Select, **for_update: Any) -> _Select:
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
-    """Create only this service's tables: each service owns its own database."""
+    """Create only this service's tables: each service owns its own database. A table that exists gets
+    the nullable columns added since it was made (create_all alone creates only missing tables)."""
     SQLModel.metadata.create_all(engine, tables=list(tables))
+    add_missing_columns(engine, tables)
+
+
+def add_missing_columns(engine: Engine, tables: Sequence[Table]) -> list[str]:
+    """`ALTER TABLE ... ADD COLUMN` for each nullable column a table lacks: the schema changes this
+    project makes are new nullable columns; anything else needs a migration of its own. Returns what it added."""
+    added: list[str] = []
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                quote = engine.dialect.identifier_preparer.quote
+                connection.execute(
+                    text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                )
+                added.append(f"{table.name}.{column.name}")
+    if added:
+        log.info("db.columns_added", columns=added)
+    return added
 
 
 def is_postgres(engine: Engine) -> bool:

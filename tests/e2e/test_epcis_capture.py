@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, COURIER, OTHER_COURIER, RunningStack
 from tests.e2e.journey import place_accepted_order, shipment_for
-from tests.unit.test_epcis import OTHER_EVENTS
+from tests.unit.test_epcis import COI, NOT_A_SCAN, OTHER_EVENTS
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +157,10 @@ async def test_documents_of_every_kind_are_accepted_or_refused_with_a_reason_ove
 ) -> None:
     order = await place_accepted_order(http, stack)
     await shipment_for(http, stack, events, order["coi"])
-    documents = [epcis_document(object_event("shipping", [order["coi"]]), *OTHER_EVENTS.values())]
+    others = json.loads(json.dumps(list(OTHER_EVENTS.values())).replace(COI, order["coi"]))
+    for other in others:
+        other.pop("eventID", None)
+    documents = [epcis_document(object_event("shipping", [order["coi"]]), *others)]
     documents.append(
         {**epcis_document(object_event("receiving", [order["coi"]])), "type": "EPCISQueryDocument"}
     )
@@ -169,6 +173,221 @@ async def test_documents_of_every_kind_are_accepted_or_refused_with_a_reason_ove
                 ("/type", "must be 'EPCISDocument', got 'EPCISQueryDocument'")
             ]
             continue
-        assert [e["outcome"] for e in body["events"]] == ["applied"] + ["refused"] * len(OTHER_EVENTS)
-        for event, kind in zip(body["events"][1:], OTHER_EVENTS, strict=True):
-            assert event["reason"] == f"{kind} is not a shipment scan: only ObjectEvents are captured"
+        by_index = {e["event_index"]: e for e in body["events"]}
+        assert [by_index[i]["outcome"] for i in range(5)] == [
+            "applied",
+            "applied",
+            "applied",
+            "refused",
+            "refused",
+        ]
+        assert by_index[1]["reason"].startswith("aggregation: ") and by_index[2]["reason"].startswith(
+            "readings: "
+        )
+        assert by_index[3]["reason"].startswith(f"TransformationEvent {NOT_A_SCAN}")
+        assert by_index[4]["reason"] == f"AssociationEvent {NOT_A_SCAN}"
+
+
+# --- every temperature, in every event (I2) -------------------------------------------------------------
+
+
+def sensor_report(**report: Any) -> list[dict[str, Any]]:
+    return [{"sensorReport": [{"type": "Temperature", "uom": "CEL", **report}]}]
+
+
+async def shipment_state(http: httpx.AsyncClient, stack: RunningStack, shipment_id: str) -> dict[str, Any]:
+    response = await http.get(f"{stack.tracking}/shipments/{shipment_id}", headers=COORDINATOR)
+    assert response.status_code == 200, response.text
+    state: dict[str, Any] = response.json()
+    return state
+
+
+async def test_a_sensor_alarm_quarantines_and_the_later_delivery_is_not_clean(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    alarm = object_event("shipping", [coi])
+    alarm["sensorElementList"] = sensor_report(exception="ALARM_CONDITION")
+    result = (await capture(http, stack, epcis_document(alarm))).json()
+    [event] = result["events"]
+    assert event["outcome"] == "applied" and event["scan"]["accepted"] and event["scan"]["quarantined"]
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    assert "the temperature sensor reports 'ALARM_CONDITION'" in quarantined.data.reason  # type: ignore[union-attr]
+    delivery = (await capture(http, stack, epcis_document(object_event("receiving", [coi])))).json()
+    assert delivery["events"][0]["scan"]["shipment_status"] == "quarantined"
+    state = await shipment_state(http, stack, shipment["id"])
+    assert state["physical_status"] == "delivered" and state["status"] == "quarantined"
+
+
+def inspecting(coi: str, shipment: str) -> dict[str, Any]:
+    return object_event("inspecting", [coi], celsius=-120.0)
+
+
+def sensor_reporting(coi: str, shipment: str) -> dict[str, Any]:
+    return {**object_event("sensor_reporting", [coi], celsius=-120.0), "action": "ADD"}
+
+
+def packed(coi: str, shipment: str) -> dict[str, Any]:
+    event = object_event("packing", [], celsius=-120.0)
+    del event["epcList"]
+    return {
+        **event,
+        "type": "AggregationEvent",
+        "action": "ADD",
+        "parentID": "urn:epc:id:sscc:4012345.0000000077",
+        "childEPCs": [f"https://id.gs1.org/01/09520123456788/21/{coi}"],
+    }
+
+
+def transaction(coi: str, shipment: str) -> dict[str, Any]:
+    event = object_event("transporting", [], celsius=-120.0, shipment=shipment)
+    return {**event, "type": "TransactionEvent", "action": "ADD", "epcList": []}
+
+
+@pytest.mark.parametrize("build", [inspecting, sensor_reporting, packed, transaction])
+async def test_a_warm_reading_in_an_event_that_is_not_a_scan_quarantines(
+    stack: RunningStack,
+    http: httpx.AsyncClient,
+    events: EventLog,
+    build: Callable[[str, str], dict[str, Any]],
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    result = (await capture(http, stack, epcis_document(build(coi, shipment["id"])))).json()
+    [event] = result["events"]
+    assert event["outcome"] == "applied" and event["shipment_id"] == shipment["id"], event
+    await events.wait_for(lambda e: e.type == "temperature.excursion.v1" and e.subject == coi)
+    state = await shipment_state(http, stack, shipment["id"])
+    assert state["status"] == "quarantined" and "-120.0 °C" in state["quarantine_reason"]
+    assert state["physical_status"] == "planned", "readings move nothing"
+
+
+async def test_a_series_is_stored_reading_by_reading_and_a_warm_maximum_counts(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    now = datetime.now(UTC).replace(microsecond=0)
+    times = [(now - timedelta(minutes=m)).isoformat() for m in (20, 10, 0)]
+    series = object_event("shipping", [coi])
+    series["sensorElementList"] = [
+        {
+            "sensorReport": [
+                {"type": "Temperature", "uom": "CEL", "time": times[0], "value": -185.0},
+                {"type": "Temperature", "uom": "CEL", "time": times[1], "value": -184.0, "maxValue": -140.0},
+                {"type": "Temperature", "uom": "CEL", "time": times[2], "value": -183.0},
+            ]
+        }
+    ]
+    result = (await capture(http, stack, epcis_document(series))).json()
+    assert result["events"][0]["scan"]["quarantined"] is True
+    readings = (
+        await http.get(f"{stack.tracking}/shipments/{shipment['id']}/readings", headers=COORDINATOR)
+    ).json()
+    stored = [(datetime.fromisoformat(r["at"]), r["celsius"]) for r in readings if r["source"] == "epcis"]
+    assert stored == [
+        (datetime.fromisoformat(t), c) for t, c in zip(times, (-185.0, -140.0, -183.0), strict=True)
+    ]
+
+
+# --- EPCIS as the standard means it ------------------------------------------------------------------------
+
+
+async def test_a_pick_up_and_a_delivery_in_one_document_apply_in_event_time_order_without_naming_it(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    picked = object_event("shipping", [coi])
+    picked["eventTime"] = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()  # after it was planned
+    delivered = object_event("receiving", [coi])
+    delivered["epcList"] = [f"https://id.gs1.org/01/09520123456788/21/{coi}"]
+    result = (await capture(http, stack, epcis_document(delivered, picked))).json()
+    assert result["success"] is True, result["events"]
+    assert [(e["outcome"], e["scan"]["shipment_status"]) for e in result["events"]] == [
+        ("applied", "delivered"),
+        ("applied", "dispatched"),
+    ]
+    await events.wait_for(lambda e: e.type == "shipment.delivered.v1" and e.subject == coi)
+    assert (await shipment_state(http, stack, shipment["id"]))["physical_status"] == "delivered"
+
+
+async def test_an_event_id_reused_with_other_content_is_a_conflict_put_before_qa(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    first = object_event("shipping", [coi])
+    assert (await capture(http, stack, epcis_document(first))).json()["success"] is True
+    same = (await capture(http, stack, epcis_document(json.loads(json.dumps(first))))).json()
+    assert same["events"][0]["outcome"] == "duplicate"
+    warmer = {**first, "sensorElementList": sensor_report(value=-120.0)}
+    result = (await capture(http, stack, epcis_document(warmer))).json()
+    [event] = result["events"]
+    assert event["outcome"] == "refused" and "captured before with different content" in event["reason"]
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    assert quarantined.data.reason  # type: ignore[union-attr]
+    state = await shipment_state(http, stack, shipment["id"])
+    assert "captured before with different content" in state["quarantine_reason"]
+    assert "-120.0 °C" in state["quarantine_reason"], "the conflicting event's warm reading is judged too"
+
+
+async def test_an_error_declaration_retracts_the_scan_and_puts_the_shipment_before_qa(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    picked = object_event("shipping", [coi])
+    assert (await capture(http, stack, epcis_document(picked))).json()["success"] is True
+    declaration = {"declarationTime": datetime.now(UTC).isoformat(), "reason": "incorrect_data"}
+    declared = (
+        await capture(http, stack, epcis_document({**picked, "errorDeclaration": declaration}))
+    ).json()
+    [event] = declared["events"]
+    assert event["outcome"] == "applied" and "EPCIS error declaration retracts event" in event["reason"]
+    scans = (await http.get(f"{stack.tracking}/shipments/{shipment['id']}/scans", headers=COORDINATOR)).json()
+    [scan] = scans
+    assert scan["retracted_at"] and scan["retraction_reason"].startswith(
+        f"EPCIS error declaration retracts event {picked['eventID']} (reason: incorrect_data)"
+    )
+    await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    state = await shipment_state(http, stack, shipment["id"])
+    assert (
+        state["status"] == "quarantined" and "EPCIS error declaration retracts" in state["quarantine_reason"]
+    )
+    unknown = {**object_event("shipping", [coi]), "errorDeclaration": declaration}
+    refused = (await capture(http, stack, epcis_document(unknown))).json()
+    assert refused["events"][0]["outcome"] == "refused"
+    assert refused["events"][0]["reason"] == (
+        f"the errorDeclaration names event {unknown['eventID']}, which was never captured"
+    )
+
+
+async def test_bags_packed_into_another_container_than_the_declared_one_is_a_coi_break(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    declared = await http.put(
+        f"{stack.tracking}/shipments/{shipment['id']}/container",
+        json={
+            "container_id": f"DS-{uuid.uuid4().hex[:8].upper()}",
+            "charged_at": datetime.now(UTC).isoformat(),
+            "validated_hold_hours": 240,
+        },
+        headers=COURIER,
+    )
+    assert declared.status_code == 200, declared.text
+    result = (await capture(http, stack, epcis_document(packed(coi, shipment["id"])))).json()
+    assert result["events"][0]["outcome"] == "applied"
+    state = await shipment_state(http, stack, shipment["id"])
+    assert state["status"] == "quarantined"
+    assert "COI break: container 'urn:epc:id:sscc:4012345.0000000077' scanned" in state["quarantine_reason"]

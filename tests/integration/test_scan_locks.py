@@ -48,9 +48,11 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
 ) -> None:
     (shipment,) = planned_shipments(engine, 1)
     captured: list[commands.CaptureResult] = []
-    delay = epcis.CapturedScan(
+    delay = epcis.CapturedEvent(
         event_index=0,
         event_id=f"urn:uuid:{uuid.uuid4()}",
+        event_hash="ni:///sha-256;0?ver=CBV2.0",
+        kind=epcis.EventKind.SCAN,
         scan_type=ScanType.DELAY,
         cois=(shipment.coi,),
         location="hub",

@@ -15,15 +15,20 @@ from services.coi_tracking.domain import (
     LedgerContent,
     LedgerKind,
     Reading,
+    Replay,
     Scan,
     ShipmentState,
     ShipmentStatus,
     SignatureMeaning,
     StoredEntry,
+    TemperatureEvidence,
     TemperaturePolicy,
     disposition_refusal,
     entry_hash,
     evaluate_scan,
+    judge_evidence,
+    packing_problems,
+    replay_of,
     temperature_problems,
     verify_chain,
 )
@@ -304,3 +309,81 @@ def test_only_the_assigned_courier_company_may_handle_a_shipment() -> None:
     assert other_company_refusal("CRYO-EXPRESS", "CRYO-EXPRESS") is None
     assert other_company_refusal("CRYO-EXPRESS", None) is None  # coordinator, QA, the system
     assert "another courier company" in (other_company_refusal("CRYO-EXPRESS", "OTHER-LOGISTICS") or "")
+
+
+# ---------------------------------------------------------------- temperature evidence, whatever its shape (I2)
+
+CRYO = TemperaturePolicy(max_celsius=-150.0)
+FRESH = TemperaturePolicy(max_celsius=8.0, min_celsius=2.0)
+
+
+def judged(policy: TemperaturePolicy, *evidence: TemperatureEvidence) -> list[str]:
+    return judge_evidence(policy, list(evidence), received_at=NOW).problems
+
+
+def test_the_warmest_value_of_a_report_counts_a_cold_value_does_not_hide_a_warm_maximum() -> None:
+    assert judged(CRYO, TemperatureEvidence(NOW, value=-180.0)) == []
+    [problem] = judged(CRYO, TemperatureEvidence(NOW, value=-180.0, max_value=-140.0))
+    assert "-140.0 °C" in problem and "above the limit" in problem
+    [problem] = judged(CRYO, TemperatureEvidence(NOW, min_value=-196.0, mean_value=-145.0))
+    assert "-145.0 °C" in problem
+    stored = judge_evidence(CRYO, [TemperatureEvidence(NOW, value=-180.0, max_value=-140.0)], received_at=NOW)
+    assert stored.readings == [Reading(NOW, -140.0)]
+
+
+def test_an_interval_minimum_below_a_fresh_legs_range_counts() -> None:
+    assert judged(FRESH, TemperatureEvidence(NOW, min_value=3.0, max_value=6.0, mean_value=4.0)) == []
+    [problem] = judged(FRESH, TemperatureEvidence(NOW, min_value=1.0, max_value=6.0, mean_value=4.0))
+    assert "1.0 °C" in problem and "below the minimum of 2.0 °C" in problem
+    assert judged(CRYO, TemperatureEvidence(NOW, min_value=-196.0, max_value=-170.0)) == []
+
+
+def test_a_series_is_judged_reading_by_reading_with_its_gaps() -> None:
+    policy = TemperaturePolicy(max_celsius=-150.0, logger_interval_minutes=10)
+    series = [
+        TemperatureEvidence(NOW + timedelta(minutes=m), value=v)
+        for m, v in ((0, -185.0), (10, -140.0), (50, -184.0))
+    ]
+    result = judge_evidence(policy, series, received_at=NOW + timedelta(hours=1))
+    assert [r.celsius for r in result.readings] == [-185.0, -140.0, -184.0]
+    assert (
+        len(result.problems) == 2 and "-140.0 °C" in result.problems[0] and "no reading" in result.problems[1]
+    )
+
+
+def test_a_sensor_alarm_is_a_problem_even_without_a_value() -> None:
+    [problem] = judged(CRYO, TemperatureEvidence(NOW, sensor_exception="'ALARM_CONDITION'"))
+    assert problem == f"the temperature sensor reports 'ALARM_CONDITION' at {NOW.isoformat()}"
+    assert (
+        len(judged(CRYO, TemperatureEvidence(NOW, value=-190.0, sensor_exception="'ERROR_CONDITION'"))) == 1
+    )
+
+
+def test_a_reading_that_cannot_be_proven_cold_is_a_problem() -> None:
+    [unit] = judged(CRYO, TemperatureEvidence(NOW, unreadable="value reported in no unit"))
+    assert unit.endswith("cannot be proven cold: value reported in no unit")
+    [lone] = judged(CRYO, TemperatureEvidence(NOW, min_value=-196.0))
+    assert "only a minimum (-196.0 °C) is reported" in lone
+    [empty] = judged(CRYO, TemperatureEvidence(NOW))
+    assert empty.endswith("cannot be proven cold: it carries no value")
+
+
+def test_a_reading_dated_in_the_future_is_judged_when_it_arrived() -> None:
+    policy = TemperaturePolicy(max_celsius=-150.0, hold_until=NOW + timedelta(days=1))
+    ahead = TemperatureEvidence(NOW + timedelta(days=365), value=-180.0)
+    result = judge_evidence(policy, [ahead], received_at=NOW)
+    assert result.problems == [] and result.readings == [Reading(NOW, -180.0)]
+
+
+def test_the_same_event_id_is_a_duplicate_only_with_the_same_event_hash() -> None:
+    assert replay_of(None, False, "ni:a") is Replay.NEW
+    assert replay_of("ni:a", True, "ni:a") is Replay.DUPLICATE
+    assert replay_of("ni:a", True, "ni:b") is Replay.CONFLICT
+    assert replay_of(None, True, "ni:b") is Replay.DUPLICATE, "a scan stored before hashes were kept"
+
+
+def test_bags_packed_into_another_container_than_the_declared_one_is_a_coi_break() -> None:
+    assert packing_problems("DS-4471", "DS-4471") == [] and packing_problems(None, "DS-1") == []
+    assert packing_problems("DS-4471", "DS-9999") == [
+        "container 'DS-9999' scanned, the shipment travels in 'DS-4471'"
+    ]
