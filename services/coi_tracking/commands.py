@@ -4,10 +4,11 @@ EPCIS capture so that both follow exactly the same rules."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
@@ -93,6 +94,8 @@ class ScanOutcome:
     shipment_status: ShipmentStatus
     quarantined: bool
     quarantine_reason: str | None
+    repeated: bool = False
+    """The same scan was recorded before: this is that scan's outcome, and nothing was stored again."""
 
 
 class Refused(Exception):
@@ -233,6 +236,55 @@ def _delivered_event(
     )
 
 
+def scan_content_sha256(shipment_id: UUID, scan: ScanInput, scanned_by: str) -> str:
+    """What a scan says — shipment, type, device time, scanner, bags, location, temperature, container,
+    seal, hand-off, ETA — as one digest. Two scans that say the same are the same scan sent twice (a
+    courier's retry over HTTP, Kafka or EPCIS, under a new event id or none): no device makes two scans
+    at the same instant."""
+    content = [
+        str(shipment_id),
+        scan.scan_type.value,
+        list(scan.bag_cois),
+        scan.location,
+        scan.device_time.astimezone(UTC).isoformat(),
+        scan.temperature_celsius,
+        scan.container_id,
+        scan.seal_id,
+        scan.handed_to,
+        scan.eta_at.astimezone(UTC).isoformat() if scan.eta_at is not None else None,
+        scanned_by,
+    ]
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+
+
+def _earlier_scan(session: Session, shipment: Shipment, scan: ScanInput, digest: str) -> ScanRecord | None:
+    """The same scan, recorded before. Looked up only when the scan is not later than the shipment's
+    latest one (a scan sent again never is): a live stream of scans costs no query."""
+    latest = shipment.last_scan_device_time
+    if latest is None or scan.device_time > latest:
+        return None
+    write_deferred(session)  # this transaction's own scans count too
+    return session.exec(
+        select(ScanRecord)
+        .where(ScanRecord.shipment_id == shipment.id)
+        .where(ScanRecord.content_sha256 == digest)
+    ).first()
+
+
+def _repeated(shipment: Shipment, earlier: ScanRecord) -> ScanOutcome:
+    log.info("scan.repeated", shipment_id=str(shipment.id), scan_id=str(earlier.id))
+    return ScanOutcome(
+        scan_id=earlier.id,
+        accepted=earlier.accepted,
+        refusal_reason=earlier.refusal_reason,
+        coi_verified=earlier.coi_verified,
+        shipment_status=shipment.status,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
+        quarantine_reason=shipment.quarantine_reason,
+        repeated=True,
+    )
+
+
 def record_scan(
     session: Session,
     shipment: Shipment,
@@ -243,7 +295,12 @@ def record_scan(
 ) -> ScanOutcome:
     """Store the scan, whatever it means, then act on it: custody, dispatch, delay, delivery, quarantine.
     The caller has locked the shipment and looked up its `facts` (`locked_with_facts`, once for all the
-    shipments of a group or a captured document)."""
+    shipments of a group or a captured document). The same scan sent again is answered with the first
+    one's outcome and changes nothing."""
+    digest = scan_content_sha256(shipment.id, scan, actor.subject)
+    earlier = _earlier_scan(session, shipment, scan, digest)
+    if earlier is not None:
+        return _repeated(shipment, earlier)
     container = facts.container
     state = domain.ShipmentState(
         status=shipment.status,
@@ -257,6 +314,9 @@ def record_scan(
         seal_id=container.seal_id if container else None,
         planned_at=shipment.created_at,
         courier_company=shipment.courier_company,
+        order_cancelled=shipment.order_cancelled_at is not None,
+        leg=shipment.leg,
+        product_released=shipment.product_released_at is not None,
     )
     received_at = utc_now()
     decision = domain.evaluate_scan(
@@ -298,8 +358,11 @@ def record_scan(
             "refusal_reason": decision.refusal_reason,
             "coi_verified": not decision.coi_break,
             "epcis_event_id": scan.epcis_event_id,
+            "content_sha256": digest,
         },
     )
+    if shipment.last_scan_device_time is None or scan.device_time > shipment.last_scan_device_time:
+        shipment.last_scan_device_time = scan.device_time
     envelope = _envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
     if decision.reading is not None:

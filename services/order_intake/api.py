@@ -356,7 +356,7 @@ def record_transition(
     response_model=OrderView,
     responses={
         200: {"model": OrderView, "description": "The same Idempotency-Key again: the order it placed"},
-        **problems.documented(404),
+        **problems.documented(404, 409),
     },
 )
 def place_order(
@@ -623,7 +623,9 @@ def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller
     product was delivered, say), naming the steps allowed next."""
     order = _must_get(session, order_id)
     if body.status is OrderStatus.PRODUCT_RELEASED:
-        raise problems.conflict("the product's release is recorded with its lot: POST …/manufacturing-release")
+        raise problems.conflict(
+            "the product's release is recorded with its lot: POST …/manufacturing-release"
+        )
     if body.status not in MANUAL_STEPS:
         raise problems.conflict(f"{body.status} is set by the shipment and scheduling events, not by hand")
     try:
