@@ -18,7 +18,7 @@ from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
 from deploy.observe import EventLog
 from services.common.topics import COURIER_SCANS
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
-from tests.e2e.journey import place_accepted_order, shipment_for
+from tests.e2e.journey import place_released_order, shipment_for
 from tests.e2e.test_epcis_capture import epcis_document, object_event
 from tests.support.infra import produce
 
@@ -116,7 +116,7 @@ async def decision_on(
     way: str, stack: RunningStack, http: httpx.AsyncClient, events: EventLog, case: Case
 ) -> tuple[bool, str, str]:
     """Send the case's pick-up of a fresh shipment one way: (accepted, refusal reason, shipment status)."""
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi: str = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     await WAYS[way](http, stack, shipment, case)
@@ -237,7 +237,7 @@ async def custody_decision(
     extra: dict[str, Any],
 ) -> tuple[str, list[str]]:
     """After courier-ben's pick-up, the refusal of the custody scan sent `way`, and who the ledger names."""
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi: str = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     await over_http(
