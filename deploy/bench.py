@@ -149,11 +149,23 @@ class Bench:
             )
         ).json()
         coi = order["coi"]
-        while True:
+        order_url = f"{self.orders}/orders/{order['id']}"
+        for step in ("cells_collected", "in_manufacturing"):
+            moved = await self.http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": step})
+            assert moved.status_code == 200, moved.text
+        released = await self.http.post(
+            f"{order_url}/manufacturing-release",
+            headers=COORDINATOR,
+            json={"lot_number": "LOT-BENCH", "released_at": datetime.now(UTC).isoformat()},
+        )
+        assert released.status_code == 200, released.text
+        while True:  # until COI tracking has planned the return leg and taken the release
             rows = (
                 await self.http.get(f"{self.tracking}/shipments", params={"coi": coi}, headers=COURIER)
             ).json()
-            shipment = next((r["id"] for r in rows if r["leg"] == "return"), None)
+            shipment = next(
+                (r["id"] for r in rows if r["leg"] == "return" and r["product_released_at"]), None
+            )
             if shipment:
                 break
             await asyncio.sleep(0.05)

@@ -113,6 +113,25 @@ def _now(**delta: float) -> str:
     return (datetime.now(UTC) + timedelta(**delta)).isoformat()
 
 
+async def release_product(client: Client, urls: dict[str, str], order_id: str, coi: str) -> None:
+    """Collection and manufacturing as steps, then the manufacturer's release, each safe to retry (a step
+    already taken is 409); done once COI tracking has opened the return leg for pick-up."""
+    order_url = f"{urls['order-intake']}/orders/{order_id}"
+    for step in ("cells_collected", "in_manufacturing"):
+        await client.call("POST", f"{order_url}/status", headers=COORDINATOR, json={"status": step})
+    await client.call(
+        "POST",
+        f"{order_url}/manufacturing-release",
+        headers=COORDINATOR,
+        json={"lot_number": "LOT-CHAOS", "released_at": _now()},
+    )
+    await client.until(
+        f"{urls['coi-tracking']}/shipments?coi={coi}",
+        lambda rows: any(r["leg"] == "return" and r["product_released_at"] for r in rows),
+        COORDINATOR,
+    )
+
+
 async def run_journey(client: Client, urls: dict[str, str], journey: Journey, run_id: str) -> None:
     """Order, pick-up, booking, delivery, confirmation — each step safe to retry."""
     order = await client.call(
@@ -138,6 +157,7 @@ async def run_journey(client: Client, urls: dict[str, str], journey: Journey, ru
         raise RuntimeError(f"order refused: {order.text}")
     coi: str = order.json()["coi"]
     journey.coi = coi
+    await release_product(client, urls, order.json()["id"], coi)
     shipments = f"{urls['coi-tracking']}/shipments"
     shipment = await client.until(
         f"{shipments}?coi={coi}", lambda rows: next((r for r in rows if r["leg"] == "return"), None), COURIER

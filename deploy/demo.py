@@ -35,6 +35,8 @@ def describe(event: AnyEvent) -> str | None:
     match event.type:
         case "order.accepted.v1":
             return f"order accepted for patient {d.patient_ref}: chain-of-identity {d.coi} assigned"
+        case "product.released_for_shipment.v1":
+            return f"product lot {d.lot_number} released for shipment by the manufacturer"
         case "shipment.created.v1":
             return f"{d.leg} leg planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
         case "shipment.dispatched.v1":
@@ -109,6 +111,13 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
     events.notes.append((coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}"))
     started = await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
     started.raise_for_status()
+    released = await http.post(
+        f"{order_url}/manufacturing-release",
+        headers=COORDINATOR,
+        json={"lot_number": "LOT-DEMO-0001", "released_at": datetime.now(UTC).isoformat()},
+    )
+    released.raise_for_status()
+    await events.wait_for(lambda e: e.type == "product.released_for_shipment.v1" and e.subject == coi)
     await events.wait_for(
         lambda e: e.type == "shipment.created.v1" and e.subject == coi and e.data.leg == "return"
     )
@@ -116,6 +125,12 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
         await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
     ).json()
     shipment = next(s for s in listed if s["leg"] == "return")
+    while not shipment["product_released_at"]:  # COI tracking takes the release from orders.events
+        await asyncio.sleep(0.05)
+        listed = (
+            await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
+        ).json()
+        shipment = next(s for s in listed if s["leg"] == "return")
     scans = f"{urls['coi-tracking']}/shipments/{shipment['id']}/scans"
 
     async def post_scan(headers: dict[str, str], body: dict[str, Any]) -> None:

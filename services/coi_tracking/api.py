@@ -15,6 +15,7 @@ from cgt_contracts.events import (
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
@@ -38,7 +39,7 @@ from services.coi_tracking.scan_writer import (
     ScanWriter,
     ShipmentNotFound,
 )
-from services.common import problems
+from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
@@ -167,6 +168,8 @@ class ShipmentView(BaseModel):
                     "delivered_at": None,
                     "quarantine_reason": None,
                     "max_temperature_celsius": -182.5,
+                    "product_released_at": "2026-12-01T08:00:00Z",
+                    "order_cancelled_at": None,
                 }
             ]
         }
@@ -193,6 +196,13 @@ class ShipmentView(BaseModel):
     delivered_at: datetime | None
     quarantine_reason: str | None
     max_temperature_celsius: float | None
+    product_released_at: datetime | None = Field(
+        default=None, description="Return leg: when the manufacturer released the product (pick-up allowed)"
+    )
+    order_cancelled_at: datetime | None = Field(
+        default=None,
+        description="When the order was cancelled: the shipment takes no scan (status cancelled)",
+    )
 
 
 LEDGER_ENTRY_EXAMPLE: JsonDict = {
@@ -287,6 +297,8 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
         delivered_at=shipment.delivered_at,
         quarantine_reason=shipment.quarantine_reason,
         max_temperature_celsius=shipment.max_temperature_celsius,
+        product_released_at=shipment.product_released_at,
+        order_cancelled_at=shipment.order_cancelled_at,
     )
 
 
@@ -322,8 +334,15 @@ def _actor(caller: Principal) -> commands.Actor:
     summary="Scan a shipment",
     status_code=status.HTTP_201_CREATED,
     response_model=ScanResult,
+    responses=problems.documented(409),
 )
-async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, caller: Courier) -> ScanResult:
+async def post_scan(
+    shipment_id: UUID,
+    body: ScanRequest,
+    request: Request,
+    caller: Courier,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
+) -> ScanResult | JSONResponse:
     """Couriers post each scan: the COI read off every bag label, where and when, the shipper's
     temperature, the expected delivery (`eta_at`) at pick-up and delay, who takes custody (`handed_to`)
     at a hand-off. Only the courier company the shipment is assigned to may scan it (403).
@@ -333,7 +352,18 @@ async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, call
     custody is chained into the custody ledger. Another COI, a missing or extra bag, another container or
     seal (`coi.break.v1`), or a temperature above the limit (`temperature.excursion.v1`) quarantines the
     shipment at once, and scheduling holds the appointment. A delivery with every COI verified and a clean
-    temperature record confirms the appointment."""
+    temperature record confirms the appointment.
+
+    The same scan sent again (same type, time, bags, place, temperature…) is not stored twice: the answer
+    is the first one's. With an `Idempotency-Key`, the same key again answers exactly as the first time
+    (the same key with another scan is 409)."""
+    runtime = runtime_of(request)
+    keyed = idempotency.keyed_request(
+        caller.subject, idempotency_key, f"POST /shipments/{shipment_id}/scans", body.model_dump(mode="json")
+    )
+    earlier = await run_in_threadpool(idempotency.claim, runtime.engine, keyed)
+    if earlier is not None:
+        return earlier.response()
     # Scans that arrive together are committed together, in one transaction (see `scan_writer`).
     writer: ScanWriter = request.app.state.scan_writer
     assert caller.courier_company is not None  # a courier principal always names its company
@@ -363,7 +393,17 @@ async def post_scan(shipment_id: UUID, body: ScanRequest, request: Request, call
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "this shipment is assigned to another courier company"
         ) from error
-    return ScanResult.model_validate(outcome, from_attributes=True)
+    result = ScanResult.model_validate(outcome, from_attributes=True)
+    if keyed is not None:  # committed with the scan's group: a crash before this only means a retry, which
+        # the scan's content digest answers with the same scan
+        await run_in_threadpool(
+            idempotency.complete,
+            runtime.engine,
+            keyed,
+            status.HTTP_201_CREATED,
+            result.model_dump(mode="json"),
+        )
+    return result
 
 
 class ReadingIn(RequestModel):
@@ -426,16 +466,32 @@ class ReadingOut(BaseModel):
     status_code=status.HTTP_201_CREATED,
     response_model=ReadingsResult,
     openapi_extra=body_limit(READINGS_BODY_LIMIT),
+    responses=problems.documented(409),
 )
 def post_readings(
-    shipment_id: UUID, body: ReadingsRequest, request: Request, session: SessionDep, caller: Courier
-) -> ReadingsResult:
+    shipment_id: UUID,
+    body: ReadingsRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Courier,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
+) -> ReadingsResult | JSONResponse:
     """Couriers upload the readings of the shipment's data logger (at most 5,000 at once). A reading out
     of range, a gap in the record or a shipper past its validated hold time quarantines the shipment
     (`temperature.excursion.v1`, and scheduling holds the appointment); `excursions` says what was found.
-    Only the courier company the shipment is assigned to may upload (403)."""
+    Only the courier company the shipment is assigned to may upload (403). With an `Idempotency-Key`,
+    the same key again answers as the first time and stores nothing (another batch with it is 409)."""
+    keyed = idempotency.keyed_request(
+        caller.subject,
+        idempotency_key,
+        f"POST /shipments/{shipment_id}/readings",
+        body.model_dump(mode="json"),
+    )
     shipment = _load_for_update(session, shipment_id)
     _check_visible(shipment, caller)
+    earlier = idempotency.earlier_answer(session, keyed)  # read under the shipment's lock
+    if earlier is not None:
+        return earlier.response()
     outcome = commands.record_readings(
         session,
         shipment,
@@ -443,11 +499,20 @@ def post_readings(
         f"logger:{body.logger_id}",
         request.state.correlation_id,
     )
-    session.commit()
-    runtime_of(request).relay.notify()
-    return ReadingsResult(
+    result = ReadingsResult(
         stored=outcome.stored, excursions=outcome.excursions, quarantined=outcome.quarantined
     )
+    idempotency.remember(session, keyed, status.HTTP_201_CREATED, result.model_dump(mode="json"))
+    try:
+        session.commit()
+    except IntegrityError:  # the same key, on another shipment, committed meanwhile
+        session.rollback()
+        earlier = idempotency.earlier_answer(session, keyed)
+        if earlier is None:
+            raise
+        return earlier.response()
+    runtime_of(request).relay.notify()
+    return result
 
 
 @router.get(

@@ -4,6 +4,7 @@ EPCIS capture so that both follow exactly the same rules."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Collection, Sequence
@@ -82,6 +83,8 @@ class ScanOutcome:
     shipment_status: ShipmentStatus
     quarantined: bool
     quarantine_reason: str | None
+    repeated: bool = False
+    """The same scan was recorded before: this is that scan's outcome, and nothing was stored again."""
 
 
 class Refused(Exception):
@@ -191,6 +194,55 @@ def enter_quarantine(session: Session, shipment: Shipment, *, reason: str, locat
     return now
 
 
+def scan_content_sha256(shipment_id: UUID, scan: ScanInput, scanned_by: str) -> str:
+    """What a scan says — shipment, type, device time, scanner, bags, location, temperature, container,
+    seal, hand-off, ETA — as one digest. Two scans that say the same are the same scan sent twice (a
+    courier's retry over HTTP, Kafka or EPCIS, under a new event id or none): no device makes two scans
+    at the same instant."""
+    content = [
+        str(shipment_id),
+        scan.scan_type.value,
+        list(scan.bag_cois),
+        scan.location,
+        scan.device_time.astimezone(UTC).isoformat(),
+        scan.temperature_celsius,
+        scan.container_id,
+        scan.seal_id,
+        scan.handed_to,
+        scan.eta_at.astimezone(UTC).isoformat() if scan.eta_at is not None else None,
+        scanned_by,
+    ]
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+
+
+def _earlier_scan(session: Session, shipment: Shipment, scan: ScanInput, digest: str) -> ScanRecord | None:
+    """The same scan, recorded before. Looked up only when the scan is not later than the shipment's
+    latest one (a scan sent again never is): a live stream of scans costs no query."""
+    latest = shipment.last_scan_device_time
+    if latest is None or scan.device_time > latest:
+        return None
+    write_deferred(session)  # this transaction's own scans count too
+    return session.exec(
+        select(ScanRecord)
+        .where(ScanRecord.shipment_id == shipment.id)
+        .where(ScanRecord.content_sha256 == digest)
+    ).first()
+
+
+def _repeated(shipment: Shipment, earlier: ScanRecord) -> ScanOutcome:
+    log.info("scan.repeated", shipment_id=str(shipment.id), scan_id=str(earlier.id))
+    return ScanOutcome(
+        scan_id=earlier.id,
+        accepted=earlier.accepted,
+        refusal_reason=earlier.refusal_reason,
+        coi_verified=earlier.coi_verified,
+        shipment_status=shipment.status,
+        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
+        quarantine_reason=shipment.quarantine_reason,
+        repeated=True,
+    )
+
+
 def scan_state(session: Session, shipment: Shipment, facts: ShipmentFacts) -> domain.ShipmentState:
     """The shipment as the domain judges a scan against it."""
     container = facts.container
@@ -206,6 +258,9 @@ def scan_state(session: Session, shipment: Shipment, facts: ShipmentFacts) -> do
         seal_id=container.seal_id if container else None,
         planned_at=shipment.created_at,
         courier_company=shipment.courier_company,
+        order_cancelled=shipment.order_cancelled_at is not None,
+        leg=shipment.leg,
+        product_released=shipment.product_released_at is not None,
     )
 
 
@@ -240,12 +295,17 @@ def record_scan(
 ) -> ScanOutcome:
     """Store the scan, whatever it means, then act on it: the domain decides what it means (the facts),
     `apply_scan_facts` applies them, `translate` publishes them. The caller has locked the shipment and
-    looked up its `facts` (`locked_with_facts`, once for all the shipments of a group or a document)."""
+    looked up its `facts` (`locked_with_facts`, once for all the shipments of a group or a document). The
+    same scan sent again is answered with the first one's outcome and changes nothing."""
+    digest = scan_content_sha256(shipment.id, scan, actor.subject)
+    earlier = _earlier_scan(session, shipment, scan, digest)
+    if earlier is not None:
+        return _repeated(shipment, earlier)
     received_at = utc_now()
     decision = domain.evaluate_scan(
         scan_state(session, shipment, facts), judged_scan(session, shipment, scan, actor, received_at)
     )
-    recorded = store_scan(session, shipment, scan, actor, decision, received_at)
+    recorded = store_scan(session, shipment, scan, actor, decision, received_at, digest)
     if decision.reading is not None:
         _store_readings(session, shipment, [decision.reading], "scan")
     applied = apply_scan_facts(session, shipment, decision, scan, actor)
@@ -278,6 +338,7 @@ def store_scan(
     actor: Actor,
     decision: domain.ScanDecision,
     received_at: datetime,
+    digest: str,
 ) -> translate.ScanRecorded:
     """The scan's row in the scan ledger, accepted or refused, written with the transaction."""
     scan_id = new_uuid()
@@ -302,8 +363,11 @@ def store_scan(
             "coi_verified": not decision.coi_break,
             "epcis_event_id": scan.epcis_event_id,
             "epcis_event_hash": scan.epcis_event_hash,
+            "content_sha256": digest,
         },
     )
+    if shipment.last_scan_device_time is None or scan.device_time > shipment.last_scan_device_time:
+        shipment.last_scan_device_time = scan.device_time
     return translate.ScanRecorded(
         scan_id=scan_id,
         scan_type=scan.scan_type,

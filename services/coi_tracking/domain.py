@@ -14,7 +14,7 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import TypeVar
 
-from cgt_contracts.events import ScanType
+from cgt_contracts.events import ScanType, ShipmentLeg
 
 
 class ShipmentStatus(StrEnum):
@@ -26,6 +26,8 @@ class ShipmentStatus(StrEnum):
     QUARANTINED = "quarantined"
     RELEASED = "released"
     REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    """The order was cancelled: the shipment takes no more scans."""
 
 
 # Which scans may follow which status (a quarantined shipment still moves physically: its scans are kept).
@@ -234,6 +236,12 @@ class ShipmentState:
     """When the shipment was planned: no scan of it can be older."""
     courier_company: str | None = None
     """The company that carries the shipment: only its couriers may hold it."""
+    order_cancelled: bool = False
+    """Order intake cancelled the order (`order.cancelled`): its shipments take no scan."""
+    leg: ShipmentLeg | None = None
+    product_released: bool = False
+    """The manufacturer released the product for shipment (`product.released_for_shipment`): a return
+    leg is picked up only then. An outbound leg exists only once its collection was recorded."""
 
 
 @dataclass(frozen=True)
@@ -455,8 +463,12 @@ def _time_refusal(state: ShipmentState, scan: Scan) -> str | None:
 
 
 def _refusal(state: ShipmentState, scan: Scan) -> str | None:
+    if state.order_cancelled:
+        return "the order was cancelled: its shipments take no scan"
     if state.status is ShipmentStatus.REJECTED:
         return "QA rejected this shipment: its product may not move on"
+    if scan.scan_type is ScanType.PICK_UP and state.leg is ShipmentLeg.RETURN and not state.product_released:
+        return "the manufacturer has not released the product for shipment yet: it cannot be picked up"
     if state.physical_status not in ALLOWED_FROM[scan.scan_type]:
         return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
     if scan.scan_type is ScanType.PICK_UP:

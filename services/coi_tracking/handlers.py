@@ -1,5 +1,6 @@
 """COI tracking's subscribers: an accepted order plans its return shipment; each recorded collection
-plans a fresh outbound leg to manufacturing."""
+plans a fresh outbound leg to manufacturing; the product's release opens the return leg for pick-up; a
+cancelled order's shipments are marked cancelled."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from cgt_contracts.events import (
     CourierScanSubmitted,
     CourierScanSubmittedV2,
     OrderAccepted,
+    OrderCancelled,
+    ProductReleasedForShipment,
     ShipmentCreated,
     ShipmentCreatedData,
     ShipmentLeg,
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands
+from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import Bag, Container, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.consumer import (
@@ -41,6 +45,7 @@ from services.common.consumer import (
     run_with_retries,
     take_fresh,
 )
+from services.common.db import locked
 from services.common.outbox import enqueue
 from services.common.service import Runtime
 from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
@@ -147,6 +152,41 @@ def plan_outbound_leg(session: Session, event: CollectionRecorded, planning: Pla
     _plan(session, event, shipment, [bag])
 
 
+def mark_order_cancelled(session: Session, event: OrderCancelled) -> None:
+    """Every shipment of a cancelled order is marked so: from now on it takes no scan (the domain refuses
+    them, with the reason), and it shows as cancelled."""
+    # Locked, so that a scan being judged right now is judged before the cancellation or after it, whole.
+    shipments = session.exec(
+        locked(session, select(Shipment).where(Shipment.order_id == event.data.order_id))
+    ).all()
+    for shipment in shipments:
+        if shipment.order_cancelled_at is None:
+            shipment.order_cancelled_at = event.data.cancelled_at
+            shipment.status = ShipmentStatus.CANCELLED
+            session.add(shipment)
+    log.info("shipments.order_cancelled", order_id=str(event.data.order_id), shipments=len(shipments))
+
+
+def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None:
+    """The manufacturer released the product: the order's return leg may now be picked up."""
+    shipment = session.exec(
+        locked(
+            session,
+            select(Shipment)
+            .where(Shipment.order_id == event.data.order_id)
+            .where(Shipment.leg == ShipmentLeg.RETURN),
+        )
+    ).first()
+    if shipment is None:  # order.accepted, which plans it, comes first on the same partition (key: COI)
+        log.warning("shipment.release_without_return_leg", order_id=str(event.data.order_id))
+        return
+    if shipment.product_released_at is None:
+        shipment.product_released_at = event.data.released_at
+        shipment.product_lot_number = event.data.lot_number
+        session.add(shipment)
+    log.info("shipment.product_released", shipment_id=str(shipment.id))
+
+
 def wire(runtime: Runtime, planning: Planning) -> None:
     def on_order_accepted(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, OrderAccepted)
@@ -156,12 +196,25 @@ def wire(runtime: Runtime, planning: Planning) -> None:
         assert isinstance(event, CollectionRecorded)
         plan_outbound_leg(session, event, planning)
 
+    def on_order_cancelled(session: Session, event: AnyEvent) -> None:
+        assert isinstance(event, OrderCancelled)
+        mark_order_cancelled(session, event)
+
+    def on_product_released(session: Session, event: AnyEvent) -> None:
+        assert isinstance(event, ProductReleasedForShipment)
+        open_return_leg(session, event)
+
     register_consumer(
         runtime.broker,
         topics=[ORDERS],
         group_id=GROUP_ID,
         engine=runtime.engine,
-        handlers={OrderAccepted: on_order_accepted, CollectionRecorded: on_collection_recorded},
+        handlers={
+            OrderAccepted: on_order_accepted,
+            CollectionRecorded: on_collection_recorded,
+            OrderCancelled: on_order_cancelled,
+            ProductReleasedForShipment: on_product_released,
+        },
         after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
     )

@@ -39,6 +39,13 @@ class Shipment(SQLModel, table=True):
     max_temperature_celsius: float | None = None
     ledger_length: int = 0
     ledger_head_sha256: str | None = Field(default=None, max_length=64)
+    product_released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """Return leg: when the manufacturer released the product for shipment (None: not yet)."""
+    product_lot_number: str | None = Field(default=None, max_length=64)
+    order_cancelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When order intake cancelled the order: the shipment takes no scan from then on."""
+    last_scan_device_time: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """The latest device time of the shipment's scans: a scan dated later cannot be one sent again."""
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
@@ -94,6 +101,8 @@ class ScanRecord(SQLModel, table=True):
     retracted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When an EPCIS error declaration retracted the event this scan came from (the scan stays, marked)."""
     retraction_reason: str | None = Field(default=None, sa_column=Column(Text))
+    content_sha256: str | None = Field(default=None, max_length=64)
+    """What the scan says (`commands.scan_content_sha256`): the same scan sent again is not stored twice."""
 
 
 class TemperatureReading(SQLModel, table=True):

@@ -35,6 +35,7 @@ from services.common.db import (
     tables_of,
 )
 from services.common.edge import EdgeRoute, check_admitted
+from services.common.idempotency import IdempotentResponse
 from services.common.logging import CorrelationMiddleware, configure_logging
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.problems import (
@@ -46,7 +47,7 @@ from services.common.problems import (
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
 
-COMMON_TABLES: tuple[Table, ...] = tables_of(OutboxMessage, ProcessedEvent)
+COMMON_TABLES: tuple[Table, ...] = tables_of(OutboxMessage, ProcessedEvent, IdempotentResponse)
 
 
 @dataclass

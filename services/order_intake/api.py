@@ -18,16 +18,19 @@ from cgt_contracts.events import (
     OrderCancelledData,
     OrderRejected,
     OrderRejectedData,
+    ProductReleasedForShipment,
+    ProductReleasedForShipmentData,
     RejectionReason,
 )
 from cryptography.fernet import Fernet
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.common import problems
+from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel
@@ -41,7 +44,6 @@ from services.order_intake.models import (
     CoiSequence,
     Collection,
     DinCounter,
-    IdempotentRequest,
     Order,
     OrderTransition,
     PatientRecord,
@@ -153,6 +155,19 @@ class CollectionView(BaseModel):
     coi: str
 
 
+class ManufacturingReleaseRequest(RequestModel):
+    """The manufacturer's release of the order's drug product for shipment: which lot, and when."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"lot_number": "LOT-WAS-2611-07", "released_at": "2026-12-01T08:00:00Z"}]
+        }
+    )
+
+    lot_number: Ident
+    released_at: AwareDatetime
+
+
 class CancelRequest(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "patient no longer eligible"}]})
 
@@ -173,6 +188,9 @@ ORDER_EXAMPLE: JsonDict = {
     "cancelled_reason": None,
     "cancelled_by": None,
     "cancelled_at": None,
+    "product_lot_number": None,
+    "product_released_at": None,
+    "product_released_by": None,
 }
 
 
@@ -214,6 +232,11 @@ class OrderView(BaseModel):
     cancelled_reason: str | None
     cancelled_by: str | None
     cancelled_at: datetime | None
+    product_lot_number: str | None = Field(default=None, description="The released product's lot")
+    product_released_at: datetime | None = Field(
+        default=None, description="When the manufacturer released the product for shipment"
+    )
+    product_released_by: str | None = None
 
     @classmethod
     def of(cls, order: Order) -> OrderView:
@@ -231,6 +254,9 @@ class OrderView(BaseModel):
             cancelled_reason=order.cancelled_reason,
             cancelled_by=order.cancelled_by,
             cancelled_at=order.cancelled_at,
+            product_lot_number=order.product_lot_number,
+            product_released_at=order.product_released_at,
+            product_released_by=order.product_released_by,
         )
 
 
@@ -330,17 +356,16 @@ def record_transition(
     response_model=OrderView,
     responses={
         200: {"model": OrderView, "description": "The same Idempotency-Key again: the order it placed"},
-        **problems.documented(404),
+        **problems.documented(404, 409),
     },
 )
 def place_order(
     body: OrderRequest,
     request: Request,
-    response: Response,
     session: SessionDep,
     caller: OrderingCaller,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-) -> OrderView:
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
+) -> OrderView | JSONResponse:
     """Place an order for a patient's autologous therapy. Coordinators order for any treatment center, a
     treatment center only for its own (403 otherwise).
 
@@ -351,14 +376,17 @@ def place_order(
     and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
     check in `rejection_reasons`, and `order.rejected.v1` is published.
 
-    Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed.
+    Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed
+    (the same key with another order is 409).
     The patient's identity is stored encrypted and is never returned or published."""
     runtime = runtime_of(request)
     if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != body.treatment_center_id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a treatment center may order only for its own site")
-    earlier = _earlier_order(session, caller, idempotency_key)
+    keyed = idempotency.keyed_request(
+        caller.subject, idempotency_key, "POST /orders", body.model_dump(mode="json")
+    )
+    earlier = _earlier_order(session, keyed)
     if earlier is not None:
-        response.status_code = status.HTTP_200_OK
         return earlier
     ordered_on = body.ordered_on or utc_now().date()
     failures = domain.acceptance_failures(_gather_facts(session, body, ordered_on))
@@ -442,34 +470,26 @@ def place_order(
                 ),
             ),
         )
-    if idempotency_key:
-        session.add(IdempotentRequest(caller=caller.subject, key=idempotency_key, order_id=order.id))
+    placed = OrderView.of(order)
+    idempotency.remember(session, keyed, status.HTTP_200_OK, placed.model_dump(mode="json"))
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        earlier = _earlier_order(
-            session, caller, idempotency_key
-        )  # a concurrent request with the same key won
+        earlier = _earlier_order(session, keyed)  # a concurrent request with the same key won
         if earlier is None:
             raise
-        response.status_code = status.HTTP_200_OK
         return earlier
     runtime.relay.notify()
     log.info("order.placed", order_id=str(order.id), status=order.status, coi=order.coi)
-    return OrderView.of(order)
+    return placed
 
 
-def _earlier_order(session: Session, caller: Principal, idempotency_key: str | None) -> OrderView | None:
-    """The order a caller's earlier request with this Idempotency-Key created, if any."""
-    if not idempotency_key:
-        return None
-    earlier = session.exec(
-        select(IdempotentRequest)
-        .where(IdempotentRequest.caller == caller.subject)
-        .where(IdempotentRequest.key == idempotency_key)
-    ).first()
-    return OrderView.of(_must_get(session, earlier.order_id)) if earlier is not None else None
+def _earlier_order(session: Session, keyed: idempotency.KeyedRequest | None) -> JSONResponse | None:
+    """The answer to the caller's earlier request with this Idempotency-Key (200 with the order it
+    placed), if any; 409 if the key was used for another order."""
+    earlier = idempotency.earlier_answer(session, keyed)
+    return earlier.response() if earlier is not None else None
 
 
 def _order_subject(order_id: UUID) -> str:
@@ -602,6 +622,10 @@ def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller
     own events and cannot be set by hand (409); a step out of order is 409 too (`infused` before the
     product was delivered, say), naming the steps allowed next."""
     order = _must_get(session, order_id)
+    if body.status is OrderStatus.PRODUCT_RELEASED:
+        raise problems.conflict(
+            "the product's release is recorded with its lot: POST …/manufacturing-release"
+        )
     if body.status not in MANUAL_STEPS:
         raise problems.conflict(f"{body.status} is set by the shipment and scheduling events, not by hand")
     try:
@@ -700,3 +724,66 @@ def list_collections(order_id: UUID, session: SessionDep, caller: OrderingCaller
         select(Collection).where(Collection.order_id == order.id).order_by(col(Collection.number))
     )
     return [_collection_view(row, order.coi or "") for row in rows]
+
+
+Releaser = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))]
+
+
+def _manufacturing_started_at(session: Session, order: Order) -> datetime | None:
+    return session.exec(
+        select(OrderTransition.at)
+        .where(OrderTransition.order_id == order.id)
+        .where(OrderTransition.to_status == OrderStatus.IN_MANUFACTURING)
+    ).first()
+
+
+@router.post(
+    "/orders/{order_id}/manufacturing-release",
+    summary="Record the product's release for shipment",
+    response_model=OrderView,
+    responses=problems.documented(409),
+)
+def record_manufacturing_release(
+    order_id: UUID,
+    body: ManufacturingReleaseRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Releaser,
+) -> OrderView:
+    """The coordinator (or QA) records that the manufacturer released the order's drug product for
+    shipment: its lot number and when; the releasing person is the caller. The order becomes
+    `product_released` and `product.released_for_shipment.v1` is published: only now may the return
+    shipment be picked up. An order that is not in manufacturing (not yet, already released, cancelled)
+    is 409, as is a release dated in the future or before manufacturing started."""
+    order = _must_get(session, order_id)
+    lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
+    refusal = domain.manufacturing_release_refusal(
+        order.status, body.released_at, utc_now(), _manufacturing_started_at(session, order)
+    )
+    if refusal is not None:
+        raise problems.conflict(refusal)
+    assert order.coi is not None  # an order in manufacturing was accepted: it has its COI
+    record_transition(session, order, OrderStatus.PRODUCT_RELEASED, caller.subject)
+    order.product_lot_number = body.lot_number
+    order.product_released_at = body.released_at
+    order.product_released_by = caller.subject
+    enqueue(
+        session,
+        ORDERS,
+        ProductReleasedForShipment(
+            source=SOURCE,
+            subject=order.coi,
+            correlationid=request.state.correlation_id,
+            data=ProductReleasedForShipmentData(
+                order_id=order.id,
+                coi=order.coi,
+                lot_number=body.lot_number,
+                released_at=body.released_at,
+                released_by=caller.subject,
+            ),
+        ),
+    )
+    session.commit()
+    runtime_of(request).relay.notify()
+    log.info("order.product_released", order_id=str(order.id), coi=order.coi)
+    return OrderView.of(order)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 
@@ -13,6 +13,7 @@ class OrderStatus(StrEnum):
     REJECTED = "rejected"
     CELLS_COLLECTED = "cells_collected"
     IN_MANUFACTURING = "in_manufacturing"
+    PRODUCT_RELEASED = "product_released"
     PRODUCT_SHIPPED = "product_shipped"
     PRODUCT_DELIVERED = "product_delivered"
     INFUSED = "infused"
@@ -25,6 +26,7 @@ LIFECYCLE: tuple[OrderStatus, ...] = (
     OrderStatus.ACCEPTED,
     OrderStatus.CELLS_COLLECTED,
     OrderStatus.IN_MANUFACTURING,
+    OrderStatus.PRODUCT_RELEASED,
     OrderStatus.PRODUCT_SHIPPED,
     OrderStatus.PRODUCT_DELIVERED,
     OrderStatus.INFUSED,
@@ -62,6 +64,30 @@ class TransitionRefused(Exception):
 def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if target not in allowed_transitions(current):
         raise TransitionRefused(current, target)
+
+
+RELEASABLE: frozenset[OrderStatus] = frozenset({OrderStatus.IN_MANUFACTURING})
+"""The manufacturer releases a product only of an order in manufacturing: not before cells were collected
+and manufacturing started, not twice, not for a cancelled or rejected order."""
+
+RELEASE_CLOCK_TOLERANCE = timedelta(minutes=5)
+
+
+def manufacturing_release_refusal(
+    status: OrderStatus, released_at: datetime, now: datetime, manufacturing_started_at: datetime | None
+) -> str | None:
+    """Why the manufacturer's release of the order's product cannot be recorded, or None. The release is
+    what lets the return shipment be picked up (COI tracking gates its pick-up on it)."""
+    if status not in RELEASABLE:
+        return (
+            f"a product is released for shipment only while its order is {OrderStatus.IN_MANUFACTURING}; "
+            f"this order is {status}"
+        )
+    if released_at > now + RELEASE_CLOCK_TOLERANCE:
+        return "released_at is in the future"
+    if manufacturing_started_at is not None and released_at < manufacturing_started_at:
+        return f"released_at is before manufacturing started ({manufacturing_started_at.isoformat()})"
+    return None
 
 
 def npi_is_valid(npi: str) -> bool:

@@ -82,6 +82,10 @@ class Order(SQLModel, table=True):
     cancelled_reason: str | None = Field(default=None, max_length=500)
     cancelled_by: str | None = Field(default=None, max_length=64)
     cancelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    product_lot_number: str | None = Field(default=None, max_length=64)
+    product_released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When the manufacturer released the product for shipment (the return leg may be picked up)."""
+    product_released_by: str | None = Field(default=None, max_length=64)
 
 
 class Collection(SQLModel, table=True):
@@ -142,16 +146,6 @@ class OrderTransition(SQLModel, table=True):
     cause_event_id: str | None = Field(default=None, max_length=36)
 
 
-class IdempotentRequest(SQLModel, table=True):
-    __tablename__ = "idempotent_request"
-    __table_args__ = (UniqueConstraint("caller", "key"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    caller: str = Field(max_length=64)
-    key: str = Field(max_length=128)
-    order_id: UUID
-
-
 TABLES: tuple[Table, ...] = tables_of(
     Therapy,
     TreatmentCenter,
@@ -162,7 +156,6 @@ TABLES: tuple[Table, ...] = tables_of(
     PatientRecord,
     CoiSequence,
     OrderTransition,
-    IdempotentRequest,
     Collection,
     DinCounter,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -65,6 +66,58 @@ async def record_collection_and_manufacturing(
     assert started.status_code == 200 and started.json()["status"] == "in_manufacturing", started.text
     din: str = collected.json()["din"]
     return din
+
+
+async def record_release(
+    http: httpx.AsyncClient, stack: RunningStack, order_id: str, lot_number: str = "LOT-WAS-0001"
+) -> httpx.Response:
+    """The coordinator records that the manufacturer released the product for shipment."""
+    return await http.post(
+        f"{stack.orders}/orders/{order_id}/manufacturing-release",
+        json={"lot_number": lot_number, "released_at": datetime.now(UTC).isoformat()},
+        headers=COORDINATOR,
+    )
+
+
+async def wait_until_released(
+    http: httpx.AsyncClient, stack: RunningStack, coi: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait until COI tracking has taken the product's release: its return leg may be picked up."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COORDINATOR)
+        released = [s for s in response.json() if s["leg"] == "return" and s["product_released_at"]]
+        if released:
+            shipment: dict[str, Any] = released[0]
+            return shipment
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the return leg of {coi} was not released within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def release_product(http: httpx.AsyncClient, stack: RunningStack, order: dict[str, Any]) -> None:
+    """The manufacturer's release recorded (the order in manufacturing), taken by COI tracking."""
+    released = await record_release(http, stack, order["id"])
+    assert released.status_code == 200 and released.json()["status"] == "product_released", released.text
+    await wait_until_released(http, stack, order["coi"])
+
+
+async def place_released_order(http: httpx.AsyncClient, stack: RunningStack) -> dict[str, Any]:
+    """An accepted order through collection and manufacturing (recorded as steps: no outbound leg is
+    planned) whose product was released for shipment: its return leg may be picked up."""
+    order = await place_accepted_order(http, stack)
+    await advance_to_manufacturing(http, stack, order["id"])
+    await release_product(http, stack, order)
+    return order
+
+
+async def advance_to_manufacturing(http: httpx.AsyncClient, stack: RunningStack, order_id: str) -> None:
+    """The coordinator records collection and manufacturing as steps (no collection, no outbound leg)."""
+    for step in ("cells_collected", "in_manufacturing"):
+        moved = await http.post(
+            f"{stack.orders}/orders/{order_id}/status", json={"status": step}, headers=COORDINATOR
+        )
+        assert moved.status_code == 200, moved.text
 
 
 async def shipment_for(

@@ -13,7 +13,7 @@ import pytest
 
 from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, COURIER, OTHER_COURIER, RunningStack
-from tests.e2e.journey import place_accepted_order, shipment_for
+from tests.e2e.journey import place_accepted_order, place_released_order, shipment_for
 from tests.unit.test_epcis import COI, NOT_A_SCAN, OTHER_EVENTS
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +61,7 @@ async def capture(
 async def test_an_epcis_document_becomes_scans_and_the_capture_can_be_polled(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     shipping = object_event("shipping", [coi])
@@ -90,7 +90,7 @@ async def test_an_epcis_document_becomes_scans_and_the_capture_can_be_polled(
 async def test_a_wrong_coi_in_an_epcis_event_breaks_the_chain_of_identity(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     other = (await place_accepted_order(http, stack))["coi"]
     wrong = object_event("shipping", [other], shipment=shipment["id"])
@@ -103,7 +103,7 @@ async def test_a_wrong_coi_in_an_epcis_event_breaks_the_chain_of_identity(
 async def test_a_warm_sensor_report_quarantines(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     await shipment_for(http, stack, events, order["coi"])
     result = (
         await capture(http, stack, epcis_document(object_event("shipping", [order["coi"]], celsius=-120.0)))
@@ -115,7 +115,7 @@ async def test_a_warm_sensor_report_quarantines(
 async def test_rollback_applies_nothing_when_one_event_is_refused_and_proceed_applies_the_rest(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     good = object_event("shipping", [order["coi"]])
     bad = object_event("destroying", [order["coi"]])
@@ -155,7 +155,7 @@ async def test_an_invalid_document_is_refused_naming_the_fields(
 async def test_documents_of_every_kind_are_accepted_or_refused_with_a_reason_over_http(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     await shipment_for(http, stack, events, order["coi"])
     others = json.loads(json.dumps(list(OTHER_EVENTS.values())).replace(COI, order["coi"]))
     for other in others:

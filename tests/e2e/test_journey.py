@@ -12,7 +12,9 @@ from tests.e2e.journey import (
     book_first_option,
     order_body,
     place_accepted_order,
+    place_released_order,
     record_collection_and_manufacturing,
+    release_product,
     scan,
     shipment_for,
 )
@@ -38,6 +40,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     assert order["coi_label"].startswith("&/CH")
     await record_collection_and_manufacturing(http, stack, order["id"])
     await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == coi)
+    await release_product(http, stack, order)
     shipment = await shipment_for(http, stack, events, coi)
     assert shipment["bags"] == [{"number": 1, "of": 1, "coi": coi, "din": None}]
     assert shipment["status"] == "planned"
@@ -107,7 +110,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
 async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirmed(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     base = f"{stack.tracking}/shipments/{shipment['id']}/scans"
@@ -148,7 +151,7 @@ async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirme
 async def test_warm_reading_quarantines(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     base = f"{stack.tracking}/shipments/{shipment['id']}/scans"
@@ -173,7 +176,7 @@ async def test_callers_are_authenticated_and_their_roles_checked(
 async def test_a_courier_scans_only_its_own_company_shipments(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     other = {"Authorization": "Bearer dev-other-courier-token"}
     response = await http.post(
@@ -192,7 +195,7 @@ async def test_bad_input_gets_4xx_naming_the_field(
     )
     assert response.status_code == 422
     assert any(error["pointer"] == "/prescriber_npi" for error in response.json()["errors"])
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     body = scan("pick_up", [order["coi"]])
     del body["eta_at"]

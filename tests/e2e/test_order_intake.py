@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from cgt_contracts.events import ShipmentDispatched, ShipmentDispatchedData
 
 from deploy.observe import EventLog
 from services.common.identifiers import COI_PATTERN, DIN_PATTERN, has_valid_check
+from services.common.topics import SHIPMENTS
 from services.order_intake.domain import luhn_check_digit, npi_is_valid
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, RunningStack
 from tests.e2e.journey import (
     order_body,
     place_accepted_order,
     record_collection_and_manufacturing,
+    release_product,
     scan,
     shipment_for,
 )
-from tests.support.infra import wait_committed
+from tests.support.infra import produce, wait_committed
 
 pytestmark = pytest.mark.e2e
 
@@ -228,6 +231,9 @@ async def test_an_idempotency_key_returns_the_first_order_and_never_creates_a_se
         if o["patient_ref"] == body["patient_ref"]
     ]
     assert len(mine) == 1
+    another = await http.post(f"{stack.orders}/orders", json=order_body(), headers={**COORDINATOR, **key})
+    assert another.status_code == 409, another.text
+    assert [e["pointer"] for e in another.json()["errors"]] == ["/Idempotency-Key"]
 
 
 async def test_coi_identifiers_are_unique_and_check_under_concurrent_orders(
@@ -252,15 +258,25 @@ async def test_the_lifecycle_refuses_steps_out_of_order_and_keeps_its_history(
     by_hand = await http.post(step, json={"status": "product_shipped"}, headers=COORDINATOR)
     assert by_hand.status_code == 409
 
-    # A shipment event that does not fit the order's state is logged and left unapplied.
+    # A shipment event that does not fit the order's state is logged and left unapplied. (COI tracking no
+    # longer dispatches a return leg before the product's release: the event comes as a stray one would.)
     shipment = await shipment_for(http, stack, events, order["coi"])
-    scans = f"{stack.tracking}/shipments/{shipment['id']}/scans"
-    assert (await http.post(scans, json=scan("pick_up", [order["coi"]]), headers=COURIER)).json()["accepted"]
-    dispatched = await events.wait_for(
-        lambda e: e.type == "shipment.dispatched.v1" and e.subject == order["coi"]
+    stray = ShipmentDispatched(
+        source="cgt/coi-tracking",
+        subject=order["coi"],
+        correlationid=f"stray-{uuid.uuid4()}",
+        data=ShipmentDispatchedData(
+            shipment_id=uuid.UUID(shipment["id"]),
+            coi=order["coi"],
+            treatment_center_id=shipment["treatment_center_id"],
+            dispatched_at=datetime.now(UTC),
+            eta_at=datetime.now(UTC) + timedelta(days=2),
+        ),
     )
-    topic, partition, offset = events.positions[str(dispatched.id)]
-    await wait_committed(stack.bootstrap, "order-intake", topic, partition, offset)
+    partition, offset = await produce(
+        stack.bootstrap, SHIPMENTS, stray.model_dump_json().encode(), order["coi"].encode()
+    )
+    await wait_committed(stack.bootstrap, "order-intake", SHIPMENTS, partition, offset)
     assert (await http.get(f"{stack.orders}/orders/{order['id']}", headers=COORDINATOR)).json()[
         "status"
     ] == "accepted"
@@ -288,6 +304,7 @@ async def test_shipment_events_move_the_order_and_cancellation_stops_at_infusion
 ) -> None:
     order = await place_accepted_order(http, stack)
     await record_collection_and_manufacturing(http, stack, order["id"])
+    await release_product(http, stack, order)
     shipment = await shipment_for(http, stack, events, order["coi"])
     scans = f"{stack.tracking}/shipments/{shipment['id']}/scans"
     await http.post(scans, json=scan("pick_up", [order["coi"]]), headers=COURIER)

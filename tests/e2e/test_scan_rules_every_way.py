@@ -8,6 +8,7 @@ The rules live once, in services/coi_tracking/domain.py; this table is how we kn
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from cgt_contracts.events import CourierScanDataV2, CourierScanSubmittedV2, Scan
 from deploy.observe import EventLog
 from services.common.topics import COURIER_SCANS
 from tests.e2e.conftest import COORDINATOR, RunningStack
-from tests.e2e.journey import place_accepted_order, shipment_for
+from tests.e2e.journey import place_accepted_order, place_released_order, shipment_for
 from tests.e2e.test_epcis_capture import epcis_document, object_event
 from tests.support.infra import produce
 
@@ -81,6 +82,10 @@ class Rule:
     """Set-up: courier-ben picked the shipment up (over HTTP) before the scan under test."""
     container: bool = False
     """Set-up: a dry shipper sealed with SEAL was declared before pick-up."""
+    released: bool = True
+    """Set-up: the manufacturer released the product for shipment (a return leg's pick-up needs it)."""
+    cancelled: bool = False
+    """Set-up: the order was cancelled (after any pick-up) before the scan under test."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,6 +133,11 @@ RULES = [
          Expect(False, "works for OTHER-LOGISTICS", "dispatched"), NO_EPCIS, picked_up=True),
     Rule("a hand-off without a taker", Send("hand_off"),
          Expect(False, "must name who takes the shipment", "dispatched"), NO_EPCIS, picked_up=True),
+    # the order's state gates the product (domain._refusal: order_cancelled, product_released)
+    Rule("a return pick-up before the manufacturer's release", Send("pick_up"),
+         Expect(False, "released"), ALL, released=False),
+    Rule("a scan of a cancelled order's shipment", Send("checkpoint"),
+         Expect(False, "the order was cancelled", "cancelled"), ALL, picked_up=True, cancelled=True),
     # the rules let a correct scan through, on every way
     Rule("a correct pick-up", Send("pick_up"), Expect(True, status="dispatched"), ALL),
     Rule("a hand-off to a colleague", Send("hand_off", handed_to="courier-cy"),
@@ -239,7 +249,7 @@ async def prepared_shipment(
     http: httpx.AsyncClient, stack: RunningStack, events: EventLog, rule: Rule
 ) -> dict[str, Any]:
     """A fresh return shipment, in the state the rule's set-up asks for."""
-    order = await place_accepted_order(http, stack)
+    order = await (place_released_order if rule.released else place_accepted_order)(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     container_id = f"DS-RULES-{shipment['id'][:8]}"
     if rule.container:
@@ -255,7 +265,28 @@ async def prepared_shipment(
                        seal_id=SEAL if rule.container else None, location=SET_UP_LOCATION)  # fmt: skip
         await over_http(http, stack, shipment, pick_up)
         await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == order["coi"])
+    if rule.cancelled:
+        cancelled = await http.post(
+            f"{stack.orders}/orders/{order['id']}/cancel",
+            json={"reason": "patient withdrew"},
+            headers=COORDINATOR,
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        await events.wait_for(lambda e: e.type == "order.cancelled.v1" and e.subject == order["coi"])
+        await wait_for_status(http, stack, shipment["id"], "cancelled")
     return shipment
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, stack: RunningStack, shipment_id: str, status: str
+) -> None:
+    """COI tracking applies the cancellation from Kafka: poll the shipment until it says so (bounded)."""
+    for _ in range(200):
+        read = (await http.get(f"{stack.tracking}/shipments/{shipment_id}", headers=COORDINATOR)).json()
+        if read["status"] == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"shipment {shipment_id} never became {status}")
 
 
 async def scan_under_test(events: EventLog, coi: str) -> Any:

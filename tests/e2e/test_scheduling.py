@@ -27,9 +27,11 @@ from services.order_intake.domain import luhn_check_digit
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
 from tests.e2e.journey import (
+    advance_to_manufacturing,
     book_first_option,
     order_body,
     record_collection_and_manufacturing,
+    release_product,
     scan,
     shipment_for,
 )
@@ -106,6 +108,9 @@ async def dispatched_case(
     coi = order.json()["coi"]
     if manufactured:
         await record_collection_and_manufacturing(http, stack, order.json()["id"])
+    else:
+        await advance_to_manufacturing(http, stack, order.json()["id"])
+    await release_product(http, stack, order.json())
     shipment = await shipment_for(http, stack, events, coi)
     picked = await http.post(
         f"{stack.tracking}/shipments/{shipment['id']}/scans",

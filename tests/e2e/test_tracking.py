@@ -19,6 +19,7 @@ from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, OTHER_COURIER, QA, 
 from tests.e2e.journey import (
     book_first_option,
     place_accepted_order,
+    place_released_order,
     record_collection_and_manufacturing,
     scan,
     shipment_for,
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 async def new_return_shipment(
     http: httpx.AsyncClient, stack: RunningStack, events: EventLog
 ) -> tuple[str, str]:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     shipment = await shipment_for(http, stack, events, order["coi"])
     return order["coi"], shipment["id"]
 

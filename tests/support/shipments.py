@@ -14,7 +14,8 @@ from services.coi_tracking.models import Bag, Container, Shipment
 
 
 def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
-    """`count` return shipments in transit, held by courier-ben, each with a container and one bag."""
+    """`count` return shipments in transit (their product released), held by courier-ben, each with a
+    container and one bag."""
     shipments = []
     with Session(engine, expire_on_commit=False) as session:
         for n in range(count):
@@ -31,6 +32,7 @@ def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
                 status=ShipmentStatus.IN_TRANSIT,
                 physical_status=ShipmentStatus.IN_TRANSIT,
                 dispatched_at=datetime.now(UTC),
+                product_released_at=datetime.now(UTC),
                 eta_at=datetime.now(UTC) + timedelta(days=2),
             )
             session.add(shipment)

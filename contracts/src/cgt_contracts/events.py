@@ -68,6 +68,19 @@ class CollectionRecordedData(ContractModel):
     treatment_center_id: Identifier
 
 
+class ProductReleasedForShipmentData(ContractModel):
+    """The manufacturer released the order's drug product (a lot) for shipment to the treatment center:
+    only then may the return leg be picked up."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    lot_number: Identifier
+    """The manufacturer's lot (batch) number of the released product."""
+    released_at: UtcDatetime
+    released_by: Identifier
+    """The releasing person's user id (never a name)."""
+
+
 class OrderAccepted(EventEnvelope):
     type: Literal["order.accepted.v1"] = "order.accepted.v1"
     data: OrderAcceptedData
@@ -88,6 +101,11 @@ class OrderCancelled(EventEnvelope):
 class CollectionRecorded(EventEnvelope):
     type: Literal["collection.recorded.v1"] = "collection.recorded.v1"
     data: CollectionRecordedData
+
+
+class ProductReleasedForShipment(EventEnvelope):
+    type: Literal["product.released_for_shipment.v1"] = "product.released_for_shipment.v1"
+    data: ProductReleasedForShipmentData
 
 
 # ---------------------------------------------------------------- COI tracking (shipments.events)
@@ -466,6 +484,7 @@ AnyEvent = Annotated[
     | OrderRejected
     | OrderCancelled
     | CollectionRecorded
+    | ProductReleasedForShipment
     | CourierScanSubmitted
     | CourierScanSubmittedV2
     | ShipmentCreated
