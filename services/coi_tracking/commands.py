@@ -900,7 +900,8 @@ def _apply_event(session: Session, event: epcis.Outcome, context: CaptureContext
     if isinstance(target, str):
         return CaptureResult(event.event_index, event.event_id, "refused", target)
     if not context.apply_scans:
-        return CaptureResult(event.event_index, event.event_id, "applied", READINGS_JUDGED, target.id)
+        note = READINGS_JUDGED if judged_any else None
+        return CaptureResult(event.event_index, event.event_id, "applied", note, target.id)
     if event.kind is epcis.EventKind.SCAN:
         return _apply_scan(session, event, target, context)
     return _apply_other(session, event, target, context, judged_any)
@@ -953,7 +954,8 @@ def _apply_other(
 ) -> CaptureResult:
     """Readings (already judged) and an aggregation: bags packed into another container than the declared
     one is a COI break (domain.packing_problems)."""
-    notes = [f"{len(event.temperatures)} temperature reports judged"] if judged else ["no temperatures"]
+    count = len(event.temperatures)
+    notes = [f"{count} temperature report{'' if count == 1 else 's'} judged" if judged else "no temperatures"]
     if event.kind is epcis.EventKind.AGGREGATION and event.action == "ADD":
         container = context.facts[shipment.id].container
         declared = container.id if container is not None and container.charged_at is not None else None
