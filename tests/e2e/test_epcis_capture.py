@@ -205,7 +205,7 @@ async def shipment_state(http: httpx.AsyncClient, stack: RunningStack, shipment_
 async def test_a_sensor_alarm_quarantines_and_the_later_delivery_is_not_clean(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     alarm = object_event("shipping", [coi])
@@ -253,7 +253,7 @@ async def test_a_warm_reading_in_an_event_that_is_not_a_scan_quarantines(
     events: EventLog,
     build: Callable[[str, str], dict[str, Any]],
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     result = (await capture(http, stack, epcis_document(build(coi, shipment["id"])))).json()
@@ -268,7 +268,7 @@ async def test_a_warm_reading_in_an_event_that_is_not_a_scan_quarantines(
 async def test_a_series_is_stored_reading_by_reading_and_a_warm_maximum_counts(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -300,7 +300,7 @@ async def test_a_series_is_stored_reading_by_reading_and_a_warm_maximum_counts(
 async def test_a_pick_up_and_a_delivery_in_one_document_apply_in_event_time_order_without_naming_it(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     picked = object_event("shipping", [coi])
@@ -320,7 +320,7 @@ async def test_a_pick_up_and_a_delivery_in_one_document_apply_in_event_time_orde
 async def test_an_event_id_reused_with_other_content_is_a_conflict_put_before_qa(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     first = object_event("shipping", [coi])
@@ -341,7 +341,7 @@ async def test_an_event_id_reused_with_other_content_is_a_conflict_put_before_qa
 async def test_an_error_declaration_retracts_the_scan_and_puts_the_shipment_before_qa(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     picked = object_event("shipping", [coi])
@@ -373,7 +373,7 @@ async def test_an_error_declaration_retracts_the_scan_and_puts_the_shipment_befo
 async def test_bags_packed_into_another_container_than_the_declared_one_is_a_coi_break(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    order = await place_accepted_order(http, stack)
+    order = await place_released_order(http, stack)
     coi = order["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     declared = await http.put(
