@@ -96,7 +96,7 @@ async def test_a_warm_logger_reading_quarantines_and_the_series_reads_back(
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi]), headers=COURIER)
-    batch = [{"at": now(i * 5), "celsius": c} for i, c in enumerate([-185.0, -182.0, -140.0, -181.0])]
+    batch = [{"at": now(i * 5 - 20), "celsius": c} for i, c in enumerate([-185.0, -182.0, -140.0, -181.0])]
     result = await http.post(
         f"{base}/readings", json={"logger_id": "LG-7", "readings": batch}, headers=COURIER
     )
@@ -132,7 +132,7 @@ async def test_a_logger_gap_and_a_spent_dry_shipper_are_excursions(
         headers=COURIER,
     )
     assert picked.json()["quarantined"] is False
-    batch = [{"at": now(m), "celsius": -180.0} for m in (0, 5, 10, 45)]
+    batch = [{"at": now(m), "celsius": -180.0} for m in (-50, -45, -40, -5)]  # a logger download: past
     result = (
         await http.post(f"{base}/readings", json={"logger_id": "LG-9", "readings": batch}, headers=COURIER)
     ).json()
