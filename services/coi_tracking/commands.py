@@ -231,15 +231,30 @@ def _earlier_scan(session: Session, shipment: Shipment, scan: ScanInput, digest:
 
 def _repeated(shipment: Shipment, earlier: ScanRecord) -> ScanOutcome:
     log.info("scan.repeated", shipment_id=str(shipment.id), scan_id=str(earlier.id))
+    return _outcome(
+        shipment, earlier.id, earlier.accepted, earlier.refusal_reason, earlier.coi_verified, repeated=True
+    )
+
+
+def _outcome(
+    shipment: Shipment,
+    scan_id: UUID,
+    accepted: bool,
+    refusal_reason: str | None,
+    coi_verified: bool,
+    *,
+    repeated: bool = False,
+) -> ScanOutcome:
+    """What the sender of a scan is told: the scan's verdict and the shipment as it now is."""
     return ScanOutcome(
-        scan_id=earlier.id,
-        accepted=earlier.accepted,
-        refusal_reason=earlier.refusal_reason,
-        coi_verified=earlier.coi_verified,
+        scan_id=scan_id,
+        accepted=accepted,
+        refusal_reason=refusal_reason,
+        coi_verified=coi_verified,
         shipment_status=shipment.status,
         quarantined=shipment.status is ShipmentStatus.QUARANTINED,
         quarantine_reason=shipment.quarantine_reason,
-        repeated=True,
+        repeated=repeated,
     )
 
 
@@ -320,14 +335,8 @@ def record_scan(
         coi_verified=not decision.coi_break,
         quarantined=decision.quarantine,
     )
-    return ScanOutcome(
-        scan_id=recorded.scan_id,
-        accepted=decision.accepted,
-        refusal_reason=decision.refusal_reason,
-        coi_verified=not decision.coi_break,
-        shipment_status=shipment.status,
-        quarantined=shipment.status is ShipmentStatus.QUARANTINED,
-        quarantine_reason=shipment.quarantine_reason,
+    return _outcome(
+        shipment, recorded.scan_id, decision.accepted, decision.refusal_reason, not decision.coi_break
     )
 
 
