@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
-from cgt_contracts.envelope import utc_now
+from cgt_contracts.envelope import COI_LENGTH, utc_now
 from cgt_contracts.events import ScanType, ShipmentLeg
 from sqlalchemy import Column, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -19,7 +19,7 @@ class Shipment(SQLModel, table=True):
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     order_id: UUID = Field(index=True)
-    coi: str = Field(index=True, max_length=16)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
     leg: ShipmentLeg = Field(max_length=16)
     treatment_center_id: str = Field(index=True, max_length=64)
     courier_company: str = Field(index=True, max_length=64)
@@ -68,7 +68,7 @@ class Bag(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
-    coi: str = Field(max_length=16)
+    coi: str = Field(max_length=COI_LENGTH)
     din: str | None = Field(default=None, max_length=14)
     number: int
     of: int

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 
+from cgt_contracts.envelope import COI_REGEX
+
 MOD37_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ*"
 _BASE36 = MOD37_ALPHABET[:36]
 FIN_PATTERN = re.compile(r"^[A-NP-Z][0-9]{4}$")
-COI_PATTERN = re.compile(r"^CH[A-NP-Z][0-9]{4}[0-9]{2}[0-9A-Z]{6}[0-9A-Z*]$")
+COI_PATTERN = re.compile(COI_REGEX)
 DIN_PATTERN = re.compile(r"^[A-NP-Z][0-9]{4}[0-9]{2}[0-9]{6}[0-9A-Z*]$")
 SEQUENCE_CAPACITY = 36**6
 

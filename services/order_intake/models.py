@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from uuid import UUID, uuid4
 
-from cgt_contracts.envelope import utc_now
+from cgt_contracts.envelope import COI_LENGTH, utc_now
 from sqlalchemy import Column, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -74,7 +74,7 @@ class Order(SQLModel, table=True):
     payer_authorization_expires_on: date | None = None
     eligibility_attested_by: str | None = Field(default=None, max_length=64)
     status: OrderStatus = Field(default=OrderStatus.SUBMITTED, max_length=32)
-    coi: str | None = Field(default=None, unique=True, max_length=16)
+    coi: str | None = Field(default=None, unique=True, max_length=COI_LENGTH)
     rejection_reasons: str | None = Field(default=None, sa_column=Column(Text))
     ordered_on: date
     created_by: str = Field(max_length=64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from uuid import UUID, uuid4
 
-from cgt_contracts.envelope import utc_now
+from cgt_contracts.envelope import COI_LENGTH, utc_now
 from sqlalchemy import Column, Table, Text
 from sqlmodel import Field, SQLModel
 
@@ -42,7 +42,7 @@ class Case(SQLModel, table=True):
 
     __tablename__ = "case"
 
-    coi: str = Field(primary_key=True, max_length=16)
+    coi: str = Field(primary_key=True, max_length=COI_LENGTH)
     order_id: UUID
     patient_ref: str = Field(max_length=64)
     therapy_code: str = Field(max_length=64)
@@ -68,7 +68,7 @@ class ParkedEvent(SQLModel, table=True):
     __tablename__ = "parked_event"
 
     id: int | None = Field(default=None, primary_key=True)
-    coi: str = Field(index=True, max_length=16)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
     event_id: str = Field(unique=True, max_length=36)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     parked_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
@@ -78,7 +78,7 @@ class OfferedOption(SQLModel, table=True):
     __tablename__ = "offered_option"
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
-    coi: str = Field(index=True, max_length=16)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
     conditioning_start_on: date
     infusion_on: date
     offered_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
@@ -89,7 +89,7 @@ class Appointment(SQLModel, table=True):
     __tablename__ = "appointment"
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
-    coi: str = Field(index=True, max_length=16)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
     treatment_center_id: str = Field(index=True, max_length=64)
     state: AppointmentState = Field(default=AppointmentState.TENTATIVE, max_length=16)
     conditioning_start_on: date
@@ -108,7 +108,7 @@ class FollowUpVisit(SQLModel, table=True):
     __tablename__ = "follow_up_visit"
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
-    coi: str = Field(index=True, max_length=16)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
     treatment_center_id: str = Field(max_length=64)
     number: int
     due_on: date
@@ -137,7 +137,7 @@ class WebhookDelivery(SQLModel, table=True):
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     endpoint_id: UUID = Field(foreign_key="webhook_endpoint.id", index=True)
     appointment_id: UUID = Field(index=True)
-    coi: str = Field(default="", max_length=16)
+    coi: str = Field(default="", max_length=COI_LENGTH)
     kind: str = Field(max_length=64)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(default="pending", index=True, max_length=16)

@@ -50,6 +50,39 @@ def test_an_event_round_trips_through_json_and_is_normalised_to_utc() -> None:
     assert parse_event(event.model_dump_json()) == event
 
 
+@pytest.mark.parametrize(
+    "coi",
+    [
+        "CHW432126000001",  # 15 characters: the check character is missing
+        "CHW43212600000145",  # 17 characters
+        "CHO4321260000014",  # FIN letter O is not issued
+        "XXW4321260000014",  # not a COI (`CH` prefix)
+        "chw4321260000014",  # lower case never prints on a label
+    ],
+)
+def test_a_coi_of_the_wrong_form_is_refused_in_data_and_subject(coi: str) -> None:
+    with pytest.raises(ValidationError, match="coi"):
+        parse_event(json.dumps(accepted(coi=coi)))
+    event = accepted()
+    event["subject"] = coi
+    with pytest.raises(ValidationError, match="subject"):
+        parse_event(json.dumps(event))
+
+
+def test_the_coi_form_is_defined_once_in_the_contracts() -> None:
+    from cgt_contracts.envelope import COI_REGEX
+
+    from services.common.identifiers import COI_PATTERN
+
+    assert COI_PATTERN.pattern == COI_REGEX
+
+
+def test_an_event_about_an_order_rejected_before_its_coi_is_keyed_by_the_order_id() -> None:
+    event = accepted()
+    event["subject"] = uuid4().hex.upper()
+    assert parse_event(json.dumps(event)).subject == event["subject"]
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(ValidationError, match="extra"):
         parse_event(json.dumps(accepted(patient_name="Jane Doe")))

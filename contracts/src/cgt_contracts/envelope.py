@@ -23,8 +23,24 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 """A timezone-aware instant, normalised to UTC. Naive datetimes are refused."""
 
-CoiIdentifier = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Z0-9*]+$")]
-"""A chain-of-identity identifier as printed on labels (ISBT 128 ST-028, data structure 040)."""
+COI_REGEX = r"^CH[A-NP-Z][0-9]{4}[0-9]{2}[0-9A-Z]{6}[0-9A-Z*]$"
+"""The one definition of a chain-of-identity identifier's form (ISBT 128 ST-028, data structure 040):
+`CH`, the issuer's FIN (a letter other than O and 4 digits), a two-digit year, a six-character sequence
+and the MOD 37-2 check character. Services and contracts use it from here; the check character itself
+is verified by `services.common.identifiers.has_valid_check`."""
+
+COI_LENGTH = 16
+
+CoiIdentifier = Annotated[str, Field(min_length=COI_LENGTH, max_length=COI_LENGTH, pattern=COI_REGEX)]
+"""A chain-of-identity identifier as printed on labels, without the `&/` label prefix."""
+
+ORDER_SUBJECT_REGEX = r"^[0-9A-F]{32}$"
+"""An order rejected before it had a COI is keyed by its id: 32 upper-case hex digits."""
+
+EventSubject = Annotated[
+    str, Field(min_length=COI_LENGTH, max_length=32, pattern=f"({COI_REGEX})|({ORDER_SUBJECT_REGEX})")
+]
+"""What an event is about: the COI, or the order id of an order rejected before it had one."""
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
@@ -86,7 +102,7 @@ class EventEnvelope(ContractModel):
     source: Annotated[str, Field(min_length=1, max_length=128)]
     type: str
     time: UtcDatetime = Field(default_factory=utc_now)
-    subject: CoiIdentifier
+    subject: EventSubject
     datacontenttype: Literal["application/json"] = "application/json"
     correlationid: Annotated[str, Field(min_length=1, max_length=128)]
     causationid: Annotated[str | None, Field(max_length=128)] = None
