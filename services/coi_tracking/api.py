@@ -45,6 +45,7 @@ from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
 from services.common.problems import FieldError, ProblemError
 from services.common.service import db_session, runtime_of
+from services.common.unit_of_work import session_factory
 
 SOURCE = "cgt/coi-tracking"
 log = structlog.get_logger()
@@ -1012,7 +1013,7 @@ def _apply_capture(
     request: Request, caller: Principal, outcomes: list[epcis.Outcome], rollback: bool
 ) -> CaptureJobView:
     runtime = runtime_of(request)
-    with Session(runtime.engine) as session:
+    with session_factory(runtime.engine)() as session:
         results = commands.capture(
             session,
             outcomes,

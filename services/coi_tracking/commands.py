@@ -40,16 +40,18 @@ from services.coi_tracking.models import (
     EpcisEventRecord,
     QaDisposition,
     QaSigner,
+    ReadingRow,
     ScanRecord,
+    ScanRow,
     Shipment,
     TemperatureReading,
 )
-from services.common.db import insert_later, locked, tables_of, write_deferred
+from services.common.db import locked
 from services.common.outbox import enqueue
 from services.common.topics import SHIPMENTS
+from services.common.unit_of_work import transaction_cache, unit_of_work
 
 SOURCE = "cgt/coi-tracking"
-SCAN_TABLE, READING_TABLE = tables_of(ScanRecord, TemperatureReading)
 log = structlog.get_logger()
 
 
@@ -137,10 +139,13 @@ def locked_with_facts(
 
 
 def company_of(session: Session, party: str) -> str | None:
-    """The courier registry's company for `party`, or None. Looked up by key: within a batch's session the
-    identity map answers repeats without a query."""
-    courier = session.get(Courier, party)
-    return courier.company if courier is not None else None
+    """The courier registry's company for `party`, or None. Asked once per party and transaction: a batch
+    of scans by one unknown party would otherwise query (and autoflush) for every scan."""
+    companies: dict[str, str | None] = transaction_cache(session, "courier_companies")
+    if party not in companies:
+        courier = session.get(Courier, party)
+        companies[party] = courier.company if courier is not None else None
+    return companies[party]
 
 
 def policy_of(session: Session, shipment: Shipment, container: Container | None = None) -> TemperaturePolicy:
@@ -221,7 +226,7 @@ def _earlier_scan(session: Session, shipment: Shipment, scan: ScanInput, digest:
     latest = shipment.last_scan_device_time
     if latest is None or scan.device_time > latest:
         return None
-    write_deferred(session)  # this transaction's own scans count too
+    unit_of_work(session).write()  # this transaction's own scans count too
     return session.exec(
         select(ScanRecord)
         .where(ScanRecord.shipment_id == shipment.id)
@@ -351,29 +356,27 @@ def store_scan(
 ) -> translate.ScanRecorded:
     """The scan's row in the scan ledger, accepted or refused, written with the transaction."""
     scan_id = new_uuid()
-    insert_later(
-        session,
-        SCAN_TABLE,
-        {
-            "id": scan_id,
-            "shipment_id": shipment.id,
-            "scan_type": scan.scan_type,
-            "bag_cois": json.dumps(list(scan.bag_cois)),
-            "container_id": scan.container_id,
-            "seal_id": scan.seal_id,
-            "location": scan.location,
-            "scanned_by": actor.subject,
-            "handed_to": scan.handed_to,
-            "device_time": scan.device_time,
-            "received_at": received_at,
-            "temperature_celsius": scan.temperature_celsius,
-            "accepted": decision.accepted,
-            "refusal_reason": decision.refusal_reason,
-            "coi_verified": not decision.coi_break,
-            "epcis_event_id": scan.epcis_event_id,
-            "epcis_event_hash": scan.epcis_event_hash,
-            "content_sha256": digest,
-        },
+    unit_of_work(session).append(
+        ScanRow(
+            id=scan_id,
+            shipment_id=shipment.id,
+            scan_type=scan.scan_type,
+            bag_cois=json.dumps(list(scan.bag_cois)),
+            container_id=scan.container_id,
+            seal_id=scan.seal_id,
+            location=scan.location,
+            scanned_by=actor.subject,
+            handed_to=scan.handed_to,
+            device_time=scan.device_time,
+            received_at=received_at,
+            temperature_celsius=scan.temperature_celsius,
+            accepted=decision.accepted,
+            refusal_reason=decision.refusal_reason,
+            coi_verified=not decision.coi_break,
+            epcis_event_id=scan.epcis_event_id,
+            epcis_event_hash=scan.epcis_event_hash,
+            content_sha256=digest,
+        )
     )
     if shipment.last_scan_device_time is None or scan.device_time > shipment.last_scan_device_time:
         shipment.last_scan_device_time = scan.device_time
@@ -427,11 +430,10 @@ def apply_scan_facts(
 
 
 def _store_readings(session: Session, shipment: Shipment, readings: list[Reading], source: str) -> None:
+    uow = unit_of_work(session)
     for reading in readings:
-        insert_later(
-            session,
-            READING_TABLE,
-            {"shipment_id": shipment.id, "read_at": reading.at, "celsius": reading.celsius, "source": source},
+        uow.append(
+            ReadingRow(shipment_id=shipment.id, read_at=reading.at, celsius=reading.celsius, source=source)
         )
         if shipment.max_temperature_celsius is None or reading.celsius > shipment.max_temperature_celsius:
             shipment.max_temperature_celsius = reading.celsius
@@ -460,7 +462,7 @@ def record_readings(
     EPCIS sensor reports are judged on their own (they are not the logger's complete record)."""
     previous = None
     if after_stored:
-        write_deferred(session)  # an earlier batch of this transaction counts for the gap check
+        unit_of_work(session).write()  # an earlier batch of this transaction counts for the gap check
         previous = session.exec(
             select(TemperatureReading.read_at)
             .where(TemperatureReading.shipment_id == shipment.id)
@@ -1016,7 +1018,7 @@ def _retract(session: Session, event: epcis.CapturedEvent, context: CaptureConte
     if not context.apply_scans:
         return CaptureResult(event.event_index, event.event_id, "applied", None, stored.shipment_id)
     reason = domain.retraction_reason(named, event.declared_reason)
-    write_deferred(session)  # the declared scan may be of this very document
+    unit_of_work(session).write()  # the declared scan may be of this very document
     row: ScanRecord | EpcisEventRecord | None = (
         session.get(ScanRecord, stored.scan_id) if stored.scan_id else session.get(EpcisEventRecord, named)
     )

@@ -4,15 +4,10 @@ cancelled order's shipments are marked cancelled."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from cgt_contracts.events import (
     AnyEvent,
     CollectionRecorded,
@@ -25,26 +20,14 @@ from cgt_contracts.events import (
     ShipmentCreated,
     ShipmentCreatedData,
     ShipmentLeg,
-    parse_event,
 )
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
-from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import Bag, Container, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
-from services.common.consumer import (
-    BATCH_WAIT_MS,
-    describe_validation_error,
-    event_log_context,
-    publish_dead_letter,
-    register_consumer,
-    run_with_retries,
-    take_fresh,
-)
+from services.common.consumer import BatchConsumer, register_consumer, subscribe_batches
 from services.common.db import locked
 from services.common.outbox import enqueue
 from services.common.service import Runtime
@@ -252,124 +235,30 @@ def submission_of(event: CourierScan) -> ScanSubmission:
     )
 
 
+def apply_scans(session: Session, events: list[CourierScan]) -> list[str | None]:
+    """A batch of courier scans under the same rules as HTTP scans (`apply_submissions`). A scan the rules
+    refuse is stored as refused; one for no shipment, or for another company's, is refused with the reason."""
+    results = apply_submissions(session, [submission_of(event) for event in events])
+    return [str(result) if isinstance(result, Exception) else None for result in results]
+
+
 def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
-    """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches: one transaction
-    and one offset commit per batch, each scan under the same rules as an HTTP scan, each event id once."""
-    engine = runtime.engine
-
-    def apply_batch(events: list[CourierScan]) -> list[tuple[CourierScan, str]]:
-        with Session(engine) as session:
-            fresh = take_fresh(session, SCANS_GROUP_ID, events)
-            results = apply_submissions(session, [submission_of(event) for event in fresh])
-            session.commit()  # the batch's rows go in together: one driver call per table
-        return [
-            (event, str(result))
-            for event, result in zip(fresh, results, strict=True)
-            if isinstance(result, Exception)
-        ]
-
-    @runtime.broker.subscriber(
-        COURIER_SCANS,
+    """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches, pipelined: one
+    transaction and one offset commit per batch, each event id once; anything but a courier scan is refused."""
+    scans: BatchConsumer[CourierScan] = BatchConsumer(
         group_id=SCANS_GROUP_ID,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        batch=True,
-        batch_timeout_ms=BATCH_WAIT_MS,
+        topics=(COURIER_SCANS,),
+        event_types=(CourierScanSubmitted, CourierScanSubmittedV2),
+        apply=apply_scans,
+        dead_letter_other_types=True,
+        pipelined=True,
         max_records=batch_size,
-        decoder=lambda message: message.body,
-        title="coi-tracking:couriers.scans",
     )
-    async def consume_scans(bodies: list[bytes], message: KafkaMessage) -> None:
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
-        events: list[CourierScan] = []
-        record_of: dict[str, Any] = {}
-        for record, body in zip(records, bodies, strict=True):
-            try:
-                event = parse_event(body)
-            except ValidationError as error:
-                await publish_dead_letter(
-                    runtime.broker,
-                    record,
-                    f"invalid event: {describe_validation_error(error)}",
-                    SCANS_GROUP_ID,
-                )
-                continue
-            if isinstance(event, CourierScan):
-                events.append(event)
-                record_of[str(event.id)] = record
-            else:
-                await publish_dead_letter(
-                    runtime.broker, record, f"refused: {event.type} is not a courier scan", SCANS_GROUP_ID
-                )
-        positions: dict[TopicPartition, int] = {}
-        for record in records:
-            partition = TopicPartition(record.topic, record.partition)
-            positions[partition] = max(positions.get(partition, 0), record.offset + 1)
-        # One batch is applied at a time, in order: this one starts once the previous one is done. Meanwhile
-        # the consumer goes on fetching and parsing the next batch (while a batch waits on the database).
-        if applying:
-            await asyncio.wait(applying)
-        task = asyncio.create_task(settle(events, record_of, positions, message.consumer))
-        applying.add(task)
-        task.add_done_callback(applying.discard)
-
-    applying: set[asyncio.Task[None]] = set()
-    last_commit: asyncio.Task[None] | None = None
-
-    async def settle(
-        events: list[CourierScan],
-        record_of: dict[str, Any],
-        positions: dict[TopicPartition, int],
-        consumer: AIOKafkaConsumer,
-    ) -> None:
-        """Apply a batch, dead-letter what failed, then have the batch's positions committed (never a later
-        batch's: those are not applied yet). The commit, a round trip to the broker, goes on while the next
-        batch is applied; commits follow each other in batch order. A commit lost to a rebalance or a
-        shutdown only means a redelivery, which the inbox drops."""
-        nonlocal last_commit
-        if events:
-            for event, reason in await apply_or_isolate(events):
-                await publish_dead_letter(runtime.broker, record_of[str(event.id)], reason, SCANS_GROUP_ID)
-            runtime.relay.notify()
-        last_commit = asyncio.create_task(commit_after(last_commit, positions, consumer))
-
-    async def commit_after(
-        previous: asyncio.Task[None] | None, positions: dict[TopicPartition, int], consumer: AIOKafkaConsumer
-    ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        try:
-            await consumer.commit(positions)
-        except KafkaError as error:
-            log.warning("scans.commit_failed", error=repr(error)[:300])
-
-    async def drain() -> None:
-        """At shutdown, once consuming has stopped: let the batch being applied finish, and its commit."""
-        if applying:
-            await asyncio.wait(applying)
-        if last_commit is not None:
-            await asyncio.wait([last_commit])
-
-    runtime.drains.append(drain)
-
-    async def apply_or_isolate(events: list[CourierScan]) -> list[tuple[CourierScan, str]]:
-        """The batch in one transaction; if it fails as a whole, each scan in its own transaction with the
-        consumers' bounded retries, so that only a scan that keeps failing is dead-lettered. Returns the
-        scans to dead-letter, with the reason."""
-        try:
-            refused = await run_with_retries(partial(apply_batch, events), max_attempts=1)
-        except Exception as error:
-            log.warning("scans.group_failed", events=len(events), error=repr(error)[:300])
-        else:
-            return [(event, f"refused: {reason}") for event, reason in refused]
-        dead: list[tuple[CourierScan, str]] = []
-        attempts = runtime.settings.consumer_max_attempts
-        for event in events:
-            with event_log_context(event):
-                try:
-                    refused = await run_with_retries(partial(apply_batch, [event]), attempts)
-                except Exception as error:
-                    dead.append((event, f"failed after {attempts} attempts: {error!r}"))
-                    continue
-            dead.extend((event, f"refused: {reason}") for event, reason in refused)
-        return dead
+    subscribe_batches(
+        runtime.broker,
+        scans,
+        engine=runtime.engine,
+        after_commit=runtime.relay.notify,
+        max_attempts=runtime.settings.consumer_max_attempts,
+        drains=runtime.drains,
+    )

@@ -15,10 +15,8 @@ from services.coi_tracking.domain import (
     entry_hash,
     verify_chain,
 )
-from services.coi_tracking.models import LedgerEntry, Shipment
-from services.common.db import insert_later, tables_of
-
-LEDGER_TABLE = tables_of(LedgerEntry)[0]
+from services.coi_tracking.models import LedgerEntry, LedgerRow, Shipment
+from services.common.unit_of_work import unit_of_work
 
 
 def append_entry(
@@ -50,23 +48,21 @@ def append_entry(
     )
     previous = shipment.ledger_head_sha256 or GENESIS_SHA256
     entry = StoredEntry(content=content, previous_sha256=previous, entry_sha256=entry_hash(content, previous))
-    insert_later(
-        session,
-        LEDGER_TABLE,
-        {
-            "shipment_id": shipment.id,
-            "sequence": content.sequence,
-            "kind": kind.value,
-            "from_party": from_party,
-            "to_party": to_party,
-            "location": location,
-            "at": at,
-            "signer": signer,
-            "meaning": meaning,
-            "reason": reason,
-            "previous_sha256": previous,
-            "entry_sha256": entry.entry_sha256,
-        },
+    unit_of_work(session).append(
+        LedgerRow(
+            shipment_id=shipment.id,
+            sequence=content.sequence,
+            kind=kind.value,
+            from_party=from_party,
+            to_party=to_party,
+            location=location,
+            at=at,
+            signer=signer,
+            meaning=meaning,
+            reason=reason,
+            previous_sha256=previous,
+            entry_sha256=entry.entry_sha256,
+        )
     )
     shipment.ledger_length = content.sequence
     shipment.ledger_head_sha256 = entry.entry_sha256

@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from services.coi_tracking.domain import ShipmentStatus
 from services.common.db import UtcDateTime, tables_of
+from services.common.unit_of_work import AppendRow
 
 
 class Shipment(SQLModel, table=True):
@@ -219,3 +220,52 @@ TABLES: tuple[Table, ...] = tables_of(
     LedgerEntry,
     Courier,
 )
+
+
+# Rows only ever appended, written by the unit of work at commit (`services.common.unit_of_work`).
+
+
+class ScanRow(AppendRow, table=tables_of(ScanRecord)[0]):
+    id: UUID
+    shipment_id: UUID
+    scan_type: ScanType
+    bag_cois: str
+    """The bag labels read, as a JSON list."""
+    container_id: str | None
+    seal_id: str | None
+    location: str
+    scanned_by: str
+    handed_to: str | None
+    device_time: datetime
+    received_at: datetime
+    temperature_celsius: float | None
+    accepted: bool
+    refusal_reason: str | None
+    coi_verified: bool
+    epcis_event_id: str | None
+    epcis_event_hash: str | None
+    content_sha256: str | None
+    retracted_at: datetime | None = None
+    retraction_reason: str | None = None
+
+
+class ReadingRow(AppendRow, table=tables_of(TemperatureReading)[0]):
+    shipment_id: UUID
+    read_at: datetime
+    celsius: float
+    source: str
+
+
+class LedgerRow(AppendRow, table=tables_of(LedgerEntry)[0]):
+    shipment_id: UUID
+    sequence: int
+    kind: str
+    from_party: str
+    to_party: str
+    location: str
+    at: datetime
+    signer: str
+    meaning: str
+    reason: str
+    previous_sha256: str
+    entry_sha256: str

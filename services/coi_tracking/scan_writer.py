@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from services.coi_tracking import commands, domain
 from services.common.logging import log_context
+from services.common.unit_of_work import session_factory
 
 log = structlog.get_logger()
 
@@ -126,7 +127,7 @@ class ScanWriter:
 
     def _apply(self, group: list[_Pending]) -> None:
         try:
-            with Session(self._engine) as session:
+            with session_factory(self._engine)() as session:
                 results = apply_submissions(session, [submission for submission, _ in group])
                 session.commit()
         except (OperationalError, InterfaceError) as error:

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 
 from cgt_contracts.envelope import utc_now
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from services.coi_tracking import domain
 from services.coi_tracking.models import Courier, QaSigner
+from services.common.unit_of_work import session_factory
 
 DEMO_COURIERS = (
     Courier(id="courier-ben", company="CRYO-EXPRESS", display_name="Ben Courier"),
@@ -22,7 +22,7 @@ DEMO_COURIERS = (
 
 def seed_couriers(engine: Engine) -> None:
     """Insert the demo couriers that are missing (safe at every start)."""
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for courier in DEMO_COURIERS:
             if session.get(Courier, courier.id) is None:
                 session.add(Courier.model_validate(courier.model_dump()))
@@ -32,7 +32,7 @@ def seed_couriers(engine: Engine) -> None:
 def seed_signing_pins(engine: Engine, pins: Mapping[str, str]) -> None:
     """Enrol the given signers' PINs when they have no enrolment yet (a changed or reset PIN stays as it
     is). A PIN the domain's rule refuses stops the start, saying whose."""
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for signer_id, pin in pins.items():
             if problems := domain.signing_pin_problems(pin, signer_id):
                 raise ValueError(f"SEED_SIGNING_PINS: the PIN of {signer_id} {'; '.join(problems)}")

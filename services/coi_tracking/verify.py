@@ -16,11 +16,12 @@ from pathlib import Path
 from uuid import UUID
 
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from services.coi_tracking.ledger import verify_shipment_ledger
 from services.coi_tracking.models import Shipment
 from services.common.db import make_engine
+from services.common.unit_of_work import session_factory
 
 DEFAULT_DATABASE = Path(__file__).resolve().parents[2] / "var" / "db" / "coi_tracking.db"
 """The file `make up` writes for coi-tracking (deploy/stack.py: sqlite_urls(var / "db"))."""
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     engine = make_engine(args.database_url)
     broken = 0
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         query = select(Shipment).order_by(col(Shipment.created_at))
         if args.shipment:
             query = query.where(Shipment.id == args.shipment)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from cgt_contracts.envelope import EventEnvelope, utc_now
 from cgt_contracts.events import AnyEvent, parse_event
 from faststream import AckPolicy
@@ -25,12 +28,14 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 from sqlalchemy import String
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import sessionmaker
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from services.common.db import UtcDateTime, insert_later, one_of, tables_of
+from services.common.db import UtcDateTime, one_of, tables_of
 from services.common.logging import log_context
 from services.common.topics import dlq
+from services.common.unit_of_work import AppendRow, session_factory, unit_of_work
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -60,27 +65,28 @@ class ProcessedEvent(SQLModel, table=True):
 INBOX_TABLE = tables_of(ProcessedEvent)[0]
 
 
+class InboxRow(AppendRow, table=INBOX_TABLE):
+    consumer: str
+    event_id: str
+    event_type: str
+    processed_at: datetime
+
+
 def take_fresh(session: Session, consumer: str, events: Sequence[E]) -> list[E]:
     """The events `consumer` has not applied yet, in order (an id repeated within `events` counts once),
     each entered in its inbox in the caller's transaction: applied exactly when that transaction commits."""
     event_ids = [str(event.id) for event in events]
     done = already_processed(session, consumer, event_ids)
     processed_at = utc_now()
+    uow = unit_of_work(session)
     fresh: list[E] = []
     for event, event_id in zip(events, event_ids, strict=True):
         if event_id in done:
             continue
         done.add(event_id)
         fresh.append(event)
-        insert_later(
-            session,
-            INBOX_TABLE,
-            {
-                "consumer": consumer,
-                "event_id": event_id,
-                "event_type": event.type,
-                "processed_at": processed_at,
-            },
+        uow.append(
+            InboxRow(consumer=consumer, event_id=event_id, event_type=event.type, processed_at=processed_at)
         )
     return fresh
 
@@ -158,6 +164,228 @@ def _raw_bodies(message: KafkaMessage) -> Any:
     return message.body
 
 
+BatchApply = Callable[[Session, list[E]], list[str | None]]
+"""Applies a batch's fresh events, in order, inside the session (it must not commit). Returns, for each event,
+None when it was applied, or why it is refused: a refused event goes to the dead-letter topic with that reason.
+"""
+
+
+def apply_each(handlers: dict[type[EventEnvelope], EventHandler]) -> BatchApply[AnyEvent]:
+    """A batch applied event by event, each by the handler of its type."""
+
+    def apply(session: Session, events: list[AnyEvent]) -> list[str | None]:
+        for event in events:
+            with event_log_context(event):
+                handlers[type(event)](session, event)
+                log.info("consumer.applied")
+        return [None] * len(events)
+
+    return apply
+
+
+@dataclass(frozen=True)
+class BatchConsumer(Generic[E]):
+    """What one consumer group takes from its topics and how it applies it."""
+
+    group_id: str
+    topics: tuple[str, ...]
+    event_types: tuple[type[E], ...]
+    apply: BatchApply[E]
+    dead_letter_other_types: bool = False
+    """False: events of other types are skipped (a topic carries other services' traffic). True: they are
+    refused, with the reason (a topic that should only carry these types)."""
+    pipelined: bool = False
+    """True: the next batch is fetched and parsed while this one is applied (a batch that waits on the
+    database then no longer stalls the fetch); offsets are committed in batch order, each after its batch
+    is applied. For a high-volume topic (`couriers.scans`)."""
+    max_records: int = MAX_BATCH
+
+
+@dataclass(frozen=True)
+class _Work(Generic[E]):
+    record: Any
+    event: E
+
+
+def _positions(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """The offsets to commit once these records are settled: one past the last of each partition."""
+    positions: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        positions[partition] = max(positions.get(partition, 0), record.offset + 1)
+    return positions
+
+
+class _BatchSubscriber(Generic[E]):
+    """One consumer group's batches: parse, skip or dead-letter, apply in one transaction (or each event
+    alone if the batch fails), dead-letter the refused and the failing, then commit the batch's offsets.
+
+    Offsets are committed explicitly per batch (`consumer.commit(positions)`), not by FastStream's
+    `message.ack()`: that commits the consumer's fetch position, which in pipelined mode is already past
+    the next batch, not yet applied. A commit lost to a rebalance or shutdown only means a redelivery,
+    which the inbox drops."""
+
+    def __init__(
+        self,
+        spec: BatchConsumer[E],
+        broker: KafkaBroker,
+        sessions: sessionmaker[Session],
+        after_commit: Callable[[], None],
+        max_attempts: int,
+    ) -> None:
+        self.spec = spec
+        self.broker = broker
+        self.sessions = sessions
+        self.after_commit = after_commit
+        self.max_attempts = max_attempts
+        self.type_names = {t.model_fields["type"].default for t in spec.event_types}
+        self.applying: asyncio.Task[None] | None = None
+        self.committing: asyncio.Task[None] | None = None
+        self.last_commit = time.monotonic()
+
+    async def consume(self, bodies: list[bytes], message: KafkaMessage) -> None:
+        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        work = await self.parse(records, bodies)
+        positions, caught_up = _positions(records), len(records) < self.spec.max_records
+        if not self.spec.pipelined:
+            await self.settle(work, positions, message.consumer, caught_up)
+            return
+        # One batch is applied at a time, in order: this one starts once the previous one is done.
+        if self.applying is not None:
+            await asyncio.wait([self.applying])
+        self.applying = asyncio.create_task(self.settle(work, positions, message.consumer, caught_up))
+
+    def skippable(self, record: Any) -> bool:
+        """An event whose CloudEvents type header names a type this consumer does not take is skipped
+        without being parsed (most of a topic's traffic is for other services)."""
+        if self.spec.dead_letter_other_types:
+            return False
+        for key, value in record.headers or ():
+            if key == "ce_type":
+                return value.decode(errors="replace") not in self.type_names
+        return False
+
+    async def parse(self, records: Sequence[Any], bodies: list[bytes]) -> list[_Work[E]]:
+        work: list[_Work[E]] = []
+        for record, body in zip(records, bodies, strict=True):
+            if self.skippable(record):
+                continue
+            try:
+                event = parse_event(body)
+            except ValidationError as error:
+                await self.dead_letter(record, f"invalid event: {describe_validation_error(error)}")
+                continue
+            if isinstance(event, self.spec.event_types):
+                work.append(_Work(record, event))
+            elif self.spec.dead_letter_other_types:
+                await self.dead_letter(record, f"refused: {event.type} is not taken on this topic")
+        return work
+
+    async def settle(
+        self, work: list[_Work[E]], positions: dict[TopicPartition, int], consumer: Any, caught_up: bool
+    ) -> None:
+        if work:
+            for item, reason in await self.apply_or_isolate(work):
+                await self.dead_letter(item.record, reason)
+        # Under load (full batches), a batch of events only for other services commits at most every second;
+        # a batch that empties the backlog always commits, so that lag reads zero once caught up.
+        if work or caught_up or time.monotonic() - self.last_commit > IGNORED_COMMIT_SECONDS:
+            self.last_commit = time.monotonic()
+            self.committing = asyncio.create_task(self.commit_after(self.committing, positions, consumer))
+            if not self.spec.pipelined:
+                await self.committing
+
+    async def commit_after(
+        self, previous: asyncio.Task[None] | None, positions: dict[TopicPartition, int], consumer: Any
+    ) -> None:
+        """Commits follow each other in batch order; in pipelined mode the round trip to the broker goes on
+        while the next batch is applied."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await consumer.commit(positions)
+        except KafkaError as error:
+            log.warning("consumer.commit_failed", group=self.spec.group_id, error=repr(error)[:300])
+
+    def apply_group(self, events: list[E]) -> tuple[int, list[tuple[E, str]]]:
+        """The events in one transaction (one commit): how many were new, and those refused, with why."""
+        with self.sessions() as session:
+            fresh = take_fresh(session, self.spec.group_id, events)
+            outcomes = self.spec.apply(session, fresh) if fresh else []
+            session.commit()
+        refused = [(e, reason) for e, reason in zip(fresh, outcomes, strict=True) if reason is not None]
+        return len(fresh), refused
+
+    async def apply_or_isolate(self, work: list[_Work[E]]) -> list[tuple[_Work[E], str]]:
+        """The batch in one transaction; if it fails as a whole, each event in its own transaction with
+        bounded retries, so that only an event that keeps failing is dead-lettered. Returns what to
+        dead-letter, with the reason."""
+        by_id = {str(item.event.id): item for item in work}
+        try:
+            applied, refused = await run_with_retries(
+                partial(self.apply_group, [item.event for item in work]), max_attempts=1
+            )
+        except Exception as error:
+            log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
+        else:
+            if applied:
+                self.after_commit()
+            return [(by_id[str(event.id)], f"refused: {reason}") for event, reason in refused]
+        dead: list[tuple[_Work[E], str]] = []
+        for item in work:
+            with event_log_context(item.event):
+                try:
+                    applied, refused = await run_with_retries(
+                        partial(self.apply_group, [item.event]), self.max_attempts
+                    )
+                except Exception as error:
+                    dead.append((item, f"failed after {self.max_attempts} attempts: {error!r}"))
+                    continue
+                if applied:
+                    self.after_commit()
+                else:
+                    log.info("consumer.duplicate_ignored")
+            dead.extend((item, f"refused: {reason}") for _, reason in refused)
+        return dead
+
+    async def dead_letter(self, record: Any, reason: str) -> None:
+        await publish_dead_letter(self.broker, record, reason, self.spec.group_id)
+
+    async def drain(self) -> None:
+        """At shutdown, once consuming has stopped: let the batch being applied finish, and its commit."""
+        if self.applying is not None:
+            await asyncio.wait([self.applying])
+        if self.committing is not None:
+            await asyncio.wait([self.committing])
+
+
+def subscribe_batches(
+    broker: KafkaBroker,
+    spec: BatchConsumer[E],
+    *,
+    engine: Engine,
+    after_commit: Callable[[], None],
+    max_attempts: int = 5,
+    drains: list[Callable[[], Awaitable[None]]] | None = None,
+) -> None:
+    """Subscribe `spec.group_id` to its topics, in batches, with manual offset commits (see
+    `_BatchSubscriber`). `drains` receives what shutdown must await (a pipelined batch being applied)."""
+    subscriber = _BatchSubscriber(spec, broker, session_factory(engine), after_commit, max_attempts)
+    broker.subscriber(
+        *spec.topics,
+        group_id=spec.group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        batch=True,
+        batch_timeout_ms=BATCH_WAIT_MS,
+        max_records=spec.max_records,
+        decoder=_raw_bodies,
+        title=f"{spec.group_id}:{'+'.join(spec.topics)}",
+    )(subscriber.consume)
+    if drains is not None:
+        drains.append(subscriber.drain)
+
+
 def register_consumer(
     broker: KafkaBroker,
     *,
@@ -168,108 +396,12 @@ def register_consumer(
     after_commit: Callable[[], None],
     max_attempts: int = 5,
 ) -> None:
-    """Subscribe `group_id` to `topics`; events of other types are acknowledged and ignored."""
-
-    def apply(event: AnyEvent, handler: EventHandler) -> bool:
-        with Session(engine) as session:
-            if session.get(ProcessedEvent, (group_id, str(event.id))) is not None:
-                return False
-            handler(session, event)
-            session.add(ProcessedEvent(consumer=group_id, event_id=str(event.id), event_type=event.type))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                if session.get(ProcessedEvent, (group_id, str(event.id))) is not None:
-                    return False
-                raise
-            return True
-
-    handled_types = {handler_type.model_fields["type"].default for handler_type in handlers}
-
-    def skippable(record: Any) -> bool:
-        """An event whose CloudEvents type header names a type this consumer does not handle is skipped
-        without being parsed (most of a topic's traffic is for other services)."""
-        for key, value in record.headers or ():
-            if key == "ce_type":
-                return value.decode(errors="replace") not in handled_types
-        return False
-
-    last_commit = [time.monotonic()]
-
-    @broker.subscriber(
-        *topics,
+    """Subscribe `group_id` to `topics`, each event applied by the handler of its type; events of other
+    types are skipped."""
+    spec: BatchConsumer[AnyEvent] = BatchConsumer(
         group_id=group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        batch=True,
-        batch_timeout_ms=BATCH_WAIT_MS,
-        max_records=MAX_BATCH,
-        decoder=_raw_bodies,
-        title=f"{group_id}:{'+'.join(topics)}",
+        topics=tuple(topics),
+        event_types=tuple(handlers),  # type: ignore[arg-type]
+        apply=apply_each(handlers),
     )
-    async def consume(bodies: list[bytes], message: KafkaMessage) -> None:
-        records = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
-        handled = 0
-        work: list[tuple[Any, AnyEvent, EventHandler]] = []
-        for record, body in zip(records, bodies, strict=True):
-            if skippable(record):
-                continue
-            try:
-                event = parse_event(body)
-            except ValidationError as error:
-                await publish_dead_letter(
-                    broker, record, f"invalid event: {describe_validation_error(error)}", group_id
-                )
-                handled += 1
-                continue
-            handler = handlers.get(type(event))
-            if handler is not None:
-                work.append((record, event, handler))
-        if work:
-            handled += len(work)
-            await apply_all(work)
-        # Offsets are committed once per batch. Under load (full batches), a batch of events only for other
-        # services commits at most every second; a batch that empties the backlog always commits, so that
-        # lag reads zero once caught up. Re-read after a restart, skipped events are skipped again.
-        caught_up = len(records) < MAX_BATCH
-        if handled or caught_up or time.monotonic() - last_commit[0] > IGNORED_COMMIT_SECONDS:
-            await message.ack()
-            last_commit[0] = time.monotonic()
-
-    def apply_group(work: list[tuple[Any, AnyEvent, EventHandler]]) -> int:
-        """Apply a batch's events in order in one transaction (one commit); returns how many were new."""
-        with Session(engine) as session:
-            fresh = take_fresh(session, group_id, [event for _, event, _ in work])
-            for event in fresh:
-                with event_log_context(event):
-                    handlers[type(event)](session, event)
-                    log.info("consumer.applied")
-            session.commit()
-        return len(fresh)
-
-    async def apply_all(work: list[tuple[Any, AnyEvent, EventHandler]]) -> None:
-        """One transaction for the batch; if it fails as a whole, each event alone, with retries and
-        dead letters, so that one bad event holds up nobody else."""
-        try:
-            applied = await run_with_retries(partial(apply_group, work), max_attempts=1)
-        except Exception as error:
-            log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
-            for record, event, handler in work:
-                await apply_one(record, event, handler)
-            return
-        if applied:
-            after_commit()
-
-    async def apply_one(record: Any, event: AnyEvent, handler: EventHandler) -> None:
-        """Apply one event in its own transaction, retried; dead-lettered after `max_attempts` failures."""
-        with event_log_context(event):
-            try:
-                applied = await run_with_retries(partial(apply, event, handler), max_attempts)
-            except Exception as error:
-                reason = f"failed after {max_attempts} attempts: {error!r}"
-                await publish_dead_letter(broker, record, reason, group_id)
-                return
-            log.info("consumer.applied" if applied else "consumer.duplicate_ignored")
-            if applied:
-                after_commit()
+    subscribe_batches(broker, spec, engine=engine, after_commit=after_commit, max_attempts=max_attempts)

@@ -22,7 +22,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.types import TypeEngine
@@ -292,88 +292,3 @@ def tables_of(*models: type[SQLModel]) -> tuple[Table, ...]:
             raise TypeError(f"{model.__name__} is not a table model")
         tables.append(table)
     return tuple(tables)
-
-
-_DEFERRED = "cgt_deferred_inserts"
-
-
-def insert_later(session: OrmSession, table: Table, row: dict[str, Any]) -> None:
-    """Queue an append-only row; the session's queued rows are written table by table, one multi-row
-    INSERT each, just before it commits (or at `write_deferred`). Rows must be complete: Python-side
-    defaults of table models do not apply. For rows that are only ever inserted (scans, readings, ledger,
-    outbox, inbox), this replaces one ORM object and one statement per row."""
-    if not session.in_transaction():
-        session.begin()  # so that a rollback() before any SQL still ends it, and drops the queue
-    tables: dict[Table, list[dict[str, Any]]] = session.info.setdefault(_DEFERRED, {})
-    tables.setdefault(table, []).append(row)
-
-
-def write_deferred(session: OrmSession) -> None:
-    """Write the queued rows now, in the order they were queued per table (ORM objects first)."""
-    tables: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_DEFERRED, None)
-    if not tables:
-        return
-    session.flush()
-    connection = session.connection()
-    for table, rows in tables.items():
-        _insert_rows(connection, table, rows)
-
-
-COPY_FROM_ROWS = 8
-"""From this many rows on, PostgreSQL gets them by COPY; fewer go as one INSERT with a VALUES list. A
-pipelined executemany costs client CPU for every row; COPY costs least per row but pays a second round
-trip, which outweighs its savings for a few rows. The split point was measured (docs/performance.md)."""
-_ProcessedColumns = list[tuple[int, Callable[[Any], Any]]]
-_bind_processors: dict[tuple[Table, str, tuple[str, ...]], _ProcessedColumns] = {}
-
-
-def _insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Rows converted by the columns' own bind processors (what SQLAlchemy would send), then handed to the
-    driver in one call: COPY or one multi-row INSERT on PostgreSQL, executemany on SQLite. SQLAlchemy's
-    per-parameter bookkeeping cost more than the database's own work for a batch of thousands of rows."""
-    dialect = connection.dialect
-    names = tuple(rows[0])
-    key = (table, dialect.name, names)
-    processed = _bind_processors.get(key)
-    if processed is None:
-        processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-        processed = [(i, process) for i, process in enumerate(processors) if process is not None]
-        _bind_processors[key] = processed
-    converted: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = [row[name] for name in names]
-        for i, process in processed:
-            values[i] = process(values[i])
-        converted.append(tuple(values))
-    quote = dialect.identifier_preparer.quote
-    columns = ", ".join(quote(name) for name in names)
-    if dialect.name == "postgresql":
-        driver_connection = connection.connection.driver_connection
-        assert driver_connection is not None
-        with driver_connection.cursor() as cursor:
-            if len(converted) >= COPY_FROM_ROWS:
-                with cursor.copy(f"COPY {quote(table.name)} ({columns}) FROM STDIN") as copy:
-                    for converted_row in converted:
-                        copy.write_row(converted_row)
-            else:
-                values_row = f"({', '.join('%s' for _ in names)})"
-                cursor.execute(
-                    f"INSERT INTO {quote(table.name)} ({columns}) VALUES {', '.join(values_row for _ in converted)}",
-                    [value for converted_row in converted for value in converted_row],
-                )
-    else:
-        placeholders = ", ".join("?" for _ in names)
-        connection.exec_driver_sql(
-            f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({placeholders})", converted
-        )
-
-
-@event.listens_for(OrmSession, "before_commit")
-def _write_deferred_before_commit(session: OrmSession) -> None:
-    write_deferred(session)
-
-
-@event.listens_for(OrmSession, "after_soft_rollback")
-def _drop_deferred_after_rollback(session: OrmSession, _previous: Any) -> None:
-    # Every rollback() drops the queue, even one before any SQL ran (then there was no DBAPI rollback).
-    session.info.pop(_DEFERRED, None)

@@ -28,6 +28,7 @@ from sqlmodel import Field, Session, SQLModel, col, select, update
 
 from services.common.db import UtcDateTime
 from services.common.problems import CONFLICT, FieldError, ProblemError
+from services.common.unit_of_work import session_factory
 
 HEADER = "Idempotency-Key"
 IdempotencyKeyHeader = Annotated[
@@ -143,7 +144,7 @@ def claim(engine: Engine, request: KeyedRequest | None) -> StoredAnswer | None:
     the key is another request's. None: go ahead (and `complete` after)."""
     if request is None:
         return None
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         earlier = earlier_answer(session, request)
         if earlier is not None or _row(session, request) is not None:
             return earlier
@@ -162,7 +163,7 @@ def complete(engine: Engine, request: KeyedRequest | None, status_code: int, bod
     """Keep the answer of a claimed request (the first one to complete wins)."""
     if request is None:
         return
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         session.exec(
             update(IdempotentResponse)
             .where(col(IdempotentResponse.caller) == request.caller)

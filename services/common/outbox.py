@@ -29,7 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 from sqlmodel import Field, Session, SQLModel
 
-from services.common.db import UtcDateTime, insert_later, is_postgres, one_of, tables_of
+from services.common.db import UtcDateTime, is_postgres, one_of, tables_of
+from services.common.unit_of_work import AppendRow, session_factory, unit_of_work
 
 log = structlog.get_logger()
 _PARTITIONER = DefaultPartitioner()
@@ -81,22 +82,30 @@ class OutboxMessage(SQLModel, table=True):
 OUTBOX_TABLE = tables_of(OutboxMessage)[0]
 
 
+class OutboxRow(AppendRow, table=OUTBOX_TABLE):
+    event_id: str
+    event_type: str
+    topic: str
+    key: str
+    payload: str
+    correlation_id: str
+    created_at: datetime
+    published_at: datetime | None = None
+
+
 def enqueue(session: Session, topic: str, event: EventEnvelope) -> None:
     """Add an event to the session's transaction; it is published only if the transaction commits.
     The session's events are written together, in the order they were enqueued, when it commits."""
-    insert_later(
-        session,
-        OUTBOX_TABLE,
-        {
-            "event_id": str(event.id),
-            "event_type": event.type,
-            "topic": topic,
-            "key": event.subject,
-            "payload": event.model_dump_json(),
-            "correlation_id": event.correlationid,
-            "created_at": utc_now(),
-            "published_at": None,
-        },
+    unit_of_work(session).append(
+        OutboxRow(
+            event_id=str(event.id),
+            event_type=event.type,
+            topic=topic,
+            key=event.subject,
+            payload=event.model_dump_json(),
+            correlation_id=event.correlationid,
+            created_at=utc_now(),
+        )
     )
 
 
@@ -206,7 +215,7 @@ class OutboxRelay:
         The database work runs on the relay's own thread (the event loop never waits on the database);
         on PostgreSQL the relay holds the outbox's advisory lock from claim to mark."""
         loop = asyncio.get_running_loop()
-        session = Session(self._engine)
+        session = session_factory(self._engine)()
         try:
             rows = await loop.run_in_executor(self._db_thread, self._claim, session)
             if not rows:

@@ -46,6 +46,7 @@ from services.common.problems import (
 )
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
+from services.common.unit_of_work import session_factory
 
 COMMON_TABLES: tuple[Table, ...] = tables_of(OutboxMessage, ProcessedEvent, IdempotentResponse)
 
@@ -267,5 +268,5 @@ def runtime_of(request: Request) -> Runtime:
 
 def db_session(request: Request) -> Iterator[Session]:
     """A request's session: rolled back unless the route commits."""
-    with Session(runtime_of(request).engine) as session:
+    with session_factory(runtime_of(request).engine)() as session:
         yield session

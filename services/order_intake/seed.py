@@ -6,8 +6,9 @@ import json
 from datetime import date
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
+from services.common.unit_of_work import session_factory
 from services.order_intake.models import (
     Prescriber,
     PrescriberSite,
@@ -48,7 +49,7 @@ def seed_registry(engine: Engine) -> None:
         Prescriber(npi=DEMO_PRESCRIBER_NPI, name="Dr. A. Demo"),
         PrescriberSite(npi=DEMO_PRESCRIBER_NPI, treatment_center_id=DEMO_SITE),
     ]
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for row in rows:
             primary = tuple(getattr(row, c.name) for c in row.__table__.primary_key.columns)  # type: ignore[attr-defined]
             if session.get(type(row), primary if len(primary) > 1 else primary[0]) is None:

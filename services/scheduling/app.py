@@ -11,10 +11,10 @@ from cgt_contracts.envelope import utc_now
 from fastapi import FastAPI
 from pydantic import Field
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
+from services.common.unit_of_work import session_factory
 from services.scheduling import api, commands, handlers
 from services.scheduling.models import TABLES, Site, TherapyProtocol
 from services.scheduling.webhooks import WebhookDeliverer
@@ -42,7 +42,7 @@ class SchedulingSettings(ServiceSettings):
 
 def seed(engine: Engine) -> None:
     """Demo calendars and protocol (the same site and therapy ids as order intake's seed registry)."""
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for row in (
             Site(id="TC-BOSTON", timezone="America/New_York", infusions_per_day=2, admissions_capacity=4),
             Site(id="TC-DENVER", timezone="America/Denver", infusions_per_day=1, admissions_capacity=2),
@@ -87,7 +87,7 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
         handlers.wire(runtime, receipt_buffer_hours=settings.receipt_buffer_hours, after_commit=after_commit)
 
     def check_follow_up(runtime: Runtime) -> None:
-        with Session(runtime.engine) as session:
+        with session_factory(runtime.engine)() as session:
             published = commands.publish_overdue_visits(
                 session, utc_now().date(), correlation_id="follow-up-check"
             )

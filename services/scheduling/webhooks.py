@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from services.common.outbox import enqueue
 from services.common.topics import SCHEDULING
+from services.common.unit_of_work import session_factory
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, retry_delay_seconds, sign
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
 
@@ -95,7 +96,7 @@ class WebhookDeliverer:
         return len(due)
 
     def _due(self) -> list[tuple[WebhookDelivery, WebhookEndpoint]]:
-        with Session(self._engine, expire_on_commit=False) as session:
+        with session_factory(self._engine)(expire_on_commit=False) as session:
             rows = session.exec(
                 select(WebhookDelivery, WebhookEndpoint)
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
@@ -110,7 +111,7 @@ class WebhookDeliverer:
     def _save(self, attempted: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> bool:
         """Record the attempts in one transaction; True if a delivery failed for good (and was published)."""
         failed = False
-        with Session(self._engine) as session:
+        with session_factory(self._engine)() as session:
             for delivery, endpoint in attempted:
                 session.merge(delivery)
                 if delivery.status == "failed":

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import col, func, select
 
 from services.common.outbox import OutboxMessage, OutboxRelay, PendingMessage
 from services.common.service import COMMON_TABLES
 from services.common.topics import TopicSpec, ensure_topics
+from services.common.unit_of_work import session_factory
 from tests.support.infra import database, kafka_broker
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +46,7 @@ async def topic(bootstrap: str) -> AsyncIterator[str]:
 
 def enqueue_rows(engine: Engine, topic: str, rows: int) -> None:
     """`rows` events over `KEYS` keys, each payload carrying its position."""
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for n in range(rows):
             session.add(
                 OutboxMessage(
@@ -61,7 +62,7 @@ def enqueue_rows(engine: Engine, topic: str, rows: int) -> None:
 
 
 def unpublished(engine: Engine) -> int:
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         query = (
             select(func.count()).select_from(OutboxMessage).where(col(OutboxMessage.published_at).is_(None))
         )

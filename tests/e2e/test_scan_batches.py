@@ -30,6 +30,7 @@ from services.coi_tracking.models import ScanRecord, Shipment
 from services.common.db import make_engine
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.topics import COURIER_SCANS, dlq, ensure_topics
+from services.common.unit_of_work import session_factory
 from tests.support.infra import kafka_broker, wait_committed
 from tests.support.shipments import planned_shipments
 
@@ -134,7 +135,7 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
             await producer.stop()
 
         def applied() -> list[str]:
-            with Session(engine) as session:
+            with session_factory(engine)() as session:
                 rows = session.exec(select(ScanRecord.location).where(ScanRecord.shipment_id == shipment.id))
                 found = sorted(rows)
             return found if len(found) == 2 else []
@@ -178,7 +179,7 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
     engine = make_engine(database_url)
 
     def count(query: Any) -> int:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             return int(session.exec(query).one())
 
     def stored_scans() -> int:
@@ -273,7 +274,7 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
             )  # nothing dead-lettered
         finally:
             await dead.stop()
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             refused = session.exec(
                 select(func.count()).select_from(ScanRecord).where(col(ScanRecord.accepted).is_(False))
             ).one()

@@ -22,8 +22,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, Role
+from services.common.identifiers import SEQUENCE_CAPACITY, coi_identifier
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
+from services.common.unit_of_work import session_factory
 from services.scheduling import api, commands, domain
 from services.scheduling.domain import AppointmentState
 from services.scheduling.handlers import make_handlers
@@ -41,9 +43,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def a_case_ready_to_book(engine: Engine) -> tuple[str, domain.SlotOption]:
-    coi = f"W{uuid.uuid4().hex[:12].upper()}"
+    coi = coi_identifier("W4321", 2026, uuid.uuid4().int % SEQUENCE_CAPACITY)
     eta = datetime.now(UTC) + timedelta(days=1)
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         session.add(
             Site(
                 id=SITE,
@@ -85,7 +87,7 @@ def test_a_case_booked_twice_at_once_gets_one_appointment(
     second: dict[str, Any] = {}
 
     def second_coordinator() -> None:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             try:
                 second["appointment"] = book(session, coi, option, "coordinator-b")
                 session.commit()
@@ -94,7 +96,7 @@ def test_a_case_booked_twice_at_once_gets_one_appointment(
                 second["refused"] = refused.reasons
 
     contender = Contender(monkeypatch, commands, "lock_site", second_coordinator)
-    with Session(engine) as first:
+    with session_factory(engine)() as first:
         book(first, coi, option, "coordinator-a")  # holds the site's lock until it commits
         contender.arrive()
         first.commit()
@@ -102,7 +104,7 @@ def test_a_case_booked_twice_at_once_gets_one_appointment(
 
     assert "appointment" not in second, "the case was booked twice"
     assert second["refused"] == ["this case already has an appointment: reschedule or cancel it"]
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         booked = session.exec(
             select(func.count()).select_from(Appointment).where(col(Appointment.coi) == coi)
         )
@@ -116,7 +118,7 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
     booking: dict[str, Appointment] = {}
 
     def coordinator() -> None:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             booking["appointment"] = book(session, coi, option, "coordinator-a")
             session.commit()
             session.refresh(booking["appointment"])
@@ -134,7 +136,7 @@ def test_a_booking_waits_for_a_quarantine_being_recorded_and_is_put_on_hold(
             quarantined_at=datetime.now(UTC),
         ),
     )
-    with Session(engine) as consumer:
+    with session_factory(engine)() as consumer:
         make_handlers(default_buffer_hours=24)[ShipmentQuarantined](consumer, quarantined)
         contender.arrive()
         consumer.commit()
@@ -157,10 +159,10 @@ def test_a_cancellation_is_not_overwritten_by_a_delivery_confirming_the_appointm
 
 def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     coi, option = a_case_ready_to_book(engine)
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         appointment_id = book(session, coi, option, "coordinator-a").id
         session.commit()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         case = session.get(Case, coi)
         assert case is not None and case.shipment_id is not None
         shipment_id = case.shipment_id
@@ -180,7 +182,7 @@ def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) 
     )
 
     def delivery_event() -> None:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             make_handlers(default_buffer_hours=24)[ShipmentDelivered](session, delivered)
             session.commit()
 
@@ -196,7 +198,7 @@ def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) 
 
     contender = Contender(monkeypatch, commands, "confirm", delivery_event)
     coordinator = Principal(subject="coordinator-a", role=Role.COORDINATOR)
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         appointment, _ = api._appointment_to_change(session, appointment_id, coordinator)
         commands.cancel(session, appointment, "patient unwell", correlation_id="cancel", causation_id=None)
         session.flush()  # the cancellation is written (its row locked) before the delivery comes
@@ -204,7 +206,7 @@ def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) 
         session.commit()
     contender.finish()
 
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         stored = session.get(Appointment, appointment_id)
         assert stored is not None and stored.state is AppointmentState.CANCELLED, "the cancellation was lost"
         confirmations = session.exec(

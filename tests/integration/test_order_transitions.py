@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from cgt_contracts.events import ShipmentDelivered, ShipmentDeliveredData
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
+from services.common.identifiers import SEQUENCE_CAPACITY, coi_identifier
 from services.common.service import COMMON_TABLES
+from services.common.unit_of_work import session_factory
 from services.order_intake import api, handlers
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import TABLES, Order, OrderTransition
@@ -37,9 +39,9 @@ def a_shipped_order(engine: Engine) -> Order:
         ordered_on=date.today(),
         created_by="coordinator-a",
         status=OrderStatus.PRODUCT_SHIPPED,
-        coi=f"W{uuid.uuid4().hex[:12].upper()}",
+        coi=coi_identifier("W4321", 2026, uuid.uuid4().int % SEQUENCE_CAPACITY),
     )
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         session.add(order)
         session.commit()
         session.refresh(order)
@@ -70,12 +72,12 @@ def test_a_delivery_arriving_while_the_order_is_cancelled_is_judged_on_the_cance
     order = a_shipped_order(engine)
 
     def delivery_event() -> None:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             handlers.on_shipment_delivered(session, delivered(order))
             session.commit()
 
     contender = Contender(monkeypatch, handlers, "record_transition", delivery_event)
-    with Session(engine) as coordinator:
+    with session_factory(engine)() as coordinator:
         cancelling = coordinator.get(Order, order.id)
         assert cancelling is not None
         api.record_transition(coordinator, cancelling, OrderStatus.CANCELLED, "coordinator-a")
@@ -83,7 +85,7 @@ def test_a_delivery_arriving_while_the_order_is_cancelled_is_judged_on_the_cance
         coordinator.commit()
     contender.finish()
 
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         stored = session.get(Order, order.id)
         assert stored is not None and stored.status is OrderStatus.CANCELLED
         history = session.exec(

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from cgt_contracts.events import ScanType
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from services.coi_tracking import commands, epcis
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.service import COMMON_TABLES
+from services.common.unit_of_work import session_factory
 from tests.support.infra import database
 from tests.support.races import Contender
 from tests.support.shipments import planned_shipments
@@ -63,7 +63,7 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
     )
 
     def courier_system_captures_a_delay() -> None:
-        with Session(engine) as session:
+        with session_factory(engine)() as session:
             captured.extend(
                 commands.capture(
                     session,
@@ -77,7 +77,7 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
             session.commit()
 
     contender = Contender(monkeypatch, commands, "locked_with_facts", courier_system_captures_a_delay)
-    with Session(engine) as courier_app:
+    with session_factory(engine)() as courier_app:
         (delivered,) = apply_submissions(
             courier_app,
             [
@@ -99,6 +99,6 @@ def test_a_scan_arriving_while_a_delivery_is_recorded_is_judged_on_the_delivered
     assert result.outcome == "applied" and result.scan is not None
     assert not result.scan.accepted, "a delay was accepted for a shipment being delivered"
     assert result.scan.refusal_reason == "a delay scan cannot follow a shipment that is delivered"
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         stored = session.get(Shipment, shipment.id)
         assert stored is not None and stored.status is ShipmentStatus.DELIVERED

@@ -1,5 +1,5 @@
 """The write paths behind the throughput work, on real databases (SQLite and PostgreSQL, no broker): rows
-queued with `insert_later`, SQLite writers queuing on the process's lock, and courier scans applied in groups by the `ScanWriter`."""
+queued in the unit of work, SQLite writers queuing on the process's lock, and courier scans applied in groups by the `ScanWriter`."""
 
 from __future__ import annotations
 
@@ -21,24 +21,27 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from services.coi_tracking import commands
-from services.coi_tracking.models import TABLES, ScanRecord, Shipment
+from services.coi_tracking.models import TABLES, ScanRecord, ScanRow, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, ScanWriter, ShipmentNotFound
 from services.common.consumer import ProcessedEvent, take_fresh
 from services.common.db import (
-    COPY_FROM_ROWS,
     WalCheckpointer,
-    insert_later,
     lock_for_writing,
     make_engine,
     tables_of,
 )
-from services.common.outbox import OutboxMessage, OutboxRelay, pending_rows
+from services.common.identifiers import coi_identifier
+from services.common.outbox import OutboxMessage, OutboxRelay, OutboxRow, pending_rows
 from services.common.service import COMMON_TABLES
+from services.common.unit_of_work import (
+    COPY_FROM_ROWS,
+    AppendRow,
+    session_factory,
+    transaction_cache,
+    unit_of_work,
+)
 from tests.support.infra import database
 from tests.support.shipments import planned_shipments
-
-OUTBOX = tables_of(OutboxMessage)[0]
-SCAN_TABLE = tables_of(ScanRecord)[0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,31 +50,30 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield engine
 
 
-def outbox_row(n: int) -> dict[str, object]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "test.v1",
-        "topic": "t",
-        "key": f"k{n}",
-        "payload": f'{{"n": {n}}}',
-        "correlation_id": "c",
-        "created_at": datetime.now(UTC),
-        "published_at": None,
-    }
+def outbox_row(n: int) -> OutboxRow:
+    return OutboxRow(
+        event_id=str(uuid.uuid4()),
+        event_type="test.v1",
+        topic="t",
+        key=f"k{n}",
+        payload=f'{{"n": {n}}}',
+        correlation_id="c",
+        created_at=datetime.now(UTC),
+    )
 
 
 def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engine: Engine) -> None:
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for n in range(5):
-            insert_later(session, OUTBOX, outbox_row(n))
+            unit_of_work(session).append(outbox_row(n))
         session.rollback()
         session.commit()  # nothing queued survives a rollback
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         assert session.exec(select(func.count()).select_from(OutboxMessage)).one() == 0
         for n in range(300):
-            insert_later(session, OUTBOX, outbox_row(n))
+            unit_of_work(session).append(outbox_row(n))
         session.commit()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         keys = session.exec(select(OutboxMessage.key).order_by(col(OutboxMessage.id))).all()
     assert keys == [f"k{n}" for n in range(300)]  # ids follow the order rows were queued in
 
@@ -79,16 +81,61 @@ def test_queued_rows_are_written_at_commit_in_order_and_dropped_on_rollback(engi
 def cancellation(n: int) -> OrderCancelled:
     return OrderCancelled(
         source="test",
-        subject=f"W00002612{n:07d}",
+        subject=coi_identifier("W0000", 2026, n),
         correlationid=f"c{n}",
         data=OrderCancelledData(
             order_id=uuid.uuid4(),
-            coi=f"W00002612{n:07d}",
+            coi=coi_identifier("W0000", 2026, n),
             reason="test",
             cancelled_by="coordinator-a",
             cancelled_at=datetime.now(UTC),
         ),
     )
+
+
+def test_a_row_class_must_match_its_table_when_it_is_defined() -> None:
+    outbox = tables_of(OutboxMessage)[0]
+    with pytest.raises(TypeError, match=r"missing columns \['published_at'\]"):
+
+        class ForgetsAColumn(AppendRow, table=outbox):
+            event_id: str
+            event_type: str
+            topic: str
+            key: str
+            payload: str
+            correlation_id: str
+            created_at: datetime
+
+    with pytest.raises(TypeError, match=r"unknown fields \['payloads'\]"):
+
+        class MisspeltColumn(AppendRow, table=outbox):
+            event_id: str
+            event_type: str
+            topic: str
+            key: str
+            payloads: str
+            correlation_id: str
+            created_at: datetime
+            published_at: datetime | None = None
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outbox_row(1).key = "other"  # type: ignore[misc]
+
+
+def test_only_the_services_session_factory_has_a_unit_of_work(engine: Engine) -> None:
+    """Rows queued on a session that would never write them are refused, not silently lost; the
+    factory's hooks are its own (one per engine), and what a transaction cached ends with it."""
+    with Session(engine) as plain, pytest.raises(TypeError, match="session_factory"):
+        unit_of_work(plain)
+    assert session_factory(engine) is session_factory(engine)
+    with session_factory(engine)() as session:
+        transaction_cache(session, "couriers")["courier-ben"] = "CRYO-EXPRESS"
+        unit_of_work(session).append(outbox_row(1))
+        assert len(unit_of_work(session)) == 1
+        session.commit()
+        assert transaction_cache(session, "couriers") == {}
+        assert len(unit_of_work(session)) == 0
+        assert session.exec(select(func.count()).select_from(OutboxMessage)).one() == 1
 
 
 def test_the_inbox_takes_only_events_not_applied_yet_and_only_if_the_transaction_commits(
@@ -97,17 +144,17 @@ def test_the_inbox_takes_only_events_not_applied_yet_and_only_if_the_transaction
     """`take_fresh`: an event applied before is skipped, an id repeated within one batch counts once, and
     the inbox rows are written with the caller's transaction (a rollback leaves them out)."""
     applied, new, other = cancellation(1), cancellation(2), cancellation(3)
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         assert take_fresh(session, "g", [applied]) == [applied]
         session.commit()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         assert take_fresh(session, "g", [other]) == [other]
         session.rollback()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         assert take_fresh(session, "g", [applied, new, new, other]) == [new, other]
         assert take_fresh(session, "another-group", [applied]) == [applied]
         session.commit()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         stored = session.exec(select(ProcessedEvent.consumer, ProcessedEvent.event_id)).all()
     assert sorted(stored) == sorted(
         [("g", str(applied.id)), ("g", str(new.id)), ("g", str(other.id)), ("another-group", str(applied.id))]
@@ -119,15 +166,15 @@ def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -
     rows, walking their own index in id order (no sort, no bitmap scan: on PostgreSQL those revisit every
     published row's dead version until VACUUM). The plan is read inside the claim's own transaction, under
     whatever the claim set for it."""
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for n in range(3000):
-            insert_later(session, OUTBOX, outbox_row(n))
+            unit_of_work(session).append(outbox_row(n))
         session.commit()
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         OutboxRelay._mark_published(session, list(range(1, 2991)))
     relay = OutboxRelay(engine, "127.0.0.1:9", batch=4000)  # never connects: only its claim runs
     sql = str(pending_rows(4000).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         assert [row.id for row in relay._claim(session)] == list(range(2991, 3001))
         if engine.dialect.name == "postgresql":
             plan = "\n".join(session.execute(text(f"EXPLAIN {sql}")).scalars())
@@ -169,18 +216,20 @@ def test_rows_written_through_the_driver_are_stored_as_the_orm_stores_them(
         "refusal_reason": None,
         "coi_verified": False,
         "epcis_event_id": None,
+        "epcis_event_hash": None,
+        "content_sha256": None,
     }
     queued = [uuid.uuid4() for _ in range(queued_rows)]
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for scan_id in queued:
-            insert_later(session, SCAN_TABLE, {"id": scan_id, **values})
+            unit_of_work(session).append(ScanRow(id=scan_id, **values))  # type: ignore[arg-type]
         session.add(ScanRecord(id=uuid.uuid4(), **values))  # type: ignore[arg-type]
         session.commit()
     columns = ", ".join(name for name in values)
     with engine.connect() as connection:
         stored = [tuple(row) for row in connection.execute(text(f"SELECT {columns} FROM scan"))]
     assert len(stored) == queued_rows + 1 and len(set(stored)) == 1  # every queued row as the ORM's
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         for scan_id in queued:
             read = session.get(ScanRecord, scan_id)
             assert read is not None
@@ -230,7 +279,7 @@ def test_sqlite_writers_queue_on_the_process_lock_and_never_leak_it(tmp_path: Pa
         for n in range(40):
             with engine.begin() as connection:  # committed
                 connection.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n})
-            with Session(engine) as session:  # closed without commit: rolled back, lock released
+            with session_factory(engine)() as session:  # closed without commit: rolled back, lock released
                 session.execute(text("INSERT INTO counter VALUES (-1)"))
 
     on_four_threads(writer)
@@ -257,7 +306,7 @@ def test_sqlite_reads_after_lock_for_writing_see_every_earlier_write(tmp_path: P
 
     def increment_40_times() -> None:
         for _ in range(40):
-            with Session(engine) as session:
+            with session_factory(engine)() as session:
                 lock_for_writing(session)
                 n = session.execute(text("SELECT max(n) FROM counter")).scalar_one()
                 session.execute(text("INSERT INTO counter VALUES (:n)"), {"n": n + 1})
@@ -352,7 +401,7 @@ async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
     outcomes, failed, missing = results[:10], results[10], results[11]
     assert all(isinstance(o, commands.ScanOutcome) and o.accepted for o in outcomes), outcomes
     assert isinstance(failed, RuntimeError) and isinstance(missing, ShipmentNotFound)
-    with Session(engine) as session:
+    with session_factory(engine)() as session:
         stored = session.exec(select(ScanRecord.shipment_id)).all()
         events = session.exec(select(func.count()).select_from(OutboxMessage)).one()
     assert stored.count(good.id) == 10 and bad.id not in stored

@@ -7,19 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 from cgt_contracts.events import ShipmentLeg
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import Bag, Container, Shipment
+from services.common.identifiers import coi_identifier
+from services.common.unit_of_work import session_factory
 
 
 def planned_shipments(engine: Engine, count: int) -> list[Shipment]:
     """`count` return shipments in transit (their product released), held by courier-ben, each with a
     container and one bag."""
     shipments = []
-    with Session(engine, expire_on_commit=False) as session:
+    with session_factory(engine)(expire_on_commit=False) as session:
         for n in range(count):
-            coi = f"W00002612{n:07d}"
+            coi = coi_identifier("W0000", 2026, n)
             shipment = Shipment(
                 order_id=uuid.uuid4(),
                 coi=coi,
