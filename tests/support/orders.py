@@ -8,13 +8,13 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
@@ -32,12 +32,26 @@ BOSTON_FIN = "B4567"
 """The seeded Boston site's own facility number: its DINs start with it."""
 
 
+ORDER_TABLES = [*COMMON_TABLES, *TABLES]
+
+
 @contextmanager
 def order_database(kind: str, directory: Path) -> Iterator[Engine]:
     """A fresh order-intake database ("sqlite" or "postgresql") holding the seed registry."""
-    with database(kind, directory, [*COMMON_TABLES, *TABLES]) as engine:
+    with database(kind, directory, ORDER_TABLES) as engine:
         seed_registry(engine)
         yield engine
+
+
+def start_afresh(engine: Engine) -> Engine:
+    """Empty every table and seed the registry again: a database made once serves many tests (making a
+    PostgreSQL database takes seconds, emptying it milliseconds)."""
+    order = [table for table in SQLModel.metadata.sorted_tables if table in ORDER_TABLES]
+    with engine.begin() as connection:
+        for table in reversed(order):  # rows that refer to others first
+            connection.execute(table.delete())
+    seed_registry(engine)
+    return engine
 
 
 def a_new_order(**overrides: Any) -> commands.NewOrder:
@@ -66,6 +80,15 @@ def place(
         order = commands.place_order(session, new or a_new_order(), caller, ISSUER, "test-correlation")
         session.commit()
     return order
+
+
+def release(engine: Engine, order: Order) -> None:
+    """The manufacturer's release of an order in manufacturing, now."""
+    with Session(engine) as session:
+        commands.record_manufacturing_release(
+            session, order.id, "LOT-1", datetime.now(UTC), COORDINATOR, "test-correlation"
+        )
+        session.commit()
 
 
 def move(engine: Engine, order: Order, *steps: OrderStatus) -> None:
