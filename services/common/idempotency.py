@@ -51,9 +51,10 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 KEY_REUSED = f"{TYPE_PREFIX}idempotency-key-reused"
-CLAIM_LEASE = timedelta(seconds=60)
-"""How long a claim without an answer counts as in flight. Requests are answered in well under a second;
-a claim older than this belongs to a request that died between its claim and its answer."""
+CLAIM_LEASE = timedelta(seconds=30)
+"""How long a claim without an answer counts as in flight: longer than any request may wait for a lock
+(SQLite's writer, 30 s). A claim older than this belongs to a request that died between its claim and
+its answer — or is very slow, and then loses its claim safely (see the module's docstring)."""
 RETRY_AFTER_SECONDS = 1
 
 
