@@ -79,7 +79,11 @@ class Client:
         while True:
             try:
                 response = await self.http.request(method, url, **kwargs)
-                if response.status_code in ok or response.status_code < 500:
+                # A 409 with Retry-After: the same Idempotency-Key's first request (maybe cut off by a
+                # kill) has not been answered yet; asking again later gets its answer.
+                if response.status_code in ok or (
+                    response.status_code < 500 and "Retry-After" not in response.headers
+                ):
                     return response
             except httpx.TransportError:
                 pass

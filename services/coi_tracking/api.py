@@ -357,14 +357,28 @@ async def post_scan(
 
     The same scan sent again (same type, time, bags, place, temperature…) is not stored twice: the answer
     is the first one's. With an `Idempotency-Key`, the same key again answers exactly as the first time
-    (the same key with another scan is 409)."""
+    (the same key with another scan is 422; while the first is still being answered, 409)."""
     runtime = runtime_of(request)
     keyed = idempotency.keyed_request(
         caller.subject, idempotency_key, f"POST /shipments/{shipment_id}/scans", body.model_dump(mode="json")
     )
-    earlier = await run_in_threadpool(idempotency.claim, runtime.engine, keyed)
-    if earlier is not None:
-        return earlier.response()
+    claim = await run_in_threadpool(idempotency.claim, runtime.engine, keyed)
+    if claim.answer is not None:
+        return claim.answer.response()
+    try:
+        result = await _scan(shipment_id, body, request, caller)
+    except BaseException:  # nothing was stored: the key may be used again
+        await run_in_threadpool(claim.release, runtime.engine)
+        raise
+    # Committed with the scan's group: a crash before this only means a retry, which the scan's content
+    # digest answers with the same scan.
+    await run_in_threadpool(
+        claim.complete, runtime.engine, status.HTTP_201_CREATED, result.model_dump(mode="json")
+    )
+    return result
+
+
+async def _scan(shipment_id: UUID, body: ScanRequest, request: Request, caller: Principal) -> ScanResult:
     # Scans that arrive together are committed together, in one transaction (see `scan_writer`).
     writer: ScanWriter = request.app.state.scan_writer
     assert caller.courier_company is not None  # a courier principal always names its company
@@ -394,17 +408,7 @@ async def post_scan(
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "this shipment is assigned to another courier company"
         ) from error
-    result = ScanResult.model_validate(outcome, from_attributes=True)
-    if keyed is not None:  # committed with the scan's group: a crash before this only means a retry, which
-        # the scan's content digest answers with the same scan
-        await run_in_threadpool(
-            idempotency.complete,
-            runtime.engine,
-            keyed,
-            status.HTTP_201_CREATED,
-            result.model_dump(mode="json"),
-        )
-    return result
+    return ScanResult.model_validate(outcome, from_attributes=True)
 
 
 class ReadingIn(RequestModel):
@@ -481,37 +485,31 @@ def post_readings(
     of range, a gap in the record or a shipper past its validated hold time quarantines the shipment
     (`temperature.excursion.v1`, and scheduling holds the appointment); `excursions` says what was found.
     Only the courier company the shipment is assigned to may upload (403). With an `Idempotency-Key`,
-    the same key again answers as the first time and stores nothing (another batch with it is 409)."""
+    the same key again answers as the first time and stores nothing (another batch with it is 422;
+    while the first is still being answered, 409)."""
     keyed = idempotency.keyed_request(
         caller.subject,
         idempotency_key,
         f"POST /shipments/{shipment_id}/readings",
         body.model_dump(mode="json"),
     )
-    shipment = _load_for_update(session, shipment_id)
-    _check_visible(shipment, caller)
-    earlier = idempotency.earlier_answer(session, keyed)  # read under the shipment's lock
-    if earlier is not None:
-        return earlier.response()
-    outcome = commands.record_readings(
-        session,
-        shipment,
-        [domain.Reading(r.at, r.celsius) for r in body.readings],
-        f"logger:{body.logger_id}",
-        request.state.correlation_id,
-    )
-    result = ReadingsResult(
-        stored=outcome.stored, excursions=outcome.excursions, quarantined=outcome.quarantined
-    )
-    idempotency.remember(session, keyed, status.HTTP_201_CREATED, result.model_dump(mode="json"))
-    try:
+    with idempotency.claimed(session, keyed) as claim:  # claimed before the shipment's lock is taken
+        if claim.answer is not None:
+            return claim.answer.response()
+        shipment = _load_for_update(session, shipment_id)
+        _check_visible(shipment, caller)
+        outcome = commands.record_readings(
+            session,
+            shipment,
+            [domain.Reading(r.at, r.celsius) for r in body.readings],
+            f"logger:{body.logger_id}",
+            request.state.correlation_id,
+        )
+        result = ReadingsResult(
+            stored=outcome.stored, excursions=outcome.excursions, quarantined=outcome.quarantined
+        )
+        claim.keep(session, status.HTTP_201_CREATED, result.model_dump(mode="json"))
         session.commit()
-    except IntegrityError:  # the same key, on another shipment, committed meanwhile
-        session.rollback()
-        earlier = idempotency.earlier_answer(session, keyed)
-        if earlier is None:
-            raise
-        return earlier.response()
     runtime_of(request).relay.notify()
     return result
 

@@ -1,61 +1,33 @@
-"""Order intake HTTP routes: validate, run the domain checks, persist, enqueue events (one transaction)."""
+"""Order intake HTTP routes: thin adapters — parse, call the command (`commands`), commit, answer."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
 
-import structlog
-from cgt_contracts.envelope import utc_now
-from cgt_contracts.events import (
-    CollectionRecorded,
-    CollectionRecordedData,
-    OrderAccepted,
-    OrderAcceptedData,
-    OrderCancelled,
-    OrderCancelledData,
-    OrderRejected,
-    OrderRejectedData,
-    ProductReleasedForShipment,
-    ProductReleasedForShipmentData,
-    RejectionReason,
-)
-from cryptography.fernet import Fernet
+from cgt_contracts.events import RejectionReason
 from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
-from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel
-from services.common.identifiers import coi_identifier, coi_label, din
-from services.common.outbox import enqueue
+from services.common.identifiers import coi_label
+from services.common.problems import FieldError
 from services.common.service import db_session, runtime_of
-from services.common.topics import ORDERS
-from services.order_intake import domain
+from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
-from services.order_intake.models import (
-    CoiSequence,
-    Collection,
-    DinCounter,
-    Order,
-    OrderTransition,
-    PatientRecord,
-    Prescriber,
-    PrescriberSite,
-    SiteCertification,
-    Therapy,
-    TreatmentCenter,
-)
+from services.order_intake.models import Collection, Order
 
-SOURCE = "cgt/order-intake"
-log = structlog.get_logger()
 router = APIRouter(route_class=EdgeRoute, tags=["orders"])
 
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
@@ -117,6 +89,29 @@ class OrderRequest(RequestModel):
         default=False, description="The prescriber attests clinical eligibility"
     )
     ordered_on: date | None = Field(default=None, description="Defaults to today (UTC)")
+
+    def new_order(self) -> commands.NewOrder:
+        return commands.NewOrder(
+            patient_ref=self.patient_ref,
+            patient=commands.PatientIdentity(
+                name=self.patient.name,
+                date_of_birth=self.patient.date_of_birth,
+                medical_record_number=self.patient.medical_record_number,
+            ),
+            therapy_code=self.therapy_code,
+            treatment_center_id=self.treatment_center_id,
+            prescriber_npi=self.prescriber_npi,
+            consent_signed_on=self.consent.signed_on if self.consent else None,
+            consent_form_version=self.consent.form_version if self.consent else None,
+            payer_authorization_reference=self.payer_authorization.reference
+            if self.payer_authorization
+            else None,
+            payer_authorization_expires_on=self.payer_authorization.expires_on
+            if self.payer_authorization
+            else None,
+            eligibility_attested=self.eligibility_attested,
+            ordered_on=self.ordered_on,
+        )
 
 
 class StatusRequest(RequestModel):
@@ -284,69 +279,64 @@ class TransitionView(BaseModel):
 
 SessionDep = Annotated[Session, Depends(db_session)]
 OrderingCaller = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
+Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
+Releaser = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))]
 
 
-def _gather_facts(session: Session, body: OrderRequest, ordered_on: date) -> domain.OrderFacts:
-    therapy = session.get(Therapy, body.therapy_code)
-    site = session.get(TreatmentCenter, body.treatment_center_id)
-    certifications = session.exec(
-        select(SiteCertification)
-        .where(SiteCertification.treatment_center_id == body.treatment_center_id)
-        .where(SiteCertification.therapy_code == body.therapy_code)
-    ).all()
-    prescriber_site = session.get(PrescriberSite, (body.prescriber_npi, body.treatment_center_id))
-    prescriber_known = session.get(Prescriber, body.prescriber_npi) is not None
-    active = session.exec(
-        select(Order.id)
-        .where(Order.patient_ref == body.patient_ref)
-        .where(Order.therapy_code == body.therapy_code)
-        .where(col(Order.status).in_([s.value for s in domain.ACTIVE]))
-    ).first()
-    return domain.OrderFacts(
-        order_date=ordered_on,
-        therapy_known=therapy is not None,
-        site_known=site is not None,
-        certifications=tuple((c.effective_on, c.expires_on) for c in certifications),
-        prescriber_npi=body.prescriber_npi,
-        prescriber_known=prescriber_known,
-        prescriber_may_order_for_site=prescriber_site is not None,
-        consent_signed_on=body.consent.signed_on if body.consent else None,
-        consent_form_version=body.consent.form_version if body.consent else None,
-        payer_authorization_expires_on=body.payer_authorization.expires_on
-        if body.payer_authorization
-        else None,
-        eligibility_attested=body.eligibility_attested,
-        has_active_order_for_patient_and_therapy=active is not None,
-    )
+def caller_of(principal: Principal) -> commands.Caller:
+    """The command's caller: a treatment center is scoped to its own site, the other roles to none."""
+    scope = principal.treatment_center_id if principal.role is Role.TREATMENT_CENTER else None
+    return commands.Caller(subject=principal.subject, site_scope=scope)
 
 
-def lock_order(session: Session, order: Order) -> None:
-    """Lock a stored order's row and read it again (`locked`), so that a change is judged on the order as
-    it is now: a coordinator's cancellation and a delivery event arriving at the same moment are applied
-    one after the other, never both from the same stale status."""
-    if order in session.new:  # not stored yet: nobody else can change it
-        return
-    session.flush()  # this transaction's own changes first: the order is read back below
-    session.exec(locked(session, select(Order).where(col(Order.id) == order.id))).one()
+def issuer_of(request: Request) -> commands.Issuer:
+    issuer: commands.Issuer = request.app.state.order_issuer
+    return issuer
 
 
-def record_transition(
-    session: Session, order: Order, target: OrderStatus, actor: str, cause_event_id: str | None = None
-) -> None:
-    """Move the order, refusing what the state machine forbids, and keep the history."""
-    lock_order(session, order)
-    domain.check_transition(order.status, target)
-    session.add(
-        OrderTransition(
-            order_id=order.id,
-            from_status=order.status,
-            to_status=target,
-            actor=actor,
-            cause_event_id=cause_event_id,
+IssuerDep = Annotated[commands.Issuer, Depends(issuer_of)]
+
+
+def declared_filters_only(request: Request) -> None:
+    """A query parameter the route does not declare is refused (422), never ignored: a caller asking for
+    one site's orders must not be answered with every site's."""
+    route = request.scope.get("route")
+    assert isinstance(route, APIRoute)
+    declared = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise problems.validation_problem(
+            [
+                FieldError(
+                    location="query",
+                    pointer=problems.pointer([name]),
+                    detail=f"not a filter here ({allowed})",
+                )
+                for name in unknown
+            ]
         )
-    )
-    order.status = target
-    session.add(order)
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+@contextmanager
+def command_answers() -> Iterator[None]:
+    """The commands' refusals as HTTP answers. A missing order and one the caller may not see are the
+    same 404, word for word."""
+    try:
+        yield
+    except commands.OrderNotFound as missing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(missing)) from missing
+    except commands.NotPermitted as refused:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(refused)) from refused
+    except commands.Refused as refused:
+        raise problems.conflict(str(refused)) from refused
 
 
 @router.post(
@@ -364,6 +354,7 @@ def place_order(
     request: Request,
     session: SessionDep,
     caller: OrderingCaller,
+    issuer: IssuerDep,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> OrderView | JSONResponse:
     """Place an order for a patient's autologous therapy. Coordinators order for any treatment center, a
@@ -376,170 +367,69 @@ def place_order(
     and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
     check in `rejection_reasons`, and `order.rejected.v1` is published.
 
-    Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed
-    (the same key with another order is 409).
+    Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed;
+    the same key with another order is 422, and while its first request is still being answered, 409.
     The patient's identity is stored encrypted and is never returned or published."""
-    runtime = runtime_of(request)
-    if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != body.treatment_center_id:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "a treatment center may order only for its own site")
     keyed = idempotency.keyed_request(
         caller.subject, idempotency_key, "POST /orders", body.model_dump(mode="json")
     )
-    earlier = _earlier_order(session, keyed)
-    if earlier is not None:
-        return earlier
-    ordered_on = body.ordered_on or utc_now().date()
-    failures = domain.acceptance_failures(_gather_facts(session, body, ordered_on))
-    order = Order(
-        patient_ref=body.patient_ref,
-        therapy_code=body.therapy_code,
-        treatment_center_id=body.treatment_center_id,
-        prescriber_npi=body.prescriber_npi,
-        consent_signed_on=body.consent.signed_on if body.consent else None,
-        consent_form_version=body.consent.form_version if body.consent else None,
-        payer_authorization_reference=body.payer_authorization.reference
-        if body.payer_authorization
-        else None,
-        payer_authorization_expires_on=body.payer_authorization.expires_on
-        if body.payer_authorization
-        else None,
-        eligibility_attested_by=caller.subject if body.eligibility_attested else None,
-        ordered_on=ordered_on,
-        created_by=caller.subject,
-    )
-    session.add(order)
-    session.flush()  # the order row first: its history and patient record refer to it
-    session.add(
-        OrderTransition(
-            order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=caller.subject
+    with idempotency.claimed(session, keyed) as claim, command_answers():
+        if claim.answer is not None:
+            return claim.answer.response()
+        order = commands.place_order(
+            session, body.new_order(), caller_of(caller), issuer, request.state.correlation_id
         )
-    )
-    fernet = Fernet(request.app.state.phi_key)
-    session.add(
-        PatientRecord(
-            order_id=order.id,
-            encrypted_identity=fernet.encrypt(body.patient.model_dump_json().encode()).decode(),
-        )
-    )
-    correlation_id: str = request.state.correlation_id
-    if failures:
-        order.rejection_reasons = json.dumps([{"code": f.code, "message": f.message} for f in failures])
-        record_transition(session, order, OrderStatus.REJECTED, caller.subject)
-        enqueue(
-            session,
-            ORDERS,
-            OrderRejected(
-                source=SOURCE,
-                subject=_order_subject(order.id),
-                correlationid=correlation_id,
-                data=OrderRejectedData(
-                    order_id=order.id,
-                    patient_ref=order.patient_ref,
-                    therapy_code=order.therapy_code,
-                    treatment_center_id=order.treatment_center_id,
-                    reasons=[RejectionReason(code=f.code, message=f.message) for f in failures],
-                ),
-            ),
-        )
-    else:
-        therapy = session.get(Therapy, body.therapy_code)
-        assert therapy is not None
-        sequence = CoiSequence(order_id=order.id)
-        session.add(sequence)
-        session.flush()
-        assert sequence.id is not None
-        order.coi = coi_identifier(request.app.state.issuer_fin, ordered_on.year, sequence.id)
-        record_transition(session, order, OrderStatus.ACCEPTED, caller.subject)
-        enqueue(
-            session,
-            ORDERS,
-            OrderAccepted(
-                source=SOURCE,
-                subject=order.coi,
-                correlationid=correlation_id,
-                data=OrderAcceptedData(
-                    order_id=order.id,
-                    coi=order.coi,
-                    patient_ref=order.patient_ref,
-                    therapy_code=order.therapy_code,
-                    treatment_center_id=order.treatment_center_id,
-                    storage_limit_celsius=therapy.storage_limit_celsius,
-                    conditioning_days=therapy.conditioning_days,
-                    accepted_at=utc_now(),
-                    long_term_follow_up=therapy.long_term_follow_up,
-                ),
-            ),
-        )
-    placed = OrderView.of(order)
-    idempotency.remember(session, keyed, status.HTTP_200_OK, placed.model_dump(mode="json"))
-    try:
+        placed = OrderView.of(order)
+        claim.keep(session, status.HTTP_200_OK, placed.model_dump(mode="json"))
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        earlier = _earlier_order(session, keyed)  # a concurrent request with the same key won
-        if earlier is None:
-            raise
-        return earlier
-    runtime.relay.notify()
-    log.info("order.placed", order_id=str(order.id), status=order.status, coi=order.coi)
+    runtime_of(request).relay.notify()
     return placed
 
 
-def _earlier_order(session: Session, keyed: idempotency.KeyedRequest | None) -> JSONResponse | None:
-    """The answer to the caller's earlier request with this Idempotency-Key (200 with the order it
-    placed), if any; 409 if the key was used for another order."""
-    earlier = idempotency.earlier_answer(session, keyed)
-    return earlier.response() if earlier is not None else None
-
-
-def _order_subject(order_id: UUID) -> str:
-    """Rejected orders have no COI: their events are keyed by the order id (hex, upper case)."""
-    return order_id.hex.upper()
-
-
-def _must_get(session: Session, order_id: UUID) -> Order:
-    order = session.get(Order, order_id)
-    if order is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
-    return order
-
-
-def _visible_order(session: Session, order_id: UUID, caller: Principal) -> Order:
-    order = _must_get(session, order_id)
-    if caller.role is Role.TREATMENT_CENTER and order.treatment_center_id != caller.treatment_center_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
-    return order
-
-
-@router.get("/orders", summary="List orders", response_model=list[OrderView])
-def list_orders(session: SessionDep, caller: OrderingCaller, coi: str | None = None) -> list[OrderView]:
+@router.get(
+    "/orders",
+    summary="List orders",
+    response_model=list[OrderView],
+    dependencies=[Depends(declared_filters_only)],
+)
+def list_orders(
+    session: SessionDep,
+    caller: OrderingCaller,
+    coi: Ident | None = None,
+    treatment_center_id: Ident | None = None,
+    status: OrderStatus | None = None,
+    patient_ref: Ident | None = None,
+) -> list[OrderView]:
     """The orders, oldest first (at most 500): a coordinator sees every site's, a treatment center only its
-    own. `coi` finds the order of one chain-of-identity identifier."""
-    query = select(Order).order_by(col(Order.created_at))
-    if caller.role is Role.TREATMENT_CENTER:
-        query = query.where(Order.treatment_center_id == caller.treatment_center_id)
-    if coi:
-        query = query.where(Order.coi == coi)
-    return [OrderView.of(order) for order in session.exec(query.limit(500))]
+    own. Each filter given narrows the list: `coi` (one chain-of-identity identifier),
+    `treatment_center_id`, `status`, `patient_ref`; a parameter that is not one of these is 422."""
+    wanted = commands.OrderFilter(
+        coi=coi, treatment_center_id=treatment_center_id, status=status, patient_ref=patient_ref
+    )
+    return [
+        OrderView.of(order) for order in commands.find_orders(session, caller_of(caller).site_scope, wanted)
+    ]
 
 
 @router.get("/orders/{order_id}", summary="Read an order", response_model=OrderView)
 def read_order(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> OrderView:
     """One order: its status, COI, and why it was rejected or cancelled. A treatment center reads only its
-    own site's orders (another site's is 404)."""
-    return OrderView.of(_visible_order(session, order_id, caller))
+    own site's orders (another site's is the same 404 as an order that does not exist)."""
+    with command_answers():
+        return OrderView.of(commands.visible_order(session, order_id, caller_of(caller).site_scope))
 
 
 @router.get(
-    "/orders/{order_id}/history", summary="Read an order's history", response_model=list[TransitionView]
+    "/orders/{order_id}/history",
+    summary="Read an order's history",
+    response_model=list[TransitionView],
+    dependencies=[Depends(declared_filters_only)],
 )
 def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[TransitionView]:
     """Every step of the order, oldest first: from which status to which, when, and who moved it (a person,
     or the shipment or scheduling event that did)."""
-    _visible_order(session, order_id, caller)
-    rows = session.exec(
-        select(OrderTransition).where(OrderTransition.order_id == order_id).order_by(col(OrderTransition.id))
-    )
+    with command_answers():
+        order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
     return [
         TransitionView(
             from_status=row.from_status,
@@ -548,7 +438,7 @@ def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -
             actor=row.actor,
             cause_event_id=row.cause_event_id,
         )
-        for row in rows
+        for row in commands.history_of(session, order)
     ]
 
 
@@ -566,48 +456,13 @@ def cancel_order(
 
     `order.cancelled.v1` is published: scheduling cancels the appointment and tells the site by webhook.
     An order already infused, closed, rejected or cancelled is 409."""
-    order = _visible_order(session, order_id, caller)
-    try:
-        record_transition(session, order, OrderStatus.CANCELLED, caller.subject)
-    except domain.TransitionRefused as refused:
-        raise problems.conflict(str(refused)) from refused
-    order.cancelled_reason = body.reason
-    order.cancelled_by = caller.subject
-    order.cancelled_at = utc_now()
-    if order.coi:
-        enqueue(
-            session,
-            ORDERS,
-            OrderCancelled(
-                source=SOURCE,
-                subject=order.coi,
-                correlationid=request.state.correlation_id,
-                data=OrderCancelledData(
-                    order_id=order.id,
-                    coi=order.coi,
-                    reason=body.reason,
-                    cancelled_by=caller.subject,
-                    cancelled_at=order.cancelled_at,
-                ),
-            ),
+    with command_answers():
+        order = commands.cancel_order(
+            session, order_id, body.reason, caller_of(caller), request.state.correlation_id
         )
     session.commit()
     runtime_of(request).relay.notify()
     return OrderView.of(order)
-
-
-MANUAL_STEPS = frozenset(
-    {
-        OrderStatus.CELLS_COLLECTED,
-        OrderStatus.IN_MANUFACTURING,
-        OrderStatus.INFUSED,
-        OrderStatus.IN_FOLLOW_UP,
-        OrderStatus.CLOSED,
-    }
-)
-"""Steps a coordinator records; shipping and delivery follow the shipment events instead."""
-
-Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 
 
 @router.post(
@@ -619,34 +474,13 @@ Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
 def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller: Coordinator) -> OrderView:
     """Coordinators record the steps that happen outside the system: `cells_collected`,
     `in_manufacturing`, `infused`, `in_follow_up`, `closed`. Shipping and delivery follow the shipment's
-    own events and cannot be set by hand (409); a step out of order is 409 too (`infused` before the
-    product was delivered, say), naming the steps allowed next."""
-    order = _must_get(session, order_id)
-    if body.status is OrderStatus.PRODUCT_RELEASED:
-        raise problems.conflict(
-            "the product's release is recorded with its lot: POST …/manufacturing-release"
-        )
-    if body.status not in MANUAL_STEPS:
-        raise problems.conflict(f"{body.status} is set by the shipment and scheduling events, not by hand")
-    try:
-        record_transition(session, order, body.status, caller.subject)
-    except domain.TransitionRefused as refused:
-        raise problems.conflict(str(refused)) from refused
+    own events and cannot be set by hand (409), nor can the product's release (recorded with its lot) or a
+    cancellation (with its reason); a step out of order is 409 too (`infused` before the product was
+    delivered, say), naming the steps allowed next."""
+    with command_answers():
+        order = commands.record_step(session, order_id, body.status, caller_of(caller))
     session.commit()
     return OrderView.of(order)
-
-
-def next_din(session: Session, fin: str, year: int) -> str:
-    """Issue the next DIN of a facility and year; the counter row serialises concurrent issuers."""
-    counter = session.exec(
-        locked(session, select(DinCounter).where(DinCounter.fin == fin).where(DinCounter.year == year))
-    ).first()
-    if counter is None:
-        counter = DinCounter(fin=fin, year=year, last=0)
-    counter.last += 1
-    session.add(counter)
-    session.flush()
-    return din(fin, year, counter.last)
 
 
 @router.post(
@@ -657,49 +491,24 @@ def next_din(session: Session, fin: str, year: int) -> str:
     responses=problems.documented(409),
 )
 def record_collection(
-    order_id: UUID, body: CollectionRequest, request: Request, session: SessionDep, caller: Coordinator
+    order_id: UUID,
+    body: CollectionRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+    issuer: IssuerDep,
 ) -> CollectionView:
     """Coordinators record each apheresis collection of an accepted order. Each gets its own Donation
     Identification Number (DIN) under the order's COI; the first moves the order to `cells_collected`.
     `collection.recorded.v1` is published: the fresh shipment of the cells to manufacturing is planned.
     An order that is not accepted (rejected, cancelled, or past collection) is 409."""
-    order = _must_get(session, order_id)
-    lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
-    if order.status not in (OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED) or order.coi is None:
-        raise problems.conflict(f"cannot record a collection for an order that is {order.status}")
-    site = session.get(TreatmentCenter, order.treatment_center_id)
-    fin = (site.fin if site and site.fin else None) or request.app.state.issuer_fin
-    number = len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all()) + 1
-    collection = Collection(
-        order_id=order.id,
-        number=number,
-        din=next_din(session, fin, body.collected_at.year),
-        collected_at=body.collected_at,
-        recorded_by=caller.subject,
-    )
-    session.add(collection)
-    if order.status is OrderStatus.ACCEPTED:
-        record_transition(session, order, OrderStatus.CELLS_COLLECTED, caller.subject)
-    enqueue(
-        session,
-        ORDERS,
-        CollectionRecorded(
-            source=SOURCE,
-            subject=order.coi,
-            correlationid=request.state.correlation_id,
-            data=CollectionRecordedData(
-                order_id=order.id,
-                coi=order.coi,
-                collection_number=number,
-                din=collection.din,
-                collected_at=body.collected_at,
-                treatment_center_id=order.treatment_center_id,
-            ),
-        ),
-    )
+    with command_answers():
+        recorded = commands.record_collection(
+            session, order_id, body.collected_at, caller_of(caller), issuer, request.state.correlation_id
+        )
     session.commit()
     runtime_of(request).relay.notify()
-    return _collection_view(collection, order.coi)
+    return _collection_view(recorded.collection, recorded.coi)
 
 
 def _collection_view(collection: Collection, coi: str) -> CollectionView:
@@ -716,25 +525,13 @@ def _collection_view(collection: Collection, coi: str) -> CollectionView:
     "/orders/{order_id}/collections",
     summary="List an order's collections",
     response_model=list[CollectionView],
+    dependencies=[Depends(declared_filters_only)],
 )
 def list_collections(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[CollectionView]:
     """The order's collections in the order they were taken, each with its DIN and printed label."""
-    order = _visible_order(session, order_id, caller)
-    rows = session.exec(
-        select(Collection).where(Collection.order_id == order.id).order_by(col(Collection.number))
-    )
-    return [_collection_view(row, order.coi or "") for row in rows]
-
-
-Releaser = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))]
-
-
-def _manufacturing_started_at(session: Session, order: Order) -> datetime | None:
-    return session.exec(
-        select(OrderTransition.at)
-        .where(OrderTransition.order_id == order.id)
-        .where(OrderTransition.to_status == OrderStatus.IN_MANUFACTURING)
-    ).first()
+    with command_answers():
+        order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
+    return [_collection_view(row, order.coi or "") for row in commands.collections_of(session, order)]
 
 
 @router.post(
@@ -755,35 +552,15 @@ def record_manufacturing_release(
     `product_released` and `product.released_for_shipment.v1` is published: only now may the return
     shipment be picked up. An order that is not in manufacturing (not yet, already released, cancelled)
     is 409, as is a release dated in the future or before manufacturing started."""
-    order = _must_get(session, order_id)
-    lock_order(session, order)  # judged on the order as it is now (a cancellation may have just committed)
-    refusal = domain.manufacturing_release_refusal(
-        order.status, body.released_at, utc_now(), _manufacturing_started_at(session, order)
-    )
-    if refusal is not None:
-        raise problems.conflict(refusal)
-    assert order.coi is not None  # an order in manufacturing was accepted: it has its COI
-    record_transition(session, order, OrderStatus.PRODUCT_RELEASED, caller.subject)
-    order.product_lot_number = body.lot_number
-    order.product_released_at = body.released_at
-    order.product_released_by = caller.subject
-    enqueue(
-        session,
-        ORDERS,
-        ProductReleasedForShipment(
-            source=SOURCE,
-            subject=order.coi,
-            correlationid=request.state.correlation_id,
-            data=ProductReleasedForShipmentData(
-                order_id=order.id,
-                coi=order.coi,
-                lot_number=body.lot_number,
-                released_at=body.released_at,
-                released_by=caller.subject,
-            ),
-        ),
-    )
+    with command_answers():
+        order = commands.record_manufacturing_release(
+            session,
+            order_id,
+            body.lot_number,
+            body.released_at,
+            caller_of(caller),
+            request.state.correlation_id,
+        )
     session.commit()
     runtime_of(request).relay.notify()
-    log.info("order.product_released", order_id=str(order.id), coi=order.coi)
     return OrderView.of(order)

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
-from services.order_intake import api, handlers, registry
+from services.order_intake import api, commands, handlers, registry
 from services.order_intake.models import TABLES
 from services.order_intake.seed import seed_registry
 
@@ -43,8 +43,9 @@ def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
         settings=settings,
         on_startup=on_startup,
     )
-    app.state.issuer_fin = settings.issuer_fin
-    app.state.phi_key = settings.phi_encryption_key.encode()
+    app.state.order_issuer = commands.Issuer(
+        fin=settings.issuer_fin, phi_key=settings.phi_encryption_key.encode()
+    )
     return app
 
 

@@ -1,7 +1,9 @@
-"""Order intake rules: acceptance checks, NPI validation and the order's state machine. No I/O."""
+"""Order intake rules: acceptance checks, NPI validation, the order's state machine (every step, and the
+one way each is taken), collections, the product's release, and what a site-scoped caller sees. No I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -53,22 +55,91 @@ def allowed_transitions(current: OrderStatus) -> frozenset[OrderStatus]:
     return frozenset(targets)
 
 
+class Way(StrEnum):
+    """How a step reaches the order: the use case that takes it. Each step has its own ways, so that a
+    step carrying facts (a DIN, a lot, a reason) is never set without them."""
+
+    PLACEMENT = "placement"
+    """The acceptance checks, when the order is placed."""
+    COLLECTION = "collection"
+    """A collection recorded with its DIN."""
+    STEP = "step"
+    """A coordinator records a step that happened outside the system."""
+    RELEASE = "manufacturing_release"
+    """The manufacturer's release of the product, with its lot."""
+    CANCELLATION = "cancellation"
+    """A cancellation, with its reason."""
+    SHIPMENT_EVENT = "shipment_event"
+    """COI tracking's shipment events."""
+    INFUSION_EVENT = "infusion_event"
+    """Scheduling's infusion recorded."""
+
+
+WAYS: Mapping[OrderStatus, frozenset[Way]] = {
+    OrderStatus.SUBMITTED: frozenset(),
+    OrderStatus.ACCEPTED: frozenset({Way.PLACEMENT}),
+    OrderStatus.REJECTED: frozenset({Way.PLACEMENT}),
+    OrderStatus.CELLS_COLLECTED: frozenset({Way.COLLECTION, Way.STEP}),
+    OrderStatus.IN_MANUFACTURING: frozenset({Way.STEP}),
+    OrderStatus.PRODUCT_RELEASED: frozenset({Way.RELEASE}),
+    OrderStatus.PRODUCT_SHIPPED: frozenset({Way.SHIPMENT_EVENT}),
+    OrderStatus.PRODUCT_DELIVERED: frozenset({Way.SHIPMENT_EVENT}),
+    OrderStatus.INFUSED: frozenset({Way.STEP, Way.INFUSION_EVENT}),
+    OrderStatus.IN_FOLLOW_UP: frozenset({Way.STEP, Way.INFUSION_EVENT}),
+    OrderStatus.CLOSED: frozenset({Way.STEP}),
+    OrderStatus.CANCELLED: frozenset({Way.CANCELLATION}),
+}
+"""The ways each status may be reached; `check_transition` refuses any other."""
+
+WAY_HINTS: Mapping[Way, str] = {
+    Way.PLACEMENT: "decided by the checks when the order is placed",
+    Way.COLLECTION: "recorded with its collection and DIN: POST …/collections",
+    Way.STEP: "recorded by a coordinator: POST …/status",
+    Way.RELEASE: "the product's release is recorded with its lot: POST …/manufacturing-release",
+    Way.CANCELLATION: "a cancellation is recorded with its reason: POST …/cancel",
+    Way.SHIPMENT_EVENT: "set by the shipment's events, not by hand",
+    Way.INFUSION_EVENT: "set by scheduling's infusion event",
+}
+
+
 class TransitionRefused(Exception):
-    def __init__(self, current: OrderStatus, target: OrderStatus):
-        allowed = ", ".join(sorted(allowed_transitions(current))) or "nothing"
-        super().__init__(f"an order that is {current} cannot become {target} (it may become: {allowed})")
+    """A step the state machine refuses: out of order, or taken another way than its own."""
+
+    def __init__(self, current: OrderStatus, target: OrderStatus, why: str | None = None):
+        if why is None:
+            allowed = ", ".join(sorted(allowed_transitions(current))) or "nothing"
+            why = f"an order that is {current} cannot become {target} (it may become: {allowed})"
+        super().__init__(why)
         self.current = current
         self.target = target
 
 
-def check_transition(current: OrderStatus, target: OrderStatus) -> None:
+def check_transition(current: OrderStatus, target: OrderStatus, way: Way) -> None:
+    """Every change of an order's status is judged here: by the way it comes (a step with facts of its
+    own only with them), then by the order of the therapy's steps."""
+    ways = WAYS[target]
+    if way not in ways:
+        hints = "; ".join(WAY_HINTS[w] for w in sorted(ways)) or "it is where every order starts"
+        raise TransitionRefused(current, target, f"{target} is not set this way ({hints})")
     if target not in allowed_transitions(current):
         raise TransitionRefused(current, target)
 
 
-RELEASABLE: frozenset[OrderStatus] = frozenset({OrderStatus.IN_MANUFACTURING})
-"""The manufacturer releases a product only of an order in manufacturing: not before cells were collected
-and manufacturing started, not twice, not for a cancelled or rejected order."""
+COLLECTING: frozenset[OrderStatus] = frozenset({OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED})
+"""Collections are recorded for an accepted order until manufacturing starts (more than one may be)."""
+
+
+def collection_refusal(status: OrderStatus, has_coi: bool) -> str | None:
+    """Why a collection cannot be recorded for the order, or None."""
+    if status not in COLLECTING or not has_coi:
+        return f"cannot record a collection for an order that is {status}"
+    return None
+
+
+def status_after_collection(status: OrderStatus) -> OrderStatus | None:
+    """The first collection moves the order to cells_collected; later ones leave it there."""
+    return OrderStatus.CELLS_COLLECTED if status is OrderStatus.ACCEPTED else None
+
 
 RELEASE_CLOCK_TOLERANCE = timedelta(minutes=5)
 
@@ -77,8 +148,10 @@ def manufacturing_release_refusal(
     status: OrderStatus, released_at: datetime, now: datetime, manufacturing_started_at: datetime | None
 ) -> str | None:
     """Why the manufacturer's release of the order's product cannot be recorded, or None. The release is
-    what lets the return shipment be picked up (COI tracking gates its pick-up on it)."""
-    if status not in RELEASABLE:
+    what lets the return shipment be picked up (COI tracking gates its pick-up on it). A product is
+    released only of an order in manufacturing: not before cells were collected and manufacturing
+    started, not twice, not for a cancelled or rejected order (the state machine says which)."""
+    if OrderStatus.PRODUCT_RELEASED not in allowed_transitions(status):
         return (
             f"a product is released for shipment only while its order is {OrderStatus.IN_MANUFACTURING}; "
             f"this order is {status}"
@@ -88,6 +161,12 @@ def manufacturing_release_refusal(
     if manufacturing_started_at is not None and released_at < manufacturing_started_at:
         return f"released_at is before manufacturing started ({manufacturing_started_at.isoformat()})"
     return None
+
+
+def visible_to(scope: str | None, treatment_center_id: str) -> bool:
+    """Whether a caller scoped to one site (`scope`, a treatment center's own id; None: every site) may see
+    and act on a site's orders. What it may not see answers exactly as what does not exist."""
+    return scope is None or scope == treatment_center_id
 
 
 def npi_is_valid(npi: str) -> bool:

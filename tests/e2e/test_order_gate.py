@@ -210,7 +210,7 @@ async def test_an_idempotency_key_answers_a_scan_or_a_logger_batch_as_the_first_
     other = await http.post(
         f"{base}/scans", json=scan("checkpoint", [coi], location="JFK cargo"), headers={**COURIER, **key}
     )
-    assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
+    assert other.status_code == 422 and other.headers["content-type"] == "application/problem+json"
     assert [(e["location"], e["pointer"]) for e in other.json()["errors"]] == [("header", "/Idempotency-Key")]
 
     batch = {"logger_id": "LG-1", "readings": [{"at": datetime.now(UTC).isoformat(), "celsius": -181.0}]}
@@ -222,7 +222,7 @@ async def test_an_idempotency_key_answers_a_scan_or_a_logger_batch_as_the_first_
     changed = {**batch, "logger_id": "LG-2"}
     assert (
         await http.post(f"{base}/readings", json=changed, headers={**COURIER, **reading_key})
-    ).status_code == 409
+    ).status_code == 422
 
     scans = (await http.get(f"{base}/scans", headers=COORDINATOR)).json()
     readings = (await http.get(f"{base}/readings", headers=COORDINATOR)).json()

@@ -220,11 +220,18 @@ async def test_an_idempotency_key_returns_the_first_order_and_never_creates_a_se
     responses = await asyncio.gather(
         *(http.post(f"{stack.orders}/orders", json=body, headers={**COORDINATOR, **key}) for _ in range(5))
     )
-    assert {r.status_code for r in responses} <= {200, 201} and [r.status_code for r in responses].count(
-        201
-    ) == 1
-    assert len({r.json()["id"] for r in responses}) == 1
-    assert all(r.json()["status"] == "accepted" for r in responses)
+    # One places the order; each of the others meets it either in flight (409, retry later) or answered
+    # (200, the same order).
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 201, 409} and statuses.count(201) == 1, statuses
+    for busy in (r for r in responses if r.status_code == 409):
+        assert [e["pointer"] for e in busy.json()["errors"]] == ["/Idempotency-Key"]
+        assert busy.headers["Retry-After"]
+    placed = next(r.json() for r in responses if r.status_code == 201)
+    assert all(r.json() == placed for r in responses if r.status_code == 200)
+    again = await http.post(f"{stack.orders}/orders", json=body, headers={**COORDINATOR, **key})
+    assert again.status_code == 200 and again.json() == placed
+    assert placed["status"] == "accepted"
     mine = [
         o
         for o in (await http.get(f"{stack.orders}/orders", headers=COORDINATOR)).json()
@@ -232,7 +239,7 @@ async def test_an_idempotency_key_returns_the_first_order_and_never_creates_a_se
     ]
     assert len(mine) == 1
     another = await http.post(f"{stack.orders}/orders", json=order_body(), headers={**COORDINATOR, **key})
-    assert another.status_code == 409, another.text
+    assert another.status_code == 422, another.text
     assert [e["pointer"] for e in another.json()["errors"]] == ["/Idempotency-Key"]
 
 
@@ -357,10 +364,22 @@ async def test_a_treatment_center_sees_only_its_own_orders(
     assert mine.status_code == 201 and mine.json()["status"] == "accepted"
     listed = (await http.get(f"{stack.orders}/orders", headers=CENTER)).json()
     assert listed and {o["treatment_center_id"] for o in listed} == {"TC-BOSTON"}
-    assert (await http.get(f"{stack.orders}/orders/{elsewhere['id']}", headers=CENTER)).status_code == 404
+    other_site = await http.get(
+        f"{stack.orders}/orders", params={"treatment_center_id": "TC-DENVER"}, headers=CENTER
+    )
+    assert other_site.status_code == 200 and other_site.json() == []
+    read = await http.get(f"{stack.orders}/orders/{elsewhere['id']}", headers=CENTER)
+    missing = await http.get(f"{stack.orders}/orders/{uuid.uuid4()}", headers=CENTER)
+    assert read.status_code == missing.status_code == 404
+    assert read.json() | {"instance": ""} == missing.json() | {"instance": ""}
     assert elsewhere["id"] in [
         o["id"] for o in (await http.get(f"{stack.orders}/orders", headers=COORDINATOR)).json()
     ]
+    denver = await http.get(
+        f"{stack.orders}/orders", params={"treatment_center_id": "TC-DENVER"}, headers=COORDINATOR
+    )
+    assert elsewhere["id"] in [o["id"] for o in denver.json()]
+    assert {o["treatment_center_id"] for o in denver.json()} == {"TC-DENVER"}
 
 
 async def test_patient_identity_is_encrypted_at_rest_and_never_logged_or_published(

@@ -14,11 +14,11 @@ from cgt_contracts.events import ShipmentDelivered, ShipmentDeliveredData
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from services.common.identifiers import SEQUENCE_CAPACITY, coi_identifier
+from services.common.identifiers import coi_identifier
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
-from services.order_intake import api, handlers
-from services.order_intake.domain import OrderStatus
+from services.order_intake import commands, handlers
+from services.order_intake.domain import OrderStatus, Way
 from services.order_intake.models import TABLES, Order, OrderTransition
 from tests.support.infra import database
 from tests.support.races import Contender
@@ -39,7 +39,7 @@ def a_shipped_order(engine: Engine) -> Order:
         ordered_on=date.today(),
         created_by="coordinator-a",
         status=OrderStatus.PRODUCT_SHIPPED,
-        coi=coi_identifier("W4321", 2026, uuid.uuid4().int % SEQUENCE_CAPACITY),
+        coi=coi_identifier("W4321", 2026, uuid.uuid4().int % 36**6),
     )
     with session_factory(engine)() as session:
         session.add(order)
@@ -76,11 +76,13 @@ def test_a_delivery_arriving_while_the_order_is_cancelled_is_judged_on_the_cance
             handlers.on_shipment_delivered(session, delivered(order))
             session.commit()
 
-    contender = Contender(monkeypatch, handlers, "record_transition", delivery_event)
+    contender = Contender(monkeypatch, commands, "record_transition", delivery_event)
     with session_factory(engine)() as coordinator:
         cancelling = coordinator.get(Order, order.id)
         assert cancelling is not None
-        api.record_transition(coordinator, cancelling, OrderStatus.CANCELLED, "coordinator-a")
+        commands.record_transition(
+            coordinator, cancelling, OrderStatus.CANCELLED, Way.CANCELLATION, "coordinator-a"
+        )
         contender.arrive()
         coordinator.commit()
     contender.finish()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -11,14 +11,21 @@ from hypothesis import strategies as st
 
 from services.order_intake.domain import (
     LIFECYCLE,
+    RELEASE_CLOCK_TOLERANCE,
+    WAYS,
     OrderFacts,
     OrderStatus,
     TransitionRefused,
+    Way,
     acceptance_failures,
     allowed_transitions,
     check_transition,
+    collection_refusal,
     luhn_check_digit,
+    manufacturing_release_refusal,
     npi_is_valid,
+    status_after_collection,
+    visible_to,
 )
 
 ORDER_DAY = date(2026, 3, 1)
@@ -100,17 +107,18 @@ def test_exactly_one_check_digit_is_valid(prefix: str, digit: int) -> None:
 
 def test_the_order_moves_one_step_at_a_time() -> None:
     for current, following in itertools.pairwise(LIFECYCLE):
-        check_transition(current, following)
+        for way in WAYS[following]:
+            check_transition(current, following, way)
     with pytest.raises(TransitionRefused):
-        check_transition(OrderStatus.ACCEPTED, OrderStatus.PRODUCT_SHIPPED)
+        check_transition(OrderStatus.ACCEPTED, OrderStatus.PRODUCT_SHIPPED, Way.SHIPMENT_EVENT)
     with pytest.raises(TransitionRefused):
-        check_transition(OrderStatus.PRODUCT_DELIVERED, OrderStatus.PRODUCT_SHIPPED)
+        check_transition(OrderStatus.PRODUCT_DELIVERED, OrderStatus.PRODUCT_SHIPPED, Way.SHIPMENT_EVENT)
     assert allowed_transitions(OrderStatus.CLOSED) == frozenset()
 
 
 def test_cancellation_is_allowed_before_infusion_only() -> None:
     for status in (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED, OrderStatus.PRODUCT_DELIVERED):
-        check_transition(status, OrderStatus.CANCELLED)
+        check_transition(status, OrderStatus.CANCELLED, Way.CANCELLATION)
     for status in (
         OrderStatus.INFUSED,
         OrderStatus.IN_FOLLOW_UP,
@@ -118,4 +126,65 @@ def test_cancellation_is_allowed_before_infusion_only() -> None:
         OrderStatus.CANCELLED,
     ):
         with pytest.raises(TransitionRefused):
-            check_transition(status, OrderStatus.CANCELLED)
+            check_transition(status, OrderStatus.CANCELLED, Way.CANCELLATION)
+
+
+@pytest.mark.parametrize(
+    ("target", "way", "hint"),
+    [
+        (OrderStatus.PRODUCT_RELEASED, Way.STEP, "recorded with its lot"),
+        (OrderStatus.CANCELLED, Way.STEP, "recorded with its reason"),
+        (OrderStatus.PRODUCT_SHIPPED, Way.STEP, "set by the shipment's events"),
+        (OrderStatus.PRODUCT_DELIVERED, Way.STEP, "set by the shipment's events"),
+        (OrderStatus.ACCEPTED, Way.STEP, "decided by the checks"),
+        (OrderStatus.CELLS_COLLECTED, Way.SHIPMENT_EVENT, "POST …/collections"),
+        (OrderStatus.INFUSED, Way.CANCELLATION, "set by scheduling's infusion event"),
+    ],
+)
+def test_a_step_taken_another_way_than_its_own_is_refused_naming_its_way(
+    target: OrderStatus, way: Way, hint: str
+) -> None:
+    # The order is where the step would be next: only the way is wrong.
+    current = next(s for s in OrderStatus if target in allowed_transitions(s))
+    with pytest.raises(TransitionRefused, match="is not set this way") as refused:
+        check_transition(current, target, way)
+    assert hint in str(refused.value)
+
+
+def test_every_status_but_the_first_has_a_way_to_reach_it() -> None:
+    assert WAYS[OrderStatus.SUBMITTED] == frozenset()
+    assert all(WAYS[status] for status in OrderStatus if status is not OrderStatus.SUBMITTED)
+
+
+def test_collections_are_recorded_from_acceptance_until_manufacturing() -> None:
+    assert collection_refusal(OrderStatus.ACCEPTED, has_coi=True) is None
+    assert collection_refusal(OrderStatus.CELLS_COLLECTED, has_coi=True) is None
+    assert collection_refusal(OrderStatus.ACCEPTED, has_coi=False) is not None
+    for status in set(OrderStatus) - {OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED}:
+        assert f"an order that is {status}" in (collection_refusal(status, has_coi=True) or "")
+    assert status_after_collection(OrderStatus.ACCEPTED) is OrderStatus.CELLS_COLLECTED
+    assert status_after_collection(OrderStatus.CELLS_COLLECTED) is None
+
+
+def test_a_product_is_released_only_of_an_order_in_manufacturing_and_not_in_the_future() -> None:
+    now = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    started = now - timedelta(days=10)
+    assert manufacturing_release_refusal(OrderStatus.IN_MANUFACTURING, now, now, started) is None
+    for status in set(OrderStatus) - {OrderStatus.IN_MANUFACTURING}:
+        assert "only while its order is in_manufacturing" in (
+            manufacturing_release_refusal(status, now, now, started) or ""
+        )
+    later = now + RELEASE_CLOCK_TOLERANCE + timedelta(seconds=1)
+    assert manufacturing_release_refusal(OrderStatus.IN_MANUFACTURING, later, now, started) == (
+        "released_at is in the future"
+    )
+    early = started - timedelta(seconds=1)
+    assert "before manufacturing started" in (
+        manufacturing_release_refusal(OrderStatus.IN_MANUFACTURING, early, now, started) or ""
+    )
+
+
+def test_a_site_scoped_caller_sees_only_its_own_site() -> None:
+    assert visible_to(None, "TC-SEATTLE")
+    assert visible_to("TC-BOSTON", "TC-BOSTON")
+    assert not visible_to("TC-BOSTON", "TC-SEATTLE")

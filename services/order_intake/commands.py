@@ -1,0 +1,519 @@
+"""Order intake's use cases — placing an order, cancelling it, recording its collections, its steps and
+its product's release, following the shipment and scheduling events — each inside the caller's
+transaction with the events it causes (outbox). The one path of the HTTP routes and the Kafka
+subscribers: load, ask the domain, apply, enqueue. The caller commits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from uuid import UUID
+
+import structlog
+from cgt_contracts.envelope import EventEnvelope, utc_now
+from cgt_contracts.events import (
+    CollectionRecorded,
+    CollectionRecordedData,
+    OrderAccepted,
+    OrderAcceptedData,
+    OrderCancelled,
+    OrderCancelledData,
+    OrderRejected,
+    OrderRejectedData,
+    ProductReleasedForShipment,
+    ProductReleasedForShipmentData,
+    RejectionReason,
+)
+from cryptography.fernet import Fernet
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from services.common.db import locked
+from services.common.identifiers import coi_identifier, din
+from services.common.outbox import enqueue
+from services.common.topics import ORDERS
+from services.order_intake import domain
+from services.order_intake.domain import OrderStatus, Way
+from services.order_intake.models import (
+    CoiSequence,
+    Collection,
+    DinCounter,
+    Order,
+    OrderTransition,
+    PatientRecord,
+    Prescriber,
+    PrescriberSite,
+    SiteCertification,
+    Therapy,
+    TreatmentCenter,
+)
+
+SOURCE = "cgt/order-intake"
+log = structlog.get_logger()
+
+
+class OrderNotFound(Exception):
+    """No such order — or one the caller may not see, which must look exactly the same (HTTP 404)."""
+
+    def __init__(self) -> None:
+        super().__init__("no such order")
+
+
+class NotPermitted(Exception):
+    """The caller may not act for the site it names (HTTP 403)."""
+
+
+class Refused(Exception):
+    """A command the order's state or its rules refuse (HTTP 409), with the reason."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts: recorded as the actor; `site_scope` is a treatment center's own site (None: every site)."""
+
+    subject: str
+    site_scope: str | None = None
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """The service's own identity for identifiers, and the key of the patients' identities."""
+
+    fin: str
+    """ISBT 128 facility number: COI identifiers, and the DINs of a site without a FIN of its own."""
+    phi_key: bytes
+    """Fernet key the patient's identity is encrypted with."""
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """Identifying data: stored encrypted in order intake only, never published or logged."""
+
+    name: str
+    date_of_birth: date
+    medical_record_number: str
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "date_of_birth": self.date_of_birth.isoformat(),
+                "medical_record_number": self.medical_record_number,
+            },
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """A therapy order as placed; missing consent, authorization or attestation reject it (with reasons)."""
+
+    patient_ref: str
+    patient: PatientIdentity
+    therapy_code: str
+    treatment_center_id: str
+    prescriber_npi: str
+    consent_signed_on: date | None = None
+    consent_form_version: str | None = None
+    payer_authorization_reference: str | None = None
+    payer_authorization_expires_on: date | None = None
+    eligibility_attested: bool = False
+    ordered_on: date | None = None
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    """What a list of orders is narrowed to; every filter given is applied (None: not filtered)."""
+
+    coi: str | None = None
+    treatment_center_id: str | None = None
+    status: OrderStatus | None = None
+    patient_ref: str | None = None
+
+
+LIST_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class RecordedCollection:
+    collection: Collection
+    coi: str
+    """The order's chain-of-identity identifier, which the collection's DIN is linked to."""
+
+
+# ---------------------------------------------------------------- reading orders, scoped
+
+
+def visible_order(session: Session, order_id: UUID, scope: str | None) -> Order:
+    """The order, if it exists and the caller's scope covers its site; else `OrderNotFound`, the same
+    for both, so a site-scoped caller learns nothing of another site's orders."""
+    order = session.get(Order, order_id)
+    if order is None or not domain.visible_to(scope, order.treatment_center_id):
+        raise OrderNotFound
+    return order
+
+
+def find_orders(session: Session, scope: str | None, wanted: OrderFilter) -> list[Order]:
+    """Orders oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given: a
+    scoped caller filtering on another site gets no orders, as if that site had none."""
+    query = select(Order).order_by(col(Order.created_at))
+    if scope is not None:
+        query = query.where(Order.treatment_center_id == scope)
+    if wanted.treatment_center_id is not None:
+        query = query.where(Order.treatment_center_id == wanted.treatment_center_id)
+    if wanted.coi is not None:
+        query = query.where(Order.coi == wanted.coi)
+    if wanted.status is not None:
+        query = query.where(Order.status == wanted.status)
+    if wanted.patient_ref is not None:
+        query = query.where(Order.patient_ref == wanted.patient_ref)
+    return list(session.exec(query.limit(LIST_LIMIT)))
+
+
+def history_of(session: Session, order: Order) -> list[OrderTransition]:
+    return list(
+        session.exec(
+            select(OrderTransition)
+            .where(OrderTransition.order_id == order.id)
+            .order_by(col(OrderTransition.id))
+        )
+    )
+
+
+def collections_of(session: Session, order: Order) -> list[Collection]:
+    return list(
+        session.exec(
+            select(Collection).where(Collection.order_id == order.id).order_by(col(Collection.number))
+        )
+    )
+
+
+# ---------------------------------------------------------------- the state machine, applied
+
+
+def lock_order(session: Session, order: Order) -> None:
+    """Lock a stored order's row and read it again (`locked`), so that a change is judged on the order as
+    it is now: a coordinator's cancellation and a delivery event arriving at the same moment are applied
+    one after the other, never both from the same stale status."""
+    if order in session.new:  # not stored yet: nobody else can change it
+        return
+    session.flush()  # this transaction's own changes first: the order is read back below
+    session.exec(locked(session, select(Order).where(col(Order.id) == order.id))).one()
+
+
+def record_transition(
+    session: Session,
+    order: Order,
+    target: OrderStatus,
+    way: Way,
+    actor: str,
+    cause_event_id: str | None = None,
+) -> None:
+    """Move the order the way given, refusing what the state machine forbids, and keep the history."""
+    lock_order(session, order)
+    domain.check_transition(order.status, target, way)
+    session.add(
+        OrderTransition(
+            order_id=order.id,
+            from_status=order.status,
+            to_status=target,
+            actor=actor,
+            cause_event_id=cause_event_id,
+        )
+    )
+    order.status = target
+    session.add(order)
+
+
+def _move(session: Session, order: Order, target: OrderStatus, way: Way, actor: str) -> None:
+    """`record_transition` for a person's command: a refusal is the command's (409)."""
+    try:
+        record_transition(session, order, target, way, actor)
+    except domain.TransitionRefused as refused:
+        raise Refused(str(refused)) from refused
+
+
+def _locked_order(session: Session, order_id: UUID, scope: str | None) -> Order:
+    """The order the caller may see, locked and read as it is now (a cancellation may have just
+    committed)."""
+    order = visible_order(session, order_id, scope)
+    lock_order(session, order)
+    return order
+
+
+# ---------------------------------------------------------------- placing an order
+
+
+def _gather_facts(session: Session, new: NewOrder, ordered_on: date) -> domain.OrderFacts:
+    therapy = session.get(Therapy, new.therapy_code)
+    site = session.get(TreatmentCenter, new.treatment_center_id)
+    certifications = session.exec(
+        select(SiteCertification)
+        .where(SiteCertification.treatment_center_id == new.treatment_center_id)
+        .where(SiteCertification.therapy_code == new.therapy_code)
+    ).all()
+    prescriber_site = session.get(PrescriberSite, (new.prescriber_npi, new.treatment_center_id))
+    active = session.exec(
+        select(Order.id)
+        .where(Order.patient_ref == new.patient_ref)
+        .where(Order.therapy_code == new.therapy_code)
+        .where(col(Order.status).in_([s.value for s in domain.ACTIVE]))
+    ).first()
+    return domain.OrderFacts(
+        order_date=ordered_on,
+        therapy_known=therapy is not None,
+        site_known=site is not None,
+        certifications=tuple((c.effective_on, c.expires_on) for c in certifications),
+        prescriber_npi=new.prescriber_npi,
+        prescriber_known=session.get(Prescriber, new.prescriber_npi) is not None,
+        prescriber_may_order_for_site=prescriber_site is not None,
+        consent_signed_on=new.consent_signed_on,
+        consent_form_version=new.consent_form_version,
+        payer_authorization_expires_on=new.payer_authorization_expires_on,
+        eligibility_attested=new.eligibility_attested,
+        has_active_order_for_patient_and_therapy=active is not None,
+    )
+
+
+def _submitted(session: Session, new: NewOrder, ordered_on: date, actor: str, issuer: Issuer) -> Order:
+    """The order as submitted, its first history row and the patient's encrypted identity."""
+    order = Order(
+        patient_ref=new.patient_ref,
+        therapy_code=new.therapy_code,
+        treatment_center_id=new.treatment_center_id,
+        prescriber_npi=new.prescriber_npi,
+        consent_signed_on=new.consent_signed_on,
+        consent_form_version=new.consent_form_version,
+        payer_authorization_reference=new.payer_authorization_reference,
+        payer_authorization_expires_on=new.payer_authorization_expires_on,
+        eligibility_attested_by=actor if new.eligibility_attested else None,
+        ordered_on=ordered_on,
+        created_by=actor,
+    )
+    session.add(order)
+    session.flush()  # the order row first: its history and patient record refer to it
+    session.add(
+        OrderTransition(order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=actor)
+    )
+    encrypted = Fernet(issuer.phi_key).encrypt(new.patient.as_json().encode()).decode()
+    session.add(PatientRecord(order_id=order.id, encrypted_identity=encrypted))
+    return order
+
+
+def place_order(
+    session: Session, new: NewOrder, caller: Caller, issuer: Issuer, correlation_id: str
+) -> Order:
+    """Check the order and record it accepted (with its COI identifier, `order.accepted.v1`) or rejected
+    with every failed check (`order.rejected.v1`). A site-scoped caller orders only for its own site."""
+    if not domain.visible_to(caller.site_scope, new.treatment_center_id):
+        raise NotPermitted("a treatment center may order only for its own site")
+    ordered_on = new.ordered_on or utc_now().date()
+    failures = domain.acceptance_failures(_gather_facts(session, new, ordered_on))
+    order = _submitted(session, new, ordered_on, caller.subject, issuer)
+    if failures:
+        _reject(session, order, failures, caller.subject, correlation_id)
+    else:
+        _accept(session, order, issuer.fin, caller.subject, correlation_id)
+    log.info("order.placed", order_id=str(order.id), status=order.status, coi=order.coi)
+    return order
+
+
+def _reject(
+    session: Session, order: Order, failures: list[domain.Failure], actor: str, correlation_id: str
+) -> None:
+    reasons = [RejectionReason(code=f.code, message=f.message) for f in failures]
+    order.rejection_reasons = json.dumps([reason.model_dump() for reason in reasons])
+    record_transition(session, order, OrderStatus.REJECTED, Way.PLACEMENT, actor)
+    data = OrderRejectedData(
+        order_id=order.id,
+        patient_ref=order.patient_ref,
+        therapy_code=order.therapy_code,
+        treatment_center_id=order.treatment_center_id,
+        reasons=reasons,
+    )
+    _publish(session, OrderRejected(**_envelope(order_subject(order.id), correlation_id), data=data))
+
+
+def _accept(session: Session, order: Order, fin: str, actor: str, correlation_id: str) -> None:
+    therapy = session.get(Therapy, order.therapy_code)
+    assert therapy is not None  # the acceptance checks found it
+    sequence = CoiSequence(order_id=order.id)
+    session.add(sequence)
+    session.flush()
+    assert sequence.id is not None
+    order.coi = coi_identifier(fin, order.ordered_on.year, sequence.id)
+    record_transition(session, order, OrderStatus.ACCEPTED, Way.PLACEMENT, actor)
+    data = OrderAcceptedData(
+        order_id=order.id,
+        coi=order.coi,
+        patient_ref=order.patient_ref,
+        therapy_code=order.therapy_code,
+        treatment_center_id=order.treatment_center_id,
+        storage_limit_celsius=therapy.storage_limit_celsius,
+        conditioning_days=therapy.conditioning_days,
+        accepted_at=utc_now(),
+        long_term_follow_up=therapy.long_term_follow_up,
+    )
+    _publish(session, OrderAccepted(**_envelope(order.coi, correlation_id), data=data))
+
+
+def order_subject(order_id: UUID) -> str:
+    """Rejected orders have no COI: their events are keyed by the order id (hex, upper case)."""
+    return order_id.hex.upper()
+
+
+def _envelope(subject: str, correlation_id: str) -> dict[str, str]:
+    return {"source": SOURCE, "subject": subject, "correlationid": correlation_id}
+
+
+def _publish(session: Session, event: EventEnvelope) -> None:
+    enqueue(session, ORDERS, event)
+
+
+# ---------------------------------------------------------------- a person's steps
+
+
+def cancel_order(session: Session, order_id: UUID, reason: str, caller: Caller, correlation_id: str) -> Order:
+    """Cancel before infusion, with the reason, who and when; `order.cancelled.v1` for an order with a
+    COI (scheduling cancels the appointment and tells the site)."""
+    order = visible_order(session, order_id, caller.site_scope)
+    _move(session, order, OrderStatus.CANCELLED, Way.CANCELLATION, caller.subject)
+    order.cancelled_reason = reason
+    order.cancelled_by = caller.subject
+    order.cancelled_at = utc_now()
+    if order.coi:
+        data = OrderCancelledData(
+            order_id=order.id,
+            coi=order.coi,
+            reason=reason,
+            cancelled_by=caller.subject,
+            cancelled_at=order.cancelled_at,
+        )
+        _publish(session, OrderCancelled(**_envelope(order.coi, correlation_id), data=data))
+    return order
+
+
+def record_step(session: Session, order_id: UUID, target: OrderStatus, caller: Caller) -> Order:
+    """A step that happened outside the system, recorded by a coordinator; the state machine says which
+    steps may be recorded so (`Way.STEP`) and in which order."""
+    order = visible_order(session, order_id, caller.site_scope)
+    _move(session, order, target, Way.STEP, caller.subject)
+    return order
+
+
+def next_din(session: Session, fin: str, year: int) -> str:
+    """Issue the next DIN of a facility and year. The counter's row is created if missing without ever
+    failing (INSERT … ON CONFLICT DO NOTHING: two first collections at once both get their row), then
+    locked (FOR UPDATE), so that concurrent issuers take the sequence one after the other."""
+    dialect_insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.exec(dialect_insert(DinCounter).values(fin=fin, year=year, last=0).on_conflict_do_nothing())
+    counter = session.exec(
+        locked(session, select(DinCounter).where(DinCounter.fin == fin).where(DinCounter.year == year))
+    ).one()
+    counter.last += 1
+    session.add(counter)
+    session.flush()
+    return din(fin, year, counter.last)
+
+
+def record_collection(
+    session: Session,
+    order_id: UUID,
+    collected_at: datetime,
+    caller: Caller,
+    issuer: Issuer,
+    correlation_id: str,
+) -> RecordedCollection:
+    """One apheresis collection with its own DIN under the order's COI; the first moves the order to
+    cells_collected. `collection.recorded.v1`: the fresh shipment to manufacturing is planned."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    refusal = domain.collection_refusal(order.status, order.coi is not None)
+    if refusal is not None:
+        raise Refused(refusal)
+    assert order.coi is not None
+    site = session.get(TreatmentCenter, order.treatment_center_id)
+    fin = (site.fin if site is not None else None) or issuer.fin
+    number = len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all()) + 1
+    collection = Collection(
+        order_id=order.id,
+        number=number,
+        din=next_din(session, fin, collected_at.year),
+        collected_at=collected_at,
+        recorded_by=caller.subject,
+    )
+    session.add(collection)
+    moves_to = domain.status_after_collection(order.status)
+    if moves_to is not None:
+        _move(session, order, moves_to, Way.COLLECTION, caller.subject)
+    data = CollectionRecordedData(
+        order_id=order.id,
+        coi=order.coi,
+        collection_number=number,
+        din=collection.din,
+        collected_at=collected_at,
+        treatment_center_id=order.treatment_center_id,
+    )
+    _publish(session, CollectionRecorded(**_envelope(order.coi, correlation_id), data=data))
+    return RecordedCollection(collection, order.coi)
+
+
+def _manufacturing_started_at(session: Session, order: Order) -> datetime | None:
+    return session.exec(
+        select(OrderTransition.at)
+        .where(OrderTransition.order_id == order.id)
+        .where(OrderTransition.to_status == OrderStatus.IN_MANUFACTURING)
+    ).first()
+
+
+def record_manufacturing_release(
+    session: Session,
+    order_id: UUID,
+    lot_number: str,
+    released_at: datetime,
+    caller: Caller,
+    correlation_id: str,
+) -> Order:
+    """The manufacturer released the order's product: its lot, when, and who recorded it (the caller).
+    `product.released_for_shipment.v1`: only now may the return shipment be picked up."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    refusal = domain.manufacturing_release_refusal(
+        order.status, released_at, utc_now(), _manufacturing_started_at(session, order)
+    )
+    if refusal is not None:
+        raise Refused(refusal)
+    assert order.coi is not None  # an order in manufacturing was accepted: it has its COI
+    _move(session, order, OrderStatus.PRODUCT_RELEASED, Way.RELEASE, caller.subject)
+    order.product_lot_number = lot_number
+    order.product_released_at = released_at
+    order.product_released_by = caller.subject
+    data = ProductReleasedForShipmentData(
+        order_id=order.id,
+        coi=order.coi,
+        lot_number=lot_number,
+        released_at=released_at,
+        released_by=caller.subject,
+    )
+    _publish(session, ProductReleasedForShipment(**_envelope(order.coi, correlation_id), data=data))
+    log.info("order.product_released", order_id=str(order.id), coi=order.coi)
+    return order
+
+
+# ---------------------------------------------------------------- events from the other services
+
+
+def follow_event(session: Session, event: EventEnvelope, target: OrderStatus, way: Way) -> None:
+    """Move the order of the event's COI to `target`, recording the event as the cause. An unknown COI,
+    an order already there (redelivery) or a step the state machine refuses is logged and left: the
+    event still counts as handled (inbox)."""
+    order = session.exec(select(Order).where(Order.coi == event.subject)).first()
+    if order is None:
+        log.warning("order.unknown_coi", coi=event.subject)
+        return
+    if order.status == target:
+        return
+    try:
+        record_transition(session, order, target, way, actor=event.source, cause_event_id=str(event.id))
+    except domain.TransitionRefused as refused:
+        log.warning("order.transition_refused", order_id=str(order.id), reason=str(refused))

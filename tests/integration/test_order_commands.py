@@ -1,0 +1,301 @@
+"""Order intake's commands and subscribers called directly, without the broker or HTTP (SQLite and
+PostgreSQL): each use case's effects read back from the database and the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from cgt_contracts.events import (
+    AnyEvent,
+    InfusionRecorded,
+    InfusionRecordedData,
+    ShipmentDelivered,
+    ShipmentDeliveredData,
+    ShipmentDispatched,
+    ShipmentDispatchedData,
+    ShipmentLeg,
+)
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from services.common.unit_of_work import session_factory
+from services.order_intake import commands, handlers
+from services.order_intake.domain import OrderStatus
+from services.order_intake.models import Order, OrderTransition, PatientRecord
+from services.order_intake.seed import DEMO_SITE, UNCERTIFIED_SITE
+from tests.support.orders import (
+    BOSTON_DESK,
+    COORDINATOR,
+    ISSUER,
+    SEATTLE_DESK,
+    a_new_order,
+    move,
+    order_database,
+    outbox,
+    place,
+    release,
+    start_afresh,
+    stored,
+)
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with order_database(request.param, tmp_path_factory.mktemp(request.param)) as engine:
+        yield engine
+
+
+@pytest.fixture
+def engine(database: Engine) -> Engine:
+    return start_afresh(database)
+
+
+def history(engine: Engine, order: Order) -> list[tuple[OrderStatus | None, OrderStatus, str | None]]:
+    with session_factory(engine)() as session:
+        rows = session.exec(
+            select(OrderTransition.from_status, OrderTransition.to_status, OrderTransition.cause_event_id)
+            .where(col(OrderTransition.order_id) == order.id)
+            .order_by(col(OrderTransition.id))
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_an_order_that_passes_every_check_is_accepted_with_its_coi_and_published(engine: Engine) -> None:
+    new = a_new_order()
+    order = place(engine, new)
+    assert order.status is OrderStatus.ACCEPTED and order.coi is not None
+    assert [(f, t) for f, t, _ in history(engine, order)] == [
+        (None, OrderStatus.SUBMITTED),
+        (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED),
+    ]
+    [(kind, data)] = outbox(engine, order.coi)
+    assert kind == "order.accepted.v1"
+    assert (data["coi"], data["patient_ref"], data["treatment_center_id"]) == (
+        order.coi,
+        new.patient_ref,
+        DEMO_SITE,
+    )
+    with session_factory(engine)() as session:
+        record = session.get(PatientRecord, order.id)
+    assert record is not None and new.patient.name not in record.encrypted_identity
+    assert new.patient.name not in str(outbox(engine))
+
+
+def test_an_order_failing_checks_is_rejected_with_every_reason_keyed_by_its_id(engine: Engine) -> None:
+    order = place(engine, a_new_order(treatment_center_id=UNCERTIFIED_SITE, eligibility_attested=False))
+    assert order.status is OrderStatus.REJECTED and order.coi is None
+    [(kind, data)] = outbox(engine, commands.order_subject(order.id))
+    assert kind == "order.rejected.v1"
+    assert {r["code"] for r in data["reasons"]} == {
+        "site_not_certified",
+        "prescriber_not_at_site",
+        "eligibility_not_attested",
+    }
+
+
+def test_a_treatment_center_orders_only_for_its_own_site_and_nothing_is_written(engine: Engine) -> None:
+    with session_factory(engine)() as session, pytest.raises(commands.NotPermitted):
+        commands.place_order(session, a_new_order(), SEATTLE_DESK, ISSUER, "c")
+    assert place(engine, caller=BOSTON_DESK).status is OrderStatus.ACCEPTED
+    assert [kind for kind, _ in outbox(engine)] == ["order.accepted.v1"]
+
+
+def test_another_sites_order_is_not_found_exactly_like_a_missing_one(engine: Engine) -> None:
+    order = place(engine)
+    with session_factory(engine)() as session:
+        with pytest.raises(commands.OrderNotFound) as elsewhere:
+            commands.visible_order(session, order.id, SEATTLE_DESK.site_scope)
+        with pytest.raises(commands.OrderNotFound) as missing:
+            commands.visible_order(session, uuid.uuid4(), SEATTLE_DESK.site_scope)
+        with pytest.raises(commands.OrderNotFound):
+            commands.cancel_order(session, order.id, "not yours", SEATTLE_DESK, "c")
+        assert commands.visible_order(session, order.id, BOSTON_DESK.site_scope).id == order.id
+    assert str(elsewhere.value) == str(missing.value) == "no such order"
+    assert stored(engine, order.id).status is OrderStatus.ACCEPTED
+
+
+def test_every_list_filter_given_is_applied_within_the_callers_scope(engine: Engine) -> None:
+    boston = place(engine)
+    denver = place(engine, a_new_order(treatment_center_id=UNCERTIFIED_SITE))
+
+    def ids(scope: str | None, **wanted: object) -> set[uuid.UUID]:
+        with session_factory(engine)() as session:
+            found = commands.find_orders(session, scope, commands.OrderFilter(**wanted))  # type: ignore[arg-type]
+        return {order.id for order in found}
+
+    assert ids(None) == {boston.id, denver.id}
+    assert ids(None, treatment_center_id=UNCERTIFIED_SITE) == {denver.id}
+    assert ids(None, status=OrderStatus.ACCEPTED) == {boston.id}
+    assert ids(None, patient_ref=denver.patient_ref) == {denver.id}
+    assert ids(None, coi=boston.coi) == {boston.id}
+    assert ids(DEMO_SITE) == {boston.id}
+    assert ids(DEMO_SITE, treatment_center_id=UNCERTIFIED_SITE) == set()
+
+
+def test_a_cancellation_records_why_who_and_when_once(engine: Engine) -> None:
+    order = place(engine)
+    with session_factory(engine)() as session:
+        commands.cancel_order(session, order.id, "patient withdrew", BOSTON_DESK, "c")
+        session.commit()
+    cancelled = stored(engine, order.id)
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert (cancelled.cancelled_reason, cancelled.cancelled_by) == ("patient withdrew", BOSTON_DESK.subject)
+    assert [kind for kind, _ in outbox(engine, order.coi)] == ["order.accepted.v1", "order.cancelled.v1"]
+    with (
+        session_factory(engine)() as session,
+        pytest.raises(commands.Refused, match="cannot become cancelled"),
+    ):
+        commands.cancel_order(session, order.id, "twice", COORDINATOR, "c")
+
+
+@pytest.mark.parametrize(
+    ("step", "why"),
+    [
+        (OrderStatus.IN_MANUFACTURING, "cannot become in_manufacturing"),
+        (OrderStatus.PRODUCT_RELEASED, "recorded with its lot"),
+        (OrderStatus.PRODUCT_SHIPPED, "set by the shipment's events"),
+        (OrderStatus.CANCELLED, "recorded with its reason"),
+        (OrderStatus.ACCEPTED, "decided by the checks"),
+    ],
+)
+def test_a_step_by_hand_is_refused_out_of_order_or_when_it_has_a_way_of_its_own(
+    engine: Engine, step: OrderStatus, why: str
+) -> None:
+    order = place(engine)
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match=why):
+        commands.record_step(session, order.id, step, COORDINATOR)
+    assert stored(engine, order.id).status is OrderStatus.ACCEPTED
+
+
+def test_collections_each_get_a_din_and_only_the_first_moves_the_order(engine: Engine) -> None:
+    order = place(engine)
+    recorded = []
+    for hours in (0, 26):
+        with session_factory(engine)(expire_on_commit=False) as session:
+            recorded.append(
+                commands.record_collection(
+                    session, order.id, NOW - timedelta(hours=30 - hours), COORDINATOR, ISSUER, "c"
+                )
+            )
+            session.commit()
+    assert [r.collection.number for r in recorded] == [1, 2] and {r.coi for r in recorded} == {order.coi}
+    assert len({r.collection.din for r in recorded}) == 2
+    assert [(f, t) for f, t, _ in history(engine, order)][-1] == (
+        OrderStatus.ACCEPTED,
+        OrderStatus.CELLS_COLLECTED,
+    )
+    published = [data["din"] for kind, data in outbox(engine, order.coi) if kind == "collection.recorded.v1"]
+    assert published == [r.collection.din for r in recorded]
+    move(engine, order, OrderStatus.IN_MANUFACTURING)
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="in_manufacturing"):
+        commands.record_collection(session, order.id, NOW, COORDINATOR, ISSUER, "c")
+
+
+def test_the_product_is_released_with_its_lot_only_while_in_manufacturing(engine: Engine) -> None:
+    order = place(engine)
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="only while its order"):
+        commands.record_manufacturing_release(session, order.id, "LOT-1", NOW, COORDINATOR, "c")
+    move(engine, order, OrderStatus.CELLS_COLLECTED, OrderStatus.IN_MANUFACTURING)
+    release(engine, order)
+    released = stored(engine, order.id)
+    assert (released.status, released.product_lot_number) == (OrderStatus.PRODUCT_RELEASED, "LOT-1")
+    kind, data = outbox(engine, order.coi)[-1]
+    assert (kind, data["lot_number"], data["released_by"]) == (
+        "product.released_for_shipment.v1",
+        "LOT-1",
+        COORDINATOR.subject,
+    )
+
+
+def dispatched(order: Order, leg: ShipmentLeg = ShipmentLeg.RETURN) -> ShipmentDispatched:
+    assert order.coi is not None
+    return ShipmentDispatched(
+        source="cgt/coi-tracking",
+        subject=order.coi,
+        correlationid="c",
+        data=ShipmentDispatchedData(
+            shipment_id=uuid.uuid4(),
+            coi=order.coi,
+            leg=leg,
+            treatment_center_id=order.treatment_center_id,
+            dispatched_at=NOW,
+            eta_at=NOW + timedelta(days=2),
+        ),
+    )
+
+
+def delivered(order: Order) -> ShipmentDelivered:
+    assert order.coi is not None
+    return ShipmentDelivered(
+        source="cgt/coi-tracking",
+        subject=order.coi,
+        correlationid="c",
+        data=ShipmentDeliveredData(
+            shipment_id=uuid.uuid4(),
+            coi=order.coi,
+            treatment_center_id=order.treatment_center_id,
+            delivered_at=NOW,
+            coi_verified=True,
+            temperature_record_clean=True,
+            max_temperature_celsius=-180.0,
+        ),
+    )
+
+
+def infused(order: Order, follow_up_visits: int) -> InfusionRecorded:
+    assert order.coi is not None
+    return InfusionRecorded(
+        source="cgt/scheduling",
+        subject=order.coi,
+        correlationid="c",
+        data=InfusionRecordedData(
+            appointment_id=uuid.uuid4(),
+            coi=order.coi,
+            treatment_center_id=order.treatment_center_id,
+            infused_on=date.today(),
+            follow_up_visits=follow_up_visits,
+        ),
+    )
+
+
+def handle(engine: Engine, handler: Callable[[Session, AnyEvent], None], event: AnyEvent) -> None:
+    with session_factory(engine)() as session:
+        handler(session, event)
+        session.commit()
+
+
+def test_shipment_and_infusion_events_move_the_order_and_name_themselves_as_its_cause(
+    engine: Engine,
+) -> None:
+    order = place(engine)
+    move(engine, order, OrderStatus.CELLS_COLLECTED, OrderStatus.IN_MANUFACTURING)
+    release(engine, order)
+    outbound = dispatched(order, ShipmentLeg.OUTBOUND)
+    events: list[AnyEvent] = [dispatched(order), delivered(order), infused(order, follow_up_visits=3)]
+    handle(engine, handlers.on_shipment_dispatched, outbound)  # the cells' leg: not the order's step
+    for event, handler in zip(
+        events,
+        [handlers.on_shipment_dispatched, handlers.on_shipment_delivered, handlers.on_infusion_recorded],
+        strict=True,
+    ):
+        handle(engine, handler, event)
+        handle(engine, handler, event)  # redelivered: applied once
+    by_event = [(t, cause) for _, t, cause in history(engine, order) if cause is not None]
+    assert by_event == [
+        (OrderStatus.PRODUCT_SHIPPED, str(events[0].id)),
+        (OrderStatus.PRODUCT_DELIVERED, str(events[1].id)),
+        (OrderStatus.INFUSED, str(events[2].id)),
+        (OrderStatus.IN_FOLLOW_UP, str(events[2].id)),
+    ]
+
+
+def test_an_event_the_state_machine_refuses_is_left_unapplied_and_still_handled(engine: Engine) -> None:
+    order = place(engine)
+    handle(engine, handlers.on_shipment_delivered, delivered(order))
+    assert stored(engine, order.id).status is OrderStatus.ACCEPTED
+    assert len(history(engine, order)) == 2
