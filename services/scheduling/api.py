@@ -716,14 +716,9 @@ class WorkItem(BaseModel):
     )
 
 
-@router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
-def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
-    """Every case needing a coordinator, oldest first: an appointment the site may act on that is
-    threatened (`at_risk`: it stays until resolved with POST /alerts/{alert_id}/resolve), options to book
-    (`to_book`), a case to look at (`attention`: an ETA that has passed, no feasible option, a rejected
-    product), an appointment on hold (`on_hold`, with its cause), a webhook the site is not receiving
-    (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
-    items: list[WorkItem] = [
+def _at_risk_items(session: Session) -> list[WorkItem]:
+    """Alerts no coordinator has resolved: they stay whatever the appointment became since."""
+    return [
         WorkItem(
             kind="at_risk",
             coi=alert.coi,
@@ -735,6 +730,32 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
         )
         for alert in session.exec(select(SlotAlert).where(col(SlotAlert.resolved_at).is_(None)))
     ]
+
+
+def _on_hold_items(session: Session) -> list[WorkItem]:
+    return [
+        WorkItem(
+            kind="on_hold",
+            coi=appointment.coi,
+            treatment_center_id=appointment.treatment_center_id,
+            since=appointment.updated_at,
+            detail=f"on hold ({appointment.hold_cause or 'hold'}): {appointment.hold_reason or 'no reason given'}",
+            appointment_id=appointment.id,
+        )
+        for appointment in session.exec(
+            select(Appointment).where(Appointment.state == AppointmentState.ON_HOLD)
+        )
+    ]
+
+
+@router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
+def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
+    """Every case needing a coordinator, oldest first: an appointment the site may act on that is
+    threatened (`at_risk`: it stays until resolved with POST /alerts/{alert_id}/resolve), options to book
+    (`to_book`), a case to look at (`attention`: an ETA that has passed, no feasible option, a rejected
+    product), an appointment on hold (`on_hold`, with its cause), a webhook the site is not receiving
+    (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
+    items: list[WorkItem] = [*_at_risk_items(session), *_on_hold_items(session)]
     active = [s.value for s in ACTIVE_STATES]
     booked = set(session.exec(select(Appointment.coi).where(col(Appointment.state).in_(active))).all())
     for case in session.exec(select(Case).where(col(Case.cancelled).is_(False))):
@@ -765,17 +786,6 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
                         detail="options offered: book one",
                     )
                 )
-    for appointment in session.exec(select(Appointment).where(Appointment.state == AppointmentState.ON_HOLD)):
-        items.append(
-            WorkItem(
-                kind="on_hold",
-                coi=appointment.coi,
-                treatment_center_id=appointment.treatment_center_id,
-                since=appointment.updated_at,
-                detail=f"on hold ({appointment.hold_cause or 'hold'}): {appointment.hold_reason or 'no reason given'}",
-                appointment_id=appointment.id,
-            )
-        )
     failing = session.exec(
         select(WebhookDelivery, WebhookEndpoint)
         .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
