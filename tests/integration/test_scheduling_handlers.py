@@ -500,6 +500,22 @@ def test_a_pick_up_eta_in_the_past_offers_no_option_and_says_why(engine: Engine)
             )
 
 
+def test_a_delay_to_an_eta_that_has_passed_withdraws_the_options_it_no_longer_supports(
+    engine: Engine,
+) -> None:
+    patient = Patient()
+    apply(engine, patient.accepted(), patient.dispatched(in_days(2)))
+    assert options_of(engine, patient.coi), "options for the pick-up's ETA"
+
+    apply(engine, patient.delayed(in_days(-1)))
+
+    assert options_of(engine, patient.coi) == []
+    assert [(i.kind, "has already passed" in i.detail) for i in worklist(engine, patient.coi)] == [
+        ("attention", True)
+    ]
+    assert len(published(engine, patient.coi, "slot.options_offered.v1")) == 1
+
+
 def test_an_option_offered_days_ago_whose_conditioning_would_start_in_the_past_is_refused(
     engine: Engine,
 ) -> None:
