@@ -19,7 +19,7 @@ from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.service import db_session
-from services.scheduling import commands, domain, fhir
+from services.scheduling import commands, fhir
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState
 from services.scheduling.models import (
     Appointment,
@@ -27,6 +27,7 @@ from services.scheduling.models import (
     FollowUpVisit,
     OfferedOption,
     Site,
+    SlotAlert,
     TherapyProtocol,
     WebhookDelivery,
     WebhookEndpoint,
@@ -226,6 +227,7 @@ APPOINTMENT_EXAMPLE: JsonDict = {
     "conditioning_start_on": "2026-12-04",
     "infusion_on": "2026-12-08",
     "hold_reason": None,
+    "hold_cause": None,
     "version": 1,
     "confirmed_at": None,
     "infused_on": None,
@@ -247,6 +249,13 @@ class AppointmentView(BaseModel):
                 APPOINTMENT_EXAMPLE,
                 APPOINTMENT_EXAMPLE
                 | {"state": "confirmed", "version": 2, "confirmed_at": "2026-12-03T08:15:00Z"},
+                APPOINTMENT_EXAMPLE
+                | {
+                    "state": "on_hold",
+                    "version": 3,
+                    "hold_reason": "temperature excursion: -120.0 °C above the -150.0 °C limit",
+                    "hold_cause": "temperature_excursion",
+                },
             ]
         }
     )
@@ -258,6 +267,10 @@ class AppointmentView(BaseModel):
     conditioning_start_on: date
     infusion_on: date
     hold_reason: str | None = Field(description="Why it is on hold or was cancelled")
+    hold_cause: str | None = Field(
+        default=None,
+        description="While on hold, what holds it: quarantine, temperature_excursion or coi_break",
+    )
     version: int = Field(description="Increases with every change of the appointment")
     confirmed_at: datetime | None
     infused_on: date | None
@@ -381,22 +394,13 @@ def book(
     `slot.proposed` by webhook; it is confirmed (`slot.confirmed`) only once the product is delivered with
     every COI verified and a clean temperature record. A site is never overbooked: no capacity, a case
     that already has an appointment or a cancelled order is 409 with the reasons; an option that is not
-    offered now is 422."""
-    # Capacity is checked under the site's lock (commands.book): two bookings never share the last chair.
+    offered now, or a conditioning start before today at the site, is 422 naming the field."""
     case = _case(session, coi, caller)
-    if body.option_id is not None:
-        offered = session.get(OfferedOption, body.option_id)
-        if offered is None or offered.coi != coi or not offered.current:
-            raise problems.invalid("body", "option_id", "not a current option of this case")
-        option = domain.SlotOption(offered.conditioning_start_on, offered.infusion_on)
-    else:
-        assert body.conditioning_start_on is not None
-        days = commands.conditioning_days(session, case)
-        option = domain.SlotOption(
-            body.conditioning_start_on, body.conditioning_start_on + timedelta(days=days)
-        )
     settings = request.app.state.scheduling_settings
     try:
+        option, field = commands.choose_option(
+            session, case, option_id=body.option_id, conditioning_start_on=body.conditioning_start_on
+        )
         appointment = commands.book(
             session,
             case,
@@ -404,8 +408,12 @@ def book(
             booked_by=caller.subject,
             default_buffer_hours=settings.receipt_buffer_hours,
             correlation_id=request.state.correlation_id,
+            field=field,
         )
         session.commit()
+    except commands.Invalid as invalid:
+        session.rollback()
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
     except commands.Refused as refused:
         session.rollback()
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
@@ -435,8 +443,7 @@ def _appointment_to_change(
     read again: a cancellation is never overwritten by a confirmation that read the appointment before."""
     appointment = _appointment(session, appointment_id, caller)
     case = _case(session, appointment.coi, caller)
-    commands.lock_case(session, case)
-    session.refresh(appointment)
+    commands.lock_appointment(session, appointment, case)
     return appointment, case
 
 
@@ -461,6 +468,126 @@ def cancel_appointment(
     session.commit()
     request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
+
+
+class RescheduleRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "option_id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+                    "reason": "the site asked for a Tuesday",
+                }
+            ]
+        }
+    )
+
+    option_id: UUID = Field(description="One of the case's current options")
+    reason: Annotated[str, Field(min_length=3, max_length=500)] = "moved by a coordinator"
+
+
+@router.post(
+    "/appointments/{appointment_id}/reschedule",
+    summary="Move an appointment to another option",
+    response_model=AppointmentView,
+    responses=problems.documented(409),
+)
+def reschedule_appointment(
+    appointment_id: UUID, body: RescheduleRequest, request: Request, session: SessionDep, caller: Coordinator
+) -> AppointmentView:
+    """Coordinators move a tentative or held appointment to another of the case's current options, checked
+    as a booking is (working day, chair, beds, blackouts, after the product's receipt; the days it leaves
+    are free for it); it keeps its state and the site gets `slot.rescheduled` with the old and new days.
+    A confirmed, cancelled or infused appointment, the same days or no capacity is 409 with the reasons;
+    an option that is not current, or that would start conditioning before today at the site, is 422."""
+    appointment, case = _appointment_to_change(session, appointment_id, caller)
+    settings = request.app.state.scheduling_settings
+    try:
+        option, field = commands.choose_option(
+            session, case, option_id=body.option_id, conditioning_start_on=None
+        )
+        commands.reschedule(
+            session,
+            appointment,
+            case,
+            option,
+            body.reason,
+            default_buffer_hours=settings.receipt_buffer_hours,
+            correlation_id=request.state.correlation_id,
+            field=field,
+        )
+    except commands.Invalid as invalid:
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
+    except commands.Refused as refused:
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
+    session.commit()
+    request.app.state.after_commit()
+    return AppointmentView.model_validate(appointment, from_attributes=True)
+
+
+ALERT_EXAMPLE: JsonDict = {
+    "id": "5b6c7d8e-9f0a-4b1c-8d2e-3f4a5b6c7d8e",
+    "appointment_id": APPOINTMENT_ID,
+    "coi": COI,
+    "treatment_center_id": "TC-BOSTON",
+    "cause": "quarantine",
+    "detail": "temperature excursion at receipt; the confirmed appointment is on hold: the site must not "
+    "start conditioning",
+    "conditioning_may_have_started": False,
+    "raised_at": "2026-12-03T09:40:00Z",
+    "resolved_at": "2026-12-03T10:05:00Z",
+    "resolved_by": "coord-ana",
+    "resolution": "called the site: conditioning postponed until QA decides",
+}
+
+
+class AlertView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ALERT_EXAMPLE]})
+
+    id: UUID
+    appointment_id: UUID
+    coi: str
+    treatment_center_id: str
+    cause: str = Field(
+        description="quarantine, temperature_excursion, coi_break, qa_rejection, order_cancelled or delay"
+    )
+    detail: str
+    conditioning_may_have_started: bool
+    raised_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+
+
+class ResolveRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"resolution": "called the site: conditioning postponed"}]}
+    )
+
+    resolution: Annotated[str, Field(min_length=3, max_length=500, description="What was done")]
+
+
+@router.post(
+    "/alerts/{alert_id}/resolve",
+    summary="Resolve an alert about an appointment",
+    response_model=AlertView,
+    responses=problems.documented(409),
+)
+def resolve_alert(
+    alert_id: UUID, body: ResolveRequest, session: SessionDep, caller: Coordinator
+) -> AlertView:
+    """An alert (`at_risk` on the worklist: a confirmed appointment held or cancelled, or a threat once
+    conditioning may have started) stays until a coordinator has acted and says what was done here; it then
+    leaves the worklist. An alert already resolved is 409."""
+    alert = session.get(SlotAlert, alert_id)
+    if alert is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such alert")
+    try:
+        commands.resolve_alert(session, alert, body.resolution, resolved_by=caller.subject)
+    except commands.Refused as refused:
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
+    session.commit()
+    return AlertView.model_validate(alert, from_attributes=True)
 
 
 class InfusionRequest(RequestModel):
@@ -500,15 +627,18 @@ class InfusionView(BaseModel):
 def record_infusion(
     appointment_id: UUID, body: InfusionRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> InfusionView:
-    """Coordinators record that a confirmed appointment's infusion took place on `infused_on` (not in the
-    future). For a therapy with long-term follow-up, the visits (15 years) are planned from that day; the
-    site gets `infusion.recorded` by webhook and order intake moves the order to `infused`. An appointment
-    that is not confirmed is 409."""
+    """Coordinators record that a confirmed appointment's infusion took place on `infused_on`. For a
+    therapy with long-term follow-up, the visits (15 years) are planned from that day; the site gets
+    `infusion.recorded` by webhook and order intake moves the order to `infused`. An appointment that is
+    not confirmed, or whose product was not received or is in quarantine, is 409; a day in the future
+    (at the site), before conditioning started or before the product was received is 422."""
     appointment, case = _appointment_to_change(session, appointment_id, caller)
     try:
         visits = commands.record_infusion(
             session, appointment, case, body.infused_on, correlation_id=request.state.correlation_id
         )
+    except commands.Invalid as invalid:
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
     except commands.Refused as refused:
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
@@ -573,22 +703,59 @@ class WorkItem(BaseModel):
     )
 
     kind: str = Field(
-        description="attention, to_book, on_hold, webhook_failing or follow_up_overdue",
-        examples=["to_book", "on_hold"],
+        description="at_risk, attention, to_book, on_hold, webhook_failing or follow_up_overdue",
+        examples=["to_book", "on_hold", "at_risk"],
     )
     coi: str
     treatment_center_id: str
     since: datetime
     detail: str
     appointment_id: UUID | None = None
+    alert_id: UUID | None = Field(
+        default=None, description="An `at_risk` item's alert: resolve it with POST /alerts/{alert_id}/resolve"
+    )
+
+
+def _at_risk_items(session: Session) -> list[WorkItem]:
+    """Alerts no coordinator has resolved: they stay whatever the appointment became since."""
+    return [
+        WorkItem(
+            kind="at_risk",
+            coi=alert.coi,
+            treatment_center_id=alert.treatment_center_id,
+            since=alert.raised_at,
+            detail=alert.detail,
+            appointment_id=alert.appointment_id,
+            alert_id=alert.id,
+        )
+        for alert in session.exec(select(SlotAlert).where(col(SlotAlert.resolved_at).is_(None)))
+    ]
+
+
+def _on_hold_items(session: Session) -> list[WorkItem]:
+    return [
+        WorkItem(
+            kind="on_hold",
+            coi=appointment.coi,
+            treatment_center_id=appointment.treatment_center_id,
+            since=appointment.updated_at,
+            detail=f"on hold ({appointment.hold_cause or 'hold'}): {appointment.hold_reason or 'no reason given'}",
+            appointment_id=appointment.id,
+        )
+        for appointment in session.exec(
+            select(Appointment).where(Appointment.state == AppointmentState.ON_HOLD)
+        )
+    ]
 
 
 @router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
 def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
-    """Every case needing a coordinator, oldest first: options to book (`to_book`), a delay or a risk to
-    the slot (`attention`), an appointment on hold (`on_hold`), a webhook the site is not receiving
+    """Every case needing a coordinator, oldest first: an appointment the site may act on that is
+    threatened (`at_risk`: it stays until resolved with POST /alerts/{alert_id}/resolve), options to book
+    (`to_book`), a case to look at (`attention`: an ETA that has passed, no feasible option, a rejected
+    product), an appointment on hold (`on_hold`, with its cause), a webhook the site is not receiving
     (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
-    items: list[WorkItem] = []
+    items: list[WorkItem] = [*_at_risk_items(session), *_on_hold_items(session)]
     active = [s.value for s in ACTIVE_STATES]
     booked = set(session.exec(select(Appointment.coi).where(col(Appointment.state).in_(active))).all())
     for case in session.exec(select(Case).where(col(Case.cancelled).is_(False))):
@@ -619,17 +786,6 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
                         detail="options offered: book one",
                     )
                 )
-    for appointment in session.exec(select(Appointment).where(Appointment.state == AppointmentState.ON_HOLD)):
-        items.append(
-            WorkItem(
-                kind="on_hold",
-                coi=appointment.coi,
-                treatment_center_id=appointment.treatment_center_id,
-                since=appointment.updated_at,
-                detail=appointment.hold_reason or "on hold",
-                appointment_id=appointment.id,
-            )
-        )
     failing = session.exec(
         select(WebhookDelivery, WebhookEndpoint)
         .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
@@ -844,11 +1000,19 @@ FHIR_SLOT_BUNDLE_EXAMPLE: JsonDict = {
 )
 def fhir_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) -> dict[str, Any]:
     """The appointment as an HL7 FHIR R4 Appointment: `pending` while tentative or on hold, `booked` once
-    confirmed, `fulfilled` after the infusion, `cancelled`. A treatment center reads its own site's."""
+    confirmed, `fulfilled` after the infusion, `cancelled`. A held one carries the `appointment-hold`
+    extension (its cause as a coding, the reason as text); one with an alert no coordinator has resolved
+    the `appointment-at-risk` extension. A treatment center reads its own site's."""
     appointment = _appointment(session, appointment_id, caller)
     case = session.get(Case, appointment.coi)
     site = session.get(Site, appointment.treatment_center_id)
-    return fhir.appointment_resource(appointment, case, commands.calendar_of(site))
+    alerts = session.exec(
+        select(SlotAlert)
+        .where(SlotAlert.appointment_id == appointment.id)
+        .where(col(SlotAlert.resolved_at).is_(None))
+        .order_by(col(SlotAlert.raised_at))
+    ).all()
+    return fhir.appointment_resource(appointment, case, commands.calendar_of(site), alerts)
 
 
 @router.get(
@@ -869,7 +1033,7 @@ def fhir_slots(
     ] = [],  # noqa: B006
 ) -> dict[str, Any]:
     """A site's booked infusion slots as an HL7 FHIR R4 searchset Bundle of Slot resources: `busy-tentative`
-    until the appointment is confirmed, then `busy`. `schedule` is `Schedule/<site id>` (an unknown site
+    until the appointment is confirmed, then `busy`; `busy-unavailable` while it is on hold. `schedule` is `Schedule/<site id>` (an unknown site
     is 404); `start` bounds the day, e.g. `ge2026-12-01` and `lt2027-01-01`. A treatment center searches
     its own site."""
     site_id = schedule.removeprefix("Schedule/")

@@ -1,11 +1,12 @@
-"""Scheduling's state changes — offering options, booking, confirming, holding, moving, cancelling,
-recording infusion — each inside the caller's transaction with its events (outbox) and its webhooks
-(delivery rows). Shared by the event handlers and the HTTP routes."""
+"""Scheduling's use cases — taking an ETA, offering options, booking, confirming, holding, moving,
+cancelling, alerting, recording infusion — each inside the caller's transaction with its events (outbox)
+and its webhooks (delivery rows). The one path of the event handlers and the HTTP routes alike: load,
+ask the domain, apply its decision, publish."""
 
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from uuid import UUID
 
 import structlog
@@ -15,6 +16,8 @@ from cgt_contracts.events import (
     FollowUpVisitOverdueData,
     InfusionRecorded,
     InfusionRecordedData,
+    SlotAtRisk,
+    SlotAtRiskData,
     SlotCancelled,
     SlotChangedData,
     SlotConfirmed,
@@ -29,19 +32,21 @@ from cgt_contracts.events import (
     SlotRescheduled,
     SlotRescheduledData,
     SlotResumed,
+    SlotRiskCause,
 )
 from sqlmodel import Session, col, select, update
 
 from services.common.outbox import enqueue
 from services.common.topics import SCHEDULING
 from services.scheduling import domain
-from services.scheduling.domain import ACTIVE_STATES, AppointmentState
+from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCause
 from services.scheduling.models import (
     Appointment,
     Case,
     FollowUpVisit,
     OfferedOption,
     Site,
+    SlotAlert,
     TherapyProtocol,
     WebhookDelivery,
     WebhookEndpoint,
@@ -58,6 +63,26 @@ class Refused(Exception):
     def __init__(self, reasons: list[str]):
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+
+
+class Invalid(Exception):
+    """A request field the rules refuse (HTTP 422 naming the field): a date in the past, an option that
+    is not offered."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+def refuse(problems: list[domain.RuleProblem]) -> None:
+    """Raise for the domain's problems: those about the state first (409), else the first field's (422)."""
+    conflicts = [p.detail for p in problems if p.field is None]
+    if conflicts:
+        raise Refused(conflicts)
+    for problem in problems:
+        assert problem.field is not None
+        raise Invalid(problem.field, problem.detail)
 
 
 def calendar_of(site: Site | None) -> domain.SiteCalendar:
@@ -184,7 +209,7 @@ def offer_options(
         receipt_buffer_hours=receipt_buffer(session, case, default_buffer_hours),
         load=load_of(session, case.treatment_center_id),
     )
-    session.exec(update(OfferedOption).where(col(OfferedOption.coi) == case.coi).values(current=False))
+    withdraw_options(session, case)
     rows = [
         OfferedOption(coi=case.coi, conditioning_start_on=o.conditioning_start_on, infusion_on=o.infusion_on)
         for o in options
@@ -211,8 +236,95 @@ def offer_options(
             ),
         ),
     )
-    flag(session, case, None if rows else "no feasible infusion option within 90 days: call the site")
+    if not rows and open_appointment(session, case.coi) is None:
+        flag(session, case, "no feasible infusion option within 90 days: call the site")
     return rows
+
+
+def withdraw_options(session: Session, case: Case) -> None:
+    session.exec(update(OfferedOption).where(col(OfferedOption.coi) == case.coi).values(current=False))
+
+
+def take_eta(
+    session: Session,
+    case: Case,
+    eta_at: datetime,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """A pick-up's or a delay's ETA. One that has passed is refused: no option is planned from it, the
+    options offered are withdrawn and the case goes on the worklist with the reason. Otherwise an
+    appointment follows it (`domain.on_eta_changed`) and the options are offered again. The caller holds
+    the case's lock (`lock_case`), so capacity is counted under the site's lock."""
+    refusal = domain.eta_refusal(eta_at, utc_now())
+    if refusal is not None:
+        log.warning("scheduling.eta_refused", coi=case.coi)
+        withdraw_options(session, case)
+        flag(session, case, refusal)
+        return
+    case.eta_at = eta_at
+    flag(session, case, None)
+    appointment = open_appointment(session, case.coi)
+    if appointment is not None:
+        _follow_eta(
+            session,
+            case,
+            appointment,
+            default_buffer_hours=default_buffer_hours,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+    offer_options(
+        session,
+        case,
+        default_buffer_hours=default_buffer_hours,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+
+
+def _follow_eta(
+    session: Session,
+    case: Case,
+    appointment: Appointment,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    assert case.eta_at is not None
+    calendar = calendar_of(session.get(Site, case.treatment_center_id))
+    decision = domain.on_eta_changed(
+        state=appointment.state,
+        booked=domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on),
+        eta_at=case.eta_at,
+        now=utc_now(),
+        calendar=calendar,
+        conditioning_days=conditioning_days(session, case),
+        receipt_buffer_hours=receipt_buffer(session, case, default_buffer_hours),
+        load=load_of(session, case.treatment_center_id, excluding=appointment.id),
+    )
+    if decision.move_to is not None:
+        move(
+            session,
+            appointment,
+            decision.move_to,
+            f"product delayed: new ETA {case.eta_at.isoformat()}",
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+    elif decision.alert is not None:
+        raise_alert(
+            session,
+            appointment,
+            RiskCause.DELAY,
+            decision.alert,
+            calendar=calendar,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
 
 
 def lock_site(session: Session, site_id: str) -> None:
@@ -231,6 +343,31 @@ def lock_case(session: Session, case: Case) -> None:
     session.refresh(case)
 
 
+def lock_appointment(session: Session, appointment: Appointment, case: Case) -> None:
+    """The appointment and its case under the case's lock, both read again: a coordinator's change is
+    judged on what the last event committed (and an event's on what the coordinator committed)."""
+    lock_case(session, case)
+    session.refresh(appointment)
+
+
+def choose_option(
+    session: Session, case: Case, *, option_id: UUID | None, conditioning_start_on: date | None
+) -> tuple[domain.SlotOption, str]:
+    """The days a coordinator asks for, and the request field they came from: a current offered option
+    of this case, or a conditioning start day (infusion after the therapy's conditioning days)."""
+    if option_id is not None:
+        offered = session.get(OfferedOption, option_id)
+        if offered is None or offered.coi != case.coi or not offered.current:
+            raise Invalid("option_id", "not a current option of this case")
+        return domain.SlotOption(offered.conditioning_start_on, offered.infusion_on), "option_id"
+    assert conditioning_start_on is not None
+    days = conditioning_days(session, case)
+    return (
+        domain.SlotOption(conditioning_start_on, conditioning_start_on + timedelta(days=days)),
+        "conditioning_start_on",
+    )
+
+
 def book(
     session: Session,
     case: Case,
@@ -239,19 +376,26 @@ def book(
     booked_by: str,
     default_buffer_hours: float,
     correlation_id: str,
+    field: str = "conditioning_start_on",
 ) -> Appointment:
-    """Book a tentative appointment; confirm it at once if the product is already on site and clean."""
+    """Book a tentative appointment; confirm it at once if the product is already on site and clean.
+    `field` names the request field the option came from, for a refusal about it."""
     lock_case(session, case)
     if case.cancelled:
         raise Refused(["the order was cancelled"])
     if open_appointment(session, case.coi) is not None:
         raise Refused(["this case already has an appointment: reschedule or cancel it"])
     site = session.get(Site, case.treatment_center_id)
+    calendar = calendar_of(site)
+    past = domain.start_in_the_past(option, utc_now(), calendar.timezone)
+    if past is not None:
+        raise Invalid(field, past)
     problems = domain.booking_problems(
         option,
         eta_at=case.eta_at,
+        dispatched=case.shipment_id is not None,
         receipt_buffer_hours=receipt_buffer(session, case, default_buffer_hours),
-        calendar=calendar_of(site),
+        calendar=calendar,
         load=load_of(session, case.treatment_center_id),
     )
     if problems:
@@ -265,6 +409,7 @@ def book(
         booked_by=booked_by,
         state=AppointmentState.ON_HOLD if case.quarantined else AppointmentState.TENTATIVE,
         hold_reason="the shipment is quarantined" if case.quarantined else None,
+        hold_cause=RiskCause.QUARANTINE.value if case.quarantined else None,
     )
     session.add(appointment)
     flag(session, case, None)
@@ -287,6 +432,76 @@ def book(
     return appointment
 
 
+def reschedule(
+    session: Session,
+    appointment: Appointment,
+    case: Case,
+    option: domain.SlotOption,
+    reason: str,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+    field: str = "option_id",
+) -> None:
+    """A coordinator moves a tentative or held appointment to other days, checked as a booking is (under
+    the same site lock: the chair and beds it leaves are not counted); the site is told."""
+    lock_appointment(session, appointment, case)
+    calendar = calendar_of(session.get(Site, case.treatment_center_id))
+    current = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
+    conflicts = domain.reschedule_problems(appointment.state, current, option)
+    if conflicts:
+        raise Refused(conflicts)
+    past = domain.start_in_the_past(option, utc_now(), calendar.timezone)
+    if past is not None:
+        raise Invalid(field, past)
+    problems = domain.booking_problems(
+        option,
+        eta_at=case.eta_at,
+        dispatched=case.shipment_id is not None,
+        receipt_buffer_hours=receipt_buffer(session, case, default_buffer_hours),
+        calendar=calendar,
+        load=load_of(session, case.treatment_center_id, excluding=appointment.id),
+    )
+    if problems:
+        raise Refused(problems)
+    move(session, appointment, option, reason, correlation_id=correlation_id, causation_id=None)
+
+
+def move(
+    session: Session,
+    appointment: Appointment,
+    option: domain.SlotOption,
+    reason: str,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """New days for the appointment, in the same state; `slot.rescheduled` (old and new days) to the site."""
+    previous = (appointment.conditioning_start_on, appointment.infusion_on)
+    appointment.conditioning_start_on, appointment.infusion_on = (
+        option.conditioning_start_on,
+        option.infusion_on,
+    )
+    _touch(session, appointment)
+    _publish(
+        session,
+        SlotRescheduled(
+            **_envelope(appointment.coi, correlation_id, causation_id),
+            data=SlotRescheduledData(
+                appointment_id=appointment.id,
+                coi=appointment.coi,
+                treatment_center_id=appointment.treatment_center_id,
+                previous_conditioning_start_on=previous[0],
+                previous_infusion_on=previous[1],
+                conditioning_start_on=appointment.conditioning_start_on,
+                infusion_on=appointment.infusion_on,
+                reason=reason[:500],
+            ),
+        ),
+    )
+    notify_site(session, appointment, "slot.rescheduled", reason)
+
+
 def confirm(
     session: Session, appointment: Appointment, *, correlation_id: str, causation_id: str | None
 ) -> None:
@@ -294,6 +509,7 @@ def confirm(
     _touch(session, appointment, AppointmentState.CONFIRMED)
     appointment.confirmed_at = utc_now()
     appointment.hold_reason = None
+    appointment.hold_cause = None
     assert appointment.shipment_id is not None
     _publish(
         session,
@@ -314,10 +530,17 @@ def confirm(
 
 
 def hold(
-    session: Session, appointment: Appointment, reason: str, *, correlation_id: str, causation_id: str | None
+    session: Session,
+    appointment: Appointment,
+    reason: str,
+    cause: RiskCause,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
 ) -> None:
     _touch(session, appointment, AppointmentState.ON_HOLD)
     appointment.hold_reason = reason
+    appointment.hold_cause = cause.value
     _publish(
         session,
         SlotHeld(
@@ -339,6 +562,7 @@ def resume(
 ) -> None:
     _touch(session, appointment, AppointmentState.TENTATIVE)
     appointment.hold_reason = None
+    appointment.hold_cause = None
     _publish(
         session,
         SlotResumed(
@@ -353,6 +577,7 @@ def cancel(
 ) -> None:
     _touch(session, appointment, AppointmentState.CANCELLED)
     appointment.hold_reason = reason
+    appointment.hold_cause = None
     _publish(
         session,
         SlotCancelled(
@@ -372,93 +597,160 @@ def _changed(appointment: Appointment, reason: str) -> SlotChangedData:
     )
 
 
-def reschedule_for_delay(
-    session: Session,
-    case: Case,
-    *,
-    default_buffer_hours: float,
-    correlation_id: str,
-    causation_id: str | None,
+def product_delivered(
+    session: Session, case: Case, delivered_at: datetime, *, correlation_id: str, causation_id: str | None
 ) -> None:
-    """A delay moves a tentative appointment to the next feasible option and tells the site; when none
-    fits, or conditioning has already started, it is never moved silently: a coordinator is alerted. The
-    caller holds the case's lock (`lock_case`), so capacity is counted under the site's lock."""
+    """The only way to confirm: a delivery with every COI verified and a clean (or QA-released) record
+    (I4). With no appointment yet, the case goes on the worklist to be booked."""
+    case.product_delivered_at, case.quarantined = delivered_at, False
+    session.add(case)
     appointment = open_appointment(session, case.coi)
     if appointment is None:
-        offer_options(
+        flag(session, case, "product delivered and verified: book the infusion")
+    elif domain.can_move(appointment.state, AppointmentState.CONFIRMED):
+        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
+
+
+def product_released(
+    session: Session, case: Case, reason: str, *, correlation_id: str, causation_id: str | None
+) -> None:
+    """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
+    case.quarantined = False
+    session.add(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is not None and appointment.state is AppointmentState.ON_HOLD:
+        resume(
             session,
-            case,
-            default_buffer_hours=default_buffer_hours,
+            appointment,
+            f"QA released the shipment: {reason}",
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        return
-    assert case.eta_at is not None
-    site = session.get(Site, case.treatment_center_id)
-    calendar = calendar_of(site)
-    buffer = receipt_buffer(session, case, default_buffer_hours)
-    earliest = domain.earliest_conditioning_day(case.eta_at, buffer, calendar.timezone)
-    if appointment.conditioning_start_on >= earliest:
-        return  # the appointment still leaves the product time to arrive
-    if domain.conditioning_started(appointment.conditioning_start_on, utc_now(), calendar.timezone):
-        flag(
-            session,
-            case,
-            f"delayed product (ETA {case.eta_at.isoformat()}) but conditioning started on {appointment.conditioning_start_on}: clinical decision needed",
-        )
-        notify_site(session, appointment, "slot.at_risk", case.attention)
-        return
-    if appointment.state is AppointmentState.CONFIRMED:
-        flag(session, case, "a confirmed appointment's product is reported delayed: check with the courier")
-        return
-    options = domain.feasible_options(
-        eta_at=case.eta_at,
-        calendar=calendar,
-        conditioning_days=conditioning_days(session, case),
-        receipt_buffer_hours=buffer,
-        load=load_of(session, case.treatment_center_id, excluding=appointment.id),
-        count=1,
+
+
+def product_at_risk(
+    session: Session,
+    case: Case,
+    cause: RiskCause,
+    reason: str,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> domain.RiskResponse | None:
+    """A quarantine, excursion, COI break, QA rejection or cancelled order: the case records it and its
+    appointment, whatever its state, does what `domain.on_product_at_risk` decides — held, cancelled,
+    and an alert when the site may already act on it. The caller holds the case's lock."""
+    if cause in domain.QUARANTINING:
+        case.quarantined = True
+    elif cause is RiskCause.ORDER_CANCELLED:
+        case.cancelled = True
+        withdraw_options(session, case)
+        flag(session, case, None)
+    elif cause is RiskCause.QA_REJECTION:
+        flag(session, case, "product rejected by QA: plan with the manufacturer")
+    session.add(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is None:
+        return None
+    calendar = calendar_of(session.get(Site, case.treatment_center_id))
+    started = domain.conditioning_may_have_started(
+        appointment.conditioning_start_on, utc_now(), calendar.timezone
     )
-    if not options:
-        flag(
-            session,
-            case,
-            f"delayed product (ETA {case.eta_at.isoformat()}): no feasible option, choose a new date",
+    before = appointment.state
+    response = domain.on_product_at_risk(before, started, cause)
+    if response.move_to is AppointmentState.ON_HOLD:
+        hold(session, appointment, reason, cause, correlation_id=correlation_id, causation_id=causation_id)
+    elif response.move_to is AppointmentState.CANCELLED:
+        cancel(session, appointment, reason, correlation_id=correlation_id, causation_id=causation_id)
+    if response.alert:
+        detail = domain.alert_detail(
+            reason, before, appointment.state, started, appointment.conditioning_start_on
         )
-        notify_site(session, appointment, "slot.at_risk", case.attention)
-        return
-    previous = (appointment.conditioning_start_on, appointment.infusion_on)
-    appointment.conditioning_start_on, appointment.infusion_on = (
-        options[0].conditioning_start_on,
-        options[0].infusion_on,
+        raise_alert(
+            session,
+            appointment,
+            cause,
+            detail,
+            calendar=calendar,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+    return response
+
+
+def raise_alert(
+    session: Session,
+    appointment: Appointment,
+    cause: RiskCause,
+    detail: str,
+    *,
+    calendar: domain.SiteCalendar,
+    correlation_id: str,
+    causation_id: str | None,
+) -> SlotAlert:
+    """An alert to the coordinators (on the worklist until one resolves it) and to the site
+    (`slot.at_risk`, by event and by webhook)."""
+    started = domain.conditioning_may_have_started(
+        appointment.conditioning_start_on, utc_now(), calendar.timezone
     )
-    _touch(session, appointment)
-    reason = f"product delayed: new ETA {case.eta_at.isoformat()}"
+    alert = SlotAlert(
+        appointment_id=appointment.id,
+        coi=appointment.coi,
+        treatment_center_id=appointment.treatment_center_id,
+        cause=cause.value,
+        detail=detail,
+        conditioning_may_have_started=started,
+    )
+    session.add(alert)
     _publish(
         session,
-        SlotRescheduled(
-            **_envelope(case.coi, correlation_id, causation_id),
-            data=SlotRescheduledData(
+        SlotAtRisk(
+            **_envelope(appointment.coi, correlation_id, causation_id),
+            data=SlotAtRiskData(
                 appointment_id=appointment.id,
-                coi=case.coi,
-                treatment_center_id=case.treatment_center_id,
-                previous_conditioning_start_on=previous[0],
-                previous_infusion_on=previous[1],
+                alert_id=alert.id,
+                coi=appointment.coi,
+                treatment_center_id=appointment.treatment_center_id,
+                cause=SlotRiskCause(cause.value),
+                appointment_state=appointment.state.value,
                 conditioning_start_on=appointment.conditioning_start_on,
                 infusion_on=appointment.infusion_on,
-                reason=reason,
+                conditioning_may_have_started=started,
+                reason=detail[:500],
+                at=alert.raised_at,
             ),
         ),
     )
-    notify_site(session, appointment, "slot.rescheduled", reason)
+    notify_site(session, appointment, "slot.at_risk", detail)
+    log.warning("scheduling.slot_at_risk", coi=appointment.coi, cause=cause.value)
+    return alert
+
+
+def resolve_alert(session: Session, alert: SlotAlert, resolution: str, *, resolved_by: str) -> None:
+    """A coordinator has acted on the alert: it leaves the worklist, with who resolved it, when and how."""
+    if alert.resolved_at is not None:
+        raise Refused([f"the alert was already resolved by {alert.resolved_by}"])
+    alert.resolved_at, alert.resolved_by, alert.resolution = utc_now(), resolved_by, resolution
+    session.add(alert)
 
 
 def record_infusion(
     session: Session, appointment: Appointment, case: Case, infused_on: date, *, correlation_id: str
 ) -> int:
-    """Infusion done: the appointment is fulfilled and, for long-term follow-up therapies, the visits planned."""
-    if infused_on > utc_now().date() + timedelta(days=1):
-        raise Refused([f"infused_on {infused_on} is in the future"])
+    """Infusion done: the appointment is fulfilled and, for long-term follow-up therapies, the visits planned.
+    The caller holds the case's lock (`lock_appointment`)."""
+    calendar = calendar_of(session.get(Site, case.treatment_center_id))
+    refuse(
+        domain.infusion_problems(
+            state=appointment.state,
+            conditioning_start_on=appointment.conditioning_start_on,
+            product_received_at=case.product_delivered_at,
+            product_quarantined=case.quarantined,
+            infused_on=infused_on,
+            now=utc_now(),
+            timezone=calendar.timezone,
+        )
+    )
     _touch(session, appointment, AppointmentState.INFUSED)
     appointment.infused_on = infused_on
     visits = domain.follow_up_schedule(infused_on) if case.long_term_follow_up else []

@@ -32,7 +32,9 @@ _TRANSITIONS: dict[AppointmentState, frozenset[AppointmentState]] = {
     AppointmentState.ON_HOLD: frozenset(
         {AppointmentState.TENTATIVE, AppointmentState.CONFIRMED, AppointmentState.CANCELLED}
     ),
-    AppointmentState.CONFIRMED: frozenset({AppointmentState.CANCELLED, AppointmentState.INFUSED}),
+    AppointmentState.CONFIRMED: frozenset(
+        {AppointmentState.ON_HOLD, AppointmentState.CANCELLED, AppointmentState.INFUSED}
+    ),
     AppointmentState.CANCELLED: frozenset(),
     AppointmentState.INFUSED: frozenset(),
 }
@@ -48,7 +50,8 @@ FHIR_APPOINTMENT_STATUS = {
 }
 FHIR_SLOT_STATUS = {
     AppointmentState.TENTATIVE: "busy-tentative",
-    AppointmentState.ON_HOLD: "busy-tentative",
+    # Held: the chair stays reserved but nobody may count on it (docs/fhir.md).
+    AppointmentState.ON_HOLD: "busy-unavailable",
     AppointmentState.CONFIRMED: "busy",
     AppointmentState.INFUSED: "busy",
 }
@@ -149,11 +152,13 @@ def booking_problems(
     option: SlotOption,
     *,
     eta_at: datetime | None,
+    dispatched: bool = False,
     receipt_buffer_hours: float,
     calendar: SiteCalendar,
     load: Load,
 ) -> list[str]:
-    """Everything that forbids booking this option now (I4: never conditioning before the product)."""
+    """Everything that forbids booking this option now (I4: never conditioning before the product). A
+    product on its way whose ETA is not known (the last one reported had passed) forbids any date."""
     problems = option_problems(option, calendar, load)
     if eta_at is not None:
         earliest = earliest_conditioning_day(eta_at, receipt_buffer_hours, calendar.timezone)
@@ -161,11 +166,208 @@ def booking_problems(
             problems.insert(
                 0, f"conditioning may not start before {earliest} (product ETA plus receipt buffer)"
             )
+    elif dispatched:
+        problems.insert(0, "the product is on its way but its ETA is not known: ask the courier for one")
     return problems
 
 
-def conditioning_started(conditioning_start_on: date, now: datetime, timezone: str) -> bool:
-    return now.astimezone(ZoneInfo(timezone)).date() >= conditioning_start_on
+def site_today(now: datetime, timezone: str) -> date:
+    return now.astimezone(ZoneInfo(timezone)).date()
+
+
+def conditioning_may_have_started(conditioning_start_on: date, now: datetime, timezone: str) -> bool:
+    """From its first day (site-local) on, the site may be conditioning the patient: the appointment is
+    then never moved or held without a person deciding."""
+    return site_today(now, timezone) >= conditioning_start_on
+
+
+def start_in_the_past(option: SlotOption, now: datetime, timezone: str) -> str | None:
+    """Why an option cannot be booked or moved to any more: its conditioning would start before today."""
+    today = site_today(now, timezone)
+    if option.conditioning_start_on < today:
+        return (
+            f"conditioning would start on {option.conditioning_start_on}, before today ({today}) at the site"
+        )
+    return None
+
+
+def eta_refusal(eta_at: datetime, now: datetime) -> str | None:
+    """An ETA that has already passed says nothing about when the product arrives: no option is planned
+    from it."""
+    if eta_at <= now:
+        return f"the product's reported ETA {eta_at.isoformat()} has already passed: ask the courier for a current one"
+    return None
+
+
+# ---------------------------------------------------------------- the product at risk (I4)
+
+
+class RiskCause(StrEnum):
+    QUARANTINE = "quarantine"
+    TEMPERATURE_EXCURSION = "temperature_excursion"
+    COI_BREAK = "coi_break"
+    QA_REJECTION = "qa_rejection"
+    ORDER_CANCELLED = "order_cancelled"
+    DELAY = "delay"
+
+
+ENDS_THE_PRODUCT = frozenset({RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED})
+"""Causes after which the product booked for will never be infused: the appointment is cancelled, not held."""
+QUARANTINING = frozenset({RiskCause.QUARANTINE, RiskCause.TEMPERATURE_EXCURSION, RiskCause.COI_BREAK})
+"""Causes that put the product in quarantine until QA releases it."""
+
+
+@dataclass(frozen=True)
+class RiskResponse:
+    """What a threat to the product does to its appointment."""
+
+    move_to: AppointmentState | None
+    """ON_HOLD or CANCELLED; None leaves the appointment as it is."""
+    alert: bool
+    """`slot.at_risk` to the site and an alert on the coordinators' worklist until one resolves it."""
+
+
+def on_product_at_risk(
+    state: AppointmentState, conditioning_may_have_started: bool, cause: RiskCause
+) -> RiskResponse:
+    """A quarantine, excursion or COI break holds the appointment, a QA rejection or a cancelled order
+    cancels it, whatever its state: a confirmed one (the site may act on it) also raises an alert. Once
+    conditioning may have started nothing moves without a person: an alert only."""
+    if state not in ACTIVE_STATES:
+        return RiskResponse(None, alert=False)
+    if conditioning_may_have_started:
+        return RiskResponse(None, alert=True)
+    target = AppointmentState.CANCELLED if cause in ENDS_THE_PRODUCT else AppointmentState.ON_HOLD
+    if state is target:
+        return RiskResponse(None, alert=False)  # already held: the site was told when it was
+    return RiskResponse(target, alert=state is AppointmentState.CONFIRMED)
+
+
+def alert_detail(
+    reason: str,
+    before: AppointmentState,
+    after: AppointmentState,
+    conditioning_may_have_started: bool,
+    conditioning_start_on: date,
+) -> str:
+    """What the coordinators and the site read: the cause, and what it did to the appointment."""
+    if conditioning_may_have_started:
+        return (
+            f"{reason}; conditioning may have started on {conditioning_start_on}: clinical decision needed "
+            f"(the appointment is left {after})"
+        )
+    if after is AppointmentState.CANCELLED:
+        return f"{reason}; the {before} appointment is cancelled: make sure the site does not condition"
+    return f"{reason}; the {before} appointment is on hold: the site must not start conditioning"
+
+
+@dataclass(frozen=True)
+class EtaDecision:
+    """What a new ETA does to a booked appointment: nothing (it still leaves the product time to arrive),
+    a move to `move_to`, or an alert with `alert` as the reason (never a silent move)."""
+
+    move_to: SlotOption | None = None
+    alert: str | None = None
+
+
+def on_eta_changed(
+    *,
+    state: AppointmentState,
+    booked: SlotOption,
+    eta_at: datetime,
+    now: datetime,
+    calendar: SiteCalendar,
+    conditioning_days: int,
+    receipt_buffer_hours: float,
+    load: Load,
+) -> EtaDecision:
+    """A tentative or held appointment that no longer leaves the product time to arrive moves to the next
+    feasible option; a confirmed one, one whose conditioning may have started, or one with no option left
+    is an alert. `load` excludes the appointment itself."""
+    earliest = earliest_conditioning_day(eta_at, receipt_buffer_hours, calendar.timezone)
+    if booked.conditioning_start_on >= earliest:
+        return EtaDecision()
+    eta = eta_at.isoformat()
+    if conditioning_may_have_started(booked.conditioning_start_on, now, calendar.timezone):
+        return EtaDecision(
+            alert=f"product delayed (ETA {eta}) but conditioning may have started on "
+            f"{booked.conditioning_start_on}: clinical decision needed"
+        )
+    if state is AppointmentState.CONFIRMED:
+        return EtaDecision(alert=f"a confirmed appointment's product is reported delayed (ETA {eta})")
+    options = feasible_options(
+        eta_at=eta_at,
+        calendar=calendar,
+        conditioning_days=conditioning_days,
+        receipt_buffer_hours=receipt_buffer_hours,
+        load=load,
+        count=1,
+    )
+    if not options:
+        return EtaDecision(alert=f"product delayed (ETA {eta}): no feasible option, choose a new date")
+    return EtaDecision(move_to=options[0])
+
+
+# ---------------------------------------------------------------- a coordinator's moves and the infusion
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """Why a request is refused: about one of its fields (`field`, HTTP 422) or about the state (409)."""
+
+    detail: str
+    field: str | None = None
+
+
+def reschedule_problems(state: AppointmentState, current: SlotOption, target: SlotOption) -> list[str]:
+    """Only a tentative or held appointment moves (a confirmed one may be conditioning the patient: it is
+    cancelled and booked again), to other days. The past is `start_in_the_past`'s, capacity
+    `booking_problems`'."""
+    problems: list[str] = []
+    if state not in (AppointmentState.TENTATIVE, AppointmentState.ON_HOLD):
+        problems.append(f"an appointment that is {state} cannot be moved")
+    if target == current:
+        problems.append("the appointment is already on these days")
+    return problems
+
+
+def infusion_problems(
+    *,
+    state: AppointmentState,
+    conditioning_start_on: date,
+    product_received_at: datetime | None,
+    product_quarantined: bool,
+    infused_on: date,
+    now: datetime,
+    timezone: str,
+) -> list[RuleProblem]:
+    """An infusion is recorded only for a confirmed appointment whose product was received and is not in
+    quarantine, on a day (site-local) not in the future, on or after conditioning started and the product
+    arrived."""
+    problems: list[RuleProblem] = []
+    if state is not AppointmentState.CONFIRMED:
+        problems.append(RuleProblem(f"only a confirmed appointment is infused; this one is {state}"))
+    if product_received_at is None:
+        problems.append(RuleProblem("the product has not been received"))
+    elif product_quarantined:
+        problems.append(RuleProblem("the product is in quarantine"))
+    today = site_today(now, timezone)
+    if infused_on > today:
+        problems.append(
+            RuleProblem(f"{infused_on} is in the future (today is {today} at the site)", "infused_on")
+        )
+    elif infused_on < conditioning_start_on:
+        problems.append(
+            RuleProblem(
+                f"{infused_on} is before conditioning started ({conditioning_start_on})", "infused_on"
+            )
+        )
+    elif (
+        product_received_at is not None
+        and infused_on < product_received_at.astimezone(ZoneInfo(timezone)).date()
+    ):
+        problems.append(RuleProblem(f"{infused_on} is before the product was received", "infused_on"))
+    return problems
 
 
 # ---------------------------------------------------------------- long-term follow-up

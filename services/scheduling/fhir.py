@@ -1,9 +1,12 @@
 """HL7 FHIR R4 views of appointments and slots, built and validated with `fhir.resources` (its R4B
 models: the official R4 examples validate with them). The project enforces the status codes FHIR leaves
-open: Slot `busy-tentative` while held, `busy` when confirmed; Appointment `pending` → `booked`."""
+open (docs/fhir.md): Appointment `pending` → `booked`, Slot `busy-tentative` → `busy`; a held appointment
+stays `pending` with the hold extension (its cause and reason) and its Slot is `busy-unavailable`; an
+open alert adds the at-risk extension, whatever the status."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,11 +21,38 @@ from services.scheduling.domain import (
     AppointmentState,
     SiteCalendar,
 )
-from services.scheduling.models import Appointment, Case, Site
+from services.scheduling.models import Appointment, Case, Site, SlotAlert
 
 INFUSION_CHAIR = (time(8, 0), time(12, 0))
 """The infusion chair is booked for the morning of day 0, site-local."""
 COI_SYSTEM = "https://www.isbt128.org/uri/ChainOfIdentity"
+EXTENSIONS = "https://cgt-logistics.example/fhir/StructureDefinition"
+HOLD_EXTENSION = f"{EXTENSIONS}/appointment-hold"
+"""On a held appointment: why (a coding of the cause, and the reason as text). R4 has no status for it."""
+AT_RISK_EXTENSION = f"{EXTENSIONS}/appointment-at-risk"
+"""On an appointment with an alert no coordinator has resolved yet: the cause and what it did."""
+RISK_CAUSE_SYSTEM = "https://cgt-logistics.example/fhir/CodeSystem/slot-risk-cause"
+
+
+def _cause(cause: str, text: str) -> dict[str, Any]:
+    return {"coding": [{"system": RISK_CAUSE_SYSTEM, "code": cause}], "text": text[:500]}
+
+
+def _extensions(appointment: Appointment, alerts: Sequence[SlotAlert]) -> list[dict[str, Any]]:
+    extensions: list[dict[str, Any]] = []
+    if appointment.state is AppointmentState.ON_HOLD:
+        cause = appointment.hold_cause or "quarantine"
+        extensions.append(
+            {
+                "url": HOLD_EXTENSION,
+                "valueCodeableConcept": _cause(cause, appointment.hold_reason or "on hold"),
+            }
+        )
+    for alert in alerts:
+        extensions.append(
+            {"url": AT_RISK_EXTENSION, "valueCodeableConcept": _cause(alert.cause, alert.detail)}
+        )
+    return extensions
 
 
 def _instant(day: date, at: time, timezone: str) -> str:
@@ -30,8 +60,9 @@ def _instant(day: date, at: time, timezone: str) -> str:
 
 
 def appointment_resource(
-    appointment: Appointment, case: Case | None, calendar: SiteCalendar
+    appointment: Appointment, case: Case | None, calendar: SiteCalendar, alerts: Sequence[SlotAlert] = ()
 ) -> dict[str, Any]:
+    """`alerts`: the appointment's unresolved alerts."""
     status = FHIR_APPOINTMENT_STATUS[appointment.state]
     document: dict[str, Any] = {
         "resourceType": "Appointment",
@@ -54,6 +85,9 @@ def appointment_resource(
     }
     if appointment.state is AppointmentState.CANCELLED:
         document["cancelationReason"] = {"text": appointment.hold_reason or "cancelled"}
+    extensions = _extensions(appointment, alerts)
+    if extensions:
+        document["extension"] = extensions
     return FhirAppointment.model_validate(document).model_dump(mode="json", exclude_none=True)
 
 
@@ -65,7 +99,8 @@ def slot_resource(site: Site, appointment: Appointment, calendar: SiteCalendar) 
         "status": FHIR_SLOT_STATUS[appointment.state],
         "start": _instant(appointment.infusion_on, INFUSION_CHAIR[0], calendar.timezone),
         "end": _instant(appointment.infusion_on, INFUSION_CHAIR[1], calendar.timezone),
-        "comment": f"COI {appointment.coi}",
+        "comment": f"COI {appointment.coi}"
+        + (f"; on hold ({appointment.hold_cause})" if appointment.state is AppointmentState.ON_HOLD else ""),
     }
     return FhirSlot.model_validate(document).model_dump(mode="json", exclude_none=True)
 

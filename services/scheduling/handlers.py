@@ -1,13 +1,25 @@
-"""Scheduling's subscribers: cases from orders; options, holds, moves and confirmations from shipments."""
+"""Scheduling's subscribers: one typed, module-level function per event, each finding the case the event
+is about and handing it to one command (`commands.py`), which asks one domain decision.
+
+Cases come from orders; ETAs, deliveries and every threat to the product (quarantine, temperature
+excursion, COI break, QA rejection, cancelled order) from COI tracking and order intake. Orders and
+shipments travel on different topics: a shipment event that comes before its order is parked, and applied
+once the order's case exists.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from uuid import UUID
 
 import structlog
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
     AnyEvent,
+    CoiBreak,
     OrderAccepted,
     OrderCancelled,
     ShipmentDelayed,
@@ -17,6 +29,7 @@ from cgt_contracts.events import (
     ShipmentQuarantined,
     ShipmentRejected,
     ShipmentReleased,
+    TemperatureExcursion,
     parse_event,
 )
 from sqlmodel import Session, col, select
@@ -25,157 +38,188 @@ from services.common.consumer import EventHandler, register_consumer
 from services.common.service import Runtime
 from services.common.topics import ORDERS, SHIPMENTS
 from services.scheduling import commands
-from services.scheduling.domain import AppointmentState
+from services.scheduling.domain import RiskCause
 from services.scheduling.models import Case, ParkedEvent
 
 log = structlog.get_logger()
 GROUP_ID = "scheduling"
 
 
-def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], EventHandler]:
-    handlers: dict[type[EventEnvelope], EventHandler] = {}
+@dataclass(frozen=True)
+class Config:
+    receipt_buffer_hours: float
+    """Product receipt to the earliest conditioning start, for a therapy without a protocol of its own."""
 
-    def context(event: AnyEvent) -> dict[str, str]:
-        return {"correlation_id": event.correlationid, "causation_id": str(event.id)}
 
-    def on_order_accepted(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, OrderAccepted)
-        if session.get(Case, event.data.coi) is None:
-            session.add(
-                Case(
-                    coi=event.data.coi,
-                    order_id=event.data.order_id,
-                    patient_ref=event.data.patient_ref,
-                    therapy_code=event.data.therapy_code,
-                    treatment_center_id=event.data.treatment_center_id,
-                    conditioning_days=event.data.conditioning_days,
-                    long_term_follow_up=event.data.long_term_follow_up,
-                )
-            )
-            session.flush()
-            apply_parked(session, event.data.coi)
+def _context(event: EventEnvelope) -> dict[str, str]:
+    return {"correlation_id": event.correlationid, "causation_id": str(event.id)}
 
-    def apply_parked(session: Session, coi: str) -> None:
-        """Events about this case that came before its order are applied now, in arrival order."""
-        parked = session.exec(
-            select(ParkedEvent).where(ParkedEvent.coi == coi).order_by(col(ParkedEvent.id))
-        ).all()
-        for row in parked:
-            event = parse_event(row.payload)
-            handlers[type(event)](session, event)
-            session.delete(row)
 
-    def return_leg_case(session: Session, event: AnyEvent, coi: str, leg: ShipmentLeg) -> Case | None:
-        if leg is not ShipmentLeg.RETURN:
-            return None
-        case = session.get(Case, coi)
-        if case is None:
-            # The order's event comes on another topic and may not have arrived yet: park this one.
-            log.info("scheduling.event_parked", coi=coi)
-            if (
-                session.exec(select(ParkedEvent.id).where(ParkedEvent.event_id == str(event.id))).first()
-                is None
-            ):
-                session.add(ParkedEvent(coi=coi, event_id=str(event.id), payload=event.model_dump_json()))
-            return None
-        commands.lock_case(session, case)
-        return None if case.cancelled else case
+# ---------------------------------------------------------------- finding the case
 
-    def on_shipment_dispatched(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, ShipmentDispatched)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        case.shipment_id, case.eta_at = event.data.shipment_id, event.data.eta_at
-        commands.offer_options(session, case, default_buffer_hours=default_buffer_hours, **context(event))
 
-    def on_shipment_delayed(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, ShipmentDelayed)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        case.eta_at = event.data.eta_at
-        commands.reschedule_for_delay(
-            session, case, default_buffer_hours=default_buffer_hours, **context(event)
+def _park(session: Session, event: EventEnvelope, coi: str) -> None:
+    """The order's event comes on another topic and may not have arrived yet: keep this one until it has."""
+    log.info("scheduling.event_parked", coi=coi)
+    if session.exec(select(ParkedEvent.id).where(ParkedEvent.event_id == str(event.id))).first() is None:
+        session.add(ParkedEvent(coi=coi, event_id=str(event.id), payload=event.model_dump_json()))
+
+
+def _live_case(session: Session, event: EventEnvelope, coi: str) -> Case | None:
+    """The case under its lock (commands.lock_case), or None if it is cancelled or (parked) unknown yet."""
+    case = session.get(Case, coi)
+    if case is None:
+        _park(session, event, coi)
+        return None
+    commands.lock_case(session, case)
+    return None if case.cancelled else case
+
+
+def _return_leg_case(session: Session, event: EventEnvelope, coi: str, leg: ShipmentLeg) -> Case | None:
+    """Only the return leg (the drug product) decides the appointment."""
+    return _live_case(session, event, coi) if leg is ShipmentLeg.RETURN else None
+
+
+def _case_of_shipment(session: Session, event: EventEnvelope, coi: str, shipment_id: UUID) -> Case | None:
+    """For events that do not name their leg (a COI break, a temperature excursion): the case whose
+    return shipment this is. A shipment not yet known as the case's return leg is left to the quarantine
+    that follows the event, which names its leg."""
+    case = _live_case(session, event, coi)
+    return case if case is not None and case.shipment_id == shipment_id else None
+
+
+# ---------------------------------------------------------------- orders
+
+
+def on_order_accepted(session: Session, event: OrderAccepted, config: Config) -> None:
+    if session.get(Case, event.data.coi) is not None:
+        return
+    session.add(
+        Case(
+            coi=event.data.coi,
+            order_id=event.data.order_id,
+            patient_ref=event.data.patient_ref,
+            therapy_code=event.data.therapy_code,
+            treatment_center_id=event.data.treatment_center_id,
+            conditioning_days=event.data.conditioning_days,
+            long_term_follow_up=event.data.long_term_follow_up,
         )
-
-    def on_shipment_delivered(session: Session, event: AnyEvent) -> None:
-        """The only way to confirm: a delivery with COI verified and a clean (or QA-released) record (I4)."""
-        assert isinstance(event, ShipmentDelivered)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        case.product_delivered_at, case.quarantined = event.data.delivered_at, False
-        session.add(case)
-        appointment = commands.open_appointment(session, case.coi)
-        if appointment is None:
-            commands.flag(session, case, "product delivered and verified: book the infusion")
-        elif appointment.state is not AppointmentState.CONFIRMED:
-            commands.confirm(session, appointment, **context(event))
-
-    def on_shipment_quarantined(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, ShipmentQuarantined)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        appointment = commands.open_appointment(session, case.coi)
-        case.quarantined = True
-        session.add(case)
-        if appointment is not None and appointment.state is AppointmentState.TENTATIVE:
-            commands.hold(session, appointment, event.data.reason, **context(event))
-
-    def on_shipment_released(session: Session, event: AnyEvent) -> None:
-        """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
-        assert isinstance(event, ShipmentReleased)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        case.quarantined = False
-        session.add(case)
-        appointment = commands.open_appointment(session, case.coi)
-        if appointment is not None and appointment.state is AppointmentState.ON_HOLD:
-            commands.resume(
-                session, appointment, f"QA released the shipment: {event.data.reason}", **context(event)
-            )
-
-    def on_shipment_rejected(session: Session, event: AnyEvent) -> None:
-        """A rejected product must not be infused: the appointment is cancelled and the site told."""
-        assert isinstance(event, ShipmentRejected)
-        case = return_leg_case(session, event, event.data.coi, event.data.leg)
-        if case is None:
-            return
-        appointment = commands.open_appointment(session, case.coi)
-        if appointment is not None:
-            commands.cancel(
-                session, appointment, f"product rejected by QA: {event.data.reason}", **context(event)
-            )
-        commands.flag(session, case, "product rejected by QA: plan with the manufacturer")
-
-    def on_order_cancelled(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, OrderCancelled)
-        case = session.get(Case, event.data.coi)
-        if case is None:
-            return
-        commands.lock_case(session, case)
-        case.cancelled = True
-        commands.flag(session, case, None)
-        appointment = commands.open_appointment(session, case.coi)
-        if appointment is not None:
-            commands.cancel(session, appointment, f"order cancelled: {event.data.reason}", **context(event))
-
-    handlers.update(
-        {
-            OrderAccepted: on_order_accepted,
-            OrderCancelled: on_order_cancelled,
-            ShipmentDispatched: on_shipment_dispatched,
-            ShipmentDelayed: on_shipment_delayed,
-            ShipmentDelivered: on_shipment_delivered,
-            ShipmentQuarantined: on_shipment_quarantined,
-            ShipmentReleased: on_shipment_released,
-            ShipmentRejected: on_shipment_rejected,
-        }
     )
-    return handlers
+    session.flush()
+    apply_parked(session, event.data.coi, config)
+
+
+def apply_parked(session: Session, coi: str, config: Config) -> None:
+    """Events about this case that came before its order are applied now, in arrival order."""
+    parked = session.exec(
+        select(ParkedEvent).where(ParkedEvent.coi == coi).order_by(col(ParkedEvent.id))
+    ).all()
+    for row in parked:
+        handle(session, parse_event(row.payload), config)
+        session.delete(row)
+
+
+def on_order_cancelled(session: Session, event: OrderCancelled, config: Config) -> None:
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return  # no case, no appointment: nothing to park for
+    commands.lock_case(session, case)
+    commands.product_at_risk(
+        session, case, RiskCause.ORDER_CANCELLED, f"order cancelled: {event.data.reason}", **_context(event)
+    )
+
+
+# ---------------------------------------------------------------- shipments
+
+
+def on_shipment_dispatched(session: Session, event: ShipmentDispatched, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is None:
+        return
+    case.shipment_id = event.data.shipment_id
+    commands.take_eta(
+        session, case, event.data.eta_at, default_buffer_hours=config.receipt_buffer_hours, **_context(event)
+    )
+
+
+def on_shipment_delayed(session: Session, event: ShipmentDelayed, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is None:
+        return
+    commands.take_eta(
+        session, case, event.data.eta_at, default_buffer_hours=config.receipt_buffer_hours, **_context(event)
+    )
+
+
+def on_shipment_delivered(session: Session, event: ShipmentDelivered, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        commands.product_delivered(session, case, event.data.delivered_at, **_context(event))
+
+
+def on_shipment_quarantined(session: Session, event: ShipmentQuarantined, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        commands.product_at_risk(session, case, RiskCause.QUARANTINE, event.data.reason, **_context(event))
+
+
+def on_temperature_excursion(session: Session, event: TemperatureExcursion, config: Config) -> None:
+    case = _case_of_shipment(session, event, event.data.coi, event.data.shipment_id)
+    if case is not None:
+        reason = (
+            f"temperature excursion: {event.data.reading_celsius} °C above the "
+            f"{event.data.limit_celsius} °C limit"
+        )
+        commands.product_at_risk(session, case, RiskCause.TEMPERATURE_EXCURSION, reason, **_context(event))
+
+
+def on_coi_break(session: Session, event: CoiBreak, config: Config) -> None:
+    case = _case_of_shipment(session, event, event.data.expected_coi, event.data.shipment_id)
+    if case is not None:
+        # The COIs read are another patient's chain of identity: they stay out of the reason.
+        reason = "COI break: a scan did not match the chain of identity"
+        commands.product_at_risk(session, case, RiskCause.COI_BREAK, reason, **_context(event))
+
+
+def on_shipment_released(session: Session, event: ShipmentReleased, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        commands.product_released(session, case, event.data.reason, **_context(event))
+
+
+def on_shipment_rejected(session: Session, event: ShipmentRejected, config: Config) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        reason = f"product rejected by QA: {event.data.reason}"
+        commands.product_at_risk(session, case, RiskCause.QA_REJECTION, reason, **_context(event))
+
+
+# ---------------------------------------------------------------- registration
+
+HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
+    OrderAccepted: on_order_accepted,
+    OrderCancelled: on_order_cancelled,
+    ShipmentDispatched: on_shipment_dispatched,
+    ShipmentDelayed: on_shipment_delayed,
+    ShipmentDelivered: on_shipment_delivered,
+    ShipmentQuarantined: on_shipment_quarantined,
+    TemperatureExcursion: on_temperature_excursion,
+    CoiBreak: on_coi_break,
+    ShipmentReleased: on_shipment_released,
+    ShipmentRejected: on_shipment_rejected,
+}
+"""Each event type scheduling reacts to, and its handler (each checks its own event's type by signature)."""
+
+
+def handle(session: Session, event: AnyEvent, config: Config) -> None:
+    """Apply one event inside the session (the consumer commits, with the event id in its inbox)."""
+    HANDLERS[type(event)](session, event, config)
+
+
+def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], EventHandler]:
+    """The consumer's table: every handled type to `handle` with this configuration."""
+    dispatch: EventHandler = partial(handle, config=Config(receipt_buffer_hours=default_buffer_hours))
+    return dict.fromkeys(HANDLERS, dispatch)
 
 
 def wire(runtime: Runtime, *, receipt_buffer_hours: float, after_commit: Callable[[], None]) -> None:

@@ -102,6 +102,8 @@ class Appointment(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     confirmed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     infused_on: date | None = None
+    hold_cause: str | None = Field(default=None, max_length=32)
+    """What holds it (a `RiskCause`: quarantine, temperature_excursion, coi_break); None when not held."""
 
 
 class FollowUpVisit(SQLModel, table=True):
@@ -149,6 +151,25 @@ class WebhookDelivery(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
 
 
+class SlotAlert(SQLModel, table=True):
+    """An appointment the site may act on is threatened (it was confirmed, or conditioning may have
+    started): on the coordinators' worklist until one of them resolves it, whatever happens meanwhile."""
+
+    __tablename__ = "slot_alert"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    appointment_id: UUID = Field(index=True)
+    coi: str = Field(index=True, max_length=16)
+    treatment_center_id: str = Field(max_length=64)
+    cause: str = Field(max_length=32)
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    conditioning_may_have_started: bool = False
+    raised_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    resolved_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
+    resolved_by: str | None = Field(default=None, max_length=64)
+    resolution: str | None = Field(default=None, sa_column=Column(Text))
+
+
 TABLES: tuple[Table, ...] = tables_of(
     Site,
     TherapyProtocol,
@@ -159,4 +180,5 @@ TABLES: tuple[Table, ...] = tables_of(
     FollowUpVisit,
     WebhookEndpoint,
     WebhookDelivery,
+    SlotAlert,
 )

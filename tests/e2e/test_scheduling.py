@@ -1,5 +1,6 @@
 """Infusion scheduling through its HTTP API on the real broker and database: calendars, options,
-concurrent bookings, delays, webhooks that fail and recover, FHIR resources, infusion and follow-up."""
+concurrent bookings, delays, a quarantine after confirmation, reschedules, dates in the past, webhooks that
+fail and recover, FHIR resources, infusion and follow-up."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ import httpx
 import pytest
 from cgt_contracts.events import (
     ShipmentDelayed,
-    ShipmentDelayedData,
     ShipmentDispatched,
     ShipmentDispatchedData,
-    ShipmentLeg,
 )
 from fhir.resources.R4B.appointment import Appointment as FhirAppointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.slot import Slot as FhirSlot
+from sqlmodel import select
 
 from deploy.observe import EventLog, WebhookListener
+from services.common.db import make_engine
 from services.common.topics import SHIPMENTS
+from services.common.unit_of_work import session_factory
 from services.order_intake.domain import luhn_check_digit
 from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from services.scheduling.models import Appointment, Case, OfferedOption
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
 from tests.e2e.journey import (
     advance_to_manufacturing,
@@ -238,12 +241,171 @@ async def test_a_delay_moves_the_tentative_slot_and_tells_the_site(
     assert appointment["state"] == "tentative" and appointment["version"] > booked["version"]
 
 
+def days_pass(stack: RunningStack, coi: str, days: int) -> None:
+    """Scheduling's rows of the case as they read `days` later: every date of the case, its options and its
+    appointment moved back (a journey cannot wait for conditioning to start, nor for a year to pass)."""
+    shift = timedelta(days=days)
+    engine = make_engine(stack.stack.database_urls["scheduling"])
+    try:
+        with session_factory(engine)() as session:
+            case = session.get(Case, coi)
+            assert case is not None
+            for appointment in session.exec(select(Appointment).where(Appointment.coi == coi)):
+                appointment.conditioning_start_on -= shift
+                appointment.infusion_on -= shift
+                session.add(appointment)
+            for option in session.exec(select(OfferedOption).where(OfferedOption.coi == coi)):
+                option.conditioning_start_on -= shift
+                option.infusion_on -= shift
+                session.add(option)
+            case.eta_at = case.eta_at - shift if case.eta_at else None
+            case.product_delivered_at = (
+                case.product_delivered_at - shift if case.product_delivered_at else None
+            )
+            session.add(case)
+            session.commit()
+    finally:
+        engine.dispose()
+
+
 async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, webhook_listener: WebhookListener
+) -> None:
+    site = await new_site(http, stack)
+    await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": webhook_listener.url, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2))
+    booked = await book_first_option(http, stack, events, coi)
+    days_pass(stack, coi, 5)  # conditioning started yesterday; the product is still on its way
+    moved_back = (
+        await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert date.fromisoformat(moved_back["conditioning_start_on"]) < date.today()
+    delay = scan("delay", [coi], location="Customs", eta_at=midday(6).isoformat())
+    assert (
+        await http.post(f"{stack.tracking}/shipments/{shipment}/scans", json=delay, headers=COURIER)
+    ).json()["accepted"]
+
+    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "at_risk")
+    assert "conditioning may have started" in item["detail"] and item["alert_id"]
+    hook = webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.at_risk" and h.json()["coi"] == coi)
+    assert "clinical decision needed" in hook.json()["reason"]
+    unchanged = (
+        await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert unchanged["conditioning_start_on"] == moved_back["conditioning_start_on"]
+    assert unchanged["state"] == "tentative"
+    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"]
+
+
+async def test_a_quarantine_after_confirmation_reaches_the_site_and_stays_on_the_worklist(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, webhook_listener: WebhookListener
+) -> None:
+    site = await new_site(http, stack)
+    await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": webhook_listener.url, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2))
+    booked = await book_first_option(http, stack, events, coi)
+    scans = f"{stack.tracking}/shipments/{shipment}/scans"
+    await http.post(scans, json=scan("delivery", [coi], location="QTC"), headers=COURIER)
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+
+    # A warm reading at receipt, after the delivery was confirmed: COI tracking quarantines the product.
+    warm = await http.post(
+        scans, json=scan("receipt", [coi], location="QTC", temperature=-120.0), headers=COURIER
+    )
+    assert warm.json()["quarantined"] is True, warm.text
+    at_risk = await events.wait_for(lambda e: e.type == "slot.at_risk.v1" and e.subject == coi)
+    assert at_risk.data.appointment_state == "on_hold" and str(at_risk.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
+    hook = webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.at_risk" and h.json()["coi"] == coi)
+    assert hook.json()["state"] == "on_hold" and "must not start conditioning" in hook.json()["reason"]
+    assert webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.held" and h.json()["coi"] == coi)
+    held = (await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)).json()
+    assert held["state"] == "on_hold" and held["hold_cause"] in ("temperature_excursion", "quarantine")
+    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "at_risk")
+    assert item["alert_id"] == str(at_risk.data.alert_id)  # type: ignore[union-attr]
+
+    fhir_appointment = (
+        await http.get(f"{stack.scheduling}/fhir/Appointment/{booked['id']}", headers=COORDINATOR)
+    ).json()
+    assert FhirAppointment.model_validate(fhir_appointment).status == "pending"
+    assert {e["url"].rsplit("/", 1)[-1] for e in fhir_appointment["extension"]} == {
+        "appointment-hold",
+        "appointment-at-risk",
+    }
+    slots = (
+        await http.get(
+            f"{stack.scheduling}/fhir/Slot", params={"schedule": f"Schedule/{site.id}"}, headers=COORDINATOR
+        )
+    ).json()
+    assert [e["resource"]["status"] for e in slots["entry"]] == ["busy-unavailable"]
+
+    resolved = await http.post(
+        f"{stack.scheduling}/alerts/{item['alert_id']}/resolve",
+        json={"resolution": "called the site: conditioning postponed until QA decides"},
+        headers=COORDINATOR,
+    )
+    assert resolved.status_code == 200 and resolved.json()["resolved_by"] == "coord-ana", resolved.text
+    items = (await http.get(f"{stack.scheduling}/worklist", headers=COORDINATOR)).json()
+    assert not [i for i in items if i["coi"] == coi and i["kind"] == "at_risk"]
+    assert [i["kind"] for i in items if i["coi"] == coi] == ["on_hold"]
+
+
+async def test_a_coordinator_reschedules_a_tentative_appointment_and_the_site_is_told(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog, webhook_listener: WebhookListener
+) -> None:
+    site = await new_site(http, stack)
+    await http.post(
+        f"{stack.scheduling}/webhooks",
+        json={"url": webhook_listener.url, "treatment_center_id": site.id},
+        headers=COORDINATOR,
+    )
+    coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2))
+    booked = await book_first_option(http, stack, events, coi)
+    options = (await http.get(f"{stack.scheduling}/cases/{coi}", headers=COORDINATOR)).json()["options"]
+    later = options[1]
+    move = f"{stack.scheduling}/appointments/{booked['id']}/reschedule"
+
+    not_offered = await http.post(move, json={"option_id": str(uuid.uuid4())}, headers=COORDINATOR)
+    assert not_offered.status_code == 422
+    assert [e["pointer"] for e in not_offered.json()["errors"]] == ["/option_id"]
+    moved = await http.post(
+        move,
+        json={"option_id": later["option_id"], "reason": "the site asked for a later day"},
+        headers=COORDINATOR,
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["conditioning_start_on"] == later["conditioning_start_on"]
+    assert moved.json()["state"] == "tentative" and moved.json()["version"] > booked["version"]
+    event = await events.wait_for(lambda e: e.type == "slot.rescheduled.v1" and e.subject == coi)
+    assert event.data.previous_conditioning_start_on.isoformat() == booked["conditioning_start_on"]  # type: ignore[union-attr]
+    hook = webhook_listener.wait_for(
+        lambda h: h.json()["kind"] == "slot.rescheduled" and h.json()["coi"] == coi
+    )
+    assert hook.json()["conditioning_start_on"] == later["conditioning_start_on"]
+    assert hook.json()["reason"] == "the site asked for a later day"
+
+    await http.post(
+        f"{stack.tracking}/shipments/{shipment}/scans", json=scan("delivery", [coi]), headers=COURIER
+    )
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+    confirmed = await http.post(move, json={"option_id": options[0]["option_id"]}, headers=COORDINATOR)
+    assert confirmed.status_code == 409 and confirmed.json()["reasons"] == [
+        "an appointment that is confirmed cannot be moved"
+    ]
+
+
+async def test_a_pick_up_eta_in_the_past_offers_nothing_and_a_booking_in_the_past_is_refused(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
-    # COI tracking refuses a pick-up whose ETA has passed, so a case whose conditioning has started is made
-    # here as scheduling would see it after days of waiting: the shipment events, as COI tracking publishes
-    # them, on its topic.
+    # COI tracking refuses a pick-up whose ETA has passed: a stale one reaches scheduling only as an event
+    # delayed on its way, made here as COI tracking publishes it, on its topic.
     site = await new_site(http, stack)
     order = await http.post(
         f"{stack.orders}/orders",
@@ -253,6 +415,16 @@ async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
     coi: str = order.json()["coi"]
     shipment = await shipment_for(http, stack, events, coi)
     about = {"shipment_id": uuid.UUID(shipment["id"]), "coi": coi, "treatment_center_id": site.id}
+    bookings = f"{stack.scheduling}/cases/{coi}/bookings"
+    yesterday = await http.post(
+        bookings,
+        json={"conditioning_start_on": (date.today() - timedelta(days=1)).isoformat()},
+        headers=COORDINATOR,
+    )
+    assert yesterday.status_code == 422, yesterday.text
+    assert [e["pointer"] for e in yesterday.json()["errors"]] == ["/conditioning_start_on"]
+    assert "before today" in yesterday.json()["errors"][0]["detail"]
+
     await _as_coi_tracking(
         stack,
         ShipmentDispatched(
@@ -262,30 +434,17 @@ async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
             data=ShipmentDispatchedData(**about, dispatched_at=midday(-5), eta_at=midday(-3)),
         ),
     )
-    booked = await book_first_option(http, stack, events, coi)
-    assert date.fromisoformat(booked["conditioning_start_on"]) <= date.today()
-    await _as_coi_tracking(
-        stack,
-        ShipmentDelayed(
-            source="cgt/coi-tracking",
-            subject=coi,
-            correlationid=f"late-{coi}",
-            data=ShipmentDelayedData(
-                **about,
-                leg=ShipmentLeg.RETURN,
-                previous_eta_at=midday(-3),
-                eta_at=midday(6),
-                location="Customs",
-            ),
-        ),
-    )
     item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "attention")
-    assert "conditioning started" in item["detail"]
-    unchanged = (
-        await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
-    ).json()
-    assert unchanged["conditioning_start_on"] == booked["conditioning_start_on"]
-    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"]
+    assert "has already passed" in item["detail"]
+    case = (await http.get(f"{stack.scheduling}/cases/{coi}", headers=COORDINATOR)).json()
+    assert case["options"] == [] and case["eta_at"] is None
+    assert not [e for e in events.of(coi) if e.type == "slot.options_offered.v1"]
+    blind = await http.post(
+        bookings,
+        json={"conditioning_start_on": (date.today() + timedelta(days=3)).isoformat()},
+        headers=COORDINATOR,
+    )
+    assert blind.status_code == 409 and "ETA is not known" in blind.json()["reasons"][0]
 
 
 async def _as_coi_tracking(stack: RunningStack, event: ShipmentDispatched | ShipmentDelayed) -> None:
@@ -467,22 +626,20 @@ async def test_infusion_plans_fifteen_years_of_follow_up_and_overdue_visits_are_
     site = await new_site(http, stack)
     coi, shipment = await dispatched_case(http, stack, events, site, eta=midday(2), manufactured=True)
     booked = await book_first_option(http, stack, events, coi)
-    early = await http.post(
-        f"{stack.scheduling}/appointments/{booked['id']}/infusion",
-        json={"infused_on": date.today().isoformat()},
-        headers=COORDINATOR,
-    )
+    infusion = f"{stack.scheduling}/appointments/{booked['id']}/infusion"
+    early = await http.post(infusion, json={"infused_on": date.today().isoformat()}, headers=COORDINATOR)
     assert early.status_code == 409, "a tentative appointment (product not delivered) cannot be infused"
     await http.post(
         f"{stack.tracking}/shipments/{shipment}/scans", json=scan("delivery", [coi]), headers=COURIER
     )
     await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
-    infused_on = date.today() - timedelta(days=400)
-    recorded = await http.post(
-        f"{stack.scheduling}/appointments/{booked['id']}/infusion",
-        json={"infused_on": infused_on.isoformat()},
-        headers=COORDINATOR,
-    )
+    before = await http.post(infusion, json={"infused_on": date.today().isoformat()}, headers=COORDINATOR)
+    assert before.status_code == 422, "conditioning starts in days: nobody is infused today"
+    assert [e["pointer"] for e in before.json()["errors"]] == ["/infused_on"]
+
+    days_pass(stack, coi, 400)
+    infused_on = date.fromisoformat(booked["infusion_on"]) - timedelta(days=400)
+    recorded = await http.post(infusion, json={"infused_on": infused_on.isoformat()}, headers=COORDINATOR)
     assert recorded.status_code == 200, recorded.text
     visits = (await http.get(f"{stack.scheduling}/cases/{coi}/follow-up", headers=COORDINATOR)).json()
     assert recorded.json()["follow_up_visits"] == len(visits) and len(visits) >= 18

@@ -418,6 +418,37 @@ class SlotChangedData(ContractModel):
     at: UtcDatetime
 
 
+class SlotRiskCause(StrEnum):
+    """What threatens an appointment: the product's trouble, its order's end, or a delay."""
+
+    QUARANTINE = "quarantine"
+    TEMPERATURE_EXCURSION = "temperature_excursion"
+    COI_BREAK = "coi_break"
+    QA_REJECTION = "qa_rejection"
+    ORDER_CANCELLED = "order_cancelled"
+    DELAY = "delay"
+
+
+class SlotAtRiskData(ContractModel):
+    """An appointment the site may already act on is threatened (it was confirmed, or conditioning may
+    have started): the site and the coordinators are alerted, and the alert stays on the coordinators'
+    worklist until one of them resolves it."""
+
+    appointment_id: UUID
+    alert_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    cause: SlotRiskCause
+    appointment_state: Literal["tentative", "on_hold", "confirmed", "cancelled", "infused"]
+    """The appointment's state after the change (a confirmed one is put on hold unless conditioning may
+    have started: then it is left as it is, for the clinicians to decide)."""
+    conditioning_start_on: date
+    infusion_on: date
+    conditioning_may_have_started: bool
+    reason: Reason
+    at: UtcDatetime
+
+
 class WebhookDeliveryFailedData(ContractModel):
     delivery_id: UUID
     appointment_id: UUID
@@ -464,6 +495,11 @@ class SlotResumed(EventEnvelope):
     data: SlotChangedData
 
 
+class SlotAtRisk(EventEnvelope):
+    type: Literal["slot.at_risk.v1"] = "slot.at_risk.v1"
+    data: SlotAtRiskData
+
+
 class WebhookDeliveryFailed(EventEnvelope):
     type: Literal["webhook.delivery_failed.v1"] = "webhook.delivery_failed.v1"
     data: WebhookDeliveryFailedData
@@ -505,6 +541,7 @@ AnyEvent = Annotated[
     | SlotRescheduled
     | SlotCancelled
     | SlotResumed
+    | SlotAtRisk
     | WebhookDeliveryFailed
     | InfusionRecorded
     | FollowUpVisitOverdue,
