@@ -22,8 +22,14 @@ from sqlmodel import Session, col, select
 
 from services.common.outbox import enqueue
 from services.common.topics import SCHEDULING
-from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, retry_delay_seconds, sign
+from services.scheduling.domain import retry_delay_seconds
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+from services.scheduling.webhook_domain import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature_header,
+)
 
 log = structlog.get_logger()
 
@@ -148,9 +154,9 @@ class WebhookDeliverer:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": str(delivery.id),
+            IDEMPOTENCY_HEADER: str(delivery.id),
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(endpoint.secret, timestamp, body),
+            SIGNATURE_HEADER: signature_header([endpoint.secret], timestamp, str(delivery.id), body),
             "User-Agent": "cgt-logistics-scheduling/1",
         }
         delivery.attempts += 1

@@ -24,7 +24,12 @@ from fhir.resources.R4B.slot import Slot as FhirSlot
 from deploy.observe import EventLog, WebhookListener
 from services.common.topics import SHIPMENTS
 from services.order_intake.domain import luhn_check_digit
-from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from services.scheduling.webhook_domain import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature_matches,
+)
 from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
 from tests.e2e.journey import (
     advance_to_manufacturing,
@@ -349,8 +354,12 @@ async def test_a_webhook_that_fails_twice_is_delivered_once_in_effect_and_surviv
         "retries carry the same idempotency key"
     )
     for hook in attempts:
-        assert verify_signature(
-            secret, int(hook.headers[TIMESTAMP_HEADER]), hook.body, hook.headers[SIGNATURE_HEADER]
+        assert signature_matches(
+            [secret],
+            int(hook.headers[TIMESTAMP_HEADER]),
+            hook.headers[IDEMPOTENCY_HEADER],
+            hook.body,
+            hook.headers[SIGNATURE_HEADER],
         )
     log = await _deliveries(http, stack, booked["id"], lambda rows: rows and rows[0]["status"] == "delivered")
     assert log[0]["attempts"] == 3 and log[0]["kind"] == "slot.proposed"
