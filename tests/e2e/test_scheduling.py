@@ -397,26 +397,6 @@ async def _deliveries(
     raise TimeoutError(f"delivery log never matched: {rows}")
 
 
-async def test_a_webhook_that_never_answers_is_published_as_failed_and_put_on_the_worklist(
-    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
-) -> None:
-    site = await new_site(http, stack)
-    dead = "http://127.0.0.1:9/never"
-    await http.post(
-        f"{stack.scheduling}/webhooks",
-        json={"url": dead, "treatment_center_id": site.id},
-        headers=COORDINATOR,
-    )
-    coi, _ = await dispatched_case(http, stack, events, site, eta=midday(3))
-    await book_first_option(http, stack, events, coi)
-    failed = await events.wait_for(
-        lambda e: e.type == "webhook.delivery_failed.v1" and e.subject == coi, timeout=60
-    )
-    assert failed.data.attempts == 4 and failed.data.kind == "slot.proposed"  # type: ignore[union-attr]
-    item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "webhook_failing")
-    assert "failed after 4 attempts" in item["detail"]
-
-
 APPOINTMENT_FIELDS = {"resourceType", "id", "status", "start", "end", "participant"}
 SLOT_FIELDS = {"resourceType", "schedule", "status", "start", "end"}
 """The fields the project's resources share with HL7's official R4 examples (tests/conformance checks the
