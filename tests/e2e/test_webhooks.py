@@ -152,8 +152,12 @@ async def test_a_rotated_secret_signs_beside_the_new_one_and_the_receiver_refuse
         lambda: asyncio.to_thread(lambda: [m for m in holder[0].taken if m["coi"] == coi]),
         "the receiver with the old secret takes the message",
     )
-    rows = await deliveries(http, stack, receiving["id"])
-    assert [(r["status"], r["endpoint_id"]) for r in rows] == [("delivered", receiving["id"])]
+
+    async def delivered() -> bool:
+        rows = await deliveries(http, stack, receiving["id"])
+        return [(r["status"], r["endpoint_id"]) for r in rows] == [("delivered", receiving["id"])]
+
+    await eventually(delivered, "the delivery is recorded as delivered, naming its endpoint")
 
     # The listener's copy (signed under its own secret) replayed to the reference receiver's checks.
     hook = await asyncio.to_thread(webhook_listener.wait_for, lambda h: h.json()["coi"] == coi)
