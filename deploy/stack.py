@@ -139,6 +139,8 @@ class Stack:
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
                 "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
                 "PYTHONUNBUFFERED": "1",
+                # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.
+                "WEBHOOK_ALLOW_LOOPBACK": os.environ.get("WEBHOOK_ALLOW_LOOPBACK", "true"),
                 **self.extra_env,
             }
             port = self.ports.get(name) or free_port()

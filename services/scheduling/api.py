@@ -1,9 +1,9 @@
 """Scheduling HTTP routes: site calendars and availability, therapy protocols, options and bookings,
-the coordinators' worklist, infusion and follow-up, webhooks and their delivery log, FHIR views."""
+the coordinators' worklist, infusion and follow-up, FHIR views (webhooks: webhook_api.py)."""
 
 from __future__ import annotations
 
-import secrets
+from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,15 +11,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import utc_now
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
-from sqlmodel import Session, and_, col, or_, select
+from sqlmodel import Session, col, select
 
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.service import db_session
-from services.scheduling import commands, fhir
+from services.scheduling import commands, fhir, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState
 from services.scheduling.models import (
     Appointment,
@@ -29,8 +29,6 @@ from services.scheduling.models import (
     Site,
     SlotAlert,
     TherapyProtocol,
-    WebhookDelivery,
-    WebhookEndpoint,
 )
 
 router = APIRouter(route_class=EdgeRoute, tags=["scheduling"])
@@ -786,27 +784,8 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
                         detail="options offered: book one",
                     )
                 )
-    failing = session.exec(
-        select(WebhookDelivery, WebhookEndpoint)
-        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
-        .where(
-            or_(
-                col(WebhookDelivery.status) == "failed",
-                and_(col(WebhookDelivery.status) == "pending", col(WebhookDelivery.attempts) >= 2),
-            )
-        )
-    ).all()
-    for delivery, endpoint in failing:
-        items.append(
-            WorkItem(
-                kind="webhook_failing",
-                coi=delivery.coi,
-                treatment_center_id=endpoint.treatment_center_id,
-                since=delivery.created_at,
-                detail=f"{delivery.kind} to {endpoint.url}: {delivery.status} after {delivery.attempts} attempts ({delivery.last_error})",
-                appointment_id=delivery.appointment_id,
-            )
-        )
+    for failing in webhook_commands.failing_work(session):
+        items.append(WorkItem(kind="webhook_failing", **asdict(failing)))
     today = utc_now().date()
     for visit in session.exec(
         select(FollowUpVisit)
@@ -825,99 +804,7 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
     return sorted(items, key=lambda item: item.since)
 
 
-# ---------------------------------------------------------------- appointments, webhooks, FHIR
-
-
-class WebhookRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"url": "http://127.0.0.1:9000/cgt"}]})
-
-    url: AnyHttpUrl
-    secret: Annotated[str | None, Field(min_length=16, max_length=128)] = Field(
-        default=None, description="The signing secret; generated when not given"
-    )
-    treatment_center_id: Ident | None = Field(
-        default=None, description="Coordinators name the site; a treatment center registers for its own"
-    )
-
-
-class WebhookView(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "2e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b",
-                    "treatment_center_id": "TC-BOSTON",
-                    "url": "http://127.0.0.1:9000/cgt",
-                    "secret": "q3Xh7T0pZ2kLwE9vR4sY1mN8bC6dF5gH",
-                }
-            ]
-        }
-    )
-
-    id: UUID
-    treatment_center_id: str
-    url: str
-    secret: str = Field(description="Shown once, at registration: verify X-CGT-Signature with it")
-
-
-class DeliveryView(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "8f7e6d5c-4b3a-4928-8170-6f5e4d3c2b1a",
-                    "kind": "slot.confirmed",
-                    "status": "delivered",
-                    "attempts": 1,
-                    "last_status_code": 204,
-                    "last_error": None,
-                    "delivered_at": "2026-12-03T08:15:01Z",
-                    "created_at": "2026-12-03T08:15:00Z",
-                }
-            ]
-        }
-    )
-
-    id: UUID
-    kind: str = Field(examples=["slot.proposed", "slot.confirmed", "infusion.recorded"])
-    status: str = Field(description="pending (being retried), delivered or failed")
-    attempts: int
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-    created_at: datetime
-
-
-def _site_for(caller: Principal, requested: str | None) -> str:
-    if caller.role is Role.TREATMENT_CENTER:
-        assert caller.treatment_center_id is not None
-        if requested not in (None, caller.treatment_center_id):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, "a treatment center registers only for its own site"
-            )
-        return caller.treatment_center_id
-    if requested is None:
-        raise problems.invalid("body", "treatment_center_id", "required for a coordinator")
-    return requested
-
-
-@router.post(
-    "/webhooks", summary="Register a webhook", status_code=status.HTTP_201_CREATED, response_model=WebhookView
-)
-def register_webhook(body: WebhookRequest, session: SessionDep, caller: Reader) -> WebhookView:
-    """Register the URL where a site receives the messages about its appointments: `slot.proposed`,
-    `slot.confirmed`, `slot.held`, `slot.resumed`, `slot.rescheduled`, `slot.at_risk`, `slot.cancelled`,
-    `infusion.recorded`. Each is a JSON POST with `X-CGT-Timestamp`, `X-CGT-Signature: v1=<hex
-    HMAC-SHA256 of "<timestamp>.<body>">` under the secret and an `Idempotency-Key` (the same on every
-    retry), retried with backoff. A treatment center registers for its own site (403 for another), a
-    coordinator names the site. The secret is generated when not given, and shown only in this answer."""
-    site = _site_for(caller, body.treatment_center_id)
-    endpoint = WebhookEndpoint(
-        treatment_center_id=site, url=str(body.url), secret=body.secret or secrets.token_urlsafe(32)
-    )
-    session.add(endpoint)
-    session.commit()
-    return WebhookView(id=endpoint.id, treatment_center_id=site, url=endpoint.url, secret=endpoint.secret)
+# ---------------------------------------------------------------- appointments, FHIR
 
 
 @router.get("/appointments", summary="List appointments", response_model=list[AppointmentView])
@@ -937,23 +824,6 @@ def read_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) 
     """One appointment: its state (tentative, on hold, confirmed, cancelled, infused), its days and why
     it is held. A treatment center reads only its own site's (404 otherwise)."""
     return AppointmentView.model_validate(_appointment(session, appointment_id, caller), from_attributes=True)
-
-
-@router.get(
-    "/appointments/{appointment_id}/deliveries",
-    summary="Read an appointment's webhook deliveries",
-    response_model=list[DeliveryView],
-)
-def delivery_log(appointment_id: UUID, session: SessionDep, caller: Reader) -> list[DeliveryView]:
-    """Every webhook message sent about this appointment, oldest first, and how its delivery went:
-    attempts, the last status code or error, when it was delivered."""
-    _appointment(session, appointment_id, caller)
-    rows = session.exec(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.appointment_id == appointment_id)
-        .order_by(col(WebhookDelivery.created_at))
-    )
-    return [DeliveryView.model_validate(r, from_attributes=True) for r in rows]
 
 
 FHIR_APPOINTMENT_EXAMPLE: JsonDict = {

@@ -9,14 +9,16 @@ from collections.abc import Callable
 import structlog
 from cgt_contracts.envelope import utc_now
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy.engine import Engine
 
 from services.common.service import Runtime, build_service
 from services.common.settings import ServiceSettings
 from services.common.unit_of_work import session_factory
-from services.scheduling import api, commands, handlers
+from services.scheduling import api, commands, handlers, webhook_api
 from services.scheduling.models import TABLES, Site, TherapyProtocol
+from services.scheduling.webhook_commands import WebhookSettings
+from services.scheduling.webhook_domain import FailurePolicy
 from services.scheduling.webhooks import WebhookDeliverer
 
 log = structlog.get_logger()
@@ -36,8 +38,30 @@ class SchedulingSettings(ServiceSettings):
     receipt_buffer_hours: float = Field(default=24.0, ge=0)
     webhook_backoff_seconds: float = Field(default=2.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_disable_after_failures: int = Field(default=8, ge=1)
+    """Consecutive failed attempts that disable an endpoint (at most webhook_max_attempts)."""
+    webhook_secret_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+    """How long a rotated-out secret still signs deliveries (beside the new one)."""
+    webhook_allow_loopback: bool = False
+    """Development and tests only: webhooks to loopback hosts, over http too."""
     follow_up_check_seconds: float = Field(default=60.0, gt=0)
     seed_sites: bool = True
+
+    @model_validator(mode="after")
+    def _disable_within_attempts(self) -> SchedulingSettings:
+        self.webhook_settings()  # refuses a threshold a single message could never reach
+        return self
+
+    def webhook_settings(self) -> WebhookSettings:
+        return WebhookSettings(
+            allow_loopback=self.webhook_allow_loopback,
+            secret_overlap_hours=self.webhook_secret_overlap_hours,
+            failure=FailurePolicy(
+                max_attempts=self.webhook_max_attempts,
+                disable_after_failures=self.webhook_disable_after_failures,
+                backoff_base_seconds=self.webhook_backoff_seconds,
+            ),
+        )
 
 
 def seed(engine: Engine) -> None:
@@ -72,9 +96,8 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     def wire(runtime: Runtime) -> None:
         deliverer = WebhookDeliverer(
             runtime.engine,
+            settings.webhook_settings(),
             timeout_seconds=settings.webhook_timeout_seconds,
-            backoff_base_seconds=settings.webhook_backoff_seconds,
-            max_attempts=settings.webhook_max_attempts,
             on_failure_committed=runtime.relay.notify,
         )
         parts["deliverer"] = deliverer
@@ -113,7 +136,7 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     app = build_service(
         name=settings.service_name,
         tables=TABLES,
-        routers=[api.router],
+        routers=[api.router, webhook_api.router],
         description=SCHEDULING,
         wire=wire,
         settings=settings,
@@ -122,6 +145,7 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     )
     app.state.scheduling_settings = settings
     app.state.after_commit = hooks["after_commit"]
+    app.state.webhook_settings = settings.webhook_settings()
     return app
 
 

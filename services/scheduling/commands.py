@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select, update
 
 from services.common.outbox import enqueue
 from services.common.topics import SCHEDULING
-from services.scheduling import domain
+from services.scheduling import domain, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCause
 from services.scheduling.models import (
     Appointment,
@@ -48,8 +48,6 @@ from services.scheduling.models import (
     Site,
     SlotAlert,
     TherapyProtocol,
-    WebhookDelivery,
-    WebhookEndpoint,
 )
 
 SOURCE = "cgt/scheduling"
@@ -156,22 +154,15 @@ def appointment_payload(appointment: Appointment, kind: str, reason: str | None 
 
 def notify_site(session: Session, appointment: Appointment, kind: str, reason: str | None = None) -> None:
     """Queue a signed webhook to each of the site's endpoints, in the same transaction as the change."""
-    endpoints = session.exec(
-        select(WebhookEndpoint)
-        .where(WebhookEndpoint.treatment_center_id == appointment.treatment_center_id)
-        .where(col(WebhookEndpoint.active).is_(True))
-    ).all()
     payload = json.dumps(appointment_payload(appointment, kind, reason), sort_keys=True)
-    for endpoint in endpoints:
-        session.add(
-            WebhookDelivery(
-                endpoint_id=endpoint.id,
-                appointment_id=appointment.id,
-                coi=appointment.coi,
-                kind=kind,
-                payload=payload,
-            )
-        )
+    webhook_commands.queue_deliveries(
+        session,
+        site=appointment.treatment_center_id,
+        appointment_id=appointment.id,
+        coi=appointment.coi,
+        kind=kind,
+        payload=payload,
+    )
 
 
 def _touch(session: Session, appointment: Appointment, state: AppointmentState | None = None) -> None:

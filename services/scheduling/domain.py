@@ -7,8 +7,6 @@ only on a clean delivery.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -404,22 +402,6 @@ def _add_months(day: date, months: int) -> date:
         except ValueError:
             continue
     raise ValueError(day)
-
-
-# ---------------------------------------------------------------- webhook signatures
-
-SIGNATURE_HEADER = "X-CGT-Signature"
-TIMESTAMP_HEADER = "X-CGT-Timestamp"
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """HMAC-SHA256 over `<timestamp>.<body>`, hex: the receiver recomputes it and compares."""
-    message = str(timestamp).encode() + b"." + body
-    return "v1=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str, timestamp: int, body: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def retry_delay_seconds(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:

@@ -128,11 +128,26 @@ class WebhookEndpoint(SQLModel, table=True):
     url: str = Field(max_length=2000)
     secret: str = Field(max_length=128)
     active: bool = True
+    """Receives deliveries: neither paused, nor disabled, nor deleted."""
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    # Added with endpoint management; nullable so that an existing table gets them (see create_tables).
+    event_types: str | None = Field(default=None, sa_column=Column(Text))
+    """Comma-separated message kinds the site subscribed to; None for every kind."""
+    consecutive_failures: int | None = 0
+    paused_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    disabled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """Set when consecutive failures disabled the endpoint; cleared when it is resumed."""
+    disabled_reason: str | None = Field(default=None, sa_column=Column(Text))
+    deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret_valid_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class WebhookDelivery(SQLModel, table=True):
-    """A message to a treatment center, written with the change it reports; retried until delivered."""
+    """A message to a treatment center, written with the change it reports; retried until delivered.
+    Status: pending, delivered, failed, suspended (its endpoint is paused or disabled: it goes out when
+    the endpoint is resumed) or discarded (its endpoint was deleted)."""
 
     __tablename__ = "webhook_delivery"
 

@@ -1,51 +1,119 @@
-"""Delivers queued webhooks to treatment centers: signed, with an idempotency key, retried with backoff.
+"""Delivers queued webhooks to treatment centers: signed, with an idempotency key, retried with backoff,
+only to addresses the URL policy allows.
 
 Invariant: a delivery row is written in the same transaction as the change it reports, so a restart
 loses nothing; each row is POSTed until a 2xx answer (at least once; the receiver de-duplicates on the
-Idempotency-Key, which is the row id) or until its last attempt, when it is marked failed.
+Idempotency-Key, which is the row id and is signed) or until the decision after a failed attempt
+(`webhook_domain.judge_attempt`) gives it up, or disables its endpoint — once, after the stated number of
+consecutive failures, keeping its messages until it is resumed.
+
+The host is resolved here and every address it resolves to is checked before anything is sent; the
+request goes to the checked address (the URL's name in Host and TLS SNI), never through a proxy, and a
+redirect is not followed (it counts as a failure).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
 from cgt_contracts.envelope import utc_now
-from cgt_contracts.events import WebhookDeliveryFailed, WebhookDeliveryFailedData
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from services.common.outbox import enqueue
-from services.common.topics import SCHEDULING
 from services.common.unit_of_work import session_factory
-from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, retry_delay_seconds, sign
+from services.scheduling import webhook_commands, webhook_domain
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+from services.scheduling.webhook_commands import AttemptResult, WebhookSettings
+from services.scheduling.webhook_domain import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    IPAddress,
+)
 
 log = structlog.get_logger()
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address the name resolves to, from the system's resolver (without blocking the loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one message goes: the URL with the checked address as its host, and the name it had."""
+
+    url: str
+    host_header: str
+    sni_hostname: str | None
+
+
+async def target_of(url: str, *, allow_loopback: bool, resolve: Resolver) -> Target | str:
+    """The checked target of a webhook URL, or why nothing may be sent to it. The URL is judged again
+    (it may have been registered under a looser policy), then each address its host resolves to."""
+    refusal = webhook_domain.url_refusal(url, allow_loopback=allow_loopback)
+    if refusal is not None:
+        return f"refused: the URL {refusal}"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    literal = webhook_domain.literal_address(host)
+    try:
+        addresses = (
+            [literal]
+            if literal is not None
+            else await resolve(host, parts.port or (443 if scheme == "https" else 80))
+        )
+    except (OSError, UnicodeError) as error:
+        return f"refused: the host did not resolve ({type(error).__name__})"
+    refusal = webhook_domain.resolved_refusal(addresses, scheme=scheme, allow_loopback=allow_loopback)
+    if refusal is not None:
+        return f"refused: {refusal}"
+    address = addresses[0]
+    netloc = f"[{address}]" if address.version == 6 else str(address)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return Target(
+        url=urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")),
+        host_header=parts.netloc,
+        sni_hostname=host if scheme == "https" and literal is None else None,
+    )
 
 
 class WebhookDeliverer:
     def __init__(
         self,
         engine: Engine,
+        settings: WebhookSettings,
         *,
         timeout_seconds: float,
-        backoff_base_seconds: float,
-        max_attempts: int,
         on_failure_committed: Callable[[], None],
         poll_seconds: float = 0.5,
+        resolve: Resolver = resolve_host,
     ) -> None:
         self._on_failure_committed = on_failure_committed
         self._engine = engine
+        self._settings = settings
         self._timeout = timeout_seconds
-        self._backoff = backoff_base_seconds
-        self._max_attempts = max_attempts
         self._poll = poll_seconds
+        self._resolve = resolve
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -64,8 +132,12 @@ class WebhookDeliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def client(self) -> httpx.AsyncClient:
+        # No proxy from the environment (it would reach what the address check refused), no redirects.
+        return httpx.AsyncClient(timeout=self._timeout, trust_env=False, follow_redirects=False)
+
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
+        async with self.client() as client:
             while True:
                 # Cleared before looking, so a notice that arrives while delivering is not lost.
                 self._wake.clear()
@@ -82,16 +154,17 @@ class WebhookDeliverer:
         by_case: dict[str, list[tuple[WebhookDelivery, WebhookEndpoint]]] = {}
         for delivery, endpoint in due:
             by_case.setdefault(delivery.coi, []).append((delivery, endpoint))
+        results: list[AttemptResult] = []
 
         async def deliver_in_order(deliveries: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> None:
             # A patient's deliveries go out in the order they were queued; different patients' at once.
             for delivery, endpoint in deliveries:
-                await self._attempt(client, delivery, endpoint)
+                results.append(await self._attempt(client, delivery, endpoint))
 
         await asyncio.gather(*(deliver_in_order(deliveries) for deliveries in by_case.values()))
-        if due:
-            failed_for_good = await asyncio.to_thread(self._save, due)
-            if failed_for_good:
+        if results:
+            published = await asyncio.to_thread(self._save, results)
+            if published:
                 self._on_failure_committed()
         return len(due)
 
@@ -101,6 +174,7 @@ class WebhookDeliverer:
                 select(WebhookDelivery, WebhookEndpoint)
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
                 .where(WebhookDelivery.status == "pending")
+                .where(col(WebhookEndpoint.active).is_(True))
                 .where(col(WebhookDelivery.next_attempt_at) <= utc_now())
                 .order_by(col(WebhookDelivery.created_at))
                 .limit(50)
@@ -108,74 +182,61 @@ class WebhookDeliverer:
             session.expunge_all()
             return [(delivery, endpoint) for delivery, endpoint in rows]
 
-    def _save(self, attempted: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> bool:
-        """Record the attempts in one transaction; True if a delivery failed for good (and was published)."""
-        failed = False
+    def _save(self, results: list[AttemptResult]) -> bool:
+        """Record the attempts in one transaction; True if a failure was published."""
         with session_factory(self._engine)() as session:
-            for delivery, endpoint in attempted:
-                session.merge(delivery)
-                if delivery.status == "failed":
-                    failed = True
-                    self._publish_failure(session, delivery, endpoint)
+            published = webhook_commands.record_attempts(session, results, self._settings.failure)
             session.commit()
-        return failed
-
-    @staticmethod
-    def _publish_failure(session: Session, delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> None:
-        """After the last attempt the failure is published (and the worklist shows it)."""
-        enqueue(
-            session,
-            SCHEDULING,
-            WebhookDeliveryFailed(
-                source="cgt/scheduling",
-                subject=delivery.coi,
-                correlationid=str(delivery.id),
-                data=WebhookDeliveryFailedData(
-                    delivery_id=delivery.id,
-                    appointment_id=delivery.appointment_id,
-                    coi=delivery.coi,
-                    treatment_center_id=endpoint.treatment_center_id,
-                    kind=delivery.kind,
-                    attempts=delivery.attempts,
-                    last_error=(delivery.last_error or "")[:1000],
-                ),
-            ),
-        )
+        return published
 
     async def _attempt(
         self, client: httpx.AsyncClient, delivery: WebhookDelivery, endpoint: WebhookEndpoint
-    ) -> None:
-        body = delivery.payload.encode()
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": str(delivery.id),
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(endpoint.secret, timestamp, body),
-            "User-Agent": "cgt-logistics-scheduling/1",
-        }
-        delivery.attempts += 1
-        try:
-            response = await client.post(endpoint.url, content=body, headers=headers)
-            delivery.last_status_code = response.status_code
-            ok = 200 <= response.status_code < 300
-            delivery.last_error = None if ok else f"HTTP {response.status_code}"
-        except httpx.HTTPError as error:
-            ok = False
-            delivery.last_error = repr(error)[:1000]
-        if ok:
-            delivery.status = "delivered"
-            delivery.delivered_at = utc_now()
-        elif delivery.attempts >= self._max_attempts:
-            delivery.status = "failed"
+    ) -> AttemptResult:
+        target = await target_of(
+            endpoint.url, allow_loopback=self._settings.allow_loopback, resolve=self._resolve
+        )
+        status_code: int | None = None
+        error: str | None
+        if isinstance(target, str):
+            succeeded, error = False, target
         else:
-            delay = retry_delay_seconds(delivery.attempts, self._backoff)
-            delivery.next_attempt_at = utc_now() + timedelta(seconds=delay)
+            try:
+                response = await self._post(client, target, delivery, endpoint)
+                status_code = response.status_code
+                succeeded = 200 <= status_code < 300
+                error = None if succeeded else f"HTTP {status_code}"
+            except httpx.HTTPError as failure:
+                succeeded, error = False, f"{type(failure).__name__}: {failure}"[:1000]
         log.info(
             "webhook.attempt",
             delivery_id=str(delivery.id),
+            endpoint_id=str(endpoint.id),
             kind=delivery.kind,
-            attempt=delivery.attempts,
-            status=delivery.status,
-            http_status=delivery.last_status_code,
+            attempt=delivery.attempts + 1,
+            succeeded=succeeded,
+            http_status=status_code,
+            error=error,
         )
+        return AttemptResult(delivery.id, endpoint.id, succeeded, status_code, error)
+
+    async def _post(
+        self, client: httpx.AsyncClient, target: Target, delivery: WebhookDelivery, endpoint: WebhookEndpoint
+    ) -> httpx.Response:
+        body = delivery.payload.encode()
+        timestamp = int(time.time())
+        key = str(delivery.id)
+        secrets = webhook_domain.signing_secrets(
+            endpoint.secret, endpoint.previous_secret, endpoint.previous_secret_valid_until, utc_now()
+        )
+        headers = {
+            "Host": target.host_header,
+            "Content-Type": "application/json",
+            IDEMPOTENCY_HEADER: key,
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: webhook_domain.signature_header(secrets, timestamp, key, body),
+            "User-Agent": "cgt-logistics-scheduling/1",
+        }
+        extensions: dict[str, Any] = {}
+        if target.sni_hostname is not None:
+            extensions["sni_hostname"] = target.sni_hostname
+        return await client.post(target.url, content=body, headers=headers, extensions=extensions)

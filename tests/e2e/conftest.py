@@ -57,6 +57,7 @@ def running_stack(backend: str, workdir: Path) -> Iterator[RunningStack]:
             extra_env={
                 "WEBHOOK_BACKOFF_SECONDS": "0.2",
                 "WEBHOOK_MAX_ATTEMPTS": "4",
+                "WEBHOOK_DISABLE_AFTER_FAILURES": "4",
                 "OUTBOX_POLL_SECONDS": "0.2",
                 "FOLLOW_UP_CHECK_SECONDS": "0.5",
             },

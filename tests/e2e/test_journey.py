@@ -6,7 +6,12 @@ import httpx
 import pytest
 
 from deploy.observe import EventLog, WebhookListener
-from services.scheduling.domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from services.scheduling.webhook_domain import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature_matches,
+)
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, COURIER_2, RunningStack
 from tests.e2e.journey import (
     book_first_option,
@@ -70,8 +75,12 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     hook = webhook_listener.wait_for(
         lambda h: h.json()["kind"] == "slot.confirmed" and h.json()["coi"] == coi
     )
-    assert verify_signature(
-        secret, int(hook.headers[TIMESTAMP_HEADER]), hook.body, hook.headers[SIGNATURE_HEADER]
+    assert signature_matches(
+        [secret],
+        int(hook.headers[TIMESTAMP_HEADER]),
+        hook.headers[IDEMPOTENCY_HEADER],
+        hook.body,
+        hook.headers[SIGNATURE_HEADER],
     )
     assert hook.headers["Idempotency-Key"]
     assert hook.json()["appointment_id"] == str(confirmed.data.appointment_id)  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
 """Scheduling rules without I/O: feasible options, appointment transitions, what a threat to the product or
-a new ETA does to an appointment, dates in the past, infusion, webhook signatures."""
+a new ETA does to an appointment, dates in the past, infusion, webhook backoff."""
 
 from __future__ import annotations
 
@@ -31,9 +31,7 @@ from services.scheduling.domain import (
     on_product_at_risk,
     reschedule_problems,
     retry_delay_seconds,
-    sign,
     start_in_the_past,
-    verify_signature,
 )
 
 WEEKDAYS = frozenset({1, 2, 3, 4, 5})
@@ -70,13 +68,6 @@ def test_a_confirmed_appointment_cannot_go_back_to_tentative() -> None:
     assert can_move(AppointmentState.ON_HOLD, AppointmentState.CONFIRMED)
     assert not can_move(AppointmentState.CONFIRMED, AppointmentState.TENTATIVE)
     assert not can_move(AppointmentState.CANCELLED, AppointmentState.CONFIRMED)
-
-
-def test_signatures_verify_and_detect_tampering() -> None:
-    signature = sign("s3cret-s3cret-s3cret", 1_700_000_000, b'{"a":1}')
-    assert verify_signature("s3cret-s3cret-s3cret", 1_700_000_000, b'{"a":1}', signature)
-    assert not verify_signature("s3cret-s3cret-s3cret", 1_700_000_000, b'{"a":2}', signature)
-    assert not verify_signature("s3cret-s3cret-s3cret", 1_700_000_001, b'{"a":1}', signature)
 
 
 def test_backoff_doubles_and_is_capped() -> None:

@@ -459,6 +459,22 @@ class WebhookDeliveryFailedData(ContractModel):
     last_error: Annotated[str, Field(max_length=1000)]
 
 
+class WebhookDeliveryFailedV2Data(ContractModel):
+    """A message a site did not get: it alone ran out of attempts, or its endpoint failed so many times
+    in a row that it was disabled (`endpoint_disabled`; its waiting messages go out when it is resumed)."""
+
+    delivery_id: UUID
+    endpoint_id: UUID
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    kind: Annotated[str, Field(max_length=64)]
+    attempts: int
+    consecutive_failures: int
+    endpoint_disabled: bool
+    last_error: Annotated[str, Field(max_length=1000)]
+
+
 class InfusionRecordedData(ContractModel):
     appointment_id: UUID
     coi: CoiIdentifier
@@ -505,6 +521,11 @@ class WebhookDeliveryFailed(EventEnvelope):
     data: WebhookDeliveryFailedData
 
 
+class WebhookDeliveryFailedV2(EventEnvelope):
+    type: Literal["webhook.delivery_failed.v2"] = "webhook.delivery_failed.v2"
+    data: WebhookDeliveryFailedV2Data
+
+
 class InfusionRecorded(EventEnvelope):
     type: Literal["infusion.recorded.v1"] = "infusion.recorded.v1"
     data: InfusionRecordedData
@@ -543,6 +564,7 @@ AnyEvent = Annotated[
     | SlotResumed
     | SlotAtRisk
     | WebhookDeliveryFailed
+    | WebhookDeliveryFailedV2
     | InfusionRecorded
     | FollowUpVisitOverdue,
     Field(discriminator="type"),
