@@ -878,7 +878,8 @@ class CaptureEventResult(BaseModel):
     event_id: str | None
     outcome: Literal["applied", "duplicate", "refused", "not_applied"] = Field(
         description="applied (a scan, readings, an aggregation or a retraction), duplicate (its eventID was "
-        "captured before with the same event hash), refused (with the reason; its temperatures are judged all "
+        "captured before with the same event hash, or the same scan was recorded before under another eventID: "
+        "stored once), refused (with the reason; its temperatures are judged all "
         "the same), or not_applied (rolled back)"
     )
     reason: str | None

@@ -955,6 +955,15 @@ def _apply_scan(
     )
     if event.event_id:
         context.stored[event.event_id] = StoredEvent(event.event_hash, shipment.id, applied.scan_id, False)
+    if applied.repeated:  # the same scan under a new eventID (a courier system's retry): stored once
+        return CaptureResult(
+            event.event_index,
+            event.event_id,
+            "duplicate",
+            f"the same scan was recorded before (scan {applied.scan_id})",
+            shipment.id,
+            applied,
+        )
     return CaptureResult(
         event.event_index, event.event_id, "applied", applied.refusal_reason, shipment.id, applied
     )

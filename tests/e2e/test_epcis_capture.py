@@ -338,6 +338,25 @@ async def test_an_event_id_reused_with_other_content_is_a_conflict_put_before_qa
     assert "-120.0 °C" in state["quarantine_reason"], "the conflicting event's warm reading is judged too"
 
 
+async def test_the_same_scan_under_a_new_event_id_is_a_duplicate_stored_once(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    """A courier system that retries with a fresh eventID sends the same scan: it is reported as a
+    duplicate (naming the first scan), not applied again, and the scan ledger holds it once."""
+    order = await place_released_order(http, stack)
+    coi = order["coi"]
+    shipment = await shipment_for(http, stack, events, coi)
+    first = object_event("shipping", [coi], shipment=shipment["id"])
+    [applied] = (await capture(http, stack, epcis_document(first))).json()["events"]
+    assert applied["outcome"] == "applied"
+    retry = {**first, "eventID": f"urn:uuid:{uuid.uuid4()}"}
+    [again] = (await capture(http, stack, epcis_document(retry))).json()["events"]
+    assert again["outcome"] == "duplicate", again
+    assert applied["scan"]["scan_id"] in again["reason"]
+    scans = (await http.get(f"{stack.tracking}/shipments/{shipment['id']}/scans", headers=COORDINATOR)).json()
+    assert [scan["scan_type"] for scan in scans].count("pick_up") == 1
+
+
 async def test_an_error_declaration_retracts_the_scan_and_puts_the_shipment_before_qa(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
