@@ -89,7 +89,10 @@ async def events(stack: RunningStack) -> AsyncIterator[EventLog]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: with both at 5 s,
+    # a request sent on a connection the server is closing fails with "Server disconnected" (seen in CI
+    # after a step that ran a CLI for a few seconds).
+    async with httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(keepalive_expiry=2.0)) as client:
         yield client
 
 
