@@ -59,7 +59,8 @@ schemas: install ## Regenerate the committed JSON Schemas of all events
 chaos: install kafka-deps postgres ## Fault suite (issue 6)
 	$(PY) -m deploy.chaos
 
-bench: install kafka-deps postgres ## Benchmarks (issue 7)
+bench: install kafka-deps postgres ## Benchmarks: the write path in process, then the whole stack
+	$(PY) -m deploy.bench_writes
 	$(PY) -m deploy.bench
 
 clean:
