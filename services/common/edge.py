@@ -1,6 +1,8 @@
 """The HTTP edge: every request body is admitted here, once, before any route or dependency sees it.
 
 `EdgeRoute` is the route class of every router. For a request with a body it, in this order:
+- refuses, on a GET route, a query parameter the route does not declare with **422** naming it: a filter is
+  applied or refused, never ignored (a caller asking for one site's objects is never answered with all);
 - refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
   while reading otherwise (`x-max-body-bytes` in the operation's OpenAPI, `DEFAULT_BODY_LIMIT` if unset);
 - refuses a media type the operation does not document with **415**;
@@ -21,6 +23,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 from starlette.routing import BaseRoute
@@ -34,6 +37,7 @@ DEFAULT_BODY_LIMIT = 64 * 1024
 MAX_JSON_DEPTH = 32
 """Deeper than any document the services take (an EPCIS sensor report sits at depth 7)."""
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+READ_METHODS = frozenset({"GET", "HEAD"})
 JSON_MEDIA_TYPES = ("application/json",)
 
 
@@ -85,9 +89,12 @@ class EdgeRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         admission = BodyAdmission.of(self)
+        declared = frozenset(declared_query_names(self.dependant))
 
         async def admitted(request: Request) -> Response:
             _check_parameters(request)
+            if request.method in READ_METHODS:
+                declared_filters_only(request, declared)
             if request.method in BODY_METHODS:
                 await admission.admit(request)
             return await handler(request)
@@ -108,6 +115,32 @@ def _check_parameters(request: Request) -> None:
     ]
     if errors:
         raise problems.validation_problem(errors)
+
+
+def declared_filters_only(request: Request, declared: frozenset[str]) -> None:
+    """A query parameter the route does not declare is refused (422, naming it and the route's filters,
+    never its value), never ignored: a caller asking for one site's objects must not get every site's."""
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise problems.validation_problem(
+            [
+                FieldError(
+                    location="query",
+                    pointer=problems.pointer([name]),
+                    detail=f"not a filter here ({allowed})",
+                )
+                for name in unknown
+            ]
+        )
+
+
+def declared_query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route declares, those of its dependencies too (by their alias: `from`)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= declared_query_names(dependency)
+    return names
 
 
 def api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:

@@ -11,9 +11,7 @@ from uuid import UUID
 
 from cgt_contracts.events import RejectionReason
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from sqlmodel import Session
@@ -22,7 +20,6 @@ from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.identifiers import coi_label
-from services.common.problems import FieldError
 from services.common.service import db_session, runtime_of
 from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
@@ -297,34 +294,6 @@ def issuer_of(request: Request) -> commands.Issuer:
 IssuerDep = Annotated[commands.Issuer, Depends(issuer_of)]
 
 
-def declared_filters_only(request: Request) -> None:
-    """A query parameter the route does not declare is refused (422), never ignored: a caller asking for
-    one site's orders must not be answered with every site's."""
-    route = request.scope.get("route")
-    assert isinstance(route, APIRoute)
-    declared = _query_names(route.dependant)
-    unknown = sorted(set(request.query_params) - declared)
-    if unknown:
-        allowed = ", ".join(sorted(declared)) or "none"
-        raise problems.validation_problem(
-            [
-                FieldError(
-                    location="query",
-                    pointer=problems.pointer([name]),
-                    detail=f"not a filter here ({allowed})",
-                )
-                for name in unknown
-            ]
-        )
-
-
-def _query_names(dependant: Dependant) -> set[str]:
-    names = {param.alias for param in dependant.query_params}
-    for dependency in dependant.dependencies:
-        names |= _query_names(dependency)
-    return names
-
-
 @contextmanager
 def command_answers() -> Iterator[None]:
     """The commands' refusals as HTTP answers. A missing order and one the caller may not see are the
@@ -390,7 +359,6 @@ def place_order(
     "/orders",
     summary="List orders",
     response_model=list[OrderView],
-    dependencies=[Depends(declared_filters_only)],
 )
 def list_orders(
     session: SessionDep,
@@ -423,7 +391,6 @@ def read_order(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> O
     "/orders/{order_id}/history",
     summary="Read an order's history",
     response_model=list[TransitionView],
-    dependencies=[Depends(declared_filters_only)],
 )
 def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[TransitionView]:
     """Every step of the order, oldest first: from which status to which, when, and who moved it (a person,
@@ -525,7 +492,6 @@ def _collection_view(collection: Collection, coi: str) -> CollectionView:
     "/orders/{order_id}/collections",
     summary="List an order's collections",
     response_model=list[CollectionView],
-    dependencies=[Depends(declared_filters_only)],
 )
 def list_collections(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> list[CollectionView]:
     """The order's collections in the order they were taken, each with its DIN and printed label."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
+from services.common.scope import visible_to as visible_to  # the rule of every service, kept once
+
 
 class OrderStatus(StrEnum):
     SUBMITTED = "submitted"
@@ -161,12 +163,6 @@ def manufacturing_release_refusal(
     if manufacturing_started_at is not None and released_at < manufacturing_started_at:
         return f"released_at is before manufacturing started ({manufacturing_started_at.isoformat()})"
     return None
-
-
-def visible_to(scope: str | None, treatment_center_id: str) -> bool:
-    """Whether a caller scoped to one site (`scope`, a treatment center's own id; None: every site) may see
-    and act on a site's orders. What it may not see answers exactly as what does not exist."""
-    return scope is None or scope == treatment_center_id
 
 
 def npi_is_valid(npi: str) -> bool:
