@@ -9,10 +9,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import structlog
-from cgt_contracts.events import (
-    ScanType,
-)
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from cgt_contracts.events import ScanType, ShipmentLeg
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -44,6 +42,7 @@ from services.common.auth import Principal, Role, require
 from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
 from services.common.problems import FieldError, ProblemError
+from services.common.scope import not_found, visible_to
 from services.common.service import db_session, runtime_of
 from services.common.unit_of_work import session_factory
 
@@ -262,17 +261,19 @@ class LedgerView(BaseModel):
 def _load_for_update(session: Session, shipment_id: UUID) -> Shipment:
     shipment = session.exec(locked(session, select(Shipment).where(Shipment.id == shipment_id))).first()
     if shipment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("shipment"))
     return shipment
 
 
-def _check_visible(shipment: Shipment, caller: Principal) -> None:
-    if caller.role is Role.COURIER:
-        refusal = domain.other_company_refusal(shipment.courier_company, caller.courier_company)
-        if refusal is not None:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
-    if caller.role is Role.TREATMENT_CENTER and shipment.treatment_center_id != caller.treatment_center_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment.id}")
+def _check_may_write(shipment: Shipment, caller: Principal) -> None:
+    """Before a courier's write (readings, the dry shipper): another company's shipment is refused with
+    the reason, as a scan of it is on every way in (HTTP, Kafka, EPCIS: `domain.other_company_refusal`).
+    The courier names it from the labels in its hands; a read of it is the 404 of a missing one."""
+    refusal = domain.other_company_refusal(shipment.courier_company, caller.company_scope)
+    if refusal is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
+    if not visible_to(caller.site_scope, shipment.treatment_center_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("shipment"))
 
 
 def _view(session: Session, shipment: Shipment) -> ShipmentView:
@@ -304,24 +305,36 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
 
 
 @router.get("/shipments", summary="List shipments", response_model=list[ShipmentView])
-def list_shipments(session: SessionDep, caller: Reader, coi: str | None = None) -> list[ShipmentView]:
+def list_shipments(
+    session: SessionDep,
+    caller: Reader,
+    coi: Ident | None = None,
+    treatment_center_id: Ident | None = None,
+    courier_company: Ident | None = None,
+    leg: ShipmentLeg | None = None,
+    shipment_status: Annotated[ShipmentStatus | None, Query(alias="status")] = None,
+) -> list[ShipmentView]:
     """The shipments, oldest first (at most 500), with their bags, container and status. Couriers see
-    their company's shipments, treatment centers their site's, coordinators and QA all. `coi` finds the
-    shipments of one chain-of-identity identifier: the fresh cells' leg and the product's return leg."""
-    query = select(Shipment).order_by(col(Shipment.created_at))
-    if coi:
-        query = query.where(Shipment.coi == coi)
-    if caller.role is Role.COURIER:
-        query = query.where(Shipment.courier_company == caller.courier_company)
-    if caller.role is Role.TREATMENT_CENTER:
-        query = query.where(Shipment.treatment_center_id == caller.treatment_center_id)
-    return [_view(session, s) for s in session.exec(query.limit(500))]
+    their company's shipments, treatment centers their site's, coordinators and QA all. Each filter given
+    narrows the list: `coi` (the fresh cells' leg and the product's return leg of one chain-of-identity
+    identifier), `treatment_center_id`, `courier_company` (outside the caller's scope: none), `leg`,
+    `status`; a parameter that is not one of these is 422."""
+    wanted = commands.ShipmentFilter(
+        coi=coi,
+        treatment_center_id=treatment_center_id,
+        courier_company=courier_company,
+        leg=leg,
+        status=shipment_status,
+    )
+    shipments = commands.find_shipments(session, caller.site_scope, caller.company_scope, wanted)
+    return [_view(session, shipment) for shipment in shipments]
 
 
 @router.get("/shipments/{shipment_id}", summary="Read a shipment", response_model=ShipmentView)
 def read_shipment(shipment_id: UUID, session: SessionDep, caller: Reader) -> ShipmentView:
     """One shipment with its bags, container, custodian, status and warmest temperature so far. A courier
-    reads only its company's shipments (403 for another's), a treatment center its site's (404)."""
+    reads only its company's shipments, a treatment center its site's: another's is the same 404 as a
+    shipment that does not exist."""
     shipment = _visible(session, shipment_id, caller)
     return _view(session, shipment)
 
@@ -497,7 +510,7 @@ def post_readings(
         if claim.answer is not None:
             return claim.answer.response()
         shipment = _load_for_update(session, shipment_id)
-        _check_visible(shipment, caller)
+        _check_may_write(shipment, caller)
         outcome = commands.record_readings(
             session,
             shipment,
@@ -569,7 +582,7 @@ def declare_container(
     checked against this container and seal, and the shipment is quarantined when the hold time runs out.
     After pick-up, or with a container id declared for another shipment, it is 409."""
     shipment = _load_for_update(session, shipment_id)
-    _check_visible(shipment, caller)
+    _check_may_write(shipment, caller)
     try:
         commands.declare_container(session, shipment, **body.model_dump())
         session.commit()
@@ -804,10 +817,11 @@ def reset_signing_pin(
 
 
 def _visible(session: Session, shipment_id: UUID, caller: Principal) -> Shipment:
-    shipment = session.get(Shipment, shipment_id)
+    """The shipment the caller may read: a missing one, another site's (a treatment center) and another
+    company's (a courier) are the same 404, word for word, naming no id."""
+    shipment = commands.visible_shipment(session, shipment_id, caller.site_scope, caller.company_scope)
     if shipment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipment {shipment_id}")
-    _check_visible(shipment, caller)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("shipment"))
     return shipment
 
 
@@ -1070,7 +1084,7 @@ def read_capture(capture_id: UUID, session: SessionDep, caller: Courier) -> Capt
     the reason, or not applied (rolled back). Only the courier who posted it reads it (404 otherwise)."""
     job = session.get(CaptureJob, capture_id)
     if job is None or job.captured_by != caller.subject:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no capture {capture_id}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("capture"))
     return _job_view(job)
 
 

@@ -17,6 +17,7 @@ from cgt_contracts.envelope import EventEnvelope, new_uuid, utc_now
 from cgt_contracts.events import (
     QaDispositionData,
     ScanType,
+    ShipmentLeg,
     ShipmentRejected,
     ShipmentReleased,
 )
@@ -53,6 +54,55 @@ from services.common.unit_of_work import transaction_cache, unit_of_work
 
 SOURCE = "cgt/coi-tracking"
 log = structlog.get_logger()
+
+
+LIST_LIMIT = 500
+"""The most rows a list answers with."""
+
+
+@dataclass(frozen=True)
+class ShipmentFilter:
+    """What `GET /shipments` narrows the list to; every filter given is applied."""
+
+    coi: str | None = None
+    treatment_center_id: str | None = None
+    courier_company: str | None = None
+    leg: ShipmentLeg | None = None
+    status: ShipmentStatus | None = None
+
+
+def visible_shipment(
+    session: Session, shipment_id: UUID, site_scope: str | None, company_scope: str | None
+) -> Shipment | None:
+    """The shipment, if it exists and the caller may read it; else None, the same for both."""
+    shipment = session.get(Shipment, shipment_id)
+    if shipment is None or not domain.shipment_visible_to(
+        site_scope, company_scope, shipment.treatment_center_id, shipment.courier_company
+    ):
+        return None
+    return shipment
+
+
+def find_shipments(
+    session: Session, site_scope: str | None, company_scope: str | None, wanted: ShipmentFilter
+) -> list[Shipment]:
+    """Shipments oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given: a
+    scoped caller filtering on another site or company gets none, as if it had none."""
+    query = select(Shipment).order_by(col(Shipment.created_at))
+    if site_scope is not None:
+        query = query.where(Shipment.treatment_center_id == site_scope)
+    if company_scope is not None:
+        query = query.where(Shipment.courier_company == company_scope)
+    for column, value in (
+        (Shipment.coi, wanted.coi),
+        (Shipment.treatment_center_id, wanted.treatment_center_id),
+        (Shipment.courier_company, wanted.courier_company),
+        (Shipment.leg, wanted.leg),
+        (Shipment.status, wanted.status),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    return list(session.exec(query.limit(LIST_LIMIT)))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from cgt_contracts.events import ScanType, ShipmentLeg
 
+from services.common.scope import visible_to
+
 
 class ShipmentStatus(StrEnum):
     PLANNED = "planned"
@@ -490,6 +492,17 @@ def other_company_refusal(shipment_company: str, courier_company: str | None) ->
     if courier_company is not None and courier_company != shipment_company:
         return "this shipment is assigned to another courier company"
     return None
+
+
+def shipment_visible_to(
+    site_scope: str | None, company_scope: str | None, treatment_center_id: str, courier_company: str
+) -> bool:
+    """Whether a caller may read a shipment: a treatment center its site's, a courier its company's (the
+    others are not scoped). What it may not read is the same 404 as a shipment that does not exist."""
+    return (
+        visible_to(site_scope, treatment_center_id)
+        and other_company_refusal(courier_company, company_scope) is None
+    )
 
 
 def _courier_refusal(state: ShipmentState, party: str, company: str | None) -> str | None:

@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from services.coi_tracking import commands, domain
 from services.common.logging import log_context
+from services.common.scope import not_found
 from services.common.unit_of_work import session_factory
 
 log = structlog.get_logger()
@@ -56,7 +57,7 @@ def apply_submissions(session: Session, submissions: Sequence[ScanSubmission]) -
     for submission in submissions:
         shipment = shipments.get(submission.shipment_id)
         if shipment is None:
-            results.append(ShipmentNotFound(f"no shipment {submission.shipment_id}"))
+            results.append(ShipmentNotFound(not_found("shipment")))
             continue
         refusal = domain.other_company_refusal(shipment.courier_company, submission.courier_company)
         if refusal is not None:

@@ -39,6 +39,16 @@ class Principal(BaseModel):
             raise ValueError("a courier caller needs courier_company")
         return self
 
+    @property
+    def site_scope(self) -> str | None:
+        """The one site a treatment center acts for; None for every other role (not scoped to a site)."""
+        return self.treatment_center_id if self.role is Role.TREATMENT_CENTER else None
+
+    @property
+    def company_scope(self) -> str | None:
+        """The one courier company a courier acts for; None for every other role."""
+        return self.courier_company if self.role is Role.COURIER else None
+
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
+from services.common.scope import not_found
 from services.common.service import db_session
 from services.scheduling import commands, fhir, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState
@@ -41,9 +42,13 @@ COI = "CHW4321260000014"
 APPOINTMENT_ID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 
 
-def _own_site(caller: Principal, site_id: str) -> None:
-    if caller.role is Role.TREATMENT_CENTER and caller.treatment_center_id != site_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such site")
+def _site(session: Session, site_id: str, caller: Principal) -> Site:
+    """The site the caller may read: a missing one and another site (for a treatment center) are the
+    same 404, word for word."""
+    site = commands.visible_site(session, site_id, caller.site_scope)
+    if site is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("site"))
+    return site
 
 
 # ---------------------------------------------------------------- sites and protocols
@@ -158,12 +163,9 @@ def availability(
     """For each day from `from` to `to` (site-local dates, at most 92 days): whether the site is open, and
     the infusions and admissions booked against its capacity. Coordinators read any site, a treatment
     center its own."""
-    _own_site(caller, site_id)
+    site = _site(session, site_id, caller)
     if end < start or (end - start).days > 92:
         raise problems.invalid("query", "to", "must be on or after from, at most 92 days later")
-    site = session.get(Site, site_id)
-    if site is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such site")
     calendar = commands.calendar_of(site)
     load = commands.load_of(session, site_id)
     days = [start + timedelta(days=d) for d in range((end - start).days + 1)]
@@ -309,10 +311,11 @@ class CaseView(BaseModel):
 
 
 def _case(session: Session, coi: str, caller: Principal) -> Case:
-    case = session.get(Case, coi)
+    """The case the caller may read: a missing one and another site's are the same 404, word for word
+    (anything else would tell a treatment center that the COI exists, and where)."""
+    case = commands.visible_case(session, coi, caller.site_scope)
     if case is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such case")
-    _own_site(caller, case.treatment_center_id)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("case"))
     return case
 
 
@@ -426,11 +429,11 @@ class CancelRequest(RequestModel):
 
 
 def _appointment(session: Session, appointment_id: UUID, caller: Principal) -> Appointment:
-    appointment = session.get(Appointment, appointment_id)
-    if appointment is None or (
-        caller.role is Role.TREATMENT_CENTER and appointment.treatment_center_id != caller.treatment_center_id
-    ):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no appointment {appointment_id}")
+    """The appointment the caller may read: a missing one and another site's are the same 404, which
+    names no id."""
+    appointment = commands.visible_appointment(session, appointment_id, caller.site_scope)
+    if appointment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("appointment"))
     return appointment
 
 
@@ -579,7 +582,7 @@ def resolve_alert(
     leaves the worklist. An alert already resolved is 409."""
     alert = session.get(SlotAlert, alert_id)
     if alert is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such alert")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("alert"))
     try:
         commands.resolve_alert(session, alert, body.resolution, resolved_by=caller.subject)
     except commands.Refused as refused:
@@ -808,15 +811,22 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
 
 
 @router.get("/appointments", summary="List appointments", response_model=list[AppointmentView])
-def list_appointments(session: SessionDep, caller: Reader, coi: str | None = None) -> list[AppointmentView]:
+def list_appointments(
+    session: SessionDep,
+    caller: Reader,
+    coi: Ident | None = None,
+    treatment_center_id: Ident | None = None,
+    state: AppointmentState | None = None,
+) -> list[AppointmentView]:
     """The appointments, oldest first (at most 500): a coordinator sees every site's, a treatment center
-    its own. `coi` finds the appointments of one chain-of-identity identifier."""
-    query = select(Appointment).order_by(col(Appointment.created_at))
-    if caller.role is Role.TREATMENT_CENTER:
-        query = query.where(Appointment.treatment_center_id == caller.treatment_center_id)
-    if coi:
-        query = query.where(Appointment.coi == coi)
-    return [AppointmentView.model_validate(a, from_attributes=True) for a in session.exec(query.limit(500))]
+    its own. Each filter given narrows the list: `coi` (one chain-of-identity identifier),
+    `treatment_center_id` (for a treatment center, another site's finds none), `state`; a parameter that
+    is not one of these is 422."""
+    wanted = commands.AppointmentFilter(coi=coi, treatment_center_id=treatment_center_id, state=state)
+    return [
+        AppointmentView.model_validate(a, from_attributes=True)
+        for a in commands.find_appointments(session, caller.site_scope, wanted)
+    ]
 
 
 @router.get("/appointments/{appointment_id}", summary="Read an appointment", response_model=AppointmentView)
@@ -906,11 +916,8 @@ def fhir_slots(
     until the appointment is confirmed, then `busy`; `busy-unavailable` while it is on hold. `schedule` is `Schedule/<site id>` (an unknown site
     is 404); `start` bounds the day, e.g. `ge2026-12-01` and `lt2027-01-01`. A treatment center searches
     its own site."""
-    site_id = schedule.removeprefix("Schedule/")
-    _own_site(caller, site_id)
-    site = session.get(Site, site_id)
-    if site is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such schedule")
+    site = _site(session, schedule.removeprefix("Schedule/"), caller)
+    site_id = site.id
     query = (
         select(Appointment)
         .where(Appointment.treatment_center_id == site_id)

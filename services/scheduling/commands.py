@@ -6,6 +6,7 @@ ask the domain, apply its decision, publish."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from uuid import UUID
 
@@ -37,6 +38,7 @@ from cgt_contracts.events import (
 from sqlmodel import Session, col, select, update
 
 from services.common.outbox import enqueue
+from services.common.scope import visible_to
 from services.common.topics import SCHEDULING
 from services.scheduling import domain, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCause
@@ -53,6 +55,10 @@ from services.scheduling.models import (
 SOURCE = "cgt/scheduling"
 log = structlog.get_logger()
 DEFAULT_CALENDAR = domain.SiteCalendar("UTC", 1, frozenset({1, 2, 3, 4, 5}), frozenset(), 1)
+
+
+LIST_LIMIT = 500
+"""The most rows a list answers with."""
 
 
 class Refused(Exception):
@@ -116,6 +122,52 @@ def receipt_buffer(session: Session, case: Case, default_hours: float) -> float:
 def conditioning_days(session: Session, case: Case) -> int:
     protocol = session.get(TherapyProtocol, case.therapy_code)
     return protocol.conditioning_days if protocol else case.conditioning_days
+
+
+# ---------------------------------------------------------------- reading, scoped
+
+
+@dataclass(frozen=True)
+class AppointmentFilter:
+    """What `GET /appointments` narrows the list to; every filter given is applied."""
+
+    coi: str | None = None
+    treatment_center_id: str | None = None
+    state: AppointmentState | None = None
+
+
+def visible_case(session: Session, coi: str, scope: str | None) -> Case | None:
+    """The case, if it exists and the caller's site scope covers it; else None, the same for both."""
+    case = session.get(Case, coi)
+    return case if case is not None and visible_to(scope, case.treatment_center_id) else None
+
+
+def visible_appointment(session: Session, appointment_id: UUID, scope: str | None) -> Appointment | None:
+    """The appointment, if it exists and the caller's site scope covers it; else None, the same for both."""
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None or not visible_to(scope, appointment.treatment_center_id):
+        return None
+    return appointment
+
+
+def visible_site(session: Session, site_id: str, scope: str | None) -> Site | None:
+    """The site, if it exists and is the caller's (or the caller is not scoped); else None."""
+    return session.get(Site, site_id) if visible_to(scope, site_id) else None
+
+
+def find_appointments(session: Session, scope: str | None, wanted: AppointmentFilter) -> list[Appointment]:
+    """Appointments oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given:
+    a scoped caller filtering on another site gets none, as if that site had none."""
+    query = select(Appointment).order_by(col(Appointment.created_at))
+    if scope is not None:
+        query = query.where(Appointment.treatment_center_id == scope)
+    if wanted.treatment_center_id is not None:
+        query = query.where(Appointment.treatment_center_id == wanted.treatment_center_id)
+    if wanted.coi is not None:
+        query = query.where(Appointment.coi == wanted.coi)
+    if wanted.state is not None:
+        query = query.where(Appointment.state == wanted.state)
+    return list(session.exec(query.limit(LIST_LIMIT)))
 
 
 def open_appointment(session: Session, coi: str) -> Appointment | None:

@@ -53,7 +53,7 @@ SettingsDep = Annotated[WebhookSettings, Depends(webhook_settings)]
 
 def _scope(caller: Principal) -> str | None:
     """The one site a treatment center's caller acts for; None for a coordinator (every site)."""
-    return caller.treatment_center_id if caller.role is Role.TREATMENT_CENTER else None
+    return caller.site_scope
 
 
 def _endpoint(
