@@ -5,20 +5,38 @@ gets, for another's object, the same 404 body as for one that does not exist."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from types import ModuleType
+from typing import Any
 
+import httpx
 import pytest
+from cgt_contracts.events import ShipmentLeg
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from services.coi_tracking import api as tracking_api
+from services.coi_tracking.domain import ShipmentStatus
+from services.coi_tracking.models import TABLES as TRACKING_TABLES
+from services.coi_tracking.models import Shipment
 from services.common import problems
 from services.common.edge import api_routes
+from services.common.service import COMMON_TABLES
+from services.common.unit_of_work import session_factory
 from services.order_intake import api as orders_api
 from services.order_intake import registry
 from services.scheduling import api as scheduling_api
 from services.scheduling import webhook_api
+from services.scheduling.models import TABLES as SCHEDULING_TABLES
+from services.scheduling.models import Appointment, Case, Site
+from tests.support.infra import database
 
 SERVICE_ROUTERS: dict[str, list[APIRouter]] = {
     "order_intake": [orders_api.router, registry.router],
@@ -50,3 +68,258 @@ def test_every_get_route_refuses_a_query_parameter_it_does_not_declare(service: 
         assert answer.headers["content-type"].startswith("application/problem+json")
         assert [(e["location"], e["pointer"]) for e in answer.json()["errors"]] == [("query", "/site")]
         assert "TC-DENVER" not in answer.text
+
+
+# ---------------------------------------------------------------- the services in process, both databases
+
+TOKENS = {
+    "tokens": {
+        "coordinator": {"subject": "coord", "role": "coordinator"},
+        "boston": {"subject": "boston-desk", "role": "treatment_center", "treatment_center_id": "TC-BOSTON"},
+        "cryo": {"subject": "courier-ben", "role": "courier", "courier_company": "CRYO-EXPRESS"},
+        "other": {"subject": "courier-dee", "role": "courier", "courier_company": "OTHER-LOGISTICS"},
+    }
+}
+COORDINATOR = {"Authorization": "Bearer coordinator"}
+BOSTON = {"Authorization": "Bearer boston"}
+CRYO = {"Authorization": "Bearer cryo"}
+OTHER_COURIER = {"Authorization": "Bearer other"}
+BOSTON_COI, DENVER_COI, MISSING_COI = "CHW4321260000014", "CHW4321260000022", "CHW4321260000030"
+MISSING_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def service_module(name: str, tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """The service's app module, imported in an environment of the test's own (it builds an app on import)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CGT_API_TOKENS", json.dumps(TOKENS))
+        env.setenv("DATABASE_URL", f"sqlite:///{tmp_path_factory.mktemp('import') / 'unused.db'}")
+        env.setenv("LOG_LEVEL", "WARNING")
+        return importlib.import_module(f"services.{name}.app")
+
+
+def same_404(first: httpx.Response, second: httpx.Response) -> bool:
+    """Two answers that tell the caller nothing apart: both 404, the same body but for its instance."""
+    assert first.status_code == second.status_code == 404, (first.text, second.text)
+
+    def body(answer: httpx.Response) -> dict[str, Any]:
+        return {k: v for k, v in answer.json().items() if k != "instance"}
+
+    return body(first) == body(second)
+
+
+# ---------------------------------------------------------------- scheduling
+
+
+@pytest.fixture(scope="module")
+def scheduling(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Engine]]:
+    """Scheduling's app (never started: no broker) on a database holding a Boston and a Denver case, each
+    with an appointment, and both sites' calendars."""
+    module = service_module("scheduling", tmp_path_factory)
+    with database(kind, tmp_path_factory.mktemp(kind), [*COMMON_TABLES, *SCHEDULING_TABLES]) as engine:
+        with session_factory(engine)() as session:
+            for site, coi in (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)):
+                session.add(Site(id=site, timezone="America/New_York"))
+                session.add(
+                    Case(
+                        coi=coi,
+                        order_id=uuid.uuid4(),
+                        patient_ref=f"PSN-{site}",
+                        therapy_code="WASKYRA",
+                        treatment_center_id=site,
+                        conditioning_days=4,
+                    )
+                )
+                session.add(
+                    Appointment(
+                        coi=coi,
+                        treatment_center_id=site,
+                        conditioning_start_on=date(2026, 12, 4),
+                        infusion_on=date(2026, 12, 8),
+                    )
+                )
+            session.commit()
+        settings = module.SchedulingSettings(
+            database_url=engine.url.render_as_string(hide_password=False),
+            cgt_api_tokens=json.dumps(TOKENS),
+            log_level="WARNING",
+        )
+        client = TestClient(module.create_app(settings))  # used without `with`: its lifespan never runs
+        yield client, engine
+        client.close()
+
+
+def appointment_of(engine: Engine, coi: str) -> str:
+    with session_factory(engine)() as session:
+        appointment = session.exec(select(Appointment).where(Appointment.coi == coi)).one()
+        return str(appointment.id)
+
+
+def test_another_sites_scheduling_object_is_the_same_404_as_a_missing_one(
+    scheduling: tuple[TestClient, Engine],
+) -> None:
+    client, engine = scheduling
+    denver = appointment_of(engine, DENVER_COI)
+    assert client.get(f"/cases/{BOSTON_COI}", headers=BOSTON).status_code == 200
+    assert (
+        client.get(f"/appointments/{appointment_of(engine, BOSTON_COI)}", headers=BOSTON).status_code == 200
+    )
+    days = {"from": "2026-12-01", "to": "2026-12-10"}
+    pairs = [
+        (f"/cases/{DENVER_COI}", f"/cases/{MISSING_COI}", {}),
+        (f"/cases/{DENVER_COI}/follow-up", f"/cases/{MISSING_COI}/follow-up", {}),
+        (f"/appointments/{denver}", f"/appointments/{MISSING_ID}", {}),
+        (f"/fhir/Appointment/{denver}", f"/fhir/Appointment/{MISSING_ID}", {}),
+        (f"/appointments/{denver}/deliveries", f"/appointments/{MISSING_ID}/deliveries", {}),
+        ("/sites/TC-DENVER/availability", "/sites/TC-NOWHERE/availability", days),
+    ]
+    for elsewhere, missing, query in pairs:
+        other = client.get(elsewhere, params=query, headers=BOSTON)
+        nothing = client.get(missing, params=query, headers=BOSTON)
+        assert same_404(other, nothing), (elsewhere, other.text, nothing.text)
+        assert (
+            MISSING_ID not in nothing.text and MISSING_COI not in nothing.text and "DENVER" not in other.text
+        )
+    # A bad range too: the site is looked up first, so it cannot tell one apart from the other.
+    bad_days = {"from": "2026-12-10", "to": "2026-12-01"}
+    assert same_404(
+        client.get("/sites/TC-DENVER/availability", params=bad_days, headers=BOSTON),
+        client.get("/sites/TC-NOWHERE/availability", params=bad_days, headers=BOSTON),
+    )
+    slots = [
+        client.get("/fhir/Slot", params={"schedule": f"Schedule/{site}"}, headers=BOSTON)
+        for site in ("TC-DENVER", "TC-NOWHERE")
+    ]
+    assert same_404(*slots)
+    assert (
+        client.get("/fhir/Slot", params={"schedule": "Schedule/TC-BOSTON"}, headers=BOSTON).status_code == 200
+    )
+
+
+def test_appointment_filters_are_applied_within_the_callers_scope(
+    scheduling: tuple[TestClient, Engine],
+) -> None:
+    client, _ = scheduling
+
+    def listed(headers: dict[str, str], **query: str) -> list[str]:
+        answer = client.get("/appointments", params=query, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return [a["coi"] for a in answer.json()]
+
+    assert listed(COORDINATOR) == [BOSTON_COI, DENVER_COI]
+    assert listed(COORDINATOR, treatment_center_id="TC-DENVER") == [DENVER_COI]
+    assert listed(COORDINATOR, coi=BOSTON_COI) == [BOSTON_COI]
+    assert listed(COORDINATOR, state="tentative") == [BOSTON_COI, DENVER_COI]
+    assert listed(COORDINATOR, state="confirmed") == []
+    assert listed(BOSTON) == [BOSTON_COI]
+    assert listed(BOSTON, treatment_center_id="TC-DENVER") == []
+    assert listed(BOSTON, coi=DENVER_COI) == []
+    unknown = client.get("/appointments", params={"site": "TC-DENVER"}, headers=COORDINATOR)
+    assert unknown.status_code == 422 and "TC-DENVER" not in unknown.text
+    assert [(e["location"], e["pointer"]) for e in unknown.json()["errors"]] == [("query", "/site")]
+    assert client.get("/appointments", params={"state": "lost"}, headers=COORDINATOR).status_code == 422
+
+
+# ---------------------------------------------------------------- COI tracking
+
+
+@pytest.fixture(scope="module")
+def tracking(
+    kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """COI tracking's app (never started: no broker, no scan writer) on a database holding three return
+    shipments: Boston's and Denver's carried by CRYO-EXPRESS, and one of Boston's by OTHER-LOGISTICS."""
+    module = service_module("coi_tracking", tmp_path_factory)
+    ids: dict[str, str] = {}
+    with database(kind, tmp_path_factory.mktemp(kind), [*COMMON_TABLES, *TRACKING_TABLES]) as engine:
+        with session_factory(engine)() as session:
+            for name, coi, site, company in (
+                ("boston", BOSTON_COI, "TC-BOSTON", "CRYO-EXPRESS"),
+                ("denver", DENVER_COI, "TC-DENVER", "CRYO-EXPRESS"),
+                ("other", "CHW4321260000048", "TC-BOSTON", "OTHER-LOGISTICS"),
+            ):
+                shipment = Shipment(
+                    order_id=uuid.uuid4(),
+                    coi=coi,
+                    leg=ShipmentLeg.RETURN,
+                    treatment_center_id=site,
+                    courier_company=company,
+                    storage_limit_celsius=-150.0,
+                    destination=site,
+                    custodian="manufacturer:AGC-MILAN",
+                    status=ShipmentStatus.PLANNED,
+                    physical_status=ShipmentStatus.PLANNED,
+                    created_at=datetime(2026, 12, 1, len(ids), tzinfo=UTC),
+                )
+                session.add(shipment)
+                session.flush()
+                ids[name] = str(shipment.id)
+            session.commit()
+        settings = module.TrackingSettings(
+            database_url=engine.url.render_as_string(hide_password=False),
+            cgt_api_tokens=json.dumps(TOKENS),
+            log_level="WARNING",
+        )
+        client = TestClient(module.create_app(settings))  # used without `with`: its lifespan never runs
+        yield client, ids
+        client.close()
+
+
+READ_PATHS = ("", "/readings", "/dispositions", "/scans", "/ledger")
+
+
+def test_another_sites_or_companys_shipment_is_the_same_404_as_a_missing_one(
+    tracking: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, ids = tracking
+    assert client.get(f"/shipments/{ids['boston']}", headers=BOSTON).status_code == 200
+    assert client.get(f"/shipments/{ids['denver']}", headers=CRYO).status_code == 200
+    for caller, elsewhere in ((BOSTON, ids["denver"]), (CRYO, ids["other"]), (OTHER_COURIER, ids["boston"])):
+        for path in READ_PATHS:
+            other = client.get(f"/shipments/{elsewhere}{path}", headers=caller)
+            nothing = client.get(f"/shipments/{MISSING_ID}{path}", headers=caller)
+            assert same_404(other, nothing), (path, other.text, nothing.text)
+            assert MISSING_ID not in nothing.text and elsewhere not in other.text
+    capture = client.get(f"/capture/{MISSING_ID}", headers=CRYO)
+    assert capture.status_code == 404 and MISSING_ID not in capture.text
+
+
+def test_a_courier_writing_to_another_companys_shipment_is_refused_with_the_reason(
+    tracking: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, ids = tracking
+    readings = {"logger_id": "LG-1", "readings": [{"at": "2026-12-01T09:00:00Z", "celsius": -180.0}]}
+    refused = client.post(f"/shipments/{ids['boston']}/readings", json=readings, headers=OTHER_COURIER)
+    assert refused.status_code == 403 and "another courier company" in refused.text
+    missing = client.post(f"/shipments/{MISSING_ID}/readings", json=readings, headers=OTHER_COURIER)
+    assert missing.status_code == 404 and MISSING_ID not in missing.text
+
+
+def test_shipment_filters_are_applied_within_the_callers_scope(
+    tracking: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, ids = tracking
+
+    def listed(headers: dict[str, str], **query: str) -> list[str]:
+        answer = client.get("/shipments", params=query, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return [s["id"] for s in answer.json()]
+
+    everyone = [ids["boston"], ids["denver"], ids["other"]]
+    assert listed(COORDINATOR) == everyone
+    assert listed(COORDINATOR, treatment_center_id="TC-DENVER") == [ids["denver"]]
+    assert listed(COORDINATOR, courier_company="OTHER-LOGISTICS") == [ids["other"]]
+    assert listed(COORDINATOR, coi=BOSTON_COI) == [ids["boston"]]
+    assert listed(COORDINATOR, leg="return", status="planned") == everyone
+    assert listed(COORDINATOR, leg="outbound") == []
+    assert listed(BOSTON) == [ids["boston"], ids["other"]]
+    assert listed(BOSTON, treatment_center_id="TC-DENVER") == []
+    assert listed(CRYO) == [ids["boston"], ids["denver"]]
+    assert listed(CRYO, courier_company="OTHER-LOGISTICS") == []
+    unknown = client.get("/shipments", params={"destination": "TC-DENVER"}, headers=COORDINATOR)
+    assert unknown.status_code == 422 and "TC-DENVER" not in unknown.text
+    assert [(e["location"], e["pointer"]) for e in unknown.json()["errors"]] == [("query", "/destination")]
