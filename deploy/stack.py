@@ -23,9 +23,9 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
-    "order-intake": "services.order_intake.app:app",
-    "coi-tracking": "services.coi_tracking.app:app",
-    "scheduling": "services.scheduling.app:app",
+    "order-intake": "services.order_intake.app:create_app",
+    "coi-tracking": "services.coi_tracking.app:create_app",
+    "scheduling": "services.scheduling.app:create_app",
 }
 DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
 DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
@@ -61,6 +61,7 @@ class ServiceProcess:
                 sys.executable,
                 "-m",
                 "uvicorn",
+                "--factory",
                 SERVICES[self.name],
                 "--host",
                 "127.0.0.1",

@@ -31,6 +31,7 @@ from services.coi_tracking.models import (
     Shipment,
     TemperatureReading,
 )
+from services.coi_tracking.runtime import RuntimeDep, TrackingRuntime
 from services.coi_tracking.scan_writer import (
     OtherCourierCompany,
     ScanSubmission,
@@ -43,7 +44,7 @@ from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
 from services.common.problems import FieldError, ProblemError
 from services.common.scope import not_found, visible_to
-from services.common.service import db_session, runtime_of
+from services.common.service import db_session
 from services.common.unit_of_work import session_factory
 
 SOURCE = "cgt/coi-tracking"
@@ -355,6 +356,7 @@ async def post_scan(
     body: ScanRequest,
     request: Request,
     caller: Courier,
+    runtime: RuntimeDep,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> ScanResult | JSONResponse:
     """Couriers post each scan: the COI read off every bag label, where and when, the shipper's
@@ -371,7 +373,6 @@ async def post_scan(
     The same scan sent again (same type, time, bags, place, temperature…) is not stored twice: the answer
     is the first one's. With an `Idempotency-Key`, the same key again answers exactly as the first time
     (the same key with another scan is 422; while the first is still being answered, 409)."""
-    runtime = runtime_of(request)
     keyed = idempotency.keyed_request(
         caller.subject, idempotency_key, f"POST /shipments/{shipment_id}/scans", body.model_dump(mode="json")
     )
@@ -379,7 +380,7 @@ async def post_scan(
     if claim.answer is not None:
         return claim.answer.response()
     try:
-        result = await _scan(shipment_id, body, request, caller)
+        result = await _scan(runtime.scan_writer, shipment_id, body, request, caller)
     except BaseException:  # nothing was stored: the key may be used again
         await run_in_threadpool(claim.release, runtime.engine)
         raise
@@ -391,9 +392,10 @@ async def post_scan(
     return result
 
 
-async def _scan(shipment_id: UUID, body: ScanRequest, request: Request, caller: Principal) -> ScanResult:
+async def _scan(
+    writer: ScanWriter, shipment_id: UUID, body: ScanRequest, request: Request, caller: Principal
+) -> ScanResult:
     # Scans that arrive together are committed together, in one transaction (see `scan_writer`).
-    writer: ScanWriter = request.app.state.scan_writer
     assert caller.courier_company is not None  # a courier principal always names its company
     try:
         outcome = await writer.submit(
@@ -523,7 +525,6 @@ def post_readings(
         )
         claim.keep(session, status.HTTP_201_CREATED, result.model_dump(mode="json"))
         session.commit()
-    runtime_of(request).relay.notify()
     return result
 
 
@@ -693,7 +694,6 @@ def post_disposition(
     except commands.Refused as refused:
         raise problems.conflict(str(refused)) from refused
     session.commit()
-    runtime_of(request).relay.notify()
     return DispositionView.model_validate(disposition, from_attributes=True)
 
 
@@ -980,6 +980,7 @@ async def epcis_capture(
     request: Request,
     response: Response,
     caller: Courier,
+    runtime: RuntimeDep,
     capture_error_behaviour: Annotated[
         Literal["rollback", "proceed"], Header(alias="GS1-Capture-Error-Behaviour")
     ] = "rollback",
@@ -998,7 +999,7 @@ async def epcis_capture(
     refused (temperatures and conflicts are still judged); with `proceed` the others are. The answer is
     202 with `Location: /capture/{capture_id}`, where the result can be read again."""
     document = await request.json()  # admitted by the edge: UTF-8, within the limit, finite, not too deep
-    errors = epcis.validate_document(document, request.app.state.epcis_validator, limit=50)
+    errors = epcis.validate_document(document, runtime.epcis_validator, limit=50)
     if errors:
         raise ProblemError(
             400,
@@ -1009,7 +1010,7 @@ async def epcis_capture(
         )
     outcomes = epcis.interpret(document)
     job = await run_in_threadpool(
-        _apply_capture, request, caller, outcomes, capture_error_behaviour == "rollback"
+        _apply_capture, runtime, request, caller, outcomes, capture_error_behaviour == "rollback"
     )
     response.headers["Location"] = f"/capture/{job.capture_id}"
     return job
@@ -1023,9 +1024,12 @@ def _schema_error(line: str) -> FieldError:
 
 
 def _apply_capture(
-    request: Request, caller: Principal, outcomes: list[epcis.Outcome], rollback: bool
+    runtime: TrackingRuntime,
+    request: Request,
+    caller: Principal,
+    outcomes: list[epcis.Outcome],
+    rollback: bool,
 ) -> CaptureJobView:
-    runtime = runtime_of(request)
     with session_factory(runtime.engine)() as session:
         results = commands.capture(
             session,
@@ -1060,7 +1064,6 @@ def _apply_capture(
         )
         session.add(job)
         session.commit()
-        runtime.relay.notify()
         return _job_view(job)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from cgt_contracts.events import (
@@ -170,7 +171,7 @@ def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None
     log.info("shipment.product_released", shipment_id=str(shipment.id))
 
 
-def wire(runtime: Runtime, planning: Planning) -> None:
+def wire(runtime: Runtime[Any], planning: Planning) -> None:
     def on_order_accepted(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, OrderAccepted)
         plan_return_shipment(session, event, planning)
@@ -198,7 +199,6 @@ def wire(runtime: Runtime, planning: Planning) -> None:
             OrderCancelled: on_order_cancelled,
             ProductReleasedForShipment: on_product_released,
         },
-        after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
     )
     wire_courier_scans(runtime)
@@ -242,7 +242,7 @@ def apply_scans(session: Session, events: list[CourierScan]) -> list[str | None]
     return [str(result) if isinstance(result, Exception) else None for result in results]
 
 
-def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
+def wire_courier_scans(runtime: Runtime[Any], *, batch_size: int = 2000) -> None:
     """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches, pipelined: one
     transaction and one offset commit per batch, each event id once; anything but a courier scan is refused."""
     scans: BatchConsumer[CourierScan] = BatchConsumer(
@@ -258,7 +258,6 @@ def wire_courier_scans(runtime: Runtime, *, batch_size: int = 2000) -> None:
         runtime.broker,
         scans,
         engine=runtime.engine,
-        after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
         drains=runtime.drains,
     )

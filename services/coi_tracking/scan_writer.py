@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from uuid import UUID
@@ -85,9 +85,8 @@ class ScanWriter:
     the previous group committed. If a group fails as a whole, its scans are retried one by one, so one bad
     scan fails alone. A database outage fails the group's requests (the caller retries)."""
 
-    def __init__(self, engine: Engine, after_commit: Callable[[], None], max_group: int = 256) -> None:
+    def __init__(self, engine: Engine, max_group: int = 256) -> None:
         self._engine = engine
-        self._after_commit = after_commit
         self._max_group = max_group
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="scan-writer", daemon=True)
@@ -144,6 +143,5 @@ class ScanWriter:
                 log.exception("scans.failed")
                 group[0][1].set_exception(error)
             return
-        self._after_commit()
         for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)

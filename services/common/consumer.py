@@ -230,13 +230,11 @@ class _BatchSubscriber(Generic[E]):
         spec: BatchConsumer[E],
         broker: KafkaBroker,
         sessions: sessionmaker[Session],
-        after_commit: Callable[[], None],
         max_attempts: int,
     ) -> None:
         self.spec = spec
         self.broker = broker
         self.sessions = sessions
-        self.after_commit = after_commit
         self.max_attempts = max_attempts
         self.type_names = {t.model_fields["type"].default for t in spec.event_types}
         self.applying: asyncio.Task[None] | None = None
@@ -328,8 +326,6 @@ class _BatchSubscriber(Generic[E]):
         except Exception as error:
             log.warning("consumer.group_failed", events=len(work), error=repr(error)[:300])
         else:
-            if applied:
-                self.after_commit()
             return [(by_id[str(event.id)], f"refused: {reason}") for event, reason in refused]
         dead: list[tuple[_Work[E], str]] = []
         for item in work:
@@ -341,9 +337,7 @@ class _BatchSubscriber(Generic[E]):
                 except Exception as error:
                     dead.append((item, f"failed after {self.max_attempts} attempts: {error!r}"))
                     continue
-                if applied:
-                    self.after_commit()
-                else:
+                if not applied:
                     log.info("consumer.duplicate_ignored")
             dead.extend((item, f"refused: {reason}") for _, reason in refused)
         return dead
@@ -364,13 +358,12 @@ def subscribe_batches(
     spec: BatchConsumer[E],
     *,
     engine: Engine,
-    after_commit: Callable[[], None],
     max_attempts: int = 5,
     drains: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> None:
     """Subscribe `spec.group_id` to its topics, in batches, with manual offset commits (see
     `_BatchSubscriber`). `drains` receives what shutdown must await (a pipelined batch being applied)."""
-    subscriber = _BatchSubscriber(spec, broker, session_factory(engine), after_commit, max_attempts)
+    subscriber = _BatchSubscriber(spec, broker, session_factory(engine), max_attempts)
     broker.subscriber(
         *spec.topics,
         group_id=spec.group_id,
@@ -393,7 +386,6 @@ def register_consumer(
     group_id: str,
     engine: Engine,
     handlers: dict[type[EventEnvelope], EventHandler],
-    after_commit: Callable[[], None],
     max_attempts: int = 5,
 ) -> None:
     """Subscribe `group_id` to `topics`, each event applied by the handler of its type; events of other
@@ -404,4 +396,4 @@ def register_consumer(
         event_types=tuple(handlers),  # type: ignore[arg-type]
         apply=apply_each(handlers),
     )
-    subscribe_batches(broker, spec, engine=engine, after_commit=after_commit, max_attempts=max_attempts)
+    subscribe_batches(broker, spec, engine=engine, max_attempts=max_attempts)

@@ -162,9 +162,11 @@ class OutboxRelay:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay")
 
     def notify(self) -> None:
-        """Call after committing outbox rows, from the event loop's thread or any other."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Wake the relay, from the event loop's thread or any other. The service's session factory calls
+        it after each commit that wrote outbox rows (`unit_of_work.wake_after_commit`)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def connect(self) -> None:
         """Start the relay's producer (its own, so publishing does not go through a framework per row)."""
@@ -190,6 +192,7 @@ class OutboxRelay:
         self._wake.set()
         if self._task is not None:
             await self._task
+        self._loop = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

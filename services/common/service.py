@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
@@ -37,7 +37,7 @@ from services.common.db import (
 from services.common.edge import EdgeRoute, check_admitted
 from services.common.idempotency import IdempotentResponse
 from services.common.logging import CorrelationMiddleware, configure_logging
-from services.common.outbox import OutboxMessage, OutboxRelay
+from services.common.outbox import OUTBOX_TABLE, OutboxMessage, OutboxRelay
 from services.common.problems import (
     ProblemError,
     document_problems,
@@ -46,51 +46,75 @@ from services.common.problems import (
 )
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
-from services.common.unit_of_work import session_factory
+from services.common.unit_of_work import session_factory, wake_after_commit
 
 COMMON_TABLES: tuple[Table, ...] = tables_of(OutboxMessage, ProcessedEvent, IdempotentResponse)
 
 
-@dataclass
-class Runtime:
-    """What handlers and routes of one service share."""
+S = TypeVar("S", bound=ServiceSettings)
 
-    settings: ServiceSettings
-    engine: Engine
-    broker: KafkaBroker
-    relay: OutboxRelay
+
+@dataclass(kw_only=True, eq=False)
+class Runtime(Generic[S]):
+    """Everything one service's routes and handlers share, built from its settings (no I/O: the
+    lifespan connects). A service subclasses it with its own parts; routes get it from a dependency
+    (`RuntimeDep`), never from `app.state`. After each commit that wrote outbox rows, the session factory
+    wakes the relay (`unit_of_work.wake_after_commit`): nothing else does."""
+
+    settings: S
+    engine: Engine = field(init=False)
+    broker: KafkaBroker = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    checkpointer: WalCheckpointer | None = field(init=False)
     drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Awaited at shutdown after consuming has stopped and before the outbox is drained: work that
     handlers left running (a batch still being applied)."""
 
+    def __post_init__(self) -> None:
+        settings = self.settings
+        name = settings.service_name
+        configure_logging(name, settings.log_level)
+        self.engine = make_engine(settings.database_url)
+        self.checkpointer = WalCheckpointer.attach(self.engine)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers.split(","),
+            client_id=name,
+            acks="all",
+            enable_idempotence=True,
+            allow_auto_create_topics=False,
+            logger=structlog.get_logger("faststream"),
+        )
+        self.relay = OutboxRelay(
+            self.engine,
+            settings.kafka_bootstrap_servers,
+            client_id=name,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        wake_after_commit(self.engine, OUTBOX_TABLE, self.relay.notify)
+
+    async def on_startup(self) -> None:
+        """The service's own start-up (seeding, background workers), once broker and relay run."""
+
+    async def on_shutdown(self) -> None:
+        """The service's own shutdown, before consuming stops."""
+
+
+R = TypeVar("R", bound=Runtime[Any])
+
 
 def build_service(
+    runtime: R,
     *,
-    name: str,
     tables: Sequence[Table],
     routers: Sequence[APIRouter],
-    wire: Callable[[Runtime], None],
+    wire: Callable[[R], None],
     description: str = "",
-    settings: ServiceSettings | None = None,
-    on_startup: Callable[[Runtime], Any] | None = None,
-    on_shutdown: Callable[[Runtime], Any] | None = None,
 ) -> FastAPI:
-    settings = settings or ServiceSettings(service_name=name)
-    configure_logging(name, settings.log_level)
-    engine = make_engine(settings.database_url)
-    checkpointer = WalCheckpointer.attach(engine)
-    broker = KafkaBroker(
-        settings.kafka_bootstrap_servers.split(","),
-        client_id=name,
-        acks="all",
-        enable_idempotence=True,
-        allow_auto_create_topics=False,
-        logger=structlog.get_logger("faststream"),
-    )
-    relay = OutboxRelay(
-        engine, settings.kafka_bootstrap_servers, client_id=name, poll_seconds=settings.outbox_poll_seconds
-    )
-    runtime = Runtime(settings=settings, engine=engine, broker=broker, relay=relay)
+    """The service's FastAPI app around its runtime: `wire` subscribes its handlers; the lifespan
+    creates the tables, starts the broker and the relay, then the runtime's own start-up."""
+    name = runtime.settings.service_name
+    settings, engine, broker, relay = runtime.settings, runtime.engine, runtime.broker, runtime.relay
+    checkpointer = runtime.checkpointer
     wire(runtime)
     log = structlog.get_logger()
 
@@ -104,8 +128,7 @@ def build_service(
         )
         await broker.start()
         await relay.start()
-        if on_startup is not None:
-            await on_startup(runtime)
+        await runtime.on_startup()
         # Start-up objects (modules, models, schemas) never die: keep them out of the collector's sweeps,
         # and sweep the young generation less often, so that collections do not pause requests.
         gc.collect()
@@ -115,8 +138,7 @@ def build_service(
         try:
             yield
         finally:
-            if on_shutdown is not None:
-                await on_shutdown(runtime)
+            await runtime.on_shutdown()
             for subscriber in broker.subscribers:
                 await subscriber.stop()
             for drain in runtime.drains:
@@ -135,7 +157,7 @@ def _web_app(
     name: str,
     description: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
-    runtime: Runtime,
+    runtime: Runtime[Any],
     routers: Sequence[APIRouter],
 ) -> FastAPI:
     """The FastAPI app: every route through the edge, every error a problem document, docs offline."""
@@ -261,8 +283,22 @@ def add_offline_docs(app: FastAPI) -> None:
         )
 
 
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def runtime_of(request: Request) -> Runtime[Any]:
+    """The app's runtime: the one place that reads `app.state` (a service's `RuntimeDep` narrows it)."""
+    runtime: Runtime[Any] = request.app.state.runtime
+    return runtime
+
+
+def runtime_dependency(runtime_class: type[R]) -> Callable[[Request], R]:
+    """A FastAPI dependency giving routes their service's typed runtime."""
+
+    def runtime(request: Request) -> R:
+        found = runtime_of(request)
+        if not isinstance(found, runtime_class):
+            raise TypeError(f"this app's runtime is a {type(found).__name__}, not a {runtime_class.__name__}")
+        return found
+
+    runtime.__name__ = f"{runtime_class.__name__.lower()}_dependency"
     return runtime
 
 

@@ -8,6 +8,10 @@ column fails at import, not as a NULL in production. Rows are queued with
 (`session_factory(engine)`), not to every SQLAlchemy session in the process: a session made elsewhere
 refuses `unit_of_work` instead of silently dropping its rows.
 
+The same factory wakes what waits for committed rows (the outbox relay, the webhook deliverer): a waker
+registered with `wake_after_commit(engine, table, waker)` is called once after each commit whose
+transaction wrote that table. No route, consumer or writer wakes anything by hand, so none can forget to.
+
 For rows that are only ever inserted, this replaces one ORM object and one statement per row: the cost
 SQLAlchemy's per-object bookkeeping added to a batch of thousands of scans (docs/performance.md).
 """
@@ -18,17 +22,22 @@ import dataclasses
 import weakref
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, ClassVar, dataclass_transform
+from typing import Any, ClassVar, Literal, dataclass_transform
 
+import structlog
 from sqlalchemy import Table, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState, UOWTransaction, sessionmaker
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
 _UNIT_OF_WORK = "cgt_unit_of_work"
 _FACTORY_MARK = "cgt_session_factory"
 _TRANSACTION_CACHES = "cgt_transaction_caches"
+_WRITTEN = "cgt_tables_written"
+log = structlog.get_logger()
+Write = Literal["insert", "update"]
+Waker = Callable[[], None]
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True)
@@ -93,6 +102,7 @@ class UnitOfWork:
         self._session.flush()
         connection = self._session.connection()
         for row_class, table_rows in rows.items():
+            _mark_written(self._session, row_class.table.name, "insert")
             insert_rows(
                 connection, row_class.table, row_class.columns, [row_class.values(r) for r in table_rows]
             )
@@ -118,18 +128,87 @@ def transaction_cache(session: OrmSession, name: str) -> dict[Any, Any]:
 
 
 _factories: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = weakref.WeakKeyDictionary()
+_wakers: weakref.WeakKeyDictionary[Engine, dict[tuple[str, Write], list[Waker]]] = weakref.WeakKeyDictionary()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """The sessions of the service whose database `engine` is: they write their unit of work before each
-    commit and drop it on rollback. One factory per engine, so every caller shares its hooks."""
+    commit and drop it on rollback, and wake what waits for the tables a commit wrote. One factory per
+    engine, so every caller shares its hooks."""
     factory = _factories.get(engine)
     if factory is None:
         factory = sessionmaker(engine, class_=Session, info={_FACTORY_MARK: True})
         event.listen(factory, "before_commit", _write_before_commit)
+        event.listen(factory, "after_flush", _note_flushed)
+        event.listen(factory, "do_orm_execute", _note_statement)
+        event.listen(factory, "after_commit", _wake_after_commit)
         event.listen(factory, "after_transaction_end", _end_transaction)
         _factories[engine] = factory
     return factory
+
+
+def wake_after_commit(
+    engine: Engine, table: Table, waker: Waker, *, on: tuple[Write, ...] = ("insert",)
+) -> Callable[[], None]:
+    """Call `waker` after every commit of `engine`'s sessions that wrote `table` (rows inserted, or also
+    updated if `on` says so). It runs in the committing thread, so it must only signal (e.g. set an
+    event thread-safely). Returns what unregisters it."""
+    registered = _wakers.setdefault(engine, {})
+    keys = [(table.name, write) for write in on]
+    for key in keys:
+        registered.setdefault(key, []).append(waker)
+
+    def unregister() -> None:
+        for key in keys:
+            if waker in registered.get(key, []):
+                registered[key].remove(waker)
+
+    return unregister
+
+
+def _mark_written(session: OrmSession, table_name: str, write: Write) -> None:
+    written: set[tuple[str, Write]] = session.info.setdefault(_WRITTEN, set())
+    written.add((table_name, write))
+
+
+def _note_flushed(session: OrmSession, flush_context: UOWTransaction) -> None:
+    """ORM objects the flush inserted or updated (after_flush still sees them as new and dirty)."""
+    for instance in session.new:
+        _mark_written(session, _table_name(instance), "insert")
+    for instance in session.dirty:
+        _mark_written(session, _table_name(instance), "update")
+
+
+def _table_name(instance: object) -> str:
+    return str(getattr(type(instance), "__tablename__", ""))
+
+
+def _note_statement(state: ORMExecuteState) -> None:
+    """INSERT and UPDATE statements run through the session (`session.exec(update(Model)...)`)."""
+    if state.is_insert or state.is_update:
+        table = getattr(state.statement, "table", None)
+        if isinstance(table, Table):
+            _mark_written(state.session, table.name, "insert" if state.is_insert else "update")
+
+
+def _wake_after_commit(session: OrmSession) -> None:
+    written: set[tuple[str, Write]] = session.info.pop(_WRITTEN, set())
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    registered = _wakers.get(engine)
+    if not written or not registered:
+        return
+    called: set[int] = set()
+    for key in written:
+        for waker in registered.get(key, ()):
+            if id(waker) in called:
+                continue
+            called.add(id(waker))
+            try:
+                waker()
+            except Exception:
+                # The transaction is committed: a waker that fails only delays its reader to its next poll.
+                log.exception("commit.waker_failed", table=key[0])
 
 
 def _write_before_commit(session: OrmSession) -> None:
@@ -140,10 +219,11 @@ def _write_before_commit(session: OrmSession) -> None:
 
 def _end_transaction(session: OrmSession, transaction: Any) -> None:
     """After a commit or any rollback (`unit_of_work` begins the transaction, so even a rollback before any
-    SQL ends one): what was queued and cached belonged to that transaction."""
+    SQL ends one): what was queued, cached and noted as written belonged to that transaction."""
     if transaction.parent is None:  # the outermost transaction, not a savepoint
         session.info.pop(_UNIT_OF_WORK, None)
         session.info.pop(_TRANSACTION_CACHES, None)
+        session.info.pop(_WRITTEN, None)
 
 
 COPY_FROM_ROWS = 8

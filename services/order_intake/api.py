@@ -20,10 +20,11 @@ from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.identifiers import coi_label
-from services.common.service import db_session, runtime_of
+from services.common.service import db_session
 from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import Collection, Order
+from services.order_intake.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["orders"])
 
@@ -286,9 +287,8 @@ def caller_of(principal: Principal) -> commands.Caller:
     return commands.Caller(subject=principal.subject, site_scope=scope)
 
 
-def issuer_of(request: Request) -> commands.Issuer:
-    issuer: commands.Issuer = request.app.state.order_issuer
-    return issuer
+def issuer_of(runtime: RuntimeDep) -> commands.Issuer:
+    return runtime.issuer
 
 
 IssuerDep = Annotated[commands.Issuer, Depends(issuer_of)]
@@ -351,7 +351,6 @@ def place_order(
         placed = OrderView.of(order)
         claim.keep(session, status.HTTP_200_OK, placed.model_dump(mode="json"))
         session.commit()
-    runtime_of(request).relay.notify()
     return placed
 
 
@@ -428,7 +427,6 @@ def cancel_order(
             session, order_id, body.reason, caller_of(caller), request.state.correlation_id
         )
     session.commit()
-    runtime_of(request).relay.notify()
     return OrderView.of(order)
 
 
@@ -474,7 +472,6 @@ def record_collection(
             session, order_id, body.collected_at, caller_of(caller), issuer, request.state.correlation_id
         )
     session.commit()
-    runtime_of(request).relay.notify()
     return _collection_view(recorded.collection, recorded.coi)
 
 
@@ -528,5 +525,4 @@ def record_manufacturing_release(
             request.state.correlation_id,
         )
     session.commit()
-    runtime_of(request).relay.notify()
     return OrderView.of(order)

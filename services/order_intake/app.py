@@ -1,15 +1,18 @@
-"""Order intake: wiring of settings, database, broker and routes. Run: uvicorn services.order_intake.app:app"""
+"""Order intake: wiring of settings, database, broker and routes.
+
+A factory, nothing built at import. Run: uvicorn --factory services.order_intake.app:create_app
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic import Field
 
-from services.common.service import Runtime, build_service
-from services.common.settings import ServiceSettings
-from services.order_intake import api, commands, handlers, registry
+from services.common.service import build_service
+from services.order_intake import api, handlers, registry
 from services.order_intake.models import TABLES
-from services.order_intake.seed import seed_registry
+from services.order_intake.runtime import OrderIntakeRuntime, OrderIntakeSettings
+
+__all__ = ["OrderIntakeSettings", "create_app"]
 
 ORDER_INTAKE = (
     "Order intake for autologous cell and gene therapies. Coordinators and treatment centers place a "
@@ -20,33 +23,13 @@ ORDER_INTAKE = (
 )
 
 
-class OrderIntakeSettings(ServiceSettings):
-    service_name: str = "order-intake"
-    issuer_fin: str = Field(default="W4321", pattern=r"^[A-NP-Z][0-9]{4}$")
-    phi_encryption_key: str = Field(min_length=44, description="Fernet key (urlsafe base64 of 32 bytes)")
-    seed_registry: bool = True
-
-
 def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
-    settings = settings or OrderIntakeSettings()
-
-    async def on_startup(runtime: Runtime) -> None:
-        if settings.seed_registry:
-            seed_registry(runtime.engine)
-
-    app = build_service(
-        name=settings.service_name,
+    """A new app with its own runtime (database, broker, relay) from `settings`, else the environment."""
+    runtime = OrderIntakeRuntime(settings=settings or OrderIntakeSettings())
+    return build_service(
+        runtime,
         tables=TABLES,
         routers=[api.router, registry.router],
         description=ORDER_INTAKE,
         wire=handlers.wire,
-        settings=settings,
-        on_startup=on_startup,
     )
-    app.state.order_issuer = commands.Issuer(
-        fin=settings.issuer_fin, phi_key=settings.phi_encryption_key.encode()
-    )
-    return app
-
-
-app = create_app()

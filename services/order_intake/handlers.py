@@ -3,6 +3,8 @@ move the order's status forward."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cgt_contracts.events import (
     AnyEvent,
     InfusionRecorded,
@@ -41,7 +43,7 @@ def on_infusion_recorded(session: Session, event: AnyEvent) -> None:
         commands.follow_event(session, event, OrderStatus.IN_FOLLOW_UP, Way.INFUSION_EVENT)
 
 
-def wire(runtime: Runtime) -> None:
+def wire(runtime: Runtime[Any]) -> None:
     register_consumer(
         runtime.broker,
         topics=[SHIPMENTS, SCHEDULING],
@@ -52,6 +54,5 @@ def wire(runtime: Runtime) -> None:
             ShipmentDelivered: on_shipment_delivered,
             InfusionRecorded: on_infusion_recorded,
         },
-        after_commit=runtime.relay.notify,
         max_attempts=runtime.settings.consumer_max_attempts,
     )

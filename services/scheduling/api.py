@@ -31,6 +31,7 @@ from services.scheduling.models import (
     SlotAlert,
     TherapyProtocol,
 )
+from services.scheduling.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["scheduling"])
 START_FORMAT = "each value is ge, gt, le or lt followed by a date (YYYY-MM-DD)"
@@ -387,7 +388,12 @@ class BookingRequest(RequestModel):
     responses=problems.documented(409),
 )
 def book(
-    coi: str, body: BookingRequest, request: Request, session: SessionDep, caller: Coordinator
+    coi: str,
+    body: BookingRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+    runtime: RuntimeDep,
 ) -> AppointmentView:
     """Coordinators book one of the case's offered options (`option_id`), or name the conditioning start
     day (`conditioning_start_on`), checked the same way: working days, a free infusion chair, beds through
@@ -397,7 +403,7 @@ def book(
     that already has an appointment or a cancelled order is 409 with the reasons; an option that is not
     offered now, or a conditioning start before today at the site, is 422 naming the field."""
     case = _case(session, coi, caller)
-    settings = request.app.state.scheduling_settings
+    settings = runtime.settings
     try:
         option, field = commands.choose_option(
             session, case, option_id=body.option_id, conditioning_start_on=body.conditioning_start_on
@@ -418,7 +424,6 @@ def book(
     except commands.Refused as refused:
         session.rollback()
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
-    request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
@@ -467,7 +472,6 @@ def cancel_appointment(
     except commands.Refused as refused:
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
-    request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
@@ -494,7 +498,12 @@ class RescheduleRequest(RequestModel):
     responses=problems.documented(409),
 )
 def reschedule_appointment(
-    appointment_id: UUID, body: RescheduleRequest, request: Request, session: SessionDep, caller: Coordinator
+    appointment_id: UUID,
+    body: RescheduleRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+    runtime: RuntimeDep,
 ) -> AppointmentView:
     """Coordinators move a tentative or held appointment to another of the case's current options, checked
     as a booking is (working day, chair, beds, blackouts, after the product's receipt; the days it leaves
@@ -502,7 +511,7 @@ def reschedule_appointment(
     A confirmed, cancelled or infused appointment, the same days or no capacity is 409 with the reasons;
     an option that is not current, or that would start conditioning before today at the site, is 422."""
     appointment, case = _appointment_to_change(session, appointment_id, caller)
-    settings = request.app.state.scheduling_settings
+    settings = runtime.settings
     try:
         option, field = commands.choose_option(
             session, case, option_id=body.option_id, conditioning_start_on=None
@@ -522,7 +531,6 @@ def reschedule_appointment(
     except commands.Refused as refused:
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
-    request.app.state.after_commit()
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
@@ -643,7 +651,6 @@ def record_infusion(
     except commands.Refused as refused:
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
-    request.app.state.after_commit()
     return InfusionView(
         appointment=AppointmentView.model_validate(appointment, from_attributes=True), follow_up_visits=visits
     )

@@ -222,13 +222,12 @@ def make_handlers(default_buffer_hours: float) -> dict[type[EventEnvelope], Even
     return dict.fromkeys(HANDLERS, dispatch)
 
 
-def wire(runtime: Runtime, *, receipt_buffer_hours: float, after_commit: Callable[[], None]) -> None:
+def wire(runtime: Runtime[Any], *, receipt_buffer_hours: float) -> None:
     register_consumer(
         runtime.broker,
         topics=[ORDERS, SHIPMENTS],
         group_id=GROUP_ID,
         engine=runtime.engine,
         handlers=make_handlers(receipt_buffer_hours),
-        after_commit=after_commit,
         max_attempts=runtime.settings.consumer_max_attempts,
     )

@@ -18,6 +18,7 @@ from services.common.edge import EdgeRoute, RequestModel
 from services.scheduling import webhook_commands
 from services.scheduling.api import COI, Ident, Reader, SessionDep, _appointment
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+from services.scheduling.runtime import RuntimeDep
 from services.scheduling.webhook_commands import (
     DuplicateEndpoint,
     EndpointChange,
@@ -42,10 +43,8 @@ NOT_FOUND = "no such webhook endpoint"
 DeliveryStatus = Literal["pending", "delivered", "failed", "suspended", "discarded"]
 
 
-def webhook_settings(request: Request) -> WebhookSettings:
-    settings = request.app.state.webhook_settings
-    assert isinstance(settings, WebhookSettings)
-    return settings
+def webhook_settings(runtime: RuntimeDep) -> WebhookSettings:
+    return runtime.webhooks
 
 
 SettingsDep = Annotated[WebhookSettings, Depends(webhook_settings)]
@@ -72,10 +71,6 @@ def _refused(error: InvalidEndpoint | DuplicateEndpoint) -> problems.ProblemErro
         "the site already has an endpoint at this URL: change or delete that one",
         reasons=[f"endpoint {error.existing}"],
     )
-
-
-def _after_commit(request: Request) -> None:
-    request.app.state.after_commit()
 
 
 # ---------------------------------------------------------------- models
@@ -338,7 +333,6 @@ def update_webhook(
     except (InvalidEndpoint, DuplicateEndpoint) as error:
         raise _refused(error) from error
     session.commit()
-    _after_commit(request)
     return _view(endpoint)
 
 

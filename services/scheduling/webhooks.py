@@ -104,11 +104,9 @@ class WebhookDeliverer:
         settings: WebhookSettings,
         *,
         timeout_seconds: float,
-        on_failure_committed: Callable[[], None],
         poll_seconds: float = 0.5,
         resolve: Resolver = resolve_host,
     ) -> None:
-        self._on_failure_committed = on_failure_committed
         self._engine = engine
         self._settings = settings
         self._timeout = timeout_seconds
@@ -119,14 +117,18 @@ class WebhookDeliverer:
         self._task: asyncio.Task[None] | None = None
 
     def notify(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Wake the deliverer, from any thread: the session factory calls it after each commit that
+        queued or resumed deliveries (`unit_of_work.wake_after_commit`)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="webhook-deliverer")
 
     async def stop(self) -> None:
+        self._loop = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,9 +165,8 @@ class WebhookDeliverer:
 
         await asyncio.gather(*(deliver_in_order(deliveries) for deliveries in by_case.values()))
         if results:
-            published = await asyncio.to_thread(self._save, results)
-            if published:
-                self._on_failure_committed()
+            # A failure it publishes wakes the relay through the session factory, like any outbox row.
+            await asyncio.to_thread(self._save, results)
         return len(due)
 
     def _due(self) -> list[tuple[WebhookDelivery, WebhookEndpoint]]:

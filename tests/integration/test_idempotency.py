@@ -53,7 +53,7 @@ def client(database: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
         env.setenv("DATABASE_URL", f"sqlite:///{tmp_path_factory.mktemp('import') / 'unused.db'}")
         env.setenv("LOG_LEVEL", "WARNING")
-        module = importlib.import_module("services.order_intake.app")  # builds its `app` at import
+        module = importlib.import_module("services.order_intake.app")
         settings = module.OrderIntakeSettings(
             database_url=database.url.render_as_string(hide_password=False), seed_registry=False
         )

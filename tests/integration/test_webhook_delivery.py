@@ -92,7 +92,7 @@ def queue(engine: Engine, coi: str, kind: str = "slot.proposed", site: str = "TC
 
 
 def deliverer(engine: Engine, config: WebhookSettings, **kwargs: Any) -> WebhookDeliverer:
-    return WebhookDeliverer(engine, config, timeout_seconds=2.0, on_failure_committed=lambda: None, **kwargs)
+    return WebhookDeliverer(engine, config, timeout_seconds=2.0, **kwargs)
 
 
 async def deliver_until(

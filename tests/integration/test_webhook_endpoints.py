@@ -49,7 +49,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def scheduling_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    """services.scheduling.app, imported in an environment of the test's own (it builds an app on import)."""
+    """services.scheduling.app, in an environment of the test's own (the tokens its settings read)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CGT_API_TOKENS", json.dumps(TOKENS))
         env.setenv("DATABASE_URL", f"sqlite:///{tmp_path_factory.mktemp('import') / 'unused.db'}")
@@ -298,8 +298,8 @@ def test_a_disabled_endpoint_is_one_worklist_entry_until_resumed(client: TestCli
         AttemptResult(uuid.UUID(row["id"]), uuid.UUID(endpoint["id"]), False, 503, "HTTP 503") for row in rows
     ]
     with session_factory(engine)() as session:  # what the deliverer records after three failed attempts
-        settings = client.app.state.webhook_settings  # type: ignore[attr-defined]
-        assert webhook_commands.record_attempts(session, failures, settings.failure)
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        assert webhook_commands.record_attempts(session, failures, runtime.webhooks.failure)
         session.commit()
     read = client.get(f"/webhooks/{endpoint['id']}", headers=BOSTON).json()
     assert read["state"] == "disabled" and read["consecutive_failures"] == 3

@@ -31,7 +31,7 @@ from services.common.db import (
     tables_of,
 )
 from services.common.identifiers import coi_identifier
-from services.common.outbox import OutboxMessage, OutboxRelay, OutboxRow, pending_rows
+from services.common.outbox import OUTBOX_TABLE, OutboxMessage, OutboxRelay, OutboxRow, pending_rows
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import (
     COPY_FROM_ROWS,
@@ -39,6 +39,7 @@ from services.common.unit_of_work import (
     session_factory,
     transaction_cache,
     unit_of_work,
+    wake_after_commit,
 )
 from tests.support.infra import database
 from tests.support.shipments import planned_shipments
@@ -379,7 +380,8 @@ async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
 ) -> None:
     good, bad = planned_shipments(engine, 2)
     commits: list[int] = []
-    writer = ScanWriter(engine, after_commit=lambda: commits.append(1))
+    unregister = wake_after_commit(engine, OUTBOX_TABLE, lambda: commits.append(1))
+    writer = ScanWriter(engine)
     record_scan = commands.record_scan
 
     def failing_for_bad(session: Session, shipment: Shipment, *args: object, **kwargs: object) -> object:
@@ -398,6 +400,7 @@ async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
         )
     finally:
         await asyncio.to_thread(writer.stop)
+        unregister()
     outcomes, failed, missing = results[:10], results[10], results[11]
     assert all(isinstance(o, commands.ScanOutcome) and o.accepted for o in outcomes), outcomes
     assert isinstance(failed, RuntimeError) and isinstance(missing, ShipmentNotFound)
@@ -406,7 +409,7 @@ async def test_a_group_of_scans_commits_together_and_a_failing_scan_fails_alone(
         events = session.exec(select(func.count()).select_from(OutboxMessage)).one()
     assert stored.count(good.id) == 10 and bad.id not in stored
     assert events == 10  # one shipment.scanned per stored scan, none for the failed one
-    assert commits  # the relay is woken after each commit
+    assert commits  # the session factory wakes the relay after each commit that wrote outbox rows
 
 
 def test_new_uuids_are_version_7_time_ordered_and_unique() -> None:

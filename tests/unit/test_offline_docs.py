@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from deploy.stack import DEV_TOKENS_FILE
-from services.common.service import DOCS_ASSETS_URL, build_service
+from services.common.service import DOCS_ASSETS_URL, Runtime, build_service
 from services.common.settings import ServiceSettings
 
 REFERENCE = re.compile(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""")
@@ -52,9 +52,7 @@ async def test_docs_and_redoc_reference_only_assets_the_service_serves(tmp_path:
         cgt_api_tokens_file=DEV_TOKENS_FILE,
         log_level="WARNING",
     )
-    app = build_service(
-        name="docs-check", tables=[], routers=[], wire=lambda runtime: None, settings=settings
-    )
+    app = build_service(Runtime(settings=settings), tables=[], routers=[], wire=lambda runtime: None)
     async with _client(app) as client:
         assert await offline_docs_assets(client.get) == {
             "/docs": ["favicon.png", "swagger-ui-bundle.js", "swagger-ui.css"],

@@ -48,7 +48,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FastAPI
         env.setenv("LOG_LEVEL", "WARNING")
         built = {}
         for service, settings_class in SERVICES.items():
-            module = importlib.import_module(f"services.{service}.app")  # builds `app` from the environment
+            module = importlib.import_module(f"services.{service}.app")
             built[service] = module.create_app(getattr(module, settings_class)())
         yield built
 

@@ -1,0 +1,61 @@
+"""COI tracking's settings and its one typed runtime, handed to routes by `RuntimeDep`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends
+from jsonschema.protocols import Validator
+from pydantic import Field, SecretStr
+
+from services.coi_tracking import epcis
+from services.coi_tracking.scan_writer import ScanWriter
+from services.coi_tracking.seed import seed_couriers, seed_signing_pins
+from services.common.service import Runtime, runtime_dependency
+from services.common.settings import ServiceSettings
+
+
+class TrackingSettings(ServiceSettings):
+    service_name: str = "coi-tracking"
+    default_courier_company: str = "CRYO-EXPRESS"
+    manufacturing_site: str = "manufacturer:AGC-MILAN"
+    bags_per_shipment: int = Field(default=1, ge=1, le=20)
+    fresh_max_transit_hours: float = Field(default=72.0, gt=0, description="Fresh apheresis: 72 h at 2-8 °C")
+    epcis_schema_path: Path = epcis.DEFAULT_SCHEMA_PATH
+    seed_couriers: bool = True
+    seed_signing_pins: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Development QA signers' signing PINs, JSON {signer id: PIN}; none by default",
+    )
+
+
+@dataclass(kw_only=True, eq=False)
+class TrackingRuntime(Runtime[TrackingSettings]):
+    epcis_validator: Validator = field(init=False)
+    """The EPCIS 2.0 JSON Schema validator; without its schema the runtime is not built (SchemaUnavailable)."""
+    scan_writer: ScanWriter = field(init=False)
+    """Applies the scans that arrive together in one transaction (started with the service)."""
+
+    def __post_init__(self) -> None:
+        # First: a missing schema refuses to start before a database or a broker is touched.
+        self.epcis_validator = epcis.service_validator(self.settings.epcis_schema_path)
+        super().__post_init__()
+        self.scan_writer = ScanWriter(self.engine)
+
+    async def on_startup(self) -> None:
+        if self.settings.seed_couriers:
+            seed_couriers(self.engine)
+        seed_signing_pins(
+            self.engine,
+            {signer: pin.get_secret_value() for signer, pin in self.settings.seed_signing_pins.items()},
+        )
+        self.scan_writer.start()
+
+    async def on_shutdown(self) -> None:
+        await asyncio.to_thread(self.scan_writer.stop)
+
+
+RuntimeDep = Annotated[TrackingRuntime, Depends(runtime_dependency(TrackingRuntime))]

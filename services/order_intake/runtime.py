@@ -1,0 +1,38 @@
+"""Order intake's settings and its one typed runtime, handed to routes by `RuntimeDep`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends
+from pydantic import Field
+
+from services.common.service import Runtime, runtime_dependency
+from services.common.settings import ServiceSettings
+from services.order_intake.commands import Issuer
+from services.order_intake.seed import seed_registry
+
+
+class OrderIntakeSettings(ServiceSettings):
+    service_name: str = "order-intake"
+    issuer_fin: str = Field(default="W4321", pattern=r"^[A-NP-Z][0-9]{4}$")
+    phi_encryption_key: str = Field(min_length=44, description="Fernet key (urlsafe base64 of 32 bytes)")
+    seed_registry: bool = True
+
+
+@dataclass(kw_only=True, eq=False)
+class OrderIntakeRuntime(Runtime[OrderIntakeSettings]):
+    issuer: Issuer = field(init=False)
+    """The service's identity for identifiers and the key of the patients' identities."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.issuer = Issuer(fin=self.settings.issuer_fin, phi_key=self.settings.phi_encryption_key.encode())
+
+    async def on_startup(self) -> None:
+        if self.settings.seed_registry:
+            seed_registry(self.engine)
+
+
+RuntimeDep = Annotated[OrderIntakeRuntime, Depends(runtime_dependency(OrderIntakeRuntime))]

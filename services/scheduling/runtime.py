@@ -1,0 +1,124 @@
+"""Scheduling's settings and its one typed runtime (webhook deliverer, follow-up check), handed to routes
+by `RuntimeDep`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import structlog
+from cgt_contracts.envelope import utc_now
+from fastapi import Depends
+from pydantic import Field, model_validator
+from sqlalchemy.engine import Engine
+
+from services.common.db import tables_of
+from services.common.service import Runtime, runtime_dependency
+from services.common.settings import ServiceSettings
+from services.common.unit_of_work import session_factory, wake_after_commit
+from services.scheduling import commands
+from services.scheduling.models import Site, TherapyProtocol, WebhookDelivery
+from services.scheduling.webhook_commands import WebhookSettings
+from services.scheduling.webhook_domain import FailurePolicy
+from services.scheduling.webhooks import WebhookDeliverer
+
+log = structlog.get_logger()
+WEBHOOK_DELIVERY_TABLE = tables_of(WebhookDelivery)[0]
+
+
+class SchedulingSettings(ServiceSettings):
+    service_name: str = "scheduling"
+    receipt_buffer_hours: float = Field(default=24.0, ge=0)
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_disable_after_failures: int = Field(default=8, ge=1)
+    """Consecutive failed attempts that disable an endpoint (at most webhook_max_attempts)."""
+    webhook_secret_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+    """How long a rotated-out secret still signs deliveries (beside the new one)."""
+    webhook_allow_loopback: bool = False
+    """Development and tests only: webhooks to loopback hosts, over http too."""
+    follow_up_check_seconds: float = Field(default=60.0, gt=0)
+    seed_sites: bool = True
+
+    @model_validator(mode="after")
+    def _disable_within_attempts(self) -> SchedulingSettings:
+        self.webhook_settings()  # refuses a threshold a single message could never reach
+        return self
+
+    def webhook_settings(self) -> WebhookSettings:
+        return WebhookSettings(
+            allow_loopback=self.webhook_allow_loopback,
+            secret_overlap_hours=self.webhook_secret_overlap_hours,
+            failure=FailurePolicy(
+                max_attempts=self.webhook_max_attempts,
+                disable_after_failures=self.webhook_disable_after_failures,
+                backoff_base_seconds=self.webhook_backoff_seconds,
+            ),
+        )
+
+
+def seed(engine: Engine) -> None:
+    """Demo calendars and protocol (the same site and therapy ids as order intake's seed registry)."""
+    with session_factory(engine)() as session:
+        for row in (
+            Site(id="TC-BOSTON", timezone="America/New_York", infusions_per_day=2, admissions_capacity=4),
+            Site(id="TC-DENVER", timezone="America/Denver", infusions_per_day=1, admissions_capacity=2),
+        ):
+            if session.get(Site, row.id) is None:
+                session.add(row)
+        if session.get(TherapyProtocol, "WASKYRA") is None:
+            session.add(TherapyProtocol(code="WASKYRA", conditioning_days=4, receipt_buffer_hours=24.0))
+        session.commit()
+
+
+async def _every(seconds: float, work: Callable[[], object]) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            log.exception("scheduling.periodic_failed")
+        await asyncio.sleep(seconds)
+
+
+@dataclass(kw_only=True, eq=False)
+class SchedulingRuntime(Runtime[SchedulingSettings]):
+    webhooks: WebhookSettings = field(init=False)
+    """URL policy, secret overlap and failure policy of webhook endpoints."""
+    deliverer: WebhookDeliverer = field(init=False)
+    """Sends queued webhooks; woken after each commit that wrote delivery rows."""
+    periodic: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.webhooks = self.settings.webhook_settings()
+        self.deliverer = WebhookDeliverer(
+            self.engine, self.webhooks, timeout_seconds=self.settings.webhook_timeout_seconds
+        )
+        # Queued (inserted) and resumed (updated to pending) deliveries go out at once, not at the next poll.
+        wake_after_commit(self.engine, WEBHOOK_DELIVERY_TABLE, self.deliverer.notify, on=("insert", "update"))
+
+    def check_follow_up(self) -> None:
+        with session_factory(self.engine)() as session:
+            commands.publish_overdue_visits(session, utc_now().date(), correlation_id="follow-up-check")
+            session.commit()
+
+    async def on_startup(self) -> None:
+        if self.settings.seed_sites:
+            seed(self.engine)
+        self.deliverer.start()
+        self.periodic.append(
+            asyncio.create_task(_every(self.settings.follow_up_check_seconds, self.check_follow_up))
+        )
+
+    async def on_shutdown(self) -> None:
+        for task in self.periodic:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.deliverer.stop()
+
+
+RuntimeDep = Annotated[SchedulingRuntime, Depends(runtime_dependency(SchedulingRuntime))]
