@@ -86,6 +86,7 @@ async def wait_until_released(
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         response = await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COORDINATOR)
+        assert response.status_code == 200, response.text
         released = [s for s in response.json() if s["leg"] == "return" and s["product_released_at"]]
         if released:
             shipment: dict[str, Any] = released[0]
