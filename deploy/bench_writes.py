@@ -1,7 +1,8 @@
 """Write-path benchmark: courier scans applied in batches, in process, no broker (`make bench`).
 
 What the `couriers.scans` consumer does per batch, without Kafka: take the batch's fresh events into the
-inbox, apply every scan under the domain's rules (`apply_submissions`), commit. Each accepted checkpoint
+inbox, apply every scan under the domain's rules, commit (`consumer.apply_batch` with
+`COURIER_SCANS_CONSUMER`, the consumer's own code). Each accepted checkpoint
 scan writes its scan row, its reading, its outbox event and its inbox row at commit. Prints scans per second
 of wall time and CPU microseconds per scan (this process only: the figure least moved by other load on the
 machine), median of the measured runs, per database.
@@ -21,13 +22,13 @@ from pathlib import Path
 from cgt_contracts.envelope import new_uuid
 from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType, ShipmentLeg
 from sqlalchemy.engine import Engine
+from sqlmodel import col, func, select
 
 from deploy.stack import create_postgres_databases, drop_postgres_databases
 from services.coi_tracking.domain import ShipmentStatus
-from services.coi_tracking.handlers import SCANS_GROUP_ID, submission_of
-from services.coi_tracking.models import TABLES, Bag, Container, Courier, Shipment
-from services.coi_tracking.scan_writer import apply_submissions
-from services.common.consumer import take_fresh
+from services.coi_tracking.handlers import COURIER_SCANS_CONSUMER, CourierScan
+from services.coi_tracking.models import TABLES, Bag, Container, Courier, ScanRecord, Shipment
+from services.common.consumer import apply_batch
 from services.common.db import create_tables, make_engine
 from services.common.identifiers import coi_identifier
 from services.common.logging import configure_logging
@@ -94,7 +95,7 @@ def run_once(engine: Engine, shipments: int, batches: int, batch_size: int) -> t
     planned = plan_shipments(engine, shipments, start)
     sessions = session_factory(engine)
     step = timedelta(milliseconds=1)
-    events = [
+    events: list[list[CourierScan]] = [
         [
             checkpoint(*planned[i % shipments], start + step * (b * batch_size + i + 1))
             for i in range(batch_size)
@@ -103,14 +104,17 @@ def run_once(engine: Engine, shipments: int, batches: int, batch_size: int) -> t
     ]
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in events:
-        with sessions() as session:
-            fresh = take_fresh(session, SCANS_GROUP_ID, batch)
-            results = apply_submissions(session, [submission_of(event) for event in fresh])
-            session.commit()
-        refused = [r for r in results if isinstance(r, Exception) or not r.accepted]
-        if refused:
-            raise SystemExit(f"bench scans were refused: {refused[0]}")
-    return time.perf_counter() - wall, time.process_time() - cpu
+        applied, refused = apply_batch(sessions, COURIER_SCANS_CONSUMER, batch)
+        if refused or applied != len(batch):
+            raise SystemExit(f"bench scans were not all applied: {applied} of {len(batch)}, {refused[:1]}")
+    elapsed = time.perf_counter() - wall, time.process_time() - cpu
+    with sessions() as session:
+        scans = session.exec(
+            select(func.count()).select_from(ScanRecord).where(col(ScanRecord.accepted))
+        ).one()
+    if scans != batches * batch_size:
+        raise SystemExit(f"only {scans} of {batches * batch_size} bench scans were accepted")
+    return elapsed
 
 
 def bench(kind: str, args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ cancelled order's shipments are marked cancelled."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -242,21 +243,23 @@ def apply_scans(session: Session, events: list[CourierScan]) -> list[str | None]
     return [str(result) if isinstance(result, Exception) else None for result in results]
 
 
+COURIER_SCANS_CONSUMER: BatchConsumer[CourierScan] = BatchConsumer(
+    group_id=SCANS_GROUP_ID,
+    topics=(COURIER_SCANS,),
+    event_types=(CourierScanSubmitted, CourierScanSubmittedV2),
+    apply=apply_scans,
+    dead_letter_other_types=True,
+    pipelined=True,
+)
+"""`couriers.scans`, consumed in batches, pipelined: one transaction and one offset commit per batch, each
+event id once; anything but a courier scan is refused."""
+
+
 def wire_courier_scans(runtime: Runtime[Any], *, batch_size: int = 2000) -> None:
-    """Couriers' systems publish scans to `couriers.scans`. They are consumed in batches, pipelined: one
-    transaction and one offset commit per batch, each event id once; anything but a courier scan is refused."""
-    scans: BatchConsumer[CourierScan] = BatchConsumer(
-        group_id=SCANS_GROUP_ID,
-        topics=(COURIER_SCANS,),
-        event_types=(CourierScanSubmitted, CourierScanSubmittedV2),
-        apply=apply_scans,
-        dead_letter_other_types=True,
-        pipelined=True,
-        max_records=batch_size,
-    )
+    """Couriers' systems publish scans to `couriers.scans` (`COURIER_SCANS_CONSUMER`)."""
     subscribe_batches(
         runtime.broker,
-        scans,
+        dataclasses.replace(COURIER_SCANS_CONSUMER, max_records=batch_size),
         engine=runtime.engine,
         max_attempts=runtime.settings.consumer_max_attempts,
         drains=runtime.drains,

@@ -216,6 +216,19 @@ def _positions(records: Sequence[Any]) -> dict[TopicPartition, int]:
     return positions
 
 
+def apply_batch(
+    sessions: sessionmaker[Session], spec: BatchConsumer[E], events: list[E]
+) -> tuple[int, list[tuple[E, str]]]:
+    """What a consumer does with one batch, in one transaction (one commit): the events not applied yet
+    entered in the inbox and applied by `spec.apply`. Returns how many were new, and those refused, with why."""
+    with sessions() as session:
+        fresh = take_fresh(session, spec.group_id, events)
+        outcomes = spec.apply(session, fresh) if fresh else []
+        session.commit()
+    refused = [(e, reason) for e, reason in zip(fresh, outcomes, strict=True) if reason is not None]
+    return len(fresh), refused
+
+
 class _BatchSubscriber(Generic[E]):
     """One consumer group's batches: parse, skip or dead-letter, apply in one transaction (or each event
     alone if the batch fails), dead-letter the refused and the failing, then commit the batch's offsets.
@@ -306,13 +319,7 @@ class _BatchSubscriber(Generic[E]):
             log.warning("consumer.commit_failed", group=self.spec.group_id, error=repr(error)[:300])
 
     def apply_group(self, events: list[E]) -> tuple[int, list[tuple[E, str]]]:
-        """The events in one transaction (one commit): how many were new, and those refused, with why."""
-        with self.sessions() as session:
-            fresh = take_fresh(session, self.spec.group_id, events)
-            outcomes = self.spec.apply(session, fresh) if fresh else []
-            session.commit()
-        refused = [(e, reason) for e, reason in zip(fresh, outcomes, strict=True) if reason is not None]
-        return len(fresh), refused
+        return apply_batch(self.sessions, self.spec, events)
 
     async def apply_or_isolate(self, work: list[_Work[E]]) -> list[tuple[_Work[E], str]]:
         """The batch in one transaction; if it fails as a whole, each event in its own transaction with
@@ -320,7 +327,7 @@ class _BatchSubscriber(Generic[E]):
         dead-letter, with the reason."""
         by_id = {str(item.event.id): item for item in work}
         try:
-            applied, refused = await run_with_retries(
+            _, refused = await run_with_retries(
                 partial(self.apply_group, [item.event for item in work]), max_attempts=1
             )
         except Exception as error:
