@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import structlog
+from cgt_contracts.envelope import IDENTIFIER_REGEX, CoiIdentifier, Identifier
 from cgt_contracts.events import ScanType, ShipmentLeg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi import Path as FastApiPath
@@ -56,8 +57,8 @@ Reader = Annotated[
     Principal, Depends(require(Role.COORDINATOR, Role.COURIER, Role.TREATMENT_CENTER, Role.QA))
 ]
 Courier = Annotated[Principal, Depends(require(Role.COURIER))]
-IDENT_PATTERN = r"^[A-Za-z0-9._:\-]+$"
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT_PATTERN)]
+IDENT_PATTERN = IDENTIFIER_REGEX
+Ident = Identifier
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 
 COI = "CHW4321260000014"
@@ -309,7 +310,7 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
 def list_shipments(
     session: SessionDep,
     caller: Reader,
-    coi: Ident | None = None,
+    coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     courier_company: Ident | None = None,
     leg: ShipmentLeg | None = None,

@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
 
+from cgt_contracts.envelope import CoiIdentifier, Identifier
 from cgt_contracts.events import RejectionReason
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
@@ -28,7 +29,7 @@ from services.order_intake.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["orders"])
 
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Ident = Identifier
 
 
 class PatientIdentity(RequestModel):
@@ -362,7 +363,7 @@ def place_order(
 def list_orders(
     session: SessionDep,
     caller: OrderingCaller,
-    coi: Ident | None = None,
+    coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     status: OrderStatus | None = None,
     patient_ref: Ident | None = None,

@@ -8,6 +8,7 @@ from datetime import date
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cgt_contracts.envelope import Identifier
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -31,7 +32,7 @@ from services.order_intake.models import (
 router = APIRouter(route_class=EdgeRoute, tags=["registry"])
 SessionDep = Annotated[Session, Depends(db_session)]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Ident = Identifier
 
 
 class TherapyBody(RequestModel):

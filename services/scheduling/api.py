@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cgt_contracts.envelope import utc_now
+from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -38,7 +38,7 @@ START_FORMAT = "each value is ge, gt, le or lt followed by a date (YYYY-MM-DD)"
 SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Ident = Identifier
 COI = "CHW4321260000014"
 APPOINTMENT_ID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 
@@ -821,7 +821,7 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
 def list_appointments(
     session: SessionDep,
     caller: Reader,
-    coi: Ident | None = None,
+    coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     state: AppointmentState | None = None,
 ) -> list[AppointmentView]:

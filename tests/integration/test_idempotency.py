@@ -240,8 +240,10 @@ def test_another_sites_order_is_the_same_404_as_a_missing_one(engine: Engine, cl
 
 
 def test_a_list_filter_is_applied_or_refused_never_ignored(engine: Engine, client: TestClient) -> None:
+    placed = {}
     for patient_ref, site in (("PSN-B", "TC-BOSTON"), ("PSN-D", "TC-DENVER")):
-        assert client.post("/orders", json=order_body(patient_ref, site), headers=COORDINATOR).is_success
+        placed[patient_ref] = client.post("/orders", json=order_body(patient_ref, site), headers=COORDINATOR)
+        assert placed[patient_ref].is_success
 
     def listed(headers: dict[str, str], **query: str) -> list[str]:
         response = client.get("/orders", params=query, headers=headers)
@@ -249,6 +251,8 @@ def test_a_list_filter_is_applied_or_refused_never_ignored(engine: Engine, clien
         return [o["patient_ref"] for o in response.json()]
 
     assert listed(COORDINATOR, treatment_center_id="TC-DENVER") == ["PSN-D"]
+    assert listed(COORDINATOR, coi=placed["PSN-B"].json()["coi"]) == ["PSN-B"]
+    assert listed(COORDINATOR, coi="CHW43212600000M*") == []  # a check character `*` is a COI too
     assert listed(COORDINATOR, status="accepted") == ["PSN-B"]
     assert listed(CENTER) == ["PSN-B"]
     assert listed(CENTER, treatment_center_id="TC-DENVER") == []

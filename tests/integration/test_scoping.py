@@ -84,7 +84,8 @@ COORDINATOR = {"Authorization": "Bearer coordinator"}
 BOSTON = {"Authorization": "Bearer boston"}
 CRYO = {"Authorization": "Bearer cryo"}
 OTHER_COURIER = {"Authorization": "Bearer other"}
-BOSTON_COI, DENVER_COI, MISSING_COI = "CHW4321260000014", "CHW4321260000022", "CHW4321260000030"
+# Denver's check character is `*`: a filter must take every COI the form allows.
+BOSTON_COI, DENVER_COI, MISSING_COI = "CHW4321260000014", "CHW43212600000M*", "CHW4321260000030"
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 
 
@@ -213,6 +214,7 @@ def test_appointment_filters_are_applied_within_the_callers_scope(
     assert listed(COORDINATOR) == [BOSTON_COI, DENVER_COI]
     assert listed(COORDINATOR, treatment_center_id="TC-DENVER") == [DENVER_COI]
     assert listed(COORDINATOR, coi=BOSTON_COI) == [BOSTON_COI]
+    assert listed(COORDINATOR, coi=DENVER_COI) == [DENVER_COI]
     assert listed(COORDINATOR, state="tentative") == [BOSTON_COI, DENVER_COI]
     assert listed(COORDINATOR, state="confirmed") == []
     assert listed(BOSTON) == [BOSTON_COI]
@@ -314,6 +316,7 @@ def test_shipment_filters_are_applied_within_the_callers_scope(
     assert listed(COORDINATOR, treatment_center_id="TC-DENVER") == [ids["denver"]]
     assert listed(COORDINATOR, courier_company="OTHER-LOGISTICS") == [ids["other"]]
     assert listed(COORDINATOR, coi=BOSTON_COI) == [ids["boston"]]
+    assert listed(COORDINATOR, coi=DENVER_COI) == [ids["denver"]]
     assert listed(COORDINATOR, leg="return", status="planned") == everyone
     assert listed(COORDINATOR, leg="outbound") == []
     assert listed(BOSTON) == [ids["boston"], ids["other"]]

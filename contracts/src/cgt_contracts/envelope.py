@@ -42,7 +42,9 @@ EventSubject = Annotated[
 ]
 """What an event is about: the COI, or the order id of an order rejected before it had one."""
 
-Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+IDENTIFIER_REGEX = r"^[A-Za-z0-9._:\-]+$"
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_REGEX)]
 
 
 class ContractModel(BaseModel):
