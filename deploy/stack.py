@@ -31,6 +31,8 @@ DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
 DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
 DEV_PHI_KEY = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
 """A development-only Fernet key; production sets PHI_ENCRYPTION_KEY from a secret store."""
+DEV_PATIENT_MATCH_KEY = "DEV-ONLY-patient-match-key-not-for-production"
+"""A development-only key of order intake's patient match; production sets PATIENT_MATCH_KEY."""
 DEV_QA_SIGNING_PIN = "24681357"
 """The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
 DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
@@ -138,6 +140,7 @@ class Stack:
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                 "CGT_API_TOKENS_FILE": os.environ.get("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE)),
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
+                "PATIENT_MATCH_KEY": os.environ.get("PATIENT_MATCH_KEY", DEV_PATIENT_MATCH_KEY),
                 "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
                 "PYTHONUNBUFFERED": "1",
                 # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.

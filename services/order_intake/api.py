@@ -87,7 +87,11 @@ class OrderRequest(RequestModel):
     eligibility_attested: bool = Field(
         default=False, description="The prescriber attests clinical eligibility"
     )
-    ordered_on: date | None = Field(default=None, description="Defaults to today (UTC)")
+    ordered_on: date | None = Field(
+        default=None,
+        description="The clinical order date as the caller states it: recorded (`stated_ordered_on`), "
+        "never used by a check; the order's own date is the server's (UTC)",
+    )
 
     def new_order(self) -> commands.NewOrder:
         return commands.NewOrder(
@@ -109,7 +113,7 @@ class OrderRequest(RequestModel):
             if self.payer_authorization
             else None,
             eligibility_attested=self.eligibility_attested,
-            ordered_on=self.ordered_on,
+            stated_ordered_on=self.ordered_on,
         )
 
 
@@ -178,6 +182,7 @@ ORDER_EXAMPLE: JsonDict = {
     "treatment_center_id": "TC-BOSTON",
     "prescriber_npi": "1234567893",
     "ordered_on": "2026-11-23",
+    "stated_ordered_on": None,
     "rejection_reasons": [],
     "cancelled_reason": None,
     "cancelled_by": None,
@@ -221,7 +226,10 @@ class OrderView(BaseModel):
     therapy_code: str
     treatment_center_id: str
     prescriber_npi: str
-    ordered_on: date
+    ordered_on: date = Field(description="The server's date when the order was placed: the checks' date")
+    stated_ordered_on: date | None = Field(
+        default=None, description="The clinical order date the caller stated, recorded as given"
+    )
     rejection_reasons: list[RejectionReason]
     cancelled_reason: str | None
     cancelled_by: str | None
@@ -244,6 +252,7 @@ class OrderView(BaseModel):
             treatment_center_id=order.treatment_center_id,
             prescriber_npi=order.prescriber_npi,
             ordered_on=order.ordered_on,
+            stated_ordered_on=order.stated_ordered_on,
             rejection_reasons=[RejectionReason(**r) for r in json.loads(order.rejection_reasons or "[]")],
             cancelled_reason=order.cancelled_reason,
             cancelled_by=order.cancelled_by,
@@ -307,6 +316,8 @@ def command_answers() -> Iterator[None]:
         raise HTTPException(status.HTTP_403_FORBIDDEN, str(refused)) from refused
     except commands.Refused as refused:
         raise problems.conflict(str(refused)) from refused
+    except commands.InvalidField as invalid:
+        raise problems.invalid("body", invalid.field, str(invalid)) from invalid
 
 
 @router.post(
@@ -330,9 +341,13 @@ def place_order(
     """Place an order for a patient's autologous therapy. Coordinators order for any treatment center, a
     treatment center only for its own (403 otherwise).
 
-    The order is checked at once: the site qualified for the therapy on the order date, the prescriber
-    (NPI) known and allowed to order there, consent, payer authorization and the eligibility attestation on
-    file, no other active order for the patient and therapy. An accepted order (201, `accepted`) gets its
+    A second active order for the same patient and therapy is refused (409, nothing written), whatever
+    its `patient_ref`: the patient is matched on their name, date of birth and record number. A date of
+    birth in the future or before 1900-01-01 is 422.
+
+    The order is checked at once, on the server's date (a stated `ordered_on` is only recorded): the site
+    qualified for the therapy, the prescriber (NPI) known and allowed to order there, consent, payer
+    authorization and the eligibility attestation on file. An accepted order (201, `accepted`) gets its
     chain-of-identity (COI) identifier and `order.accepted.v1` is published: the return shipment is planned
     and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
     check in `rejection_reasons`, and `order.rejected.v1` is published.

@@ -6,7 +6,7 @@ subscribers: load, ask the domain, apply, enqueue. The caller commits."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from uuid import UUID
 
@@ -26,17 +26,22 @@ from cgt_contracts.events import (
     RejectionReason,
 )
 from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import or_
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.common.db import locked
+from services.common.db import lock_for_writing, locked
 from services.common.identifiers import coi_identifier, din
 from services.common.outbox import enqueue
 from services.common.topics import ORDERS
 from services.order_intake import domain
 from services.order_intake.domain import OrderStatus, Way
 from services.order_intake.models import (
+    ONE_ACTIVE_ORDER_PER_PATIENT_AND_THERAPY,
     CoiSequence,
     Collection,
     DinCounter,
@@ -69,6 +74,28 @@ class Refused(Exception):
     """A command the order's state or its rules refuse (HTTP 409), with the reason."""
 
 
+class InvalidField(Exception):
+    """A field whose value a rule refuses (HTTP 422 naming it): `field` is its path in the order, e.g.
+    `patient/date_of_birth`; the message never repeats the value."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class PatientMatchSettings(BaseSettings):
+    """The key of the patient match (`PATIENT_MATCH_KEY`, at least 32 characters), from configuration
+    with no default: read where the `Issuer` is made, so that every way of making one has it."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    patient_match_key: SecretStr = Field(min_length=32)
+
+
+def patient_match_key_from_environment() -> bytes:
+    return PatientMatchSettings().patient_match_key.get_secret_value().encode()
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who acts: recorded as the actor; `site_scope` is a treatment center's own site (None: every site)."""
@@ -85,6 +112,8 @@ class Issuer:
     """ISBT 128 facility number: COI identifiers, and the DINs of a site without a FIN of its own."""
     phi_key: bytes
     """Fernet key the patient's identity is encrypted with."""
+    patient_match_key: bytes = field(default_factory=patient_match_key_from_environment, repr=False)
+    """HMAC key of `domain.patient_match`: the same patient found under any `patient_ref`."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +149,8 @@ class NewOrder:
     payer_authorization_reference: str | None = None
     payer_authorization_expires_on: date | None = None
     eligibility_attested: bool = False
-    ordered_on: date | None = None
+    stated_ordered_on: date | None = None
+    """The clinical order date the caller states: recorded, never used by a check (the server's is)."""
 
 
 @dataclass(frozen=True)
@@ -255,12 +285,6 @@ def _gather_facts(session: Session, new: NewOrder, ordered_on: date) -> domain.O
         .where(SiteCertification.therapy_code == new.therapy_code)
     ).all()
     prescriber_site = session.get(PrescriberSite, (new.prescriber_npi, new.treatment_center_id))
-    active = session.exec(
-        select(Order.id)
-        .where(Order.patient_ref == new.patient_ref)
-        .where(Order.therapy_code == new.therapy_code)
-        .where(col(Order.status).in_([s.value for s in domain.ACTIVE]))
-    ).first()
     return domain.OrderFacts(
         order_date=ordered_on,
         therapy_known=therapy is not None,
@@ -273,11 +297,33 @@ def _gather_facts(session: Session, new: NewOrder, ordered_on: date) -> domain.O
         consent_form_version=new.consent_form_version,
         payer_authorization_expires_on=new.payer_authorization_expires_on,
         eligibility_attested=new.eligibility_attested,
-        has_active_order_for_patient_and_therapy=active is not None,
     )
 
 
-def _submitted(session: Session, new: NewOrder, ordered_on: date, actor: str, issuer: Issuer) -> Order:
+def _refuse_a_second_active_order(session: Session, new: NewOrder, match: str) -> None:
+    """`Refused` if the patient (by `patient_ref` or by the keyed match of their identity) already has an
+    active order for the therapy. Two placed at the same moment both pass here: the unique index on the
+    match of active orders refuses the second insert (`_submitted`). SQLite: the write lock first, so
+    that the second placement reads the first one committed."""
+    lock_for_writing(session)
+    active = session.exec(
+        select(Order.id)
+        .where(or_(col(Order.patient_ref) == new.patient_ref, col(Order.patient_match) == match))
+        .where(Order.therapy_code == new.therapy_code)
+        .where(col(Order.status).in_(list(domain.ACTIVE)))
+    ).first()
+    if active is not None:
+        raise Refused(domain.DUPLICATE_ACTIVE_ORDER)
+
+
+def _is_second_active_order(error: IntegrityError) -> bool:
+    message = str(error.orig)
+    return ONE_ACTIVE_ORDER_PER_PATIENT_AND_THERAPY in message or "therapy_order.patient_match" in message
+
+
+def _submitted(
+    session: Session, new: NewOrder, ordered_on: date, match: str, actor: str, issuer: Issuer
+) -> Order:
     """The order as submitted, its first history row and the patient's encrypted identity."""
     order = Order(
         patient_ref=new.patient_ref,
@@ -290,10 +336,18 @@ def _submitted(session: Session, new: NewOrder, ordered_on: date, actor: str, is
         payer_authorization_expires_on=new.payer_authorization_expires_on,
         eligibility_attested_by=actor if new.eligibility_attested else None,
         ordered_on=ordered_on,
+        stated_ordered_on=new.stated_ordered_on,
+        patient_match=match,
         created_by=actor,
     )
-    session.add(order)
-    session.flush()  # the order row first: its history and patient record refer to it
+    try:
+        with session.begin_nested():  # a refused insert leaves the caller's transaction usable
+            session.add(order)
+            session.flush()  # the order row first: its history and patient record refer to it
+    except IntegrityError as error:
+        if _is_second_active_order(error):
+            raise Refused(domain.DUPLICATE_ACTIVE_ORDER) from None  # the error quotes the match
+        raise
     session.add(
         OrderTransition(order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=actor)
     )
@@ -306,12 +360,24 @@ def place_order(
     session: Session, new: NewOrder, caller: Caller, issuer: Issuer, correlation_id: str
 ) -> Order:
     """Check the order and record it accepted (with its COI identifier, `order.accepted.v1`) or rejected
-    with every failed check (`order.rejected.v1`). A site-scoped caller orders only for its own site."""
+    with every failed check (`order.rejected.v1`). A site-scoped caller orders only for its own site.
+    Refused before anything is written: an impossible date of birth (`InvalidField`), a second active
+    order for the same patient and therapy however their `patient_ref` is spelled (`Refused`)."""
     if not domain.visible_to(caller.site_scope, new.treatment_center_id):
         raise NotPermitted("a treatment center may order only for its own site")
-    ordered_on = new.ordered_on or utc_now().date()
+    ordered_on = utc_now().date()  # the server's: a date the caller states never passes a check
+    dob_refusal = domain.date_of_birth_refusal(new.patient.date_of_birth, ordered_on)
+    if dob_refusal is not None:
+        raise InvalidField("patient/date_of_birth", dob_refusal)
+    match = domain.patient_match(
+        issuer.patient_match_key,
+        new.patient.name,
+        new.patient.date_of_birth,
+        new.patient.medical_record_number,
+    )
+    _refuse_a_second_active_order(session, new, match)
     failures = domain.acceptance_failures(_gather_facts(session, new, ordered_on))
-    order = _submitted(session, new, ordered_on, caller.subject, issuer)
+    order = _submitted(session, new, ordered_on, match, caller.subject, issuer)
     if failures:
         _reject(session, order, failures, caller.subject, correlation_id)
     else:

@@ -3,6 +3,9 @@ one way each is taken), collections, the product's release, and what a site-scop
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -43,7 +46,11 @@ CANCELLABLE: frozenset[OrderStatus] = frozenset(
     {OrderStatus.SUBMITTED, *LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)]}
 )
 ACTIVE: frozenset[OrderStatus] = frozenset({OrderStatus.SUBMITTED, *LIFECYCLE[:-1]})
-"""Orders that block a second order for the same patient and therapy."""
+"""Orders that block a second order for the same patient and therapy: a rejected, cancelled or closed
+order does not."""
+
+DUPLICATE_ACTIVE_ORDER = "the patient already has an active order for this therapy"
+"""The refusal of a second active order (409): it names no patient data, only the rule."""
 
 
 def allowed_transitions(current: OrderStatus) -> frozenset[OrderStatus]:
@@ -184,6 +191,41 @@ def luhn_check_digit(digits: str) -> int:
     return (10 - total % 10) % 10
 
 
+EARLIEST_DATE_OF_BIRTH = date(1900, 1, 1)
+"""No living patient was born before this day: an earlier date of birth is a typing error."""
+
+
+def date_of_birth_refusal(date_of_birth: date, today: date) -> str | None:
+    """Why a patient's date of birth cannot be right, or None: not after today (the server's date), not
+    before `EARLIEST_DATE_OF_BIRTH`. The message names the limits, never the date given."""
+    if date_of_birth > today:
+        return "the date of birth is in the future"
+    if date_of_birth < EARLIEST_DATE_OF_BIRTH:
+        return f"the date of birth is before {EARLIEST_DATE_OF_BIRTH.isoformat()}"
+    return None
+
+
+def normalised_identity_part(text: str) -> str:
+    """One part of a patient's identity as the match compares it: Unicode NFKC (full-width and
+    compatibility forms fold to their plain letters), case folded, whitespace trimmed and every inner
+    run of it made one space. Accents are kept: "Müller" and "Muller" may be two people, and a missed
+    match is caught by the coordinator while a false one refuses a patient's order."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def patient_match(key: bytes, name: str, date_of_birth: date, medical_record_number: str) -> str:
+    """The keyed hash (HMAC-SHA256, hex) that says two orders are for the same patient however their
+    `patient_ref` is spelled: of the normalised name, the date of birth and the normalised record number.
+    Keyed, so that it cannot be reversed by hashing guessed identities without the key; it stays in
+    order intake (never logged, never in an event)."""
+    parts = (
+        normalised_identity_part(name),
+        date_of_birth.isoformat(),
+        normalised_identity_part(medical_record_number),
+    )
+    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class Failure:
     code: str
@@ -195,6 +237,7 @@ class OrderFacts:
     """What the acceptance checks need, gathered by the caller from the registry and the request."""
 
     order_date: date
+    """The server's date when the order is placed: the caller's stated date never passes a check."""
     therapy_known: bool
     site_known: bool
     certifications: tuple[tuple[date, date | None], ...]
@@ -206,7 +249,6 @@ class OrderFacts:
     consent_form_version: str | None
     payer_authorization_expires_on: date | None
     eligibility_attested: bool
-    has_active_order_for_patient_and_therapy: bool
 
 
 def certified_on(certifications: tuple[tuple[date, date | None], ...], day: date) -> bool:
@@ -248,8 +290,4 @@ def acceptance_failures(facts: OrderFacts) -> list[Failure]:
         )
     if not facts.eligibility_attested:
         failures.append(Failure("eligibility_not_attested", "clinical eligibility has not been attested"))
-    if facts.has_active_order_for_patient_and_therapy:
-        failures.append(
-            Failure("duplicate_active_order", "the patient already has an active order for this therapy")
-        )
     return failures

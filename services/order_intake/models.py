@@ -6,11 +6,11 @@ from datetime import date, datetime
 from uuid import UUID, uuid4
 
 from cgt_contracts.envelope import COI_LENGTH, utc_now
-from sqlalchemy import Column, Table, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel, col
 
 from services.common.db import UtcDateTime, tables_of
-from services.order_intake.domain import OrderStatus
+from services.order_intake.domain import ACTIVE, OrderStatus
 
 
 class Therapy(SQLModel, table=True):
@@ -77,6 +77,12 @@ class Order(SQLModel, table=True):
     coi: str | None = Field(default=None, unique=True, max_length=COI_LENGTH)
     rejection_reasons: str | None = Field(default=None, sa_column=Column(Text))
     ordered_on: date
+    """The server's date when the order was placed: the date every check is judged on."""
+    stated_ordered_on: date | None = None
+    """The clinical order date the caller stated, recorded beside `ordered_on`; no check uses it."""
+    patient_match: str | None = Field(default=None, max_length=64)
+    """`domain.patient_match` of the patient's identity (keyed hash): finds the same patient under any
+    `patient_ref`. Never logged, never published, never returned."""
     created_by: str = Field(max_length=64)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     cancelled_reason: str | None = Field(default=None, max_length=500)
@@ -86,6 +92,19 @@ class Order(SQLModel, table=True):
     product_released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When the manufacturer released the product for shipment (the return leg may be picked up)."""
     product_released_by: str | None = Field(default=None, max_length=64)
+
+
+ONE_ACTIVE_ORDER_PER_PATIENT_AND_THERAPY = "uq_therapy_order_active_patient_match"
+Index(
+    ONE_ACTIVE_ORDER_PER_PATIENT_AND_THERAPY,
+    col(Order.patient_match),
+    col(Order.therapy_code),
+    unique=True,
+    postgresql_where=col(Order.status).in_(sorted(ACTIVE)),
+    sqlite_where=col(Order.status).in_(sorted(ACTIVE)),
+)
+"""At most one active order per patient and therapy, kept by the database itself: two orders for the
+same patient placed at the same moment cannot both be active (the second's insert fails, a 409)."""
 
 
 class Collection(SQLModel, table=True):

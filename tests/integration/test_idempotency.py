@@ -51,6 +51,7 @@ def client(database: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CGT_API_TOKENS_FILE", str(ROOT / "deploy" / "dev-tokens.json"))
         env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
+        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
         env.setenv("DATABASE_URL", f"sqlite:///{tmp_path_factory.mktemp('import') / 'unused.db'}")
         env.setenv("LOG_LEVEL", "WARNING")
         module = importlib.import_module("services.order_intake.app")
@@ -132,7 +133,12 @@ def test_an_abandoned_claim_is_taken_over_and_the_slow_first_request_can_no_long
 def order_body(patient_ref: str = "PSN-IDEM-1", site: str = "TC-BOSTON") -> dict[str, Any]:
     return {
         "patient_ref": patient_ref,
-        "patient": {"name": "Jane Doe", "date_of_birth": "2019-04-02", "medical_record_number": "MRN-1"},
+        # One patient per patient_ref: one patient's second active order is refused, whatever its ref.
+        "patient": {
+            "name": "Jane Doe",
+            "date_of_birth": "2019-04-02",
+            "medical_record_number": f"MRN-{patient_ref}",
+        },
         "therapy_code": "WASKYRA",
         "treatment_center_id": site,
         "prescriber_npi": "1234567893",

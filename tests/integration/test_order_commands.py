@@ -3,6 +3,7 @@ PostgreSQL): each use case's effects read back from the database and the outbox.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from services.common.unit_of_work import session_factory
-from services.order_intake import commands, handlers
+from services.order_intake import commands, domain, handlers
 from services.order_intake.domain import OrderStatus
 from services.order_intake.models import Order, OrderTransition, PatientRecord
 from services.order_intake.seed import DEMO_SITE, UNCERTIFIED_SITE
@@ -40,6 +41,7 @@ from tests.support.orders import (
     start_afresh,
     stored,
 )
+from tests.support.races import Contender
 
 NOW = datetime.now(UTC)
 
@@ -299,3 +301,110 @@ def test_an_event_the_state_machine_refuses_is_left_unapplied_and_still_handled(
     handle(engine, handlers.on_shipment_delivered, delivered(order))
     assert stored(engine, order.id).status is OrderStatus.ACCEPTED
     assert len(history(engine, order)) == 2
+
+
+# ---------------------------------------------------------------- rules the caller cannot bend
+
+
+def orders_of_patient(engine: Engine, match: str) -> list[tuple[OrderStatus, str]]:
+    with session_factory(engine)() as session:
+        rows = session.exec(
+            select(Order.status, Order.patient_ref).where(col(Order.patient_match) == match)
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def match_of(new: commands.NewOrder) -> str:
+    patient = new.patient
+    return domain.patient_match(
+        ISSUER.patient_match_key, patient.name, patient.date_of_birth, patient.medical_record_number
+    )
+
+
+def test_a_stated_order_date_in_the_past_never_passes_an_authorization_expired_today(engine: Engine) -> None:
+    today = date.today()
+    order = place(
+        engine,
+        a_new_order(
+            stated_ordered_on=today - timedelta(days=30),
+            payer_authorization_expires_on=today - timedelta(days=1),
+        ),
+    )
+    assert order.status is OrderStatus.REJECTED
+    assert json.loads(order.rejection_reasons or "[]")[0]["code"] == "payer_authorization_expired"
+    assert (order.ordered_on, order.stated_ordered_on) == (today, today - timedelta(days=30))
+
+
+def test_a_second_active_order_for_the_same_patient_under_another_ref_is_refused(engine: Engine) -> None:
+    first = a_new_order()
+    placed = place(engine, first)
+    respelled = commands.PatientIdentity(
+        f"  {first.patient.name.upper()}  ",
+        first.patient.date_of_birth,
+        first.patient.medical_record_number.lower(),
+    )
+    again = a_new_order(patient=respelled)  # another patient_ref, the same patient
+    with session_factory(engine)() as session, pytest.raises(commands.Refused) as refused:
+        commands.place_order(session, again, COORDINATOR, ISSUER, "c")
+    message = str(refused.value).lower()
+    assert "the patient already has an active order" in message
+    assert (
+        first.patient.name.lower() not in message
+        and first.patient.medical_record_number.lower() not in message
+    )
+    assert orders_of_patient(engine, match_of(first)) == [(OrderStatus.ACCEPTED, first.patient_ref)]
+    with session_factory(engine)() as session:
+        commands.cancel_order(session, placed.id, "re-ordered", COORDINATOR, "c")
+        session.commit()
+    assert place(engine, again).status is OrderStatus.ACCEPTED  # a cancelled order does not block
+
+
+def test_a_rejected_order_does_not_block_the_patients_next_one(engine: Engine) -> None:
+    first = a_new_order(treatment_center_id=UNCERTIFIED_SITE)
+    assert place(engine, first).status is OrderStatus.REJECTED
+    assert place(engine, a_new_order(patient=first.patient)).status is OrderStatus.ACCEPTED
+
+
+def test_the_patient_match_is_never_published(engine: Engine) -> None:
+    new = a_new_order()
+    place(engine, new)
+    assert match_of(new) not in str(outbox(engine))
+
+
+@pytest.mark.parametrize("born", [date.today() + timedelta(days=1), date(1899, 12, 31)])
+def test_an_impossible_date_of_birth_is_refused_naming_the_field_and_nothing_is_written(
+    engine: Engine, born: date
+) -> None:
+    new = a_new_order()
+    impossible = a_new_order(
+        patient=commands.PatientIdentity(new.patient.name, born, new.patient.medical_record_number)
+    )
+    with session_factory(engine)() as session, pytest.raises(commands.InvalidField) as refused:
+        commands.place_order(session, impossible, COORDINATOR, ISSUER, "c")
+    assert refused.value.field == "patient/date_of_birth" and born.isoformat() not in str(refused.value)
+    assert outbox(engine) == [] and orders_of_patient(engine, match_of(impossible)) == []
+
+
+def test_two_orders_for_one_patient_at_the_same_moment_leave_at_most_one_active(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = a_new_order()
+    second = a_new_order(patient=first.patient)  # another patient_ref
+
+    def second_placement() -> None:
+        with session_factory(engine)() as session:
+            commands.place_order(session, second, COORDINATOR, ISSUER, "second")
+            session.commit()
+
+    postgres = engine.dialect.name == "postgresql"
+    # PostgreSQL: the second is caught after its look-up found no active order (the first is not
+    # committed), so only the unique index can refuse it. SQLite: caught before it takes the write lock.
+    hook = "_gather_facts" if postgres else "_refuse_a_second_active_order"
+    contender = Contender(monkeypatch, commands, hook, second_placement)
+    with session_factory(engine)() as session:
+        commands.place_order(session, first, COORDINATOR, ISSUER, "first")
+        contender.arrive()
+        session.commit()
+    with pytest.raises(commands.Refused, match="already has an active order"):
+        contender.finish()
+    assert orders_of_patient(engine, match_of(first)) == [(OrderStatus.ACCEPTED, first.patient_ref)]

@@ -25,7 +25,7 @@ from services.order_intake.models import TABLES, Order
 from services.order_intake.seed import DEMO_PRESCRIBER_NPI, DEMO_SITE, WASKYRA, seed_registry
 from tests.support.infra import database
 
-ISSUER = commands.Issuer(fin="W4321", phi_key=Fernet.generate_key())
+ISSUER = commands.Issuer(fin="W4321", phi_key=Fernet.generate_key(), patient_match_key=b"test-match-key" * 3)
 COORDINATOR = commands.Caller(subject="coord-test")
 BOSTON_DESK = commands.Caller(subject="tc-boston-desk", site_scope=DEMO_SITE)
 SEATTLE_DESK = commands.Caller(subject="tc-seattle-desk", site_scope="TC-SEATTLE")
@@ -60,7 +60,8 @@ def a_new_order(**overrides: Any) -> commands.NewOrder:
     today = date.today()
     new = commands.NewOrder(
         patient_ref=f"PSN-{uuid.uuid4().hex[:8].upper()}",
-        patient=commands.PatientIdentity("Jane Doe", date(2019, 4, 2), "MRN-12345"),
+        # A patient of its own: one patient's second active order is refused, whatever its patient_ref.
+        patient=commands.PatientIdentity("Jane Doe", date(2019, 4, 2), f"MRN-{uuid.uuid4().hex[:8]}"),
         therapy_code=WASKYRA,
         treatment_center_id=DEMO_SITE,
         prescriber_npi=DEMO_PRESCRIBER_NPI,

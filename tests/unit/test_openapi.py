@@ -44,6 +44,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FastAPI
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CGT_API_TOKENS_FILE", str(ROOT / "deploy" / "dev-tokens.json"))
         env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
+        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
         env.setenv("DATABASE_URL", f"sqlite:///{database}")
         env.setenv("LOG_LEVEL", "WARNING")
         built = {}

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.order_intake.domain import (
+    ACTIVE,
+    EARLIEST_DATE_OF_BIRTH,
     LIFECYCLE,
     RELEASE_CLOCK_TOLERANCE,
     WAYS,
@@ -21,9 +23,11 @@ from services.order_intake.domain import (
     allowed_transitions,
     check_transition,
     collection_refusal,
+    date_of_birth_refusal,
     luhn_check_digit,
     manufacturing_release_refusal,
     npi_is_valid,
+    patient_match,
     status_after_collection,
     visible_to,
 )
@@ -44,7 +48,6 @@ def facts(**overrides: object) -> OrderFacts:
         "consent_form_version": "ICF-2.1",
         "payer_authorization_expires_on": date(2026, 6, 1),
         "eligibility_attested": True,
-        "has_active_order_for_patient_and_therapy": False,
     }
     base.update(overrides)
     return OrderFacts(**base)  # type: ignore[arg-type]
@@ -73,7 +76,6 @@ def test_a_complete_order_has_no_failures() -> None:
         ({"payer_authorization_expires_on": None}, "payer_authorization_missing"),
         ({"payer_authorization_expires_on": date(2026, 2, 28)}, "payer_authorization_expired"),
         ({"eligibility_attested": False}, "eligibility_not_attested"),
-        ({"has_active_order_for_patient_and_therapy": True}, "duplicate_active_order"),
         ({"therapy_known": False}, "therapy_unknown"),
         ({"site_known": False}, "site_unknown"),
     ],
@@ -188,3 +190,70 @@ def test_a_site_scoped_caller_sees_only_its_own_site() -> None:
     assert visible_to(None, "TC-SEATTLE")
     assert visible_to("TC-BOSTON", "TC-BOSTON")
     assert not visible_to("TC-BOSTON", "TC-SEATTLE")
+
+
+# ---------------------------------------------------------------- the patient, however they are spelled
+
+MATCH_KEY = b"k" * 32
+BORN = date(2019, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "record_number"),
+    [
+        ("Jane Doe", "MRN-12345"),
+        ("  jane   DOE ", "mrn-12345"),
+        ("JANE\tDOE", " MRN-12345 "),
+        (
+            "\uff2a\uff41\uff4e\uff45 \uff24\uff4f\uff45",
+            "\uff2d\uff32\uff2e\uff0d\uff11\uff12\uff13\uff14\uff15",
+        ),  # full-width "Jane Doe": NFKC folds it
+    ],
+)
+def test_the_same_patient_however_spelled_has_one_match(name: str, record_number: str) -> None:
+    assert patient_match(MATCH_KEY, name, BORN, record_number) == patient_match(
+        MATCH_KEY, "Jane Doe", BORN, "MRN-12345"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "born", "record_number"),
+    [
+        ("Jane Doe", date(2019, 4, 3), "MRN-12345"),
+        ("Jane Doe", BORN, "MRN-12346"),
+        ("Jane Dae", BORN, "MRN-12345"),
+        ("Jané Doe", BORN, "MRN-12345"),  # accents are kept: they may tell two people apart
+        ("JaneDoe", BORN, "MRN-12345"),
+    ],
+)
+def test_another_patient_has_another_match(name: str, born: date, record_number: str) -> None:
+    assert patient_match(MATCH_KEY, name, born, record_number) != patient_match(
+        MATCH_KEY, "Jane Doe", BORN, "MRN-12345"
+    )
+
+
+def test_the_match_is_keyed_and_holds_no_identity() -> None:
+    match = patient_match(MATCH_KEY, "Jane Doe", BORN, "MRN-12345")
+    assert match != patient_match(b"o" * 32, "Jane Doe", BORN, "MRN-12345")
+    assert len(match) == 64 and "jane" not in match.lower() and "12345" not in match
+
+
+def test_a_cancelled_rejected_or_closed_order_is_not_active() -> None:
+    assert ACTIVE.isdisjoint({OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.CLOSED})
+    assert OrderStatus.SUBMITTED in ACTIVE and OrderStatus.ACCEPTED in ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("born", "refused"),
+    [
+        (ORDER_DAY, False),
+        (EARLIEST_DATE_OF_BIRTH, False),
+        (ORDER_DAY + timedelta(days=1), True),
+        (EARLIEST_DATE_OF_BIRTH - timedelta(days=1), True),
+        (date(1, 1, 1), True),
+    ],
+)
+def test_a_date_of_birth_in_the_future_or_before_the_limit_is_refused(born: date, refused: bool) -> None:
+    refusal = date_of_birth_refusal(born, ORDER_DAY)
+    assert (refusal is not None) is refused
+    assert refusal is None or born.isoformat() not in refusal
