@@ -137,7 +137,7 @@ class Bench:
                     "patient": {
                         "name": "Bench Patient",
                         "date_of_birth": "2019-01-01",
-                        "medical_record_number": "M",
+                        "medical_record_number": f"M-{uuid.uuid4().hex[:12]}",  # a patient each
                     },
                     "therapy_code": "WASKYRA",
                     "treatment_center_id": "TC-BOSTON",

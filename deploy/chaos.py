@@ -147,7 +147,7 @@ async def run_journey(client: Client, urls: dict[str, str], journey: Journey, ru
             "patient": {
                 "name": "Chaos Patient",
                 "date_of_birth": "2019-01-01",
-                "medical_record_number": "MRN-C",
+                "medical_record_number": f"MRN-C-{journey.patient_ref}",  # a patient per journey, retried alike
             },
             "therapy_code": "WASKYRA",
             "treatment_center_id": "TC-BOSTON",

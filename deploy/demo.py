@@ -88,7 +88,7 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
             "patient": {
                 "name": "Demo Patient",
                 "date_of_birth": "2020-01-15",
-                "medical_record_number": "MRN-DEMO",
+                "medical_record_number": f"MRN-DEMO-{uuid.uuid4().hex[:8]}",  # a patient per journey
             },
             "therapy_code": "WASKYRA",
             "treatment_center_id": "TC-BOSTON",

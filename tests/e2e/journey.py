@@ -23,7 +23,9 @@ def order_body(patient_ref: str | None = None, **overrides: Any) -> dict[str, An
         "patient": {
             "name": "Test Patient",
             "date_of_birth": "2019-04-02",
-            "medical_record_number": "MRN-0042",
+            # A patient of its own ("MRN-0042" still marks it in the leak checks): one patient's second
+            # active order is refused, whatever its patient_ref.
+            "medical_record_number": f"MRN-0042-{uuid.uuid4().hex[:8]}",
         },
         "therapy_code": WASKYRA,
         "treatment_center_id": DEMO_SITE,

@@ -40,6 +40,14 @@ async def post_order(
     return result
 
 
+def a_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
 def reason_codes(order: dict[str, Any]) -> set[str]:
     return {reason["code"] for reason in order["rejection_reasons"]}
 
@@ -198,18 +206,62 @@ async def test_a_rejected_order_lists_every_failed_check_and_says_so_on_the_bus(
     assert {r.code for r in rejected.data.reasons} == expected  # type: ignore[union-attr]
 
 
-async def test_a_second_active_order_for_the_same_patient_and_therapy_is_rejected(
+async def test_a_second_active_order_for_the_same_patient_is_refused_however_their_ref_is_spelled(
     stack: RunningStack, http: httpx.AsyncClient
 ) -> None:
-    first = await post_order(http, stack, order_body())
-    second = await post_order(http, stack, order_body(patient_ref=first["patient_ref"]))
-    assert reason_codes(second) == {"duplicate_active_order"}
+    body = order_body()
+    first = await post_order(http, stack, body)
+    patient = body["patient"]
+    respelled = {
+        **patient,
+        "name": f" {patient['name'].upper()} ",
+        "medical_record_number": patient["medical_record_number"].lower(),
+    }
+    for second in (
+        order_body(patient_ref=first["patient_ref"], patient=patient),
+        order_body(patient=respelled),
+    ):
+        refused = await http.post(f"{stack.orders}/orders", json=second, headers=COORDINATOR)
+        problem = a_problem(refused, 409)
+        assert "already has an active order" in problem["detail"]
+        assert patient["name"].lower() not in refused.text.lower()
+        assert patient["medical_record_number"].lower() not in refused.text.lower()
+        assert patient["date_of_birth"] not in refused.text
     cancelled = await http.post(
         f"{stack.orders}/orders/{first['id']}/cancel", json={"reason": "re-ordered"}, headers=COORDINATOR
     )
     assert cancelled.status_code == 200
-    third = await post_order(http, stack, order_body(patient_ref=first["patient_ref"]))
+    third = await post_order(http, stack, order_body(patient=respelled))  # a cancelled order does not block
     assert third["status"] == "accepted"
+
+
+async def test_the_checks_use_the_servers_date_and_record_the_stated_one_beside_it(
+    stack: RunningStack, http: httpx.AsyncClient
+) -> None:
+    body = order_body(
+        ordered_on=today_plus(-30), payer_authorization={"reference": "PA-OLD", "expires_on": today_plus(-1)}
+    )
+    order = await post_order(http, stack, body)
+    assert reason_codes(order) == {"payer_authorization_expired"}
+    assert (order["ordered_on"], order["stated_ordered_on"]) == (today_plus(0), today_plus(-30))
+
+
+@pytest.mark.parametrize("born", [today_plus(1), "1899-12-31"])
+async def test_an_impossible_date_of_birth_is_a_422_naming_the_field(
+    stack: RunningStack, http: httpx.AsyncClient, born: str
+) -> None:
+    body = order_body()
+    body["patient"] = {**body["patient"], "date_of_birth": born}
+    refused = await http.post(f"{stack.orders}/orders", json=body, headers=COORDINATOR)
+    problem = a_problem(refused, 422)
+    assert [e["pointer"] for e in problem["errors"]] == ["/patient/date_of_birth"]
+    assert born not in refused.text and body["patient"]["name"] not in refused.text
+    listed = (
+        await http.get(
+            f"{stack.orders}/orders", params={"patient_ref": body["patient_ref"]}, headers=COORDINATOR
+        )
+    ).json()
+    assert listed == []
 
 
 async def test_an_idempotency_key_returns_the_first_order_and_never_creates_a_second(
