@@ -33,6 +33,8 @@ DEV_PHI_KEY = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
 """A development-only Fernet key; production sets PHI_ENCRYPTION_KEY from a secret store."""
 DEV_PATIENT_MATCH_KEY = "DEV-ONLY-patient-match-key-not-for-production"
 """A development-only key of order intake's patient match; production sets PATIENT_MATCH_KEY."""
+DEV_LEDGER_SIGNING_KEYS = '{"dev-ledger-1": "REVWLU9OTFktbGVkZ2VyLWtleS1ub3QtZm9yLXByb2Q="}'
+"""DEV only: the ledger's Ed25519 signing key for `make up` and the tests (its seed spells DEV-ONLY...)."""
 DEV_QA_SIGNING_PIN = "24681357"
 """The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
 DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
@@ -142,6 +144,7 @@ class Stack:
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
                 "PATIENT_MATCH_KEY": os.environ.get("PATIENT_MATCH_KEY", DEV_PATIENT_MATCH_KEY),
                 "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
+                "LEDGER_SIGNING_KEYS": os.environ.get("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS),
                 "PYTHONUNBUFFERED": "1",
                 # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.
                 "WEBHOOK_ALLOW_LOOPBACK": os.environ.get("WEBHOOK_ALLOW_LOOPBACK", "true"),

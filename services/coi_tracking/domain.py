@@ -5,9 +5,11 @@ Pure Python, no I/O. A scan is always recorded; this module decides what it mean
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -15,6 +17,8 @@ from itertools import pairwise
 from typing import TypeVar
 
 from cgt_contracts.events import ScanType, ShipmentLeg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.common.scope import visible_to
 
@@ -768,11 +772,107 @@ def entry_hash(content: LedgerContent, previous_sha256: str) -> str:
     return hashlib.sha256(canonical_bytes(content, previous_sha256)).hexdigest()
 
 
+ENTRY_SIGNATURE_CONTEXT = "cgt.ledger.entry.v1"
+HEAD_SIGNATURE_CONTEXT = "cgt.ledger.head.v1"
+"""What a signature is for, inside the signed bytes: an entry's signature cannot pass for a head's."""
+
+
+def signed_bytes(context: str, shipment_id: str, sequence: int, entry_sha256: str, key_id: str) -> bytes:
+    """What the ledger key signs: the entry's hash already covers its content and its predecessor."""
+    document = {
+        "context": context,
+        "shipment_id": shipment_id,
+        "sequence": sequence,
+        "entry_sha256": entry_sha256,
+        "key_id": key_id,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+class LedgerKeyError(ValueError):
+    """The ledger keys in the configuration are missing or malformed (the service refuses to start)."""
+
+
+@dataclass(frozen=True)
+class LedgerKeyring:
+    """The ledger's Ed25519 keys, held outside the database. The newest private key signs; every public key
+    listed (the signing keys' and retired ones') verifies, so entries signed before a rotation still verify."""
+
+    signing_key_id: str | None
+    signing_key: Ed25519PrivateKey | None
+    public_keys: Mapping[str, Ed25519PublicKey]
+
+    def sign(self, context: str, shipment_id: str, sequence: int, entry_sha256: str) -> tuple[str, str]:
+        """(key id, base64 signature) for an entry or head; refuses without a private key."""
+        if self.signing_key is None or self.signing_key_id is None:
+            raise LedgerKeyError("no ledger signing key configured (LEDGER_SIGNING_KEYS)")
+        message = signed_bytes(context, shipment_id, sequence, entry_sha256, self.signing_key_id)
+        return self.signing_key_id, base64.b64encode(self.signing_key.sign(message)).decode()
+
+    def problem(
+        self, context: str, shipment_id: str, sequence: int, entry_sha256: str, key_id: str, signature: str
+    ) -> str | None:
+        """Why the signature does not verify, or None."""
+        public_key = self.public_keys.get(key_id)
+        if public_key is None:
+            return f"signed by unknown key {key_id!r}" if key_id else "not signed"
+        try:
+            public_key.verify(
+                base64.b64decode(signature, validate=True),
+                signed_bytes(context, shipment_id, sequence, entry_sha256, key_id),
+            )
+        except (InvalidSignature, ValueError):
+            return f"signature does not verify with key {key_id!r}"
+        return None
+
+
+def _key_bytes(key_id: str, encoded: str) -> bytes:
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LedgerKeyError(f"ledger key {key_id!r} is not 32 bytes of base64")
+    return raw
+
+
+def ledger_keyring(private_keys: Mapping[str, str], public_keys: Mapping[str, str]) -> LedgerKeyring:
+    """From the configuration: {key id: base64 Ed25519 private key} (the last listed signs) and
+    {key id: base64 Ed25519 public key} of retired keys (verify only). The key material is never echoed."""
+    private = {
+        key_id: Ed25519PrivateKey.from_private_bytes(_key_bytes(key_id, encoded))
+        for key_id, encoded in private_keys.items()
+    }
+    public = {
+        key_id: Ed25519PublicKey.from_public_bytes(_key_bytes(key_id, encoded))
+        for key_id, encoded in public_keys.items()
+    }
+    clashes = sorted(set(private) & set(public))
+    if clashes:
+        raise LedgerKeyError(f"ledger key ids listed twice: {', '.join(clashes)}")
+    public |= {key_id: key.public_key() for key_id, key in private.items()}
+    newest = next(reversed(private), None)
+    return LedgerKeyring(newest, private.get(newest) if newest else None, public)
+
+
 @dataclass(frozen=True)
 class StoredEntry:
     content: LedgerContent
     previous_sha256: str
     entry_sha256: str
+    key_id: str = ""
+    signature: str = ""
+
+
+@dataclass(frozen=True)
+class PublishedHead:
+    """The last head published outside the database (the ledger topic, or the outbox's copy of it)."""
+
+    shipment_id: str
+    sequence: int
+    entry_sha256: str
+    key_id: str
+    signature: str
 
 
 @dataclass(frozen=True)
@@ -784,33 +884,83 @@ class ChainVerification:
     problem: str | None = None
 
 
-def verify_chain(entries: list[StoredEntry], head_sha256: str | None = None) -> ChainVerification:
-    """Recompute every link. A changed entry fails its own hash; a removed or reordered one breaks the
-    sequence or the link to its predecessor; either way the first bad position is named. `head_sha256`,
-    kept apart from the entries, catches entries cut off at the end."""
+def _entry_problem(entry: StoredEntry, position: int, previous: str, keyring: LedgerKeyring) -> str | None:
+    if entry.content.sequence != position:
+        return f"entry at position {position} has sequence {entry.content.sequence}: an entry was removed or reordered"
+    if entry.previous_sha256 != previous:
+        return f"entry {position} does not link to entry {position - 1}"
+    if entry_hash(entry.content, entry.previous_sha256) != entry.entry_sha256:
+        return f"entry {position} was changed after it was written"
+    signature_problem = keyring.problem(
+        ENTRY_SIGNATURE_CONTEXT,
+        entry.content.shipment_id,
+        position,
+        entry.entry_sha256,
+        entry.key_id,
+        entry.signature,
+    )
+    if signature_problem:
+        # The hashes hold but the signature does not: the chain was recomputed by someone without the key.
+        return f"entry {position} is {signature_problem}: it was rewritten or not written by COI tracking"
+    return None
+
+
+def verify_chain(
+    entries: list[StoredEntry],
+    head_sha256: str | None = None,
+    *,
+    keyring: LedgerKeyring,
+    published: PublishedHead | None = None,
+) -> ChainVerification:
+    """Recompute every link and check every signature. A changed entry fails its own hash, or, with its hash
+    recomputed, its signature; a removed or reordered one breaks the sequence or the link to its
+    predecessor; either way the first bad position is named. `head_sha256`, kept apart from the entries,
+    and `published`, kept outside the database, catch entries cut off at the end."""
     previous = GENESIS_SHA256
     for position, entry in enumerate(entries, start=1):
-        if entry.content.sequence != position:
-            return ChainVerification(
-                False,
-                len(entries),
-                position,
-                f"entry at position {position} has sequence {entry.content.sequence}: an entry was removed or reordered",
-            )
-        if entry.previous_sha256 != previous:
-            return ChainVerification(
-                False, len(entries), position, f"entry {position} does not link to entry {position - 1}"
-            )
-        if entry_hash(entry.content, entry.previous_sha256) != entry.entry_sha256:
-            return ChainVerification(
-                False, len(entries), position, f"entry {position} was changed after it was written"
-            )
+        problem = _entry_problem(entry, position, previous, keyring)
+        if problem:
+            return ChainVerification(False, len(entries), position, problem)
         previous = entry.entry_sha256
+    count = len(entries)
     if head_sha256 is not None and head_sha256 != previous:
         return ChainVerification(
-            False,
-            len(entries),
-            len(entries) + 1,
-            f"the ledger ends after entry {len(entries)}: later entries were removed",
+            False, count, count + 1, f"the ledger ends after entry {count}: later entries were removed"
         )
-    return ChainVerification(True, len(entries))
+    if published is not None:
+        return _against_published(entries, keyring, published)
+    return ChainVerification(True, count)
+
+
+def _against_published(
+    entries: list[StoredEntry], keyring: LedgerKeyring, published: PublishedHead
+) -> ChainVerification:
+    """Entries after the published head are fine (its publication may lag); fewer, or another hash at the
+    published position, are not."""
+    count = len(entries)
+    problem = keyring.problem(
+        HEAD_SIGNATURE_CONTEXT,
+        published.shipment_id,
+        published.sequence,
+        published.entry_sha256,
+        published.key_id,
+        published.signature,
+    )
+    if problem:
+        return ChainVerification(False, count, None, f"the published head is {problem}")
+    if published.sequence > count:
+        return ChainVerification(
+            False,
+            count,
+            count + 1,
+            f"the ledger ends after entry {count} but entry {published.sequence} was published: "
+            "later entries were removed",
+        )
+    if entries[published.sequence - 1].entry_sha256 != published.entry_sha256:
+        return ChainVerification(
+            False,
+            count,
+            published.sequence,
+            f"entry {published.sequence} differs from the head published for it",
+        )
+    return ChainVerification(True, count)

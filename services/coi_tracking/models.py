@@ -150,6 +150,10 @@ class LedgerEntry(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     previous_sha256: str = Field(max_length=64)
     entry_sha256: str = Field(max_length=64)
+    key_id: str = Field(max_length=64)
+    """The ledger key that signed the entry (I3): a rotation leaves old entries verifiable by their key."""
+    signature: str = Field(max_length=128)
+    """Base64 Ed25519 signature over the entry's hash (domain.signed_bytes), by a key kept out of the database."""
 
 
 class QaDisposition(SQLModel, table=True):
@@ -269,3 +273,5 @@ class LedgerRow(AppendRow, table=tables_of(LedgerEntry)[0]):
     reason: str
     previous_sha256: str
     entry_sha256: str
+    key_id: str
+    signature: str

@@ -11,7 +11,8 @@ from fastapi import Depends
 from jsonschema.protocols import Validator
 from pydantic import Field, SecretStr
 
-from services.coi_tracking import epcis
+from services.coi_tracking import epcis, ledger
+from services.coi_tracking.domain import LedgerKeyError, ledger_keyring
 from services.coi_tracking.scan_writer import ScanWriter
 from services.coi_tracking.seed import seed_couriers, seed_signing_pins
 from services.common.service import Runtime, runtime_dependency
@@ -30,6 +31,27 @@ class TrackingSettings(ServiceSettings):
         default_factory=dict,
         description="Development QA signers' signing PINs, JSON {signer id: PIN}; none by default",
     )
+    ledger_signing_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="LEDGER_SIGNING_KEYS: JSON {key id: base64 Ed25519 private key}; the last listed signs "
+        "every ledger entry and head, all verify. None by default: the service refuses to start without one",
+    )
+    ledger_verify_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="LEDGER_VERIFY_KEYS: JSON {key id: base64 Ed25519 public key} of retired ledger keys",
+    )
+
+
+def install_ledger_keys(settings: TrackingSettings) -> None:
+    """No entry is written unsigned: without a signing key the service does not start (I3)."""
+    private = {key_id: key.get_secret_value() for key_id, key in settings.ledger_signing_keys.items()}
+    try:
+        keyring = ledger_keyring(private, settings.ledger_verify_keys)
+    except LedgerKeyError as error:
+        raise SystemExit(f"coi-tracking does not start: {error}") from None
+    if keyring.signing_key_id is None:
+        raise SystemExit("coi-tracking does not start: no ledger signing key (LEDGER_SIGNING_KEYS)")
+    ledger.install_keyring(keyring)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -42,6 +64,7 @@ class TrackingRuntime(Runtime[TrackingSettings]):
     def __post_init__(self) -> None:
         # First: a missing schema refuses to start before a database or a broker is touched.
         self.epcis_validator = epcis.service_validator(self.settings.epcis_schema_path)
+        install_ledger_keys(self.settings)
         super().__post_init__()
         self.scan_writer = ScanWriter(self.engine)
 

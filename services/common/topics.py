@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -14,6 +14,12 @@ SHIPMENTS = "shipments.events"
 SCHEDULING = "scheduling.events"
 COURIER_SCANS = "couriers.scans"
 """Inbound: scans that couriers' systems publish (consumed by COI tracking)."""
+LEDGER_HEADS = "ledger.heads"
+"""COI tracking's signed custody-ledger heads, one per entry (I3). Append-only: cleanup.policy=delete with
+infinite retention keeps every head ever published, so a chain rewritten later still contradicts the heads
+published before; compaction would keep only the newest head per key and let a later record erase the
+evidence of an earlier one. No dead-letter topic: nobody consumes it but `verify`."""
+APPEND_ONLY = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 EVENT_PARTITIONS = 6
 DLQ_PARTITIONS = 1
 _TOPIC_ALREADY_EXISTS = 36
@@ -27,13 +33,14 @@ def dlq(topic: str) -> str:
 class TopicSpec:
     name: str
     partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
 
 
 ALL_TOPICS: tuple[TopicSpec, ...] = tuple(
     spec
     for topic in (ORDERS, SHIPMENTS, SCHEDULING, COURIER_SCANS)
     for spec in (TopicSpec(topic, EVENT_PARTITIONS), TopicSpec(dlq(topic), DLQ_PARTITIONS))
-)
+) + (TopicSpec(LEDGER_HEADS, EVENT_PARTITIONS, APPEND_ONLY),)
 
 
 async def ensure_topics(
@@ -67,7 +74,10 @@ async def _create_missing(
         if not missing:
             return
         response = await admin.create_topics(
-            [NewTopic(spec.name, spec.partitions, replication_factor) for spec in missing]
+            [
+                NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=spec.configs)
+                for spec in missing
+            ]
         )
         failures = [
             f"{name}: error {code} {message}"

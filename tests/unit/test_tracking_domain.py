@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ from cgt_contracts.events import ScanType
 
 from services.coi_tracking.domain import (
     CLOCK_TOLERANCE,
+    ENTRY_SIGNATURE_CONTEXT,
     GENESIS_SHA256,
     CustodyChange,
     Disposition,
@@ -27,6 +29,7 @@ from services.coi_tracking.domain import (
     entry_hash,
     evaluate_scan,
     judge_evidence,
+    ledger_keyring,
     packing_problems,
     replay_of,
     temperature_problems,
@@ -36,6 +39,7 @@ from services.coi_tracking.domain import (
 COI = "CHW4321260000014"
 CARRIER = "CRYO-EXPRESS"
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+KEYRING = ledger_keyring({"unit-test-1": base64.b64encode(bytes(range(32))).decode()}, {})
 
 
 def state(
@@ -129,21 +133,22 @@ def _chain(length: int) -> list[StoredEntry]:
             "",
         )
         digest = entry_hash(content, previous)
-        entries.append(StoredEntry(content, previous, digest))
+        key_id, signature = KEYRING.sign(ENTRY_SIGNATURE_CONTEXT, "s-1", sequence, digest)
+        entries.append(StoredEntry(content, previous, digest, key_id, signature))
         previous = digest
     return entries
 
 
 def test_an_untouched_chain_verifies() -> None:
     entries = _chain(4)
-    assert verify_chain(entries, entries[-1].entry_sha256).valid
+    assert verify_chain(entries, entries[-1].entry_sha256, keyring=KEYRING).valid
 
 
 def test_a_changed_entry_is_detected_and_located() -> None:
     entries = _chain(4)
     changed = dataclasses.replace(entries[2].content, to_party="someone-else")
     entries[2] = dataclasses.replace(entries[2], content=changed)
-    result = verify_chain(entries, entries[-1].entry_sha256)
+    result = verify_chain(entries, entries[-1].entry_sha256, keyring=KEYRING)
     assert not result.valid and result.broken_at_sequence == 3 and "changed" in (result.problem or "")
 
 
@@ -151,21 +156,21 @@ def test_a_removed_entry_is_detected_and_located() -> None:
     entries = _chain(4)
     head = entries[-1].entry_sha256
     del entries[1]
-    result = verify_chain(entries, head)
+    result = verify_chain(entries, head, keyring=KEYRING)
     assert not result.valid and result.broken_at_sequence == 2
 
 
 def test_reordered_entries_are_detected() -> None:
     entries = _chain(4)
     entries[1], entries[2] = entries[2], entries[1]
-    result = verify_chain(entries, entries[-1].entry_sha256)
+    result = verify_chain(entries, entries[-1].entry_sha256, keyring=KEYRING)
     assert not result.valid and result.broken_at_sequence == 2
 
 
 def test_entries_cut_off_at_the_end_are_detected_through_the_head() -> None:
     entries = _chain(4)
     head = entries[-1].entry_sha256
-    result = verify_chain(entries[:3], head)
+    result = verify_chain(entries[:3], head, keyring=KEYRING)
     assert not result.valid and result.broken_at_sequence == 4
 
 

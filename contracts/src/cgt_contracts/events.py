@@ -169,6 +169,18 @@ class CustodyTransferredData(ContractModel):
     entry_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class LedgerHeadPublishedData(ContractModel):
+    """The custody ledger's head after an entry, signed (Ed25519) by COI tracking's ledger key over
+    `cgt.ledger.head.v1` + shipment, sequence, entry hash and key id: what the database must still end with."""
+
+    shipment_id: UUID
+    coi: CoiIdentifier
+    sequence: Annotated[int, Field(ge=1)]
+    entry_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    key_id: Identifier
+    signature: Annotated[str, Field(min_length=1, max_length=128, description="base64 Ed25519 signature")]
+
+
 class ShipmentDeliveredData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
@@ -305,6 +317,11 @@ class ShipmentScanned(EventEnvelope):
 class CustodyTransferred(EventEnvelope):
     type: Literal["custody.transferred.v1"] = "custody.transferred.v1"
     data: CustodyTransferredData
+
+
+class LedgerHeadPublished(EventEnvelope):
+    type: Literal["ledger.head_published.v1"] = "ledger.head_published.v1"
+    data: LedgerHeadPublishedData
 
 
 class ShipmentDelivered(EventEnvelope):
@@ -551,6 +568,7 @@ AnyEvent = Annotated[
     | ShipmentRejected
     | ShipmentScanned
     | CustodyTransferred
+    | LedgerHeadPublished
     | ShipmentDelivered
     | CoiBreak
     | TemperatureExcursion
