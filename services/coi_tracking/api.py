@@ -219,6 +219,8 @@ LEDGER_ENTRY_EXAMPLE: JsonDict = {
     "reason": "",
     "previous_sha256": "0" * 64,
     "entry_sha256": "5d41c0b2a8e3f7d6c9b4a1e0f3d2c5b8a7e6f9d0c3b2a5e4f7d8c1b0a9e2f3d4",
+    "key_id": "ledger-2026-1",
+    "signature": "q1Jx7M9gV0bE4pXn2cLwT8sR5dYhK3uA6fZ1oN0iW9mB2vC4xE7yQ8tG5jH3kL1aP6rS0uD9wF2zX4cV7bN8mA==",
 }
 
 
@@ -236,6 +238,8 @@ class LedgerEntryView(BaseModel):
     reason: str
     previous_sha256: str
     entry_sha256: str
+    key_id: str = Field(description="The ledger key that signed the entry")
+    signature: str = Field(description="Base64 Ed25519 signature over the entry's hash")
 
 
 class LedgerView(BaseModel):
@@ -869,8 +873,10 @@ def list_scans(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[d
 )
 def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> LedgerView:
     """Every change of custody, quarantine and QA signature of the shipment, in order. Each read verifies
-    the SHA-256 chain again: `valid` is false when an entry was changed, removed or reordered, and
-    `broken_at_sequence` names the first."""
+    the SHA-256 chain, every entry's Ed25519 signature and the last signed head recorded for publication:
+    `valid` is false when an entry was changed (even with its hashes recomputed), removed, reordered or
+    signed by an unknown key, and `broken_at_sequence` names the first. The command line verifier also
+    checks the heads published on the broker (docs/ledger.md)."""
     shipment = _visible(session, shipment_id, caller)
     verification = verify_shipment_ledger(session, shipment)
     return LedgerView(

@@ -199,13 +199,15 @@ def outbox_head(session: Session, shipment: Shipment) -> PublishedHead | None:
 
 
 def verify_shipment_ledger(
-    session: Session, shipment: Shipment, published: PublishedHead | None = None
+    session: Session, shipment: Shipment, published: PublishedHead | None = None, *, trust_outbox: bool = True
 ) -> ChainVerification:
     """The chain, every signature, the database's head, and the published head: `published` if given (read
-    from the topic), else the outbox's copy."""
+    from the topic by `verify`), else, for the API, the outbox's copy."""
+    if published is None and trust_outbox:
+        published = outbox_head(session, shipment)
     return verify_chain(
         [stored(e) for e in read_entries(session, shipment)],
         shipment.ledger_head_sha256,
         keyring=current_keyring(),
-        published=published or outbox_head(session, shipment),
+        published=published,
     )
