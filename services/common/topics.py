@@ -36,11 +36,14 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-ALL_TOPICS: tuple[TopicSpec, ...] = tuple(
-    spec
-    for topic in (ORDERS, SHIPMENTS, SCHEDULING, COURIER_SCANS)
-    for spec in (TopicSpec(topic, EVENT_PARTITIONS), TopicSpec(dlq(topic), DLQ_PARTITIONS))
-) + (TopicSpec(LEDGER_HEADS, EVENT_PARTITIONS, APPEND_ONLY),)
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    *(
+        spec
+        for topic in (ORDERS, SHIPMENTS, SCHEDULING, COURIER_SCANS)
+        for spec in (TopicSpec(topic, EVENT_PARTITIONS), TopicSpec(dlq(topic), DLQ_PARTITIONS))
+    ),
+    TopicSpec(LEDGER_HEADS, EVENT_PARTITIONS, APPEND_ONLY),
+)
 
 
 async def ensure_topics(
