@@ -901,7 +901,10 @@ def _entry_problem(entry: StoredEntry, position: int, previous: str, keyring: Le
     )
     if signature_problem:
         # The hashes hold but the signature does not: the chain was recomputed by someone without the key.
-        return f"entry {position} is {signature_problem}: it was rewritten or not written by COI tracking"
+        return (
+            f"entry {position} has a bad signature ({signature_problem}): "
+            "it was rewritten, or not written by COI tracking"
+        )
     return None
 
 
@@ -947,7 +950,7 @@ def _against_published(
         published.signature,
     )
     if problem:
-        return ChainVerification(False, count, None, f"the published head is {problem}")
+        return ChainVerification(False, count, None, f"the published head has a bad signature ({problem})")
     if published.sequence > count:
         return ChainVerification(
             False,

@@ -49,6 +49,14 @@ def install_keyring(keyring: LedgerKeyring) -> None:
     _Installed.keyring = keyring
 
 
+def install_configured_keys(private_keys: Mapping[str, str], public_keys: Mapping[str, str]) -> None:
+    """The service's keys; LedgerKeyError (the service refuses to start) without a signing key."""
+    keyring = ledger_keyring(private_keys, public_keys)
+    if keyring.signing_key_id is None:
+        raise LedgerKeyError(f"no ledger signing key ({SIGNING_KEYS_VARIABLE})")
+    install_keyring(keyring)
+
+
 def keyring_from_environment(environ: Mapping[str, str] = os.environ) -> LedgerKeyring:
     """LEDGER_SIGNING_KEYS (JSON {key id: base64 private key}, the last signs) and LEDGER_VERIFY_KEYS
     (JSON {key id: base64 public key}, retired keys): what the service and `verify` read."""

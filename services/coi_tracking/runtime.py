@@ -12,7 +12,7 @@ from jsonschema.protocols import Validator
 from pydantic import Field, SecretStr
 
 from services.coi_tracking import epcis, ledger
-from services.coi_tracking.domain import LedgerKeyError, ledger_keyring
+from services.coi_tracking.domain import LedgerKeyError
 from services.coi_tracking.scan_writer import ScanWriter
 from services.coi_tracking.seed import seed_couriers, seed_signing_pins
 from services.common.service import Runtime, runtime_dependency
@@ -46,12 +46,9 @@ def install_ledger_keys(settings: TrackingSettings) -> None:
     """No entry is written unsigned: without a signing key the service does not start (I3)."""
     private = {key_id: key.get_secret_value() for key_id, key in settings.ledger_signing_keys.items()}
     try:
-        keyring = ledger_keyring(private, settings.ledger_verify_keys)
+        ledger.install_configured_keys(private, settings.ledger_verify_keys)
     except LedgerKeyError as error:
         raise SystemExit(f"coi-tracking does not start: {error}") from None
-    if keyring.signing_key_id is None:
-        raise SystemExit("coi-tracking does not start: no ledger signing key (LEDGER_SIGNING_KEYS)")
-    ledger.install_keyring(keyring)
 
 
 @dataclass(kw_only=True, eq=False)
