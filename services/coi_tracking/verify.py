@@ -36,7 +36,7 @@ from services.coi_tracking.ledger import (
 )
 from services.coi_tracking.models import Shipment
 from services.common.db import make_engine
-from services.common.topics import LEDGER_HEADS
+from services.common.topics import ALL_TOPICS, LEDGER_HEADS
 from services.common.unit_of_work import session_factory
 
 DEFAULT_DATABASE = Path(__file__).resolve().parents[2] / "var" / "db" / "coi_tracking.db"
@@ -50,6 +50,9 @@ def missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(parsed.database)
     return None if path.exists() else path
+
+
+LEDGER_HEADS_PARTITIONS = next(spec.partitions for spec in ALL_TOPICS if spec.name == LEDGER_HEADS)
 
 
 class BrokerUnavailable(Exception):
@@ -66,11 +69,9 @@ async def read_published_heads(
     )
     try:
         await asyncio.wait_for(consumer.start(), timeout_seconds)
-        partitions = [
-            TopicPartition(LEDGER_HEADS, p) for p in sorted(consumer.partitions_for_topic(LEDGER_HEADS) or [])
-        ]
-        if not partitions:
+        if LEDGER_HEADS not in await consumer.topics():  # no service has started against this broker
             return {}
+        partitions = [TopicPartition(LEDGER_HEADS, p) for p in range(LEDGER_HEADS_PARTITIONS)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,9 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from sqlmodel import Session, col, select
 
 from deploy.observe import EventLog, WebhookListener
 from deploy.stack import DEV_QA_SIGNING_PIN
+from services.coi_tracking import ledger, verify
+from services.coi_tracking.domain import GENESIS_SHA256, entry_hash
+from services.coi_tracking.models import LedgerEntry, Shipment
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, OTHER_COURIER, QA, RunningStack
 from tests.e2e.journey import (
     book_first_option,
@@ -345,6 +351,8 @@ def _verify_cli(stack: RunningStack, shipment: str) -> subprocess.CompletedProce
             shipment,
             "--database-url",
             stack.stack.database_urls["coi-tracking"],
+            "--bootstrap-servers",
+            stack.stack.bootstrap,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -367,6 +375,7 @@ async def test_a_tampered_ledger_is_detected_and_located_by_the_api_and_the_cli(
         headers={"Authorization": "Bearer dev-courier2-token"},
     )
     assert (await http.get(f"{base}/ledger", headers=QA)).json()["valid"] is True
+    await _head_published(stack, shipment, 3)
     clean = _verify_cli(stack, shipment)
     assert clean.returncode == 0 and "ok" in clean.stdout and "3 entries" in clean.stdout
 
@@ -396,6 +405,88 @@ async def test_a_tampered_ledger_is_detected_and_located_by_the_api_and_the_cli(
         removed["valid"] is False and removed["broken_at_sequence"] == 2 and "removed" in removed["problem"]
     )
     assert _verify_cli(stack, shipment).returncode == 1
+
+
+async def _head_published(stack: RunningStack, shipment: str, sequence: int, timeout: float = 30) -> None:
+    """Wait until the relay has put the shipment's head for `sequence` on ledger.heads (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heads = await verify.read_published_heads(stack.stack.bootstrap)
+        if shipment in heads and heads[shipment].sequence >= sequence:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no head {sequence} of {shipment} on ledger.heads within {timeout}s")
+
+
+def _rewrite_as_an_insider(stack: RunningStack, shipment: str, edits: dict[int, str]) -> None:
+    """Edit entries, then recompute every hash, link and the database's head with the project's own hash
+    function: what anyone with write access to the database and this repository can do."""
+    engine = create_engine(
+        stack.stack.database_urls["coi-tracking"].replace("postgresql://", "postgresql+psycopg://")
+    )
+    with Session(engine) as session:
+        entries = session.exec(
+            select(LedgerEntry)
+            .where(LedgerEntry.shipment_id == uuid.UUID(shipment))
+            .order_by(col(LedgerEntry.sequence))
+        ).all()
+        previous = GENESIS_SHA256
+        for entry in entries:
+            entry.to_party = edits.get(entry.sequence, entry.to_party)
+            entry.previous_sha256 = previous
+            entry.entry_sha256 = previous = entry_hash(ledger.stored(entry).content, previous)
+            session.add(entry)
+        moved = session.get_one(Shipment, uuid.UUID(shipment))
+        moved.ledger_head_sha256 = previous
+        session.add(moved)
+        session.commit()
+    engine.dispose()
+
+
+async def _three_entries(http: httpx.AsyncClient, stack: RunningStack, events: EventLog) -> tuple[str, str]:
+    coi, shipment = await new_return_shipment(http, stack, events)
+    base = f"{stack.tracking}/shipments/{shipment}"
+    await http.post(f"{base}/scans", json=scan("pick_up", [coi]), headers=COURIER)
+    await http.post(f"{base}/scans", json=scan("hand_off", [coi], handed_to="courier-cy"), headers=COURIER)
+    await http.post(
+        f"{base}/scans",
+        json=scan("hand_off", [coi], handed_to="courier-ben"),
+        headers={"Authorization": "Bearer dev-courier2-token"},
+    )
+    await _head_published(stack, shipment, 3)
+    return coi, shipment
+
+
+async def test_a_chain_an_insider_rewrote_with_recomputed_hashes_fails_at_the_first_edit(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    _, shipment = await _three_entries(http, stack, events)
+    _rewrite_as_an_insider(stack, shipment, {2: "courier-evil", 3: "courier-evil"})
+    api = (await http.get(f"{stack.tracking}/shipments/{shipment}/ledger", headers=QA)).json()
+    assert api["valid"] is False and api["broken_at_sequence"] == 2 and "bad signature" in api["problem"]
+    cli = _verify_cli(stack, shipment)
+    assert cli.returncode == 1, cli.stderr
+    assert "BROKEN" in cli.stdout and "at entry 2: entry 2 has a bad signature" in cli.stdout
+
+
+async def test_a_tail_removed_with_its_outbox_heads_is_caught_by_the_heads_on_the_broker(
+    stack: RunningStack, http: httpx.AsyncClient, events: EventLog
+) -> None:
+    coi, shipment = await _three_entries(http, stack, events)
+    key = _key(stack, shipment)
+    ledger_url = f"{stack.tracking}/shipments/{shipment}/ledger"
+    second = (await http.get(ledger_url, headers=QA)).json()["entries"][1]["entry_sha256"]
+    _tamper(stack, "DELETE FROM custody_ledger WHERE shipment_id = :s AND sequence = 3", s=key)
+    _tamper(
+        stack, "UPDATE shipment SET ledger_length = 2, ledger_head_sha256 = :h WHERE id = :s", s=key, h=second
+    )
+    # Trust boundary: the API checks what the database holds, so deleting the outbox's heads too hides the
+    # cut from it; the broker's copy is out of a database writer's reach.
+    _tamper(stack, "DELETE FROM outbox WHERE topic = 'ledger.heads' AND key = :c", c=coi)
+    assert (await http.get(ledger_url, headers=QA)).json()["valid"] is True
+    cli = _verify_cli(stack, shipment)
+    assert cli.returncode == 1, cli.stderr
+    assert "at entry 3: the ledger ends after entry 2 but entry 3 was published" in cli.stdout
 
 
 def _key(stack: RunningStack, shipment: str) -> str:
