@@ -26,8 +26,6 @@ from cgt_contracts.events import (
     RejectionReason,
 )
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import or_
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -83,19 +81,6 @@ class InvalidField(Exception):
         self.field = field
 
 
-class PatientMatchSettings(BaseSettings):
-    """The key of the patient match (`PATIENT_MATCH_KEY`, at least 32 characters), from configuration
-    with no default: read where the `Issuer` is made, so that every way of making one has it."""
-
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
-
-    patient_match_key: SecretStr = Field(min_length=32)
-
-
-def patient_match_key_from_environment() -> bytes:
-    return PatientMatchSettings().patient_match_key.get_secret_value().encode()
-
-
 @dataclass(frozen=True)
 class Caller:
     """Who acts: recorded as the actor; `site_scope` is a treatment center's own site (None: every site)."""
@@ -112,7 +97,7 @@ class Issuer:
     """ISBT 128 facility number: COI identifiers, and the DINs of a site without a FIN of its own."""
     phi_key: bytes
     """Fernet key the patient's identity is encrypted with."""
-    patient_match_key: bytes = field(default_factory=patient_match_key_from_environment, repr=False)
+    patient_match_key: bytes = field(repr=False)
     """HMAC key of `domain.patient_match`: the same patient found under any `patient_ref`."""
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.common.service import Runtime, runtime_dependency
 from services.common.settings import ServiceSettings
@@ -18,6 +18,9 @@ class OrderIntakeSettings(ServiceSettings):
     service_name: str = "order-intake"
     issuer_fin: str = Field(default="W4321", pattern=r"^[A-NP-Z][0-9]{4}$")
     phi_encryption_key: str = Field(min_length=44, description="Fernet key (urlsafe base64 of 32 bytes)")
+    patient_match_key: SecretStr = Field(
+        min_length=32, description="PATIENT_MATCH_KEY: the HMAC key of the patient match; no default"
+    )
     seed_registry: bool = True
 
 
@@ -28,7 +31,11 @@ class OrderIntakeRuntime(Runtime[OrderIntakeSettings]):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.issuer = Issuer(fin=self.settings.issuer_fin, phi_key=self.settings.phi_encryption_key.encode())
+        self.issuer = Issuer(
+            fin=self.settings.issuer_fin,
+            phi_key=self.settings.phi_encryption_key.encode(),
+            patient_match_key=self.settings.patient_match_key.get_secret_value().encode(),
+        )
 
     async def on_startup(self) -> None:
         if self.settings.seed_registry:

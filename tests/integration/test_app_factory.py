@@ -5,6 +5,7 @@ route and for a consumer alike; no way in calls anything by hand (SQLite and Pos
 from __future__ import annotations
 
 import importlib
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ def settings_for(engine: Engine) -> OrderIntakeSettings:
         database_url=engine.url.render_as_string(hide_password=False),
         cgt_api_tokens_file=ROOT / "deploy" / "dev-tokens.json",
         phi_encryption_key=Fernet.generate_key().decode(),
+        patient_match_key=secrets.token_urlsafe(32),
         seed_registry=False,
         log_level="WARNING",
     )
