@@ -46,6 +46,7 @@ from deploy.stack import (
     sqlite_urls,
 )
 from services.common.db import make_engine
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import COURIER_SCANS, ORDERS, SCHEDULING, SHIPMENTS, TopicSpec, ensure_topics
 
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -118,8 +119,8 @@ class KeepAliveClient:
 
 
 class Bench:
-    def __init__(self, stack: Stack, bootstrap: str, http: httpx.AsyncClient) -> None:
-        self.stack, self.bootstrap, self.http = stack, bootstrap, http
+    def __init__(self, stack: Stack, kafka: KafkaAccess, http: httpx.AsyncClient) -> None:
+        self.stack, self.kafka, self.http = stack, kafka, http
         self._offsets: AIOKafkaConsumer | None = None
         self._tracking_db: Engine | None = None
         self.tracking, self.orders, self.scheduling = (
@@ -179,13 +180,13 @@ class Bench:
 
     async def ceiling(self, payloads: list[tuple[bytes, bytes]]) -> float:
         topic = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
-        await ensure_topics(self.bootstrap, (TopicSpec(topic, 6),))
+        await ensure_topics(self.kafka, (TopicSpec(topic, 6),))
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **self.kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
         )
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_options(),
             group_id=f"g-{topic}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -211,10 +212,10 @@ class Bench:
         per second. Then wait until COI tracking's outbox has published every event they caused: events per
         second end to end, what can be carried for as long as one likes."""
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **self.kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
         )
         await producer.start()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**self.kafka.client_options())
         await admin.start()
         try:
             started = time.perf_counter()
@@ -258,7 +259,7 @@ class Bench:
 
     async def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
         if self._offsets is None:
-            self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+            self._offsets = AIOKafkaConsumer(**self.kafka.client_options())
             await self._offsets.start()
         await self._offsets.topics()  # fresh metadata
         partitions = [
@@ -283,7 +284,7 @@ class Bench:
             "order-intake": [SHIPMENTS, SCHEDULING],
             "scheduling": [ORDERS, SHIPMENTS],
         }
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**self.kafka.client_options())
         await admin.start()
         started = time.perf_counter()
         try:
@@ -447,7 +448,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
         else create_postgres_databases(list(SERVICES))
     )
     stack = Stack(
-        bootstrap=broker.bootstrap,
+        kafka=broker,
         database_urls=urls,
         workdir=workdir / f"logs-{backend}",
         extra_env={"LOG_LEVEL": "WARNING", "OUTBOX_POLL_SECONDS": "0.2", "WEBHOOK_BACKOFF_SECONDS": "0.2"},
@@ -457,7 +458,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
     try:
         await asyncio.to_thread(stack.start, 120.0)
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
-            bench = Bench(stack, broker.bootstrap, http)
+            bench = Bench(stack, broker.access(), http)
             await http.put(
                 f"{bench.scheduling}/sites/TC-BOSTON",
                 headers=COORDINATOR,

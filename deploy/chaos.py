@@ -32,6 +32,7 @@ from cgt_contracts.events import parse_event
 from deploy.observe import EventLog
 from deploy.stack import ROOT, SERVICES, Stack, create_postgres_databases, drop_postgres_databases
 from services.common.dlq import DLQ_TOPICS, read_dead_letters
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ORDERS, SCHEDULING, SHIPMENTS, ensure_topics
 
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -219,8 +220,8 @@ async def guarded(
 # ---------------------------------------------------------------- faults
 
 
-async def inject_malformed(bootstrap: str, per_topic: int) -> list[tuple[str, bytes]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def inject_malformed(kafka: KafkaAccess, per_topic: int) -> list[tuple[str, bytes]]:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     sent: list[tuple[str, bytes]] = []
     try:
@@ -241,13 +242,13 @@ async def inject_malformed(bootstrap: str, per_topic: int) -> list[tuple[str, by
     return sent
 
 
-async def duplicate_deliveries(bootstrap: str, events: EventLog, count: int) -> int:
+async def duplicate_deliveries(kafka: KafkaAccess, events: EventLog, count: int) -> int:
     """Publish again, byte for byte, events that were already delivered (as a producer retry would)."""
     candidates = [
         (topic, value) for topic, value, _ in events.raw if topic in EVENT_TOPICS and _is_event(value)
     ]
     chosen = random.sample(candidates, min(count, len(candidates)))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all")
     await producer.start()
     try:
         for topic, value in chosen:
@@ -299,7 +300,7 @@ async def phase_one_faults(
         while sum(j.done or j.error is not None for j in journeys) < fraction * len(journeys):
             await asyncio.sleep(0.2)
 
-    malformed.extend(await inject_malformed(stack.bootstrap, 2 if small else 4))
+    malformed.extend(await inject_malformed(stack.admin, 2 if small else 4))
     tally.faults.append(f"malformed messages: {len(malformed)} on {len(EVENT_TOPICS)} topics")
     await progress(0.1)
     await restart_service(stack, "coi-tracking")
@@ -319,7 +320,7 @@ async def phase_one_faults(
     await restart_service(stack, "order-intake")
     tally.faults.append("order-intake SIGKILLed and restarted")
     await progress(0.7)
-    duplicated = await duplicate_deliveries(stack.bootstrap, events, 20 if small else 80)
+    duplicated = await duplicate_deliveries(stack.admin, events, 20 if small else 80)
     tally.faults.append(f"{duplicated} events delivered a second time")
 
 
@@ -392,11 +393,11 @@ async def check(
             tally.duplicated.append(f"{coi}: return shipment created more than once")
 
 
-async def check_dead_letters(bootstrap: str, malformed: list[tuple[str, bytes]], tally: Tally) -> None:
+async def check_dead_letters(kafka: KafkaAccess, malformed: list[tuple[str, bytes]], tally: Tally) -> None:
     """Every malformed message must be in its topic's dead-letter topic once per consuming group."""
     deadline = time.monotonic() + 60
     while True:
-        letters = await read_dead_letters(bootstrap, DLQ_TOPICS)
+        letters = await read_dead_letters(kafka, DLQ_TOPICS)
         seen = Counter(
             (
                 d.headers.get("dlq-source-topic", b"").decode(),
@@ -429,10 +430,10 @@ async def settle(stack: Stack) -> None:
 async def run_phase(
     *, name: str, broker: Any, journeys_count: int, concurrency: int, small: bool, workdir: Path, tally: Tally
 ) -> None:
-    await ensure_topics(broker.bootstrap, replication_factor=3 if name == "cluster" else 1)
+    await ensure_topics(broker.access(), replication_factor=3 if name == "cluster" else 1)
     urls_db = create_postgres_databases(list(SERVICES))
     stack = Stack(
-        bootstrap=broker.bootstrap,
+        kafka=broker,
         database_urls=urls_db,
         workdir=workdir / name,
         extra_env={
@@ -441,7 +442,7 @@ async def run_phase(
             "LOG_LEVEL": "WARNING",
         },
     )
-    events = EventLog(broker.bootstrap, EVENT_TOPICS)
+    events = EventLog(broker.access(), EVENT_TOPICS)
     try:
         await asyncio.to_thread(stack.start, 120.0)
         await events.start()
@@ -479,7 +480,7 @@ async def run_phase(
             tally.journeys += len(journeys)
             await check(stack, events, journeys, tally, http)
             if malformed:
-                await check_dead_letters(broker.bootstrap, malformed, tally)
+                await check_dead_letters(broker.access(), malformed, tally)
         print(
             f"chaos {name}: {len(journeys)} journeys, {sum(j.done for j in journeys)} confirmed", flush=True
         )

@@ -21,6 +21,11 @@ from cgt_contracts.events import AnyEvent
 
 from deploy.observe import EventLog, WebhookListener
 from deploy.stack import DEFAULT_PORTS, ROOT, Stack, sqlite_urls
+
+sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
+from kafka_local import LocalKafka  # type: ignore[import-not-found]
+
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ORDERS, SCHEDULING, SHIPMENTS
 
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
@@ -173,10 +178,10 @@ def print_timeline(title: str, events: list[AnyEvent], notes: list[str]) -> None
             print(f"  {event.time:%H:%M:%S.%f}"[:-3] + f"  {event.source.split('/')[-1]:<13} {line}")
 
 
-async def run(urls: dict[str, str], bootstrap: str) -> int:
+async def run(urls: dict[str, str], kafka: KafkaAccess) -> int:
     listener = WebhookListener()
     listener.start()
-    events = EventLog(bootstrap, [ORDERS, SHIPMENTS, SCHEDULING])
+    events = EventLog(kafka, [ORDERS, SHIPMENTS, SCHEDULING])
     await events.start()
     try:
         async with httpx.AsyncClient(timeout=30) as http:
@@ -223,27 +228,34 @@ def running_stack() -> dict[str, str] | None:
     return None
 
 
+def running_stack_kafka() -> KafkaAccess:
+    """The broker of `make up` as its super user (credentials in var/kafka/security, owner-only), unless
+    the environment names another broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return KafkaAccess.from_environment()
+    access: KafkaAccess = LocalKafka(port=9092, data_dir=ROOT / "var" / "kafka").access()
+    return access
+
+
 def main() -> int:
     urls = running_stack()
     if urls is not None:
         print("using the running stack (make up)")
-        return asyncio.run(run(urls, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))
+        return asyncio.run(run(urls, running_stack_kafka()))
     print("no running stack found: starting one on temporary SQLite databases ...")
-    sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
-    from kafka_local import LocalKafka  # type: ignore[import-not-found]
 
     with (
         tempfile.TemporaryDirectory(prefix="cgt-demo-") as tmp,
         LocalKafka(data_dir=Path(tmp) / "kafka") as broker,
     ):
         stack = Stack(
-            bootstrap=broker.bootstrap,
+            kafka=broker,
             database_urls=sqlite_urls(Path(tmp) / "db"),
             workdir=Path(tmp) / "logs",
         )
         try:
             stack.start()
-            return asyncio.run(run({n: s.url for n, s in stack.services.items()}, broker.bootstrap))
+            return asyncio.run(run({n: s.url for n, s in stack.services.items()}, broker.access()))
         finally:
             stack.stop()
 

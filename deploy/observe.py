@@ -17,6 +17,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from cgt_contracts.events import AnyEvent, parse_event
 
+from services.common.kafka_access import KafkaAccess
+
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """Stop an aiokafka consumer. With a broker down, aiokafka's fetcher can re-raise the cancellation of
@@ -109,7 +111,7 @@ class WebhookListener:
 class EventLog:
     """Reads every event on the given topics from the beginning, in a group of its own."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    def __init__(self, kafka: KafkaAccess, topics: list[str]) -> None:
         self.events: list[AnyEvent] = []
         self.positions: dict[str, tuple[str, int, int]] = {}
         self.notes: list[tuple[str, str]] = []
@@ -118,7 +120,7 @@ class EventLog:
         self.raw: list[tuple[str, bytes, dict[str, bytes]]] = []
         self._consumer = AIOKafkaConsumer(
             *topics,
-            bootstrap_servers=bootstrap,
+            **kafka.client_options(),
             group_id=f"test-observer-{uuid.uuid4().hex[:8]}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,

@@ -17,9 +17,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psycopg
+
+from services.common.kafka_access import KafkaAccess
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
@@ -38,6 +41,23 @@ DEV_LEDGER_SIGNING_KEYS = '{"dev-ledger-1": "REVWLU9OTFktbGVkZ2VyLWtleS1ub3QtZm9
 DEV_QA_SIGNING_PIN = "24681357"
 """The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
 DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
+
+
+class KafkaAccounts(Protocol):
+    """A broker that knows its principals' credentials (deploy/kafka's LocalKafka and LocalKafkaCluster)."""
+
+    def access(self, user: str = ...) -> KafkaAccess: ...
+
+
+@dataclass(frozen=True)
+class ConfiguredKafka:
+    """A broker named by the environment (KAFKA_BOOTSTRAP_SERVERS and the other KAFKA_* variables): every
+    service logs in as the one configured principal; on such a broker the operator sets the ACLs."""
+
+    configured: KafkaAccess
+
+    def access(self, user: str = "") -> KafkaAccess:
+        return self.configured
 
 
 def free_port() -> int:
@@ -125,7 +145,8 @@ class ServiceProcess:
 class Stack:
     """The three services, each with its own database, against one broker."""
 
-    bootstrap: str
+    kafka: KafkaAccounts
+    """The broker, and how each service logs in to it (as its own principal)."""
     database_urls: Mapping[str, str]
     workdir: Path
     ports: Mapping[str, int] = field(default_factory=dict)
@@ -139,7 +160,7 @@ class Stack:
                 **os.environ,
                 "SERVICE_NAME": name,
                 "DATABASE_URL": self.database_urls[name],
-                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                **self.kafka.access(name).environment(),
                 "CGT_API_TOKENS_FILE": os.environ.get("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE)),
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
                 "PATIENT_MATCH_KEY": os.environ.get("PATIENT_MATCH_KEY", DEV_PATIENT_MATCH_KEY),
@@ -155,6 +176,11 @@ class Stack:
 
     def url(self, name: str) -> str:
         return self.services[name].url
+
+    @property
+    def admin(self) -> KafkaAccess:
+        """The broker's super user: the tests', the tools' and the benchmarks' raw clients."""
+        return self.kafka.access()
 
     def start(self, timeout: float = 90.0) -> None:
         for service in self.services.values():
@@ -225,14 +251,17 @@ def _up(args: argparse.Namespace) -> int:
 
     var = ROOT / "var"
     broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
+    kafka: KafkaAccounts
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        kafka = ConfiguredKafka(KafkaAccess.from_environment())
+    else:
         broker = LocalKafka(port=args.kafka_port, data_dir=var / "kafka")
-        print(f"starting Apache Kafka (KRaft) on 127.0.0.1:{args.kafka_port} ...", flush=True)
+        print(f"starting Apache Kafka (KRaft, SASL over TLS) on 127.0.0.1:{args.kafka_port} ...", flush=True)
         broker.start()
-        bootstrap = broker.bootstrap
+        kafka = broker
+    bootstrap = kafka.access().bootstrap_servers
     stack = Stack(
-        bootstrap=bootstrap, database_urls=sqlite_urls(var / "db"), workdir=var / "logs", ports=DEFAULT_PORTS
+        kafka=kafka, database_urls=sqlite_urls(var / "db"), workdir=var / "logs", ports=DEFAULT_PORTS
     )
     stopping = False
 

@@ -8,3 +8,6 @@ import os
 from deploy.stack import DEV_LEDGER_SIGNING_KEYS
 
 os.environ.setdefault("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS)
+# Services built in process reach no broker (FastStream's TestKafkaBroker, or none): nothing to log in to.
+# The stacks the e2e tests start give each service its own SASL principal (deploy/stack.py).
+os.environ.setdefault("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")

@@ -4,6 +4,12 @@ artifacts in deploy/kafka/lib (`make kafka-deps`). No Docker needed.
 Used by `make up`, the tests, the fault suite and the benchmarks. Readiness is awaited by asking the
 broker for its cluster metadata, never by sleeping.
 
+Secure by default, as production runs: clients speak SASL (SCRAM-SHA-512) over TLS to a listener whose
+certificate is signed by a certificate authority generated here at first start (kept in the data
+directory); the controller listener takes only TLS clients holding a certificate from that authority; the
+StandardAuthorizer denies whatever no ACL allows. Users are created with the broker's own storage tool at
+format time (`--add-scram`), ACLs with Kafka's Admin API once the broker answers (`CreateAcls.java`).
+
     python deploy/kafka/kafka_local.py --port 9092 [--data-dir DIR]
 """
 
@@ -12,7 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime
+import hashlib
+import ipaddress
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +37,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 LIB = HERE / "lib"
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the project's packages (the Kafka access of every client)
+    sys.path.insert(0, str(ROOT))
+
+from pydantic import SecretStr  # noqa: E402
+
+from services.common.kafka_access import KafkaAccess  # noqa: E402
+
+SASL_MECHANISM = "SCRAM-SHA-512"
+ADMIN = "admin"
+"""The broker's super user: creates users, ACLs and topics for tools; no service runs as it."""
+BROKER_CERT_NAME = "cgt-kafka-broker"
 
 
 def _free_port() -> int:
@@ -43,6 +66,197 @@ def _cluster_id() -> str:
             return cluster_id
 
 
+class BrokerSecurity:
+    """The certificates, users and ACLs of one broker or cluster, kept in `directory` (owner-only files) so
+    that a restart on the same data finds the same authority and passwords.
+
+    `users` are the principals clients log in as (each gets a random password, `password(user)`); `acls`
+    are lines `PRINCIPAL RESOURCE_TYPE PATTERN_TYPE NAME OPERATION` (see CreateAcls.java)."""
+
+    def __init__(self, directory: Path, users: tuple[str, ...] = (), acls: tuple[str, ...] = ()) -> None:
+        self.directory = Path(directory)
+        self.users = tuple(dict.fromkeys((ADMIN, *users)))
+        self.acls = acls
+        self._passwords: dict[str, str] | None = None
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def keystore_path(self) -> Path:
+        """The broker's private key and certificate chain, in one PEM file (Kafka's PEM key store)."""
+        return self.directory / "broker.pem"
+
+    def password(self, user: str) -> str:
+        return self.passwords()[user]
+
+    def passwords(self) -> dict[str, str]:
+        if self._passwords is None:
+            path = self.directory / "users.json"
+            known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            missing = {user: secrets.token_urlsafe(24) for user in self.users if user not in known}
+            if missing or not path.exists():
+                self.directory.mkdir(parents=True, exist_ok=True)
+                _write_private(path, json.dumps({**known, **missing}))
+            self._passwords = {**known, **missing}
+        return self._passwords
+
+    def ensure_certificates(self) -> None:
+        """A certificate authority and the broker's certificate (for 127.0.0.1 and localhost), made once."""
+        if self.ca_path.exists() and self.keystore_path.exists():
+            return
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        def name(common: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(name("cgt-local-kafka-ca"))
+            .issuer_name(name("cgt-local-kafka-ca"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(BROKER_CERT_NAME))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_private(
+            self.keystore_path,
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+            + cert.public_bytes(pem).decode()
+            + ca.public_bytes(pem).decode(),
+        )
+        _write_private(self.ca_path, ca.public_bytes(pem).decode())
+
+    def broker_config(self, port: int, controller_port: int) -> list[str]:
+        admin = self.password(ADMIN)
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            f"sasl.enabled.mechanisms={SASL_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN}" password="{admin}";',
+            # The controller listener takes only a client certificate from our authority: the brokers'.
+            "listener.name.controller.ssl.client.auth=required",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore_path}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.ca_path}",
+            "ssl.endpoint.identification.algorithm=https",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{ADMIN};User:CN={BROKER_CERT_NAME}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
+    def format_arguments(self) -> list[str]:
+        """The super user exists before the broker starts (it is the inter-broker identity)."""
+        return ["--add-scram", f"{SASL_MECHANISM}=[name={ADMIN},password={self.password(ADMIN)}]"]
+
+    def access(self, bootstrap: str, user: str = ADMIN) -> KafkaAccess:
+        return KafkaAccess(
+            bootstrap_servers=bootstrap,
+            sasl_username=user,
+            sasl_password=SecretStr(self.password(user)),
+            ssl_cafile=self.ca_path,
+        )
+
+    def provision(self, bootstrap: str, classpath: str) -> None:
+        """Every user but the super user, and every ACL, in one run of Kafka's Admin API (idempotent)."""
+        client = self.directory / "admin-client.properties"
+        _write_private(
+            client,
+            "\n".join(
+                [
+                    f"bootstrap.servers={bootstrap}",
+                    "security.protocol=SASL_SSL",
+                    f"sasl.mechanism={SASL_MECHANISM}",
+                    "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{ADMIN}" password="{self.password(ADMIN)}";',
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={self.ca_path}",
+                    "",
+                ]
+            ),
+        )
+        lines = [f"USER {user} {self.password(user)}" for user in self.users if user != ADMIN]
+        request = "\n".join([*lines, *self.acls, ""])
+        marker = self.directory / "provisioned.sha256"
+        digest = hashlib.sha256(f"{bootstrap}\n{request}".encode()).hexdigest()
+        if marker.exists() and marker.read_text() == digest:
+            return  # a restart on the same data: the users and ACLs are in the broker's metadata already
+        done = subprocess.run(
+            [
+                "java",
+                "-Xmx128m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                classpath,
+                str(HERE / "CreateAcls.java"),
+                str(client),
+            ],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"creating Kafka users and ACLs failed:\n{done.stdout}{done.stderr}")
+        _write_private(marker, digest)
+
+
+def _project_security(
+    directory: Path, users: tuple[str, ...] | None, acls: tuple[str, ...] | None
+) -> BrokerSecurity:
+    from deploy import principals
+
+    return BrokerSecurity(
+        directory,
+        principals.users() if users is None else users,
+        principals.acl_lines() if acls is None else acls,
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Written readable by its owner only: keys and passwords."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
 class LocalKafka:
     """One broker process. `start()` returns once the broker answers a metadata request."""
 
@@ -56,7 +270,12 @@ class LocalKafka:
         voters: str | None = None,
         cluster_id: str | None = None,
         extra: dict[str, str] | None = None,
+        security: BrokerSecurity | None = None,
+        secure: bool = True,
+        users: tuple[str, ...] | None = None,
+        acls: tuple[str, ...] | None = None,
     ) -> None:
+        """`users` and `acls` default to the project's (`deploy/principals.py`)."""
         self.port = port or _free_port()
         self.controller_port = controller_port or _free_port()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -69,12 +288,24 @@ class LocalKafka:
         self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self.cluster_id = cluster_id or _cluster_id()
         self.extra = extra or {}
+        if security is None and secure:
+            security = _project_security(self.data_dir / "security", users, acls)
+        self.security = security
+        """None: a PLAINTEXT listener anyone can write to (only for comparing the cost of security)."""
+        self.provisions = True
+        """Creates the users and ACLs once ready (in a cluster, only the first node does)."""
         self.expected_brokers = 1
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def access(self, user: str = ADMIN) -> KafkaAccess:
+        """How a client logs in as `user` (the super user by default: tools and tests)."""
+        if self.security is None:
+            return KafkaAccess(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT")
+        return self.security.access(self.bootstrap, user)
 
     @property
     def log_path(self) -> Path:
@@ -88,17 +319,25 @@ class LocalKafka:
     def _write_config(self) -> Path:
         logs = self.data_dir / "logs"
         config = self.data_dir / "server.properties"
-        config.write_text(
+        if self.security is None:
+            listeners = [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        else:
+            self.security.ensure_certificates()
+            listeners = self.security.broker_config(self.port, self.controller_port)
+        _write_private(
+            config,
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     f"node.id={self.node_id}",
                     f"controller.quorum.voters={self.voters}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *listeners,
                     f"log.dirs={logs}",
                     "auto.create.topics.enable=false",
                     "num.partitions=1",
@@ -119,7 +358,7 @@ class LocalKafka:
                     *(f"{key}={value}" for key, value in self.extra.items()),
                     "",
                 ]
-            )
+            ),
         )
         return config
 
@@ -147,6 +386,7 @@ class LocalKafka:
                 "-c",
                 str(config),
                 "--ignore-formatted",
+                *(self.security.format_arguments() if self.security else ()),
             ),
             capture_output=True,
             text=True,
@@ -160,6 +400,7 @@ class LocalKafka:
         self.launch()
         try:
             self.wait_ready(timeout)
+            self.provision()
         except BaseException:
             self.kill()
             raise
@@ -179,6 +420,10 @@ class LocalKafka:
                 start_new_session=True,
             )
 
+    def provision(self) -> None:
+        if self.security is not None and self.provisions:
+            self.security.provision(self.bootstrap, self._classpath())
+
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Blocking (runs its own event loop): from async code call it via `asyncio.to_thread`."""
         asyncio.run(self._wait_ready(timeout))
@@ -194,7 +439,7 @@ class LocalKafka:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Kafka exited with {self.process.returncode}:\n{self.log_tail()}")
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            admin = AIOKafkaAdminClient(**self.access().client_options(), request_timeout_ms=3000)
             cluster: dict[str, Any] | None = None
             try:
                 await admin.start()
@@ -269,7 +514,13 @@ class LocalKafkaCluster:
     """Three (or more) combined broker-controller nodes on loopback, replication factor 3 and
     min.insync.replicas 2, for faults that a single broker cannot show (losing a broker mid-stream)."""
 
-    def __init__(self, size: int = 3, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        data_dir: Path | None = None,
+        users: tuple[str, ...] | None = None,
+        acls: tuple[str, ...] | None = None,
+    ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cgt-kafka-cluster-")
@@ -287,8 +538,10 @@ class LocalKafkaCluster:
             "share.coordinator.state.topic.replication.factor": replicas,
             "share.coordinator.state.topic.min.isr": "2",
         }
+        self.security = _project_security(Path(data_dir) / "security", users, acls)
         self.nodes = [
             LocalKafka(
+                security=self.security,
                 controller_port=controller_ports[i],
                 data_dir=Path(data_dir) / f"node{i + 1}",
                 node_id=i + 1,
@@ -301,6 +554,7 @@ class LocalKafkaCluster:
         ]
         for node in self.nodes:
             node.expected_brokers = size
+            node.provisions = node is self.nodes[0]
 
     @property
     def bootstrap(self) -> str:
@@ -310,6 +564,10 @@ class LocalKafkaCluster:
         for node in self.nodes:
             node.launch()
         self.nodes[0].wait_ready(timeout)
+        self.nodes[0].provision()
+
+    def access(self, user: str = ADMIN) -> KafkaAccess:
+        return self.security.access(self.bootstrap, user)
 
     def stop(self) -> None:
         for node in self.nodes:

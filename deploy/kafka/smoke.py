@@ -15,6 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 from kafka_local import LocalKafka  # type: ignore[import-not-found]
 
+from services.common.kafka_access import KafkaAccess
+
 TOPIC = "smoke"
 GROUP = "smoke-group"
 PARTITIONS = 3
@@ -27,9 +29,9 @@ def check(condition: bool, message: str) -> None:
         raise SystemExit(f"FAIL: {message}")
 
 
-async def create_topic(bootstrap: str) -> None:
+async def create_topic(kafka: KafkaAccess) -> None:
     """create_topics does not raise on per-topic errors: every code in the response is checked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         new = [NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=1)]
@@ -44,8 +46,8 @@ async def create_topic(bootstrap: str) -> None:
         await admin.close()
 
 
-def producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+def producer(kafka: KafkaAccess) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True, acks="all")
 
 
 async def produce(client: AIOKafkaProducer, prefix: str, count: int) -> float:
@@ -55,11 +57,11 @@ async def produce(client: AIOKafkaProducer, prefix: str, count: int) -> float:
     return time.monotonic() - started
 
 
-async def consume(bootstrap: str, limit: int) -> dict[TopicPartition, list[int]]:
+async def consume(kafka: KafkaAccess, limit: int) -> dict[TopicPartition, list[int]]:
     """Read `limit` records as GROUP (bounded by a deadline); commit exactly what was read."""
     consumer = AIOKafkaConsumer(
         TOPIC,
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(),
         group_id=GROUP,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -81,8 +83,8 @@ async def consume(bootstrap: str, limit: int) -> dict[TopicPartition, list[int]]
     return seen
 
 
-async def log_size(bootstrap: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def log_size(kafka: KafkaAccess) -> int:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
@@ -91,8 +93,8 @@ async def log_size(bootstrap: str) -> int:
         await consumer.stop()
 
 
-async def committed(bootstrap: str) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
+async def committed(kafka: KafkaAccess) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=GROUP, enable_auto_commit=False)
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(TOPIC, p)) for p in range(PARTITIONS)}
@@ -101,15 +103,15 @@ async def committed(bootstrap: str) -> dict[int, int | None]:
 
 
 async def run(kafka: LocalKafka) -> None:
-    await create_topic(kafka.bootstrap)
-    old = producer(kafka.bootstrap)
+    await create_topic(kafka.access())
+    old = producer(kafka.access())
     await old.start()
     try:
         took = await produce(old, "before", BEFORE)
         print(f"produced {BEFORE} (idempotent, acks=all) in {took * 1000:.0f} ms")
-        first = await consume(kafka.bootstrap, CONSUMED_BEFORE)
+        first = await consume(kafka.access(), CONSUMED_BEFORE)
         check(sum(map(len, first.values())) == CONSUMED_BEFORE, f"consumed {first}")
-        before = await committed(kafka.bootstrap)
+        before = await committed(kafka.access())
         print(f"consumed and committed {CONSUMED_BEFORE}: {before}")
 
         started = time.monotonic()
@@ -118,14 +120,14 @@ async def run(kafka: LocalKafka) -> None:
 
         # Right after a restart the group coordinator may still be loading its offsets: wait, bounded.
         deadline = time.monotonic() + 30
-        while (after := await committed(kafka.bootstrap)) != before and time.monotonic() < deadline:
+        while (after := await committed(kafka.access())) != before and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         check(after == before, f"committed offsets changed across the restart: {before} -> {after}")
         took = await produce(old, "after-old", AFTER)
         print(f"producer from before the restart published {AFTER} again in {took * 1000:.0f} ms")
     finally:
         await old.stop()
-    new = producer(kafka.bootstrap)
+    new = producer(kafka.access())
     await new.start()
     try:
         took = await produce(new, "after-new", AFTER)
@@ -134,13 +136,13 @@ async def run(kafka: LocalKafka) -> None:
         await new.stop()
 
     expected = BEFORE - CONSUMED_BEFORE + 2 * AFTER
-    rest = await consume(kafka.bootstrap, expected)  # waits for the records, not for a quiet poll
+    rest = await consume(kafka.access(), expected)  # waits for the records, not for a quiet poll
     for tp, offsets in rest.items():
         start = before.get(tp.partition) or 0
         check(offsets == list(range(start, start + len(offsets))), f"{tp}: {offsets} not from {start}")
     total = sum(map(len, rest.values()))
     check(total == expected, f"after restart the group read {total}, expected {expected}")
-    written = await log_size(kafka.bootstrap)
+    written = await log_size(kafka.access())
     check(written == BEFORE + 2 * AFTER, f"the log holds {written} records: a send was duplicated or lost")
     print(f"group resumed at its committed offsets and read the remaining {total}, no gaps or repeats")
 

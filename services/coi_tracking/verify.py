@@ -36,6 +36,7 @@ from services.coi_tracking.ledger import (
 )
 from services.coi_tracking.models import Shipment
 from services.common.db import make_engine
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ALL_TOPICS, LEDGER_HEADS
 from services.common.unit_of_work import session_factory
 
@@ -59,14 +60,10 @@ class BrokerUnavailable(Exception):
     """The published heads could not be read: without them a removed tail would go unseen."""
 
 
-async def read_published_heads(
-    bootstrap_servers: str, timeout_seconds: float = 30.0
-) -> dict[str, PublishedHead]:
+async def read_published_heads(kafka: KafkaAccess, timeout_seconds: float = 30.0) -> dict[str, PublishedHead]:
     """The highest head published per shipment, the whole topic read from the beginning without a consumer
     group (nothing committed). A record that is not a head is skipped: the topic's ACL decides who writes."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, request_timeout_ms=15000
-    )
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, request_timeout_ms=15000)
     try:
         await asyncio.wait_for(consumer.start(), timeout_seconds)
         if LEDGER_HEADS not in await consumer.topics():  # no service has started against this broker
@@ -146,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
-        help="the broker holding the published heads; default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092",
+        help="the broker holding the published heads; default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092 "
+        "(logged in with KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CAFILE)",
     )
     parser.add_argument("--shipment", type=UUID, help="only this shipment")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -178,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             shipments = list(session.exec(query))
             # The broker is read only when some ledger has entries: an empty one has nothing to have lost.
             needs_heads = any(shipment.ledger_length > 0 for shipment in shipments)
-            heads = asyncio.run(read_published_heads(args.bootstrap_servers)) if needs_heads else {}
+            kafka = KafkaAccess.from_environment().model_copy(
+                update={"bootstrap_servers": args.bootstrap_servers}
+            )
+            heads = asyncio.run(read_published_heads(kafka)) if needs_heads else {}
             for shipment in shipments:
                 result, published = _check(session, shipment, heads)
                 broken += not result.valid

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ALL_TOPICS
 
 DLQ_TOPICS = [spec.name for spec in ALL_TOPICS if spec.name.endswith(".dlq")]
@@ -51,9 +52,9 @@ class DeadLetter:
         }
 
 
-async def read_dead_letters(bootstrap: str, topics: list[str]) -> list[DeadLetter]:
+async def read_dead_letters(kafka: KafkaAccess, topics: list[str]) -> list[DeadLetter]:
     """Everything currently in the dead-letter topics, read without a consumer group (nothing committed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         counts = {spec.name: spec.partitions for spec in ALL_TOPICS}
@@ -84,10 +85,10 @@ async def read_dead_letters(bootstrap: str, topics: list[str]) -> list[DeadLette
         await consumer.stop()
 
 
-async def replay(bootstrap: str, letter: DeadLetter) -> tuple[str, int, int]:
+async def replay(kafka: KafkaAccess, letter: DeadLetter) -> tuple[str, int, int]:
     source = letter.headers["dlq-source-topic"].decode()
     headers = [(k, v) for k, v in letter.headers.items() if not k.startswith("dlq-")]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         metadata = await producer.send_and_wait(source, letter.value, key=letter.key, headers=headers)
@@ -98,7 +99,8 @@ async def replay(bootstrap: str, letter: DeadLetter) -> tuple[str, int, int]:
 
 async def _main(args: argparse.Namespace) -> int:
     topics = [args.topic] if args.topic else DLQ_TOPICS
-    letters = await read_dead_letters(args.bootstrap, topics)
+    kafka = KafkaAccess.from_environment().model_copy(update={"bootstrap_servers": args.bootstrap})
+    letters = await read_dead_letters(kafka, topics)
     if args.command == "list":
         for letter in letters:
             print(json.dumps(letter.summary()))
@@ -112,7 +114,7 @@ async def _main(args: argparse.Namespace) -> int:
     if len(chosen) != 1:
         print(f"no single dead letter at {args.topic} offset {args.offset}", file=sys.stderr)
         return 2
-    topic, partition, offset = await replay(args.bootstrap, chosen[0])
+    topic, partition, offset = await replay(kafka, chosen[0])
     print(json.dumps({"replayed": chosen[0].summary(), "to": f"{topic}[{partition}]@{offset}"}))
     return 0
 

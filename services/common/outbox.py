@@ -30,6 +30,7 @@ from sqlalchemy.sql import Select
 from sqlmodel import Field, Session, SQLModel
 
 from services.common.db import UtcDateTime, is_postgres, one_of, tables_of
+from services.common.kafka_access import KafkaAccess
 from services.common.unit_of_work import AppendRow, session_factory, unit_of_work
 
 log = structlog.get_logger()
@@ -143,14 +144,14 @@ class OutboxRelay:
     def __init__(
         self,
         engine: Engine,
-        bootstrap_servers: str,
+        kafka: KafkaAccess,
         *,
         client_id: str = "outbox-relay",
         poll_seconds: float = 0.5,
         batch: int = 4000,
     ):
         self._engine = engine
-        self._bootstrap_servers = bootstrap_servers.split(",")
+        self._kafka = kafka
         self._client_id = f"{client_id}-outbox"
         self._producer: AIOKafkaProducer | None = None
         self._poll_seconds = poll_seconds
@@ -172,7 +173,7 @@ class OutboxRelay:
         """Start the relay's producer (its own, so publishing does not go through a framework per row)."""
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap_servers,
+                **self._kafka.client_options(),
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,

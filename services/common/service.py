@@ -36,6 +36,7 @@ from services.common.db import (
 )
 from services.common.edge import EdgeRoute, check_admitted
 from services.common.idempotency import IdempotentResponse
+from services.common.kafka_access import KafkaAccess
 from services.common.logging import CorrelationMiddleware, configure_logging
 from services.common.outbox import OUTBOX_TABLE, OutboxMessage, OutboxRelay
 from services.common.problems import (
@@ -63,6 +64,8 @@ class Runtime(Generic[S]):
 
     settings: S
     engine: Engine = field(init=False)
+    kafka: KafkaAccess = field(init=False)
+    """The service's own principal on the broker."""
     broker: KafkaBroker = field(init=False)
     relay: OutboxRelay = field(init=False)
     checkpointer: WalCheckpointer | None = field(init=False)
@@ -76,8 +79,10 @@ class Runtime(Generic[S]):
         configure_logging(name, settings.log_level)
         self.engine = make_engine(settings.database_url)
         self.checkpointer = WalCheckpointer.attach(self.engine)
+        self.kafka = settings.kafka_access()
         self.broker = KafkaBroker(
-            settings.kafka_bootstrap_servers.split(","),
+            self.kafka.servers,
+            security=self.kafka.broker_security(),
             client_id=name,
             acks="all",
             enable_idempotence=True,
@@ -86,7 +91,7 @@ class Runtime(Generic[S]):
         )
         self.relay = OutboxRelay(
             self.engine,
-            settings.kafka_bootstrap_servers,
+            self.kafka,
             client_id=name,
             poll_seconds=settings.outbox_poll_seconds,
         )
@@ -123,9 +128,7 @@ def build_service(
         create_tables(engine, [*COMMON_TABLES, *tables])
         if checkpointer is not None:
             checkpointer.start()
-        await ensure_topics(
-            settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor
-        )
+        await ensure_topics(runtime.kafka, replication_factor=settings.kafka_replication_factor)
         await broker.start()
         await relay.start()
         await runtime.on_startup()

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from services.common.kafka_access import KafkaAccess
+
 ORDERS = "orders.events"
 SHIPMENTS = "shipments.events"
 SCHEDULING = "scheduling.events"
@@ -47,7 +49,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaAccess,
     topics: tuple[TopicSpec, ...] = ALL_TOPICS,
     replication_factor: int = 1,
     timeout_seconds: float = 60.0,
@@ -57,7 +59,7 @@ async def ensure_topics(
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            await _create_missing(bootstrap_servers, topics, replication_factor)
+            await _create_missing(kafka, topics, replication_factor)
             return
         except KafkaError as error:
             if not error.retriable or time.monotonic() > deadline:
@@ -65,11 +67,9 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
 
 
-async def _create_missing(
-    bootstrap_servers: str, topics: tuple[TopicSpec, ...], replication_factor: int
-) -> None:
+async def _create_missing(kafka: KafkaAccess, topics: tuple[TopicSpec, ...], replication_factor: int) -> None:
     """create_topics does not raise per topic, so every error code is checked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

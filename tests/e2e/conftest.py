@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from deploy.observe import EventLog, WebhookListener
-from deploy.stack import SERVICES, Stack, create_postgres_databases, drop_postgres_databases, sqlite_urls
+from deploy.stack import (
+    SERVICES,
+    KafkaAccounts,
+    Stack,
+    create_postgres_databases,
+    drop_postgres_databases,
+    sqlite_urls,
+)
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ALL_TOPICS
 from tests.support.infra import kafka_broker
 
@@ -27,8 +35,14 @@ QA = {"Authorization": "Bearer dev-qa-token"}
 @dataclass
 class RunningStack:
     backend: str
-    bootstrap: str
+    broker: KafkaAccounts
+    """The broker and its principals (`broker.access("courier-cryo-express")`)."""
     stack: Stack
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        """The broker's super user: what the tests' own raw clients log in as."""
+        return self.broker.access()
 
     @property
     def orders(self) -> str:
@@ -46,12 +60,12 @@ class RunningStack:
 @contextlib.contextmanager
 def running_stack(backend: str, workdir: Path) -> Iterator[RunningStack]:
     """A broker of its own and the three services on `backend` ("sqlite" or "postgresql")."""
-    with kafka_broker(workdir / "kafka") as bootstrap:
+    with kafka_broker(workdir / "kafka") as broker:
         urls = (
             sqlite_urls(workdir / "db") if backend == "sqlite" else create_postgres_databases(list(SERVICES))
         )
         running = Stack(
-            bootstrap=bootstrap,
+            kafka=broker,
             database_urls=urls,
             workdir=workdir / "logs",
             extra_env={
@@ -64,7 +78,7 @@ def running_stack(backend: str, workdir: Path) -> Iterator[RunningStack]:
         )
         try:
             running.start()
-            yield RunningStack(backend, bootstrap, running)
+            yield RunningStack(backend, broker, running)
         finally:
             running.stop()
             if backend == "postgresql":
@@ -81,7 +95,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture
 async def events(stack: RunningStack) -> AsyncIterator[EventLog]:
-    log = EventLog(stack.bootstrap, [t.name for t in ALL_TOPICS if not t.name.endswith(".dlq")])
+    log = EventLog(stack.kafka, [t.name for t in ALL_TOPICS if not t.name.endswith(".dlq")])
     await log.start()
     yield log
     await log.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -24,15 +25,15 @@ pytestmark = pytest.mark.e2e
 async def test_a_malformed_event_goes_to_the_dead_letter_topic_with_its_reason(
     stack: RunningStack, http: httpx.AsyncClient
 ) -> None:
-    dead = EventLog(stack.bootstrap, [dlq(ORDERS)])
+    dead = EventLog(stack.kafka, [dlq(ORDERS)])
     await dead.start()
     try:
         marker = json.dumps(
             {"type": "order.accepted.v1", "subject": "CHW4321269GARBG0", "m": id(dead)}
         ).encode()
-        partition, offset = await produce(stack.bootstrap, ORDERS, marker, key=b"CHW4321269GARBG0")
+        partition, offset = await produce(stack.kafka, ORDERS, marker, key=b"CHW4321269GARBG0")
         for group in ("coi-tracking", "scheduling"):
-            await wait_committed(stack.bootstrap, group, ORDERS, partition, offset)
+            await wait_committed(stack.kafka, group, ORDERS, partition, offset)
         found = await dead.wait_raw(lambda _topic, value, _headers: value == marker, count=2)
         letters = [(value, headers) for _, value, headers in found]
         groups = sorted(headers["dlq-consumer-group"].decode() for _, headers in letters)
@@ -55,7 +56,7 @@ async def test_the_partition_keeps_flowing_after_a_poison_message(
 ) -> None:
     order = await place_accepted_order(http, stack)
     key = order["coi"].encode()
-    await produce(stack.bootstrap, ORDERS, b"\x00\x01 not json", key=key)
+    await produce(stack.kafka, ORDERS, b"\x00\x01 not json", key=key)
     # The next order's events flow on, whatever partition they land on.
     following = await place_accepted_order(http, stack)
     assert (await shipment_for(http, stack, events, following["coi"]))["coi"] == following["coi"]
@@ -69,9 +70,9 @@ async def test_a_redelivered_event_is_applied_once(
     await shipment_for(http, stack, events, coi)
     accepted = next(e for e in events.of(coi) if e.type == "order.accepted.v1")
     original = accepted.model_dump_json().encode()
-    partition, offset = await produce(stack.bootstrap, ORDERS, original, key=coi.encode())
+    partition, offset = await produce(stack.kafka, ORDERS, original, key=coi.encode())
     for group in ("coi-tracking", "scheduling"):
-        await wait_committed(stack.bootstrap, group, ORDERS, partition, offset)
+        await wait_committed(stack.kafka, group, ORDERS, partition, offset)
     shipments = (
         await http.get(f"{stack.tracking}/shipments", params={"coi": coi}, headers=COORDINATOR)
     ).json()
@@ -104,7 +105,7 @@ async def test_dead_letters_are_listed_and_one_is_replayed_after_a_fix(
     ]
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**stack.kafka.client_options(), acks="all")
     await producer.start()
     try:
         metadata = await producer.send_and_wait(
@@ -138,7 +139,8 @@ async def test_dead_letters_are_listed_and_one_is_replayed_after_a_fix(
 
 def _cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.common.dlq", *args, "--bootstrap", stack.bootstrap],
+        [sys.executable, "-m", "services.common.dlq", *args, "--bootstrap", stack.kafka.bootstrap_servers],
+        env={**os.environ, **stack.kafka.environment()},
         capture_output=True,
         text=True,
         timeout=60,

@@ -121,7 +121,7 @@ async def test_a_cancelled_orders_shipments_take_no_scan_over_http_or_kafka(
     assert over_http.status_code == 201
     assert not over_http.json()["accepted"] and "order was cancelled" in over_http.json()["refusal_reason"]
     await produce(
-        stack.bootstrap,
+        stack.kafka,
         COURIER_SCANS,
         courier_scan(returning, ScanType.DELIVERY).model_dump_json().encode(),
         coi.encode(),
@@ -189,7 +189,7 @@ async def test_a_return_pick_up_before_the_release_is_refused_on_kafka_too(
     order = await place_accepted_order(http, stack)
     returning = await shipment_for(http, stack, events, order["coi"])
     pick_up = courier_scan(returning, ScanType.PICK_UP, eta_at=datetime.now(UTC) + timedelta(days=2))
-    await produce(stack.bootstrap, COURIER_SCANS, pick_up.model_dump_json().encode(), order["coi"].encode())
+    await produce(stack.kafka, COURIER_SCANS, pick_up.model_dump_json().encode(), order["coi"].encode())
     refused = await events.wait_for(lambda e: e.type == "shipment.scanned.v1" and e.subject == order["coi"])
     assert refused.data.accepted is False  # type: ignore[union-attr]
     assert "has not released the product" in (refused.data.refusal_reason or "")  # type: ignore[union-attr]
@@ -249,9 +249,9 @@ async def test_the_same_scan_sent_twice_without_a_key_is_stored_once_over_http_a
     resent = checkpoint.model_copy(update={"id": uuid.uuid4()})  # a courier's retry: a new event, same scan
     for event in (checkpoint, resent):
         partition, offset = await produce(
-            stack.bootstrap, COURIER_SCANS, event.model_dump_json().encode(), coi.encode()
+            stack.kafka, COURIER_SCANS, event.model_dump_json().encode(), coi.encode()
         )
-    await wait_committed(stack.bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
+    await wait_committed(stack.kafka, "coi-tracking-scans", COURIER_SCANS, partition, offset)
     scans = (await http.get(f"{base}/scans", headers=COORDINATOR)).json()
     assert [s["scan_type"] for s in scans] == ["pick_up", "checkpoint"], scans
     await refused_or_accepted_checkpoint(events, coi)

@@ -333,9 +333,9 @@ async def test_the_lifecycle_refuses_steps_out_of_order_and_keeps_its_history(
         ),
     )
     partition, offset = await produce(
-        stack.bootstrap, SHIPMENTS, stray.model_dump_json().encode(), order["coi"].encode()
+        stack.kafka, SHIPMENTS, stray.model_dump_json().encode(), order["coi"].encode()
     )
-    await wait_committed(stack.bootstrap, "order-intake", SHIPMENTS, partition, offset)
+    await wait_committed(stack.kafka, "order-intake", SHIPMENTS, partition, offset)
     assert (await http.get(f"{stack.orders}/orders/{order['id']}", headers=COORDINATOR)).json()[
         "status"
     ] == "accepted"
@@ -372,7 +372,7 @@ async def test_shipment_events_move_the_order_and_cancellation_stops_at_infusion
         lambda e: e.type == "shipment.delivered.v1" and e.subject == order["coi"]
     )
     topic, partition, offset = events.positions[str(delivered.id)]
-    await wait_committed(stack.bootstrap, "order-intake", topic, partition, offset)
+    await wait_committed(stack.kafka, "order-intake", topic, partition, offset)
     history = (await http.get(f"{stack.orders}/orders/{order['id']}/history", headers=COORDINATOR)).json()
     by_event = [h for h in history if h["cause_event_id"]]
     assert [(h["to_status"], h["actor"]) for h in by_event] == [

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy.engine import Engine
 from sqlmodel import col, func, select
 
+from services.common.kafka_access import KafkaAccess
 from services.common.outbox import OutboxMessage, OutboxRelay, PendingMessage
 from services.common.service import COMMON_TABLES
 from services.common.topics import TopicSpec, ensure_topics
@@ -26,9 +27,9 @@ KEYS = 17
 
 
 @pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with kafka_broker(tmp_path_factory.mktemp("kafka")) as address:
-        yield address
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaAccess]:
+    with kafka_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.access()
 
 
 @pytest.fixture
@@ -38,9 +39,9 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-async def topic(bootstrap: str) -> AsyncIterator[str]:
+async def topic(kafka: KafkaAccess) -> AsyncIterator[str]:
     name = f"relay.test.{uuid.uuid4().hex[:6]}"
-    await ensure_topics(bootstrap, (TopicSpec(name, 3),))
+    await ensure_topics(kafka, (TopicSpec(name, 3),))
     yield name
 
 
@@ -69,11 +70,11 @@ def unpublished(engine: Engine) -> int:
         return session.exec(query).one()
 
 
-async def published(bootstrap: str, topic: str, expected: int) -> dict[str, list[int]]:
+async def published(kafka: KafkaAccess, topic: str, expected: int) -> dict[str, list[int]]:
     """Every record on the topic (waiting for `expected`, then a little longer for any extra one): each
     key's positions in the order they arrived."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"g-{topic}"
+        topic, **kafka.client_options(), auto_offset_reset="earliest", group_id=f"g-{topic}"
     )
     await consumer.start()
     records: list[Any] = []
@@ -92,11 +93,11 @@ async def published(bootstrap: str, topic: str, expected: int) -> dict[str, list
 
 
 async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
-    engine: Engine, bootstrap: str, topic: str
+    engine: Engine, kafka: KafkaAccess, topic: str
 ) -> None:
     rows = 600
     enqueue_rows(engine, topic, rows)
-    relays = [OutboxRelay(engine, bootstrap, batch=25) for _ in range(2)]
+    relays = [OutboxRelay(engine, kafka, batch=25) for _ in range(2)]
     for relay in relays:
         await relay.connect()
 
@@ -112,7 +113,7 @@ async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
     finally:
         for relay in relays:
             await relay.stop()
-    per_key = await published(bootstrap, topic, rows)
+    per_key = await published(kafka, topic, rows)
     assert sum(len(positions) for positions in per_key.values()) == rows  # none twice, none lost
     for key, positions in per_key.items():
         assert positions == sorted(positions), f"{key} published out of order: {positions}"
@@ -120,10 +121,10 @@ async def test_two_relays_publish_every_row_exactly_once_in_order_per_key(
 
 
 async def test_a_second_relay_waits_while_the_first_publishes_then_takes_the_next_rows(
-    engine: Engine, bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, kafka: KafkaAccess, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     enqueue_rows(engine, topic, 50)
-    first, second = OutboxRelay(engine, bootstrap, batch=25), OutboxRelay(engine, bootstrap, batch=25)
+    first, second = OutboxRelay(engine, kafka, batch=25), OutboxRelay(engine, kafka, batch=25)
     for relay in (first, second):
         await relay.connect()
     first_claimed, release_first = asyncio.Event(), asyncio.Event()
@@ -148,7 +149,7 @@ async def test_a_second_relay_waits_while_the_first_publishes_then_takes_the_nex
         release_first.set()
         for relay in (first, second):
             await relay.stop()
-    per_key = await published(bootstrap, topic, 50)
+    per_key = await published(kafka, topic, 50)
     assert sorted(n for positions in per_key.values() for n in positions) == list(range(50))
     for key, positions in per_key.items():
         assert positions == sorted(positions), f"{key} published out of order: {positions}"

@@ -23,7 +23,7 @@ from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
 from sqlmodel import Session, col, func, select
 
 from deploy.bench import scan_payloads
-from deploy.stack import DEV_TOKENS_FILE
+from deploy.stack import DEV_TOKENS_FILE, KafkaAccounts
 from services.coi_tracking import commands
 from services.coi_tracking.ledger import verify_shipment_ledger
 from services.coi_tracking.models import ScanRecord, Shipment
@@ -31,7 +31,7 @@ from services.common.db import make_engine
 from services.common.outbox import OutboxMessage, OutboxRelay
 from services.common.topics import COURIER_SCANS, dlq, ensure_topics
 from services.common.unit_of_work import session_factory
-from tests.support.infra import kafka_broker, wait_committed
+from tests.support.infra import kafka_broker, service_kafka_settings, wait_committed
 from tests.support.shipments import planned_shipments
 
 pytestmark = pytest.mark.e2e
@@ -57,31 +57,35 @@ def scan(shipment_id: uuid.UUID, coi: str, location: str) -> CourierScanSubmitte
     )
 
 
-def tracking_app(database_url: str, bootstrap: str) -> Any:
+def tracking_app(database_url: str, broker: KafkaAccounts) -> Any:
     from services.coi_tracking.app import TrackingSettings, create_app
 
     return create_app(
-        TrackingSettings(
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            cgt_api_tokens_file=DEV_TOKENS_FILE,
-            log_level="WARNING",
+        TrackingSettings.model_validate(
+            {
+                "database_url": database_url,
+                **service_kafka_settings(broker.access("coi-tracking")),
+                "cgt_api_tokens_file": DEV_TOKENS_FILE,
+                "log_level": "WARNING",
+            }
         )
     )
 
 
 @pytest.fixture
-async def tracking_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, str]]:
-    """A real broker with the project's topics and a SQLite URL for COI tracking: (database URL, bootstrap)."""
+async def tracking_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, KafkaAccounts]]:
+    """A real broker with the project's topics and a SQLite URL for COI tracking: (database URL, broker)."""
     database_url = f"sqlite:///{tmp_path / 'tracking.db'}"
     # The module builds its app from the environment when imported.
     monkeypatch.setenv("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE))
     monkeypatch.setenv("DATABASE_URL", database_url)
     broker_context = kafka_broker(tmp_path / "kafka")
-    bootstrap = await asyncio.to_thread(broker_context.__enter__)
+    broker = await asyncio.to_thread(broker_context.__enter__)
     try:
-        await ensure_topics(bootstrap)
-        yield database_url, bootstrap
+        await ensure_topics(broker.access())
+        yield database_url, broker
     finally:
         await asyncio.to_thread(broker_context.__exit__, None, None, None)
 
@@ -108,19 +112,19 @@ async def eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any
 
 
 async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_applied(
-    tracking_env: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    tracking_env: tuple[str, KafkaAccounts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fail() -> None:
         raise RuntimeError("injected failure")
 
     before_scans_at(monkeypatch, POISON, fail)
-    database_url, bootstrap = tracking_env
-    app = tracking_app(database_url, bootstrap)
+    database_url, broker = tracking_env
+    app = tracking_app(database_url, broker)
     engine = make_engine(database_url)
     async with app.router.lifespan_context(app):  # creates the tables
         shipment = planned_shipments(engine, 1)[0]
         locations = ["first lane", POISON, "third lane"]
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(**broker.access().client_options(), acks="all", enable_idempotence=True)
         await producer.start()
         try:
             batch = producer.create_batch()  # one record batch: the consumer gets them together
@@ -143,7 +147,7 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
         assert await eventually(applied) == ["first lane", "third lane"]
         dead = AIOKafkaConsumer(
             dlq(COURIER_SCANS),
-            bootstrap_servers=bootstrap,
+            **broker.access().client_options(),
             auto_offset_reset="earliest",
             group_id="dlq-reader",
         )
@@ -161,7 +165,7 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
 
 
 async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_applies_none_twice(
-    tracking_env: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    tracking_env: tuple[str, KafkaAccounts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first batch is held inside the database thread until consuming has stopped: shutdown must wait
     for it (and relay what it caused) before the outbox relay stops. The batch fetched behind it was never
@@ -175,7 +179,7 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
             release.wait(timeout=60)
 
     before_scans_at(monkeypatch, GATE, hold)
-    database_url, bootstrap = tracking_env
+    database_url, broker = tracking_env
     engine = make_engine(database_url)
 
     def count(query: Any) -> int:
@@ -208,7 +212,7 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
 
     monkeypatch.setattr(AIOKafkaConsumer, "commit", slow_commit)
     try:
-        first = tracking_app(database_url, bootstrap)
+        first = tracking_app(database_url, broker)
         lifespan = first.router.lifespan_context(first)
         await lifespan.__aenter__()
         subscribers = first.state.runtime.broker.subscribers
@@ -229,7 +233,7 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
         # The held scan first, then hand-offs (each a ledger entry) alternating with checkpoints.
         payloads = [(shipments[0].coi.encode(), gate.model_dump_json().encode())]
         payloads += scan_payloads([(s.coi, str(s.id)) for s in shipments], 150, custodians)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(**broker.access().client_options(), acks="all", enable_idempotence=True)
         await producer.start()
         try:
             sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
@@ -244,7 +248,12 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
         assert seen_at_relay_stop == [True]  # the held batch was applied before the relay stopped
         # ... and its offsets committed before shutdown closed the consumer (no later batch was applied)
         await wait_committed(
-            bootstrap, "coi-tracking-scans", COURIER_SCANS, placed[0].partition, placed[0].offset, timeout=5
+            broker.access(),
+            "coi-tracking-scans",
+            COURIER_SCANS,
+            placed[0].partition,
+            placed[0].offset,
+            timeout=5,
         )
         slow_commits[0] = False
         assert (
@@ -256,13 +265,13 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
             == 0
         )
 
-        second = tracking_app(database_url, bootstrap)
+        second = tracking_app(database_url, broker)
         async with second.router.lifespan_context(second):
             await eventually(lambda: stored_scans() == len(payloads), timeout=120)
             for partition, offset in ends.items():
-                await wait_committed(bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
+                await wait_committed(broker.access(), "coi-tracking-scans", COURIER_SCANS, partition, offset)
         assert stored_scans() == len(payloads)  # none twice
-        dead = AIOKafkaConsumer(dlq(COURIER_SCANS), bootstrap_servers=bootstrap)
+        dead = AIOKafkaConsumer(dlq(COURIER_SCANS), **broker.access().client_options())
         await dead.start()
         try:
             partitions = [

@@ -199,7 +199,7 @@ async def over_kafka(
             courier_company=COURIERS[send.by][1],
         ),
     )
-    await produce(stack.bootstrap, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode())
+    await produce(stack.kafka, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode())
 
 
 async def over_epcis(

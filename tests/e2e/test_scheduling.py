@@ -453,7 +453,7 @@ async def test_a_pick_up_eta_in_the_past_offers_nothing_and_a_booking_in_the_pas
 
 
 async def _as_coi_tracking(stack: RunningStack, event: ShipmentDispatched | ShipmentDelayed) -> None:
-    await produce(stack.bootstrap, SHIPMENTS, event.model_dump_json().encode(), event.subject.encode())
+    await produce(stack.kafka, SHIPMENTS, event.model_dump_json().encode(), event.subject.encode())
 
 
 async def _worklist_item(
@@ -689,11 +689,9 @@ async def test_a_shipment_event_that_overtakes_its_order_is_parked_then_applied(
         ),
     )
     partition, offset = await produce(
-        stack.bootstrap, SHIPMENTS, dispatched.model_dump_json().encode(), key=coi.encode()
+        stack.kafka, SHIPMENTS, dispatched.model_dump_json().encode(), key=coi.encode()
     )
-    await wait_committed(
-        stack.bootstrap, "scheduling", SHIPMENTS, partition, offset
-    )  # handled before its order
+    await wait_committed(stack.kafka, "scheduling", SHIPMENTS, partition, offset)  # handled before its order
     accepted = OrderAccepted(
         source="cgt/order-intake",
         subject=coi,
@@ -709,6 +707,6 @@ async def test_a_shipment_event_that_overtakes_its_order_is_parked_then_applied(
             accepted_at=datetime.now(UTC),
         ),
     )
-    await produce(stack.bootstrap, ORDERS, accepted.model_dump_json().encode(), key=coi.encode())
+    await produce(stack.kafka, ORDERS, accepted.model_dump_json().encode(), key=coi.encode())
     offered = await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
     assert offered.data.shipment_id == dispatched.data.shipment_id  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -265,7 +266,7 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi], temperature=-100.0), headers=COURIER)
     quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
-    await wait_committed(stack.bootstrap, "scheduling", *events.positions[str(quarantined.id)])
+    await wait_committed(stack.kafka, "scheduling", *events.positions[str(quarantined.id)])
     booked = await book_first_option(http, stack, events, coi)
     assert booked["state"] == "on_hold"  # booked while the shipment is quarantined: held at once
     release = {
@@ -277,7 +278,7 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
     assert (await http.post(f"{base}/dispositions", json=release, headers=QA)).status_code == 201
     released = await events.wait_for(lambda e: e.type == "shipment.released.v1" and e.subject == coi)
     topic, partition, offset = events.positions[str(released.id)]
-    await wait_committed(stack.bootstrap, "scheduling", topic, partition, offset)
+    await wait_committed(stack.kafka, "scheduling", topic, partition, offset)
     appointment = (
         await http.get(f"{stack.scheduling}/appointments", params={"coi": coi}, headers=COORDINATOR)
     ).json()
@@ -352,8 +353,9 @@ def _verify_cli(stack: RunningStack, shipment: str) -> subprocess.CompletedProce
             "--database-url",
             stack.stack.database_urls["coi-tracking"],
             "--bootstrap-servers",
-            stack.stack.bootstrap,
+            stack.kafka.bootstrap_servers,
         ],
+        env={**os.environ, **stack.kafka.environment()},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -411,7 +413,7 @@ async def _head_published(stack: RunningStack, shipment: str, sequence: int, tim
     """Wait until the relay has put the shipment's head for `sequence` on ledger.heads (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        heads = await verify.read_published_heads(stack.stack.bootstrap)
+        heads = await verify.read_published_heads(stack.kafka)
         if shipment in heads and heads[shipment].sequence >= sequence:
             return
         await asyncio.sleep(0.2)
@@ -541,7 +543,7 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
         ),
     )
     for _ in range(2):  # the second copy is a redelivery: applied once
-        await produce(stack.bootstrap, COURIER_SCANS, pick_up.model_dump_json().encode(), key=coi.encode())
+        await produce(stack.kafka, COURIER_SCANS, pick_up.model_dump_json().encode(), key=coi.encode())
     await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == coi)
     stranger = pick_up.model_copy(
         update={
@@ -550,14 +552,14 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
         }
     )
     partition, offset = await produce(
-        stack.bootstrap, COURIER_SCANS, stranger.model_dump_json().encode(), key=coi.encode()
+        stack.kafka, COURIER_SCANS, stranger.model_dump_json().encode(), key=coi.encode()
     )
-    await wait_committed(stack.bootstrap, "coi-tracking-scans", COURIER_SCANS, partition, offset)
+    await wait_committed(stack.kafka, "coi-tracking-scans", COURIER_SCANS, partition, offset)
     scans = (await http.get(f"{stack.tracking}/shipments/{shipment}/scans", headers=COORDINATOR)).json()
     assert [(s["scan_type"], s["accepted"], s["scanned_by"]) for s in scans] == [
         ("pick_up", True, "courier-ben")
     ]
-    dead = EventLog(stack.bootstrap, [dlq(COURIER_SCANS)])
+    dead = EventLog(stack.kafka, [dlq(COURIER_SCANS)])
     await dead.start()
     try:
         refused = await dead.wait_raw(

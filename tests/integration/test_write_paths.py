@@ -31,6 +31,7 @@ from services.common.db import (
     tables_of,
 )
 from services.common.identifiers import coi_identifier
+from services.common.kafka_access import KafkaAccess
 from services.common.outbox import OUTBOX_TABLE, OutboxMessage, OutboxRelay, OutboxRow, pending_rows
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import (
@@ -173,7 +174,8 @@ def test_the_relay_claims_pending_rows_through_their_own_index(engine: Engine) -
         session.commit()
     with session_factory(engine)() as session:
         OutboxRelay._mark_published(session, list(range(1, 2991)))
-    relay = OutboxRelay(engine, "127.0.0.1:9", batch=4000)  # never connects: only its claim runs
+    nowhere = KafkaAccess(bootstrap_servers="127.0.0.1:9", security_protocol="PLAINTEXT")
+    relay = OutboxRelay(engine, nowhere, batch=4000)  # never connects: only its claim runs
     sql = str(pending_rows(4000).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     with session_factory(engine)() as session:
         assert [row.id for row in relay._claim(session)] == list(range(2991, 3001))

@@ -16,8 +16,9 @@ from pathlib import Path
 from sqlalchemy import Table
 from sqlalchemy.engine import Engine
 
-from deploy.stack import create_postgres_databases, drop_postgres_databases
+from deploy.stack import ConfiguredKafka, KafkaAccounts, create_postgres_databases, drop_postgres_databases
 from services.common.db import create_tables, make_engine
+from services.common.kafka_access import KafkaAccess
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -37,41 +38,53 @@ def docker_engine_available() -> bool:
 
 
 @contextmanager
-def kafka_broker(data_dir: Path) -> Iterator[str]:
-    """Yield a bootstrap address of a real broker, stopped afterwards if this started it."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
+def kafka_broker(data_dir: Path) -> Iterator[KafkaAccounts]:
+    """Yield a real broker with its principals' credentials (`access(user)`), stopped afterwards if this
+    started it: one started here runs SASL over TLS with the project's ACLs, as production does."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield ConfiguredKafka(KafkaAccess.from_environment())
         return
     if docker_engine_available():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
-            yield container.get_bootstrap_server()
+            address = container.get_bootstrap_server()
+            yield ConfiguredKafka(KafkaAccess(bootstrap_servers=address, security_protocol="PLAINTEXT"))
         return
     broker = LocalKafka(data_dir=data_dir)
     broker.start()
     try:
-        yield broker.bootstrap
+        yield broker
     finally:
         broker.stop()
 
 
-async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
+def service_kafka_settings(access: KafkaAccess) -> dict[str, str]:
+    """A service's settings fields (ServiceSettings) for this access, as its environment would give them."""
+    return {name.lower(): value for name, value in access.environment().items()}
+
+
+async def produce(
+    kafka: KafkaAccess,
+    topic: str,
+    value: bytes,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> tuple[int, int]:
     """Put raw bytes on a topic (as a misbehaving or duplicating producer would); returns (partition, offset)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        metadata = await producer.send_and_wait(topic, value, key=key)
+        metadata = await producer.send_and_wait(topic, value, key=key, headers=headers)
         return metadata.partition, metadata.offset
     finally:
         await producer.stop()
 
 
 async def wait_committed(
-    bootstrap: str, group: str, topic: str, partition: int, offset: int, timeout: float = 30
+    kafka: KafkaAccess, group: str, topic: str, partition: int, offset: int, timeout: float = 30
 ) -> None:
     """Wait until `group` has committed past `offset` on the partition: it has handled that message."""
     import asyncio
@@ -80,7 +93,7 @@ async def wait_committed(
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         deadline = time.monotonic() + timeout
