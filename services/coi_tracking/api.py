@@ -46,9 +46,10 @@ from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
 from services.common.problems import FieldError, ProblemError
 from services.common.scope import not_found, visible_to
 from services.common.service import db_session
+from services.common.topics import COI_TRACKING_SOURCE
 from services.common.unit_of_work import session_factory
 
-SOURCE = "cgt/coi-tracking"
+SOURCE = COI_TRACKING_SOURCE
 log = structlog.get_logger()
 router = APIRouter(route_class=EdgeRoute, tags=["shipments"])
 

@@ -49,10 +49,10 @@ from services.coi_tracking.models import (
 )
 from services.common.db import locked
 from services.common.outbox import enqueue
-from services.common.topics import SHIPMENTS
+from services.common.topics import COI_TRACKING_SOURCE, SHIPMENTS
 from services.common.unit_of_work import transaction_cache, unit_of_work
 
-SOURCE = "cgt/coi-tracking"
+SOURCE = COI_TRACKING_SOURCE
 log = structlog.get_logger()
 
 

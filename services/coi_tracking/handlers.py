@@ -33,11 +33,11 @@ from services.common.consumer import BatchConsumer, register_consumer, subscribe
 from services.common.db import locked
 from services.common.outbox import enqueue
 from services.common.service import Runtime
-from services.common.topics import COURIER_SCANS, ORDERS, SHIPMENTS
+from services.common.topics import COI_TRACKING_SOURCE, COURIER_SCANS, ORDERS, SHIPMENTS
 
 log = structlog.get_logger()
 GROUP_ID = "coi-tracking"
-SOURCE = "cgt/coi-tracking"
+SOURCE = COI_TRACKING_SOURCE
 FRESH_MIN_CELSIUS = 2.0
 FRESH_MAX_CELSIUS = 8.0
 

@@ -44,8 +44,9 @@ from services.coi_tracking.domain import (
     TemperatureExceeded,
 )
 from services.coi_tracking.models import Shipment
+from services.common.topics import COI_TRACKING_SOURCE
 
-SOURCE = "cgt/coi-tracking"
+SOURCE = COI_TRACKING_SOURCE
 
 
 @dataclass(frozen=True)

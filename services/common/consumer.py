@@ -34,7 +34,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from services.common.db import UtcDateTime, one_of, tables_of
 from services.common.logging import log_context
-from services.common.topics import dlq
+from services.common.topics import dlq, source_refusal
 from services.common.unit_of_work import AppendRow, session_factory, unit_of_work
 
 log = structlog.get_logger()
@@ -286,7 +286,9 @@ class _BatchSubscriber(Generic[E]):
             except ValidationError as error:
                 await self.dead_letter(record, f"invalid event: {describe_validation_error(error)}")
                 continue
-            if isinstance(event, self.spec.event_types):
+            if (refusal := source_refusal(record.topic, event.source)) is not None:
+                await self.dead_letter(record, f"refused: {refusal}")
+            elif isinstance(event, self.spec.event_types):
                 work.append(_Work(record, event))
             elif self.spec.dead_letter_other_types:
                 await self.dead_letter(record, f"refused: {event.type} is not taken on this topic")

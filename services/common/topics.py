@@ -21,6 +21,23 @@ LEDGER_HEADS = "ledger.heads"
 infinite retention keeps every head ever published, so a chain rewritten later still contradicts the heads
 published before; compaction would keep only the newest head per key and let a later record erase the
 evidence of an earlier one. No dead-letter topic: nobody consumes it but `verify`."""
+ORDER_INTAKE_SOURCE = "cgt/order-intake"
+COI_TRACKING_SOURCE = "cgt/coi-tracking"
+SCHEDULING_SOURCE = "cgt/scheduling"
+TOPIC_SOURCES = {ORDERS: ORDER_INTAKE_SOURCE, SHIPMENTS: COI_TRACKING_SOURCE, SCHEDULING: SCHEDULING_SOURCE}
+"""The one service whose principal the broker's ACLs let write each service topic (deploy/principals.py):
+an event there naming another `source` is forged or misrouted, and is believed no further than the ACL."""
+
+
+def source_refusal(topic: str, source: str) -> str | None:
+    """Why an event's `source` cannot be believed on `topic`, or None (couriers' scans are vouched for by
+    their signature instead: services/coi_tracking/courier_keys.py)."""
+    producer = TOPIC_SOURCES.get(topic)
+    if producer is None or source == producer:
+        return None
+    return f"source is not {producer}, the only producer the ACL of {topic} admits"
+
+
 APPEND_ONLY = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 EVENT_PARTITIONS = 6
 DLQ_PARTITIONS = 1

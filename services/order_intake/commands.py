@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 from services.common.db import lock_for_writing, locked
 from services.common.identifiers import coi_identifier, din
 from services.common.outbox import enqueue
-from services.common.topics import ORDERS
+from services.common.topics import ORDER_INTAKE_SOURCE, ORDERS
 from services.order_intake import domain
 from services.order_intake.domain import OrderStatus, Way
 from services.order_intake.models import (
@@ -53,7 +53,7 @@ from services.order_intake.models import (
     TreatmentCenter,
 )
 
-SOURCE = "cgt/order-intake"
+SOURCE = ORDER_INTAKE_SOURCE
 log = structlog.get_logger()
 
 

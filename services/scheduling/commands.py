@@ -39,7 +39,7 @@ from sqlmodel import Session, col, select, update
 
 from services.common.outbox import enqueue
 from services.common.scope import visible_to
-from services.common.topics import SCHEDULING
+from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
 from services.scheduling import domain, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCause
 from services.scheduling.models import (
@@ -52,7 +52,7 @@ from services.scheduling.models import (
     TherapyProtocol,
 )
 
-SOURCE = "cgt/scheduling"
+SOURCE = SCHEDULING_SOURCE
 log = structlog.get_logger()
 DEFAULT_CALENDAR = domain.SiteCalendar("UTC", 1, frozenset({1, 2, 3, 4, 5}), frozenset(), 1)
 

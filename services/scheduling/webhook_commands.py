@@ -22,12 +22,12 @@ from sqlmodel import Session, col, select, update
 
 from services.common.db import locked
 from services.common.outbox import enqueue
-from services.common.topics import SCHEDULING
+from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
 from services.scheduling import webhook_domain
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
 from services.scheduling.webhook_domain import AttemptOutcome, FailurePolicy
 
-SOURCE = "cgt/scheduling"
+SOURCE = SCHEDULING_SOURCE
 
 
 @dataclass(frozen=True)
