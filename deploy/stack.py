@@ -7,6 +7,7 @@ suite and the benchmarks. Readiness is awaited by asking each service's /ready (
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import Protocol
 import httpx
 import psycopg
 
+from services.coi_tracking.courier_keys import public_key_of, signature_headers
 from services.common.kafka_access import KafkaAccess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,25 @@ DEV_LEDGER_SIGNING_KEYS = '{"dev-ledger-1": "REVWLU9OTFktbGVkZ2VyLWtleS1ub3QtZm9
 DEV_QA_SIGNING_PIN = "24681357"
 """The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
 DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
+DEV_COURIER_SIGNING_KEYS = {
+    "CRYO-EXPRESS": ("dev-cryo-express-1", "REVWLU9OTFktY291cmllci1DUllPLUVYUFJFU1MtMDE="),
+    "OTHER-LOGISTICS": ("dev-other-logistics-1", "REVWLU9OTFktY291cmllci1PVEhFUi1MT0dJU1QtMDE="),
+}
+"""DEV only: each development courier company's Ed25519 key (company -> key id, base64 seed spelling
+DEV-ONLY...), with which the tests, the demo and the bench sign what they publish on couriers.scans."""
+DEV_COURIER_VERIFY_KEYS = json.dumps(
+    {
+        key_id: {"company": company, "public_key": public_key_of(private)}
+        for company, (key_id, private) in DEV_COURIER_SIGNING_KEYS.items()
+    }
+)
+"""What COI tracking registers for them (COURIER_VERIFY_KEYS)."""
+
+
+def courier_signature(value: bytes, company: str = "CRYO-EXPRESS") -> list[tuple[str, bytes]]:
+    """The signature headers a development courier company's system puts on a couriers.scans record."""
+    key_id, private = DEV_COURIER_SIGNING_KEYS[company]
+    return signature_headers(value, key_id, private)
 
 
 class KafkaAccounts(Protocol):
@@ -166,6 +187,7 @@ class Stack:
                 "PATIENT_MATCH_KEY": os.environ.get("PATIENT_MATCH_KEY", DEV_PATIENT_MATCH_KEY),
                 "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
                 "LEDGER_SIGNING_KEYS": os.environ.get("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS),
+                "COURIER_VERIFY_KEYS": os.environ.get("COURIER_VERIFY_KEYS", DEV_COURIER_VERIFY_KEYS),
                 "PYTHONUNBUFFERED": "1",
                 # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.
                 "WEBHOOK_ALLOW_LOOPBACK": os.environ.get("WEBHOOK_ALLOW_LOOPBACK", "true"),

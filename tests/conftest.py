@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
-from deploy.stack import DEV_LEDGER_SIGNING_KEYS
+from deploy.stack import DEV_COURIER_VERIFY_KEYS, DEV_LEDGER_SIGNING_KEYS
 
 os.environ.setdefault("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS)
+os.environ.setdefault("COURIER_VERIFY_KEYS", DEV_COURIER_VERIFY_KEYS)
 # Services built in process reach no broker (FastStream's TestKafkaBroker, or none): nothing to log in to.
 # The stacks the e2e tests start give each service its own SASL principal (deploy/stack.py).
 os.environ.setdefault("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")

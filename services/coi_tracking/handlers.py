@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cgt_contracts.events import (
@@ -26,14 +27,17 @@ from cgt_contracts.events import (
 from sqlmodel import Session, col, select
 
 from services.coi_tracking import commands
+from services.coi_tracking.courier_keys import CourierSignatures
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import Bag, Container, Shipment
 from services.coi_tracking.scan_writer import ScanSubmission, apply_submissions
 from services.common.consumer import BatchConsumer, register_consumer, subscribe_batches
 from services.common.db import locked
 from services.common.outbox import enqueue
-from services.common.service import Runtime
 from services.common.topics import COI_TRACKING_SOURCE, COURIER_SCANS, ORDERS, SHIPMENTS
+
+if TYPE_CHECKING:
+    from services.coi_tracking.runtime import TrackingRuntime
 
 log = structlog.get_logger()
 GROUP_ID = "coi-tracking"
@@ -172,7 +176,7 @@ def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None
     log.info("shipment.product_released", shipment_id=str(shipment.id))
 
 
-def wire(runtime: Runtime[Any], planning: Planning) -> None:
+def wire(runtime: TrackingRuntime, planning: Planning) -> None:
     def on_order_accepted(session: Session, event: AnyEvent) -> None:
         assert isinstance(event, OrderAccepted)
         plan_return_shipment(session, event, planning)
@@ -255,11 +259,24 @@ COURIER_SCANS_CONSUMER: BatchConsumer[CourierScan] = BatchConsumer(
 event id once; anything but a courier scan is refused."""
 
 
-def wire_courier_scans(runtime: Runtime[Any], *, batch_size: int = 2000) -> None:
+def signed_by_company(signatures: CourierSignatures) -> Callable[[Any, CourierScan], str | None]:
+    """A Kafka scan's company is the signing key's: the payload's `courier_company` must be it."""
+
+    def vouch(record: Any, event: CourierScan) -> str | None:
+        return signatures.refusal(record.headers, record.value, event.data.courier_company)
+
+    return vouch
+
+
+def wire_courier_scans(runtime: TrackingRuntime, *, batch_size: int = 2000) -> None:
     """Couriers' systems publish scans to `couriers.scans` (`COURIER_SCANS_CONSUMER`)."""
     subscribe_batches(
         runtime.broker,
-        dataclasses.replace(COURIER_SCANS_CONSUMER, max_records=batch_size),
+        dataclasses.replace(
+            COURIER_SCANS_CONSUMER,
+            max_records=batch_size,
+            vouch=signed_by_company(runtime.courier_signatures),
+        ),
         engine=runtime.engine,
         max_attempts=runtime.settings.consumer_max_attempts,
         drains=runtime.drains,

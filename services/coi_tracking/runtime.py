@@ -12,6 +12,7 @@ from jsonschema.protocols import Validator
 from pydantic import Field, SecretStr
 
 from services.coi_tracking import epcis, ledger
+from services.coi_tracking.courier_keys import CourierKeyConfig, CourierSignatures, load_keys
 from services.coi_tracking.domain import LedgerKeyError
 from services.coi_tracking.scan_writer import ScanWriter
 from services.coi_tracking.seed import seed_couriers, seed_signing_pins
@@ -36,6 +37,11 @@ class TrackingSettings(ServiceSettings):
         description="LEDGER_SIGNING_KEYS: JSON {key id: base64 Ed25519 private key}; the last listed signs "
         "every ledger entry and head, all verify. None by default: the service refuses to start without one",
     )
+    courier_verify_keys: dict[str, CourierKeyConfig] = Field(
+        default_factory=dict,
+        description="COURIER_VERIFY_KEYS: JSON {key id: {company, public_key}}, the Ed25519 public keys that "
+        "courier companies sign their couriers.scans records with; none by default (every Kafka scan refused)",
+    )
     ledger_verify_keys: dict[str, str] = Field(
         default_factory=dict,
         description="LEDGER_VERIFY_KEYS: JSON {key id: base64 Ed25519 public key} of retired ledger keys",
@@ -56,12 +62,18 @@ class TrackingRuntime(Runtime[TrackingSettings]):
     epcis_validator: Validator = field(init=False)
     """The EPCIS 2.0 JSON Schema validator; without its schema the runtime is not built (SchemaUnavailable)."""
     scan_writer: ScanWriter = field(init=False)
+    courier_signatures: CourierSignatures = field(init=False)
+    """The registered courier companies' keys, checked on every record of couriers.scans."""
     """Applies the scans that arrive together in one transaction (started with the service)."""
 
     def __post_init__(self) -> None:
         # First: a missing schema refuses to start before a database or a broker is touched.
         self.epcis_validator = epcis.service_validator(self.settings.epcis_schema_path)
         install_ledger_keys(self.settings)
+        try:
+            self.courier_signatures = CourierSignatures(load_keys(self.settings.courier_verify_keys))
+        except ValueError as error:
+            raise SystemExit(f"coi-tracking does not start: {error}") from None
         super().__post_init__()
         self.scan_writer = ScanWriter(self.engine)
 

@@ -199,6 +199,9 @@ class BatchConsumer(Generic[E]):
     database then no longer stalls the fetch); offsets are committed in batch order, each after its batch
     is applied. For a high-volume topic (`couriers.scans`)."""
     max_records: int = MAX_BATCH
+    vouch: Callable[[Any, E], str | None] | None = None
+    """Why a record's own credentials (a courier company's signature) do not vouch for its event, or None;
+    a record it refuses is dead-lettered with that reason before any rule sees it."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,9 @@ class _BatchSubscriber(Generic[E]):
             if (refusal := source_refusal(record.topic, event.source)) is not None:
                 await self.dead_letter(record, f"refused: {refusal}")
             elif isinstance(event, self.spec.event_types):
+                if self.spec.vouch is not None and (refusal := self.spec.vouch(record, event)) is not None:
+                    await self.dead_letter(record, f"refused: {refusal}")
+                    continue
                 work.append(_Work(record, event))
             elif self.spec.dead_letter_other_types:
                 await self.dead_letter(record, f"refused: {event.type} is not taken on this topic")

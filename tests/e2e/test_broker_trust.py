@@ -4,6 +4,7 @@ ACL, and a consumer believes an event's `source` only as far as the topic's ACL 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from datetime import UTC, datetime
@@ -13,12 +14,20 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
-from cgt_contracts.events import ShipmentDelivered, ShipmentDeliveredData
+from cgt_contracts.events import (
+    CourierScanDataV2,
+    CourierScanSubmittedV2,
+    ScanType,
+    ShipmentDelivered,
+    ShipmentDeliveredData,
+)
 
 from deploy.observe import EventLog
 from deploy.principals import COURIER_COMPANIES, courier_principal, grants
+from deploy.stack import courier_signature
+from services.coi_tracking.courier_keys import signature_headers
 from services.common.kafka_access import KafkaAccess
-from services.common.topics import ALL_TOPICS, LEDGER_HEADS, ORDERS, SCHEDULING, SHIPMENTS, dlq
+from services.common.topics import ALL_TOPICS, COURIER_SCANS, LEDGER_HEADS, ORDERS, SCHEDULING, SHIPMENTS, dlq
 from tests.e2e import journey
 from tests.e2e.conftest import COORDINATOR, RunningStack
 from tests.e2e.journey import book_first_option
@@ -141,3 +150,62 @@ async def test_a_forged_delivery_on_shipments_events_is_dead_lettered_and_confir
     assert appointment.json()["state"] == "tentative"
     shipment = await http.get(f"{stack.tracking}/shipments/{shipment_id}", headers=COORDINATOR)
     assert shipment.json()["status"] != "delivered"
+
+
+def courier_scan_event(company: str) -> CourierScanSubmittedV2:
+    """A checkpoint scan for a shipment nobody has: any that got past the signature check would be
+    dead-lettered for another reason (no such shipment), so each reason below names its own refusal."""
+    return CourierScanSubmittedV2(
+        source="courier/cryo-express",
+        subject="CHW43212600000M*",
+        correlationid=f"signature-{uuid.uuid4().hex[:8]}",
+        data=CourierScanDataV2(
+            shipment_id=uuid.uuid4(),
+            scan_type=ScanType.CHECKPOINT,
+            bag_cois=["CHW43212600000M*"],
+            location="JFK cargo",
+            device_time=datetime.now(UTC),
+            courier_id="courier-ben",
+            courier_company=company,
+        ),
+    )
+
+
+async def test_courier_scans_count_only_when_signed_by_their_companys_registered_key(
+    stack: RunningStack,
+) -> None:
+    """The company of a Kafka scan is the signing key's: unsigned, badly signed, signed by an unknown key,
+    or naming another company than the key's, a scan is dead-lettered with the reason before any rule."""
+    unsigned = courier_scan_event("CRYO-EXPRESS")
+    tampered = courier_scan_event("CRYO-EXPRESS")
+    unknown = courier_scan_event("CRYO-EXPRESS")
+    impostor = courier_scan_event("OTHER-LOGISTICS")  # CRYO-EXPRESS's system claiming another company
+    signed_tampered = courier_signature(tampered.model_dump_json().encode())
+    altered = tampered.model_copy(update={"data": tampered.data.model_copy(update={"location": "elsewhere"})})
+    cases = {
+        str(unsigned.id): (unsigned.model_dump_json().encode(), [], "unsigned"),
+        str(tampered.id): (altered.model_dump_json().encode(), signed_tampered, "bad signature"),
+        str(unknown.id): (
+            unknown.model_dump_json().encode(),
+            signature_headers(
+                unknown.model_dump_json().encode(), "stolen-key", base64.b64encode(b"k" * 32).decode()
+            ),
+            "names no key registered",
+        ),
+        str(impostor.id): (
+            impostor.model_dump_json().encode(),
+            courier_signature(impostor.model_dump_json().encode(), "CRYO-EXPRESS"),
+            "courier_company is not the company of the signing key",
+        ),
+    }
+    courier = stack.broker.access(courier_principal("CRYO-EXPRESS"))
+    dead = EventLog(stack.kafka, [dlq(COURIER_SCANS)])
+    await dead.start()
+    try:
+        for value, headers, _ in cases.values():
+            await produce(courier, COURIER_SCANS, value, headers=headers)
+        for event_id, (_, _, expected) in cases.items():
+            reasons = await dead_letters_of(dead, event_id, {"coi-tracking-scans"})
+            assert expected in reasons["coi-tracking-scans"], (expected, reasons)
+    finally:
+        await dead.stop()

@@ -26,7 +26,7 @@ from tests.e2e.journey import (
     scan,
     shipment_for,
 )
-from tests.support.infra import produce, wait_committed
+from tests.support.infra import publish_courier_scan, wait_committed
 
 pytestmark = pytest.mark.e2e
 
@@ -120,9 +120,8 @@ async def test_a_cancelled_orders_shipments_take_no_scan_over_http_or_kafka(
     )
     assert over_http.status_code == 201
     assert not over_http.json()["accepted"] and "order was cancelled" in over_http.json()["refusal_reason"]
-    await produce(
-        stack.kafka,
-        COURIER_SCANS,
+    await publish_courier_scan(
+        stack.broker,
         courier_scan(returning, ScanType.DELIVERY).model_dump_json().encode(),
         coi.encode(),
     )
@@ -189,7 +188,7 @@ async def test_a_return_pick_up_before_the_release_is_refused_on_kafka_too(
     order = await place_accepted_order(http, stack)
     returning = await shipment_for(http, stack, events, order["coi"])
     pick_up = courier_scan(returning, ScanType.PICK_UP, eta_at=datetime.now(UTC) + timedelta(days=2))
-    await produce(stack.kafka, COURIER_SCANS, pick_up.model_dump_json().encode(), order["coi"].encode())
+    await publish_courier_scan(stack.broker, pick_up.model_dump_json().encode(), order["coi"].encode())
     refused = await events.wait_for(lambda e: e.type == "shipment.scanned.v1" and e.subject == order["coi"])
     assert refused.data.accepted is False  # type: ignore[union-attr]
     assert "has not released the product" in (refused.data.refusal_reason or "")  # type: ignore[union-attr]
@@ -248,8 +247,8 @@ async def test_the_same_scan_sent_twice_without_a_key_is_stored_once_over_http_a
     checkpoint = courier_scan(shipment, ScanType.CHECKPOINT)
     resent = checkpoint.model_copy(update={"id": uuid.uuid4()})  # a courier's retry: a new event, same scan
     for event in (checkpoint, resent):
-        partition, offset = await produce(
-            stack.kafka, COURIER_SCANS, event.model_dump_json().encode(), coi.encode()
+        partition, offset = await publish_courier_scan(
+            stack.broker, event.model_dump_json().encode(), coi.encode()
         )
     await wait_committed(stack.kafka, "coi-tracking-scans", COURIER_SCANS, partition, offset)
     scans = (await http.get(f"{base}/scans", headers=COORDINATOR)).json()

@@ -23,7 +23,7 @@ from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
 from sqlmodel import Session, col, func, select
 
 from deploy.bench import scan_payloads
-from deploy.stack import DEV_TOKENS_FILE, KafkaAccounts
+from deploy.stack import DEV_TOKENS_FILE, KafkaAccounts, courier_signature
 from services.coi_tracking import commands
 from services.coi_tracking.ledger import verify_shipment_ledger
 from services.coi_tracking.models import ScanRecord, Shipment
@@ -130,8 +130,9 @@ async def test_a_scan_that_fails_is_dead_lettered_and_the_rest_of_its_batch_appl
             batch = producer.create_batch()  # one record batch: the consumer gets them together
             for location in locations:
                 event = scan(shipment.id, shipment.coi, location)
+                value = event.model_dump_json().encode()
                 assert batch.append(
-                    key=shipment.coi.encode(), value=event.model_dump_json().encode(), timestamp=None
+                    key=shipment.coi.encode(), value=value, timestamp=None, headers=courier_signature(value)
                 )
             partitions = sorted(await producer.partitions_for(COURIER_SCANS))
             await (await producer.send_batch(batch, COURIER_SCANS, partition=partitions[0]))
@@ -236,7 +237,10 @@ async def test_a_graceful_shutdown_finishes_the_batch_in_flight_and_a_restart_ap
         producer = AIOKafkaProducer(**broker.access().client_options(), acks="all", enable_idempotence=True)
         await producer.start()
         try:
-            sent = [await producer.send(COURIER_SCANS, value, key=key) for key, value in payloads]
+            sent = [
+                await producer.send(COURIER_SCANS, value, key=key, headers=courier_signature(value))
+                for key, value in payloads
+            ]
             placed = await asyncio.gather(*sent)
             ends: dict[int, int] = {}
             for metadata in placed:

@@ -20,11 +20,10 @@ import pytest
 from cgt_contracts.events import CourierScanDataV2, CourierScanSubmittedV2, ScanType
 
 from deploy.observe import EventLog
-from services.common.topics import COURIER_SCANS
 from tests.e2e.conftest import COORDINATOR, RunningStack
 from tests.e2e.journey import place_accepted_order, place_released_order, shipment_for
 from tests.e2e.test_epcis_capture import epcis_document, object_event
-from tests.support.infra import produce
+from tests.support.infra import publish_courier_scan
 
 pytestmark = pytest.mark.e2e
 
@@ -199,7 +198,9 @@ async def over_kafka(
             courier_company=COURIERS[send.by][1],
         ),
     )
-    await produce(stack.kafka, COURIER_SCANS, event.model_dump_json().encode(), shipment["coi"].encode())
+    await publish_courier_scan(
+        stack.broker, event.model_dump_json().encode(), shipment["coi"].encode(), company=COURIERS[send.by][1]
+    )
 
 
 async def over_epcis(

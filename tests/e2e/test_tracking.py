@@ -31,7 +31,7 @@ from tests.e2e.journey import (
     scan,
     shipment_for,
 )
-from tests.support.infra import wait_committed
+from tests.support.infra import publish_courier_scan, wait_committed
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -523,7 +523,6 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
     from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType
 
     from services.common.topics import COURIER_SCANS, dlq
-    from tests.support.infra import produce
 
     coi, shipment = await new_return_shipment(http, stack, events)
     pick_up = CourierScanSubmitted(
@@ -543,7 +542,7 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
         ),
     )
     for _ in range(2):  # the second copy is a redelivery: applied once
-        await produce(stack.kafka, COURIER_SCANS, pick_up.model_dump_json().encode(), key=coi.encode())
+        await publish_courier_scan(stack.broker, pick_up.model_dump_json().encode(), key=coi.encode())
     await events.wait_for(lambda e: e.type == "shipment.dispatched.v1" and e.subject == coi)
     stranger = pick_up.model_copy(
         update={
@@ -551,8 +550,8 @@ async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(
             "data": pick_up.data.model_copy(update={"courier_company": "OTHER-LOGISTICS"}),
         }
     )
-    partition, offset = await produce(
-        stack.kafka, COURIER_SCANS, stranger.model_dump_json().encode(), key=coi.encode()
+    partition, offset = await publish_courier_scan(
+        stack.broker, stranger.model_dump_json().encode(), key=coi.encode(), company="OTHER-LOGISTICS"
     )
     await wait_committed(stack.kafka, "coi-tracking-scans", COURIER_SCANS, partition, offset)
     scans = (await http.get(f"{stack.tracking}/shipments/{shipment}/scans", headers=COORDINATOR)).json()

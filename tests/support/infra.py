@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from deploy.stack import ConfiguredKafka, KafkaAccounts, create_postgres_databases, drop_postgres_databases
 from services.common.db import create_tables, make_engine
 from services.common.kafka_access import KafkaAccess
+from services.common.topics import COURIER_SCANS
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
@@ -81,6 +82,17 @@ async def produce(
         return metadata.partition, metadata.offset
     finally:
         await producer.stop()
+
+
+async def publish_courier_scan(
+    broker: KafkaAccounts, value: bytes, key: bytes | None = None, company: str = "CRYO-EXPRESS"
+) -> tuple[int, int]:
+    """A scan as a courier company's system publishes it: as its own principal, signed with its key."""
+    from deploy.principals import courier_principal
+    from deploy.stack import courier_signature
+
+    access = broker.access(courier_principal(company))
+    return await produce(access, COURIER_SCANS, value, key=key, headers=courier_signature(value, company))
 
 
 async def wait_committed(
