@@ -68,21 +68,27 @@ def page_request(
 Page = Annotated[PageRequest, Depends(page_request)]
 
 
-def paged(query: SelectOfScalar[T], model: Any, page: PageRequest) -> SelectOfScalar[T]:
-    """`query` ordered by `(created_at, id)`, from just after the cursor, one row more than the page (so
-    `next_page` knows whether there is another)."""
+def paged(
+    query: SelectOfScalar[T], model: Any, page: PageRequest, *, newest_first: bool = False
+) -> SelectOfScalar[T]:
+    """`query` ordered by `(created_at, id)` (or the reverse), from just after the cursor, one row more
+    than the page (so `page_of` knows whether there is another)."""
     created, row_id = col(model.created_at), col(model.id)
     if page.after is not None:
         at, after_id = page.after
-        query = query.where(or_(created > at, and_(created == at, row_id > after_id)))
-    return query.order_by(created, row_id).limit(page.limit + 1)
+        if newest_first:
+            query = query.where(or_(created < at, and_(created == at, row_id < after_id)))
+        else:
+            query = query.where(or_(created > at, and_(created == at, row_id > after_id)))
+    order = (created.desc(), row_id.desc()) if newest_first else (created, row_id)
+    return query.order_by(*order).limit(page.limit + 1)
 
 
 def page_of(
-    session: Session, query: SelectOfScalar[T], model: Any, page: PageRequest
+    session: Session, query: SelectOfScalar[T], model: Any, page: PageRequest, *, newest_first: bool = False
 ) -> tuple[list[T], str | None]:
     """The page's rows and the cursor of the next page (None on the last)."""
-    rows = list(session.exec(paged(query, model, page)))
+    rows = list(session.exec(paged(query, model, page, newest_first=newest_first)))
     if len(rows) <= page.limit:
         return rows, None
     last: Any = rows[page.limit - 1]
