@@ -357,6 +357,19 @@ async def wait_for_effects(events: EventLog, journeys: list[Journey], timeout: f
     await asyncio.sleep(1)  # duplicates were injected last: a moment for consumers before effects are counted
 
 
+async def every_page(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Every row of a paginated list: its pages of 500, following `Link: <...>; rel="next"`."""
+    rows: list[dict[str, Any]] = []
+    next_url: str | None = f"{url}?limit=500"
+    while next_url is not None:
+        answer = await http.get(next_url, headers=headers)
+        answer.raise_for_status()
+        rows += answer.json()
+        link = answer.links.get("next")
+        next_url = link["url"] if link else None
+    return rows
+
+
 async def check(
     stack: Stack, events: EventLog, journeys: list[Journey], tally: Tally, http: httpx.AsyncClient
 ) -> None:
@@ -364,7 +377,7 @@ async def check(
     effect applied twice — two orders for one idempotency key, two return shipments, two appointments,
     two distinct events where there must be one."""
     urls = {name: stack.url(name) for name in SERVICES}
-    orders = (await http.get(f"{urls['order-intake']}/orders", headers=COORDINATOR)).json()
+    orders = await every_page(http, f"{urls['order-intake']}/orders", COORDINATOR)
     by_patient = Counter(o["patient_ref"] for o in orders)
     for journey in journeys:
         if not journey.done or journey.coi is None:

@@ -43,6 +43,7 @@ from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
+from services.common.paging import Page, link_next
 from services.common.problems import FieldError, ProblemError
 from services.common.scope import not_found, visible_to
 from services.common.service import db_session
@@ -313,15 +314,18 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
 
 @router.get("/shipments", summary="List shipments", response_model=list[ShipmentView])
 def list_shipments(
+    request: Request,
+    response: Response,
     session: SessionDep,
     caller: Reader,
+    page: Page,
     coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     courier_company: Ident | None = None,
     leg: ShipmentLeg | None = None,
     shipment_status: Annotated[ShipmentStatus | None, Query(alias="status")] = None,
 ) -> list[ShipmentView]:
-    """The shipments, oldest first (at most 500), with their bags, container and status. Couriers see
+    """The shipments, oldest first, one page at a time (`limit`, `cursor`; the next page in `Link`), with their bags, container and status. Couriers see
     their company's shipments, treatment centers their site's, coordinators and QA all. Each filter given
     narrows the list: `coi` (the fresh cells' leg and the product's return leg of one chain-of-identity
     identifier), `treatment_center_id`, `courier_company` (outside the caller's scope: none), `leg`,
@@ -333,7 +337,10 @@ def list_shipments(
         leg=leg,
         status=shipment_status,
     )
-    shipments = commands.find_shipments(session, caller.site_scope, caller.company_scope, wanted)
+    shipments, next_cursor = commands.find_shipments(
+        session, caller.site_scope, caller.company_scope, wanted, page
+    )
+    link_next(request, response, next_cursor)
     return [_view(session, shipment) for shipment in shipments]
 
 

@@ -49,6 +49,7 @@ from services.coi_tracking.models import (
 )
 from services.common.db import locked
 from services.common.outbox import enqueue
+from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.topics import COI_TRACKING_SOURCE, SHIPMENTS
 from services.common.unit_of_work import transaction_cache, unit_of_work
 
@@ -56,7 +57,6 @@ SOURCE = COI_TRACKING_SOURCE
 log = structlog.get_logger()
 
 
-LIST_LIMIT = 500
 """The most rows a list answers with."""
 
 
@@ -84,11 +84,15 @@ def visible_shipment(
 
 
 def find_shipments(
-    session: Session, site_scope: str | None, company_scope: str | None, wanted: ShipmentFilter
-) -> list[Shipment]:
-    """Shipments oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given: a
-    scoped caller filtering on another site or company gets none, as if it had none."""
-    query = select(Shipment).order_by(col(Shipment.created_at))
+    session: Session,
+    site_scope: str | None,
+    company_scope: str | None,
+    wanted: ShipmentFilter,
+    page: PageRequest = FIRST_PAGE,
+) -> tuple[list[Shipment], str | None]:
+    """One page of shipments, oldest first, within the caller's scope and every filter given, and the next
+    page's cursor: a scoped caller filtering on another site or company gets none, as if it had none."""
+    query = select(Shipment)
     if site_scope is not None:
         query = query.where(Shipment.treatment_center_id == site_scope)
     if company_scope is not None:
@@ -102,7 +106,7 @@ def find_shipments(
     ):
         if value is not None:
             query = query.where(column == value)
-    return list(session.exec(query.limit(LIST_LIMIT)))
+    return page_of(session, query, Shipment, page)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier
 from cgt_contracts.events import RejectionReason
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
@@ -21,6 +21,7 @@ from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.identifiers import coi_label
+from services.common.paging import Page, link_next
 from services.common.service import db_session
 from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
@@ -376,22 +377,25 @@ def place_order(
     response_model=list[OrderView],
 )
 def list_orders(
+    request: Request,
+    response: Response,
     session: SessionDep,
     caller: OrderingCaller,
+    page: Page,
     coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     status: OrderStatus | None = None,
     patient_ref: Ident | None = None,
 ) -> list[OrderView]:
-    """The orders, oldest first (at most 500): a coordinator sees every site's, a treatment center only its
+    """The orders, oldest first, one page at a time (`limit`, `cursor`; the next page in `Link`): a coordinator sees every site's, a treatment center only its
     own. Each filter given narrows the list: `coi` (one chain-of-identity identifier),
     `treatment_center_id`, `status`, `patient_ref`; a parameter that is not one of these is 422."""
     wanted = commands.OrderFilter(
         coi=coi, treatment_center_id=treatment_center_id, status=status, patient_ref=patient_ref
     )
-    return [
-        OrderView.of(order) for order in commands.find_orders(session, caller_of(caller).site_scope, wanted)
-    ]
+    orders, next_cursor = commands.find_orders(session, caller_of(caller).site_scope, wanted, page)
+    link_next(request, response, next_cursor)
+    return [OrderView.of(order) for order in orders]
 
 
 @router.get("/orders/{order_id}", summary="Read an order", response_model=OrderView)

@@ -35,6 +35,7 @@ from sqlmodel import Session, col, select
 from services.common.db import lock_for_writing, locked
 from services.common.identifiers import coi_identifier, din
 from services.common.outbox import enqueue
+from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.topics import ORDER_INTAKE_SOURCE, ORDERS
 from services.order_intake import domain
 from services.order_intake.domain import OrderStatus, Way
@@ -148,9 +149,6 @@ class OrderFilter:
     patient_ref: str | None = None
 
 
-LIST_LIMIT = 500
-
-
 @dataclass(frozen=True)
 class RecordedCollection:
     collection: Collection
@@ -170,10 +168,12 @@ def visible_order(session: Session, order_id: UUID, scope: str | None) -> Order:
     return order
 
 
-def find_orders(session: Session, scope: str | None, wanted: OrderFilter) -> list[Order]:
-    """Orders oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given: a
-    scoped caller filtering on another site gets no orders, as if that site had none."""
-    query = select(Order).order_by(col(Order.created_at))
+def find_orders(
+    session: Session, scope: str | None, wanted: OrderFilter, page: PageRequest = FIRST_PAGE
+) -> tuple[list[Order], str | None]:
+    """One page of orders, oldest first, within the caller's scope and every filter given, and the next
+    page's cursor: a scoped caller filtering on another site gets no orders, as if that site had none."""
+    query = select(Order)
     if scope is not None:
         query = query.where(Order.treatment_center_id == scope)
     if wanted.treatment_center_id is not None:
@@ -184,7 +184,7 @@ def find_orders(session: Session, scope: str | None, wanted: OrderFilter) -> lis
         query = query.where(Order.status == wanted.status)
     if wanted.patient_ref is not None:
         query = query.where(Order.patient_ref == wanted.patient_ref)
-    return list(session.exec(query.limit(LIST_LIMIT)))
+    return page_of(session, query, Order, page)
 
 
 def history_of(session: Session, order: Order) -> list[OrderTransition]:

@@ -10,7 +10,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 from sqlmodel import Session, col, select
@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
+from services.common.paging import Page, link_next
 from services.common.scope import not_found
 from services.common.service import db_session
 from services.scheduling import commands, fhir, webhook_commands
@@ -819,21 +820,23 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
 
 @router.get("/appointments", summary="List appointments", response_model=list[AppointmentView])
 def list_appointments(
+    request: Request,
+    response: Response,
     session: SessionDep,
     caller: Reader,
+    page: Page,
     coi: CoiIdentifier | None = None,
     treatment_center_id: Ident | None = None,
     state: AppointmentState | None = None,
 ) -> list[AppointmentView]:
-    """The appointments, oldest first (at most 500): a coordinator sees every site's, a treatment center
+    """The appointments, oldest first, one page at a time (`limit`, `cursor`; the next page in `Link`): a coordinator sees every site's, a treatment center
     its own. Each filter given narrows the list: `coi` (one chain-of-identity identifier),
     `treatment_center_id` (for a treatment center, another site's finds none), `state`; a parameter that
     is not one of these is 422."""
     wanted = commands.AppointmentFilter(coi=coi, treatment_center_id=treatment_center_id, state=state)
-    return [
-        AppointmentView.model_validate(a, from_attributes=True)
-        for a in commands.find_appointments(session, caller.site_scope, wanted)
-    ]
+    appointments, next_cursor = commands.find_appointments(session, caller.site_scope, wanted, page)
+    link_next(request, response, next_cursor)
+    return [AppointmentView.model_validate(a, from_attributes=True) for a in appointments]
 
 
 @router.get("/appointments/{appointment_id}", summary="Read an appointment", response_model=AppointmentView)

@@ -38,6 +38,7 @@ from cgt_contracts.events import (
 from sqlmodel import Session, col, select, update
 
 from services.common.outbox import enqueue
+from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.scope import visible_to
 from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
 from services.scheduling import domain, webhook_commands
@@ -57,7 +58,6 @@ log = structlog.get_logger()
 DEFAULT_CALENDAR = domain.SiteCalendar("UTC", 1, frozenset({1, 2, 3, 4, 5}), frozenset(), 1)
 
 
-LIST_LIMIT = 500
 """The most rows a list answers with."""
 
 
@@ -155,10 +155,12 @@ def visible_site(session: Session, site_id: str, scope: str | None) -> Site | No
     return session.get(Site, site_id) if visible_to(scope, site_id) else None
 
 
-def find_appointments(session: Session, scope: str | None, wanted: AppointmentFilter) -> list[Appointment]:
-    """Appointments oldest first (at most `LIST_LIMIT`), within the caller's scope and every filter given:
-    a scoped caller filtering on another site gets none, as if that site had none."""
-    query = select(Appointment).order_by(col(Appointment.created_at))
+def find_appointments(
+    session: Session, scope: str | None, wanted: AppointmentFilter, page: PageRequest = FIRST_PAGE
+) -> tuple[list[Appointment], str | None]:
+    """One page of appointments, oldest first, within the caller's scope and every filter given, and the
+    next page's cursor: a scoped caller filtering on another site gets none, as if that site had none."""
+    query = select(Appointment)
     if scope is not None:
         query = query.where(Appointment.treatment_center_id == scope)
     if wanted.treatment_center_id is not None:
@@ -167,7 +169,7 @@ def find_appointments(session: Session, scope: str | None, wanted: AppointmentFi
         query = query.where(Appointment.coi == wanted.coi)
     if wanted.state is not None:
         query = query.where(Appointment.state == wanted.state)
-    return list(session.exec(query.limit(LIST_LIMIT)))
+    return page_of(session, query, Appointment, page)
 
 
 def open_appointment(session: Session, coi: str) -> Appointment | None:

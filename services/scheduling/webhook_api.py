@@ -7,14 +7,15 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from pydantic.config import JsonDict
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from services.common import problems
 from services.common.auth import Principal, Role
 from services.common.edge import EdgeRoute, RequestModel
+from services.common.paging import Page, link_next, page_of
 from services.scheduling import webhook_commands
 from services.scheduling.api import COI, Ident, Reader, SessionDep, _appointment
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
@@ -285,13 +286,19 @@ def register_webhook(
 
 @router.get("/webhooks", summary="List webhook endpoints", response_model=list[WebhookView])
 def list_webhooks(
+    request: Request,
+    response: Response,
     session: SessionDep,
     caller: Reader,
+    page: Page,
     treatment_center_id: Annotated[Ident | None, Query(description="Only this site's endpoints")] = None,
 ) -> list[WebhookView]:
-    """The endpoints, oldest first (at most 500): a coordinator sees every site's, a treatment center its
+    """The endpoints, oldest first, one page at a time (`limit`, `cursor`; the next page in `Link`): a coordinator sees every site's, a treatment center its
     own; `treatment_center_id` narrows the list (for a treatment center, another site's finds none)."""
-    endpoints = webhook_commands.list_endpoints(session, site_scope=_scope(caller), site=treatment_center_id)
+    endpoints, next_cursor = webhook_commands.list_endpoints(
+        session, site_scope=_scope(caller), site=treatment_center_id, page=page
+    )
+    link_next(request, response, next_cursor)
     return [_view(endpoint) for endpoint in endpoints]
 
 
@@ -373,18 +380,23 @@ def delete_webhook(endpoint_id: UUID, session: SessionDep, caller: Reader) -> We
     response_model=list[DeliveryView],
 )
 def endpoint_deliveries(
+    request: Request,
+    response: Response,
     endpoint_id: UUID,
     session: SessionDep,
     caller: Reader,
+    page: Page,
     delivery_status: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
 ) -> list[DeliveryView]:
-    """The messages sent (or waiting) for this endpoint, newest first (at most 500), with how each went;
+    """The messages sent (or waiting) for this endpoint, newest first, one page at a time (`limit`,
+    `cursor`; the next page in `Link`), with how each went;
     `status` keeps those in one state. Another site's endpoint is 404."""
     endpoint = _endpoint(session, endpoint_id, caller)
     query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
     if delivery_status is not None:
         query = query.where(WebhookDelivery.status == delivery_status)
-    rows = session.exec(query.order_by(col(WebhookDelivery.created_at).desc()).limit(500))
+    rows, next_cursor = page_of(session, query, WebhookDelivery, page, newest_first=True)
+    link_next(request, response, next_cursor)
     return [DeliveryView.model_validate(r, from_attributes=True) for r in rows]
 
 
@@ -393,13 +405,19 @@ def endpoint_deliveries(
     summary="Read an appointment's webhook deliveries",
     response_model=list[DeliveryView],
 )
-def delivery_log(appointment_id: UUID, session: SessionDep, caller: Reader) -> list[DeliveryView]:
-    """Every webhook message sent about this appointment, oldest first, the endpoint each went to, and how
-    its delivery went: attempts, the last status code or error, when it was delivered."""
+def delivery_log(
+    request: Request,
+    response: Response,
+    appointment_id: UUID,
+    session: SessionDep,
+    caller: Reader,
+    page: Page,
+) -> list[DeliveryView]:
+    """The webhook messages sent about this appointment, oldest first, one page at a time (`limit`,
+    `cursor`; the next page in `Link`), the endpoint each went to, and how its delivery went: attempts,
+    the last status code or error, when it was delivered."""
     _appointment(session, appointment_id, caller)
-    rows = session.exec(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.appointment_id == appointment_id)
-        .order_by(col(WebhookDelivery.created_at))
-    )
+    query = select(WebhookDelivery).where(WebhookDelivery.appointment_id == appointment_id)
+    rows, next_cursor = page_of(session, query, WebhookDelivery, page)
+    link_next(request, response, next_cursor)
     return [DeliveryView.model_validate(r, from_attributes=True) for r in rows]

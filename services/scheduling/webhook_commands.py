@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select, update
 
 from services.common.db import locked
 from services.common.outbox import enqueue
+from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
 from services.scheduling import webhook_domain
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
@@ -145,13 +146,15 @@ def visible_endpoint(
     return endpoint
 
 
-def list_endpoints(session: Session, *, site_scope: str | None, site: str | None) -> list[WebhookEndpoint]:
-    """The endpoints the caller may see, oldest first; `site` narrows them (for a site's own caller,
-    another site's id finds nothing)."""
+def list_endpoints(
+    session: Session, *, site_scope: str | None, site: str | None, page: PageRequest = FIRST_PAGE
+) -> tuple[list[WebhookEndpoint], str | None]:
+    """One page of the endpoints the caller may see, oldest first, and the next page's cursor; `site`
+    narrows them (for a site's own caller, another site's id finds nothing)."""
     query = select(WebhookEndpoint).where(col(WebhookEndpoint.deleted_at).is_(None))
     for narrowed in {site_scope, site} - {None}:
         query = query.where(WebhookEndpoint.treatment_center_id == narrowed)
-    return list(session.exec(query.order_by(col(WebhookEndpoint.created_at)).limit(500)))
+    return page_of(session, query, WebhookEndpoint, page)
 
 
 def _set_deliveries(session: Session, endpoint: WebhookEndpoint, old: str, new: str) -> None:

@@ -127,7 +127,7 @@ def test_every_list_filter_given_is_applied_within_the_callers_scope(engine: Eng
 
     def ids(scope: str | None, **wanted: object) -> set[uuid.UUID]:
         with session_factory(engine)() as session:
-            found = commands.find_orders(session, scope, commands.OrderFilter(**wanted))  # type: ignore[arg-type]
+            found, _ = commands.find_orders(session, scope, commands.OrderFilter(**wanted))  # type: ignore[arg-type]
         return {order.id for order in found}
 
     assert ids(None) == {boston.id, denver.id}

@@ -326,3 +326,51 @@ def test_shipment_filters_are_applied_within_the_callers_scope(
     unknown = client.get("/shipments", params={"destination": "TC-DENVER"}, headers=COORDINATOR)
     assert unknown.status_code == 422 and "TC-DENVER" not in unknown.text
     assert [(e["location"], e["pointer"]) for e in unknown.json()["errors"]] == [("query", "/destination")]
+
+
+# ---------------------------------------------------------------- paging, scoped, on every service's list
+
+
+def walked(
+    client: TestClient, path: str, headers: dict[str, str], **query: str
+) -> list[list[dict[str, Any]]]:
+    """Every page of `path` one row at a time, following `Link: rel="next"` (bounded)."""
+    pages: list[list[dict[str, Any]]] = []
+    answer = client.get(path, params={"limit": "1", **query}, headers=headers)
+    for _ in range(20):
+        assert answer.status_code == 200, answer.text
+        pages.append(answer.json())
+        if "link" not in answer.headers:
+            return pages
+        answer = client.get(answer.headers["link"].removeprefix("<").split(">;")[0], headers=headers)
+    raise AssertionError(f"{path} never reached its last page")
+
+
+def test_appointment_pages_keep_the_callers_scope(scheduling: tuple[TestClient, Engine]) -> None:
+    client, _ = scheduling
+    assert [[a["coi"] for a in page] for page in walked(client, "/appointments", COORDINATOR)] == [
+        [BOSTON_COI],
+        [DENVER_COI],
+    ]
+    assert [[a["coi"] for a in page] for page in walked(client, "/appointments", BOSTON)] == [[BOSTON_COI]]
+    bad = client.get("/appointments", params={"cursor": "WyJ4Il0"}, headers=COORDINATOR)
+    assert bad.status_code == 422 and "WyJ4Il0" not in bad.text
+    assert [e["pointer"] for e in bad.json()["errors"]] == ["/cursor"]
+
+
+def test_shipment_pages_keep_the_callers_scope_and_filters(
+    tracking: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, ids = tracking
+
+    def ids_of(pages: list[list[dict[str, Any]]]) -> list[list[str]]:
+        return [[s["id"] for s in page] for page in pages]
+
+    assert ids_of(walked(client, "/shipments", COORDINATOR)) == [
+        [ids["boston"]],
+        [ids["denver"]],
+        [ids["other"]],
+    ]
+    assert ids_of(walked(client, "/shipments", BOSTON)) == [[ids["boston"]], [ids["other"]]]
+    assert ids_of(walked(client, "/shipments", CRYO, leg="return")) == [[ids["boston"]], [ids["denver"]]]
+    assert client.get("/shipments", params={"limit": "501"}, headers=COORDINATOR).status_code == 422
