@@ -65,6 +65,7 @@ class ServiceProcess:
                 sys.executable,
                 "-m",
                 "uvicorn",
+                "--no-server-header",
                 "--factory",
                 SERVICES[self.name],
                 "--host",

@@ -50,7 +50,8 @@ class Principal(BaseModel):
         return self.courier_company if self.role is Role.COURIER else None
 
 
-_bearer = HTTPBearer(auto_error=False)
+BEARER = HTTPBearer(auto_error=False)
+"""The bearer scheme of every authenticated route; the edge spots it to authenticate before a body is read."""
 
 
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
@@ -72,7 +73,7 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller and lets only the given roles through (403 for others)."""
 
     async def check(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
     ) -> Principal:
         principal = authenticate(request, credentials)
         if principal.role not in roles:
