@@ -8,3 +8,7 @@ import os
 from deploy.stack import DEV_LEDGER_SIGNING_KEYS
 
 os.environ.setdefault("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS)
+# The suite fires thousands of requests a minute from one address with a few tokens: generous budgets here;
+# tests/integration/test_http_abuse.py checks the limits themselves with small ones.
+os.environ.setdefault("RATE_LIMIT_PER_MINUTE", "1000000")
+os.environ.setdefault("RATE_LIMIT_FAILED_AUTH_PER_MINUTE", "100000")

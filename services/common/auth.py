@@ -55,13 +55,25 @@ BEARER = HTTPBearer(auto_error=False)
 
 
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """401 unless the bearer token belongs to a configured caller (compared in constant time)."""
+    """401 unless the bearer token belongs to a configured caller (compared in constant time); 429 past the
+    caller's budget, or past the client address's (much smaller) budget of failed authentications
+    (`services.common.ratelimit`). Once per request: the edge and the route's dependency share the answer."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     principals: dict[str, Principal] = request.app.state.principals
+    limits = getattr(request.app.state, "rate_limits", None)
     if credentials is not None:
         offered = credentials.credentials.encode()
         for token, principal in principals.items():
             if hmac.compare_digest(token.encode(), offered):
+                if limits is not None:
+                    limits.callers.check(f"caller:{principal.subject}", "too many requests from this caller")
+                request.state.principal = principal
                 return principal
+    if limits is not None:
+        address = request.client.host if request.client else "unknown"
+        limits.failed_auth.check(f"address:{address}", "too many failed authentications from this address")
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         detail="missing or invalid bearer token",

@@ -46,6 +46,7 @@ from services.common.problems import (
     install_problem_handlers,
     problem_response,
 )
+from services.common.ratelimit import RateLimits
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
 from services.common.unit_of_work import session_factory, wake_after_commit
@@ -177,6 +178,9 @@ def _web_app(
     add_offline_docs(app)
     app.state.runtime = runtime
     app.state.principals = runtime.settings.principals()
+    app.state.rate_limits = RateLimits(
+        runtime.settings.rate_limit_per_minute, runtime.settings.rate_limit_failed_auth_per_minute
+    )
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
