@@ -197,6 +197,8 @@ async def run(urls: dict[str, str], kafka: KafkaAccess) -> int:
             shipments = (
                 await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": broken}, headers=COURIER)
             ).json()
+            # A site has at most MAX_ENDPOINTS_PER_SITE endpoints: the demo, run again and again, frees its one.
+            await http.delete(f"{urls['scheduling']}/webhooks/{registered.json()['id']}", headers=CENTER)
         print_timeline(f"Journey 1 — {clean}: clean cold chain", events.of(clean), notes_of(events, clean))
         print(
             f"  webhook       treatment center received '{hook.json()['kind']}' (signed, {len(hook.body)} bytes)"

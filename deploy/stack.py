@@ -106,6 +106,7 @@ class ServiceProcess:
                 sys.executable,
                 "-m",
                 "uvicorn",
+                "--no-server-header",
                 "--factory",
                 SERVICES[self.name],
                 "--host",
@@ -191,6 +192,11 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
                 # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.
                 "WEBHOOK_ALLOW_LOOPBACK": os.environ.get("WEBHOOK_ALLOW_LOOPBACK", "true"),
+                # Development, the suite and the bench: one address, a few tokens, thousands of requests.
+                "RATE_LIMIT_PER_MINUTE": os.environ.get("RATE_LIMIT_PER_MINUTE", "1000000"),
+                "RATE_LIMIT_FAILED_AUTH_PER_MINUTE": os.environ.get(
+                    "RATE_LIMIT_FAILED_AUTH_PER_MINUTE", "100000"
+                ),
                 **self.extra_env,
             }
             port = self.ports.get(name) or free_port()

@@ -12,3 +12,7 @@ os.environ.setdefault("COURIER_VERIFY_KEYS", DEV_COURIER_VERIFY_KEYS)
 # Services built in process reach no broker (FastStream's TestKafkaBroker, or none): nothing to log in to.
 # The stacks the e2e tests start give each service its own SASL principal (deploy/stack.py).
 os.environ.setdefault("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+# The suite fires thousands of requests a minute from one address with a few tokens: generous budgets here;
+# tests/integration/test_http_abuse.py checks the limits themselves with small ones.
+os.environ.setdefault("RATE_LIMIT_PER_MINUTE", "1000000")
+os.environ.setdefault("RATE_LIMIT_FAILED_AUTH_PER_MINUTE", "100000")

@@ -50,17 +50,30 @@ class Principal(BaseModel):
         return self.courier_company if self.role is Role.COURIER else None
 
 
-_bearer = HTTPBearer(auto_error=False)
+BEARER = HTTPBearer(auto_error=False)
+"""The bearer scheme of every authenticated route; the edge spots it to authenticate before a body is read."""
 
 
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """401 unless the bearer token belongs to a configured caller (compared in constant time)."""
+    """401 unless the bearer token belongs to a configured caller (compared in constant time); 429 past the
+    caller's budget, or past the client address's (much smaller) budget of failed authentications
+    (`services.common.ratelimit`). Once per request: the edge and the route's dependency share the answer."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     principals: dict[str, Principal] = request.app.state.principals
+    limits = getattr(request.app.state, "rate_limits", None)
     if credentials is not None:
         offered = credentials.credentials.encode()
         for token, principal in principals.items():
             if hmac.compare_digest(token.encode(), offered):
+                if limits is not None:
+                    limits.callers.check(f"caller:{principal.subject}", "too many requests from this caller")
+                request.state.principal = principal
                 return principal
+    if limits is not None:
+        address = request.client.host if request.client else "unknown"
+        limits.failed_auth.check(f"address:{address}", "too many failed authentications from this address")
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         detail="missing or invalid bearer token",
@@ -72,7 +85,7 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller and lets only the given roles through (403 for others)."""
 
     async def check(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
     ) -> Principal:
         principal = authenticate(request, credentials)
         if principal.role not in roles:

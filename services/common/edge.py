@@ -1,6 +1,8 @@
 """The HTTP edge: every request body is admitted here, once, before any route or dependency sees it.
 
 `EdgeRoute` is the route class of every router. For a request with a body it, in this order:
+- authenticates the bearer token of a route that needs one (`services.common.auth.authenticate`) **before
+  reading a byte of the body**: a wrong or missing token on a 20 MB POST is a 401, the body never read;
 - refuses, on a GET route, a query parameter the route does not declare with **422** naming it: a filter is
   applied or refused, never ignored (a caller asking for one site's objects is never answered with all);
 - refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_
 from starlette.routing import BaseRoute
 
 from services.common import problems
+from services.common.auth import BEARER, authenticate
 from services.common.problems import FieldError, ProblemError
 
 BODY_LIMIT_KEY = "x-max-body-bytes"
@@ -90,12 +93,16 @@ class EdgeRoute(APIRoute):
         handler = super().get_route_handler()
         admission = BodyAdmission.of(self)
         declared = frozenset(declared_query_names(self.dependant))
+        authenticated = needs_token(self.dependant)
 
         async def admitted(request: Request) -> Response:
             _check_parameters(request)
             if request.method in READ_METHODS:
                 declared_filters_only(request, declared)
             if request.method in BODY_METHODS:
+                if authenticated:
+                    # The route's own dependency checks the role later; the token is checked here, first.
+                    authenticate(request, await BEARER(request))
                 await admission.admit(request)
             return await handler(request)
 
@@ -133,6 +140,11 @@ def declared_filters_only(request: Request, declared: frozenset[str]) -> None:
                 for name in unknown
             ]
         )
+
+
+def needs_token(dependant: Dependant) -> bool:
+    """Whether a route (through any of its dependencies) takes the bearer token."""
+    return any(dep.call is BEARER or needs_token(dep) for dep in dependant.dependencies)
 
 
 def declared_query_names(dependant: Dependant) -> set[str]:

@@ -25,6 +25,7 @@ MALFORMED = f"{TYPE_PREFIX}malformed-body"
 TOO_LARGE = f"{TYPE_PREFIX}body-too-large"
 UNSUPPORTED_MEDIA = f"{TYPE_PREFIX}unsupported-media-type"
 CONFLICT = f"{TYPE_PREFIX}conflict"
+TOO_MANY_REQUESTS = f"{TYPE_PREFIX}too-many-requests"
 INTERNAL = f"{TYPE_PREFIX}internal-error"
 MAX_POINTER_SEGMENT = 64
 """A key the caller invented is part of a pointer: cut long ones, so a pointer never carries a value."""

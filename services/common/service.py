@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,6 +26,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.common.auth import BEARER, authenticate
 from services.common.consumer import ProcessedEvent
 from services.common.db import (
     WalCheckpointer,
@@ -35,6 +36,7 @@ from services.common.db import (
     tables_of,
 )
 from services.common.edge import EdgeRoute, check_admitted
+from services.common.headers import SecurityHeadersMiddleware
 from services.common.idempotency import IdempotentResponse
 from services.common.kafka_access import KafkaAccess
 from services.common.logging import CorrelationMiddleware, configure_logging
@@ -45,6 +47,7 @@ from services.common.problems import (
     install_problem_handlers,
     problem_response,
 )
+from services.common.ratelimit import RateLimits
 from services.common.settings import ServiceSettings
 from services.common.topics import ensure_topics
 from services.common.unit_of_work import session_factory, wake_after_commit
@@ -178,7 +181,11 @@ def _web_app(
     add_offline_docs(app)
     app.state.runtime = runtime
     app.state.principals = runtime.settings.principals()
+    app.state.rate_limits = RateLimits(
+        runtime.settings.rate_limit_per_minute, runtime.settings.rate_limit_failed_auth_per_minute
+    )
     app.add_middleware(CorrelationMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
 
     for router in routers:
@@ -208,28 +215,38 @@ def ops_router(name: str, engine: Engine, broker: KafkaBroker) -> APIRouter:
         summary="Check that the service can take requests",
         responses={
             200: {
+                "description": "Ready. An authenticated caller (any role) also gets `checks`; an anonymous "
+                "one only the status",
                 "content": {
                     "application/json": {
-                        "example": {"ready": True, "checks": {"database": True, "broker": True}}
+                        "example": {"status": "ready", "checks": {"database": True, "broker": True}}
                     }
-                }
+                },
             },
-            503: {"description": "The database or the broker does not answer (see `checks`)"},
+            503: {
+                "description": 'Not ready: `{"status": "not ready"}` (an authenticated caller: a '
+                "problem naming the check that fails)"
+            },
         },
     )
     async def ready(request: Request) -> JSONResponse:
-        """Readiness: the database answers and the broker answers; 503 names what does not. No token needed."""
+        """Readiness: the database answers and the broker answers. No token needed; the detail (which check
+        fails) only for an authenticated caller, an anonymous one learns nothing of the internals."""
         checks = {
             "database": await asyncio.to_thread(database_reachable, engine),
             "broker": await broker.ping(timeout=2.0),
         }
         failing = [name for name, ok in checks.items() if not ok]
+        try:
+            authenticate(request, await BEARER(request))
+        except HTTPException:
+            return JSONResponse({"status": "not ready" if failing else "ready"}, 503 if failing else 200)
         if failing:
             problem = ProblemError(
                 503, f"not ready: {', '.join(failing)} not answering", extensions={"checks": checks}
             )
             return problem_response(request, problem)
-        return JSONResponse({"ready": True, "checks": checks})
+        return JSONResponse({"status": "ready", "ready": True, "checks": checks})
 
     return router
 

@@ -32,6 +32,8 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     consumer_max_attempts: int = Field(default=5, ge=1)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    rate_limit_failed_auth_per_minute: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _default_database(self) -> ServiceSettings:

@@ -16,7 +16,7 @@ from services.common import problems
 from services.common.auth import Principal, Role
 from services.common.edge import EdgeRoute, RequestModel
 from services.common.paging import Page, link_next, page_of
-from services.scheduling import webhook_commands
+from services.scheduling import webhook_commands, webhook_domain
 from services.scheduling.api import COI, Ident, Reader, SessionDep, _appointment
 from services.scheduling.models import WebhookDelivery, WebhookEndpoint
 from services.scheduling.runtime import RuntimeDep
@@ -24,13 +24,14 @@ from services.scheduling.webhook_commands import (
     DuplicateEndpoint,
     EndpointChange,
     InvalidEndpoint,
+    TooManyEndpoints,
     WebhookSettings,
 )
 from services.scheduling.webhook_domain import SIGNATURE_HEADER
 
 router = APIRouter(route_class=EdgeRoute, tags=["webhooks"])
 ENDPOINT_ID = "2e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b"
-WebhookUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2000)]
+WebhookUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=webhook_domain.MAX_URL_LENGTH)]
 Kinds = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
     Field(
@@ -65,9 +66,11 @@ def _endpoint(
     return endpoint
 
 
-def _refused(error: InvalidEndpoint | DuplicateEndpoint) -> problems.ProblemError:
+def _refused(error: InvalidEndpoint | DuplicateEndpoint | TooManyEndpoints) -> problems.ProblemError:
     if isinstance(error, InvalidEndpoint):
         return problems.invalid("body", error.field, error.detail)
+    if isinstance(error, TooManyEndpoints):
+        return problems.conflict(str(error), reasons=[f"at most {webhook_domain.MAX_ENDPOINTS_PER_SITE}"])
     return problems.conflict(
         "the site already has an endpoint at this URL: change or delete that one",
         reasons=[f"endpoint {error.existing}"],
@@ -265,7 +268,8 @@ def register_webhook(
     `infusion.recorded` (all, or the `event_types` listed). Each is a JSON POST with `X-CGT-Timestamp`,
     an `Idempotency-Key` (the same on every retry) and `X-CGT-Signature: v2=<hex HMAC-SHA256 of
     "<timestamp>.<idempotency key>.<body>">` under the secret, retried with backoff. Only `https` URLs
-    to public hosts are taken (422 naming `url` otherwise); the same URL twice for a site is 409. A
+    to public hosts, at most 2,000 characters, are taken (422 naming `url` otherwise); the same URL twice
+    for a site is 409, and so is a sixth endpoint: a site has at most 5 (`MAX_ENDPOINTS_PER_SITE`). A
     treatment center registers for its own site (403 for another), a coordinator names the site. The
     secret is generated when not given, and shown only in this answer."""
     site = _site_for(caller, body.treatment_center_id)
@@ -278,7 +282,7 @@ def register_webhook(
             event_types=body.event_types,
             settings=settings,
         )
-    except (InvalidEndpoint, DuplicateEndpoint) as error:
+    except (InvalidEndpoint, DuplicateEndpoint, TooManyEndpoints) as error:
         raise _refused(error) from error
     session.commit()
     return _with_secret(endpoint)

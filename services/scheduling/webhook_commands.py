@@ -18,7 +18,7 @@ from uuid import UUID
 
 from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import WebhookDeliveryFailedV2, WebhookDeliveryFailedV2Data
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, func, select, update
 
 from services.common.db import locked
 from services.common.outbox import enqueue
@@ -60,6 +60,10 @@ class DuplicateEndpoint(Exception):
     def __init__(self, existing: UUID) -> None:
         super().__init__(f"endpoint {existing} already has this URL")
         self.existing = existing
+
+
+class TooManyEndpoints(Exception):
+    """The site has as many endpoints as `webhook_domain.MAX_ENDPOINTS_PER_SITE` allows (HTTP 409)."""
 
 
 def state_of(endpoint: WebhookEndpoint) -> EndpointState:
@@ -127,8 +131,21 @@ def register(
         updated_at=utc_now(),
     )
     _refuse_duplicate(session, site, endpoint.url)
+    _refuse_past_limit(session, site)
     session.add(endpoint)
     return endpoint
+
+
+def _refuse_past_limit(session: Session, site: str) -> None:
+    existing = session.exec(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.treatment_center_id == site)
+        .where(col(WebhookEndpoint.deleted_at).is_(None))
+    ).one()
+    refusal = webhook_domain.endpoint_limit_refusal(existing)
+    if refusal is not None:
+        raise TooManyEndpoints(refusal)
 
 
 def visible_endpoint(

@@ -45,6 +45,22 @@ WEBHOOK_KINDS = frozenset(
 
 # ---------------------------------------------------------------- where a webhook may go
 
+MAX_ENDPOINTS_PER_SITE = 5
+"""Endpoints (not deleted) a site may have at once: every message is sent to each, so more would only
+multiply the work one site puts on the deliverer."""
+MAX_URL_LENGTH = 2000
+"""Characters in a webhook URL at most, within the 2,048 the issue allows: the width of the `url` column
+that databases already hold (a longer URL would be a 500 on PostgreSQL). A URL over 64 KiB stalled every
+site's deliveries."""
+
+
+def endpoint_limit_refusal(existing: int) -> str | None:
+    """Why a site that has `existing` endpoints may not register one more (None if it may)."""
+    if existing >= MAX_ENDPOINTS_PER_SITE:
+        return f"a site may have at most {MAX_ENDPOINTS_PER_SITE} webhook endpoints: delete one first"
+    return None
+
+
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     ipaddress.ip_address(a)
     for a in (
@@ -130,6 +146,8 @@ def url_refusal(url: str, *, allow_loopback: bool) -> str | None:
     """Why a webhook may not be registered at `url` (None if it may): `https` to a public host; with
     `allow_loopback` (development and tests), also `http` or `https` to a loopback host. The host's name
     is judged here; its addresses are judged again, after resolution, every time a message is sent."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"may be at most {MAX_URL_LENGTH} characters"
     try:
         parts = urlsplit(url)
         host, _port = parts.hostname, parts.port

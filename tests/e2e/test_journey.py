@@ -219,5 +219,9 @@ async def test_bad_input_gets_4xx_naming_the_field(
 async def test_health_and_readiness(stack: RunningStack, http: httpx.AsyncClient) -> None:
     for url in (stack.orders, stack.tracking, stack.scheduling):
         assert (await http.get(f"{url}/health")).json()["status"] == "ok"
-        ready = await http.get(f"{url}/ready")
+        ready = await http.get(f"{url}/ready", headers=COORDINATOR)
         assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "broker": True}
+        anonymous = await http.get(f"{url}/ready")
+        assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+        assert anonymous.headers["X-Content-Type-Options"] == "nosniff"
+        assert anonymous.headers["Cache-Control"] == "no-store" and "server" not in anonymous.headers

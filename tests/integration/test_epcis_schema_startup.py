@@ -29,6 +29,7 @@ def test_the_service_refuses_to_start_without_its_schema_and_creates_nothing(tmp
             sys.executable,
             "-m",
             "uvicorn",
+            "--no-server-header",
             "--factory",
             "services.coi_tracking.app:create_app",
             "--host",

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
-from services.scheduling import webhook_commands
+from services.scheduling import webhook_commands, webhook_domain
 from services.scheduling.models import TABLES, Appointment
 from services.scheduling.webhook_commands import AttemptResult
 from tests.support.infra import database
@@ -239,6 +239,28 @@ def test_the_same_url_twice_for_a_site_is_a_conflict_naming_the_existing_endpoin
     second = client.post("/webhooks", json={"url": HOOK + "/2"}, headers=BOSTON).json()
     moved = client.patch(f"/webhooks/{second['id']}", json={"url": HOOK}, headers=BOSTON)
     assert moved.status_code == 409
+
+
+def test_a_site_has_at_most_the_stated_number_of_endpoints(client: TestClient) -> None:
+    limit = webhook_domain.MAX_ENDPOINTS_PER_SITE
+    created = [register(client, BOSTON, url=f"{HOOK}/{n}") for n in range(limit)]
+    assert [answer.status_code for answer in created] == [201] * limit
+    refused = register(client, BOSTON, url=f"{HOOK}/extra")
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    assert f"at most {limit}" in refused.json()["detail"]
+    assert register(client, COORDINATOR, treatment_center_id="TC-DENVER").status_code == 201, "per site"
+    assert client.delete(f"/webhooks/{created[0].json()['id']}", headers=BOSTON).status_code == 200
+    assert register(client, BOSTON, url=f"{HOOK}/extra").status_code == 201, "a deleted one frees its place"
+
+
+def test_a_url_over_the_stated_length_is_refused_naming_url(client: TestClient) -> None:
+    path = "a" * (webhook_domain.MAX_URL_LENGTH - len(HOOK) - 1)
+    assert register(client, BOSTON, url=f"{HOOK}/{path}").status_code == 201
+    too_long = register(client, BOSTON, url=f"{HOOK}/{path}b")
+    assert too_long.status_code == 422 and too_long.json()["errors"][0]["pointer"] == "/url"
+    assert path not in too_long.text
+    huge = register(client, BOSTON, url=f"{HOOK}/{'a' * 70_000}")
+    assert huge.status_code == 413, "past the body limit before any URL is looked at"
 
 
 def test_unknown_event_types_are_refused_naming_the_field(client: TestClient) -> None:

@@ -10,11 +10,14 @@ import pytest
 
 from services.scheduling.webhook_domain import (
     IDEMPOTENCY_HEADER,
+    MAX_ENDPOINTS_PER_SITE,
+    MAX_URL_LENGTH,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AttemptOutcome,
     FailurePolicy,
     address_refusal,
+    endpoint_limit_refusal,
     judge_attempt,
     request_refusal,
     resolved_refusal,
@@ -244,3 +247,15 @@ def test_an_endpoint_no_longer_active_is_disabled_no_second_time() -> None:
 def test_a_threshold_above_the_attempts_of_one_message_is_refused() -> None:
     with pytest.raises(ValueError, match="disable_after_failures"):
         FailurePolicy(max_attempts=4, disable_after_failures=10, backoff_base_seconds=1.0)
+
+
+def test_a_url_over_the_stated_length_is_refused_by_the_rule_itself() -> None:
+    base = "https://hooks.tc-boston.example.org/"
+    fits = base + "a" * (MAX_URL_LENGTH - len(base))
+    assert url_refusal(fits, allow_loopback=False) is None
+    assert url_refusal(fits + "a", allow_loopback=False) == f"may be at most {MAX_URL_LENGTH} characters"
+
+
+def test_the_endpoint_limit_of_a_site() -> None:
+    assert endpoint_limit_refusal(MAX_ENDPOINTS_PER_SITE - 1) is None
+    assert endpoint_limit_refusal(MAX_ENDPOINTS_PER_SITE) is not None
