@@ -25,7 +25,7 @@ from deploy.stack import DEFAULT_PORTS, ROOT, Stack, sqlite_urls
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
 from kafka_local import LocalKafka  # type: ignore[import-not-found]
 
-from services.common.kafka_access import KafkaAccess
+from services.common.kafka_access import KafkaAccess, kafka_from_environment
 from services.common.topics import ORDERS, SCHEDULING, SHIPMENTS
 
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
@@ -234,7 +234,7 @@ def running_stack_kafka() -> KafkaAccess:
     """The broker of `make up` as its super user (credentials in var/kafka/security, owner-only), unless
     the environment names another broker."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return KafkaAccess.from_environment()
+        return kafka_from_environment()
     access: KafkaAccess = LocalKafka(port=9092, data_dir=ROOT / "var" / "kafka").access()
     return access
 

@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from services.coi_tracking.courier_keys import public_key_of, signature_headers
-from services.common.kafka_access import KafkaAccess
+from services.common.kafka_access import KafkaAccess, kafka_from_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
@@ -281,7 +281,7 @@ def _up(args: argparse.Namespace) -> int:
     broker = None
     kafka: KafkaAccounts
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        kafka = ConfiguredKafka(KafkaAccess.from_environment())
+        kafka = ConfiguredKafka(kafka_from_environment())
     else:
         broker = LocalKafka(port=args.kafka_port, data_dir=var / "kafka")
         print(f"starting Apache Kafka (KRaft, SASL over TLS) on 127.0.0.1:{args.kafka_port} ...", flush=True)

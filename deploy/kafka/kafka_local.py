@@ -271,7 +271,6 @@ class LocalKafka:
         cluster_id: str | None = None,
         extra: dict[str, str] | None = None,
         security: BrokerSecurity | None = None,
-        secure: bool = True,
         users: tuple[str, ...] | None = None,
         acls: tuple[str, ...] | None = None,
     ) -> None:
@@ -288,10 +287,7 @@ class LocalKafka:
         self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self.cluster_id = cluster_id or _cluster_id()
         self.extra = extra or {}
-        if security is None and secure:
-            security = _project_security(self.data_dir / "security", users, acls)
-        self.security = security
-        """None: a PLAINTEXT listener anyone can write to (only for comparing the cost of security)."""
+        self.security = security or _project_security(self.data_dir / "security", users, acls)
         self.provisions = True
         """Creates the users and ACLs once ready (in a cluster, only the first node does)."""
         self.expected_brokers = 1
@@ -303,8 +299,6 @@ class LocalKafka:
 
     def access(self, user: str = ADMIN) -> KafkaAccess:
         """How a client logs in as `user` (the super user by default: tools and tests)."""
-        if self.security is None:
-            return KafkaAccess(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT")
         return self.security.access(self.bootstrap, user)
 
     @property
@@ -319,16 +313,7 @@ class LocalKafka:
     def _write_config(self) -> Path:
         logs = self.data_dir / "logs"
         config = self.data_dir / "server.properties"
-        if self.security is None:
-            listeners = [
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            ]
-        else:
-            self.security.ensure_certificates()
-            listeners = self.security.broker_config(self.port, self.controller_port)
+        self.security.ensure_certificates()
         _write_private(
             config,
             "\n".join(
@@ -337,7 +322,7 @@ class LocalKafka:
                     f"node.id={self.node_id}",
                     f"controller.quorum.voters={self.voters}",
                     "controller.listener.names=CONTROLLER",
-                    *listeners,
+                    *self.security.broker_config(self.port, self.controller_port),
                     f"log.dirs={logs}",
                     "auto.create.topics.enable=false",
                     "num.partitions=1",
@@ -386,7 +371,7 @@ class LocalKafka:
                 "-c",
                 str(config),
                 "--ignore-formatted",
-                *(self.security.format_arguments() if self.security else ()),
+                *self.security.format_arguments(),
             ),
             capture_output=True,
             text=True,
@@ -421,7 +406,7 @@ class LocalKafka:
             )
 
     def provision(self) -> None:
-        if self.security is not None and self.provisions:
+        if self.provisions:
             self.security.provision(self.bootstrap, self._classpath())
 
     def wait_ready(self, timeout: float = 90.0) -> None:

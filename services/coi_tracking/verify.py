@@ -36,7 +36,7 @@ from services.coi_tracking.ledger import (
 )
 from services.coi_tracking.models import Shipment
 from services.common.db import make_engine
-from services.common.kafka_access import KafkaAccess
+from services.common.kafka_access import KafkaAccess, kafka_from_environment
 from services.common.topics import ALL_TOPICS, LEDGER_HEADS
 from services.common.unit_of_work import session_factory
 
@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             shipments = list(session.exec(query))
             # The broker is read only when some ledger has entries: an empty one has nothing to have lost.
             needs_heads = any(shipment.ledger_length > 0 for shipment in shipments)
-            kafka = KafkaAccess.from_environment().model_copy(
-                update={"bootstrap_servers": args.bootstrap_servers}
-            )
+            kafka = kafka_from_environment().model_copy(update={"bootstrap_servers": args.bootstrap_servers})
             heads = asyncio.run(read_published_heads(kafka)) if needs_heads else {}
             for shipment in shipments:
                 result, published = _check(session, shipment, heads)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.common.kafka_access import KafkaAccess
+from services.common.kafka_access import KafkaAccess, kafka_from_environment
 from services.common.topics import ALL_TOPICS
 
 DLQ_TOPICS = [spec.name for spec in ALL_TOPICS if spec.name.endswith(".dlq")]
@@ -99,7 +99,7 @@ async def replay(kafka: KafkaAccess, letter: DeadLetter) -> tuple[str, int, int]
 
 async def _main(args: argparse.Namespace) -> int:
     topics = [args.topic] if args.topic else DLQ_TOPICS
-    kafka = KafkaAccess.from_environment().model_copy(update={"bootstrap_servers": args.bootstrap})
+    kafka = kafka_from_environment().model_copy(update={"bootstrap_servers": args.bootstrap})
     letters = await read_dead_letters(kafka, topics)
     if args.command == "list":
         for letter in letters:

@@ -10,7 +10,6 @@ PLAINTEXT exists for a broker the operator has decided to trust by its network a
 
 from __future__ import annotations
 
-import os
 import ssl
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 from faststream.security import BaseSecurity, SASLScram512
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SASL_MECHANISM = "SCRAM-SHA-512"
 SecurityProtocol = Literal["SASL_SSL", "PLAINTEXT"]
@@ -43,19 +43,6 @@ class KafkaAccess(BaseModel):
                 "(or KAFKA_SECURITY_PROTOCOL=PLAINTEXT for a broker trusted by its network alone)"
             )
         return self
-
-    @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> KafkaAccess:
-        """The command-line tools' access: the same KAFKA_* variables the services read."""
-        env = dict(os.environ if environ is None else environ)
-        cafile = env.get("KAFKA_SSL_CAFILE")
-        return cls(
-            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            security_protocol=env.get("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
-            sasl_username=env.get("KAFKA_SASL_USERNAME"),
-            sasl_password=SecretStr(env["KAFKA_SASL_PASSWORD"]) if env.get("KAFKA_SASL_PASSWORD") else None,
-            ssl_cafile=Path(cafile) if cafile else None,
-        )
 
     def as_user(self, username: str, password: str) -> KafkaAccess:
         """The same broker, as another principal."""
@@ -112,3 +99,31 @@ class KafkaAccess(BaseModel):
         if self.ssl_cafile:
             env["KAFKA_SSL_CAFILE"] = str(self.ssl_cafile)
         return env
+
+
+class KafkaSettings(BaseSettings):
+    """The KAFKA_* variables, read once here for the services (`ServiceSettings` extends it) and the CLIs."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: SecurityProtocol = "SASL_SSL"
+    kafka_sasl_username: str | None = None
+    """A service's own principal on the broker (its ACLs: `deploy/principals.py`)."""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    def kafka_access(self) -> KafkaAccess:
+        """Refuses (at start-up) SASL without credentials: nothing falls back to plaintext."""
+        return KafkaAccess(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
+
+
+def kafka_from_environment() -> KafkaAccess:
+    """The command-line tools' access: the same KAFKA_* variables the services read."""
+    return KafkaSettings().kafka_access()

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.headers import add_security_headers
 from services.common.problems import internal_error, problem_response
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -71,7 +72,8 @@ def new_correlation_id() -> str:
 
 
 class CorrelationMiddleware:
-    """Take the caller's correlation id (or make one), bind it for the request's logs, echo it back.
+    """Take the caller's correlation id (or make one), bind it for the request's logs, echo it back with
+    the security headers (`services.common.headers`).
     Plain ASGI (no per-request task or body buffering), so it costs next to nothing per request."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -91,7 +93,9 @@ class CorrelationMiddleware:
             if message["type"] == "http.response.start":
                 started[0] = True
                 status_code[0] = message["status"]
-                MutableHeaders(scope=message).append(CORRELATION_HEADER, correlation_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(CORRELATION_HEADER, correlation_id)
+                add_security_headers(headers)
             await send(message)
 
         log = structlog.get_logger()

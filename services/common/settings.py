@@ -5,27 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.common.auth import Principal
-from services.common.kafka_access import KafkaAccess, SecurityProtocol
+from services.common.kafka_access import KafkaSettings
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(KafkaSettings):
     """One service's configuration. Environment variables win; defaults suit a local run."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore")
 
     service_name: str = "cgt"
     database_url: str = ""
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_replication_factor: int = Field(default=1, ge=1, le=5)
-    kafka_security_protocol: SecurityProtocol = "SASL_SSL"
-    kafka_sasl_username: str | None = None
-    """The service's own principal on the broker (its ACLs: `deploy/principals.py`)."""
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
     cgt_api_tokens_file: Path | None = None
     cgt_api_tokens: str | None = None
     log_level: str = "INFO"
@@ -41,16 +35,6 @@ class ServiceSettings(BaseSettings):
             Path("var").mkdir(exist_ok=True)
             self.database_url = f"sqlite:///var/{self.service_name}.db"
         return self
-
-    def kafka_access(self) -> KafkaAccess:
-        """Refuses (at start-up) SASL without credentials: a service never falls back to plaintext."""
-        return KafkaAccess(
-            bootstrap_servers=self.kafka_bootstrap_servers,
-            security_protocol=self.kafka_security_protocol,
-            sasl_username=self.kafka_sasl_username,
-            sasl_password=self.kafka_sasl_password,
-            ssl_cafile=self.kafka_ssl_cafile,
-        )
 
     def principals(self) -> dict[str, Principal]:
         """Callers by token, from CGT_API_TOKENS (JSON) or CGT_API_TOKENS_FILE. No default: refuse to start."""

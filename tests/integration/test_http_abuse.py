@@ -4,17 +4,19 @@ the security headers. An app built the way `build_service` builds every service.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI
 
 from services.common.auth import Principal, Role, require
+from services.common.db import make_engine
 from services.common.edge import EdgeRoute, RequestModel, check_admitted
-from services.common.headers import SecurityHeadersMiddleware
 from services.common.logging import CorrelationMiddleware
 from services.common.problems import install_problem_handlers
 from services.common.ratelimit import RateLimiter, RateLimits
+from services.common.service import ops_router
 
 TOKEN = "right-token"
 CHUNK = b" " * (1024 * 1024)
@@ -42,7 +44,6 @@ def build_app(limits: RateLimits | None = None) -> FastAPI:
     if limits is not None:
         app.state.rate_limits = limits
     app.add_middleware(CorrelationMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
     app.include_router(router)
     check_admitted(app)
@@ -129,3 +130,27 @@ def test_the_bucket_refills_with_time() -> None:
     assert wait is not None and 0.9 < wait <= 1.0
     now[0] += 1.0
     assert limiter.take("k") is None and limiter.take("other") is None
+
+
+class AnsweringBroker:
+    """Only what /ready asks of the broker: whether it answers (the database check is real)."""
+
+    async def ping(self, timeout: float) -> bool:
+        return True
+
+
+async def test_anonymous_readiness_polls_spend_no_failed_authentication_budget(tmp_path: Path) -> None:
+    """An orchestrator polls /ready without a token, as often as it likes: it learns ready or not, nothing
+    of the internals, and a guesser's budget on the same address is untouched by it."""
+    app = build_app(RateLimits(per_minute=100, failed_auth_per_minute=2))
+    engine = make_engine(f"sqlite:///{tmp_path / 'ready.db'}")
+    app.include_router(ops_router("test", engine, AnsweringBroker()))  # type: ignore[arg-type]
+    async with client(app) as http:
+        polls = [await http.get("/ready") for _ in range(5)]
+        assert [(p.status_code, p.json()) for p in polls] == [(200, {"status": "ready"})] * 5
+        assert (await http.get("/ready", headers=RIGHT)).json()["checks"] == {
+            "database": True,
+            "broker": True,
+        }
+        assert [(await http.get("/notes", headers=WRONG)).status_code for _ in range(3)] == [401, 401, 429]
+    engine.dispose()

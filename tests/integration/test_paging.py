@@ -5,7 +5,6 @@ a site-scoped caller's pages hold only its site's orders."""
 
 from __future__ import annotations
 
-import importlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -22,7 +20,7 @@ from sqlmodel import select
 from services.common.unit_of_work import session_factory
 from services.order_intake.models import Order
 from services.order_intake.seed import DEMO_SITE, UNCERTIFIED_SITE
-from tests.support.orders import order_database, start_afresh
+from tests.support.orders import order_database, order_intake_client, start_afresh
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
@@ -44,17 +42,8 @@ def engine(database: Engine) -> Engine:
 @pytest.fixture(scope="module")
 def client(database: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """Order intake's app on the test's database, never started (no broker)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CGT_API_TOKENS_FILE", str(ROOT / "deploy" / "dev-tokens.json"))
-        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
-        env.setenv("DATABASE_URL", f"sqlite:///{tmp_path_factory.mktemp('import') / 'unused.db'}")
-        env.setenv("LOG_LEVEL", "WARNING")
-        module = importlib.import_module("services.order_intake.app")
-        settings = module.OrderIntakeSettings(
-            database_url=database.url.render_as_string(hide_password=False), seed_registry=False
-        )
-        yield TestClient(module.create_app(settings), raise_server_exceptions=True)
+    with order_intake_client(database, tmp_path_factory.mktemp("import")) as test_client:
+        yield test_client
 
 
 def insert_orders(engine: Engine, sites: list[str], start: datetime) -> list[uuid.UUID]:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from deploy.stack import ConfiguredKafka, KafkaAccounts, create_postgres_databases, drop_postgres_databases
 from services.common.db import create_tables, make_engine
-from services.common.kafka_access import KafkaAccess
+from services.common.kafka_access import KafkaAccess, kafka_from_environment
 from services.common.topics import COURIER_SCANS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def kafka_broker(data_dir: Path) -> Iterator[KafkaAccounts]:
     """Yield a real broker with its principals' credentials (`access(user)`), stopped afterwards if this
     started it: one started here runs SASL over TLS with the project's ACLs, as production does."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield ConfiguredKafka(KafkaAccess.from_environment())
+        yield ConfiguredKafka(kafka_from_environment())
         return
     if docker_engine_available():
         from testcontainers.kafka import KafkaContainer

@@ -115,3 +115,28 @@ def outbox(engine: Engine, subject: str | None = None) -> list[tuple[str, dict[s
         query = query.where(OutboxMessage.key == subject)
     with session_factory(engine)() as session:
         return [(row.event_type, json.loads(row.payload)["data"]) for row in session.exec(query)]
+
+
+@contextmanager
+def order_intake_client(database: Engine, scratch: Path) -> Iterator[Any]:
+    """Order intake's app on the test's database, never started: no broker, no relay (its wake-up is a
+    no-op), the routes and the edge exactly as the service has them. `scratch`: a directory for the
+    database the module's import-time app would use."""
+    import importlib
+
+    import pytest
+    from fastapi.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(
+            "CGT_API_TOKENS_FILE", str(Path(__file__).resolve().parents[2] / "deploy" / "dev-tokens.json")
+        )
+        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
+        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
+        env.setenv("DATABASE_URL", f"sqlite:///{scratch / 'unused.db'}")
+        env.setenv("LOG_LEVEL", "WARNING")
+        module = importlib.import_module("services.order_intake.app")
+        settings = module.OrderIntakeSettings(
+            database_url=database.url.render_as_string(hide_password=False), seed_registry=False
+        )
+        yield TestClient(module.create_app(settings), raise_server_exceptions=True)
