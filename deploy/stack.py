@@ -23,8 +23,18 @@ from typing import Protocol
 import httpx
 import psycopg
 
-from services.coi_tracking.courier_keys import public_key_of, signature_headers
+from services.coi_tracking.courier_keys import signature_headers
+from services.common import development
+from services.common.development import (
+    DEV_COURIER_SIGNING_KEYS,
+    DEV_PATIENT_MATCH_KEY,
+    DEV_PHI_KEY,
+    DEV_QA_SIGNING_PIN,
+    DEV_WEBHOOK_SECRET_KEY,
+    public_key_of,
+)
 from services.common.kafka_access import KafkaAccess, kafka_from_environment
+from services.common.private_files import OWNER_ONLY_UMASK, open_owner_only_log
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
@@ -34,21 +44,8 @@ SERVICES = {
 }
 DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
 DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
-DEV_PHI_KEY = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
-"""A development-only Fernet key; production sets PHI_ENCRYPTION_KEY from a secret store."""
-DEV_PATIENT_MATCH_KEY = "DEV-ONLY-patient-match-key-not-for-production"
-"""A development-only key of order intake's patient match; production sets PATIENT_MATCH_KEY."""
-DEV_LEDGER_SIGNING_KEYS = '{"dev-ledger-1": "REVWLU9OTFktbGVkZ2VyLWtleS1ub3QtZm9yLXByb2Q="}'
-"""DEV only: the ledger's Ed25519 signing key for `make up` and the tests (its seed spells DEV-ONLY...)."""
-DEV_QA_SIGNING_PIN = "24681357"
-"""The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
-DEV_SIGNING_PINS = f'{{"qa-jr": "{DEV_QA_SIGNING_PIN}"}}'
-DEV_COURIER_SIGNING_KEYS = {
-    "CRYO-EXPRESS": ("dev-cryo-express-1", "REVWLU9OTFktY291cmllci1DUllPLUVYUFJFU1MtMDE="),
-    "OTHER-LOGISTICS": ("dev-other-logistics-1", "REVWLU9OTFktY291cmllci1PVEhFUi1MT0dJU1QtMDE="),
-}
-"""DEV only: each development courier company's Ed25519 key (company -> key id, base64 seed spelling
-DEV-ONLY...), with which the tests, the demo and the bench sign what they publish on couriers.scans."""
+DEV_LEDGER_SIGNING_KEYS = json.dumps(development.DEV_LEDGER_SIGNING_KEYS)
+DEV_SIGNING_PINS = json.dumps(development.DEV_SIGNING_PINS)
 DEV_COURIER_VERIFY_KEYS = json.dumps(
     {
         key_id: {"company": company, "public_key": public_key_of(private)}
@@ -100,7 +97,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
+        log = open_owner_only_log(self.log_path)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -122,7 +119,9 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=OWNER_ONLY_UMASK,  # its database files: the owner's only
         )
+        log.close()  # the child has its own copy
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -183,12 +182,15 @@ class Stack:
                 "SERVICE_NAME": name,
                 "DATABASE_URL": self.database_urls[name],
                 **self.kafka.access(name).environment(),
+                # A development stack, run with the published development secrets (services/common/development.py).
+                development.DEV_MODE_VARIABLE: os.environ.get(development.DEV_MODE_VARIABLE, "true"),
                 "CGT_API_TOKENS_FILE": os.environ.get("CGT_API_TOKENS_FILE", str(DEV_TOKENS_FILE)),
                 "PHI_ENCRYPTION_KEY": os.environ.get("PHI_ENCRYPTION_KEY", DEV_PHI_KEY),
                 "PATIENT_MATCH_KEY": os.environ.get("PATIENT_MATCH_KEY", DEV_PATIENT_MATCH_KEY),
                 "SEED_SIGNING_PINS": os.environ.get("SEED_SIGNING_PINS", DEV_SIGNING_PINS),
                 "LEDGER_SIGNING_KEYS": os.environ.get("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS),
                 "COURIER_VERIFY_KEYS": os.environ.get("COURIER_VERIFY_KEYS", DEV_COURIER_VERIFY_KEYS),
+                "WEBHOOK_SECRET_KEY": os.environ.get("WEBHOOK_SECRET_KEY", DEV_WEBHOOK_SECRET_KEY),
                 "PYTHONUNBUFFERED": "1",
                 # A development stack: its webhook receivers (demo, tests, bench) listen on loopback.
                 "WEBHOOK_ALLOW_LOOPBACK": os.environ.get("WEBHOOK_ALLOW_LOOPBACK", "true"),

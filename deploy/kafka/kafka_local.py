@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script: the project's packages (the Ka
 from pydantic import SecretStr  # noqa: E402
 
 from services.common.kafka_access import KafkaAccess  # noqa: E402
+from services.common.private_files import OWNER_ONLY_UMASK, open_owner_only_log, write_owner_only  # noqa: E402
 
 SASL_MECHANISM = "SCRAM-SHA-512"
 ADMIN = "admin"
@@ -98,7 +99,7 @@ class BrokerSecurity:
             missing = {user: secrets.token_urlsafe(24) for user in self.users if user not in known}
             if missing or not path.exists():
                 self.directory.mkdir(parents=True, exist_ok=True)
-                _write_private(path, json.dumps({**known, **missing}))
+                write_owner_only(path, json.dumps({**known, **missing}))
             self._passwords = {**known, **missing}
         return self._passwords
 
@@ -150,13 +151,13 @@ class BrokerSecurity:
         )
         pem = serialization.Encoding.PEM
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_private(
+        write_owner_only(
             self.keystore_path,
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
             + cert.public_bytes(pem).decode()
             + ca.public_bytes(pem).decode(),
         )
-        _write_private(self.ca_path, ca.public_bytes(pem).decode())
+        write_owner_only(self.ca_path, ca.public_bytes(pem).decode())
 
     def broker_config(self, port: int, controller_port: int) -> list[str]:
         admin = self.password(ADMIN)
@@ -196,7 +197,7 @@ class BrokerSecurity:
     def provision(self, bootstrap: str, classpath: str) -> None:
         """Every user but the super user, and every ACL, in one run of Kafka's Admin API (idempotent)."""
         client = self.directory / "admin-client.properties"
-        _write_private(
+        write_owner_only(
             client,
             "\n".join(
                 [
@@ -235,7 +236,7 @@ class BrokerSecurity:
         )
         if done.returncode != 0:
             raise RuntimeError(f"creating Kafka users and ACLs failed:\n{done.stdout}{done.stderr}")
-        _write_private(marker, digest)
+        write_owner_only(marker, digest)
 
 
 def _project_security(
@@ -248,13 +249,6 @@ def _project_security(
         principals.users() if users is None else users,
         principals.acl_lines() if acls is None else acls,
     )
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Written readable by its owner only: keys and passwords."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
 
 
 class LocalKafka:
@@ -314,7 +308,7 @@ class LocalKafka:
         logs = self.data_dir / "logs"
         config = self.data_dir / "server.properties"
         self.security.ensure_certificates()
-        _write_private(
+        write_owner_only(
             config,
             "\n".join(
                 [
@@ -375,6 +369,7 @@ class LocalKafka:
             ),
             capture_output=True,
             text=True,
+            umask=OWNER_ONLY_UMASK,
         )
         if formatted.returncode != 0:
             raise RuntimeError(f"kafka-storage format failed:\n{formatted.stdout}{formatted.stderr}")
@@ -394,15 +389,16 @@ class LocalKafka:
         """Format (once) and start the process, without waiting: a cluster launches all nodes first."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"Kafka already running on {self.bootstrap} (pid {self.process.pid})")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self._write_config()
         self._format(config)
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        with open_owner_only_log(self.log_path) as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 self._java("kafka.Kafka", str(config), heap=self.heap),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=OWNER_ONLY_UMASK,  # its log segments hold the events: the owner's only
             )
 
     def provision(self) -> None:

@@ -53,12 +53,6 @@ def load_keys(configured: Mapping[str, CourierKeyConfig]) -> dict[str, CourierKe
     return keys
 
 
-def public_key_of(private_key_b64: str) -> str:
-    """The base64 public key to register for a base64 raw Ed25519 private key (its 32-byte seed)."""
-    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(private_key_b64))
-    return base64.b64encode(private.public_key().public_bytes_raw()).decode()
-
-
 def signature_headers(value: bytes, key_id: str, private_key_b64: str) -> list[tuple[str, bytes]]:
     """What a courier company's system adds to each record (the reference for their implementers)."""
     private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(private_key_b64))

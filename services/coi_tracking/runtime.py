@@ -47,6 +47,16 @@ class TrackingSettings(ServiceSettings):
         description="LEDGER_VERIFY_KEYS: JSON {key id: base64 Ed25519 public key} of retired ledger keys",
     )
 
+    def secret_values(self) -> dict[str, list[str]]:
+        # Public keys too: one whose private half is published would let anyone sign as the ledger or a company.
+        return {
+            **super().secret_values(),
+            "LEDGER_SIGNING_KEYS": [key.get_secret_value() for key in self.ledger_signing_keys.values()],
+            "LEDGER_VERIFY_KEYS": list(self.ledger_verify_keys.values()),
+            "COURIER_VERIFY_KEYS": [config.public_key for config in self.courier_verify_keys.values()],
+            "SEED_SIGNING_PINS": [pin.get_secret_value() for pin in self.seed_signing_pins.values()],
+        }
+
 
 def install_ledger_keys(settings: TrackingSettings) -> None:
     """No entry is written unsigned: without a signing key the service does not start (I3)."""

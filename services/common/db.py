@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -28,6 +29,8 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.types import TypeEngine
 from sqlmodel import SQLModel, create_engine
 
+from services.common.private_files import ensure_owner_only
+
 if TYPE_CHECKING:  # what sqlmodel's Select and SelectOfScalar share
     from sqlmodel.sql._expression_select_cls import SelectBase
 
@@ -44,10 +47,12 @@ def _normalise(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """An engine for the URL. SQLite: WAL, foreign keys on, every commit synced to disk before it returns
     (synchronous=FULL: a scan answered 201, or a Kafka offset committed after it, is never lost to a power
-    cut), one writer at a time within the process."""
+    cut), one writer at a time within the process. A SQLite file is readable by its owner only."""
     url = _normalise(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if engine.url.database and engine.url.database != ":memory:":
+            ensure_owner_only(Path(engine.url.database))  # patient data: before SQLite creates it 0644
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -200,9 +205,11 @@ def locked(session: OrmSession, query: _Select, **for_update: Any) -> _Select:
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
     """Create only this service's tables: each service owns its own database. A table that exists gets
-    the nullable columns added since it was made (create_all alone creates only missing tables)."""
+    the nullable columns added since it was made, and its strings widened to the model's length
+    (create_all alone creates only missing tables)."""
     SQLModel.metadata.create_all(engine, tables=list(tables))
     add_missing_columns(engine, tables)
+    widen_string_columns(engine, tables)
 
 
 def add_missing_columns(engine: Engine, tables: Sequence[Table]) -> list[str]:
@@ -225,6 +232,33 @@ def add_missing_columns(engine: Engine, tables: Sequence[Table]) -> list[str]:
     if added:
         log.info("db.columns_added", columns=added)
     return added
+
+
+def widen_string_columns(engine: Engine, tables: Sequence[Table]) -> list[str]:
+    """`ALTER COLUMN ... TYPE VARCHAR(n)` on PostgreSQL for each string column narrower in the database than
+    in its model (SQLite does not enforce the length). Widening keeps every value. Returns what it widened."""
+    if not is_postgres(engine):
+        return []
+    widened: list[str] = []
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in tables:
+            present = {column["name"]: column["type"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                wanted = getattr(column.type, "length", None)
+                have = getattr(present.get(column.name), "length", None)
+                if wanted is None or have is None or have >= wanted:
+                    continue
+                quote = engine.dialect.identifier_preparer.quote
+                connection.execute(
+                    text(
+                        f"ALTER TABLE {quote(table.name)} ALTER COLUMN {quote(column.name)} TYPE VARCHAR({wanted})"
+                    )
+                )
+                widened.append(f"{table.name}.{column.name}")
+    if widened:
+        log.info("db.columns_widened", columns=widened)
+    return widened
 
 
 def is_postgres(engine: Engine) -> bool:

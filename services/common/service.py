@@ -79,6 +79,8 @@ class Runtime(Generic[S]):
         settings = self.settings
         name = settings.service_name
         configure_logging(name, settings.log_level)
+        if settings.cgt_dev_mode:
+            structlog.get_logger().warning("service.development_mode", development_secrets="accepted")
         self.engine = make_engine(settings.database_url)
         self.checkpointer = WalCheckpointer.attach(self.engine)
         self.kafka = settings.kafka_access()

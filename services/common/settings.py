@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common import development
 from services.common.auth import Principal
 from services.common.kafka_access import KafkaSettings
 
@@ -28,6 +29,8 @@ class ServiceSettings(KafkaSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     rate_limit_per_minute: int = Field(default=600, ge=1)
     rate_limit_failed_auth_per_minute: int = Field(default=10, ge=1)
+    cgt_dev_mode: bool = False
+    """CGT_DEV_MODE: a development run (`make up`, the tests), allowed the published development secrets."""
 
     @model_validator(mode="after")
     def _default_database(self) -> ServiceSettings:
@@ -35,6 +38,27 @@ class ServiceSettings(KafkaSettings):
             Path("var").mkdir(exist_ok=True)
             self.database_url = f"sqlite:///var/{self.service_name}.db"
         return self
+
+    def model_post_init(self, context: object, /) -> None:
+        # Here, so that no path builds settings around a development secret: the services, the CLIs.
+        self.refuse_development_secrets()
+
+    def secret_values(self) -> dict[str, list[str]]:
+        """Each configured secret's values by the variable that holds it; a service adds its own."""
+        configured = bool(self.cgt_api_tokens or self.cgt_api_tokens_file)
+        return {"CGT_API_TOKENS": list(self.principals()) if configured else []}
+
+    def refuse_development_secrets(self) -> None:
+        """Outside development mode a published development secret stops the start (naming the variable,
+        never the value): with it, anyone could read patients' identities, sign, or call as any role."""
+        if self.cgt_dev_mode:
+            return
+        found = development.variables_holding_development_values(self.secret_values())
+        if found:
+            raise SystemExit(
+                f"{self.service_name} does not start: published development secrets in {', '.join(found)}. "
+                f"Configure your own, or set {development.DEV_MODE_VARIABLE}=true for a development run."
+            )
 
     def principals(self) -> dict[str, Principal]:
         """Callers by token, from CGT_API_TOKENS (JSON) or CGT_API_TOKENS_FILE. No default: refuse to start."""

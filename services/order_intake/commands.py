@@ -25,7 +25,7 @@ from cgt_contracts.events import (
     ProductReleasedForShipmentData,
     RejectionReason,
 )
-from cryptography.fernet import Fernet
+from cryptography.fernet import MultiFernet
 from sqlalchemy import or_
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -96,8 +96,8 @@ class Issuer:
 
     fin: str
     """ISBT 128 facility number: COI identifiers, and the DINs of a site without a FIN of its own."""
-    phi_key: bytes
-    """Fernet key the patient's identity is encrypted with."""
+    phi_keys: MultiFernet = field(repr=False)
+    """The PHI key ring: the newest key encrypts a patient's identity, every key decrypts (rotation)."""
     patient_match_key: bytes = field(repr=False)
     """HMAC key of `domain.patient_match`: the same patient found under any `patient_ref`."""
 
@@ -336,7 +336,7 @@ def _submitted(
     session.add(
         OrderTransition(order_id=order.id, from_status=None, to_status=OrderStatus.SUBMITTED, actor=actor)
     )
-    encrypted = Fernet(issuer.phi_key).encrypt(new.patient.as_json().encode()).decode()
+    encrypted = issuer.phi_keys.encrypt(new.patient.as_json().encode()).decode()
     session.add(PatientRecord(order_id=order.id, encrypted_identity=encrypted))
     return order
 

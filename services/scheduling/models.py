@@ -125,8 +125,9 @@ class WebhookEndpoint(SQLModel, table=True):
 
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     treatment_center_id: str = Field(index=True, max_length=64)
-    url: str = Field(max_length=2000)
-    secret: str = Field(max_length=128)
+    url: str = Field(max_length=2048)
+    secret: str = Field(max_length=256)
+    """Encrypted (a Fernet token under WEBHOOK_SECRET_KEY); empty once the endpoint is deleted."""
     active: bool = True
     """Receives deliveries: neither paused, nor disabled, nor deleted."""
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
@@ -139,7 +140,7 @@ class WebhookEndpoint(SQLModel, table=True):
     """Set when consecutive failures disabled the endpoint; cleared when it is resumed."""
     disabled_reason: str | None = Field(default=None, sa_column=Column(Text))
     deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret: str | None = Field(default=None, max_length=256)
     previous_secret_valid_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
     updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 

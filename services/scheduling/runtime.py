@@ -11,11 +11,13 @@ from typing import Annotated
 
 import structlog
 from cgt_contracts.envelope import utc_now
+from cryptography.fernet import MultiFernet
 from fastapi import Depends
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from sqlalchemy.engine import Engine
 
 from services.common.db import tables_of
+from services.common.encryption import KeyRingError, key_ring, ring_keys
 from services.common.service import Runtime, runtime_dependency
 from services.common.settings import ServiceSettings
 from services.common.unit_of_work import session_factory, wake_after_commit
@@ -42,6 +44,23 @@ class SchedulingSettings(ServiceSettings):
     """Development and tests only: webhooks to loopback hosts, over http too."""
     follow_up_check_seconds: float = Field(default=60.0, gt=0)
     seed_sites: bool = True
+    webhook_secret_key: SecretStr = Field(
+        min_length=44,
+        description="WEBHOOK_SECRET_KEY: the Fernet key the webhook secrets are stored under, or several "
+        "separated by commas, newest first (rotation; `python -m services.scheduling.rekey`); no default",
+    )
+
+    def secret_values(self) -> dict[str, list[str]]:
+        return {
+            **super().secret_values(),
+            "WEBHOOK_SECRET_KEY": ring_keys(self.webhook_secret_key.get_secret_value()),
+        }
+
+    def webhook_secret_ring(self) -> MultiFernet:
+        try:
+            return key_ring(self.webhook_secret_key.get_secret_value(), "WEBHOOK_SECRET_KEY")
+        except KeyRingError as error:
+            raise SystemExit(f"{self.service_name} does not start: {error}") from None
 
     @model_validator(mode="after")
     def _disable_within_attempts(self) -> SchedulingSettings:
@@ -52,6 +71,7 @@ class SchedulingSettings(ServiceSettings):
         return WebhookSettings(
             allow_loopback=self.webhook_allow_loopback,
             secret_overlap_hours=self.webhook_secret_overlap_hours,
+            secret_keys=self.webhook_secret_ring(),
             failure=FailurePolicy(
                 max_attempts=self.webhook_max_attempts,
                 disable_after_failures=self.webhook_disable_after_failures,

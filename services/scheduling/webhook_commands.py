@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
 from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import WebhookDeliveryFailedV2, WebhookDeliveryFailedV2Data
+from cryptography.fernet import MultiFernet
 from sqlmodel import Session, col, func, select, update
 
 from services.common.db import locked
@@ -31,11 +32,33 @@ from services.scheduling.webhook_domain import AttemptOutcome, FailurePolicy
 SOURCE = SCHEDULING_SOURCE
 
 
+SECRET_BYTES = 32
+"""A webhook secret's entropy: generated here, never chosen by the caller."""
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     allow_loopback: bool
     secret_overlap_hours: float
     failure: FailurePolicy
+    secret_keys: MultiFernet = field(repr=False)
+    """The key ring the stored secrets are encrypted with (WEBHOOK_SECRET_KEY: newest first)."""
+
+
+def new_secret(settings: WebhookSettings) -> tuple[str, str]:
+    """A fresh secret, and the form it is stored in (encrypted): a database reader cannot sign."""
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    return secret, settings.secret_keys.encrypt(secret.encode()).decode()
+
+
+def signing_secrets(endpoint: WebhookEndpoint, settings: WebhookSettings, now: datetime) -> list[str]:
+    """The endpoint's secrets a message is signed with now, decrypted (`webhook_domain.signing_secrets`)."""
+    current, previous = (
+        settings.secret_keys.decrypt(stored.encode()).decode() if stored else None
+        for stored in (endpoint.secret, endpoint.previous_secret)
+    )
+    assert current is not None, "a deleted endpoint signs nothing"
+    return webhook_domain.signing_secrets(current, previous, endpoint.previous_secret_valid_until, now)
 
 
 class EndpointState(StrEnum):
@@ -118,14 +141,15 @@ def register(
     *,
     site: str,
     url: str,
-    secret: str | None,
     event_types: Sequence[str] | None,
     settings: WebhookSettings,
-) -> WebhookEndpoint:
+) -> tuple[WebhookEndpoint, str]:
+    """The new endpoint, and its secret: generated, stored encrypted, returned once for the answer."""
+    secret, stored = new_secret(settings)
     endpoint = WebhookEndpoint(
         treatment_center_id=site,
         url=_checked_url(url, settings),
-        secret=secret or secrets.token_urlsafe(32),
+        secret=stored,
         event_types=_checked_kinds(event_types),
         consecutive_failures=0,
         updated_at=utc_now(),
@@ -133,7 +157,7 @@ def register(
     _refuse_duplicate(session, site, endpoint.url)
     _refuse_past_limit(session, site)
     session.add(endpoint)
-    return endpoint
+    return endpoint, secret
 
 
 def _refuse_past_limit(session: Session, site: str) -> None:
@@ -239,21 +263,18 @@ def update_endpoint(
         resume(session, endpoint)
 
 
-def rotate_secret(
-    session: Session, endpoint: WebhookEndpoint, new_secret: str | None, settings: WebhookSettings
-) -> None:
-    """A new secret signs from now on; the one it replaces signs too until the overlap ends (a rotation
-    within the overlap drops the oldest: two secrets at most)."""
-    new_secret = new_secret or secrets.token_urlsafe(32)
-    if new_secret == endpoint.secret:
-        raise InvalidEndpoint("secret", "must differ from the current secret")
+def rotate_secret(session: Session, endpoint: WebhookEndpoint, settings: WebhookSettings) -> str:
+    """A new secret (generated; returned once for the answer) signs from now on; the one it replaces signs
+    too until the overlap ends (a rotation within the overlap drops the oldest: two secrets at most)."""
+    secret, stored = new_secret(settings)
     now = utc_now()
     overlap = timedelta(hours=settings.secret_overlap_hours)
     endpoint.previous_secret = endpoint.secret if overlap else None
     endpoint.previous_secret_valid_until = now + overlap if overlap else None
-    endpoint.secret = new_secret
+    endpoint.secret = stored
     endpoint.updated_at = now
     session.add(endpoint)
+    return secret
 
 
 def delete(session: Session, endpoint: WebhookEndpoint) -> None:

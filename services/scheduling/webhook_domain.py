@@ -48,10 +48,9 @@ WEBHOOK_KINDS = frozenset(
 MAX_ENDPOINTS_PER_SITE = 5
 """Endpoints (not deleted) a site may have at once: every message is sent to each, so more would only
 multiply the work one site puts on the deliverer."""
-MAX_URL_LENGTH = 2000
-"""Characters in a webhook URL at most, within the 2,048 the issue allows: the width of the `url` column
-that databases already hold (a longer URL would be a 500 on PostgreSQL). A URL over 64 KiB stalled every
-site's deliveries."""
+MAX_URL_LENGTH = 2048
+"""Characters in a webhook URL at most (the `url` column's width; `create_tables` widens an older, narrower
+column). A URL over 64 KiB had stalled every site's deliveries."""
 
 
 def endpoint_limit_refusal(existing: int) -> str | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import stat
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from cgt_contracts.events import (
     ShipmentDeliveredData,
 )
 
+from deploy.kafka.kafka_local import LocalKafka
 from deploy.observe import EventLog
 from deploy.principals import COURIER_COMPANIES, courier_principal, grants
 from deploy.stack import courier_signature
@@ -33,6 +36,27 @@ from tests.e2e.conftest import COORDINATOR, RunningStack
 from tests.e2e.journey import book_first_option
 from tests.e2e.test_scheduling import dispatched_case, midday, new_site
 from tests.support.infra import produce
+
+
+def readable_by_others(directory: Path) -> list[str]:
+    return [
+        str(path.relative_to(directory))
+        for path in directory.rglob("*")
+        if path.is_file() and stat.S_IMODE(path.stat().st_mode) & 0o077
+    ]
+
+
+def test_the_stacks_database_log_and_broker_files_are_their_owners_only(stack: RunningStack) -> None:
+    """Databases (SQLite: the file, its WAL and shared memory), service logs, and the broker's data, keys
+    and log: none readable by group or others (PostgreSQL keeps its own files, 0600 by default)."""
+    directories = [stack.stack.workdir]
+    if isinstance(stack.broker, LocalKafka):  # not a broker the environment names
+        directories.append(stack.broker.data_dir)
+    if stack.backend == "sqlite":
+        directories.append(stack.stack.workdir.parent / "db")
+        assert len(list((stack.stack.workdir.parent / "db").glob("*.db*"))) >= 3
+    assert all(list(directory.rglob("*")) for directory in directories)
+    assert [readable_by_others(directory) for directory in directories] == [[] for _ in directories]
 
 
 async def refused_write(access: KafkaAccess, topic: str) -> bool:

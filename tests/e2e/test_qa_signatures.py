@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from deploy.observe import EventLog
-from deploy.stack import DEV_QA_SIGNING_PIN
+from services.common.development import DEV_QA_SIGNING_PIN
 from tests.e2e.conftest import COORDINATOR, COURIER, QA, RunningStack
 from tests.e2e.journey import place_accepted_order, scan, shipment_for
 

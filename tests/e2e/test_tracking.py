@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, text
 from sqlmodel import Session, col, select
 
 from deploy.observe import EventLog, WebhookListener
-from deploy.stack import DEV_QA_SIGNING_PIN
 from services.coi_tracking import ledger, verify
 from services.coi_tracking.domain import GENESIS_SHA256, entry_hash
 from services.coi_tracking.models import LedgerEntry, Shipment
+from services.common.development import DEV_QA_SIGNING_PIN
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, OTHER_COURIER, QA, RunningStack
 from tests.e2e.journey import (
     book_first_option,

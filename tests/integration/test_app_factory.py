@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cgt_contracts.envelope import utc_now
 from cgt_contracts.events import OrderCancelled, OrderCancelledData
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
@@ -116,7 +116,8 @@ def test_two_apps_made_in_one_process_are_independent(fresh: tuple[Engine, Engin
     assert one.engine.url == first_db.url and other.engine.url == second_db.url
     assert one.engine is not other.engine
     assert one.relay is not other.relay and one.broker is not other.broker
-    assert one.issuer.phi_key != other.issuer.phi_key  # each from its own settings
+    with pytest.raises(InvalidToken):  # each PHI key ring from its own settings
+        other.issuer.phi_keys.decrypt(one.issuer.phi_keys.encrypt(b"identity"))
     # The clients are used without `with`: the lifespan (which reaches for the broker) does not run.
     placed = TestClient(first).post("/orders", json=order_body("PSN-FACTORY-1"), headers=COORDINATOR)
     assert placed.status_code == 201, placed.text

@@ -23,6 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from deploy.observe import WebhookListener
+from services.common.development import DEV_WEBHOOK_SECRET_KEY
+from services.common.encryption import key_ring
 from services.common.outbox import OutboxMessage
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
@@ -39,6 +41,8 @@ from services.scheduling.webhook_domain import (
 )
 from services.scheduling.webhooks import WebhookDeliverer, resolve_host
 from tests.support.infra import database
+
+SECRET_KEYS = key_ring(DEV_WEBHOOK_SECRET_KEY, "WEBHOOK_SECRET_KEY")
 
 COI_A, COI_B = "CHW4321260000014", "CHW4321260000022"
 
@@ -66,13 +70,19 @@ def settings(
         failure=FailurePolicy(
             max_attempts=max_attempts, disable_after_failures=disable_after, backoff_base_seconds=0.01
         ),
+        secret_keys=SECRET_KEYS,
     )
+
+
+def current_secret(endpoint: WebhookEndpoint) -> str:
+    """The secret as the site received it (the row holds it encrypted)."""
+    return SECRET_KEYS.decrypt(endpoint.secret.encode()).decode()
 
 
 def endpoint_at(engine: Engine, url: str, site: str = "TC-HOOKS") -> WebhookEndpoint:
     with session_factory(engine)(expire_on_commit=False) as session:
-        endpoint = webhook_commands.register(
-            session, site=site, url=url, secret=None, event_types=None, settings=settings()
+        endpoint, _secret = webhook_commands.register(
+            session, site=site, url=url, event_types=None, settings=settings()
         )
         session.commit()
         return endpoint
@@ -305,11 +315,11 @@ async def test_during_the_overlap_a_delivery_carries_both_signatures_and_after_i
     engine: Engine, listener: WebhookListener
 ) -> None:
     endpoint = endpoint_at(engine, listener.url)
-    old_secret = endpoint.secret
+    old_secret = current_secret(endpoint)
     with session_factory(engine)(expire_on_commit=False) as session:
         rotated = webhook_commands.visible_endpoint(session, endpoint.id, None, to_change=True)
         assert rotated is not None
-        webhook_commands.rotate_secret(session, rotated, None, settings())
+        new_secret = webhook_commands.rotate_secret(session, rotated, settings())
         session.commit()
     assert rotated.previous_secret_valid_until is not None
     assert rotated.previous_secret_valid_until - utc_now() > timedelta(hours=23, minutes=59)
@@ -320,7 +330,8 @@ async def test_during_the_overlap_a_delivery_carries_both_signatures_and_after_i
     signatures = hook.headers[SIGNATURE_HEADER].split(", ")
     signed = (int(hook.headers[TIMESTAMP_HEADER]), hook.headers[IDEMPOTENCY_HEADER], hook.body)
     assert len(signatures) == 2
-    assert signature_matches([rotated.secret], *signed, signatures[0])
+    assert new_secret == current_secret(rotated) != old_secret
+    assert signature_matches([new_secret], *signed, signatures[0])
     assert signature_matches([old_secret], *signed, signatures[1])
 
     with session_factory(engine)() as session:
@@ -336,5 +347,5 @@ async def test_during_the_overlap_a_delivery_carries_both_signatures_and_after_i
     later = listener.wait_for(lambda h: h.json()["coi"] == COI_B, timeout=5)
     signed = (int(later.headers[TIMESTAMP_HEADER]), later.headers[IDEMPOTENCY_HEADER], later.body)
     assert "," not in later.headers[SIGNATURE_HEADER]
-    assert signature_matches([rotated.secret], *signed, later.headers[SIGNATURE_HEADER])
+    assert signature_matches([new_secret], *signed, later.headers[SIGNATURE_HEADER])
     assert not signature_matches([old_secret], *signed, later.headers[SIGNATURE_HEADER])

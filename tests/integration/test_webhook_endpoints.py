@@ -5,6 +5,7 @@ name the endpoint, and a disabled endpoint is one worklist entry until it is res
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import uuid
@@ -20,10 +21,12 @@ from cgt_contracts.envelope import utc_now
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
+from services.common.development import DEV_WEBHOOK_SECRET_KEY
+from services.common.encryption import key_ring
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
 from services.scheduling import webhook_commands, webhook_domain
-from services.scheduling.models import TABLES, Appointment
+from services.scheduling.models import TABLES, Appointment, WebhookEndpoint
 from services.scheduling.webhook_commands import AttemptResult
 from tests.support.infra import database
 
@@ -84,6 +87,26 @@ def register(client: TestClient, headers: dict[str, str], **body: Any) -> httpx.
     return answer
 
 
+def test_a_webhook_secret_is_generated_by_the_service_and_stored_encrypted(
+    client: TestClient, engine: Engine
+) -> None:
+    chosen = register(client, BOSTON, secret="caller-chosen-secret-of-enough-length-0123456")
+    assert chosen.status_code == 422 and chosen.json()["errors"][0]["pointer"] == "/secret"
+    assert "caller-chosen" not in chosen.text
+
+    first, second = register(client, BOSTON).json(), register(client, BOSTON, url=HOOK + "/2").json()
+    assert first["secret"] != second["secret"]
+    assert len(base64.urlsafe_b64decode(first["secret"] + "=")) >= webhook_commands.SECRET_BYTES
+    rotated = client.post(f"/webhooks/{first['id']}/rotate-secret", json={}, headers=BOSTON).json()["secret"]
+    with session_factory(engine)() as session:
+        row = session.get(WebhookEndpoint, uuid.UUID(first["id"]))
+        assert row is not None
+        stored = {row.secret, row.previous_secret}
+    assert rotated not in stored and first["secret"] not in stored  # only their encrypted forms
+    ring = key_ring(DEV_WEBHOOK_SECRET_KEY, "WEBHOOK_SECRET_KEY")
+    assert {ring.decrypt(value.encode()).decode() for value in stored if value} == {rotated, first["secret"]}
+
+
 def without_instance(problem: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in problem.items() if k != "instance"}
 
@@ -116,8 +139,8 @@ def test_a_site_lists_reads_changes_pauses_resumes_rotates_and_deletes_its_endpo
     assert rotated.json()["secret"] != endpoint["secret"]
     overlap_end = datetime.fromisoformat(rotated.json()["previous_secret_valid_until"])
     assert timedelta(hours=5, minutes=59) < overlap_end - utc_now() <= timedelta(hours=6)
-    same = client.post(f"{url}/rotate-secret", json={"secret": rotated.json()["secret"]}, headers=BOSTON)
-    assert same.status_code == 422 and same.json()["errors"][0]["pointer"] == "/secret"
+    chosen = client.post(f"{url}/rotate-secret", json={"secret": "s" * 43}, headers=BOSTON)
+    assert chosen.status_code == 422 and chosen.json()["errors"][0]["pointer"] == "/secret"
 
     deleted = client.delete(url, headers=BOSTON)
     assert deleted.status_code == 200 and deleted.json()["state"] == "deleted"

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, col, select
 
@@ -25,7 +25,11 @@ from services.order_intake.models import TABLES, Order
 from services.order_intake.seed import DEMO_PRESCRIBER_NPI, DEMO_SITE, WASKYRA, seed_registry
 from tests.support.infra import database
 
-ISSUER = commands.Issuer(fin="W4321", phi_key=Fernet.generate_key(), patient_match_key=b"test-match-key" * 3)
+ISSUER = commands.Issuer(
+    fin="W4321",
+    phi_keys=MultiFernet([Fernet(Fernet.generate_key())]),
+    patient_match_key=b"test-match-key" * 3,
+)
 COORDINATOR = commands.Caller(subject="coord-test")
 BOSTON_DESK = commands.Caller(subject="tc-boston-desk", site_scope=DEMO_SITE)
 SEATTLE_DESK = commands.Caller(subject="tc-seattle-desk", site_scope="TC-SEATTLE")
