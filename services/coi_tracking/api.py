@@ -43,7 +43,7 @@ from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
 from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
-from services.common.paging import Page, link_next
+from services.common.paging import Page, link_next, page_of
 from services.common.problems import FieldError, ProblemError
 from services.common.scope import not_found, visible_to
 from services.common.service import db_session
@@ -546,14 +546,16 @@ def post_readings(
     summary="Read a shipment's temperatures",
     response_model=list[ReadingOut],
 )
-def read_readings(shipment_id: UUID, session: SessionDep, caller: Reader) -> list[ReadingOut]:
-    """The shipment's temperature record, oldest first: the logger's readings and those of the scans."""
+def read_readings(
+    shipment_id: UUID, request: Request, response: Response, session: SessionDep, caller: Reader, page: Page
+) -> list[ReadingOut]:
+    """The shipment's temperature record, oldest first: the logger's readings and those of the scans, a
+    page at a time (`limit`, `cursor`; the next page in `Link`)."""
     shipment = _visible(session, shipment_id, caller)
-    rows = session.exec(
-        select(TemperatureReading)
-        .where(TemperatureReading.shipment_id == shipment.id)
-        .order_by(col(TemperatureReading.read_at))
-    )
+    query = select(TemperatureReading).where(TemperatureReading.shipment_id == shipment.id)
+    key = (col(TemperatureReading.read_at), col(TemperatureReading.id))
+    rows, next_cursor = page_of(session, query, TemperatureReading, page, key=key)
+    link_next(request, response, next_cursor)
     return [ReadingOut(at=r.read_at, celsius=r.celsius, source=r.source) for r in rows]
 
 
@@ -1159,8 +1161,14 @@ def register_courier(
     "/couriers", summary="List the registered couriers", response_model=list[CourierView], tags=["couriers"]
 )
 def list_couriers(
-    session: SessionDep, _: Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))]
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(Role.COORDINATOR, Role.QA))],
+    page: Page,
 ) -> list[CourierView]:
-    """Every registered courier and their company, by id (coordinators and QA)."""
-    rows = session.exec(select(models.Courier).order_by(col(models.Courier.id))).all()
+    """Every registered courier and their company, by id, a page at a time (coordinators and QA)."""
+    key = (col(models.Courier.id),)
+    rows, next_cursor = page_of(session, select(models.Courier), models.Courier, page, key=key)
+    link_next(request, response, next_cursor)
     return [CourierView.model_validate(row) for row in rows]

@@ -203,6 +203,15 @@ def locked(session: OrmSession, query: _Select, **for_update: Any) -> _Select:
     return query.with_for_update(**for_update).execution_options(populate_existing=True)
 
 
+def lock_name(session: OrmSession, name: str) -> None:
+    """Serialise the transactions that change what `name` stands for (rows that may not exist yet, so no row
+    lock can): PostgreSQL's transaction-scoped advisory lock on the name's 64-bit hash; SQLite's write lock
+    (`lock_for_writing`). Held until the transaction ends."""
+    lock_for_writing(session)
+    if session.connection().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name})
+
+
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
     """Create only this service's tables: each service owns its own database. A table that exists gets
     the nullable columns added since it was made, and its strings widened to the model's length

@@ -191,13 +191,21 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _BODY_PROBLEMS = (400, 413, 415, 422)
-_AUTH_PROBLEMS = (401, 403)
+_AUTH_PROBLEMS = (401, 403, 429)
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds until this caller (or, after failed authentications, this address) "
+        "may send again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 
 def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make every error response of every operation a Problem (`application/problem+json`): those the
     route declares, and those the edge gives: 400/413/415/422 with a body, 422 with parameters, 404 with
-    a path parameter, 401/403 when the caller must authenticate. FastAPI's own validation-error schemas go."""
+    a path parameter, 401/403 when the caller must authenticate, and 429 with `Retry-After` past the caller's
+    rate limit (`services/common/ratelimit.py`). FastAPI's own validation-error schemas go."""
     for path_item in openapi.get("paths", {}).values():
         for operation in path_item.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
@@ -213,6 +221,8 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
                 implied += _AUTH_PROBLEMS
             for status in implied:
                 responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
+            if "429" in responses:
+                responses["429"].setdefault("headers", _RETRY_AFTER)
             for code, response in responses.items():
                 if code[0] in "45":
                     response["content"] = _PROBLEM_CONTENT

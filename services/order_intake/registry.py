@@ -9,7 +9,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import Identifier
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
+from services.common.paging import Page, link_next, page_of
 from services.common.problems import FieldError
 from services.common.service import db_session
 from services.order_intake.domain import npi_is_valid
@@ -180,9 +181,14 @@ def create_therapy(body: TherapyBody, session: SessionDep, _: Coordinator) -> Th
 
 
 @router.get("/therapies", summary="List therapies", response_model=list[TherapyBody])
-def list_therapies(session: SessionDep, _: Coordinator) -> list[TherapyBody]:
-    """Every therapy in the registry, by code (coordinators)."""
-    return [TherapyBody.model_validate(t) for t in session.exec(select(Therapy).order_by(col(Therapy.code)))]
+def list_therapies(
+    request: Request, response: Response, session: SessionDep, _: Coordinator, page: Page
+) -> list[TherapyBody]:
+    """Every therapy in the registry, by code, a page at a time (`limit`, `cursor`; the next in `Link`)
+    (coordinators)."""
+    rows, next_cursor = page_of(session, select(Therapy), Therapy, page, key=(col(Therapy.code),))
+    link_next(request, response, next_cursor)
+    return [TherapyBody.model_validate(t) for t in rows]
 
 
 @router.get("/therapies/{code}", summary="Read a therapy", response_model=TherapyBody)
@@ -236,9 +242,13 @@ def create_treatment_center(
 
 
 @router.get("/treatment-centers", summary="List treatment centers", response_model=list[TreatmentCenterView])
-def list_treatment_centers(session: SessionDep, _: Coordinator) -> list[TreatmentCenterView]:
-    """Every treatment center with its qualifications, by id (coordinators)."""
-    centers = session.exec(select(TreatmentCenter).order_by(col(TreatmentCenter.id))).all()
+def list_treatment_centers(
+    request: Request, response: Response, session: SessionDep, _: Coordinator, page: Page
+) -> list[TreatmentCenterView]:
+    """Every treatment center with its qualifications, by id, a page at a time (coordinators)."""
+    key = (col(TreatmentCenter.id),)
+    centers, next_cursor = page_of(session, select(TreatmentCenter), TreatmentCenter, page, key=key)
+    link_next(request, response, next_cursor)
     return [_center_view(session, c) for c in centers]
 
 
@@ -314,11 +324,13 @@ def create_prescriber(body: PrescriberBody, session: SessionDep, _: Coordinator)
 
 
 @router.get("/prescribers", summary="List prescribers", response_model=list[PrescriberBody])
-def list_prescribers(session: SessionDep, _: Coordinator) -> list[PrescriberBody]:
-    """Every prescriber with the sites they may order for, by NPI (coordinators)."""
-    return [
-        _prescriber_view(session, p) for p in session.exec(select(Prescriber).order_by(col(Prescriber.npi)))
-    ]
+def list_prescribers(
+    request: Request, response: Response, session: SessionDep, _: Coordinator, page: Page
+) -> list[PrescriberBody]:
+    """Every prescriber with the sites they may order for, by NPI, a page at a time (coordinators)."""
+    rows, next_cursor = page_of(session, select(Prescriber), Prescriber, page, key=(col(Prescriber.npi),))
+    link_next(request, response, next_cursor)
+    return [_prescriber_view(session, p) for p in rows]
 
 
 @router.get("/prescribers/{npi}", summary="Read a prescriber", response_model=PrescriberBody)

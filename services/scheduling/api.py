@@ -3,6 +3,7 @@ the coordinators' worklist, infusion and follow-up, FHIR views (webhooks: webhoo
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, RequestModel
-from services.common.paging import Page, link_next
+from services.common.paging import Page, link_next, page_list
 from services.common.scope import not_found
 from services.common.service import db_session
 from services.scheduling import commands, fhir, webhook_commands
@@ -725,6 +726,11 @@ class WorkItem(BaseModel):
     )
 
 
+def _work_item_key(item: WorkItem) -> tuple[datetime, str, str]:
+    """Oldest first; then by kind and a digest of the item, so that two at the same instant keep an order."""
+    return item.since, item.kind, hashlib.sha256(item.model_dump_json().encode()).hexdigest()[:16]
+
+
 def _at_risk_items(session: Session) -> list[WorkItem]:
     """Alerts no coordinator has resolved: they stay whatever the appointment became since."""
     return [
@@ -758,12 +764,23 @@ def _on_hold_items(session: Session) -> list[WorkItem]:
 
 
 @router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
-def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
-    """Every case needing a coordinator, oldest first: an appointment the site may act on that is
+def worklist(
+    request: Request, response: Response, session: SessionDep, _: Coordinator, page: Page
+) -> list[WorkItem]:
+    """Every case needing a coordinator, oldest first, a page at a time (`limit`, `cursor`; the next page
+    in `Link`): an appointment the site may act on that is
     threatened (`at_risk`: it stays until resolved with POST /alerts/{alert_id}/resolve), options to book
     (`to_book`), a case to look at (`attention`: an ETA that has passed, no feasible option, a rejected
     product), an appointment on hold (`on_hold`, with its cause), a webhook the site is not receiving
     (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
+    # Computed from open items only (each ends when it is handled); paged like every list, by when and what.
+    shown, next_cursor = page_list(work_items(session), _work_item_key, page)
+    link_next(request, response, next_cursor)
+    return shown
+
+
+def work_items(session: Session) -> list[WorkItem]:
+    """The whole worklist, unordered (the route orders and pages it)."""
     items: list[WorkItem] = [*_at_risk_items(session), *_on_hold_items(session)]
     active = [s.value for s in ACTIVE_STATES]
     booked = set(session.exec(select(Appointment.coi).where(col(Appointment.state).in_(active))).all())
@@ -812,7 +829,7 @@ def worklist(session: SessionDep, _: Coordinator) -> list[WorkItem]:
                 detail=f"follow-up visit {visit.number} was due {visit.due_on} (window closed {visit.window_end_on})",
             )
         )
-    return sorted(items, key=lambda item: item.since)
+    return items
 
 
 # ---------------------------------------------------------------- appointments, FHIR

@@ -21,7 +21,7 @@ from cgt_contracts.events import WebhookDeliveryFailedV2, WebhookDeliveryFailedV
 from cryptography.fernet import MultiFernet
 from sqlmodel import Session, col, func, select, update
 
-from services.common.db import locked
+from services.common.db import lock_name, locked
 from services.common.outbox import enqueue
 from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
@@ -154,10 +154,17 @@ def register(
         consecutive_failures=0,
         updated_at=utc_now(),
     )
+    lock_site_endpoints(session, site)
     _refuse_duplicate(session, site, endpoint.url)
     _refuse_past_limit(session, site)
     session.add(endpoint)
     return endpoint, secret
+
+
+def lock_site_endpoints(session: Session, site: str) -> None:
+    """Registrations for one site one at a time, until the transaction ends: two at once could both count
+    four endpoints and make seven, or both find a URL new and register it twice."""
+    lock_name(session, f"webhook-endpoints:{site}")
 
 
 def _refuse_past_limit(session: Session, site: str) -> None:
@@ -252,6 +259,7 @@ def update_endpoint(
     paused or not (un-pausing also re-enables a disabled endpoint)."""
     if change.url is not None and change.url != endpoint.url:
         endpoint.url = _checked_url(change.url, settings)
+        lock_site_endpoints(session, endpoint.treatment_center_id)
         _refuse_duplicate(session, endpoint.treatment_center_id, endpoint.url, itself=endpoint.id)
     if change.event_types_given:
         endpoint.event_types = _checked_kinds(change.event_types)

@@ -150,3 +150,22 @@ def test_a_tampered_cursor_is_422_naming_it_never_echoing_it(
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert [e["pointer"] for e in answer.json()["errors"]] == ["/cursor"]
     assert cursor not in answer.text
+
+
+@pytest.mark.parametrize("path", ["/therapies", "/treatment-centers", "/prescribers"])
+def test_the_registries_are_paged_by_their_key(engine: Engine, client: TestClient, path: str) -> None:
+    whole = client.get(path, params={"limit": "500"}, headers=COORDINATOR)
+    assert whole.status_code == 200 and "link" not in whole.headers
+    rows: list[dict[str, Any]] = []
+    answer = client.get(path, params={"limit": "1"}, headers=COORDINATOR)
+    for _ in range(len(whole.json()) + 1):
+        assert answer.status_code == 200, answer.text
+        rows.extend(answer.json())
+        link = answer.headers.get("link")
+        if link is None:
+            break
+        match = LINK.match(link)
+        assert match, link
+        answer = client.get(match.group(1), headers=COORDINATOR)
+    assert rows == whole.json() and len(rows) >= 1
+    assert client.get(path, params={"cursor": "WyJ4IiwieSJd"}, headers=COORDINATOR).status_code == 422

@@ -270,7 +270,10 @@ def webhook_kinds(engine: Engine, coi: str) -> list[str]:
 
 def worklist(engine: Engine, coi: str) -> list[api.WorkItem]:
     with session_factory(engine)() as session:
-        return [item for item in api.worklist(session, COORDINATOR) if item.coi == coi]
+        items = sorted(
+            api.work_items(session), key=lambda item: item.since
+        )  # the route's order, oldest first
+        return [item for item in items if item.coi == coi]
 
 
 def days_pass(engine: Engine, coi: str, days: int) -> None:

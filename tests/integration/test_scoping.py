@@ -25,7 +25,7 @@ from sqlmodel import select
 from services.coi_tracking import api as tracking_api
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.models import TABLES as TRACKING_TABLES
-from services.coi_tracking.models import Shipment
+from services.coi_tracking.models import Courier, Shipment, TemperatureReading
 from services.common import problems
 from services.common.edge import api_routes
 from services.common.service import COMMON_TABLES
@@ -35,7 +35,7 @@ from services.order_intake import registry
 from services.scheduling import api as scheduling_api
 from services.scheduling import webhook_api
 from services.scheduling.models import TABLES as SCHEDULING_TABLES
-from services.scheduling.models import Appointment, Case, Site
+from services.scheduling.models import Appointment, Case, Site, SlotAlert
 from tests.support.infra import database
 
 SERVICE_ROUTERS: dict[str, list[APIRouter]] = {
@@ -260,6 +260,15 @@ def tracking(
                 session.add(shipment)
                 session.flush()
                 ids[name] = str(shipment.id)
+            for n in range(READINGS):  # a logger's record, two readings at each instant (ties go by id)
+                at = datetime(2026, 12, 1, 12, n // 2, tzinfo=UTC)
+                session.add(
+                    TemperatureReading(
+                        shipment_id=uuid.UUID(ids["boston"]), read_at=at, celsius=-180.0 + n, source="logger"
+                    )
+                )
+            for courier in ("courier-c", "courier-a", "courier-b"):
+                session.add(Courier(id=courier, company="CRYO-EXPRESS"))
             session.commit()
         settings = module.TrackingSettings(
             database_url=engine.url.render_as_string(hide_password=False),
@@ -272,6 +281,7 @@ def tracking(
 
 
 READ_PATHS = ("", "/readings", "/dispositions", "/scans", "/ledger")
+READINGS = 7
 
 
 def test_another_sites_or_companys_shipment_is_the_same_404_as_a_missing_one(
@@ -374,3 +384,43 @@ def test_shipment_pages_keep_the_callers_scope_and_filters(
     assert ids_of(walked(client, "/shipments", BOSTON)) == [[ids["boston"]], [ids["other"]]]
     assert ids_of(walked(client, "/shipments", CRYO, leg="return")) == [[ids["boston"]], [ids["denver"]]]
     assert client.get("/shipments", params={"limit": "501"}, headers=COORDINATOR).status_code == 422
+
+
+def test_a_shipments_readings_and_the_courier_registry_are_paged(
+    tracking: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, ids = tracking
+    pages = walked(client, f"/shipments/{ids['boston']}/readings", COORDINATOR)
+    assert [len(page) for page in pages] == [1] * READINGS
+    assert [page[0]["celsius"] for page in pages] == [
+        -180.0 + n for n in range(READINGS)
+    ]  # each once, in order
+    assert walked(client, f"/shipments/{ids['boston']}/readings", BOSTON) == pages
+    assert [[c["id"] for c in page] for page in walked(client, "/couriers", COORDINATOR)] == [
+        ["courier-a"],
+        ["courier-b"],
+        ["courier-c"],
+    ]
+
+
+def test_the_worklist_is_paged_oldest_first(scheduling: tuple[TestClient, Engine]) -> None:
+    client, engine = scheduling
+    with session_factory(engine)() as session:
+        raised = datetime(2026, 11, 30, 9, tzinfo=UTC)
+        for n in range(5):  # two alerts at each instant
+            session.add(
+                SlotAlert(
+                    appointment_id=uuid.uuid4(),
+                    coi=BOSTON_COI,
+                    treatment_center_id="TC-BOSTON",
+                    cause="delay",
+                    detail=f"alert {n}",
+                    raised_at=raised.replace(minute=n // 2),
+                )
+            )
+        session.commit()
+    whole = client.get("/worklist", params={"limit": "500"}, headers=COORDINATOR).json()
+    pages = walked(client, "/worklist", COORDINATOR)
+    assert [item for page in pages for item in page] == whole  # every item once, in the same order
+    assert [item["since"] for item in whole] == sorted(item["since"] for item in whole)
+    assert {item["detail"] for item in whole if item["kind"] == "at_risk"} >= {f"alert {n}" for n in range(5)}

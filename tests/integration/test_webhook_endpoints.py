@@ -20,6 +20,7 @@ import pytest
 from cgt_contracts.envelope import utc_now
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from sqlmodel import func, select
 
 from services.common.development import DEV_WEBHOOK_SECRET_KEY
 from services.common.encryption import key_ring
@@ -29,6 +30,7 @@ from services.scheduling import webhook_commands, webhook_domain
 from services.scheduling.models import TABLES, Appointment, WebhookEndpoint
 from services.scheduling.webhook_commands import AttemptResult
 from tests.support.infra import database
+from tests.support.races import Contender
 
 TOKENS = {
     "tokens": {
@@ -274,6 +276,55 @@ def test_a_site_has_at_most_the_stated_number_of_endpoints(client: TestClient) -
     assert register(client, COORDINATOR, treatment_center_id="TC-DENVER").status_code == 201, "per site"
     assert client.delete(f"/webhooks/{created[0].json()['id']}", headers=BOSTON).status_code == 200
     assert register(client, BOSTON, url=f"{HOOK}/extra").status_code == 201, "a deleted one frees its place"
+
+
+def test_two_registrations_at_once_never_pass_the_limit(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second waits for the first's lock on the site's endpoints and counts what the first committed."""
+    settings = webhook_commands.WebhookSettings(
+        allow_loopback=False,
+        secret_overlap_hours=24,
+        failure=webhook_domain.FailurePolicy(
+            max_attempts=3, disable_after_failures=3, backoff_base_seconds=1
+        ),
+        secret_keys=key_ring(DEV_WEBHOOK_SECRET_KEY, "WEBHOOK_SECRET_KEY"),
+    )
+    limit = webhook_domain.MAX_ENDPOINTS_PER_SITE
+
+    def registration(session: Any, n: int) -> None:
+        webhook_commands.register(
+            session, site="TC-RACE", url=f"{HOOK}/{n}", event_types=None, settings=settings
+        )
+
+    for n in range(limit - 1):
+        with session_factory(engine)() as session:
+            registration(session, n)
+            session.commit()
+    second: dict[str, Exception] = {}
+
+    def second_site_desk() -> None:
+        with session_factory(engine)() as session:
+            try:
+                registration(session, 100)
+                session.commit()
+            except webhook_commands.TooManyEndpoints as refused:
+                second["refused"] = refused
+
+    contender = Contender(monkeypatch, webhook_commands, "lock_site_endpoints", second_site_desk)
+    with session_factory(engine)() as first:
+        registration(first, limit)  # the last place, held until it commits
+        contender.arrive()
+        first.commit()
+    contender.finish()
+    assert "refused" in second, "both registrations took the last place"
+    with session_factory(engine)() as session:
+        count = session.exec(
+            select(func.count())
+            .select_from(WebhookEndpoint)
+            .where(WebhookEndpoint.treatment_center_id == "TC-RACE")
+        ).one()
+    assert count == limit
 
 
 def test_a_url_over_the_stated_length_is_refused_naming_url(client: TestClient) -> None:

@@ -117,6 +117,20 @@ def test_every_error_is_a_problem_document(apps: dict[str, FastAPI], service: st
 
 
 @pytest.mark.parametrize("service", SERVICES)
+def test_every_authenticated_operation_documents_its_rate_limit(
+    apps: dict[str, FastAPI], service: str
+) -> None:
+    authenticated = [(name, op) for name, op in operations(apps[service]) if op.get("security")]
+    assert authenticated
+    missing = [
+        name
+        for name, operation in authenticated
+        if "Retry-After" not in operation["responses"].get("429", {}).get("headers", {})
+    ]
+    assert not missing
+
+
+@pytest.mark.parametrize("service", SERVICES)
 def test_every_body_and_every_success_has_an_example(apps: dict[str, FastAPI], service: str) -> None:
     openapi = apps[service].openapi()
     missing = []
