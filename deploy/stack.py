@@ -307,8 +307,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  kafka          {bootstrap}")
         for name, service in stack.services.items():
             print(f"  {name:<14} {service.url}   (OpenAPI: {service.url}/docs)")
-        print("\nDevelopment mode (CGT_DEV_MODE=true): the published development secrets are accepted; outside")
-        print("it the services refuse them (docs/security.md).")
+        print("\nDevelopment mode (CGT_DEV_MODE=true): the published development secrets are accepted;")
+        print("outside it the services refuse them (docs/security.md).")
         print("\nExample credentials (deploy/dev-tokens.json, development only):")
         print("  coordinator       Authorization: Bearer dev-coordinator-token")
         print("  courier           Authorization: Bearer dev-courier-token      (company CRYO-EXPRESS)")
