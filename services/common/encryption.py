@@ -3,6 +3,10 @@ key is rotated without downtime (list the new key first, re-encrypt the rows, th
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+
 import structlog
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Column, Table, select, update
@@ -81,3 +85,15 @@ def _rotated(ring: MultiFernet, stored: str, plaintext_before: bool, where: str)
         if plaintext_before and not stored.startswith(FERNET_TOKEN_PREFIX):
             return ring.encrypt(stored.encode()).decode()
         raise KeyRingError(f"{where}: a value is encrypted under none of the configured keys") from None
+
+
+def rekey_command(rewrite: Callable[[], dict[str, object]]) -> int:
+    """A rekey CLI's run: prints what `rewrite` re-encrypted as one JSON line (exit 0), or why it stopped
+    (exit 2: a value under none of the listed keys)."""
+    try:
+        done = rewrite()
+    except KeyRingError as error:
+        print(f"rekey stopped: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(done))
+    return 0

@@ -8,28 +8,21 @@ the service does. Prints how many rows it rewrote; exits 2 if a row is under non
 
 from __future__ import annotations
 
-import json
-import sys
-
 from services.common.db import make_engine
-from services.common.encryption import KeyRingError, reencrypt_column
+from services.common.encryption import reencrypt_column, rekey_command
 from services.order_intake.models import PatientRecord
 from services.order_intake.runtime import OrderIntakeSettings
 
 
-def main() -> int:
+def rewrite() -> dict[str, object]:
     settings = OrderIntakeSettings()
     table = PatientRecord.__table__  # type: ignore[attr-defined]
-    try:
-        rewritten = reencrypt_column(
-            make_engine(settings.database_url), table, table.c.encrypted_identity, settings.phi_key_ring()
-        )
-    except KeyRingError as error:
-        print(f"rekey stopped: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({"table": table.name, "rows_reencrypted": rewritten}))
-    return 0
+    engine, ring = make_engine(settings.database_url), settings.phi_key_ring()
+    return {
+        "table": table.name,
+        "rows_reencrypted": reencrypt_column(engine, table, table.c.encrypted_identity, ring),
+    }
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(rekey_command(rewrite))

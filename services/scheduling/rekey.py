@@ -9,30 +9,23 @@ service does. Prints how many values it rewrote; exits 2 if one is under none of
 
 from __future__ import annotations
 
-import json
-import sys
-
 from services.common.db import make_engine
-from services.common.encryption import KeyRingError, reencrypt_column
+from services.common.encryption import reencrypt_column, rekey_command
 from services.scheduling.models import WebhookEndpoint
 from services.scheduling.runtime import SchedulingSettings
 
 
-def main() -> int:
+def rewrite() -> dict[str, object]:
     settings = SchedulingSettings()
-    engine, ring = make_engine(settings.database_url), settings.webhook_secret_ring()
     table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
-    try:
-        rewritten = {
-            column.name: reencrypt_column(engine, table, column, ring, plaintext_before=True)
-            for column in (table.c.secret, table.c.previous_secret)
-        }
-    except KeyRingError as error:
-        print(f"rekey stopped: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({"table": table.name, "values_reencrypted": rewritten}))
-    return 0
+    engine, ring = make_engine(settings.database_url), settings.webhook_secret_ring()
+    columns = (table.c.secret, table.c.previous_secret)
+    counts = {
+        column.name: reencrypt_column(engine, table, column, ring, plaintext_before=True)
+        for column in columns
+    }
+    return {"table": table.name, "values_reencrypted": counts}
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(rekey_command(rewrite))
