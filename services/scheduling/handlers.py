@@ -19,9 +19,11 @@ import structlog
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
     AnyEvent,
+    CancellationReasonCode,
     CoiBreak,
     OrderAccepted,
     OrderCancelled,
+    OrderCancelledV2,
     ShipmentDelayed,
     ShipmentDelivered,
     ShipmentDispatched,
@@ -119,13 +121,15 @@ def apply_parked(session: Session, coi: str, config: Config) -> None:
         session.delete(row)
 
 
-def on_order_cancelled(session: Session, event: OrderCancelled, config: Config) -> None:
+def on_order_cancelled(session: Session, event: OrderCancelled | OrderCancelledV2, config: Config) -> None:
+    """v1 carried the coordinator's free text: it is read as `other` and its text copied nowhere (I6)."""
     case = session.get(Case, event.data.coi)
     if case is None:
         return  # no case, no appointment: nothing to park for
     commands.lock_case(session, case)
+    code = event.data.reason_code if isinstance(event, OrderCancelledV2) else CancellationReasonCode.OTHER
     commands.product_at_risk(
-        session, case, RiskCause.ORDER_CANCELLED, f"order cancelled: {event.data.reason}", **_context(event)
+        session, case, RiskCause.ORDER_CANCELLED, f"order cancelled ({code})", **_context(event)
     )
 
 
@@ -199,6 +203,7 @@ def on_shipment_rejected(session: Session, event: ShipmentRejected, config: Conf
 HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderAccepted: on_order_accepted,
     OrderCancelled: on_order_cancelled,
+    OrderCancelledV2: on_order_cancelled,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
     ShipmentDelivered: on_shipment_delivered,

@@ -269,11 +269,11 @@ async def prepared_shipment(
     if rule.cancelled:
         cancelled = await http.post(
             f"{stack.orders}/orders/{order['id']}/cancel",
-            json={"reason": "patient withdrew"},
+            json={"reason_code": "patient_withdrew"},
             headers=COORDINATOR,
         )
         assert cancelled.status_code == 200, cancelled.text
-        await events.wait_for(lambda e: e.type == "order.cancelled.v1" and e.subject == order["coi"])
+        await events.wait_for(lambda e: e.type == "order.cancelled.v2" and e.subject == order["coi"])
         await wait_for_status(http, stack, shipment["id"], "cancelled")
     return shipment
 

@@ -654,11 +654,13 @@ async def test_a_cancelled_order_cancels_its_appointment(
     booked = await book_first_option(http, stack, events, coi)
     order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id
     cancelled = await http.post(
-        f"{stack.orders}/orders/{order_id}/cancel", json={"reason": "patient unwell"}, headers=COORDINATOR
+        f"{stack.orders}/orders/{order_id}/cancel",
+        json={"reason_code": "patient_ineligible"},
+        headers=COORDINATOR,
     )
     assert cancelled.status_code == 200
     event = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
-    assert str(event.data.appointment_id) == booked["id"] and "patient unwell" in event.data.reason  # type: ignore[union-attr]
+    assert str(event.data.appointment_id) == booked["id"] and "order cancelled" in event.data.reason  # type: ignore[union-attr]
 
 
 async def test_a_shipment_event_that_overtakes_its_order_is_parked_then_applied(
