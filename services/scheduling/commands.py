@@ -667,7 +667,7 @@ def product_released(
         resume(
             session,
             appointment,
-            f"QA released the shipment: {reason}",
+            reason,
             correlation_id=correlation_id,
             causation_id=causation_id,
         )

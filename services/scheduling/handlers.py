@@ -5,6 +5,9 @@ Cases come from orders; ETAs, deliveries and every threat to the product (quaran
 excursion, COI break, QA rejection, cancelled order) from COI tracking and order intake. Orders and
 shipments travel on different topics: a shipment event that comes before its order is parked, and applied
 once the order's case exists.
+
+Both versions of a superseded event are read (records already on the topics): a `.v1`'s free text is read
+as the code `other` and copied nowhere (I6); scheduling's own reasons are built from codes alone.
 """
 
 from __future__ import annotations
@@ -24,13 +27,20 @@ from cgt_contracts.events import (
     OrderAccepted,
     OrderCancelled,
     OrderCancelledV2,
+    QaDispositionDataV2,
+    QaReasonCode,
+    QuarantineReasonCode,
     ShipmentDelayed,
+    ShipmentDelayedV2,
     ShipmentDelivered,
     ShipmentDispatched,
     ShipmentLeg,
     ShipmentQuarantined,
+    ShipmentQuarantinedV2,
     ShipmentRejected,
+    ShipmentRejectedV2,
     ShipmentReleased,
+    ShipmentReleasedV2,
     TemperatureExcursion,
     parse_event,
 )
@@ -146,7 +156,7 @@ def on_shipment_dispatched(session: Session, event: ShipmentDispatched, config: 
     )
 
 
-def on_shipment_delayed(session: Session, event: ShipmentDelayed, config: Config) -> None:
+def on_shipment_delayed(session: Session, event: ShipmentDelayed | ShipmentDelayedV2, config: Config) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is None:
         return
@@ -161,10 +171,18 @@ def on_shipment_delivered(session: Session, event: ShipmentDelivered, config: Co
         commands.product_delivered(session, case, event.data.delivered_at, **_context(event))
 
 
-def on_shipment_quarantined(session: Session, event: ShipmentQuarantined, config: Config) -> None:
+def on_shipment_quarantined(
+    session: Session, event: ShipmentQuarantined | ShipmentQuarantinedV2, config: Config
+) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        commands.product_at_risk(session, case, RiskCause.QUARANTINE, event.data.reason, **_context(event))
+        codes = (
+            event.data.reason_codes
+            if isinstance(event, ShipmentQuarantinedV2)
+            else [QuarantineReasonCode.OTHER]
+        )
+        reason = f"shipment quarantined ({', '.join(codes)})"
+        commands.product_at_risk(session, case, RiskCause.QUARANTINE, reason, **_context(event))
 
 
 def on_temperature_excursion(session: Session, event: TemperatureExcursion, config: Config) -> None:
@@ -185,16 +203,26 @@ def on_coi_break(session: Session, event: CoiBreak, config: Config) -> None:
         commands.product_at_risk(session, case, RiskCause.COI_BREAK, reason, **_context(event))
 
 
-def on_shipment_released(session: Session, event: ShipmentReleased, config: Config) -> None:
-    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
-    if case is not None:
-        commands.product_released(session, case, event.data.reason, **_context(event))
+def _qa_code(event: ShipmentReleased | ShipmentReleasedV2 | ShipmentRejected | ShipmentRejectedV2) -> str:
+    return event.data.reason_code if isinstance(event.data, QaDispositionDataV2) else QaReasonCode.OTHER
 
 
-def on_shipment_rejected(session: Session, event: ShipmentRejected, config: Config) -> None:
+def on_shipment_released(
+    session: Session, event: ShipmentReleased | ShipmentReleasedV2, config: Config
+) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        reason = f"product rejected by QA: {event.data.reason}"
+        commands.product_released(
+            session, case, f"QA released the shipment ({_qa_code(event)})", **_context(event)
+        )
+
+
+def on_shipment_rejected(
+    session: Session, event: ShipmentRejected | ShipmentRejectedV2, config: Config
+) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        reason = f"product rejected by QA ({_qa_code(event)})"
         commands.product_at_risk(session, case, RiskCause.QA_REJECTION, reason, **_context(event))
 
 
@@ -206,12 +234,16 @@ HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderCancelledV2: on_order_cancelled,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
+    ShipmentDelayedV2: on_shipment_delayed,
     ShipmentDelivered: on_shipment_delivered,
     ShipmentQuarantined: on_shipment_quarantined,
+    ShipmentQuarantinedV2: on_shipment_quarantined,
     TemperatureExcursion: on_temperature_excursion,
     CoiBreak: on_coi_break,
     ShipmentReleased: on_shipment_released,
+    ShipmentReleasedV2: on_shipment_released,
     ShipmentRejected: on_shipment_rejected,
+    ShipmentRejectedV2: on_shipment_rejected,
 }
 """Each event type scheduling reacts to, and its handler (each checks its own event's type by signature)."""
 

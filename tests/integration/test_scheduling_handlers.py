@@ -20,15 +20,23 @@ from typing import Any
 import pytest
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
+    CancellationReasonCode,
     CoiBreak,
     CoiBreakData,
     OrderAccepted,
     OrderAcceptedData,
     OrderCancelled,
     OrderCancelledData,
+    OrderCancelledDataV2,
+    OrderCancelledV2,
     QaDispositionData,
+    QaDispositionDataV2,
+    QaReasonCode,
+    QuarantineReasonCode,
     ShipmentDelayed,
     ShipmentDelayedData,
+    ShipmentDelayedDataV2,
+    ShipmentDelayedV2,
     ShipmentDelivered,
     ShipmentDeliveredData,
     ShipmentDispatched,
@@ -36,8 +44,12 @@ from cgt_contracts.events import (
     ShipmentLeg,
     ShipmentQuarantined,
     ShipmentQuarantinedData,
+    ShipmentQuarantinedDataV2,
+    ShipmentQuarantinedV2,
     ShipmentRejected,
+    ShipmentRejectedV2,
     ShipmentReleased,
+    ShipmentReleasedV2,
     TemperatureExcursion,
     TemperatureExcursionData,
 )
@@ -96,7 +108,8 @@ def in_days(days: float) -> datetime:
 
 
 class Patient:
-    """One case's events, as order intake and COI tracking publish them."""
+    """One case's events, as order intake and COI tracking publish them (`*_v1`: as they published them
+    before reason codes; such records are still on the topics)."""
 
     def __init__(self) -> None:
         self.coi = coi_identifier("W4321", 2026, uuid.uuid4().int % SEQUENCE_CAPACITY)
@@ -127,9 +140,15 @@ class Patient:
         data = ShipmentDispatchedData(**self._about(), dispatched_at=datetime.now(UTC), eta_at=eta)
         return ShipmentDispatched(**self._head(), data=data)
 
-    def delayed(self, eta: datetime) -> ShipmentDelayed:
+    def delayed(self, eta: datetime) -> ShipmentDelayedV2:
+        data = ShipmentDelayedDataV2(
+            **self._about(), scan_id=uuid.uuid4(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta
+        )
+        return ShipmentDelayedV2(**self._head(), data=data)
+
+    def delayed_v1(self, eta: datetime, location: str = "Customs") -> ShipmentDelayed:
         data = ShipmentDelayedData(
-            **self._about(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta, location="Customs"
+            **self._about(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta, location=location
         )
         return ShipmentDelayed(**self._head(), data=data)
 
@@ -143,7 +162,16 @@ class Patient:
         )
         return ShipmentDelivered(**self._head(), data=data)
 
-    def quarantined(self, reason: str = "temperature excursion at receipt") -> ShipmentQuarantined:
+    def quarantined(self, *codes: QuarantineReasonCode) -> ShipmentQuarantinedV2:
+        data = ShipmentQuarantinedDataV2(
+            **self._about(),
+            leg=ShipmentLeg.RETURN,
+            reason_codes=list(codes or [QuarantineReasonCode.TEMPERATURE_EXCURSION]),
+            quarantined_at=datetime.now(UTC),
+        )
+        return ShipmentQuarantinedV2(**self._head(), data=data)
+
+    def quarantined_v1(self, reason: str = "temperature excursion at receipt") -> ShipmentQuarantined:
         data = ShipmentQuarantinedData(**self._about(), reason=reason, quarantined_at=datetime.now(UTC))
         return ShipmentQuarantined(**self._head(), data=data)
 
@@ -167,30 +195,51 @@ class Patient:
         )
         return CoiBreak(**self._head(), data=data)
 
-    def _disposition(self, reason: str) -> QaDispositionData:
-        return QaDispositionData(
+    def _signature(self) -> dict[str, Any]:
+        return {
             **self._about(),
-            leg=ShipmentLeg.RETURN,
-            disposition_id=uuid.uuid4(),
-            signer_id="qa-jr",
-            signer_printed_name="J. Rivera (QA)",
-            signed_at=datetime.now(UTC),
-            meaning="approval",
-            reason=reason,
-            ledger_sequence=3,
+            "leg": ShipmentLeg.RETURN,
+            "disposition_id": uuid.uuid4(),
+            "signer_id": "qa-jr",
+            "signer_printed_name": "J. Rivera (QA)",
+            "signed_at": datetime.now(UTC),
+            "meaning": "approval",
+            "ledger_sequence": 3,
+        }
+
+    def released(self, code: QaReasonCode = QaReasonCode.PRODUCT_WITHIN_LIMITS) -> ShipmentReleasedV2:
+        return ShipmentReleasedV2(
+            **self._head(), data=QaDispositionDataV2(**self._signature(), reason_code=code)
         )
 
-    def released(self) -> ShipmentReleased:
-        return ShipmentReleased(**self._head(), data=self._disposition("probe stayed below -150 °C"))
+    def rejected(self, code: QaReasonCode = QaReasonCode.CONTAINER_COMPROMISED) -> ShipmentRejectedV2:
+        return ShipmentRejectedV2(
+            **self._head(), data=QaDispositionDataV2(**self._signature(), reason_code=code)
+        )
 
-    def rejected(self) -> ShipmentRejected:
-        return ShipmentRejected(**self._head(), data=self._disposition("bag seal broken"))
+    def released_v1(self, reason: str = "probe stayed below -150 °C") -> ShipmentReleased:
+        return ShipmentReleased(**self._head(), data=QaDispositionData(**self._signature(), reason=reason))
 
-    def cancelled(self) -> OrderCancelled:
+    def rejected_v1(self, reason: str = "bag seal broken") -> ShipmentRejected:
+        return ShipmentRejected(**self._head(), data=QaDispositionData(**self._signature(), reason=reason))
+
+    def cancelled(
+        self, code: CancellationReasonCode = CancellationReasonCode.PATIENT_INELIGIBLE
+    ) -> OrderCancelledV2:
+        data = OrderCancelledDataV2(
+            order_id=self.order_id,
+            coi=self.coi,
+            reason_code=code,
+            cancelled_by="coord-ana",
+            cancelled_at=datetime.now(UTC),
+        )
+        return OrderCancelledV2(**self._head(), data=data)
+
+    def cancelled_v1(self, reason: str = "patient unwell") -> OrderCancelled:
         data = OrderCancelledData(
             order_id=self.order_id,
             coi=self.coi,
-            reason="patient unwell",
+            reason=reason,
             cancelled_by="coord-ana",
             cancelled_at=datetime.now(UTC),
         )
@@ -306,12 +355,15 @@ def test_a_quarantine_after_confirmation_holds_alerts_the_site_and_stays_on_the_
     patient = Patient()
     appointment_id = confirmed_appointment(engine, patient)
 
-    apply(engine, patient.quarantined("temperature excursion at receipt: -120.0 °C"))
+    apply(
+        engine,
+        patient.quarantined(QuarantineReasonCode.TEMPERATURE_EXCURSION, QuarantineReasonCode.LOGGER_GAP),
+    )
 
     held = appointment_of(engine, appointment_id)
     assert held.state is AppointmentState.ON_HOLD, "a confirmed appointment stayed confirmed"
-    assert held.hold_cause == "quarantine" and held.hold_reason is not None
-    assert "-120.0 °C" in held.hold_reason
+    assert held.hold_cause == "quarantine"
+    assert held.hold_reason == "shipment quarantined (temperature_excursion, logger_gap)"
     [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
     assert at_risk["cause"] == "quarantine" and at_risk["appointment_state"] == "on_hold"
     assert at_risk["conditioning_may_have_started"] is False
@@ -748,3 +800,37 @@ def test_a_held_appointment_is_told_apart_from_a_tentative_one_in_fhir(engine: E
     assert plain["status"] == "pending" and "extension" not in plain
     [slot] = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == str(tentative_id)]
     assert slot["status"] == "busy-tentative"
+
+
+# ---------------------------------------------------------------- records from before reason codes (I6)
+
+V1_TEXT = "SENTINEL typed by a person before reason codes"
+
+
+def everything_stored(engine: Engine) -> str:
+    """Every row of every scheduling table, as text: the outbox, the webhooks, the cases, the alerts."""
+    with session_factory(engine)() as session:
+        return "\n".join(
+            repr(row) for table in (*COMMON_TABLES, *TABLES) for row in session.execute(table.select()).all()
+        )
+
+
+@pytest.mark.parametrize("ending", ["rejected", "cancelled"])
+def test_a_v1_events_free_text_is_read_as_other_and_copied_nowhere(engine: Engine, ending: str) -> None:
+    """Records published before reason codes are still on the topics: each acts as before, its text is
+    read as the code `other`, and none of it reaches an event, a webhook or a row of scheduling's."""
+    patient = Patient()
+    appointment_id = confirmed_appointment(engine, patient)
+
+    apply(engine, patient.quarantined_v1(V1_TEXT))
+    held = appointment_of(engine, appointment_id)
+    assert held.state is AppointmentState.ON_HOLD and held.hold_reason == "shipment quarantined (other)"
+    apply(engine, patient.released_v1(V1_TEXT), patient.delayed_v1(in_days(3), location=V1_TEXT))
+    assert appointment_of(engine, appointment_id).state is AppointmentState.TENTATIVE
+    apply(engine, patient.rejected_v1(V1_TEXT) if ending == "rejected" else patient.cancelled_v1(V1_TEXT))
+    cancelled = appointment_of(engine, appointment_id)
+    assert cancelled.state is AppointmentState.CANCELLED
+    assert cancelled.hold_reason == (
+        "product rejected by QA (other)" if ending == "rejected" else "order cancelled (other)"
+    )
+    assert V1_TEXT not in everything_stored(engine)

@@ -34,6 +34,12 @@ def token(role: str) -> dict[str, str]:
 # service, path, caller, a valid body (the reason's code included)
 ROUTES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("order_intake", "/orders/{id}/cancel", "coordinator", {"reason_code": "patient_withdrew"}),
+    (
+        "coi_tracking",
+        "/shipments/{id}/dispositions",
+        "qa",
+        {"decision": "release", "reason_code": "logger_fault", "meaning": "approval", "signing_pin": "2468"},
+    ),
 ]
 
 
