@@ -63,8 +63,8 @@ def describe(event: AnyEvent) -> str | None:
             return f"tentative slot sent to the site: conditioning from {d.conditioning_start_on}, infusion (day 0) {d.infusion_on}"
         case "slot.confirmed.v1":
             return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
-        case "slot.held.v1":
-            return f"slot ON HOLD: {d.reason}"
+        case "slot.held.v2":
+            return f"slot ON HOLD: {d.reason_code}"
     return None
 
 
@@ -154,7 +154,7 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
     await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
     if wrong_coi:
         await post_scan(COURIER, scan("checkpoint", ["CHW432126ZZZZZZQ"], "Frankfurt hub"))
-        await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+        await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
         return coi
     await post_scan(COURIER, scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy"))
     await post_scan(COURIER_2, scan("delivery", [coi], "Boston QTC cell lab"))

@@ -212,9 +212,8 @@ def on_shipment_released(
 ) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        commands.product_released(
-            session, case, f"QA released the shipment ({_qa_code(event)})", **_context(event)
-        )
+        log.info("scheduling.product_released", coi=case.coi, qa_reason_code=_qa_code(event))
+        commands.product_released(session, case, **_context(event))
 
 
 def on_shipment_rejected(

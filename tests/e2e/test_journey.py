@@ -137,7 +137,7 @@ async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirme
     coi_break = await events.wait_for(lambda e: e.type == "coi.break.v1" and e.subject == coi)
     assert coi_break.data.read_cois == [wrong]  # type: ignore[union-attr]
     await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
-    await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
 
     delivery = await http.post(base, json=scan("delivery", [coi], location="Boston QTC"), headers=COURIER)
     assert delivery.status_code == 201

@@ -220,7 +220,7 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
         f"{base}/scans", json=scan("checkpoint", [coi], temperature=-120.0), headers=COURIER
     )
     assert warm.json()["quarantined"] is True
-    await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
     delivered = await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)
     assert delivered.json()["shipment_status"] == "quarantined"
 
@@ -329,7 +329,7 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
     after = (await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)).json()
     assert after["accepted"] is False and "rejected" in after["refusal_reason"]
     assert not [e for e in events.of(coi) if e.type == "shipment.delivered.v1"]
-    cancelled = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
+    cancelled = await events.wait_for(lambda e: e.type == "slot.cancelled.v2" and e.subject == coi)
     assert str(cancelled.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
 
 

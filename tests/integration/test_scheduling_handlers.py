@@ -50,6 +50,7 @@ from cgt_contracts.events import (
     ShipmentRejectedV2,
     ShipmentReleased,
     ShipmentReleasedV2,
+    SlotReasonCode,
     TemperatureExcursion,
     TemperatureExcursionData,
 )
@@ -364,10 +365,10 @@ def test_a_quarantine_after_confirmation_holds_alerts_the_site_and_stays_on_the_
     assert held.state is AppointmentState.ON_HOLD, "a confirmed appointment stayed confirmed"
     assert held.hold_cause == "quarantine"
     assert held.hold_reason == "shipment quarantined (temperature_excursion, logger_gap)"
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["cause"] == "quarantine" and at_risk["appointment_state"] == "on_hold"
     assert at_risk["conditioning_may_have_started"] is False
-    assert len(published(engine, patient.coi, "slot.held.v1")) == 1
+    assert len(published(engine, patient.coi, "slot.held.v2")) == 1
     assert webhook_kinds(engine, patient.coi)[-2:] == ["slot.held", "slot.at_risk"]
     kinds = {item.kind: item for item in worklist(engine, patient.coi)}
     assert set(kinds) == {"at_risk", "on_hold"}
@@ -404,8 +405,8 @@ def test_an_excursion_holds_a_tentative_appointment_once_and_raises_no_alert(eng
     held = appointment_of(engine, appointment_id)
     assert held.state is AppointmentState.ON_HOLD and held.hold_cause == "temperature_excursion"
     assert held.hold_reason == "temperature excursion: -120.0 °C above the -150.0 °C limit"
-    assert len(published(engine, patient.coi, "slot.held.v1")) == 1
-    assert published(engine, patient.coi, "slot.at_risk.v1") == []
+    assert len(published(engine, patient.coi, "slot.held.v2")) == 1
+    assert published(engine, patient.coi, "slot.at_risk.v2") == []
     assert [item.kind for item in worklist(engine, patient.coi)] == ["on_hold"]
 
 
@@ -439,10 +440,12 @@ def test_once_conditioning_may_have_started_a_quarantine_alerts_and_moves_nothin
         before.conditioning_start_on,
         before.infusion_on,
     )
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["conditioning_may_have_started"] is True and at_risk["appointment_state"] == "confirmed"
-    assert "clinical decision needed" in at_risk["reason"]
-    assert published(engine, patient.coi, "slot.held.v1") == []
+    assert "reason" not in at_risk
+    [item] = [item for item in worklist(engine, patient.coi) if item.kind == "at_risk"]
+    assert "clinical decision needed" in item.detail, "the sentence is the coordinators', not the event's"
+    assert published(engine, patient.coi, "slot.held.v2") == []
     assert webhook_kinds(engine, patient.coi)[-1] == "slot.at_risk"
     with session_factory(engine)() as session:
         appointment, case = api._appointment_to_change(session, appointment_id, COORDINATOR)
@@ -460,10 +463,10 @@ def test_a_rejection_or_a_cancelled_order_cancels_a_confirmed_appointment_and_al
     apply(engine, patient.rejected() if ending == "rejected" else patient.cancelled())
 
     assert appointment_of(engine, appointment_id).state is AppointmentState.CANCELLED
-    [cancelled] = published(engine, patient.coi, "slot.cancelled.v1")
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    [cancelled] = published(engine, patient.coi, "slot.cancelled.v2")
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["cause"] == ("qa_rejection" if ending == "rejected" else "order_cancelled")
-    assert at_risk["appointment_state"] == "cancelled" and cancelled["reason"] in at_risk["reason"]
+    assert at_risk["appointment_state"] == "cancelled" and cancelled["reason_code"] == at_risk["cause"]
     assert webhook_kinds(engine, patient.coi)[-2:] == ["slot.cancelled", "slot.at_risk"]
 
 
@@ -473,7 +476,7 @@ def test_a_rejection_cancels_a_tentative_appointment_without_an_alert(engine: En
     appointment_id = book(engine, patient.coi)
     apply(engine, patient.rejected())
     assert appointment_of(engine, appointment_id).state is AppointmentState.CANCELLED
-    assert published(engine, patient.coi, "slot.at_risk.v1") == []
+    assert published(engine, patient.coi, "slot.at_risk.v2") == []
     assert [(i.kind, i.detail) for i in worklist(engine, patient.coi)] == [
         ("attention", "product rejected by QA: plan with the manufacturer")
     ]
@@ -496,10 +499,10 @@ def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(engine
         AppointmentState.TENTATIVE,
         before.conditioning_start_on,
     )
-    assert published(engine, patient.coi, "slot.rescheduled.v1") == []
+    assert published(engine, patient.coi, "slot.rescheduled.v2") == []
     [item] = [i for i in worklist(engine, patient.coi) if i.kind == "at_risk"]
     assert "conditioning may have started" in item.detail and item.appointment_id == appointment_id
-    assert published(engine, patient.coi, "slot.at_risk.v1")[0]["cause"] == "delay"
+    assert published(engine, patient.coi, "slot.at_risk.v2")[0]["cause"] == "delay"
 
 
 def test_a_delay_moves_a_tentative_appointment_and_the_options_follow_the_new_eta(engine: Engine) -> None:
@@ -513,8 +516,8 @@ def test_a_delay_moves_a_tentative_appointment_and_the_options_follow_the_new_et
     earliest = (new_eta + timedelta(hours=24)).date()
     moved = appointment_of(engine, appointment_id)
     assert moved.state is AppointmentState.TENTATIVE and moved.conditioning_start_on >= earliest
-    [rescheduled] = published(engine, patient.coi, "slot.rescheduled.v1")
-    assert "product delayed" in rescheduled["reason"]
+    [rescheduled] = published(engine, patient.coi, "slot.rescheduled.v2")
+    assert rescheduled["reason_code"] == "delay" and moved.reason_code == "delay"
     assert all(option.conditioning_start_on >= earliest for option in options_of(engine, patient.coi))
     assert "slot.rescheduled" in webhook_kinds(engine, patient.coi)
 
@@ -529,7 +532,7 @@ def test_an_appointment_booked_before_dispatch_follows_the_pick_up_eta(engine: E
     apply(engine, patient.dispatched(eta))
 
     assert appointment_of(engine, appointment_id).conditioning_start_on >= (eta + timedelta(hours=24)).date()
-    assert len(published(engine, patient.coi, "slot.rescheduled.v1")) == 1
+    assert len(published(engine, patient.coi, "slot.rescheduled.v2")) == 1
 
 
 def test_a_pick_up_eta_in_the_past_offers_no_option_and_says_why(engine: Engine) -> None:
@@ -603,7 +606,8 @@ def reschedule(engine: Engine, appointment_id: uuid.UUID, option: SlotOption) ->
             appointment,
             case,
             option,
-            "the site asked for a later day",
+            SlotReasonCode.SITE_REQUEST,
+            note="the site asked for a later day",
             default_buffer_hours=24,
             correlation_id="move",
         )
@@ -627,10 +631,18 @@ def test_a_coordinator_moves_a_held_appointment_to_another_option_and_the_site_i
         second.conditioning_start_on,
         second.infusion_on,
     )
-    [event] = published(engine, patient.coi, "slot.rescheduled.v1")
+    [event] = published(engine, patient.coi, "slot.rescheduled.v2")
     assert event["previous_conditioning_start_on"] == first.conditioning_start_on.isoformat()
-    assert event["reason"] == "the site asked for a later day"
+    assert event["reason_code"] == "site_request" and "the site asked" not in json.dumps(event)
+    assert (moved.reason_code, moved.note) == ("site_request", "the site asked for a later day")
     assert webhook_kinds(engine, patient.coi)[-1] == "slot.rescheduled"
+    with session_factory(engine)() as session:
+        [hook] = session.exec(
+            select(WebhookDelivery.payload)
+            .where(WebhookDelivery.coi == patient.coi)
+            .where(WebhookDelivery.kind == "slot.rescheduled")
+        ).all()
+    assert json.loads(hook)["reason_code"] == "site_request" and "the site asked" not in hook
 
 
 def test_a_confirmed_appointment_a_full_day_or_a_day_in_the_past_is_not_a_reschedule(engine: Engine) -> None:
@@ -718,7 +730,13 @@ def test_a_reschedule_and_a_booking_racing_for_the_last_chair_never_both_get_it(
     with session_factory(engine)() as session:
         appointment, case = api._appointment_to_change(session, appointment_id, COORDINATOR)
         commands.reschedule(
-            session, appointment, case, wanted, "moved", default_buffer_hours=24, correlation_id="move"
+            session,
+            appointment,
+            case,
+            wanted,
+            SlotReasonCode.SITE_CAPACITY,
+            default_buffer_hours=24,
+            correlation_id="move",
         )  # holds the site's lock until it commits
         worker.start()
         deadline = time.monotonic() + 10

@@ -40,7 +40,15 @@ ROUTES: list[tuple[str, str, str, dict[str, Any]]] = [
         "qa",
         {"decision": "release", "reason_code": "logger_fault", "meaning": "approval", "signing_pin": "2468"},
     ),
+    ("scheduling", "/appointments/{id}/cancel", "coordinator", {"reason_code": "patient_condition"}),
+    (
+        "scheduling",
+        "/appointments/{id}/reschedule",
+        "coordinator",
+        {"option_id": str(uuid.uuid4()), "reason_code": "site_request"},
+    ),
 ]
+SCHEDULING = [route for route in ROUTES if route[0] == "scheduling"]
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +117,13 @@ def test_a_note_longer_than_its_bound_is_a_422_naming_it_and_not_echoed(
     assert pointers(response) == ["/note"]
     assert SENTINEL not in response.text
     assert pointers(post(clients, route, {**route[3], "note": ""})) == ["/note"]
+
+
+@pytest.mark.parametrize("route", SCHEDULING, ids=lambda r: r[1])
+@pytest.mark.parametrize("code", ["quarantine", "qa_release", "order_cancelled"])
+def test_a_coordinator_cannot_give_a_reason_only_the_system_sets(
+    clients: dict[str, TestClient], route: tuple[str, str, str, dict[str, Any]], code: str
+) -> None:
+    response = post(clients, route, {**route[3], "reason_code": code})
+    assert pointers(response) == ["/reason_code"]
+    assert "set by the system" in response.json()["errors"][0]["detail"]
