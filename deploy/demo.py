@@ -46,18 +46,16 @@ def describe(event: AnyEvent) -> str | None:
             return f"{d.leg} leg planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
         case "shipment.dispatched.v1":
             return f"picked up at the manufacturer, ETA {d.eta_at:%Y-%m-%d %H:%M} UTC"
-        case "custody.transferred.v1":
-            return (
-                f"custody {d.from_party} -> {d.to_party} at {d.location} (ledger entry {d.ledger_sequence})"
-            )
+        case "custody.transferred.v2":
+            return f"custody {d.from_party} -> {d.to_party} (ledger entry {d.ledger_sequence})"
         case "shipment.delivered.v1":
             return f"delivered to {d.treatment_center_id}: COI verified, max {d.max_temperature_celsius} °C"
         case "coi.break.v1":
             return f"COI BREAK: bag label read {d.read_cois}, order is {d.expected_coi}"
         case "temperature.excursion.v1":
             return f"TEMPERATURE EXCURSION: {d.reading_celsius} °C, limit {d.limit_celsius} °C"
-        case "shipment.quarantined.v1":
-            return f"shipment QUARANTINED: {d.reason}"
+        case "shipment.quarantined.v2":
+            return f"shipment QUARANTINED: {', '.join(d.reason_codes)}"
         case "slot.options_offered.v1":
             days = ", ".join(f"{o.infusion_on}" for o in d.options)
             return f"{len(d.options)} infusion options offered (day 0 on {days})"
@@ -65,8 +63,8 @@ def describe(event: AnyEvent) -> str | None:
             return f"tentative slot sent to the site: conditioning from {d.conditioning_start_on}, infusion (day 0) {d.infusion_on}"
         case "slot.confirmed.v1":
             return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
-        case "slot.held.v1":
-            return f"slot ON HOLD: {d.reason}"
+        case "slot.held.v2":
+            return f"slot ON HOLD: {d.reason_code}"
     return None
 
 
@@ -156,7 +154,7 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
     await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
     if wrong_coi:
         await post_scan(COURIER, scan("checkpoint", ["CHW432126ZZZZZZQ"], "Frankfurt hub"))
-        await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+        await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
         return coi
     await post_scan(COURIER, scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy"))
     await post_scan(COURIER_2, scan("delivery", [coi], "Boston QTC cell lab"))

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import structlog
 from cgt_contracts.envelope import IDENTIFIER_REGEX, CoiIdentifier, Identifier
-from cgt_contracts.events import ScanType, ShipmentLeg
+from cgt_contracts.events import QaReasonCode, ScanType, ShipmentLeg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
@@ -42,7 +42,7 @@ from services.coi_tracking.scan_writer import (
 from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
 from services.common.db import locked
-from services.common.edge import EdgeRoute, RequestModel, body_limit, json_body
+from services.common.edge import EdgeRoute, Note, RequestModel, body_limit, json_body
 from services.common.paging import Page, link_next, page_of
 from services.common.problems import FieldError, ProblemError
 from services.common.scope import not_found, visible_to
@@ -616,10 +616,17 @@ SIGNATURE_REFUSED = f"{problems.TYPE_PREFIX}signature-refused"
 
 
 class DispositionRequest(RequestModel):
-    """A QA electronic signature: the decision, why, and what the signature means."""
+    """A QA electronic signature: the decision, why (a code, and a note if need be), and what the signature
+    means."""
 
     decision: domain.Disposition
-    reason: Annotated[str, Field(min_length=10, max_length=500)]
+    reason_code: QaReasonCode = Field(
+        description="Why, from a closed list: a release gives product_within_limits, logger_fault, "
+        "within_stability_data, identity_confirmed or record_corrected; a rejection "
+        "temperature_compromised, identity_not_confirmed, container_compromised or product_damaged; "
+        "either may give other (with a note). The code is what the other services are told."
+    )
+    note: Note | None = None
     meaning: domain.SignatureMeaning = Field(
         description="What the signature means: approval for a release, rejection for a rejection (required)"
     )
@@ -632,7 +639,8 @@ class DispositionRequest(RequestModel):
             "examples": [
                 {
                     "decision": "release",
-                    "reason": "logger spike during courier swap; product probe below -150 °C",
+                    "reason_code": "product_within_limits",
+                    "note": "logger spike during courier swap; product probe below -150 °C",
                     "meaning": "approval",
                     "signing_pin": "24681357",
                 }
@@ -648,7 +656,8 @@ class DispositionView(BaseModel):
                 {
                     "id": "e4d3c2b1-a0f9-4e8d-b7c6-a5b4c3d2e1f0",
                     "decision": "release",
-                    "reason": "logger spike during courier swap; product probe below -150 °C",
+                    "reason_code": "product_within_limits",
+                    "note": "logger spike during courier swap; product probe below -150 °C",
                     "meaning": "approval",
                     "signer_id": "qa-jr",
                     "signer_printed_name": "J. Rivera (QA)",
@@ -661,12 +670,27 @@ class DispositionView(BaseModel):
 
     id: UUID
     decision: str
-    reason: str
+    reason_code: QaReasonCode = Field(description="Why (`other` for a disposition signed before codes)")
+    note: str | None = Field(description="The signer's note, if any (before codes: the reason as typed)")
     meaning: str
     signer_id: str
     signer_printed_name: str
     signed_at: datetime
     ledger_sequence: int
+
+    @classmethod
+    def of(cls, row: QaDisposition) -> DispositionView:
+        return cls(
+            id=row.id,
+            decision=row.decision,
+            reason_code=QaReasonCode(row.reason_code) if row.reason_code else QaReasonCode.OTHER,
+            note=row.reason or None,
+            meaning=row.meaning,
+            signer_id=row.signer_id,
+            signer_printed_name=row.signer_printed_name,
+            signed_at=row.signed_at,
+            ledger_sequence=row.ledger_sequence,
+        )
 
 
 @router.post(
@@ -683,21 +707,24 @@ def post_disposition(
     session: SessionDep,
     caller: Annotated[Principal, Depends(require(Role.QA))],
 ) -> DispositionView:
-    """QA signs the disposition of a quarantined shipment: `release` or `reject`, why, and what the
-    signature means. The printed name is the caller's registered identity and the time the server's (21 CFR
-    Part 11 §11.50); the signature is chained into the custody ledger. A release publishes
-    `shipment.released.v1` and the appointment resumes; a rejection publishes `shipment.rejected.v1` and
-    the product must not be infused. Only QA signs (403), each time with their signing PIN (21 CFR Part 11
-    §11.200): a wrong one, or none enrolled, is 403 `urn:cgt:problem:signature-refused` and nothing is
-    signed; five consecutive wrong PINs block the signer until a coordinator resets the enrolment. A shipment
-    that is not quarantined is 409."""
+    """QA signs the disposition of a quarantined shipment: `release` or `reject`, why (`reason_code`, and a
+    `note` if need be), and what the signature means. The printed name is the caller's registered identity
+    and the time the server's (21 CFR Part 11 §11.50); the signature, its code and its note are chained into
+    the custody ledger. A release publishes `shipment.released.v2` and the appointment resumes; a rejection
+    publishes `shipment.rejected.v2` and the product must not be infused. Both carry the code, never the
+    note: it is read here, with the disposition. A code the decision cannot give is 422 naming
+    `reason_code`. Only QA signs (403), each time with their signing PIN (21 CFR Part 11 §11.200): a wrong
+    one, or none enrolled, is 403 `urn:cgt:problem:signature-refused` and nothing is signed; five
+    consecutive wrong PINs block the signer until a coordinator resets the enrolment. A shipment that is
+    not quarantined is 409."""
     shipment = _load_for_update(session, shipment_id)
     try:
         disposition = commands.record_disposition(
             session,
             shipment,
             decision=body.decision,
-            reason=body.reason,
+            reason_code=body.reason_code,
+            note=body.note,
             meaning=body.meaning,
             signer=_actor(caller),
             signing_pin=body.signing_pin.get_secret_value(),
@@ -706,10 +733,12 @@ def post_disposition(
     except commands.SigningRefused as refused:
         session.commit()  # the wrong try is counted although nothing is signed
         raise _signature_refused(refused) from refused
+    except commands.InvalidField as invalid:
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
     except commands.Refused as refused:
         raise problems.conflict(str(refused)) from refused
     session.commit()
-    return DispositionView.model_validate(disposition, from_attributes=True)
+    return DispositionView.of(disposition)
 
 
 @router.get(
@@ -725,7 +754,7 @@ def list_dispositions(shipment_id: UUID, session: SessionDep, caller: Reader) ->
         .where(QaDisposition.shipment_id == shipment.id)
         .order_by(col(QaDisposition.signed_at))
     )
-    return [DispositionView.model_validate(r, from_attributes=True) for r in rows]
+    return [DispositionView.of(r) for r in rows]
 
 
 def _signature_refused(refused: commands.SigningRefused) -> ProblemError:

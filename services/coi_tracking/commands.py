@@ -15,11 +15,13 @@ from uuid import UUID
 import structlog
 from cgt_contracts.envelope import EventEnvelope, new_uuid, utc_now
 from cgt_contracts.events import (
-    QaDispositionData,
+    QaDispositionDataV2,
+    QaReasonCode,
+    QuarantineReasonCode,
     ScanType,
     ShipmentLeg,
-    ShipmentRejected,
-    ShipmentReleased,
+    ShipmentRejectedV2,
+    ShipmentReleasedV2,
 )
 from sqlmodel import Session, col, func, select
 
@@ -224,11 +226,18 @@ def policy_of(session: Session, shipment: Shipment, container: Container | None 
 
 
 def quarantine(
-    session: Session, shipment: Shipment, *, reason: str, location: str, correlation_id: str
+    session: Session,
+    shipment: Shipment,
+    *,
+    reason: str,
+    codes: Sequence[QuarantineReasonCode],
+    location: str,
+    correlation_id: str,
 ) -> list[EventEnvelope]:
-    """Quarantine at once: the status, a ledger entry, and the event that tells everyone (I1, I2)."""
+    """Quarantine at once: the status, a ledger entry, and the event that tells everyone (I1, I2). The
+    reason's sentences stay with the shipment; the event carries their codes (I6)."""
     at = enter_quarantine(session, shipment, reason=reason, location=location)
-    return [translate.shipment_quarantined(shipment, reason, at, correlation_id)]
+    return [translate.shipment_quarantined(shipment, codes, at, correlation_id)]
 
 
 def enter_quarantine(session: Session, shipment: Shipment, *, reason: str, location: str) -> datetime:
@@ -437,7 +446,6 @@ def store_scan(
     return translate.ScanRecorded(
         scan_id=scan_id,
         scan_type=scan.scan_type,
-        location=scan.location,
         scanned_at=scan.device_time,
         temperature_celsius=scan.temperature_celsius,
         detected_at=received_at,
@@ -543,7 +551,14 @@ def record_readings(
             + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         )
         events.extend(
-            quarantine(session, shipment, reason=reason, location=location, correlation_id=correlation_id)
+            quarantine(
+                session,
+                shipment,
+                reason=reason,
+                codes=domain.codes_of(problems),
+                location=location,
+                correlation_id=correlation_id,
+            )
         )
     session.add(shipment)
     _emit(session, events)
@@ -587,12 +602,23 @@ def declare_container(
     return container
 
 
+class InvalidField(Exception):
+    """A request field the rules refuse (HTTP 422 naming the field), such as a reason its decision cannot
+    give; the detail never repeats the value."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
 def record_disposition(
     session: Session,
     shipment: Shipment,
     *,
     decision: Disposition,
-    reason: str,
+    reason_code: QaReasonCode,
+    note: str | None,
     meaning: SignatureMeaning,
     signer: Actor,
     signing_pin: str,
@@ -600,7 +626,12 @@ def record_disposition(
 ) -> QaDisposition:
     """A QA release or rejection, signed with the signer's PIN (SigningRefused, counted, when it is not
     theirs) and chained into the ledger. Only a release lets a quarantined shipment go on to delivery
-    confirmation: if it is already delivered, the delivery is published now. The PIN goes nowhere else."""
+    confirmation: if it is already delivered, the delivery is published now. The PIN goes nowhere else;
+    the note stays with the disposition and its ledger entry, the events carry the code (I6). A reason
+    the decision cannot give is `InvalidField`, before the PIN is tried."""
+    problem = domain.disposition_reason_problem(decision, reason_code)
+    if problem is not None:
+        raise InvalidField("reason_code", problem)
     verify_signing_pin(session, signer, signing_pin, shipment.id)
     refusal = domain.disposition_refusal(shipment.status, decision, meaning)
     if refusal is not None:
@@ -616,12 +647,13 @@ def record_disposition(
         at=signed_at,
         signer=f"{signer.printed_name} ({signer.subject})",
         meaning=meaning.value,
-        reason=reason,
+        reason=domain.qa_ledger_reason(reason_code, note),
     )
     disposition = QaDisposition(
         shipment_id=shipment.id,
         decision=decision.value,
-        reason=reason,
+        reason_code=reason_code.value,
+        reason=note or "",
         meaning=meaning.value,
         signer_id=signer.subject,
         signer_printed_name=signer.printed_name,
@@ -629,7 +661,7 @@ def record_disposition(
         ledger_sequence=entry.content.sequence,
     )
     session.add(disposition)
-    data = QaDispositionData(
+    data = QaDispositionDataV2(
         shipment_id=shipment.id,
         coi=shipment.coi,
         leg=shipment.leg,
@@ -639,19 +671,19 @@ def record_disposition(
         signer_printed_name=signer.printed_name,
         signed_at=signed_at,
         meaning=meaning.value,
-        reason=reason[:500],
+        reason_code=reason_code,
         ledger_sequence=entry.content.sequence,
     )
     envelope = translate.envelope(shipment, correlation_id)
     events: list[EventEnvelope] = []
     if decision is Disposition.RELEASE:
         shipment.status = ShipmentStatus.RELEASED
-        events.append(ShipmentReleased(**envelope, data=data))
+        events.append(ShipmentReleasedV2(**envelope, data=data))
         if shipment.physical_status in (ShipmentStatus.DELIVERED, ShipmentStatus.RECEIVED):
             events.append(translate.shipment_delivered(shipment, correlation_id, disposition.id))
     else:
         shipment.status = ShipmentStatus.REJECTED
-        events.append(ShipmentRejected(**envelope, data=data))
+        events.append(ShipmentRejectedV2(**envelope, data=data))
     session.add(shipment)
     _emit(session, events)
     return disposition
@@ -1036,7 +1068,8 @@ def _apply_other(
         problems = domain.packing_problems(declared, event.container_id)
         notes.append(f"bags packed into {event.container_id}")
         if problems:
-            _to_qa(session, shipment, "COI break: " + "; ".join(problems), event.location, context)
+            reason = "COI break: " + "; ".join(problems)
+            _to_qa(session, shipment, reason, domain.codes_of(problems), event.location, context)
     if event.event_id:
         session.add(
             EpcisEventRecord(
@@ -1060,7 +1093,7 @@ def _conflict(
     reason = domain.conflict_reason(event.event_id)
     shipment = context.shipments.get(stored.shipment_id)
     if shipment is not None:
-        _to_qa(session, shipment, reason, event.location, context)
+        _to_qa(session, shipment, reason, domain.codes_of([reason]), event.location, context)
     return CaptureResult(event.event_index, event.event_id, "refused", reason, stored.shipment_id)
 
 
@@ -1092,7 +1125,7 @@ def _retract(session: Session, event: epcis.CapturedEvent, context: CaptureConte
         session.add(row)
     shipment = context.shipments.get(stored.shipment_id)
     if shipment is not None:
-        _to_qa(session, shipment, reason, event.location, context)
+        _to_qa(session, shipment, reason, domain.codes_of([reason]), event.location, context)
     if event.event_id:
         context.stored[event.event_id] = replace(stored, retracted=True)
     return CaptureResult(event.event_index, event.event_id, "applied", reason, stored.shipment_id)
@@ -1109,7 +1142,12 @@ def _stored_by_hash(session: Session, event_hash: str) -> StoredEvent | None:
 
 
 def _to_qa(
-    session: Session, shipment: Shipment, reason: str, location: str | None, context: CaptureContext
+    session: Session,
+    shipment: Shipment,
+    reason: str,
+    codes: Sequence[QuarantineReasonCode],
+    location: str | None,
+    context: CaptureContext,
 ) -> None:
     """Quarantine with the reason (QA reviews it); a shipment QA rejected stays rejected."""
     if shipment.status is ShipmentStatus.REJECTED:
@@ -1118,6 +1156,7 @@ def _to_qa(
         session,
         shipment,
         reason=reason,
+        codes=codes,
         location=location or "EPCIS capture",
         correlation_id=context.correlation_id,
     )

@@ -9,14 +9,14 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
 from typing import TypeVar
 
-from cgt_contracts.events import ScanType, ShipmentLeg
+from cgt_contracts.events import QaReasonCode, QuarantineReasonCode, ScanRefusalCode, ScanType, ShipmentLeg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -64,6 +64,37 @@ GAP_TOLERANCE = 1.5
 """A logger gap is an excursion when it exceeds 1.5 logger intervals (one missed reading plus jitter)."""
 
 
+class Problem(str):
+    """A problem found with a shipment, as the sentence QA and the shipment's readers get, and its code:
+    the code is what an event publishes (I6), the sentence stays with the shipment. A `str`, so that a list
+    of them reads, joins and compares as the sentences it holds."""
+
+    code: QuarantineReasonCode
+
+    def __new__(cls, code: QuarantineReasonCode, text: str) -> Problem:
+        problem = super().__new__(cls, text)
+        problem.code = code
+        return problem
+
+
+class Refusal(str):
+    """Why a scan is refused, as the sentence its sender and the shipment's readers get, and its code (what
+    `shipment.scanned` publishes). A `str`, like `Problem`."""
+
+    code: ScanRefusalCode
+
+    def __new__(cls, code: ScanRefusalCode, text: str) -> Refusal:
+        refusal = super().__new__(cls, text)
+        refusal.code = code
+        return refusal
+
+
+def codes_of(problems: Iterable[str]) -> tuple[QuarantineReasonCode, ...]:
+    """The codes of the problems, each once, in the order found; a sentence without one is `other`."""
+    codes = (getattr(p, "code", QuarantineReasonCode.OTHER) for p in problems)
+    return tuple(dict.fromkeys(codes))
+
+
 @dataclass(frozen=True)
 class TemperaturePolicy:
     """What a leg's temperature record must satisfy (I2)."""
@@ -94,8 +125,11 @@ def temperature_problems(
             gap = (reading.at - previous_reading_at).total_seconds() / 60
             if gap > policy.logger_interval_minutes * GAP_TOLERANCE:
                 problems.append(
-                    f"no reading from {previous_reading_at.isoformat()} to {reading.at.isoformat()} "
-                    f"({gap:.0f} min; the logger reads every {policy.logger_interval_minutes:g} min)"
+                    Problem(
+                        QuarantineReasonCode.LOGGER_GAP,
+                        f"no reading from {previous_reading_at.isoformat()} to {reading.at.isoformat()} "
+                        f"({gap:.0f} min; the logger reads every {policy.logger_interval_minutes:g} min)",
+                    )
                 )
         previous_reading_at = (
             reading.at if previous_reading_at is None else max(previous_reading_at, reading.at)
@@ -113,15 +147,19 @@ def range_problems(policy: TemperaturePolicy, reading: Reading) -> list[str]:
 
 def _above_limit(policy: TemperaturePolicy, reading: Reading) -> str | None:
     if reading.celsius > policy.max_celsius:
-        return (
-            f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C"
+        return Problem(
+            QuarantineReasonCode.TEMPERATURE_EXCURSION,
+            f"{reading.celsius} °C at {reading.at.isoformat()} is above the limit of {policy.max_celsius} °C",
         )
     return None
 
 
 def _below_minimum(policy: TemperaturePolicy, reading: Reading) -> str | None:
     if policy.min_celsius is not None and reading.celsius < policy.min_celsius:
-        return f"{reading.celsius} °C at {reading.at.isoformat()} is below the minimum of {policy.min_celsius} °C"
+        return Problem(
+            QuarantineReasonCode.BELOW_MINIMUM_TEMPERATURE,
+            f"{reading.celsius} °C at {reading.at.isoformat()} is below the minimum of {policy.min_celsius} °C",
+        )
     return None
 
 
@@ -165,9 +203,16 @@ def judge_evidence(
     for item in sorted(evidence, key=lambda e: e.at):
         at = received_at if item.at - received_at > CLOCK_TOLERANCE else item.at
         if item.sensor_exception is not None:
-            problems.append(f"the temperature sensor reports {item.sensor_exception} at {at.isoformat()}")
+            problems.append(
+                Problem(
+                    QuarantineReasonCode.SENSOR_ALARM,
+                    f"the temperature sensor reports {item.sensor_exception} at {at.isoformat()}",
+                )
+            )
         if item.unreadable is not None:
-            problems.append(f"a temperature at {at.isoformat()} cannot be proven cold: {item.unreadable}")
+            problems.append(
+                _unproven(f"a temperature at {at.isoformat()} cannot be proven cold: {item.unreadable}")
+            )
         upper = [v for v in (item.value, item.max_value, item.mean_value) if v is not None]
         if upper:
             readings.append(Reading(at, max(upper)))
@@ -177,12 +222,20 @@ def judge_evidence(
                 problems.append(below)
         elif item.min_value is not None:
             problems.append(
-                f"a temperature at {at.isoformat()} cannot be proven cold: only a minimum "
-                f"({item.min_value} °C) is reported, not the warmest value"
+                _unproven(
+                    f"a temperature at {at.isoformat()} cannot be proven cold: only a minimum "
+                    f"({item.min_value} °C) is reported, not the warmest value"
+                )
             )
         elif item.sensor_exception is None and item.unreadable is None:
-            problems.append(f"a temperature at {at.isoformat()} cannot be proven cold: it carries no value")
+            problems.append(
+                _unproven(f"a temperature at {at.isoformat()} cannot be proven cold: it carries no value")
+            )
     return EvidenceJudgement(readings, temperature_problems(policy, readings, previous_reading_at) + problems)
+
+
+def _unproven(text: str) -> Problem:
+    return Problem(QuarantineReasonCode.TEMPERATURE_UNPROVEN, text)
 
 
 class Replay(StrEnum):
@@ -205,24 +258,38 @@ def replay_of(stored_hash: str | None, found: bool, event_hash: str) -> Replay:
 
 
 def conflict_reason(event_id: str) -> str:
-    return (
+    return Problem(
+        QuarantineReasonCode.EVENT_CONFLICT,
         f"EPCIS eventID {event_id} was captured before with different content (another event hash): "
-        "QA reviews the shipment"
+        "QA reviews the shipment",
     )
 
 
 def retraction_reason(event_id: str, declared_reason: str | None) -> str:
     """Why a shipment goes to QA when a courier's system declares one of its events erroneous."""
     why = f" (reason: {declared_reason})" if declared_reason else ""
-    return f"EPCIS error declaration retracts event {event_id}{why}: QA reviews the shipment"
+    return Problem(
+        QuarantineReasonCode.ERROR_DECLARATION,
+        f"EPCIS error declaration retracts event {event_id}{why}: QA reviews the shipment",
+    )
 
 
 def time_limit_problems(policy: TemperaturePolicy, at: datetime) -> list[str]:
-    problems = []
+    problems: list[str] = []
     if policy.hold_until is not None and at > policy.hold_until:
-        problems.append(f"past the dry shipper's validated hold time ({policy.hold_until.isoformat()})")
+        problems.append(
+            Problem(
+                QuarantineReasonCode.HOLD_TIME_EXCEEDED,
+                f"past the dry shipper's validated hold time ({policy.hold_until.isoformat()})",
+            )
+        )
     if policy.transit_deadline is not None and at > policy.transit_deadline:
-        problems.append(f"past the leg's maximum transit time ({policy.transit_deadline.isoformat()})")
+        problems.append(
+            Problem(
+                QuarantineReasonCode.TRANSIT_TIME_EXCEEDED,
+                f"past the leg's maximum transit time ({policy.transit_deadline.isoformat()})",
+            )
+        )
     return problems
 
 
@@ -314,6 +381,13 @@ class TemperatureExceeded:
 @dataclass(frozen=True)
 class Quarantined:
     reason: str
+    """Every problem, as sentences: the shipment's and its ledger's record, for QA."""
+    codes: tuple[QuarantineReasonCode, ...] = (QuarantineReasonCode.OTHER,)
+    """What `shipment.quarantined` publishes instead of the sentences (I6)."""
+
+    @classmethod
+    def of(cls, reason: str, problems: Iterable[str]) -> Quarantined:
+        return cls(reason, codes_of(problems) or (QuarantineReasonCode.OTHER,))
 
 
 @dataclass(frozen=True)
@@ -338,6 +412,8 @@ class ScanDecision:
     facts: tuple[Fact, ...]
     reading: Reading | None = None
     """The scan's temperature, at the time it is judged at (the server's, if the device's is not credible)."""
+    refusal_code: ScanRefusalCode | None = None
+    """What `shipment.scanned` publishes of a refusal; the sentence stays with the scan."""
 
     def _first(self, kind: type[_F]) -> _F | None:
         return next((fact for fact in self.facts if isinstance(fact, kind)), None)
@@ -377,13 +453,24 @@ _F = TypeVar("_F", bound=Fact)
 
 def coi_mismatches(expected_coi: str, bag_count: int, bag_cois: tuple[str, ...]) -> list[str]:
     """Every identity problem at a scan: a bag with another COI, a missing bag, an extra bag."""
-    problems = [
-        f"bag label reads {read!r}, order is {expected_coi!r}" for read in bag_cois if read != expected_coi
+    problems: list[str] = [
+        Problem(QuarantineReasonCode.COI_BREAK, f"bag label reads {read!r}, order is {expected_coi!r}")
+        for read in bag_cois
+        if read != expected_coi
     ]
     if len(bag_cois) < bag_count:
-        problems.append(f"{bag_count - len(bag_cois)} of {bag_count} bags not scanned")
+        problems.append(
+            Problem(
+                QuarantineReasonCode.BAG_MISSING,
+                f"{bag_count - len(bag_cois)} of {bag_count} bags not scanned",
+            )
+        )
     if len(bag_cois) > bag_count:
-        problems.append(f"{len(bag_cois)} bags scanned, the shipment has {bag_count}")
+        problems.append(
+            Problem(
+                QuarantineReasonCode.BAG_EXTRA, f"{len(bag_cois)} bags scanned, the shipment has {bag_count}"
+            )
+        )
     return problems
 
 
@@ -391,14 +478,24 @@ def container_mismatches(state: ShipmentState, scan: Scan) -> list[str]:
     """A different shipper or seal than the one packed means the product may have been swapped or opened."""
     problems = packing_problems(state.container_id, scan.container_id)
     if state.seal_id and scan.seal_id and scan.seal_id != state.seal_id:
-        problems.append(f"seal {scan.seal_id!r} scanned, {state.seal_id!r} was applied at packing")
+        problems.append(
+            Problem(
+                QuarantineReasonCode.SEAL_BROKEN,
+                f"seal {scan.seal_id!r} scanned, {state.seal_id!r} was applied at packing",
+            )
+        )
     return problems
 
 
 def packing_problems(expected_container: str | None, seen_container: str | None) -> list[str]:
     """The bags seen in (or packed into, by an EPCIS aggregation) another container than the declared one."""
     if expected_container and seen_container and seen_container != expected_container:
-        return [f"container {seen_container!r} scanned, the shipment travels in {expected_container!r}"]
+        return [
+            Problem(
+                QuarantineReasonCode.CONTAINER_MISMATCH,
+                f"container {seen_container!r} scanned, the shipment travels in {expected_container!r}",
+            )
+        ]
     return []
 
 
@@ -425,11 +522,13 @@ def evaluate_scan(state: ShipmentState, scan: Scan) -> ScanDecision:
         reasons.append("COI break: " + "; ".join(identity_problems))
     if thermal_problems:
         reasons.append("temperature excursion: " + "; ".join(thermal_problems))
-    quarantined = [Quarantined(" | ".join(reasons))] if reasons else []
+    quarantined = (
+        [Quarantined.of(" | ".join(reasons), identity_problems + thermal_problems)] if reasons else []
+    )
 
     refusal = time_refusal or _refusal(state, scan)
     if refusal is not None:
-        return ScanDecision(False, refusal, (*warnings, *quarantined), reading)
+        return ScanDecision(False, refusal, (*warnings, *quarantined), reading, refusal.code)
     facts = [*_movement(state, scan), *warnings, *quarantined]
     if scan.scan_type is ScanType.DELIVERY:
         facts.append(Delivered(scan.at, clean=not (state.quarantined or reasons)))
@@ -449,43 +548,64 @@ def _movement(state: ShipmentState, scan: Scan) -> list[Fact]:
     return facts
 
 
-def _time_refusal(state: ShipmentState, scan: Scan) -> str | None:
+def _time_refusal(state: ShipmentState, scan: Scan) -> Refusal | None:
     """A scan dated in the future or before its shipment existed, or a pick-up or delay without a
     credible ETA, says nothing reliable about where the product is or when it will arrive."""
     ahead = scan.at - scan.received_at
     if ahead > CLOCK_TOLERANCE:
-        return (
+        return Refusal(
+            ScanRefusalCode.DEVICE_CLOCK_AHEAD,
             f"the scan is dated more than {CLOCK_TOLERANCE.total_seconds() / 60:.0f} min ahead of the "
-            "server's clock: check the device's clock"
+            "server's clock: check the device's clock",
         )
     if state.planned_at is not None and scan.at < state.planned_at - CLOCK_TOLERANCE:
-        return f"the scan is dated before the shipment was planned ({state.planned_at.isoformat()})"
+        return Refusal(
+            ScanRefusalCode.DATED_BEFORE_PLANNING,
+            f"the scan is dated before the shipment was planned ({state.planned_at.isoformat()})",
+        )
     if scan.scan_type in NEEDS_ETA:
         if scan.eta_at is None:
-            return f"a {scan.scan_type} scan must give the expected delivery time (eta_at)"
+            return Refusal(
+                ScanRefusalCode.ETA_MISSING,
+                f"a {scan.scan_type} scan must give the expected delivery time (eta_at)",
+            )
         if scan.eta_at < scan.received_at:
-            return f"the expected delivery time {scan.eta_at.isoformat()} is in the past"
+            return Refusal(
+                ScanRefusalCode.ETA_IN_PAST,
+                f"the expected delivery time {scan.eta_at.isoformat()} is in the past",
+            )
     return None
 
 
-def _refusal(state: ShipmentState, scan: Scan) -> str | None:
+def _refusal(state: ShipmentState, scan: Scan) -> Refusal | None:
     if state.order_cancelled:
-        return "the order was cancelled: its shipments take no scan"
+        return Refusal(ScanRefusalCode.ORDER_CANCELLED, "the order was cancelled: its shipments take no scan")
     if state.status is ShipmentStatus.REJECTED:
-        return "QA rejected this shipment: its product may not move on"
+        return Refusal(ScanRefusalCode.QA_REJECTED, "QA rejected this shipment: its product may not move on")
     if scan.scan_type is ScanType.PICK_UP and state.leg is ShipmentLeg.RETURN and not state.product_released:
-        return "the manufacturer has not released the product for shipment yet: it cannot be picked up"
+        return Refusal(
+            ScanRefusalCode.PRODUCT_NOT_RELEASED,
+            "the manufacturer has not released the product for shipment yet: it cannot be picked up",
+        )
     if state.physical_status not in ALLOWED_FROM[scan.scan_type]:
-        return f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}"
+        return Refusal(
+            ScanRefusalCode.OUT_OF_SEQUENCE,
+            f"a {scan.scan_type} scan cannot follow a shipment that is {state.physical_status}",
+        )
     if scan.scan_type is ScanType.PICK_UP:
         return _courier_refusal(state, scan.scanned_by, scan.scanned_by_company)
     if scan.scan_type in (ScanType.HAND_OFF, ScanType.DELIVERY) and scan.scanned_by != state.custodian:
-        return f"custody is with {state.custodian}: only they can hand the shipment on"
+        return Refusal(
+            ScanRefusalCode.NOT_CUSTODIAN,
+            f"custody is with {state.custodian}: only they can hand the shipment on",
+        )
     if scan.scan_type is ScanType.HAND_OFF:
         if not scan.handed_to:
-            return "a hand-off must name who takes the shipment (handed_to)"
+            return Refusal(
+                ScanRefusalCode.HANDED_TO_MISSING, "a hand-off must name who takes the shipment (handed_to)"
+            )
         if scan.handed_to == state.custodian:
-            return f"{scan.handed_to} already holds the shipment"
+            return Refusal(ScanRefusalCode.ALREADY_IN_CUSTODY, f"{scan.handed_to} already holds the shipment")
         return _courier_refusal(state, scan.handed_to, scan.handed_to_company)
     return None
 
@@ -509,12 +629,18 @@ def shipment_visible_to(
     )
 
 
-def _courier_refusal(state: ShipmentState, party: str, company: str | None) -> str | None:
+def _courier_refusal(state: ShipmentState, party: str, company: str | None) -> Refusal | None:
     """Custody passes only to a registered courier of the company that carries the shipment (I3)."""
     if company is None:
-        return f"{party} is not a registered courier: custody passes only to a known courier"
+        return Refusal(
+            ScanRefusalCode.UNREGISTERED_COURIER,
+            f"{party} is not a registered courier: custody passes only to a known courier",
+        )
     if state.courier_company is not None and company != state.courier_company:
-        return f"{party} works for {company}; this shipment is carried by {state.courier_company}"
+        return Refusal(
+            ScanRefusalCode.OTHER_COURIER_COMPANY,
+            f"{party} works for {company}; this shipment is carried by {state.courier_company}",
+        )
     return None
 
 
@@ -544,6 +670,45 @@ MEANING_OF: dict[Disposition, SignatureMeaning] = {
     Disposition.RELEASE: SignatureMeaning.APPROVAL,
     Disposition.REJECT: SignatureMeaning.REJECTION,
 }
+
+
+QA_REASONS: dict[Disposition, frozenset[QaReasonCode]] = {
+    Disposition.RELEASE: frozenset(
+        {
+            QaReasonCode.PRODUCT_WITHIN_LIMITS,
+            QaReasonCode.LOGGER_FAULT,
+            QaReasonCode.WITHIN_STABILITY_DATA,
+            QaReasonCode.IDENTITY_CONFIRMED,
+            QaReasonCode.RECORD_CORRECTED,
+            QaReasonCode.OTHER,
+        }
+    ),
+    Disposition.REJECT: frozenset(
+        {
+            QaReasonCode.TEMPERATURE_COMPROMISED,
+            QaReasonCode.IDENTITY_NOT_CONFIRMED,
+            QaReasonCode.CONTAINER_COMPROMISED,
+            QaReasonCode.PRODUCT_DAMAGED,
+            QaReasonCode.OTHER,
+        }
+    ),
+}
+"""The reasons each decision may give: a release is not justified by a compromised product, nor the
+reverse (`other` either way, with a note)."""
+
+
+def disposition_reason_problem(decision: Disposition, code: QaReasonCode) -> str | None:
+    """Why `code` cannot justify `decision`, or None."""
+    if code in QA_REASONS[decision]:
+        return None
+    allowed = ", ".join(sorted(QA_REASONS[decision]))
+    return f"is not a reason for a {decision}; a {decision} gives one of: {allowed}"
+
+
+def qa_ledger_reason(code: QaReasonCode, note: str | None) -> str:
+    """A disposition's reason as its ledger entry holds it (inside the entry's hash): the code, then the
+    signer's note if any."""
+    return f"{code.value}: {note}" if note else code.value
 
 
 def disposition_refusal(

@@ -19,6 +19,7 @@ from cgt_contracts.events import (
     CourierScanSubmittedV2,
     OrderAccepted,
     OrderCancelled,
+    OrderCancelledV2,
     ProductReleasedForShipment,
     ShipmentCreated,
     ShipmentCreatedData,
@@ -141,7 +142,7 @@ def plan_outbound_leg(session: Session, event: CollectionRecorded, planning: Pla
     _plan(session, event, shipment, [bag])
 
 
-def mark_order_cancelled(session: Session, event: OrderCancelled) -> None:
+def mark_order_cancelled(session: Session, event: OrderCancelled | OrderCancelledV2) -> None:
     """Every shipment of a cancelled order is marked so: from now on it takes no scan (the domain refuses
     them, with the reason), and it shows as cancelled."""
     # Locked, so that a scan being judged right now is judged before the cancellation or after it, whole.
@@ -186,7 +187,7 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
         plan_outbound_leg(session, event, planning)
 
     def on_order_cancelled(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, OrderCancelled)
+        assert isinstance(event, OrderCancelled | OrderCancelledV2)
         mark_order_cancelled(session, event)
 
     def on_product_released(session: Session, event: AnyEvent) -> None:
@@ -201,7 +202,8 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
         handlers={
             OrderAccepted: on_order_accepted,
             CollectionRecorded: on_collection_recorded,
-            OrderCancelled: on_order_cancelled,
+            OrderCancelled: on_order_cancelled,  # v1, still on the topic: its free text is not read
+            OrderCancelledV2: on_order_cancelled,
             ProductReleasedForShipment: on_product_released,
         },
         max_attempts=runtime.settings.consumer_max_attempts,

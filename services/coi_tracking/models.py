@@ -166,6 +166,10 @@ class QaDisposition(SQLModel, table=True):
     shipment_id: UUID = Field(foreign_key="shipment.id", index=True)
     decision: str = Field(max_length=16)
     reason: str = Field(sa_column=Column(Text, nullable=False))
+    """The signer's note ("" for none); before reason codes, the reason as typed. COI tracking's alone:
+    returned with the disposition, never published (I6)."""
+    reason_code: str | None = Field(default=None, max_length=32)
+    """A `QaReasonCode`; None on a disposition signed before reason codes (read as `other`)."""
     meaning: str = Field(max_length=64)
     signer_id: str = Field(max_length=64)
     signer_printed_name: str = Field(max_length=128)

@@ -1,9 +1,13 @@
 """Facts to events: the one place that says which event each of the domain's facts publishes and what it
 carries. The domain decides (`domain.evaluate_scan`), the command applies (`commands.record_scan`), this
-module only translates — it reads the shipment as the command left it and writes nothing."""
+module only translates — it reads the shipment as the command left it and writes nothing.
+
+What it publishes is the minimum necessary (I6): why as codes, and ids that name the records COI tracking
+keeps (the scan, the ledger entry, the shipment); never a location or a sentence."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -12,19 +16,20 @@ from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
     CoiBreak,
     CoiBreakData,
-    CustodyTransferred,
-    CustodyTransferredData,
+    CustodyTransferredDataV2,
+    CustodyTransferredV2,
+    QuarantineReasonCode,
     ScanType,
-    ShipmentDelayed,
-    ShipmentDelayedData,
+    ShipmentDelayedDataV2,
+    ShipmentDelayedV2,
     ShipmentDelivered,
     ShipmentDeliveredData,
     ShipmentDispatched,
     ShipmentDispatchedData,
-    ShipmentQuarantined,
-    ShipmentQuarantinedData,
-    ShipmentScanned,
-    ShipmentScannedData,
+    ShipmentQuarantinedDataV2,
+    ShipmentQuarantinedV2,
+    ShipmentScannedDataV2,
+    ShipmentScannedV2,
     TemperatureExcursion,
     TemperatureExcursionData,
 )
@@ -55,7 +60,6 @@ class ScanRecorded:
 
     scan_id: UUID
     scan_type: ScanType
-    location: str
     scanned_at: datetime
     temperature_celsius: float | None
     detected_at: datetime
@@ -80,18 +84,17 @@ def scan_events(
     shipment: Shipment, decision: ScanDecision, scan: ScanRecorded, applied: Applied, correlation_id: str
 ) -> list[EventEnvelope]:
     """`shipment.scanned` for every scan, then one event per fact, in the decision's order."""
-    scanned = ShipmentScanned(
+    scanned = ShipmentScannedV2(
         **envelope(shipment, correlation_id),
-        data=ShipmentScannedData(
+        data=ShipmentScannedDataV2(
             shipment_id=shipment.id,
             scan_id=scan.scan_id,
             coi=shipment.coi,
             scan_type=scan.scan_type,
-            location=scan.location,
             scanned_at=scan.scanned_at,
             temperature_celsius=scan.temperature_celsius,
             accepted=decision.accepted,
-            refusal_reason=decision.refusal_reason,
+            refusal_code=decision.refusal_code,
         ),
     )
     events: list[EventEnvelope] = [scanned]
@@ -126,16 +129,16 @@ def fact_event(
                 ),
             )
         case Delayed(eta_at=eta_at):
-            return ShipmentDelayed(
+            return ShipmentDelayedV2(
                 **head,
-                data=ShipmentDelayedData(
+                data=ShipmentDelayedDataV2(
                     shipment_id=shipment.id,
+                    scan_id=scan.scan_id,
                     coi=shipment.coi,
                     leg=shipment.leg,
                     treatment_center_id=shipment.treatment_center_id,
                     previous_eta_at=applied.previous_eta_at,
                     eta_at=eta_at,
-                    location=scan.location,
                 ),
             )
         case CoiBroken(read_cois=read_cois):
@@ -152,23 +155,23 @@ def fact_event(
         case TemperatureExceeded(reading=reading):
             # Past the hold or transit time without a reading: the quarantine says so, there is no value.
             return temperature_excursion(shipment, reading, correlation_id) if reading else None
-        case Quarantined(reason=reason):
+        case Quarantined(codes=codes):
             assert applied.quarantined_at is not None, "a quarantine is applied before it is published"
-            return shipment_quarantined(shipment, reason, applied.quarantined_at, correlation_id)
+            return shipment_quarantined(shipment, codes, applied.quarantined_at, correlation_id)
         case Delivered(clean=clean):
             return shipment_delivered(shipment, correlation_id) if clean else None
     raise TypeError(f"no event for {fact!r}")  # pragma: no cover - the match is exhaustive
 
 
-def custody_transferred(shipment: Shipment, entry: StoredEntry, correlation_id: str) -> CustodyTransferred:
-    return CustodyTransferred(
+def custody_transferred(shipment: Shipment, entry: StoredEntry, correlation_id: str) -> CustodyTransferredV2:
+    """The hand-off; where it happened is in the ledger entry (`ledger_sequence`), not on the bus."""
+    return CustodyTransferredV2(
         **envelope(shipment, correlation_id),
-        data=CustodyTransferredData(
+        data=CustodyTransferredDataV2(
             shipment_id=shipment.id,
             coi=shipment.coi,
             from_party=entry.content.from_party,
             to_party=entry.content.to_party,
-            location=entry.content.location,
             transferred_at=entry.content.at,
             ledger_sequence=entry.content.sequence,
             entry_sha256=entry.entry_sha256,
@@ -190,16 +193,20 @@ def temperature_excursion(shipment: Shipment, reading: Reading, correlation_id: 
 
 
 def shipment_quarantined(
-    shipment: Shipment, reason: str, quarantined_at: datetime, correlation_id: str
-) -> ShipmentQuarantined:
-    return ShipmentQuarantined(
+    shipment: Shipment,
+    codes: Sequence[QuarantineReasonCode],
+    quarantined_at: datetime,
+    correlation_id: str,
+) -> ShipmentQuarantinedV2:
+    """The quarantine's codes; its sentences (which bag, which reading) stay with the shipment."""
+    return ShipmentQuarantinedV2(
         **envelope(shipment, correlation_id),
-        data=ShipmentQuarantinedData(
+        data=ShipmentQuarantinedDataV2(
             shipment_id=shipment.id,
             coi=shipment.coi,
             leg=shipment.leg,
             treatment_center_id=shipment.treatment_center_id,
-            reason=reason[:500],
+            reason_codes=list(dict.fromkeys(codes)) or [QuarantineReasonCode.OTHER],
             quarantined_at=quarantined_at,
         ),
     )

@@ -22,12 +22,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from starlette.routing import BaseRoute
 
 from services.common import problems
@@ -59,6 +59,18 @@ class RequestModel(BaseModel):
             raise ValueError(CONTROL_CHARACTER_DETAIL)
         return value
 
+
+NOTE_MAX_LENGTH = 500
+Note = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=NOTE_MAX_LENGTH,
+        description="Free text beside the reason code, for the record: kept by this service and returned "
+        "to those who may read the record; never in an event, a webhook, a log line or an error (I6)",
+    ),
+]
+"""A person's note beside a reason code (the code is what the other services and the sites are told)."""
 
 CONTROL_CHARACTER_DETAIL = "must not contain control characters (such as NUL)"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -10,7 +10,7 @@ from typing import Annotated
 from uuid import UUID
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier
-from cgt_contracts.events import RejectionReason
+from cgt_contracts.events import CancellationReasonCode, RejectionReason
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from services.common import idempotency, problems
 from services.common.auth import Principal, Role, require
-from services.common.edge import EdgeRoute, RequestModel
+from services.common.edge import EdgeRoute, Note, RequestModel
 from services.common.identifiers import coi_label
 from services.common.paging import Page, link_next
 from services.common.service import db_session
@@ -168,9 +168,19 @@ class ManufacturingReleaseRequest(RequestModel):
 
 
 class CancelRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "patient no longer eligible"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"reason_code": "patient_ineligible", "note": "platelets below the protocol's threshold"},
+                {"reason_code": "patient_withdrew"},
+            ]
+        }
+    )
 
-    reason: Annotated[str, Field(min_length=3, max_length=500)]
+    reason_code: CancellationReasonCode = Field(
+        description="Why, from a closed list: the code is what the other services and the site are told"
+    )
+    note: Note | None = None
 
 
 ORDER_EXAMPLE: JsonDict = {
@@ -185,13 +195,21 @@ ORDER_EXAMPLE: JsonDict = {
     "ordered_on": "2026-11-23",
     "stated_ordered_on": None,
     "rejection_reasons": [],
-    "cancelled_reason": None,
+    "cancelled_reason_code": None,
+    "cancelled_note": None,
     "cancelled_by": None,
     "cancelled_at": None,
     "product_lot_number": None,
     "product_released_at": None,
     "product_released_by": None,
 }
+
+
+def cancellation_code(order: Order) -> CancellationReasonCode | None:
+    """The code an order was cancelled with; `other` for one cancelled before codes (its note says why)."""
+    if order.cancelled_reason_code is not None:
+        return CancellationReasonCode(order.cancelled_reason_code)
+    return CancellationReasonCode.OTHER if order.cancelled_at is not None else None
 
 
 class OrderView(BaseModel):
@@ -232,7 +250,10 @@ class OrderView(BaseModel):
         default=None, description="The clinical order date the caller stated, recorded as given"
     )
     rejection_reasons: list[RejectionReason]
-    cancelled_reason: str | None
+    cancelled_reason_code: CancellationReasonCode | None = Field(
+        description="Why the order was cancelled (`other` for one cancelled before reason codes)"
+    )
+    cancelled_note: str | None = Field(description="The note given with the cancellation, if any")
     cancelled_by: str | None
     cancelled_at: datetime | None
     product_lot_number: str | None = Field(default=None, description="The released product's lot")
@@ -255,7 +276,8 @@ class OrderView(BaseModel):
             ordered_on=order.ordered_on,
             stated_ordered_on=order.stated_ordered_on,
             rejection_reasons=[RejectionReason(**r) for r in json.loads(order.rejection_reasons or "[]")],
-            cancelled_reason=order.cancelled_reason,
+            cancelled_reason_code=cancellation_code(order),
+            cancelled_note=order.cancelled_reason,
             cancelled_by=order.cancelled_by,
             cancelled_at=order.cancelled_at,
             product_lot_number=order.product_lot_number,
@@ -351,7 +373,7 @@ def place_order(
     authorization and the eligibility attestation on file. An accepted order (201, `accepted`) gets its
     chain-of-identity (COI) identifier and `order.accepted.v1` is published: the return shipment is planned
     and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
-    check in `rejection_reasons`, and `order.rejected.v1` is published.
+    check in `rejection_reasons`, and `order.rejected.v2` is published (the codes alone).
 
     Send an `Idempotency-Key` to retry safely: the same key again answers 200 with the order it placed;
     the same key with another order is 422, and while its first request is still being answered, 409.
@@ -437,14 +459,15 @@ def order_history(order_id: UUID, session: SessionDep, caller: OrderingCaller) -
 def cancel_order(
     order_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: OrderingCaller
 ) -> OrderView:
-    """Cancel an order before the patient is infused, giving the reason; who cancelled and when are
-    recorded. Coordinators cancel any order, a treatment center its own site's.
+    """Cancel an order before the patient is infused, giving the reason as a code (and a note if need be);
+    who cancelled and when are recorded. Coordinators cancel any order, a treatment center its own site's.
 
-    `order.cancelled.v1` is published: scheduling cancels the appointment and tells the site by webhook.
-    An order already infused, closed, rejected or cancelled is 409."""
+    `order.cancelled.v2` is published with the code: scheduling cancels the appointment and tells the site
+    by webhook. The note stays here, returned with the order to those who may read it (I6). An order
+    already infused, closed, rejected or cancelled is 409."""
     with command_answers():
         order = commands.cancel_order(
-            session, order_id, body.reason, caller_of(caller), request.state.correlation_id
+            session, order_id, body.reason_code, body.note, caller_of(caller), request.state.correlation_id
         )
     session.commit()
     return OrderView.of(order)

@@ -13,14 +13,15 @@ from uuid import UUID
 import structlog
 from cgt_contracts.envelope import EventEnvelope, utc_now
 from cgt_contracts.events import (
+    CancellationReasonCode,
     CollectionRecorded,
     CollectionRecordedData,
     OrderAccepted,
     OrderAcceptedData,
-    OrderCancelled,
-    OrderCancelledData,
-    OrderRejected,
-    OrderRejectedData,
+    OrderCancelledDataV2,
+    OrderCancelledV2,
+    OrderRejectedDataV2,
+    OrderRejectedV2,
     ProductReleasedForShipment,
     ProductReleasedForShipmentData,
     RejectionReason,
@@ -374,17 +375,18 @@ def place_order(
 def _reject(
     session: Session, order: Order, failures: list[domain.Failure], actor: str, correlation_id: str
 ) -> None:
-    reasons = [RejectionReason(code=f.code, message=f.message) for f in failures]
+    """Rejected with every failed check: codes and messages with the order, the codes alone published."""
+    reasons = [RejectionReason(code=f.code.value, message=f.message) for f in failures]
     order.rejection_reasons = json.dumps([reason.model_dump() for reason in reasons])
     record_transition(session, order, OrderStatus.REJECTED, Way.PLACEMENT, actor)
-    data = OrderRejectedData(
+    data = OrderRejectedDataV2(
         order_id=order.id,
         patient_ref=order.patient_ref,
         therapy_code=order.therapy_code,
         treatment_center_id=order.treatment_center_id,
-        reasons=reasons,
+        reason_codes=[f.code for f in failures],
     )
-    _publish(session, OrderRejected(**_envelope(order_subject(order.id), correlation_id), data=data))
+    _publish(session, OrderRejectedV2(**_envelope(order_subject(order.id), correlation_id), data=data))
 
 
 def _accept(session: Session, order: Order, fin: str, actor: str, correlation_id: str) -> None:
@@ -426,23 +428,33 @@ def _publish(session: Session, event: EventEnvelope) -> None:
 # ---------------------------------------------------------------- a person's steps
 
 
-def cancel_order(session: Session, order_id: UUID, reason: str, caller: Caller, correlation_id: str) -> Order:
-    """Cancel before infusion, with the reason, who and when; `order.cancelled.v1` for an order with a
-    COI (scheduling cancels the appointment and tells the site)."""
+def cancel_order(
+    session: Session,
+    order_id: UUID,
+    reason_code: CancellationReasonCode,
+    note: str | None,
+    caller: Caller,
+    correlation_id: str,
+) -> Order:
+    """Cancel before infusion, with the reason's code, an optional note, who and when;
+    `order.cancelled.v2` for an order with a COI (scheduling cancels the appointment and tells the site).
+    The note stays with the order (I6): the event carries the code, and the order id to find the rest."""
     order = visible_order(session, order_id, caller.site_scope)
     _move(session, order, OrderStatus.CANCELLED, Way.CANCELLATION, caller.subject)
-    order.cancelled_reason = reason
+    order.cancelled_reason_code = reason_code.value
+    order.cancelled_reason = note
     order.cancelled_by = caller.subject
     order.cancelled_at = utc_now()
     if order.coi:
-        data = OrderCancelledData(
+        data = OrderCancelledDataV2(
             order_id=order.id,
             coi=order.coi,
-            reason=reason,
+            reason_code=reason_code,
             cancelled_by=caller.subject,
             cancelled_at=order.cancelled_at,
         )
-        _publish(session, OrderCancelled(**_envelope(order.coi, correlation_id), data=data))
+        _publish(session, OrderCancelledV2(**_envelope(order.coi, correlation_id), data=data))
+    log.info("order.cancelled", order_id=str(order.id), reason_code=reason_code.value)
     return order
 
 

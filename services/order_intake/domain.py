@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
+from cgt_contracts.events import OrderRejectionCode
+
 from services.common.scope import visible_to as visible_to  # the rule of every service, kept once
 
 
@@ -228,7 +230,8 @@ def patient_match(key: bytes, name: str, date_of_birth: date, medical_record_num
 
 @dataclass(frozen=True)
 class Failure:
-    code: str
+    code: OrderRejectionCode
+    """What is published (`order.rejected.v2`); the message stays with the order."""
     message: str
 
 
@@ -259,35 +262,49 @@ def acceptance_failures(facts: OrderFacts) -> list[Failure]:
     """Every failed check, each with a code and a message: an order is rejected with all of them."""
     failures: list[Failure] = []
     if not facts.therapy_known:
-        failures.append(Failure("therapy_unknown", "the therapy is not in the registry"))
+        failures.append(Failure(OrderRejectionCode.THERAPY_UNKNOWN, "the therapy is not in the registry"))
     if not facts.site_known:
-        failures.append(Failure("site_unknown", "the treatment center is not in the registry"))
+        failures.append(
+            Failure(OrderRejectionCode.SITE_UNKNOWN, "the treatment center is not in the registry")
+        )
     elif facts.therapy_known and not certified_on(facts.certifications, facts.order_date):
         failures.append(
             Failure(
-                "site_not_certified",
+                OrderRejectionCode.SITE_NOT_CERTIFIED,
                 f"the treatment center is not qualified for this therapy on {facts.order_date.isoformat()}",
             )
         )
     if not npi_is_valid(facts.prescriber_npi):
-        failures.append(Failure("prescriber_npi_invalid", "the prescriber's NPI fails its check digit"))
+        failures.append(
+            Failure(OrderRejectionCode.PRESCRIBER_NPI_INVALID, "the prescriber's NPI fails its check digit")
+        )
     elif not facts.prescriber_known:
-        failures.append(Failure("prescriber_unknown", "the prescriber is not in the registry"))
+        failures.append(
+            Failure(OrderRejectionCode.PRESCRIBER_UNKNOWN, "the prescriber is not in the registry")
+        )
     elif not facts.prescriber_may_order_for_site:
-        failures.append(Failure("prescriber_not_at_site", "the prescriber may not order for this site"))
+        failures.append(
+            Failure(OrderRejectionCode.PRESCRIBER_NOT_AT_SITE, "the prescriber may not order for this site")
+        )
     if facts.consent_signed_on is None or not facts.consent_form_version:
-        failures.append(Failure("consent_missing", "no consent recorded (date and form version)"))
+        failures.append(
+            Failure(OrderRejectionCode.CONSENT_MISSING, "no consent recorded (date and form version)")
+        )
     elif facts.consent_signed_on > facts.order_date:
-        failures.append(Failure("consent_after_order", "consent is dated after the order"))
+        failures.append(Failure(OrderRejectionCode.CONSENT_AFTER_ORDER, "consent is dated after the order"))
     if facts.payer_authorization_expires_on is None:
-        failures.append(Failure("payer_authorization_missing", "no payer authorization on file"))
+        failures.append(
+            Failure(OrderRejectionCode.PAYER_AUTHORIZATION_MISSING, "no payer authorization on file")
+        )
     elif facts.payer_authorization_expires_on < facts.order_date:
         failures.append(
             Failure(
-                "payer_authorization_expired",
+                OrderRejectionCode.PAYER_AUTHORIZATION_EXPIRED,
                 f"the payer authorization expired on {facts.payer_authorization_expires_on.isoformat()}",
             )
         )
     if not facts.eligibility_attested:
-        failures.append(Failure("eligibility_not_attested", "clinical eligibility has not been attested"))
+        failures.append(
+            Failure(OrderRejectionCode.ELIGIBILITY_NOT_ATTESTED, "clinical eligibility has not been attested")
+        )
     return failures

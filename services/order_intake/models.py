@@ -86,6 +86,10 @@ class Order(SQLModel, table=True):
     created_by: str = Field(max_length=64)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     cancelled_reason: str | None = Field(default=None, max_length=500)
+    """The coordinator's note on the cancellation (the reason as typed, for orders cancelled before reason
+    codes): order intake's alone, returned with the order, never published (I6)."""
+    cancelled_reason_code: str | None = Field(default=None, max_length=32)
+    """A `CancellationReasonCode`; None on an order cancelled before reason codes (read as `other`)."""
     cancelled_by: str | None = Field(default=None, max_length=64)
     cancelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     product_lot_number: str | None = Field(default=None, max_length=64)

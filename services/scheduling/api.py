@@ -11,18 +11,19 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
+from cgt_contracts.events import SlotReasonCode
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 from sqlmodel import Session, col, select
 
 from services.common import problems
 from services.common.auth import Principal, Role, require
-from services.common.edge import EdgeRoute, RequestModel
+from services.common.edge import EdgeRoute, Note, RequestModel
 from services.common.paging import Page, link_next, page_list
 from services.common.scope import not_found
 from services.common.service import db_session
-from services.scheduling import commands, fhir, webhook_commands
+from services.scheduling import commands, domain, fhir, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState
 from services.scheduling.models import (
     Appointment,
@@ -231,6 +232,8 @@ APPOINTMENT_EXAMPLE: JsonDict = {
     "infusion_on": "2026-12-08",
     "hold_reason": None,
     "hold_cause": None,
+    "reason_code": None,
+    "note": None,
     "version": 1,
     "confirmed_at": None,
     "infused_on": None,
@@ -258,6 +261,7 @@ class AppointmentView(BaseModel):
                     "version": 3,
                     "hold_reason": "temperature excursion: -120.0 °C above the -150.0 °C limit",
                     "hold_cause": "temperature_excursion",
+                    "reason_code": "temperature_excursion",
                 },
             ]
         }
@@ -273,6 +277,12 @@ class AppointmentView(BaseModel):
     hold_cause: str | None = Field(
         default=None,
         description="While on hold, what holds it: quarantine, temperature_excursion or coi_break",
+    )
+    reason_code: SlotReasonCode | None = Field(
+        default=None, description="The code of its latest hold, move, resumption or cancellation"
+    )
+    note: str | None = Field(
+        default=None, description="The note a coordinator gave with their latest cancellation or move"
     )
     version: int = Field(description="Increases with every change of the appointment")
     confirmed_at: datetime | None
@@ -429,10 +439,36 @@ def book(
     return AppointmentView.model_validate(appointment, from_attributes=True)
 
 
-class CancelRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "patient no longer eligible"}]})
+def _coordinators_reason(code: SlotReasonCode) -> SlotReasonCode:
+    problem = domain.coordinator_reason_problem(code)
+    if problem is not None:
+        raise ValueError(problem)
+    return code
 
-    reason: Annotated[str, Field(min_length=3, max_length=500)]
+
+CoordinatorReason = Annotated[
+    SlotReasonCode,
+    AfterValidator(_coordinators_reason),
+    Field(
+        description="Why, from a closed list: site_request, patient_request, patient_condition, "
+        "clinical_decision, site_capacity, delay or other (the others are the system's). The code is what "
+        "the site is told; the note stays here."
+    ),
+]
+
+
+class CancelRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"reason_code": "patient_condition", "note": "febrile on admission; reassess next week"},
+                {"reason_code": "clinical_decision"},
+            ]
+        }
+    )
+
+    reason_code: CoordinatorReason
+    note: Note | None = None
 
 
 def _appointment(session: Session, appointment_id: UUID, caller: Principal) -> Appointment:
@@ -464,12 +500,13 @@ def _appointment_to_change(
 def cancel_appointment(
     appointment_id: UUID, body: CancelRequest, request: Request, session: SessionDep, caller: Coordinator
 ) -> AppointmentView:
-    """Coordinators cancel an appointment, giving the reason; the site gets `slot.cancelled` by webhook.
-    An appointment already cancelled or infused is 409."""
+    """Coordinators cancel an appointment, giving the reason as a code (and a note if need be); the site
+    gets `slot.cancelled` by webhook with the code. The note is kept with the appointment and returned
+    with it, never sent. An appointment already cancelled or infused is 409."""
     appointment, _ = _appointment_to_change(session, appointment_id, caller)
     try:
-        commands.cancel(
-            session, appointment, body.reason, correlation_id=request.state.correlation_id, causation_id=None
+        commands.cancel_by_coordinator(
+            session, appointment, body.reason_code, body.note, correlation_id=request.state.correlation_id
         )
     except commands.Refused as refused:
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
@@ -483,14 +520,16 @@ class RescheduleRequest(RequestModel):
             "examples": [
                 {
                     "option_id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
-                    "reason": "the site asked for a Tuesday",
+                    "reason_code": "site_request",
+                    "note": "the site asked for a Tuesday",
                 }
             ]
         }
     )
 
     option_id: UUID = Field(description="One of the case's current options")
-    reason: Annotated[str, Field(min_length=3, max_length=500)] = "moved by a coordinator"
+    reason_code: CoordinatorReason
+    note: Note | None = None
 
 
 @router.post(
@@ -509,7 +548,8 @@ def reschedule_appointment(
 ) -> AppointmentView:
     """Coordinators move a tentative or held appointment to another of the case's current options, checked
     as a booking is (working day, chair, beds, blackouts, after the product's receipt; the days it leaves
-    are free for it); it keeps its state and the site gets `slot.rescheduled` with the old and new days.
+    are free for it); it keeps its state and the site gets `slot.rescheduled` with the old and new days and
+    the reason's code (the note stays with the appointment).
     A confirmed, cancelled or infused appointment, the same days or no capacity is 409 with the reasons;
     an option that is not current, or that would start conditioning before today at the site, is 422."""
     appointment, case = _appointment_to_change(session, appointment_id, caller)
@@ -523,7 +563,8 @@ def reschedule_appointment(
             appointment,
             case,
             option,
-            body.reason,
+            body.reason_code,
+            note=body.note,
             default_buffer_hours=settings.receipt_buffer_hours,
             correlation_id=request.state.correlation_id,
             field=field,

@@ -17,22 +17,23 @@ from cgt_contracts.events import (
     FollowUpVisitOverdueData,
     InfusionRecorded,
     InfusionRecordedData,
-    SlotAtRisk,
-    SlotAtRiskData,
-    SlotCancelled,
-    SlotChangedData,
+    SlotAtRiskDataV2,
+    SlotAtRiskV2,
+    SlotCancelledV2,
+    SlotChangedDataV2,
     SlotConfirmed,
     SlotConfirmedData,
-    SlotHeld,
-    SlotHeldData,
+    SlotHeldDataV2,
+    SlotHeldV2,
     SlotOption,
     SlotOptionsOffered,
     SlotOptionsOfferedData,
     SlotProposed,
     SlotProposedData,
-    SlotRescheduled,
-    SlotRescheduledData,
-    SlotResumed,
+    SlotReasonCode,
+    SlotRescheduledDataV2,
+    SlotRescheduledV2,
+    SlotResumedV2,
     SlotRiskCause,
 )
 from sqlmodel import Session, col, select, update
@@ -189,8 +190,11 @@ def _publish(session: Session, event: EventEnvelope) -> None:
     enqueue(session, SCHEDULING, event)
 
 
-def appointment_payload(appointment: Appointment, kind: str, reason: str | None = None) -> dict[str, object]:
-    """What a treatment center receives: identifiers and dates, never patient-identifying data."""
+def appointment_payload(
+    appointment: Appointment, kind: str, reason_code: SlotReasonCode | None = None
+) -> dict[str, object]:
+    """What a treatment center receives: identifiers, dates and why as a code — never patient-identifying
+    data, never a sentence or a note (I6: the site reads those, as far as it may, from the API)."""
     return {
         "kind": kind,
         "appointment_id": str(appointment.id),
@@ -201,14 +205,16 @@ def appointment_payload(appointment: Appointment, kind: str, reason: str | None 
         "fhir_status": domain.FHIR_APPOINTMENT_STATUS[appointment.state],
         "conditioning_start_on": appointment.conditioning_start_on.isoformat(),
         "infusion_on": appointment.infusion_on.isoformat(),
-        "reason": reason,
+        "reason_code": reason_code.value if reason_code is not None else None,
         "sent_at": utc_now().isoformat(),
     }
 
 
-def notify_site(session: Session, appointment: Appointment, kind: str, reason: str | None = None) -> None:
+def notify_site(
+    session: Session, appointment: Appointment, kind: str, reason_code: SlotReasonCode | None = None
+) -> None:
     """Queue a signed webhook to each of the site's endpoints, in the same transaction as the change."""
-    payload = json.dumps(appointment_payload(appointment, kind, reason), sort_keys=True)
+    payload = json.dumps(appointment_payload(appointment, kind, reason_code), sort_keys=True)
     webhook_commands.queue_deliveries(
         session,
         site=appointment.treatment_center_id,
@@ -356,7 +362,7 @@ def _follow_eta(
             session,
             appointment,
             decision.move_to,
-            f"product delayed: new ETA {case.eta_at.isoformat()}",
+            SlotReasonCode.DELAY,
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
@@ -455,6 +461,7 @@ def book(
         state=AppointmentState.ON_HOLD if case.quarantined else AppointmentState.TENTATIVE,
         hold_reason="the shipment is quarantined" if case.quarantined else None,
         hold_cause=RiskCause.QUARANTINE.value if case.quarantined else None,
+        reason_code=SlotReasonCode.QUARANTINE.value if case.quarantined else None,
     )
     session.add(appointment)
     flag(session, case, None)
@@ -482,14 +489,16 @@ def reschedule(
     appointment: Appointment,
     case: Case,
     option: domain.SlotOption,
-    reason: str,
+    reason_code: SlotReasonCode,
     *,
+    note: str | None = None,
     default_buffer_hours: float,
     correlation_id: str,
     field: str = "option_id",
 ) -> None:
     """A coordinator moves a tentative or held appointment to other days, checked as a booking is (under
-    the same site lock: the chair and beds it leaves are not counted); the site is told."""
+    the same site lock: the chair and beds it leaves are not counted); the site is told the code, the
+    note stays with the appointment."""
     lock_appointment(session, appointment, case)
     calendar = calendar_of(session.get(Site, case.treatment_center_id))
     current = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
@@ -509,14 +518,20 @@ def reschedule(
     )
     if problems:
         raise Refused(problems)
-    move(session, appointment, option, reason, correlation_id=correlation_id, causation_id=None)
+    note_change(appointment, note)
+    move(session, appointment, option, reason_code, correlation_id=correlation_id, causation_id=None)
+
+
+def note_change(appointment: Appointment, note: str | None) -> None:
+    """A coordinator's change: their note (or none) replaces the one of their previous change."""
+    appointment.note = note
 
 
 def move(
     session: Session,
     appointment: Appointment,
     option: domain.SlotOption,
-    reason: str,
+    reason_code: SlotReasonCode,
     *,
     correlation_id: str,
     causation_id: str | None,
@@ -527,12 +542,13 @@ def move(
         option.conditioning_start_on,
         option.infusion_on,
     )
+    appointment.reason_code = reason_code.value
     _touch(session, appointment)
     _publish(
         session,
-        SlotRescheduled(
+        SlotRescheduledV2(
             **_envelope(appointment.coi, correlation_id, causation_id),
-            data=SlotRescheduledData(
+            data=SlotRescheduledDataV2(
                 appointment_id=appointment.id,
                 coi=appointment.coi,
                 treatment_center_id=appointment.treatment_center_id,
@@ -540,11 +556,11 @@ def move(
                 previous_infusion_on=previous[1],
                 conditioning_start_on=appointment.conditioning_start_on,
                 infusion_on=appointment.infusion_on,
-                reason=reason[:500],
+                reason_code=reason_code,
             ),
         ),
     )
-    notify_site(session, appointment, "slot.rescheduled", reason)
+    notify_site(session, appointment, "slot.rescheduled", reason_code)
 
 
 def confirm(
@@ -583,61 +599,95 @@ def hold(
     correlation_id: str,
     causation_id: str | None,
 ) -> None:
+    """On hold for `cause`: `reason` (scheduling's own words) stays with the appointment, the site is told
+    the code."""
     _touch(session, appointment, AppointmentState.ON_HOLD)
+    code = domain.reason_code_of(cause)
     appointment.hold_reason = reason
     appointment.hold_cause = cause.value
+    appointment.reason_code = code.value
     _publish(
         session,
-        SlotHeld(
+        SlotHeldV2(
             **_envelope(appointment.coi, correlation_id, causation_id),
-            data=SlotHeldData(
+            data=SlotHeldDataV2(
                 appointment_id=appointment.id,
                 coi=appointment.coi,
                 treatment_center_id=appointment.treatment_center_id,
-                reason=reason[:500],
+                reason_code=code,
                 held_at=utc_now(),
             ),
         ),
     )
-    notify_site(session, appointment, "slot.held", reason)
+    notify_site(session, appointment, "slot.held", code)
 
 
 def resume(
-    session: Session, appointment: Appointment, reason: str, *, correlation_id: str, causation_id: str | None
+    session: Session,
+    appointment: Appointment,
+    reason_code: SlotReasonCode,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
 ) -> None:
     _touch(session, appointment, AppointmentState.TENTATIVE)
     appointment.hold_reason = None
     appointment.hold_cause = None
+    appointment.reason_code = reason_code.value
     _publish(
         session,
-        SlotResumed(
-            **_envelope(appointment.coi, correlation_id, causation_id), data=_changed(appointment, reason)
+        SlotResumedV2(
+            **_envelope(appointment.coi, correlation_id, causation_id),
+            data=_changed(appointment, reason_code),
         ),
     )
-    notify_site(session, appointment, "slot.resumed", reason)
+    notify_site(session, appointment, "slot.resumed", reason_code)
 
 
 def cancel(
-    session: Session, appointment: Appointment, reason: str, *, correlation_id: str, causation_id: str | None
+    session: Session,
+    appointment: Appointment,
+    reason: str,
+    reason_code: SlotReasonCode,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
 ) -> None:
+    """Cancelled: `reason` (scheduling's own words) stays with the appointment, the site is told the code."""
     _touch(session, appointment, AppointmentState.CANCELLED)
     appointment.hold_reason = reason
     appointment.hold_cause = None
+    appointment.reason_code = reason_code.value
     _publish(
         session,
-        SlotCancelled(
-            **_envelope(appointment.coi, correlation_id, causation_id), data=_changed(appointment, reason)
+        SlotCancelledV2(
+            **_envelope(appointment.coi, correlation_id, causation_id),
+            data=_changed(appointment, reason_code),
         ),
     )
-    notify_site(session, appointment, "slot.cancelled", reason)
+    notify_site(session, appointment, "slot.cancelled", reason_code)
 
 
-def _changed(appointment: Appointment, reason: str) -> SlotChangedData:
-    return SlotChangedData(
+def cancel_by_coordinator(
+    session: Session,
+    appointment: Appointment,
+    reason_code: SlotReasonCode,
+    note: str | None,
+    *,
+    correlation_id: str,
+) -> None:
+    """A coordinator cancels, with a code and a note (kept with the appointment, never published)."""
+    reason = f"cancelled by a coordinator ({reason_code})"
+    cancel(session, appointment, reason, reason_code, correlation_id=correlation_id, causation_id=None)
+    note_change(appointment, note)
+
+
+def _changed(appointment: Appointment, reason_code: SlotReasonCode) -> SlotChangedDataV2:
+    return SlotChangedDataV2(
         appointment_id=appointment.id,
         coi=appointment.coi,
         treatment_center_id=appointment.treatment_center_id,
-        reason=reason[:500],
+        reason_code=reason_code,
         at=utc_now(),
     )
 
@@ -656,9 +706,7 @@ def product_delivered(
         confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 
 
-def product_released(
-    session: Session, case: Case, reason: str, *, correlation_id: str, causation_id: str | None
-) -> None:
+def product_released(session: Session, case: Case, *, correlation_id: str, causation_id: str | None) -> None:
     """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
     case.quarantined = False
     session.add(case)
@@ -667,7 +715,7 @@ def product_released(
         resume(
             session,
             appointment,
-            f"QA released the shipment: {reason}",
+            SlotReasonCode.QA_RELEASE,
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
@@ -706,7 +754,14 @@ def product_at_risk(
     if response.move_to is AppointmentState.ON_HOLD:
         hold(session, appointment, reason, cause, correlation_id=correlation_id, causation_id=causation_id)
     elif response.move_to is AppointmentState.CANCELLED:
-        cancel(session, appointment, reason, correlation_id=correlation_id, causation_id=causation_id)
+        cancel(
+            session,
+            appointment,
+            reason,
+            domain.reason_code_of(cause),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
     if response.alert:
         detail = domain.alert_detail(
             reason, before, appointment.state, started, appointment.conditioning_start_on
@@ -733,8 +788,8 @@ def raise_alert(
     correlation_id: str,
     causation_id: str | None,
 ) -> SlotAlert:
-    """An alert to the coordinators (on the worklist until one resolves it) and to the site
-    (`slot.at_risk`, by event and by webhook)."""
+    """An alert to the coordinators (on the worklist until one resolves it, with `detail`) and to the site
+    (`slot.at_risk`, by event and by webhook: the cause and the appointment's state, not the detail)."""
     started = domain.conditioning_may_have_started(
         appointment.conditioning_start_on, utc_now(), calendar.timezone
     )
@@ -749,9 +804,9 @@ def raise_alert(
     session.add(alert)
     _publish(
         session,
-        SlotAtRisk(
+        SlotAtRiskV2(
             **_envelope(appointment.coi, correlation_id, causation_id),
-            data=SlotAtRiskData(
+            data=SlotAtRiskDataV2(
                 appointment_id=appointment.id,
                 alert_id=alert.id,
                 coi=appointment.coi,
@@ -761,12 +816,11 @@ def raise_alert(
                 conditioning_start_on=appointment.conditioning_start_on,
                 infusion_on=appointment.infusion_on,
                 conditioning_may_have_started=started,
-                reason=detail[:500],
                 at=alert.raised_at,
             ),
         ),
     )
-    notify_site(session, appointment, "slot.at_risk", detail)
+    notify_site(session, appointment, "slot.at_risk", domain.reason_code_of(cause))
     log.warning("scheduling.slot_at_risk", coi=appointment.coi, cause=cause.value)
     return alert
 

@@ -14,6 +14,8 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from cgt_contracts.events import SlotReasonCode
+
 
 class AppointmentState(StrEnum):
     TENTATIVE = "tentative"
@@ -207,6 +209,34 @@ class RiskCause(StrEnum):
     QA_REJECTION = "qa_rejection"
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
+
+
+COORDINATOR_REASONS = frozenset(
+    {
+        SlotReasonCode.SITE_REQUEST,
+        SlotReasonCode.PATIENT_REQUEST,
+        SlotReasonCode.PATIENT_CONDITION,
+        SlotReasonCode.CLINICAL_DECISION,
+        SlotReasonCode.SITE_CAPACITY,
+        SlotReasonCode.DELAY,
+        SlotReasonCode.OTHER,
+    }
+)
+"""The reasons a coordinator gives for cancelling or moving an appointment; the others are the system's
+(a quarantine, a QA decision, a cancelled order), set by the events that cause them."""
+
+
+def coordinator_reason_problem(code: SlotReasonCode) -> str | None:
+    if code in COORDINATOR_REASONS:
+        return None
+    return (
+        f"is set by the system, not by a coordinator; give one of: {', '.join(sorted(COORDINATOR_REASONS))}"
+    )
+
+
+def reason_code_of(cause: RiskCause) -> SlotReasonCode:
+    """A threat's cause as the reason the site is told (the same words)."""
+    return SlotReasonCode(cause.value)
 
 
 ENDS_THE_PRODUCT = frozenset({RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED})

@@ -5,6 +5,9 @@ Cases come from orders; ETAs, deliveries and every threat to the product (quaran
 excursion, COI break, QA rejection, cancelled order) from COI tracking and order intake. Orders and
 shipments travel on different topics: a shipment event that comes before its order is parked, and applied
 once the order's case exists.
+
+Both versions of a superseded event are read (records already on the topics): a `.v1`'s free text is read
+as the code `other` and copied nowhere (I6); scheduling's own reasons are built from codes alone.
 """
 
 from __future__ import annotations
@@ -19,16 +22,25 @@ import structlog
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
     AnyEvent,
+    CancellationReasonCode,
     CoiBreak,
     OrderAccepted,
     OrderCancelled,
+    OrderCancelledV2,
+    QaDispositionDataV2,
+    QaReasonCode,
+    QuarantineReasonCode,
     ShipmentDelayed,
+    ShipmentDelayedV2,
     ShipmentDelivered,
     ShipmentDispatched,
     ShipmentLeg,
     ShipmentQuarantined,
+    ShipmentQuarantinedV2,
     ShipmentRejected,
+    ShipmentRejectedV2,
     ShipmentReleased,
+    ShipmentReleasedV2,
     TemperatureExcursion,
     parse_event,
 )
@@ -119,13 +131,15 @@ def apply_parked(session: Session, coi: str, config: Config) -> None:
         session.delete(row)
 
 
-def on_order_cancelled(session: Session, event: OrderCancelled, config: Config) -> None:
+def on_order_cancelled(session: Session, event: OrderCancelled | OrderCancelledV2, config: Config) -> None:
+    """v1 carried the coordinator's free text: it is read as `other` and its text copied nowhere (I6)."""
     case = session.get(Case, event.data.coi)
     if case is None:
         return  # no case, no appointment: nothing to park for
     commands.lock_case(session, case)
+    code = event.data.reason_code if isinstance(event, OrderCancelledV2) else CancellationReasonCode.OTHER
     commands.product_at_risk(
-        session, case, RiskCause.ORDER_CANCELLED, f"order cancelled: {event.data.reason}", **_context(event)
+        session, case, RiskCause.ORDER_CANCELLED, f"order cancelled ({code})", **_context(event)
     )
 
 
@@ -142,7 +156,7 @@ def on_shipment_dispatched(session: Session, event: ShipmentDispatched, config: 
     )
 
 
-def on_shipment_delayed(session: Session, event: ShipmentDelayed, config: Config) -> None:
+def on_shipment_delayed(session: Session, event: ShipmentDelayed | ShipmentDelayedV2, config: Config) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is None:
         return
@@ -157,10 +171,18 @@ def on_shipment_delivered(session: Session, event: ShipmentDelivered, config: Co
         commands.product_delivered(session, case, event.data.delivered_at, **_context(event))
 
 
-def on_shipment_quarantined(session: Session, event: ShipmentQuarantined, config: Config) -> None:
+def on_shipment_quarantined(
+    session: Session, event: ShipmentQuarantined | ShipmentQuarantinedV2, config: Config
+) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        commands.product_at_risk(session, case, RiskCause.QUARANTINE, event.data.reason, **_context(event))
+        codes = (
+            event.data.reason_codes
+            if isinstance(event, ShipmentQuarantinedV2)
+            else [QuarantineReasonCode.OTHER]
+        )
+        reason = f"shipment quarantined ({', '.join(codes)})"
+        commands.product_at_risk(session, case, RiskCause.QUARANTINE, reason, **_context(event))
 
 
 def on_temperature_excursion(session: Session, event: TemperatureExcursion, config: Config) -> None:
@@ -181,16 +203,25 @@ def on_coi_break(session: Session, event: CoiBreak, config: Config) -> None:
         commands.product_at_risk(session, case, RiskCause.COI_BREAK, reason, **_context(event))
 
 
-def on_shipment_released(session: Session, event: ShipmentReleased, config: Config) -> None:
-    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
-    if case is not None:
-        commands.product_released(session, case, event.data.reason, **_context(event))
+def _qa_code(event: ShipmentReleased | ShipmentReleasedV2 | ShipmentRejected | ShipmentRejectedV2) -> str:
+    return event.data.reason_code if isinstance(event.data, QaDispositionDataV2) else QaReasonCode.OTHER
 
 
-def on_shipment_rejected(session: Session, event: ShipmentRejected, config: Config) -> None:
+def on_shipment_released(
+    session: Session, event: ShipmentReleased | ShipmentReleasedV2, config: Config
+) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        reason = f"product rejected by QA: {event.data.reason}"
+        log.info("scheduling.product_released", coi=case.coi, qa_reason_code=_qa_code(event))
+        commands.product_released(session, case, **_context(event))
+
+
+def on_shipment_rejected(
+    session: Session, event: ShipmentRejected | ShipmentRejectedV2, config: Config
+) -> None:
+    case = _return_leg_case(session, event, event.data.coi, event.data.leg)
+    if case is not None:
+        reason = f"product rejected by QA ({_qa_code(event)})"
         commands.product_at_risk(session, case, RiskCause.QA_REJECTION, reason, **_context(event))
 
 
@@ -199,14 +230,19 @@ def on_shipment_rejected(session: Session, event: ShipmentRejected, config: Conf
 HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderAccepted: on_order_accepted,
     OrderCancelled: on_order_cancelled,
+    OrderCancelledV2: on_order_cancelled,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
+    ShipmentDelayedV2: on_shipment_delayed,
     ShipmentDelivered: on_shipment_delivered,
     ShipmentQuarantined: on_shipment_quarantined,
+    ShipmentQuarantinedV2: on_shipment_quarantined,
     TemperatureExcursion: on_temperature_excursion,
     CoiBreak: on_coi_break,
     ShipmentReleased: on_shipment_released,
+    ShipmentReleasedV2: on_shipment_released,
     ShipmentRejected: on_shipment_rejected,
+    ShipmentRejectedV2: on_shipment_rejected,
 }
 """Each event type scheduling reacts to, and its handler (each checks its own event's type by signature)."""
 

@@ -104,6 +104,11 @@ class Appointment(SQLModel, table=True):
     infused_on: date | None = None
     hold_cause: str | None = Field(default=None, max_length=32)
     """What holds it (a `RiskCause`: quarantine, temperature_excursion, coi_break); None when not held."""
+    reason_code: str | None = Field(default=None, max_length=32)
+    """The `SlotReasonCode` of its latest hold, move, resumption or cancellation (what the site was told)."""
+    note: str | None = Field(default=None, max_length=500)
+    """The note a coordinator gave with their latest change of it (a cancellation or a move): scheduling's
+    alone, returned with the appointment, never in an event or a webhook (I6)."""
 
 
 class FollowUpVisit(SQLModel, table=True):

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cgt_contracts.events import ShipmentQuarantinedV2
 
 from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, COURIER, OTHER_COURIER, RunningStack
@@ -213,8 +214,10 @@ async def test_a_sensor_alarm_quarantines_and_the_later_delivery_is_not_clean(
     result = (await capture(http, stack, epcis_document(alarm))).json()
     [event] = result["events"]
     assert event["outcome"] == "applied" and event["scan"]["accepted"] and event["scan"]["quarantined"]
-    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
-    assert "the temperature sensor reports 'ALARM_CONDITION'" in quarantined.data.reason  # type: ignore[union-attr]
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
+    assert "sensor_alarm" in quarantined.data.reason_codes  # type: ignore[union-attr]
+    state = await shipment_state(http, stack, shipment["id"])
+    assert "the temperature sensor reports 'ALARM_CONDITION'" in state["quarantine_reason"]
     delivery = (await capture(http, stack, epcis_document(object_event("receiving", [coi])))).json()
     assert delivery["events"][0]["scan"]["shipment_status"] == "quarantined"
     state = await shipment_state(http, stack, shipment["id"])
@@ -331,8 +334,13 @@ async def test_an_event_id_reused_with_other_content_is_a_conflict_put_before_qa
     result = (await capture(http, stack, epcis_document(warmer))).json()
     [event] = result["events"]
     assert event["outcome"] == "refused" and "captured before with different content" in event["reason"]
-    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
-    assert quarantined.data.reason  # type: ignore[union-attr]
+    await events.wait_for(
+        lambda e: (
+            isinstance(e, ShipmentQuarantinedV2)
+            and e.subject == coi
+            and "event_conflict" in e.data.reason_codes
+        )
+    )
     state = await shipment_state(http, stack, shipment["id"])
     assert "captured before with different content" in state["quarantine_reason"]
     assert "-120.0 °C" in state["quarantine_reason"], "the conflicting event's warm reading is judged too"
@@ -376,7 +384,8 @@ async def test_an_error_declaration_retracts_the_scan_and_puts_the_shipment_befo
     assert scan["retracted_at"] and scan["retraction_reason"].startswith(
         f"EPCIS error declaration retracts event {picked['eventID']} (reason: incorrect_data)"
     )
-    await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
+    assert quarantined.data.reason_codes == ["error_declaration"]  # type: ignore[union-attr]
     state = await shipment_state(http, stack, shipment["id"])
     assert (
         state["status"] == "quarantined" and "EPCIS error declaration retracts" in state["quarantine_reason"]

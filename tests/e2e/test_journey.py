@@ -86,7 +86,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     assert hook.json()["appointment_id"] == str(confirmed.data.appointment_id)  # type: ignore[union-attr]
     assert hook.json()["state"] == "confirmed"
 
-    custody = [e for e in events.of(coi) if e.type == "custody.transferred.v1"]
+    custody = [e for e in events.of(coi) if e.type == "custody.transferred.v2"]
     assert [(e.data.from_party, e.data.to_party) for e in custody] == [
         ("manufacturer:AGC-MILAN", "courier-ben"),
         ("courier-ben", "courier-cy"),
@@ -136,8 +136,8 @@ async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirme
     assert "COI break" in broken.json()["quarantine_reason"]
     coi_break = await events.wait_for(lambda e: e.type == "coi.break.v1" and e.subject == coi)
     assert coi_break.data.read_cois == [wrong]  # type: ignore[union-attr]
-    await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
-    await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
 
     delivery = await http.post(base, json=scan("delivery", [coi], location="Boston QTC"), headers=COURIER)
     assert delivery.status_code == 201
@@ -145,7 +145,7 @@ async def test_wrong_coi_quarantines_the_shipment_and_the_slot_is_never_confirme
     # A later scan on the same key is published after anything the delivery caused, in order.
     marker = await http.post(base, json=scan("receipt", [coi], location="Boston QTC"), headers=COURIER)
     marker_id = marker.json()["scan_id"]
-    await events.wait_for(lambda e: e.type == "shipment.scanned.v1" and str(e.data.scan_id) == marker_id)
+    await events.wait_for(lambda e: e.type == "shipment.scanned.v2" and str(e.data.scan_id) == marker_id)
     assert not [e for e in events.of(coi) if e.type in ("shipment.delivered.v1", "slot.confirmed.v1")]
     appointments = (
         await http.get(f"{stack.scheduling}/appointments", params={"coi": coi}, headers=COORDINATOR)

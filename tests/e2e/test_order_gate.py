@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType, ShipmentScanned
+from cgt_contracts.events import CourierScanData, CourierScanSubmitted, ScanType, ShipmentScannedV2
 
 from deploy.observe import EventLog
 from services.common.topics import COURIER_SCANS
@@ -70,22 +70,22 @@ def courier_scan(shipment: dict[str, Any], kind: ScanType, **data: Any) -> Couri
 
 
 async def refused_scan(events: EventLog, coi: str, kind: str) -> str:
-    """The refusal reason of the COI's refused scan of this kind, once published."""
+    """The refusal code of the COI's refused scan of this kind, once published."""
     event = await events.wait_for(
         lambda e: (
-            isinstance(e, ShipmentScanned)
+            isinstance(e, ShipmentScannedV2)
             and e.subject == coi
             and e.data.scan_type == kind
             and not e.data.accepted
         )
     )
-    assert isinstance(event, ShipmentScanned)
-    return event.data.refusal_reason or ""
+    assert isinstance(event, ShipmentScannedV2)
+    return event.data.refusal_code or ""
 
 
 async def refused_or_accepted_checkpoint(events: EventLog, coi: str) -> None:
     await events.wait_for(
-        lambda e: isinstance(e, ShipmentScanned) and e.subject == coi and e.data.scan_type == "checkpoint"
+        lambda e: isinstance(e, ShipmentScannedV2) and e.subject == coi and e.data.scan_type == "checkpoint"
     )
 
 
@@ -104,7 +104,7 @@ async def test_a_cancelled_orders_shipments_take_no_scan_over_http_or_kafka(
 
     cancelled = await http.post(
         f"{stack.orders}/orders/{order['id']}/cancel",
-        json={"reason": "patient withdrew"},
+        json={"reason_code": "patient_withdrew"},
         headers=COORDINATOR,
     )
     assert cancelled.status_code == 200, cancelled.text
@@ -126,7 +126,7 @@ async def test_a_cancelled_orders_shipments_take_no_scan_over_http_or_kafka(
         coi.encode(),
     )
     refused = [await refused_scan(events, coi, kind) for kind in ("checkpoint", "delivery")]
-    assert all("order was cancelled" in reason for reason in refused), refused
+    assert refused == ["order_cancelled", "order_cancelled"], refused
     after = (await shipments_of(http, stack, coi))["return"]
     assert after["status"] == "cancelled" and after["physical_status"] == "dispatched"
     assert after["custodian"] == "courier-ben" and after["delivered_at"] is None
@@ -189,9 +189,9 @@ async def test_a_return_pick_up_before_the_release_is_refused_on_kafka_too(
     returning = await shipment_for(http, stack, events, order["coi"])
     pick_up = courier_scan(returning, ScanType.PICK_UP, eta_at=datetime.now(UTC) + timedelta(days=2))
     await publish_courier_scan(stack.broker, pick_up.model_dump_json().encode(), order["coi"].encode())
-    refused = await events.wait_for(lambda e: e.type == "shipment.scanned.v1" and e.subject == order["coi"])
+    refused = await events.wait_for(lambda e: e.type == "shipment.scanned.v2" and e.subject == order["coi"])
     assert refused.data.accepted is False  # type: ignore[union-attr]
-    assert "has not released the product" in (refused.data.refusal_reason or "")  # type: ignore[union-attr]
+    assert refused.data.refusal_code == "product_not_released"  # type: ignore[union-attr]
 
 
 async def test_an_idempotency_key_answers_a_scan_or_a_logger_batch_as_the_first_time(
@@ -254,5 +254,5 @@ async def test_the_same_scan_sent_twice_without_a_key_is_stored_once_over_http_a
     scans = (await http.get(f"{base}/scans", headers=COORDINATOR)).json()
     assert [s["scan_type"] for s in scans] == ["pick_up", "checkpoint"], scans
     await refused_or_accepted_checkpoint(events, coi)
-    published = [e for e in events.of(coi) if isinstance(e, ShipmentScanned)]
+    published = [e for e in events.of(coi) if isinstance(e, ShipmentScannedV2)]
     assert len({e.data.scan_id for e in published}) == len(published) == 2

@@ -201,9 +201,9 @@ async def test_a_rejected_order_lists_every_failed_check_and_says_so_on_the_bus(
     assert reason_codes(order) == expected
     assert all(reason["message"] for reason in order["rejection_reasons"])
     rejected = await events.wait_for(
-        lambda e: e.type == "order.rejected.v1" and str(e.data.order_id) == order["id"]
+        lambda e: e.type == "order.rejected.v2" and str(e.data.order_id) == order["id"]
     )
-    assert {r.code for r in rejected.data.reasons} == expected  # type: ignore[union-attr]
+    assert set(rejected.data.reason_codes) == expected  # type: ignore[union-attr]
 
 
 async def test_a_second_active_order_for_the_same_patient_is_refused_however_their_ref_is_spelled(
@@ -228,7 +228,9 @@ async def test_a_second_active_order_for_the_same_patient_is_refused_however_the
         assert patient["medical_record_number"].lower() not in refused.text.lower()
         assert patient["date_of_birth"] not in refused.text
     cancelled = await http.post(
-        f"{stack.orders}/orders/{first['id']}/cancel", json={"reason": "re-ordered"}, headers=COORDINATOR
+        f"{stack.orders}/orders/{first['id']}/cancel",
+        json={"reason_code": "duplicate_order"},
+        headers=COORDINATOR,
     )
     assert cancelled.status_code == 200
     third = await post_order(http, stack, order_body(patient=respelled))  # a cancelled order does not block
@@ -384,26 +386,30 @@ async def test_shipment_events_move_the_order_and_cancellation_stops_at_infusion
         "status"
     ] == "infused"
     late = await http.post(
-        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason": "too late"}, headers=COORDINATOR
+        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason_code": "other"}, headers=COORDINATOR
     )
     assert late.status_code == 409
 
 
-async def test_cancellation_records_reason_who_and_when_and_is_published(
+async def test_cancellation_records_reason_who_and_when_and_publishes_the_code(
     stack: RunningStack, http: httpx.AsyncClient, events: EventLog
 ) -> None:
     order = await place_accepted_order(http, stack)
     cancelled = await http.post(
         f"{stack.orders}/orders/{order['id']}/cancel",
-        json={"reason": "patient withdrew consent"},
+        json={"reason_code": "patient_withdrew", "note": "withdrew consent by phone"},
         headers=COORDINATOR,
     )
     body = cancelled.json()
     assert body["status"] == "cancelled" and body["cancelled_by"] == "coord-ana" and body["cancelled_at"]
-    event = await events.wait_for(lambda e: e.type == "order.cancelled.v1" and e.subject == order["coi"])
-    assert event.data.reason == "patient withdrew consent"  # type: ignore[union-attr]
+    assert (body["cancelled_reason_code"], body["cancelled_note"]) == (
+        "patient_withdrew",
+        "withdrew consent by phone",
+    )
+    event = await events.wait_for(lambda e: e.type == "order.cancelled.v2" and e.subject == order["coi"])
+    assert event.data.reason_code == "patient_withdrew"  # type: ignore[union-attr]
     again = await http.post(
-        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason": "twice"}, headers=COORDINATOR
+        f"{stack.orders}/orders/{order['id']}/cancel", json={"reason_code": "other"}, headers=COORDINATOR
     )
     assert again.status_code == 409
 

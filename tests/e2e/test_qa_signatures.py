@@ -37,7 +37,8 @@ async def quarantined_shipment(http: httpx.AsyncClient, stack: RunningStack, eve
 def release(pin: str) -> dict[str, Any]:
     return {
         "decision": "release",
-        "reason": "logger spike during courier swap; product probe stayed below -150 °C",
+        "reason_code": "product_within_limits",
+        "note": "logger spike during courier swap; product probe stayed below -150 °C",
         "meaning": "approval",
         "signing_pin": pin,
     }
@@ -109,7 +110,7 @@ async def test_a_disposition_is_signed_only_with_the_signers_pin(
     assert signed.status_code == 201, signed.text
     assert signed.json()["signer_id"] == "qa-jr" and "signing_pin" not in signed.json()
     released = await events.wait_for(
-        lambda e: e.type == "shipment.released.v1" and str(e.data.shipment_id) == shipment
+        lambda e: e.type == "shipment.released.v2" and str(e.data.shipment_id) == shipment
     )
     ledger = (await http.get(f"{stack.tracking}/shipments/{shipment}/ledger", headers=QA)).json()
     published = released.model_dump_json()

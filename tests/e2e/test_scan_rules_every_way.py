@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cgt_contracts.events import CourierScanDataV2, CourierScanSubmittedV2, ScanType
+from cgt_contracts.events import CourierScanDataV2, CourierScanSubmittedV2, ScanType, ShipmentScannedV2
 
 from deploy.observe import EventLog
 from tests.e2e.conftest import COORDINATOR, RunningStack
@@ -32,7 +32,7 @@ COURIERS = {
     "courier-cy": ("Bearer dev-courier2-token", "CRYO-EXPRESS"),
 }
 RULE_LOCATION = "urn:epc:id:sgln:4012345.00099.0"
-"""The location of the scan under test: its `shipment.scanned` event is told from the set-up's by it."""
+"""The location of the scan under test: its record is told from the set-up's by it (no event carries it)."""
 SET_UP_LOCATION = "urn:epc:id:sgln:4012345.00001.0"
 SEAL = "SEAL-RULES-1"
 EPCIS_STEPS = {
@@ -269,11 +269,11 @@ async def prepared_shipment(
     if rule.cancelled:
         cancelled = await http.post(
             f"{stack.orders}/orders/{order['id']}/cancel",
-            json={"reason": "patient withdrew"},
+            json={"reason_code": "patient_withdrew"},
             headers=COORDINATOR,
         )
         assert cancelled.status_code == 200, cancelled.text
-        await events.wait_for(lambda e: e.type == "order.cancelled.v1" and e.subject == order["coi"])
+        await events.wait_for(lambda e: e.type == "order.cancelled.v2" and e.subject == order["coi"])
         await wait_for_status(http, stack, shipment["id"], "cancelled")
     return shipment
 
@@ -290,11 +290,28 @@ async def wait_for_status(
     raise AssertionError(f"shipment {shipment_id} never became {status}")
 
 
-async def scan_under_test(events: EventLog, coi: str) -> Any:
-    """The `shipment.scanned` event of the scan under test (told from the set-up's by its location)."""
-    return await events.wait_for(
-        lambda e: e.type == "shipment.scanned.v1" and e.subject == coi and e.data.location == RULE_LOCATION
+async def scan_under_test(
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, shipment: dict[str, Any]
+) -> tuple[dict[str, Any], ShipmentScannedV2]:
+    """The scan under test as COI tracking keeps it (told from the set-up's by its location, which stays
+    there) and its `shipment.scanned` event: the event's code agrees with the record's verdict."""
+    url = f"{stack.tracking}/shipments/{shipment['id']}/scans"
+    for _ in range(600):
+        found = [
+            s for s in (await http.get(url, headers=COORDINATOR)).json() if s["location"] == RULE_LOCATION
+        ]
+        if found:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the scan under test of {shipment['id']} was never stored")
+    record = found[0]
+    event = await events.wait_for(
+        lambda e: isinstance(e, ShipmentScannedV2) and str(e.data.scan_id) == record["id"]
     )
+    assert isinstance(event, ShipmentScannedV2) and event.data.accepted == record["accepted"]
+    assert (event.data.refusal_code is None) == (record["refusal_reason"] is None), (record, event)
+    return record, event
 
 
 async def decision_on(
@@ -304,8 +321,8 @@ async def decision_on(
     await WAYS[way](http, stack, shipment, rule.send)
     accepted, reason = True, ""
     if way != "readings":
-        scanned = await scan_under_test(events, shipment["coi"])
-        accepted, reason = scanned.data.accepted, scanned.data.refusal_reason or ""
+        record, _ = await scan_under_test(http, stack, events, shipment)
+        accepted, reason = record["accepted"], record["refusal_reason"] or ""
     read = (await http.get(f"{stack.tracking}/shipments/{shipment['id']}", headers=COORDINATOR)).json()
     return Decision(accepted, reason, read["status"], read["quarantine_reason"] or "")
 
@@ -337,7 +354,7 @@ async def test_the_custody_ledger_never_names_a_refused_taker(
     for way in rule.ways:
         shipment = await prepared_shipment(http, stack, events, rule)
         await WAYS[way](http, stack, shipment, rule.send)
-        await scan_under_test(events, shipment["coi"])
+        await scan_under_test(http, stack, events, shipment)
         ledger = (
             await http.get(f"{stack.tracking}/shipments/{shipment['id']}/ledger", headers=COORDINATOR)
         ).json()

@@ -232,14 +232,14 @@ async def test_a_delay_moves_the_tentative_slot_and_tells_the_site(
     assert (
         await http.post(f"{stack.tracking}/shipments/{shipment}/scans", json=delay, headers=COURIER)
     ).json()["accepted"]
-    moved = await events.wait_for(lambda e: e.type == "slot.rescheduled.v1" and e.subject == coi)
+    moved = await events.wait_for(lambda e: e.type == "slot.rescheduled.v2" and e.subject == coi)
     assert str(moved.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
     assert moved.data.conditioning_start_on >= (new_eta + timedelta(hours=24)).date()  # type: ignore[union-attr]
     hook = webhook_listener.wait_for(
         lambda h: h.json()["kind"] == "slot.rescheduled" and h.json()["coi"] == coi
     )
     assert hook.json()["conditioning_start_on"] == moved.data.conditioning_start_on.isoformat()  # type: ignore[union-attr]
-    assert "product delayed" in hook.json()["reason"]
+    assert hook.json()["reason_code"] == "delay" and moved.data.reason_code == "delay"  # type: ignore[union-attr]
     appointment = (
         await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
     ).json()
@@ -297,13 +297,13 @@ async def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(
     item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "at_risk")
     assert "conditioning may have started" in item["detail"] and item["alert_id"]
     hook = webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.at_risk" and h.json()["coi"] == coi)
-    assert "clinical decision needed" in hook.json()["reason"]
+    assert hook.json()["reason_code"] == "delay" and "reason" not in hook.json()
     unchanged = (
         await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)
     ).json()
     assert unchanged["conditioning_start_on"] == moved_back["conditioning_start_on"]
     assert unchanged["state"] == "tentative"
-    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v1"]
+    assert not [e for e in events.of(coi) if e.type == "slot.rescheduled.v2"]
 
 
 async def test_a_quarantine_after_confirmation_reaches_the_site_and_stays_on_the_worklist(
@@ -326,10 +326,10 @@ async def test_a_quarantine_after_confirmation_reaches_the_site_and_stays_on_the
         scans, json=scan("receipt", [coi], location="QTC", temperature=-120.0), headers=COURIER
     )
     assert warm.json()["quarantined"] is True, warm.text
-    at_risk = await events.wait_for(lambda e: e.type == "slot.at_risk.v1" and e.subject == coi)
+    at_risk = await events.wait_for(lambda e: e.type == "slot.at_risk.v2" and e.subject == coi)
     assert at_risk.data.appointment_state == "on_hold" and str(at_risk.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
     hook = webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.at_risk" and h.json()["coi"] == coi)
-    assert hook.json()["state"] == "on_hold" and "must not start conditioning" in hook.json()["reason"]
+    assert hook.json()["state"] == "on_hold" and hook.json()["reason_code"] == at_risk.data.cause  # type: ignore[union-attr]
     assert webhook_listener.wait_for(lambda h: h.json()["kind"] == "slot.held" and h.json()["coi"] == coi)
     held = (await http.get(f"{stack.scheduling}/appointments/{booked['id']}", headers=COORDINATOR)).json()
     assert held["state"] == "on_hold" and held["hold_cause"] in ("temperature_excursion", "quarantine")
@@ -377,30 +377,43 @@ async def test_a_coordinator_reschedules_a_tentative_appointment_and_the_site_is
     later = options[1]
     move = f"{stack.scheduling}/appointments/{booked['id']}/reschedule"
 
-    not_offered = await http.post(move, json={"option_id": str(uuid.uuid4())}, headers=COORDINATOR)
+    not_offered = await http.post(
+        move, json={"option_id": str(uuid.uuid4()), "reason_code": "site_request"}, headers=COORDINATOR
+    )
     assert not_offered.status_code == 422
     assert [e["pointer"] for e in not_offered.json()["errors"]] == ["/option_id"]
     moved = await http.post(
         move,
-        json={"option_id": later["option_id"], "reason": "the site asked for a later day"},
+        json={
+            "option_id": later["option_id"],
+            "reason_code": "site_request",
+            "note": "the site asked for a later day",
+        },
         headers=COORDINATOR,
     )
     assert moved.status_code == 200, moved.text
     assert moved.json()["conditioning_start_on"] == later["conditioning_start_on"]
     assert moved.json()["state"] == "tentative" and moved.json()["version"] > booked["version"]
-    event = await events.wait_for(lambda e: e.type == "slot.rescheduled.v1" and e.subject == coi)
+    assert (moved.json()["reason_code"], moved.json()["note"]) == (
+        "site_request",
+        "the site asked for a later day",
+    )
+    event = await events.wait_for(lambda e: e.type == "slot.rescheduled.v2" and e.subject == coi)
     assert event.data.previous_conditioning_start_on.isoformat() == booked["conditioning_start_on"]  # type: ignore[union-attr]
     hook = webhook_listener.wait_for(
         lambda h: h.json()["kind"] == "slot.rescheduled" and h.json()["coi"] == coi
     )
     assert hook.json()["conditioning_start_on"] == later["conditioning_start_on"]
-    assert hook.json()["reason"] == "the site asked for a later day"
+    assert hook.json()["reason_code"] == "site_request" and b"the site asked" not in hook.body
+    assert event.data.reason_code == "site_request"  # type: ignore[union-attr]
 
     await http.post(
         f"{stack.tracking}/shipments/{shipment}/scans", json=scan("delivery", [coi]), headers=COURIER
     )
     await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
-    confirmed = await http.post(move, json={"option_id": options[0]["option_id"]}, headers=COORDINATOR)
+    confirmed = await http.post(
+        move, json={"option_id": options[0]["option_id"], "reason_code": "site_request"}, headers=COORDINATOR
+    )
     assert confirmed.status_code == 409 and confirmed.json()["reasons"] == [
         "an appointment that is confirmed cannot be moved"
     ]
@@ -654,11 +667,13 @@ async def test_a_cancelled_order_cancels_its_appointment(
     booked = await book_first_option(http, stack, events, coi)
     order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id
     cancelled = await http.post(
-        f"{stack.orders}/orders/{order_id}/cancel", json={"reason": "patient unwell"}, headers=COORDINATOR
+        f"{stack.orders}/orders/{order_id}/cancel",
+        json={"reason_code": "patient_ineligible"},
+        headers=COORDINATOR,
     )
     assert cancelled.status_code == 200
-    event = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
-    assert str(event.data.appointment_id) == booked["id"] and "patient unwell" in event.data.reason  # type: ignore[union-attr]
+    event = await events.wait_for(lambda e: e.type == "slot.cancelled.v2" and e.subject == coi)
+    assert str(event.data.appointment_id) == booked["id"] and event.data.reason_code == "order_cancelled"  # type: ignore[union-attr]
 
 
 async def test_a_shipment_event_that_overtakes_its_order_is_parked_then_applied(

@@ -60,9 +60,9 @@ async def test_every_scan_is_stored_and_a_refused_one_is_explained_and_published
     assert early.json()["accepted"] is False
     assert "cannot follow a shipment that is planned" in early.json()["refusal_reason"]
     published = await events.wait_for(
-        lambda e: e.type == "shipment.scanned.v1" and str(e.data.scan_id) == early.json()["scan_id"]
+        lambda e: e.type == "shipment.scanned.v2" and str(e.data.scan_id) == early.json()["scan_id"]
     )
-    assert published.data.accepted is False and published.data.refusal_reason  # type: ignore[union-attr]
+    assert published.data.accepted is False and published.data.refusal_code == "out_of_sequence"  # type: ignore[union-attr]
     stored = (await http.get(f"{stack.tracking}/shipments/{shipment}/scans", headers=COORDINATOR)).json()
     assert [(s["scan_type"], s["accepted"]) for s in stored] == [("delivery", False)]
 
@@ -111,7 +111,7 @@ async def test_a_warm_logger_reading_quarantines_and_the_series_reads_back(
     assert result.json()["quarantined"] is True and "-140.0 °C" in result.json()["excursions"][0]
     excursion = await events.wait_for(lambda e: e.type == "temperature.excursion.v1" and e.subject == coi)
     assert excursion.data.reading_celsius == -140.0  # type: ignore[union-attr]
-    await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
     series = (await http.get(f"{base}/readings", headers=COORDINATOR)).json()
     assert [r["celsius"] for r in series if r["source"] == "logger:LG-7"] == [-185.0, -182.0, -140.0, -181.0]
 
@@ -199,8 +199,9 @@ async def test_a_delay_scan_publishes_the_new_eta(
         base, json=scan("delay", [coi], location="Frankfurt hub", eta_at=new_eta.isoformat()), headers=COURIER
     )
     assert delayed.json()["accepted"] and delayed.json()["shipment_status"] == "in_transit"
-    event = await events.wait_for(lambda e: e.type == "shipment.delayed.v1" and e.subject == coi)
+    event = await events.wait_for(lambda e: e.type == "shipment.delayed.v2" and e.subject == coi)
     assert event.data.eta_at == new_eta and event.data.previous_eta_at is not None  # type: ignore[union-attr]
+    assert str(event.data.scan_id) == delayed.json()["scan_id"]  # type: ignore[union-attr]
     read = (await http.get(f"{stack.tracking}/shipments/{shipment}", headers=COORDINATOR)).json()
     assert datetime.fromisoformat(read["eta_at"].replace("Z", "+00:00")) == new_eta
 
@@ -219,13 +220,14 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
         f"{base}/scans", json=scan("checkpoint", [coi], temperature=-120.0), headers=COURIER
     )
     assert warm.json()["quarantined"] is True
-    await events.wait_for(lambda e: e.type == "slot.held.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
     delivered = await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)
     assert delivered.json()["shipment_status"] == "quarantined"
 
     disposition = {
         "decision": "release",
-        "reason": "logger spike during courier swap; product probe stayed below -150 °C",
+        "reason_code": "product_within_limits",
+        "note": "logger spike during courier swap; product probe stayed below -150 °C",
         "meaning": "approval",
         "signing_pin": DEV_QA_SIGNING_PIN,
     }
@@ -237,9 +239,12 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
         signature["signer_printed_name"] == "J. Rivera (QA)"
         and signature["meaning"] == "approval"
         and signature["signed_at"]
+        and signature["reason_code"] == "product_within_limits"
+        and signature["note"] == disposition["note"]
     )
-    released = await events.wait_for(lambda e: e.type == "shipment.released.v1" and e.subject == coi)
+    released = await events.wait_for(lambda e: e.type == "shipment.released.v2" and e.subject == coi)
     assert released.data.signer_id == "qa-jr"  # type: ignore[union-attr]
+    assert released.data.reason_code == "product_within_limits"  # type: ignore[union-attr]
     confirmed_delivery = await events.wait_for(
         lambda e: e.type == "shipment.delivered.v1" and e.subject == coi
     )
@@ -254,6 +259,7 @@ async def test_a_qa_release_lets_a_quarantined_delivery_be_confirmed(
         release_entry["kind"] == "release"
         and "J. Rivera" in release_entry["signer"]
         and release_entry["meaning"] == "approval"
+        and release_entry["reason"] == f"product_within_limits: {disposition['note']}"
     )
     again = await http.post(f"{base}/dispositions", json=disposition, headers=QA)
     assert again.status_code == 409
@@ -265,18 +271,18 @@ async def test_a_qa_release_before_delivery_resumes_the_slot_and_the_delivery_co
     coi, shipment = await new_return_shipment(http, stack, events)
     base = f"{stack.tracking}/shipments/{shipment}"
     await http.post(f"{base}/scans", json=scan("pick_up", [coi], temperature=-100.0), headers=COURIER)
-    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == coi)
+    quarantined = await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == coi)
     await wait_committed(stack.kafka, "scheduling", *events.positions[str(quarantined.id)])
     booked = await book_first_option(http, stack, events, coi)
     assert booked["state"] == "on_hold"  # booked while the shipment is quarantined: held at once
     release = {
         "decision": "release",
-        "reason": "reading from a probe outside the shipper, confirmed",
+        "reason_code": "logger_fault",
         "meaning": "approval",
         "signing_pin": DEV_QA_SIGNING_PIN,
     }
     assert (await http.post(f"{base}/dispositions", json=release, headers=QA)).status_code == 201
-    released = await events.wait_for(lambda e: e.type == "shipment.released.v1" and e.subject == coi)
+    released = await events.wait_for(lambda e: e.type == "shipment.released.v2" and e.subject == coi)
     topic, partition, offset = events.positions[str(released.id)]
     await wait_committed(stack.kafka, "scheduling", topic, partition, offset)
     appointment = (
@@ -297,7 +303,8 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
     booked = await book_first_option(http, stack, events, coi)
     not_quarantined_yet = {
         "decision": "reject",
-        "reason": "the product thawed in transit",
+        "reason_code": "temperature_compromised",
+        "note": "the product thawed in transit",
         "meaning": "rejection",
         "signing_pin": DEV_QA_SIGNING_PIN,
     }
@@ -309,13 +316,20 @@ async def test_a_qa_rejection_stops_the_shipment_and_cancels_the_slot(
     assert free_text.status_code == 422
     contrary = await http.post(f"{base}/dispositions", json={**unsaid, "meaning": "approval"}, headers=QA)
     assert contrary.status_code == 409 and "meaning rejection, not approval" in contrary.json()["detail"]
+    # The reason too is a code its decision can give: a rejection is not justified by a logger fault.
+    unjustified = await http.post(
+        f"{base}/dispositions", json={**not_quarantined_yet, "reason_code": "logger_fault"}, headers=QA
+    )
+    assert unjustified.status_code == 422
+    assert [e["pointer"] for e in unjustified.json()["errors"]] == ["/reason_code"]
     signed = await http.post(f"{base}/dispositions", json=not_quarantined_yet, headers=QA)
     assert signed.status_code == 201 and signed.json()["meaning"] == "rejection"
-    await events.wait_for(lambda e: e.type == "shipment.rejected.v1" and e.subject == coi)
+    rejected = await events.wait_for(lambda e: e.type == "shipment.rejected.v2" and e.subject == coi)
+    assert rejected.data.reason_code == "temperature_compromised"  # type: ignore[union-attr]
     after = (await http.post(f"{base}/scans", json=scan("delivery", [coi]), headers=COURIER)).json()
     assert after["accepted"] is False and "rejected" in after["refusal_reason"]
     assert not [e for e in events.of(coi) if e.type == "shipment.delivered.v1"]
-    cancelled = await events.wait_for(lambda e: e.type == "slot.cancelled.v1" and e.subject == coi)
+    cancelled = await events.wait_for(lambda e: e.type == "slot.cancelled.v2" and e.subject == coi)
     assert str(cancelled.data.appointment_id) == booked["id"]  # type: ignore[union-attr]
 
 
@@ -325,7 +339,8 @@ async def test_a_qa_disposition_needs_a_quarantined_shipment(
     _, shipment = await new_return_shipment(http, stack, events)
     body = {
         "decision": "release",
-        "reason": "nothing to release here",
+        "reason_code": "other",
+        "note": "nothing to release here",
         "meaning": "approval",
         "signing_pin": DEV_QA_SIGNING_PIN,
     }
@@ -514,7 +529,7 @@ async def test_each_collection_travels_fresh_to_manufacturing_with_its_din(
     ).json()
     assert frozen["quarantined"] and "below the minimum of 2.0" in frozen["quarantine_reason"]
     # The outbound leg's events do not touch the infusion slot (none is proposed for it).
-    await events.wait_for(lambda e: e.type == "shipment.quarantined.v1" and e.subject == order["coi"])
+    await events.wait_for(lambda e: e.type == "shipment.quarantined.v2" and e.subject == order["coi"])
 
 
 async def test_scans_published_by_a_couriers_system_on_kafka_are_applied_once(

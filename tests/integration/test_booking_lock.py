@@ -16,6 +16,7 @@ from cgt_contracts.events import (
     ShipmentDeliveredData,
     ShipmentQuarantined,
     ShipmentQuarantinedData,
+    SlotReasonCode,
 )
 from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
@@ -200,7 +201,9 @@ def cancellation_then_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) 
     coordinator = Principal(subject="coordinator-a", role=Role.COORDINATOR)
     with session_factory(engine)() as session:
         appointment, _ = api._appointment_to_change(session, appointment_id, coordinator)
-        commands.cancel(session, appointment, "patient unwell", correlation_id="cancel", causation_id=None)
+        commands.cancel_by_coordinator(
+            session, appointment, SlotReasonCode.PATIENT_CONDITION, "patient unwell", correlation_id="cancel"
+        )
         session.flush()  # the cancellation is written (its row locked) before the delivery comes
         contender.arrive(or_waiting=a_session_waits_on_a_lock)
         session.commit()

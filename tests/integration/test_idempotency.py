@@ -230,7 +230,9 @@ def test_another_sites_order_is_the_same_404_as_a_missing_one(engine: Engine, cl
     }
     for path in ("history", "collections"):
         assert client.get(f"/orders/{denver.json()['id']}/{path}", headers=CENTER).status_code == 404
-    cancel = client.post(f"/orders/{denver.json()['id']}/cancel", json={"reason": "not ours"}, headers=CENTER)
+    cancel = client.post(
+        f"/orders/{denver.json()['id']}/cancel", json={"reason_code": "other"}, headers=CENTER
+    )
     assert cancel.status_code == 404 and cancel.json()["detail"] == missing.json()["detail"]
 
 

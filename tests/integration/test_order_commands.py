@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from cgt_contracts.events import (
     AnyEvent,
+    CancellationReasonCode,
     InfusionRecorded,
     InfusionRecordedData,
     ShipmentDelivered,
@@ -44,6 +45,9 @@ from tests.support.orders import (
 from tests.support.races import Contender
 
 NOW = datetime.now(UTC)
+OTHER = CancellationReasonCode.OTHER
+WITHDREW = CancellationReasonCode.PATIENT_WITHDREW
+DUPLICATE = CancellationReasonCode.DUPLICATE_ORDER
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -92,12 +96,16 @@ def test_an_order_failing_checks_is_rejected_with_every_reason_keyed_by_its_id(e
     order = place(engine, a_new_order(treatment_center_id=UNCERTIFIED_SITE, eligibility_attested=False))
     assert order.status is OrderStatus.REJECTED and order.coi is None
     [(kind, data)] = outbox(engine, commands.order_subject(order.id))
-    assert kind == "order.rejected.v1"
-    assert {r["code"] for r in data["reasons"]} == {
+    assert kind == "order.rejected.v2"
+    assert set(data["reason_codes"]) == {
         "site_not_certified",
         "prescriber_not_at_site",
         "eligibility_not_attested",
     }
+    assert "message" not in json.dumps(data), "the messages stay with the order"
+    assert {r["code"] for r in json.loads(stored(engine, order.id).rejection_reasons or "[]")} == set(
+        data["reason_codes"]
+    )
 
 
 def test_a_treatment_center_orders_only_for_its_own_site_and_nothing_is_written(engine: Engine) -> None:
@@ -115,7 +123,7 @@ def test_another_sites_order_is_not_found_exactly_like_a_missing_one(engine: Eng
         with pytest.raises(commands.OrderNotFound) as missing:
             commands.visible_order(session, uuid.uuid4(), SEATTLE_DESK.site_scope)
         with pytest.raises(commands.OrderNotFound):
-            commands.cancel_order(session, order.id, "not yours", SEATTLE_DESK, "c")
+            commands.cancel_order(session, order.id, OTHER, "not yours", SEATTLE_DESK, "c")
         assert commands.visible_order(session, order.id, BOSTON_DESK.site_scope).id == order.id
     assert str(elsewhere.value) == str(missing.value) == "no such order"
     assert stored(engine, order.id).status is OrderStatus.ACCEPTED
@@ -142,17 +150,24 @@ def test_every_list_filter_given_is_applied_within_the_callers_scope(engine: Eng
 def test_a_cancellation_records_why_who_and_when_once(engine: Engine) -> None:
     order = place(engine)
     with session_factory(engine)() as session:
-        commands.cancel_order(session, order.id, "patient withdrew", BOSTON_DESK, "c")
+        commands.cancel_order(session, order.id, WITHDREW, "moved abroad", BOSTON_DESK, "c")
         session.commit()
     cancelled = stored(engine, order.id)
     assert cancelled.status is OrderStatus.CANCELLED
-    assert (cancelled.cancelled_reason, cancelled.cancelled_by) == ("patient withdrew", BOSTON_DESK.subject)
-    assert [kind for kind, _ in outbox(engine, order.coi)] == ["order.accepted.v1", "order.cancelled.v1"]
+    assert (cancelled.cancelled_reason_code, cancelled.cancelled_reason, cancelled.cancelled_by) == (
+        "patient_withdrew",
+        "moved abroad",
+        BOSTON_DESK.subject,
+    )
+    published = outbox(engine, order.coi)
+    assert [kind for kind, _ in published] == ["order.accepted.v1", "order.cancelled.v2"]
+    assert published[1][1]["reason_code"] == "patient_withdrew"
+    assert "moved abroad" not in json.dumps(published), "the note stays with the order (I6)"
     with (
         session_factory(engine)() as session,
         pytest.raises(commands.Refused, match="cannot become cancelled"),
     ):
-        commands.cancel_order(session, order.id, "twice", COORDINATOR, "c")
+        commands.cancel_order(session, order.id, OTHER, None, COORDINATOR, "c")
 
 
 @pytest.mark.parametrize(
@@ -354,7 +369,7 @@ def test_a_second_active_order_for_the_same_patient_under_another_ref_is_refused
     )
     assert orders_of_patient(engine, match_of(first)) == [(OrderStatus.ACCEPTED, first.patient_ref)]
     with session_factory(engine)() as session:
-        commands.cancel_order(session, placed.id, "re-ordered", COORDINATOR, "c")
+        commands.cancel_order(session, placed.id, DUPLICATE, None, COORDINATOR, "c")
         session.commit()
     assert place(engine, again).status is OrderStatus.ACCEPTED  # a cancelled order does not block
 

@@ -20,15 +20,23 @@ from typing import Any
 import pytest
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import (
+    CancellationReasonCode,
     CoiBreak,
     CoiBreakData,
     OrderAccepted,
     OrderAcceptedData,
     OrderCancelled,
     OrderCancelledData,
+    OrderCancelledDataV2,
+    OrderCancelledV2,
     QaDispositionData,
+    QaDispositionDataV2,
+    QaReasonCode,
+    QuarantineReasonCode,
     ShipmentDelayed,
     ShipmentDelayedData,
+    ShipmentDelayedDataV2,
+    ShipmentDelayedV2,
     ShipmentDelivered,
     ShipmentDeliveredData,
     ShipmentDispatched,
@@ -36,8 +44,13 @@ from cgt_contracts.events import (
     ShipmentLeg,
     ShipmentQuarantined,
     ShipmentQuarantinedData,
+    ShipmentQuarantinedDataV2,
+    ShipmentQuarantinedV2,
     ShipmentRejected,
+    ShipmentRejectedV2,
     ShipmentReleased,
+    ShipmentReleasedV2,
+    SlotReasonCode,
     TemperatureExcursion,
     TemperatureExcursionData,
 )
@@ -96,7 +109,8 @@ def in_days(days: float) -> datetime:
 
 
 class Patient:
-    """One case's events, as order intake and COI tracking publish them."""
+    """One case's events, as order intake and COI tracking publish them (`*_v1`: as they published them
+    before reason codes; such records are still on the topics)."""
 
     def __init__(self) -> None:
         self.coi = coi_identifier("W4321", 2026, uuid.uuid4().int % SEQUENCE_CAPACITY)
@@ -127,9 +141,15 @@ class Patient:
         data = ShipmentDispatchedData(**self._about(), dispatched_at=datetime.now(UTC), eta_at=eta)
         return ShipmentDispatched(**self._head(), data=data)
 
-    def delayed(self, eta: datetime) -> ShipmentDelayed:
+    def delayed(self, eta: datetime) -> ShipmentDelayedV2:
+        data = ShipmentDelayedDataV2(
+            **self._about(), scan_id=uuid.uuid4(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta
+        )
+        return ShipmentDelayedV2(**self._head(), data=data)
+
+    def delayed_v1(self, eta: datetime, location: str = "Customs") -> ShipmentDelayed:
         data = ShipmentDelayedData(
-            **self._about(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta, location="Customs"
+            **self._about(), leg=ShipmentLeg.RETURN, previous_eta_at=None, eta_at=eta, location=location
         )
         return ShipmentDelayed(**self._head(), data=data)
 
@@ -143,7 +163,16 @@ class Patient:
         )
         return ShipmentDelivered(**self._head(), data=data)
 
-    def quarantined(self, reason: str = "temperature excursion at receipt") -> ShipmentQuarantined:
+    def quarantined(self, *codes: QuarantineReasonCode) -> ShipmentQuarantinedV2:
+        data = ShipmentQuarantinedDataV2(
+            **self._about(),
+            leg=ShipmentLeg.RETURN,
+            reason_codes=list(codes or [QuarantineReasonCode.TEMPERATURE_EXCURSION]),
+            quarantined_at=datetime.now(UTC),
+        )
+        return ShipmentQuarantinedV2(**self._head(), data=data)
+
+    def quarantined_v1(self, reason: str = "temperature excursion at receipt") -> ShipmentQuarantined:
         data = ShipmentQuarantinedData(**self._about(), reason=reason, quarantined_at=datetime.now(UTC))
         return ShipmentQuarantined(**self._head(), data=data)
 
@@ -167,30 +196,51 @@ class Patient:
         )
         return CoiBreak(**self._head(), data=data)
 
-    def _disposition(self, reason: str) -> QaDispositionData:
-        return QaDispositionData(
+    def _signature(self) -> dict[str, Any]:
+        return {
             **self._about(),
-            leg=ShipmentLeg.RETURN,
-            disposition_id=uuid.uuid4(),
-            signer_id="qa-jr",
-            signer_printed_name="J. Rivera (QA)",
-            signed_at=datetime.now(UTC),
-            meaning="approval",
-            reason=reason,
-            ledger_sequence=3,
+            "leg": ShipmentLeg.RETURN,
+            "disposition_id": uuid.uuid4(),
+            "signer_id": "qa-jr",
+            "signer_printed_name": "J. Rivera (QA)",
+            "signed_at": datetime.now(UTC),
+            "meaning": "approval",
+            "ledger_sequence": 3,
+        }
+
+    def released(self, code: QaReasonCode = QaReasonCode.PRODUCT_WITHIN_LIMITS) -> ShipmentReleasedV2:
+        return ShipmentReleasedV2(
+            **self._head(), data=QaDispositionDataV2(**self._signature(), reason_code=code)
         )
 
-    def released(self) -> ShipmentReleased:
-        return ShipmentReleased(**self._head(), data=self._disposition("probe stayed below -150 °C"))
+    def rejected(self, code: QaReasonCode = QaReasonCode.CONTAINER_COMPROMISED) -> ShipmentRejectedV2:
+        return ShipmentRejectedV2(
+            **self._head(), data=QaDispositionDataV2(**self._signature(), reason_code=code)
+        )
 
-    def rejected(self) -> ShipmentRejected:
-        return ShipmentRejected(**self._head(), data=self._disposition("bag seal broken"))
+    def released_v1(self, reason: str = "probe stayed below -150 °C") -> ShipmentReleased:
+        return ShipmentReleased(**self._head(), data=QaDispositionData(**self._signature(), reason=reason))
 
-    def cancelled(self) -> OrderCancelled:
+    def rejected_v1(self, reason: str = "bag seal broken") -> ShipmentRejected:
+        return ShipmentRejected(**self._head(), data=QaDispositionData(**self._signature(), reason=reason))
+
+    def cancelled(
+        self, code: CancellationReasonCode = CancellationReasonCode.PATIENT_INELIGIBLE
+    ) -> OrderCancelledV2:
+        data = OrderCancelledDataV2(
+            order_id=self.order_id,
+            coi=self.coi,
+            reason_code=code,
+            cancelled_by="coord-ana",
+            cancelled_at=datetime.now(UTC),
+        )
+        return OrderCancelledV2(**self._head(), data=data)
+
+    def cancelled_v1(self, reason: str = "patient unwell") -> OrderCancelled:
         data = OrderCancelledData(
             order_id=self.order_id,
             coi=self.coi,
-            reason="patient unwell",
+            reason=reason,
             cancelled_by="coord-ana",
             cancelled_at=datetime.now(UTC),
         )
@@ -309,16 +359,19 @@ def test_a_quarantine_after_confirmation_holds_alerts_the_site_and_stays_on_the_
     patient = Patient()
     appointment_id = confirmed_appointment(engine, patient)
 
-    apply(engine, patient.quarantined("temperature excursion at receipt: -120.0 °C"))
+    apply(
+        engine,
+        patient.quarantined(QuarantineReasonCode.TEMPERATURE_EXCURSION, QuarantineReasonCode.LOGGER_GAP),
+    )
 
     held = appointment_of(engine, appointment_id)
     assert held.state is AppointmentState.ON_HOLD, "a confirmed appointment stayed confirmed"
-    assert held.hold_cause == "quarantine" and held.hold_reason is not None
-    assert "-120.0 °C" in held.hold_reason
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    assert held.hold_cause == "quarantine"
+    assert held.hold_reason == "shipment quarantined (temperature_excursion, logger_gap)"
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["cause"] == "quarantine" and at_risk["appointment_state"] == "on_hold"
     assert at_risk["conditioning_may_have_started"] is False
-    assert len(published(engine, patient.coi, "slot.held.v1")) == 1
+    assert len(published(engine, patient.coi, "slot.held.v2")) == 1
     assert webhook_kinds(engine, patient.coi)[-2:] == ["slot.held", "slot.at_risk"]
     kinds = {item.kind: item for item in worklist(engine, patient.coi)}
     assert set(kinds) == {"at_risk", "on_hold"}
@@ -355,8 +408,8 @@ def test_an_excursion_holds_a_tentative_appointment_once_and_raises_no_alert(eng
     held = appointment_of(engine, appointment_id)
     assert held.state is AppointmentState.ON_HOLD and held.hold_cause == "temperature_excursion"
     assert held.hold_reason == "temperature excursion: -120.0 °C above the -150.0 °C limit"
-    assert len(published(engine, patient.coi, "slot.held.v1")) == 1
-    assert published(engine, patient.coi, "slot.at_risk.v1") == []
+    assert len(published(engine, patient.coi, "slot.held.v2")) == 1
+    assert published(engine, patient.coi, "slot.at_risk.v2") == []
     assert [item.kind for item in worklist(engine, patient.coi)] == ["on_hold"]
 
 
@@ -390,10 +443,12 @@ def test_once_conditioning_may_have_started_a_quarantine_alerts_and_moves_nothin
         before.conditioning_start_on,
         before.infusion_on,
     )
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["conditioning_may_have_started"] is True and at_risk["appointment_state"] == "confirmed"
-    assert "clinical decision needed" in at_risk["reason"]
-    assert published(engine, patient.coi, "slot.held.v1") == []
+    assert "reason" not in at_risk
+    [item] = [item for item in worklist(engine, patient.coi) if item.kind == "at_risk"]
+    assert "clinical decision needed" in item.detail, "the sentence is the coordinators', not the event's"
+    assert published(engine, patient.coi, "slot.held.v2") == []
     assert webhook_kinds(engine, patient.coi)[-1] == "slot.at_risk"
     with session_factory(engine)() as session:
         appointment, case = api._appointment_to_change(session, appointment_id, COORDINATOR)
@@ -411,10 +466,10 @@ def test_a_rejection_or_a_cancelled_order_cancels_a_confirmed_appointment_and_al
     apply(engine, patient.rejected() if ending == "rejected" else patient.cancelled())
 
     assert appointment_of(engine, appointment_id).state is AppointmentState.CANCELLED
-    [cancelled] = published(engine, patient.coi, "slot.cancelled.v1")
-    [at_risk] = published(engine, patient.coi, "slot.at_risk.v1")
+    [cancelled] = published(engine, patient.coi, "slot.cancelled.v2")
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
     assert at_risk["cause"] == ("qa_rejection" if ending == "rejected" else "order_cancelled")
-    assert at_risk["appointment_state"] == "cancelled" and cancelled["reason"] in at_risk["reason"]
+    assert at_risk["appointment_state"] == "cancelled" and cancelled["reason_code"] == at_risk["cause"]
     assert webhook_kinds(engine, patient.coi)[-2:] == ["slot.cancelled", "slot.at_risk"]
 
 
@@ -424,7 +479,7 @@ def test_a_rejection_cancels_a_tentative_appointment_without_an_alert(engine: En
     appointment_id = book(engine, patient.coi)
     apply(engine, patient.rejected())
     assert appointment_of(engine, appointment_id).state is AppointmentState.CANCELLED
-    assert published(engine, patient.coi, "slot.at_risk.v1") == []
+    assert published(engine, patient.coi, "slot.at_risk.v2") == []
     assert [(i.kind, i.detail) for i in worklist(engine, patient.coi)] == [
         ("attention", "product rejected by QA: plan with the manufacturer")
     ]
@@ -447,10 +502,10 @@ def test_a_delay_after_conditioning_started_is_an_alert_not_a_silent_move(engine
         AppointmentState.TENTATIVE,
         before.conditioning_start_on,
     )
-    assert published(engine, patient.coi, "slot.rescheduled.v1") == []
+    assert published(engine, patient.coi, "slot.rescheduled.v2") == []
     [item] = [i for i in worklist(engine, patient.coi) if i.kind == "at_risk"]
     assert "conditioning may have started" in item.detail and item.appointment_id == appointment_id
-    assert published(engine, patient.coi, "slot.at_risk.v1")[0]["cause"] == "delay"
+    assert published(engine, patient.coi, "slot.at_risk.v2")[0]["cause"] == "delay"
 
 
 def test_a_delay_moves_a_tentative_appointment_and_the_options_follow_the_new_eta(engine: Engine) -> None:
@@ -464,8 +519,8 @@ def test_a_delay_moves_a_tentative_appointment_and_the_options_follow_the_new_et
     earliest = (new_eta + timedelta(hours=24)).date()
     moved = appointment_of(engine, appointment_id)
     assert moved.state is AppointmentState.TENTATIVE and moved.conditioning_start_on >= earliest
-    [rescheduled] = published(engine, patient.coi, "slot.rescheduled.v1")
-    assert "product delayed" in rescheduled["reason"]
+    [rescheduled] = published(engine, patient.coi, "slot.rescheduled.v2")
+    assert rescheduled["reason_code"] == "delay" and moved.reason_code == "delay"
     assert all(option.conditioning_start_on >= earliest for option in options_of(engine, patient.coi))
     assert "slot.rescheduled" in webhook_kinds(engine, patient.coi)
 
@@ -480,7 +535,7 @@ def test_an_appointment_booked_before_dispatch_follows_the_pick_up_eta(engine: E
     apply(engine, patient.dispatched(eta))
 
     assert appointment_of(engine, appointment_id).conditioning_start_on >= (eta + timedelta(hours=24)).date()
-    assert len(published(engine, patient.coi, "slot.rescheduled.v1")) == 1
+    assert len(published(engine, patient.coi, "slot.rescheduled.v2")) == 1
 
 
 def test_a_pick_up_eta_in_the_past_offers_no_option_and_says_why(engine: Engine) -> None:
@@ -554,7 +609,8 @@ def reschedule(engine: Engine, appointment_id: uuid.UUID, option: SlotOption) ->
             appointment,
             case,
             option,
-            "the site asked for a later day",
+            SlotReasonCode.SITE_REQUEST,
+            note="the site asked for a later day",
             default_buffer_hours=24,
             correlation_id="move",
         )
@@ -578,10 +634,18 @@ def test_a_coordinator_moves_a_held_appointment_to_another_option_and_the_site_i
         second.conditioning_start_on,
         second.infusion_on,
     )
-    [event] = published(engine, patient.coi, "slot.rescheduled.v1")
+    [event] = published(engine, patient.coi, "slot.rescheduled.v2")
     assert event["previous_conditioning_start_on"] == first.conditioning_start_on.isoformat()
-    assert event["reason"] == "the site asked for a later day"
+    assert event["reason_code"] == "site_request" and "the site asked" not in json.dumps(event)
+    assert (moved.reason_code, moved.note) == ("site_request", "the site asked for a later day")
     assert webhook_kinds(engine, patient.coi)[-1] == "slot.rescheduled"
+    with session_factory(engine)() as session:
+        [hook] = session.exec(
+            select(WebhookDelivery.payload)
+            .where(WebhookDelivery.coi == patient.coi)
+            .where(WebhookDelivery.kind == "slot.rescheduled")
+        ).all()
+    assert json.loads(hook)["reason_code"] == "site_request" and "the site asked" not in hook
 
 
 def test_a_confirmed_appointment_a_full_day_or_a_day_in_the_past_is_not_a_reschedule(engine: Engine) -> None:
@@ -669,7 +733,13 @@ def test_a_reschedule_and_a_booking_racing_for_the_last_chair_never_both_get_it(
     with session_factory(engine)() as session:
         appointment, case = api._appointment_to_change(session, appointment_id, COORDINATOR)
         commands.reschedule(
-            session, appointment, case, wanted, "moved", default_buffer_hours=24, correlation_id="move"
+            session,
+            appointment,
+            case,
+            wanted,
+            SlotReasonCode.SITE_CAPACITY,
+            default_buffer_hours=24,
+            correlation_id="move",
         )  # holds the site's lock until it commits
         worker.start()
         deadline = time.monotonic() + 10
@@ -751,3 +821,37 @@ def test_a_held_appointment_is_told_apart_from_a_tentative_one_in_fhir(engine: E
     assert plain["status"] == "pending" and "extension" not in plain
     [slot] = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == str(tentative_id)]
     assert slot["status"] == "busy-tentative"
+
+
+# ---------------------------------------------------------------- records from before reason codes (I6)
+
+V1_TEXT = "SENTINEL typed by a person before reason codes"
+
+
+def everything_stored(engine: Engine) -> str:
+    """Every row of every scheduling table, as text: the outbox, the webhooks, the cases, the alerts."""
+    with session_factory(engine)() as session:
+        return "\n".join(
+            repr(row) for table in (*COMMON_TABLES, *TABLES) for row in session.execute(table.select()).all()
+        )
+
+
+@pytest.mark.parametrize("ending", ["rejected", "cancelled"])
+def test_a_v1_events_free_text_is_read_as_other_and_copied_nowhere(engine: Engine, ending: str) -> None:
+    """Records published before reason codes are still on the topics: each acts as before, its text is
+    read as the code `other`, and none of it reaches an event, a webhook or a row of scheduling's."""
+    patient = Patient()
+    appointment_id = confirmed_appointment(engine, patient)
+
+    apply(engine, patient.quarantined_v1(V1_TEXT))
+    held = appointment_of(engine, appointment_id)
+    assert held.state is AppointmentState.ON_HOLD and held.hold_reason == "shipment quarantined (other)"
+    apply(engine, patient.released_v1(V1_TEXT), patient.delayed_v1(in_days(3), location=V1_TEXT))
+    assert appointment_of(engine, appointment_id).state is AppointmentState.TENTATIVE
+    apply(engine, patient.rejected_v1(V1_TEXT) if ending == "rejected" else patient.cancelled_v1(V1_TEXT))
+    cancelled = appointment_of(engine, appointment_id)
+    assert cancelled.state is AppointmentState.CANCELLED
+    assert cancelled.hold_reason == (
+        "product rejected by QA (other)" if ending == "rejected" else "order cancelled (other)"
+    )
+    assert V1_TEXT not in everything_stored(engine)

@@ -169,3 +169,67 @@ def test_instances_of_every_model_validate_against_their_own_published_type() ->
         ),
     )
     assert event.type == "order.accepted.v1" and EVENT_TYPES[event.type] is OrderAccepted
+
+
+FREE_TEXT_FIELDS = {"reason", "reasons", "location", "note", "message", "refusal_reason", "detail"}
+"""Names of fields that carried (or would carry) text a person typed or a sentence our code wrote."""
+
+
+def _field_names(model: Any) -> set[str]:
+    """Every field name of a model and of the models nested in it."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for nested in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            inner = getattr(nested, "__args__", (nested,))
+            for candidate in (nested, *inner):
+                if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
+                    names |= _field_names(candidate)
+    return names
+
+
+def test_the_events_written_carry_codes_never_free_text() -> None:
+    """I6: every type our services write says why with a code; the superseded ones are only read. A
+    courier's scan is how COI tracking receives a location from a courier's system (as `POST .../scans`
+    over HTTP): COI tracking keeps it, and no event of ours repeats it."""
+    from cgt_contracts.events import SUPERSEDED
+
+    received = {"courier.scan.v1", "courier.scan.v2"}
+    for name, model in EVENT_TYPES.items():
+        if name in SUPERSEDED or name in received:
+            continue
+        data_model = model.model_fields["data"].annotation
+        assert FREE_TEXT_FIELDS.isdisjoint(_field_names(data_model)), name
+
+
+def test_every_superseded_type_names_a_type_that_exists() -> None:
+    from cgt_contracts.events import SUPERSEDED
+
+    for old, new in SUPERSEDED.items():
+        assert old in EVENT_TYPES and new in EVENT_TYPES and new not in SUPERSEDED
+        assert old.rsplit(".", 1)[0] == new.rsplit(".", 1)[0]
+
+
+def test_a_reason_code_outside_its_closed_list_is_refused() -> None:
+    from cgt_contracts.events import OrderCancelledV2
+
+    event = {
+        "specversion": "1.0",
+        "id": str(uuid4()),
+        "source": "cgt/order-intake",
+        "type": "order.cancelled.v2",
+        "time": "2026-03-01T09:00:00Z",
+        "subject": "CHW4321260000014",
+        "correlationid": "c-1",
+        "data": {
+            "order_id": str(uuid4()),
+            "coi": "CHW4321260000014",
+            "reason_code": "patient_withdrew",
+            "cancelled_by": "coord-1",
+            "cancelled_at": "2026-03-01T09:00:00Z",
+        },
+    }
+    assert isinstance(parse_event(json.dumps(event)), OrderCancelledV2)
+    event["data"]["reason_code"] = "the patient moved to Ohio"  # type: ignore[index]
+    with pytest.raises(ValidationError, match="reason_code"):
+        parse_event(json.dumps(event))

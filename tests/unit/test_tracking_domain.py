@@ -6,7 +6,7 @@ import base64
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from cgt_contracts.events import ScanType
+from cgt_contracts.events import QaReasonCode, QuarantineReasonCode, ScanRefusalCode, ScanType
 
 from services.coi_tracking.domain import (
     CLOCK_TOLERANCE,
@@ -16,6 +16,7 @@ from services.coi_tracking.domain import (
     Disposition,
     LedgerContent,
     LedgerKind,
+    Quarantined,
     Reading,
     Replay,
     Scan,
@@ -25,6 +26,8 @@ from services.coi_tracking.domain import (
     StoredEntry,
     TemperatureEvidence,
     TemperaturePolicy,
+    codes_of,
+    disposition_reason_problem,
     disposition_refusal,
     entry_hash,
     evaluate_scan,
@@ -113,6 +116,89 @@ def test_hand_off_needs_a_new_custodian() -> None:
     assert not evaluate_scan(state(), a_scan(ScanType.HAND_OFF, handed_to="courier-ben")).accepted
     moved = evaluate_scan(state(), a_scan(ScanType.HAND_OFF, handed_to="courier-cy"))
     assert moved.accepted and moved.custody is not None and moved.custody.from_party == "courier-ben"
+
+
+def test_a_refused_scan_says_why_with_a_code_beside_the_sentence() -> None:
+    """The sentence is for the sender and the shipment's readers; the code is what the event publishes."""
+    cases = [
+        (state(ShipmentStatus.PLANNED), a_scan(ScanType.DELIVERY), ScanRefusalCode.OUT_OF_SEQUENCE),
+        (state(), a_scan(ScanType.HAND_OFF), ScanRefusalCode.HANDED_TO_MISSING),
+        (state(), a_scan(ScanType.HAND_OFF, handed_to="courier-ben"), ScanRefusalCode.ALREADY_IN_CUSTODY),
+        (
+            state(),
+            dataclasses.replace(a_scan(ScanType.DELIVERY), scanned_by="courier-cy"),
+            ScanRefusalCode.NOT_CUSTODIAN,
+        ),
+        (
+            state(),
+            dataclasses.replace(a_scan(ScanType.CHECKPOINT), at=NOW + timedelta(hours=1)),
+            ScanRefusalCode.DEVICE_CLOCK_AHEAD,
+        ),
+        (
+            dataclasses.replace(state(), order_cancelled=True),
+            a_scan(ScanType.CHECKPOINT),
+            ScanRefusalCode.ORDER_CANCELLED,
+        ),
+    ]
+    for shipment, scan, code in cases:
+        decision = evaluate_scan(shipment, scan)
+        assert not decision.accepted and decision.refusal_code is code, (code, decision.refusal_reason)
+        assert decision.refusal_reason and code.value not in decision.refusal_reason
+    accepted = evaluate_scan(state(), a_scan(ScanType.CHECKPOINT))
+    assert accepted.accepted and accepted.refusal_code is None
+
+
+def test_a_quarantine_carries_the_code_of_every_problem_found_once() -> None:
+    decision = evaluate_scan(
+        state(),
+        a_scan(ScanType.CHECKPOINT, (COI, "CHW4321260000022", "CHW4321260000030"), temperature=-120.0),
+    )
+    [quarantined] = [fact for fact in decision.facts if isinstance(fact, Quarantined)]
+    assert quarantined.codes == (
+        QuarantineReasonCode.COI_BREAK,
+        QuarantineReasonCode.BAG_EXTRA,
+        QuarantineReasonCode.TEMPERATURE_EXCURSION,
+    )
+    assert "CHW4321260000022" in quarantined.reason, "the sentences stay, for the shipment's record"
+    missing = evaluate_scan(state(), a_scan(ScanType.CHECKPOINT, (COI,)))
+    assert [f.codes for f in missing.facts if isinstance(f, Quarantined)] == [
+        (QuarantineReasonCode.BAG_MISSING,)
+    ]
+
+
+def test_every_temperature_problem_has_its_code() -> None:
+    policy = TemperaturePolicy(
+        max_celsius=-150.0, min_celsius=-200.0, logger_interval_minutes=5, hold_until=NOW - timedelta(hours=1)
+    )
+    judged = judge_evidence(
+        policy,
+        [
+            TemperatureEvidence(NOW - timedelta(minutes=30), value=-140.0),
+            TemperatureEvidence(NOW, value=-210.0),
+            TemperatureEvidence(NOW, sensor_exception="ALARM_CONDITION"),
+            TemperatureEvidence(NOW, min_value=-190.0),
+        ],
+        received_at=NOW,
+    )
+    assert set(codes_of(judged.problems)) == {
+        QuarantineReasonCode.TEMPERATURE_EXCURSION,
+        QuarantineReasonCode.BELOW_MINIMUM_TEMPERATURE,
+        QuarantineReasonCode.LOGGER_GAP,
+        QuarantineReasonCode.HOLD_TIME_EXCEEDED,
+        QuarantineReasonCode.SENSOR_ALARM,
+        QuarantineReasonCode.TEMPERATURE_UNPROVEN,
+    }
+    assert codes_of(["a sentence our code never wrote"]) == (QuarantineReasonCode.OTHER,)
+
+
+def test_a_qa_reason_must_fit_its_decision() -> None:
+    assert disposition_reason_problem(Disposition.RELEASE, QaReasonCode.LOGGER_FAULT) is None
+    assert disposition_reason_problem(Disposition.REJECT, QaReasonCode.CONTAINER_COMPROMISED) is None
+    for decision in Disposition:
+        assert disposition_reason_problem(decision, QaReasonCode.OTHER) is None
+    problem = disposition_reason_problem(Disposition.RELEASE, QaReasonCode.TEMPERATURE_COMPROMISED)
+    assert problem is not None and "logger_fault" in problem
+    assert disposition_reason_problem(Disposition.REJECT, QaReasonCode.PRODUCT_WITHIN_LIMITS) is not None
 
 
 def _chain(length: int) -> list[StoredEntry]:

@@ -1,4 +1,11 @@
-"""Every event that crosses a service boundary, with its versioned type and typed payload."""
+"""Every event that crosses a service boundary, with its versioned type and typed payload.
+
+Minimum necessary (I6): an event says why with a code from a closed list (a `StrEnum` below) and names the
+record that holds the rest (the order, scan, disposition or appointment id it already carries). Text a
+person typed — a cancellation's note, a QA signer's note, a scan's location — stays in the service that
+received it, readable through its API by those allowed; the `.v1` events that still carried it are read,
+never written (docs/reason-codes.md).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,37 @@ class RejectionReason(ContractModel):
     message: Reason
 
 
+class OrderRejectionCode(StrEnum):
+    """Each acceptance check an order can fail (order intake's `domain.acceptance_failures`)."""
+
+    THERAPY_UNKNOWN = "therapy_unknown"
+    SITE_UNKNOWN = "site_unknown"
+    SITE_NOT_CERTIFIED = "site_not_certified"
+    PRESCRIBER_NPI_INVALID = "prescriber_npi_invalid"
+    PRESCRIBER_UNKNOWN = "prescriber_unknown"
+    PRESCRIBER_NOT_AT_SITE = "prescriber_not_at_site"
+    CONSENT_MISSING = "consent_missing"
+    CONSENT_AFTER_ORDER = "consent_after_order"
+    PAYER_AUTHORIZATION_MISSING = "payer_authorization_missing"
+    PAYER_AUTHORIZATION_EXPIRED = "payer_authorization_expired"
+    ELIGIBILITY_NOT_ATTESTED = "eligibility_not_attested"
+
+
+class CancellationReasonCode(StrEnum):
+    """Why an order was cancelled, as a coordinator states it (`POST /orders/{id}/cancel`); the note
+    beside it stays in order intake."""
+
+    PATIENT_INELIGIBLE = "patient_ineligible"
+    PATIENT_WITHDREW = "patient_withdrew"
+    PATIENT_DECEASED = "patient_deceased"
+    PAYER_DENIED = "payer_denied"
+    MANUFACTURING_FAILURE = "manufacturing_failure"
+    DUPLICATE_ORDER = "duplicate_order"
+    CLINICAL_DECISION = "clinical_decision"
+    OTHER = "other"
+    """Also what an `order.cancelled.v1` (free text) is read as."""
+
+
 class OrderAcceptedData(ContractModel):
     order_id: UUID
     coi: CoiIdentifier
@@ -49,10 +87,30 @@ class OrderRejectedData(ContractModel):
     reasons: Annotated[list[RejectionReason], Field(min_length=1)]
 
 
+class OrderRejectedDataV2(ContractModel):
+    """v2: the failed checks as codes only; their explanations are order intake's (`GET /orders/{id}`)."""
+
+    order_id: UUID
+    patient_ref: Identifier
+    therapy_code: Identifier
+    treatment_center_id: Identifier
+    reason_codes: Annotated[list[OrderRejectionCode], Field(min_length=1, max_length=20)]
+
+
 class OrderCancelledData(ContractModel):
     order_id: UUID
     coi: CoiIdentifier
     reason: Reason
+    cancelled_by: Identifier
+    cancelled_at: UtcDatetime
+
+
+class OrderCancelledDataV2(ContractModel):
+    """v2: the reason as a code; the coordinator's note stays with the order (`GET /orders/{order_id}`)."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    reason_code: CancellationReasonCode
     cancelled_by: Identifier
     cancelled_at: UtcDatetime
 
@@ -93,9 +151,23 @@ class OrderRejected(EventEnvelope):
     data: OrderRejectedData
 
 
+class OrderRejectedV2(EventEnvelope):
+    """Rejected orders have no COI yet: `subject` is the order id."""
+
+    type: Literal["order.rejected.v2"] = "order.rejected.v2"
+    data: OrderRejectedDataV2
+
+
 class OrderCancelled(EventEnvelope):
+    """order.cancelled.v1, still read (as `other`): its reason was the coordinator's free text."""
+
     type: Literal["order.cancelled.v1"] = "order.cancelled.v1"
     data: OrderCancelledData
+
+
+class OrderCancelledV2(EventEnvelope):
+    type: Literal["order.cancelled.v2"] = "order.cancelled.v2"
+    data: OrderCancelledDataV2
 
 
 class CollectionRecorded(EventEnvelope):
@@ -123,6 +195,82 @@ class ScanType(StrEnum):
     DELAY = "delay"
     DELIVERY = "delivery"
     RECEIPT = "receipt"
+
+
+class ScanRefusalCode(StrEnum):
+    """Why a scan was refused (COI tracking's `domain.evaluate_scan`); the full sentence is on the scan's
+    record (`GET /shipments/{id}/scans`)."""
+
+    DEVICE_CLOCK_AHEAD = "device_clock_ahead"
+    DATED_BEFORE_PLANNING = "dated_before_planning"
+    ETA_MISSING = "eta_missing"
+    ETA_IN_PAST = "eta_in_past"
+    ORDER_CANCELLED = "order_cancelled"
+    QA_REJECTED = "qa_rejected"
+    PRODUCT_NOT_RELEASED = "product_not_released"
+    OUT_OF_SEQUENCE = "out_of_sequence"
+    """The scan cannot follow the shipment's status (a delivery before a pick-up...)."""
+    NOT_CUSTODIAN = "not_custodian"
+    HANDED_TO_MISSING = "handed_to_missing"
+    ALREADY_IN_CUSTODY = "already_in_custody"
+    UNREGISTERED_COURIER = "unregistered_courier"
+    OTHER_COURIER_COMPANY = "other_courier_company"
+    OTHER = "other"
+
+
+class QuarantineReasonCode(StrEnum):
+    """What put a shipment in quarantine (I1, I2); the details (which bag, which reading) stay on the
+    shipment (`GET /shipments/{id}`: `quarantine_reason`) and its custody ledger."""
+
+    COI_BREAK = "coi_break"
+    """A bag's label reads another COI."""
+    BAG_MISSING = "bag_missing"
+    BAG_EXTRA = "bag_extra"
+    CONTAINER_MISMATCH = "container_mismatch"
+    """The bags seen in (or packed into) another dry shipper than the one declared."""
+    SEAL_BROKEN = "seal_broken"
+    """Another seal than the one applied at packing."""
+    TEMPERATURE_EXCURSION = "temperature_excursion"
+    """A reading above the leg's limit."""
+    BELOW_MINIMUM_TEMPERATURE = "below_minimum_temperature"
+    LOGGER_GAP = "logger_gap"
+    HOLD_TIME_EXCEEDED = "hold_time_exceeded"
+    TRANSIT_TIME_EXCEEDED = "transit_time_exceeded"
+    SENSOR_ALARM = "sensor_alarm"
+    TEMPERATURE_UNPROVEN = "temperature_unproven"
+    """A temperature report that cannot prove the product cold (no value, only a minimum, no unit...)."""
+    EVENT_CONFLICT = "event_conflict"
+    """An EPCIS eventID captured before with other content."""
+    ERROR_DECLARATION = "error_declaration"
+    """A courier's system declared one of its EPCIS events erroneous."""
+    OTHER = "other"
+    """Also what a `shipment.quarantined.v1` (free text) is read as."""
+
+
+class QaReasonCode(StrEnum):
+    """Why QA released or rejected a quarantined shipment; the signer's note stays with the disposition
+    (`GET /shipments/{id}/dispositions`) and in the custody ledger."""
+
+    PRODUCT_WITHIN_LIMITS = "product_within_limits"
+    """Release: the product itself stayed within its limits (a product probe, the full logger record)."""
+    LOGGER_FAULT = "logger_fault"
+    """Release: the logger failed, not the cold chain."""
+    WITHIN_STABILITY_DATA = "within_stability_data"
+    """Release: the excursion is covered by the product's stability data."""
+    IDENTITY_CONFIRMED = "identity_confirmed"
+    """Release: every bag's COI was confirmed against the order after a mis-scan."""
+    RECORD_CORRECTED = "record_corrected"
+    """Release: a data error (an EPCIS conflict or error declaration) was investigated and corrected."""
+    TEMPERATURE_COMPROMISED = "temperature_compromised"
+    """Reject."""
+    IDENTITY_NOT_CONFIRMED = "identity_not_confirmed"
+    """Reject."""
+    CONTAINER_COMPROMISED = "container_compromised"
+    """Reject: the dry shipper was swapped or opened."""
+    PRODUCT_DAMAGED = "product_damaged"
+    """Reject."""
+    OTHER = "other"
+    """Either decision; also what a `.v1` disposition (free text) is read as."""
 
 
 class ShipmentCreatedData(ContractModel):
@@ -158,12 +306,37 @@ class ShipmentScannedData(ContractModel):
     refusal_reason: Reason | None = None
 
 
+class ShipmentScannedDataV2(ContractModel):
+    """v2: no location (COI tracking keeps it with the scan, `scan_id`), and a refusal as a code."""
+
+    shipment_id: UUID
+    scan_id: UUID
+    coi: CoiIdentifier
+    scan_type: ScanType
+    scanned_at: UtcDatetime
+    temperature_celsius: Celsius | None
+    accepted: bool
+    refusal_code: ScanRefusalCode | None = None
+
+
 class CustodyTransferredData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
     from_party: Identifier
     to_party: Identifier
     location: Annotated[str, Field(min_length=1, max_length=128)]
+    transferred_at: UtcDatetime
+    ledger_sequence: Annotated[int, Field(ge=1)]
+    entry_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CustodyTransferredDataV2(ContractModel):
+    """v2: no location; it is in the ledger entry (`GET /shipments/{id}/ledger`, `ledger_sequence`)."""
+
+    shipment_id: UUID
+    coi: CoiIdentifier
+    from_party: Identifier
+    to_party: Identifier
     transferred_at: UtcDatetime
     ledger_sequence: Annotated[int, Field(ge=1)]
     entry_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -219,6 +392,17 @@ class ShipmentQuarantinedData(ContractModel):
     quarantined_at: UtcDatetime
 
 
+class ShipmentQuarantinedDataV2(ContractModel):
+    """v2: what quarantined the shipment as codes, each once, in the order found."""
+
+    shipment_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    reason_codes: Annotated[list[QuarantineReasonCode], Field(min_length=1, max_length=16)]
+    quarantined_at: UtcDatetime
+
+
 class ShipmentDelayedData(ContractModel):
     shipment_id: UUID
     coi: CoiIdentifier
@@ -227,6 +411,18 @@ class ShipmentDelayedData(ContractModel):
     previous_eta_at: UtcDatetime | None
     eta_at: UtcDatetime
     location: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ShipmentDelayedDataV2(ContractModel):
+    """v2: no location; `scan_id` names the delay scan, which COI tracking keeps with it."""
+
+    shipment_id: UUID
+    scan_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    previous_eta_at: UtcDatetime | None
+    eta_at: UtcDatetime
 
 
 class QaDispositionData(ContractModel):
@@ -242,6 +438,22 @@ class QaDispositionData(ContractModel):
     signed_at: UtcDatetime
     meaning: Annotated[str, Field(min_length=1, max_length=64)]
     reason: Reason
+    ledger_sequence: Annotated[int, Field(ge=1)]
+
+
+class QaDispositionDataV2(ContractModel):
+    """v2: why as a code; the signer's note stays with the disposition (`disposition_id`)."""
+
+    shipment_id: UUID
+    coi: CoiIdentifier
+    leg: ShipmentLeg
+    treatment_center_id: Identifier
+    disposition_id: UUID
+    signer_id: Identifier
+    signer_printed_name: Annotated[str, Field(min_length=1, max_length=128)]
+    signed_at: UtcDatetime
+    meaning: Annotated[str, Field(min_length=1, max_length=64)]
+    reason_code: QaReasonCode
     ledger_sequence: Annotated[int, Field(ge=1)]
 
 
@@ -290,6 +502,11 @@ class ShipmentDelayed(EventEnvelope):
     data: ShipmentDelayedData
 
 
+class ShipmentDelayedV2(EventEnvelope):
+    type: Literal["shipment.delayed.v2"] = "shipment.delayed.v2"
+    data: ShipmentDelayedDataV2
+
+
 class ShipmentReleased(EventEnvelope):
     """QA released a quarantined shipment: it may go on to delivery confirmation."""
 
@@ -297,11 +514,25 @@ class ShipmentReleased(EventEnvelope):
     data: QaDispositionData
 
 
+class ShipmentReleasedV2(EventEnvelope):
+    """QA released a quarantined shipment: it may go on to delivery confirmation."""
+
+    type: Literal["shipment.released.v2"] = "shipment.released.v2"
+    data: QaDispositionDataV2
+
+
 class ShipmentRejected(EventEnvelope):
     """QA rejected a quarantined shipment: its product must not be infused."""
 
     type: Literal["shipment.rejected.v1"] = "shipment.rejected.v1"
     data: QaDispositionData
+
+
+class ShipmentRejectedV2(EventEnvelope):
+    """QA rejected a quarantined shipment: its product must not be infused."""
+
+    type: Literal["shipment.rejected.v2"] = "shipment.rejected.v2"
+    data: QaDispositionDataV2
 
 
 class ShipmentDispatched(EventEnvelope):
@@ -314,9 +545,19 @@ class ShipmentScanned(EventEnvelope):
     data: ShipmentScannedData
 
 
+class ShipmentScannedV2(EventEnvelope):
+    type: Literal["shipment.scanned.v2"] = "shipment.scanned.v2"
+    data: ShipmentScannedDataV2
+
+
 class CustodyTransferred(EventEnvelope):
     type: Literal["custody.transferred.v1"] = "custody.transferred.v1"
     data: CustodyTransferredData
+
+
+class CustodyTransferredV2(EventEnvelope):
+    type: Literal["custody.transferred.v2"] = "custody.transferred.v2"
+    data: CustodyTransferredDataV2
 
 
 class LedgerHeadPublished(EventEnvelope):
@@ -342,6 +583,11 @@ class TemperatureExcursion(EventEnvelope):
 class ShipmentQuarantined(EventEnvelope):
     type: Literal["shipment.quarantined.v1"] = "shipment.quarantined.v1"
     data: ShipmentQuarantinedData
+
+
+class ShipmentQuarantinedV2(EventEnvelope):
+    type: Literal["shipment.quarantined.v2"] = "shipment.quarantined.v2"
+    data: ShipmentQuarantinedDataV2
 
 
 # ---------------------------------------------------------------- scheduling (scheduling.events)
@@ -375,11 +621,42 @@ class SlotConfirmedData(ContractModel):
     status: Literal[AppointmentStatus.BOOKED] = AppointmentStatus.BOOKED
 
 
+class SlotReasonCode(StrEnum):
+    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first seven are the
+    system's (the product's trouble, its order's end, a delay, a QA release; the same words as
+    `SlotRiskCause`); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
+    whose note stays in scheduling (`GET /appointments/{appointment_id}`)."""
+
+    QUARANTINE = "quarantine"
+    TEMPERATURE_EXCURSION = "temperature_excursion"
+    COI_BREAK = "coi_break"
+    QA_REJECTION = "qa_rejection"
+    QA_RELEASE = "qa_release"
+    ORDER_CANCELLED = "order_cancelled"
+    DELAY = "delay"
+    SITE_REQUEST = "site_request"
+    PATIENT_REQUEST = "patient_request"
+    PATIENT_CONDITION = "patient_condition"
+    """The patient is not fit to start conditioning (an infection, abnormal labs...)."""
+    CLINICAL_DECISION = "clinical_decision"
+    SITE_CAPACITY = "site_capacity"
+    """The site lost the chair, the beds or the staff for those days."""
+    OTHER = "other"
+
+
 class SlotHeldData(ContractModel):
     appointment_id: UUID
     coi: CoiIdentifier
     treatment_center_id: Identifier
     reason: Reason
+    held_at: UtcDatetime
+
+
+class SlotHeldDataV2(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    reason_code: SlotReasonCode
     held_at: UtcDatetime
 
 
@@ -396,6 +673,11 @@ class SlotConfirmed(EventEnvelope):
 class SlotHeld(EventEnvelope):
     type: Literal["slot.held.v1"] = "slot.held.v1"
     data: SlotHeldData
+
+
+class SlotHeldV2(EventEnvelope):
+    type: Literal["slot.held.v2"] = "slot.held.v2"
+    data: SlotHeldDataV2
 
 
 class SlotOption(ContractModel):
@@ -425,6 +707,17 @@ class SlotRescheduledData(ContractModel):
     reason: Reason
 
 
+class SlotRescheduledDataV2(ContractModel):
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    previous_conditioning_start_on: date
+    previous_infusion_on: date
+    conditioning_start_on: date
+    infusion_on: date
+    reason_code: SlotReasonCode
+
+
 class SlotChangedData(ContractModel):
     """An appointment that was cancelled, or resumed after a hold, and why."""
 
@@ -432,6 +725,16 @@ class SlotChangedData(ContractModel):
     coi: CoiIdentifier
     treatment_center_id: Identifier
     reason: Reason
+    at: UtcDatetime
+
+
+class SlotChangedDataV2(ContractModel):
+    """An appointment that was cancelled, or resumed after a hold, and why (a code)."""
+
+    appointment_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    reason_code: SlotReasonCode
     at: UtcDatetime
 
 
@@ -463,6 +766,22 @@ class SlotAtRiskData(ContractModel):
     infusion_on: date
     conditioning_may_have_started: bool
     reason: Reason
+    at: UtcDatetime
+
+
+class SlotAtRiskDataV2(ContractModel):
+    """v2: no text; `cause`, the state and whether conditioning may have started say it all, and the
+    alert (`alert_id`) is on the coordinators' worklist."""
+
+    appointment_id: UUID
+    alert_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    cause: SlotRiskCause
+    appointment_state: Literal["tentative", "on_hold", "confirmed", "cancelled", "infused"]
+    conditioning_start_on: date
+    infusion_on: date
+    conditioning_may_have_started: bool
     at: UtcDatetime
 
 
@@ -518,9 +837,19 @@ class SlotRescheduled(EventEnvelope):
     data: SlotRescheduledData
 
 
+class SlotRescheduledV2(EventEnvelope):
+    type: Literal["slot.rescheduled.v2"] = "slot.rescheduled.v2"
+    data: SlotRescheduledDataV2
+
+
 class SlotCancelled(EventEnvelope):
     type: Literal["slot.cancelled.v1"] = "slot.cancelled.v1"
     data: SlotChangedData
+
+
+class SlotCancelledV2(EventEnvelope):
+    type: Literal["slot.cancelled.v2"] = "slot.cancelled.v2"
+    data: SlotChangedDataV2
 
 
 class SlotResumed(EventEnvelope):
@@ -528,9 +857,19 @@ class SlotResumed(EventEnvelope):
     data: SlotChangedData
 
 
+class SlotResumedV2(EventEnvelope):
+    type: Literal["slot.resumed.v2"] = "slot.resumed.v2"
+    data: SlotChangedDataV2
+
+
 class SlotAtRisk(EventEnvelope):
     type: Literal["slot.at_risk.v1"] = "slot.at_risk.v1"
     data: SlotAtRiskData
+
+
+class SlotAtRiskV2(EventEnvelope):
+    type: Literal["slot.at_risk.v2"] = "slot.at_risk.v2"
+    data: SlotAtRiskDataV2
 
 
 class WebhookDeliveryFailed(EventEnvelope):
@@ -556,7 +895,9 @@ class FollowUpVisitOverdue(EventEnvelope):
 AnyEvent = Annotated[
     OrderAccepted
     | OrderRejected
+    | OrderRejectedV2
     | OrderCancelled
+    | OrderCancelledV2
     | CollectionRecorded
     | ProductReleasedForShipment
     | CourierScanSubmitted
@@ -564,23 +905,34 @@ AnyEvent = Annotated[
     | ShipmentCreated
     | ShipmentDispatched
     | ShipmentDelayed
+    | ShipmentDelayedV2
     | ShipmentReleased
+    | ShipmentReleasedV2
     | ShipmentRejected
+    | ShipmentRejectedV2
     | ShipmentScanned
+    | ShipmentScannedV2
     | CustodyTransferred
+    | CustodyTransferredV2
     | LedgerHeadPublished
     | ShipmentDelivered
     | CoiBreak
     | TemperatureExcursion
     | ShipmentQuarantined
+    | ShipmentQuarantinedV2
     | SlotProposed
     | SlotConfirmed
     | SlotHeld
+    | SlotHeldV2
     | SlotOptionsOffered
     | SlotRescheduled
+    | SlotRescheduledV2
     | SlotCancelled
+    | SlotCancelledV2
     | SlotResumed
+    | SlotResumedV2
     | SlotAtRisk
+    | SlotAtRiskV2
     | WebhookDeliveryFailed
     | WebhookDeliveryFailedV2
     | InfusionRecorded
@@ -595,6 +947,24 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
     model.model_fields["type"].default: model for model in get_args(get_args(AnyEvent)[0])
 }
 """Each event model by its `type`: the members of `AnyEvent`, listed once there."""
+
+SUPERSEDED: dict[str, str] = {
+    "order.rejected.v1": "order.rejected.v2",
+    "order.cancelled.v1": "order.cancelled.v2",
+    "shipment.scanned.v1": "shipment.scanned.v2",
+    "custody.transferred.v1": "custody.transferred.v2",
+    "shipment.delayed.v1": "shipment.delayed.v2",
+    "shipment.quarantined.v1": "shipment.quarantined.v2",
+    "shipment.released.v1": "shipment.released.v2",
+    "shipment.rejected.v1": "shipment.rejected.v2",
+    "slot.held.v1": "slot.held.v2",
+    "slot.rescheduled.v1": "slot.rescheduled.v2",
+    "slot.cancelled.v1": "slot.cancelled.v2",
+    "slot.resumed.v1": "slot.resumed.v2",
+    "slot.at_risk.v1": "slot.at_risk.v2",
+    "webhook.delivery_failed.v1": "webhook.delivery_failed.v2",
+}
+"""Types still read (records already on the topics) but no longer written, and the type written instead."""
 
 
 def parse_event(raw: bytes | str) -> AnyEvent:
