@@ -530,6 +530,14 @@ class PlanLoad:
     infusions: Load
 
 
+class PlanState(StrEnum):
+    OFFERED = "offered"
+    BOOKED = "booked"
+    """Every leg held tentatively: it counts against each site's capacity."""
+    WITHDRAWN = "withdrawn"
+    """Replaced by newer plans, or another plan of the case was booked."""
+
+
 @dataclass(frozen=True)
 class Plan:
     collection_on: date
