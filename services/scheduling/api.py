@@ -23,11 +23,12 @@ from services.common.edge import EdgeRoute, Note, RequestModel
 from services.common.paging import Page, link_next, page_list
 from services.common.scope import not_found
 from services.common.service import db_session
-from services.scheduling import commands, domain, fhir, webhook_commands
-from services.scheduling.domain import ACTIVE_STATES, AppointmentState
+from services.scheduling import commands, domain, fhir, plan_commands, webhook_commands
+from services.scheduling.domain import ACTIVE_STATES, AppointmentState, PlanState
 from services.scheduling.models import (
     Appointment,
     Case,
+    CasePlan,
     FollowUpVisit,
     OfferedOption,
     Site,
@@ -437,6 +438,145 @@ def book(
         session.rollback()
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     return AppointmentView.model_validate(appointment, from_attributes=True)
+
+
+# ---------------------------------------------------------------- vein-to-vein plans
+
+
+PLAN_EXAMPLE: JsonDict = {
+    "plan_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+    "state": "offered",
+    "collection_center_id": "TC-BOSTON",
+    "collection_on": "2026-12-07",
+    "manufacturing_site_id": "MFG-AGC-MILAN",
+    "manufacturing_week": "2026-W50",
+    "manufacturing_start_on": "2026-12-09",
+    "release_on": "2027-01-21",
+    "eta_at": "2027-01-23T21:00:00Z",
+    "treatment_center_id": "TC-BOSTON",
+    "conditioning_start_on": "2027-01-25",
+    "infusion_on": "2027-01-29",
+    "appointment_id": None,
+}
+
+
+class PlanRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"count": 3}, {}]})
+
+    count: Annotated[
+        int, Field(ge=1, le=plan_commands.MAX_PLANS, description="How many plans, earliest first")
+    ] = 3
+
+
+class PlanView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                PLAN_EXAMPLE,
+                PLAN_EXAMPLE | {"state": "booked", "appointment_id": APPOINTMENT_ID},
+            ]
+        }
+    )
+
+    plan_id: UUID
+    state: PlanState = Field(description="offered, booked (every leg held tentatively) or withdrawn")
+    collection_center_id: str
+    collection_on: date = Field(description="Apheresis day, at the collection center")
+    manufacturing_site_id: str
+    manufacturing_week: str = Field(description="The manufacturing slot's ISO week, at the site")
+    manufacturing_start_on: date = Field(description="At the manufacturing site")
+    release_on: date = Field(description="Expected release of the product, at the manufacturing site")
+    eta_at: datetime = Field(description="Expected delivery of the product at the treatment center")
+    treatment_center_id: str
+    conditioning_start_on: date = Field(description="At the treatment center")
+    infusion_on: date = Field(description="Day 0, at the treatment center")
+    appointment_id: UUID | None = Field(description="The tentative infusion appointment, once booked")
+
+
+class BookPlanRequest(RequestModel):
+    """Nothing to say: the plan is the one named in the path (send `{}`)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+
+
+def _plan_view(row: CasePlan) -> PlanView:
+    return PlanView(plan_id=row.id, **row.model_dump(exclude={"id"}))
+
+
+@router.post(
+    "/cases/{coi}/plans",
+    summary="Offer a case's vein-to-vein plans",
+    response_model=list[PlanView],
+    responses=problems.documented(409),
+)
+def offer_plans(
+    coi: str,
+    body: PlanRequest,
+    session: SessionDep,
+    caller: Coordinator,
+    runtime: RuntimeDep,
+) -> list[PlanView]:
+    """Coordinators ask for the earliest plans (`count`, default 3) of an accepted order's case, one per
+    collection day: a free apheresis chair at the treatment center's collection center (working day, no
+    blackout), the earliest manufacturing slot (ISO week, no blackout week, slots for the therapy) the
+    starting material can make within its limits (fresh: hours from collection to manufacturing start;
+    cryopreserved: its age), the expected release, the return shipment's transit, and the first infusion
+    option after the product's delivery (receipt buffer, chairs, beds, working days). Each leg is judged
+    in its own site's calendar and time zone. Nothing is held until one is booked; the plans offered
+    before are withdrawn. A cancelled order, a case already planned or booked, or a collection center,
+    manufacturing protocol or site missing is 409 with the reasons; an empty list means no plan fits."""
+    case = _case(session, coi, caller)
+    try:
+        rows = plan_commands.offer_plans(
+            session, case, count=body.count, default_buffer_hours=runtime.settings.receipt_buffer_hours
+        )
+    except commands.Refused as refused:
+        session.rollback()
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
+    session.commit()
+    return [_plan_view(row) for row in rows]
+
+
+@router.post(
+    "/cases/{coi}/plans/{plan_id}/book",
+    summary="Book a vein-to-vein plan",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PlanView,
+    responses=problems.documented(409),
+)
+def book_plan(
+    coi: str,
+    plan_id: UUID,
+    body: BookPlanRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+    runtime: RuntimeDep,
+) -> PlanView:
+    """Coordinators book one offered plan (the body is `{}`): every leg is held tentatively at once, or none is. The
+    manufacturing slot is taken first, and a collection is never booked without one; each leg is judged
+    again on what is booked now, so two coordinators never take the same last slot, chair or bed. The
+    infusion leg becomes a tentative appointment (the site gets `slot.proposed`), confirmed only once the
+    product is delivered clean. A leg whose capacity went, a plan no longer offered, a cancelled order or
+    a case already booked is 409 with every reason; another case's or an unknown plan is 404."""
+    case = _case(session, coi, caller)
+    try:
+        row = plan_commands.book_plan(
+            session,
+            case,
+            plan_id,
+            booked_by=caller.subject,
+            default_buffer_hours=runtime.settings.receipt_buffer_hours,
+            correlation_id=request.state.correlation_id,
+        )
+    except plan_commands.UnknownPlan as unknown:
+        session.rollback()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("plan")) from unknown
+    except commands.Refused as refused:
+        session.rollback()
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
+    session.commit()
+    return _plan_view(row)
 
 
 def _coordinators_reason(code: SlotReasonCode) -> SlotReasonCode:

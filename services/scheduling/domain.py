@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -437,3 +437,324 @@ def _add_months(day: date, months: int) -> date:
 def retry_delay_seconds(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:
     """Exponential backoff: base, 2 * base, 4 * base, ... capped."""
     return float(min(base_seconds * 2 ** (attempt - 1), cap_seconds))
+
+
+# ---------------------------------------------------------------- vein-to-vein plans
+#
+# A plan chains the legs of one autologous therapy: apheresis at a collection center (local day), the
+# starting material's transit to the manufacturing site, a manufacturing slot (ISO week, site-local), the
+# expected release, the return shipment (a transit allowance) and the infusion leg (conditioning start,
+# day 0) at the treatment center. Each leg is judged in its own site's calendar and time zone.
+
+
+@dataclass(frozen=True, order=True)
+class IsoWeek:
+    """An ISO 8601 week (Monday to Sunday), as manufacturing sites count their slots."""
+
+    year: int
+    week: int
+
+    @staticmethod
+    def of(day: date) -> IsoWeek:
+        year, week, _ = day.isocalendar()
+        return IsoWeek(year, week)
+
+    @staticmethod
+    def parse(text: str) -> IsoWeek:
+        """`2026-W50`."""
+        year, _, week = text.partition("-W")
+        parsed = IsoWeek(int(year), int(week))
+        date.fromisocalendar(parsed.year, parsed.week, 1)  # ValueError for a week the year does not have
+        return parsed
+
+    def monday(self) -> date:
+        return date.fromisocalendar(self.year, self.week, 1)
+
+    def next(self) -> IsoWeek:
+        return IsoWeek.of(self.monday() + timedelta(days=7))
+
+    def __str__(self) -> str:
+        return f"{self.year}-W{self.week:02d}"
+
+
+@dataclass(frozen=True)
+class CollectionCalendar:
+    """An apheresis center's calendar, in its own time zone."""
+
+    timezone: str
+    chairs_per_day: int
+    working_weekdays: frozenset[int]
+    """ISO weekdays, Monday = 1."""
+    blackout_dates: frozenset[date]
+    material_ready_at: time = time(16, 0)
+    """Local time the day's collected material leaves for the manufacturing site."""
+
+    def is_open(self, day: date) -> bool:
+        return day.isoweekday() in self.working_weekdays and day not in self.blackout_dates
+
+    def collected_at(self, day: date) -> datetime:
+        # In UTC: arithmetic on a zoned datetime is wall-clock arithmetic, an hour off across a DST change.
+        return datetime.combine(day, self.material_ready_at, tzinfo=ZoneInfo(self.timezone)).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ManufacturingCalendar:
+    """One manufacturing site's slots for one therapy, in its own time zone."""
+
+    site_id: str
+    timezone: str
+    slots_per_week: int
+    blackout_weeks: frozenset[IsoWeek]
+
+    def week_starts_at(self, week: IsoWeek) -> datetime:
+        """Monday 00:00 of the week at the site."""
+        return datetime.combine(week.monday(), time(0), tzinfo=ZoneInfo(self.timezone)).astimezone(UTC)
+
+    def local_day(self, at: datetime) -> date:
+        return at.astimezone(ZoneInfo(self.timezone)).date()
+
+
+class StartingMaterial(StrEnum):
+    FRESH = "fresh"
+    """Shipped at 2-8 °C: it must reach the site, and manufacturing start, within hours."""
+    CRYOPRESERVED = "cryopreserved"
+    """Frozen after collection: it may wait for a slot, up to a maximum age."""
+
+
+@dataclass(frozen=True)
+class ManufacturingProtocol:
+    """A therapy's manufacturing time and the limits on its starting material."""
+
+    manufacturing_days: int
+    """Vein to release when manufacturing starts as the material arrives; a wait for the slot adds to it."""
+    starting_material: StartingMaterial
+    outbound_transit_hours: float
+    """Transit allowance from the collection center to the manufacturing site."""
+    max_fresh_transit_hours: float
+    """Fresh material: collection to manufacturing start, at most."""
+    max_cryopreserved_age_days: int
+    """Cryopreserved material: collection to manufacturing start, at most."""
+    return_transit_hours: float
+    """Transit allowance of the drug product from release to delivery at the treatment center."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """The sites a case's plan runs through, and the therapy's protocol."""
+
+    collection: CollectionCalendar
+    manufacturing: tuple[ManufacturingCalendar, ...]
+    infusion: SiteCalendar
+    protocol: ManufacturingProtocol
+    conditioning_days: int
+    receipt_buffer_hours: float
+
+
+@dataclass(frozen=True)
+class PlanLoad:
+    """What is already booked: collections at the collection center per local day, manufacturing slots
+    taken per (site, week) for the therapy, and the treatment center's infusion load."""
+
+    collections: Mapping[date, int]
+    manufacturing: Mapping[tuple[str, IsoWeek], int]
+    infusions: Load
+
+
+class PlanState(StrEnum):
+    OFFERED = "offered"
+    BOOKED = "booked"
+    """Every leg held tentatively: it counts against each site's capacity."""
+    WITHDRAWN = "withdrawn"
+    """Replaced by newer plans, or another plan of the case was booked."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    collection_on: date
+    """Collection center's local day."""
+    collected_at: datetime
+    manufacturing_site_id: str
+    manufacturing_week: IsoWeek
+    manufacturing_start_at: datetime
+    manufacturing_start_on: date
+    """Manufacturing site's local day."""
+    released_at: datetime
+    release_on: date
+    """Manufacturing site's local day."""
+    eta_at: datetime
+    """The return shipment's expected delivery at the treatment center."""
+    infusion: SlotOption
+    """Conditioning start and infusion (day 0), the treatment center's local days."""
+
+
+def collection_problems(day: date, calendar: CollectionCalendar, load: PlanLoad) -> list[str]:
+    problems: list[str] = []
+    if day in calendar.blackout_dates:
+        problems.append(f"{day} is a blackout date at the collection center")
+    elif day.isoweekday() not in calendar.working_weekdays:
+        problems.append(f"{day} is not a working day at the collection center")
+    elif load.collections.get(day, 0) >= calendar.chairs_per_day:
+        problems.append(f"no apheresis chair left on {day}")
+    return problems
+
+
+def manufacturing_problems(week: IsoWeek, site: ManufacturingCalendar, load: PlanLoad) -> list[str]:
+    if week in site.blackout_weeks:
+        return [f"{week} is a blackout week at {site.site_id}"]
+    if load.manufacturing.get((site.site_id, week), 0) >= site.slots_per_week:
+        return [f"no manufacturing slot left at {site.site_id} in {week}"]
+    return []
+
+
+def manufacturing_start_at(
+    collected_at: datetime, week: IsoWeek, site: ManufacturingCalendar, protocol: ManufacturingProtocol
+) -> datetime:
+    """As the material arrives, or at the start of the slot's week (site-local) if it arrives before."""
+    arrival = collected_at + timedelta(hours=protocol.outbound_transit_hours)
+    return max(arrival, site.week_starts_at(week))
+
+
+def starting_material_problems(
+    collected_at: datetime, week: IsoWeek, site: ManufacturingCalendar, protocol: ManufacturingProtocol
+) -> list[str]:
+    """The material must arrive by the end of the slot's week (site-local) and, from collection to
+    manufacturing start, stay within its limit: hours for fresh material, days for cryopreserved."""
+    arrival = collected_at + timedelta(hours=protocol.outbound_transit_hours)
+    start = manufacturing_start_at(collected_at, week, site, protocol)
+    if IsoWeek.of(site.local_day(arrival)) > week:
+        return [f"the starting material reaches {site.site_id} only after {week}"]
+    waited_hours = (start - collected_at).total_seconds() / 3600
+    if protocol.starting_material is StartingMaterial.FRESH:
+        limit = protocol.max_fresh_transit_hours
+        if protocol.outbound_transit_hours > limit:
+            return [
+                f"fresh starting material takes {protocol.outbound_transit_hours:g} h to reach "
+                f"{site.site_id}, more than its {limit:g} h limit"
+            ]
+        if waited_hours > limit:
+            return [
+                f"fresh starting material would wait until {site.local_day(start)} at {site.site_id}: "
+                f"{waited_hours:g} h after collection, more than its {limit:g} h limit"
+            ]
+    elif waited_hours > protocol.max_cryopreserved_age_days * 24:
+        return [
+            f"cryopreserved starting material would be {waited_hours / 24:g} days old when manufacturing "
+            f"starts in {week}, more than its {protocol.max_cryopreserved_age_days} days"
+        ]
+    return []
+
+
+def chain(
+    collection_on: date, site: ManufacturingCalendar, week: IsoWeek, network: Network
+) -> tuple[datetime, datetime, datetime, datetime]:
+    """The leg instants of a collection day and a manufacturing week: collected, manufacturing start,
+    released, delivered at the treatment center (ETA)."""
+    protocol = network.protocol
+    collected_at = network.collection.collected_at(collection_on)
+    start = manufacturing_start_at(collected_at, week, site, protocol)
+    released = (
+        start + timedelta(days=protocol.manufacturing_days) - timedelta(hours=protocol.outbound_transit_hours)
+    )
+    return collected_at, start, released, released + timedelta(hours=protocol.return_transit_hours)
+
+
+def _plan(
+    collection_on: date, site: ManufacturingCalendar, week: IsoWeek, infusion: SlotOption, network: Network
+) -> Plan:
+    collected_at, start, released, eta = chain(collection_on, site, week, network)
+    return Plan(
+        collection_on=collection_on,
+        collected_at=collected_at,
+        manufacturing_site_id=site.site_id,
+        manufacturing_week=week,
+        manufacturing_start_at=start,
+        manufacturing_start_on=site.local_day(start),
+        released_at=released,
+        release_on=site.local_day(released),
+        eta_at=eta,
+        infusion=infusion,
+    )
+
+
+def _first_slot(
+    collection_on: date, site: ManufacturingCalendar, network: Network, load: PlanLoad
+) -> IsoWeek | None:
+    """The earliest week with a slot the material can make, while it stays within its limit."""
+    collected_at = network.collection.collected_at(collection_on)
+    arrival = collected_at + timedelta(hours=network.protocol.outbound_transit_hours)
+    week = IsoWeek.of(site.local_day(arrival))
+    while not starting_material_problems(collected_at, week, site, network.protocol):
+        if not manufacturing_problems(week, site, load):
+            return week
+        week = week.next()
+    return None
+
+
+def earliest_plans(
+    *,
+    network: Network,
+    load: PlanLoad,
+    earliest_collection_on: date,
+    count: int = 3,
+    horizon_days: int = 120,
+) -> list[Plan]:
+    """The earliest `count` plans, one per collection day: a chair at the collection center, the
+    earliest manufacturing slot the starting material can make (of every site making the therapy; the
+    earliest infusion wins), and the first infusion option after the product's expected delivery
+    (`feasible_options`: receipt buffer, chairs, beds, working days, blackouts at the treatment center)."""
+    plans: list[Plan] = []
+    for offset in range(horizon_days):
+        day = earliest_collection_on + timedelta(days=offset)
+        if collection_problems(day, network.collection, load):
+            continue
+        candidates: list[Plan] = []
+        for site in network.manufacturing:
+            week = _first_slot(day, site, network, load)
+            if week is None:
+                continue
+            eta = chain(day, site, week, network)[3]
+            options = feasible_options(
+                eta_at=eta,
+                calendar=network.infusion,
+                conditioning_days=network.conditioning_days,
+                receipt_buffer_hours=network.receipt_buffer_hours,
+                load=load.infusions,
+                count=1,
+            )
+            if options:
+                candidates.append(_plan(day, site, week, options[0], network))
+        if candidates:
+            plans.append(
+                min(
+                    candidates, key=lambda p: (p.infusion.infusion_on, p.released_at, p.manufacturing_site_id)
+                )
+            )
+            if len(plans) == count:
+                break
+    return plans
+
+
+def plan_problems(plan: Plan, *, network: Network, load: PlanLoad, earliest_collection_on: date) -> list[str]:
+    """Everything that forbids booking this plan now, leg by leg, the manufacturing slot first (no
+    collection without one): the week's capacity and blackout, the starting material's limits, the
+    collection day, and the infusion leg after the product's expected delivery (I4)."""
+    site = next((s for s in network.manufacturing if s.site_id == plan.manufacturing_site_id), None)
+    if site is None:
+        return [f"{plan.manufacturing_site_id} no longer manufactures this therapy"]
+    problems = manufacturing_problems(plan.manufacturing_week, site, load)
+    collected_at = network.collection.collected_at(plan.collection_on)
+    problems += starting_material_problems(collected_at, plan.manufacturing_week, site, network.protocol)
+    if plan.collection_on < earliest_collection_on:
+        problems.append(
+            f"the collection on {plan.collection_on} is no longer ahead (first possible: {earliest_collection_on})"
+        )
+    problems += collection_problems(plan.collection_on, network.collection, load)
+    eta = chain(plan.collection_on, site, plan.manufacturing_week, network)[3]
+    problems += booking_problems(
+        plan.infusion,
+        eta_at=eta,
+        receipt_buffer_hours=network.receipt_buffer_hours,
+        calendar=network.infusion,
+        load=load.infusions,
+    )
+    return problems

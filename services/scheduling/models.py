@@ -1,5 +1,6 @@
-"""Scheduling's tables: site calendars, therapy protocols, cases, offered options, appointments,
-follow-up visits, webhook endpoints and their delivery log."""
+"""Scheduling's tables: site calendars, therapy protocols, collection centers, manufacturing sites and
+their slots, cases, their plans, offered options, appointments, follow-up visits, webhook endpoints and
+their delivery log."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import Column, Table, Text
 from sqlmodel import Field, SQLModel
 
 from services.common.db import UtcDateTime, tables_of
-from services.scheduling.domain import AppointmentState
+from services.scheduling.domain import AppointmentState, PlanState
 
 
 class Site(SQLModel, table=True):
@@ -27,6 +28,9 @@ class Site(SQLModel, table=True):
     blackout_dates: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     booking_version: int = 0
     """Bumped by every booking: the update takes the row lock that serialises concurrent bookings."""
+    # Added with plans; nullable so that an existing table gets it (see create_tables).
+    collection_center_id: str | None = Field(default=None, max_length=64)
+    """Where its patients' cells are collected (a `CollectionCenter`, which may be the site itself)."""
 
 
 class TherapyProtocol(SQLModel, table=True):
@@ -35,6 +39,82 @@ class TherapyProtocol(SQLModel, table=True):
     code: str = Field(primary_key=True, max_length=64)
     conditioning_days: int
     receipt_buffer_hours: float
+    # Added with plans (domain.ManufacturingProtocol); nullable so that an existing table gets them. A
+    # therapy without them is not planned.
+    manufacturing_days: int | None = None
+    """Vein to release, in days."""
+    starting_material: str | None = Field(default=None, max_length=16)
+    """`fresh` or `cryopreserved` (domain.StartingMaterial)."""
+    outbound_transit_hours: float | None = None
+    max_fresh_transit_hours: float | None = None
+    max_cryopreserved_age_days: int | None = None
+    return_transit_hours: float | None = None
+
+
+class CollectionCenter(SQLModel, table=True):
+    """An apheresis center's calendar, in its own time zone (a treatment center may be its own)."""
+
+    __tablename__ = "collection_center"
+
+    id: str = Field(primary_key=True, max_length=64)
+    timezone: str = Field(max_length=64)
+    chairs_per_day: int = 1
+    working_weekdays: str = Field(default="1,2,3,4,5", max_length=20)
+    blackout_dates: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    booking_version: int = 0
+    """Bumped by every plan booked here: the update takes the lock that serialises them."""
+
+
+class ManufacturingSite(SQLModel, table=True):
+    """A manufacturing site, in its own time zone; its slots per therapy are `ManufacturingCapacity`."""
+
+    __tablename__ = "manufacturing_site"
+
+    id: str = Field(primary_key=True, max_length=64)
+    timezone: str = Field(max_length=64)
+    blackout_weeks: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    """Comma-separated ISO weeks, `2026-W52`."""
+    booking_version: int = 0
+    """Bumped by every plan booked here: the update takes the lock that serialises them."""
+
+
+class ManufacturingCapacity(SQLModel, table=True):
+    """Slots per ISO week a manufacturing site has for one therapy."""
+
+    __tablename__ = "manufacturing_capacity"
+
+    site_id: str = Field(primary_key=True, max_length=64)
+    therapy_code: str = Field(primary_key=True, max_length=64)
+    slots_per_week: int
+
+
+class CasePlan(SQLModel, table=True):
+    """One vein-to-vein plan of a case (domain.Plan): offered, then booked as one, every leg at once. A
+    collection exists only in a plan, beside its manufacturing slot."""
+
+    __tablename__ = "case_plan"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    coi: str = Field(index=True, max_length=COI_LENGTH)
+    state: PlanState = Field(default=PlanState.OFFERED, max_length=16)
+    therapy_code: str = Field(max_length=64)
+    collection_center_id: str = Field(index=True, max_length=64)
+    collection_on: date
+    collected_at: datetime = Field(sa_type=UtcDateTime)
+    manufacturing_site_id: str = Field(index=True, max_length=64)
+    manufacturing_week: str = Field(max_length=8)
+    manufacturing_start_at: datetime = Field(sa_type=UtcDateTime)
+    manufacturing_start_on: date
+    released_at: datetime = Field(sa_type=UtcDateTime)
+    release_on: date
+    eta_at: datetime = Field(sa_type=UtcDateTime)
+    treatment_center_id: str = Field(max_length=64)
+    conditioning_start_on: date
+    infusion_on: date
+    appointment_id: UUID | None = None
+    offered_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    booked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    booked_by: str | None = Field(default=None, max_length=64)
 
 
 class Case(SQLModel, table=True):
@@ -202,4 +282,8 @@ TABLES: tuple[Table, ...] = tables_of(
     WebhookEndpoint,
     WebhookDelivery,
     SlotAlert,
+    CollectionCenter,
+    ManufacturingSite,
+    ManufacturingCapacity,
+    CasePlan,
 )

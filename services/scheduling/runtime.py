@@ -22,7 +22,14 @@ from services.common.service import Runtime, runtime_dependency
 from services.common.settings import ServiceSettings
 from services.common.unit_of_work import session_factory, wake_after_commit
 from services.scheduling import commands
-from services.scheduling.models import Site, TherapyProtocol, WebhookDelivery
+from services.scheduling.models import (
+    CollectionCenter,
+    ManufacturingCapacity,
+    ManufacturingSite,
+    Site,
+    TherapyProtocol,
+    WebhookDelivery,
+)
 from services.scheduling.webhook_commands import WebhookSettings
 from services.scheduling.webhook_domain import FailurePolicy
 from services.scheduling.webhooks import WebhookDeliverer
@@ -80,17 +87,49 @@ class SchedulingSettings(ServiceSettings):
         )
 
 
+WASKYRA_MANUFACTURING = {
+    "manufacturing_days": 45,
+    "starting_material": "fresh",
+    "outbound_transit_hours": 36.0,
+    "max_fresh_transit_hours": 72.0,
+    "max_cryopreserved_age_days": 365,
+    "return_transit_hours": 48.0,
+}
+"""Demo figures: fresh apheresis at 2-8 °C reaches Milan within 72 h (docs/planning.md)."""
+
+
 def seed(engine: Engine) -> None:
-    """Demo calendars and protocol (the same site and therapy ids as order intake's seed registry)."""
+    """Demo calendars and protocol (the same site and therapy ids as order intake's seed registry): TC-BOSTON
+    is its own collection center; Waskyra is made at MFG-AGC-MILAN."""
     with session_factory(engine)() as session:
         for row in (
-            Site(id="TC-BOSTON", timezone="America/New_York", infusions_per_day=2, admissions_capacity=4),
+            Site(
+                id="TC-BOSTON",
+                timezone="America/New_York",
+                infusions_per_day=2,
+                admissions_capacity=4,
+                collection_center_id="TC-BOSTON",
+            ),
             Site(id="TC-DENVER", timezone="America/Denver", infusions_per_day=1, admissions_capacity=2),
+            CollectionCenter(id="TC-BOSTON", timezone="America/New_York", chairs_per_day=2),
+            ManufacturingSite(id="MFG-AGC-MILAN", timezone="Europe/Rome"),
         ):
-            if session.get(Site, row.id) is None:
+            if session.get(type(row), row.id) is None:
                 session.add(row)
-        if session.get(TherapyProtocol, "WASKYRA") is None:
-            session.add(TherapyProtocol(code="WASKYRA", conditioning_days=4, receipt_buffer_hours=24.0))
+        boston = session.get(Site, "TC-BOSTON")
+        if boston is not None and boston.collection_center_id is None:  # a database seeded before plans
+            boston.collection_center_id = "TC-BOSTON"
+        if session.get(ManufacturingCapacity, ("MFG-AGC-MILAN", "WASKYRA")) is None:
+            session.add(
+                ManufacturingCapacity(site_id="MFG-AGC-MILAN", therapy_code="WASKYRA", slots_per_week=2)
+            )
+        protocol = session.get(TherapyProtocol, "WASKYRA")
+        if protocol is None:
+            protocol = TherapyProtocol(code="WASKYRA", conditioning_days=4, receipt_buffer_hours=24.0)
+        if protocol.manufacturing_days is None:
+            for name, value in WASKYRA_MANUFACTURING.items():
+                setattr(protocol, name, value)
+        session.add(protocol)
         session.commit()
 
 

@@ -13,7 +13,9 @@ from sqlalchemy import inspect, text
 
 from deploy.stack import create_postgres_databases, drop_postgres_databases
 from services.common.db import create_tables, make_engine
-from services.scheduling.models import WebhookEndpoint
+from services.common.unit_of_work import session_factory
+from services.scheduling.models import TABLES, Site, TherapyProtocol, WebhookEndpoint
+from services.scheduling.runtime import seed
 from services.scheduling.webhook_domain import MAX_URL_LENGTH
 
 OLDER_TABLE = """CREATE TABLE webhook_endpoint (
@@ -50,6 +52,47 @@ def test_an_older_webhook_table_is_widened_and_completed(kind: str, tmp_path: Pa
                     created_at=datetime.now(UTC),
                 )
             )
+    finally:
+        engine.dispose()
+        if kind == "postgresql":
+            drop_postgres_databases(urls)
+
+
+OLDER_SCHEDULING = (
+    """CREATE TABLE site (id VARCHAR(64) PRIMARY KEY, timezone VARCHAR(64) NOT NULL,
+    infusions_per_day INTEGER NOT NULL, admissions_capacity INTEGER NOT NULL,
+    working_weekdays VARCHAR(20) NOT NULL, blackout_dates TEXT NOT NULL, booking_version INTEGER NOT NULL)""",
+    """CREATE TABLE therapy_protocol (code VARCHAR(64) PRIMARY KEY, conditioning_days INTEGER NOT NULL,
+    receipt_buffer_hours FLOAT NOT NULL)""",
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_scheduling_database_from_before_plans_is_planned_after_the_seed(kind: str, tmp_path: Path) -> None:
+    """The site's collection center and the protocol's manufacturing figures are added to the tables as
+    they were, and the seed fills them in for the demo site and therapy."""
+    urls = (
+        {"test": f"sqlite:///{tmp_path / 'old.db'}"}
+        if kind == "sqlite"
+        else create_postgres_databases(["test"])
+    )
+    engine = make_engine(urls["test"])
+    try:
+        with engine.begin() as connection:
+            for statement in OLDER_SCHEDULING:
+                connection.execute(text(statement))
+            connection.execute(
+                text("INSERT INTO site VALUES ('TC-BOSTON', 'America/New_York', 2, 4, '1,2,3,4,5', '', 0)")
+            )
+            connection.execute(text("INSERT INTO therapy_protocol VALUES ('WASKYRA', 4, 24.0)"))
+        create_tables(engine, TABLES)
+        seed(engine)
+        with session_factory(engine)() as session:
+            boston = session.get(Site, "TC-BOSTON")
+            protocol = session.get(TherapyProtocol, "WASKYRA")
+            assert boston is not None and boston.collection_center_id == "TC-BOSTON"
+            assert protocol is not None and protocol.manufacturing_days == 45
+            assert protocol.conditioning_days == 4  # what was there is kept
     finally:
         engine.dispose()
         if kind == "postgresql":

@@ -13,10 +13,17 @@ import pytest
 
 class Contender:
     """`work` on a thread of its own; `arrive()` returns once it has called `owner.function_name` (the step
-    before the lock), `finish()` once it is done, raising what it raised."""
+    before the lock) — with `after`, once that call has returned (a read the lock should have made wait) —
+    `finish()` once it is done, raising what it raised."""
 
     def __init__(
-        self, monkeypatch: pytest.MonkeyPatch, owner: object, function_name: str, work: Callable[[], None]
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        owner: object,
+        function_name: str,
+        work: Callable[[], None],
+        *,
+        after: bool = False,
     ) -> None:
         self._arrived = threading.Event()
         self._error: BaseException | None = None
@@ -24,9 +31,14 @@ class Contender:
         function = getattr(owner, function_name)
 
         def arriving(*args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread() is self._thread:
+            mine = threading.current_thread() is self._thread
+            if mine and not after:
                 self._arrived.set()
-            return function(*args, **kwargs)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if mine:
+                    self._arrived.set()
 
         monkeypatch.setattr(owner, function_name, arriving)
         self._function_name = function_name
