@@ -8,7 +8,6 @@ confirmed (and the treatment center's webhook received it) and the wrong-COI shi
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 import uuid
@@ -20,12 +19,12 @@ import httpx
 from cgt_contracts.events import AnyEvent
 
 from deploy.observe import EventLog, WebhookListener
-from deploy.stack import DEFAULT_PORTS, ROOT, Stack, sqlite_urls
+from deploy.stack import DEFAULT_PORTS, ROOT, Stack, make_up_kafka, sqlite_urls
 
 sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
 from kafka_local import LocalKafka  # type: ignore[import-not-found]
 
-from services.common.kafka_access import KafkaAccess, kafka_from_environment
+from services.common.kafka_access import KafkaAccess
 from services.common.topics import ORDERS, SCHEDULING, SHIPMENTS
 
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
@@ -228,20 +227,11 @@ def running_stack() -> dict[str, str] | None:
     return None
 
 
-def running_stack_kafka() -> KafkaAccess:
-    """The broker of `make up` as its super user (credentials in var/kafka/security, owner-only), unless
-    the environment names another broker."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return kafka_from_environment()
-    access: KafkaAccess = LocalKafka(port=9092, data_dir=ROOT / "var" / "kafka").access()
-    return access
-
-
 def main() -> int:
     urls = running_stack()
     if urls is not None:
         print("using the running stack (make up)")
-        return asyncio.run(run(urls, running_stack_kafka()))
+        return asyncio.run(run(urls, make_up_kafka()))
     print("no running stack found: starting one on temporary SQLite databases ...")
 
     with (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -271,14 +272,44 @@ def epcis_schema_problem(environ: Mapping[str, str] = os.environ) -> str | None:
     return None
 
 
+def make_up_kafka() -> KafkaAccess:
+    """The broker of `make up` as its super user (credentials in var/kafka/security, owner-only), unless
+    the environment names another broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return kafka_from_environment()
+    access: KafkaAccess = _local_kafka()(port=9092, data_dir=ROOT / "var" / "kafka").access()
+    return access
+
+
+def _local_kafka() -> type:
+    """deploy/kafka's LocalKafka (a script directory, so imported from its path)."""
+    sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
+    from kafka_local import LocalKafka  # type: ignore[import-not-found]
+
+    local_kafka: type = LocalKafka
+    return local_kafka
+
+
+def _cli_env() -> int:
+    """`export` lines for the command-line tools (verify, dlq) against `make up`: its broker's login, and
+    the public halves of the ledger keys its COI tracking signs with (verifying needs no private key)."""
+    if not (ROOT / "var" / "kafka" / "security").is_dir() and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        print("no broker of make up here (var/kafka): run make up first", file=sys.stderr)
+        return 2
+    signing = json.loads(os.environ.get("LEDGER_SIGNING_KEYS", DEV_LEDGER_SIGNING_KEYS))
+    verify = {key_id: public_key_of(private) for key_id, private in signing.items()}
+    variables = {**make_up_kafka().environment(), "LEDGER_VERIFY_KEYS": json.dumps(verify)}
+    for variable, value in variables.items():
+        print(f"export {variable}={shlex.quote(value)}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     problem = epcis_schema_problem()
     if problem is not None:
         print(f"make up: not starting: {problem}", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT / "deploy" / "kafka"))
-    from kafka_local import LocalKafka  # type: ignore[import-not-found]
-
+    LocalKafka = _local_kafka()
     var = ROOT / "var"
     broker = None
     kafka: KafkaAccounts
@@ -338,9 +369,12 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="broker + three services on SQLite, in the foreground")
     up.add_argument("--kafka-port", type=int, default=9092)
+    sub.add_parser("cli-env", help="export lines: the CLIs' broker login and ledger keys for make up")
     args = parser.parse_args()
     if args.command == "up":
         return _up(args)
+    if args.command == "cli-env":
+        return _cli_env()
     return 2
 
 

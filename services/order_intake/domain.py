@@ -169,7 +169,9 @@ def manufacturing_release_refusal(
         )
     if released_at > now + RELEASE_CLOCK_TOLERANCE:
         return "released_at is in the future"
-    if manufacturing_started_at is not None and released_at < manufacturing_started_at:
+    # To the second: a release stated in whole seconds (as people and most systems give times) in the
+    # second manufacturing started is not before it.
+    if manufacturing_started_at is not None and released_at < manufacturing_started_at.replace(microsecond=0):
         return f"released_at is before manufacturing started ({manufacturing_started_at.isoformat()})"
     return None
 

@@ -3,7 +3,9 @@ without that file it says so and exits 2, creating nothing. Real SQLite files, t
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from deploy.stack import ROOT, sqlite_urls
 from services.coi_tracking import verify
 from services.coi_tracking.models import TABLES
 from services.common.db import create_tables, make_engine
+from services.common.development import DEV_LEDGER_SIGNING_KEYS, public_key_of
 from services.common.service import COMMON_TABLES
 from tests.support.shipments import planned_shipments
 
@@ -79,3 +82,31 @@ def test_a_database_with_a_shipment_verifies_ok(tmp_path: Path) -> None:
     checked = _verify(DATABASE_URL=f"sqlite:///{path}")
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines() == [line]
+
+
+def test_cli_env_gives_the_tools_the_broker_login_and_only_the_public_ledger_keys() -> None:
+    """`python -m deploy.stack cli-env` (README: before `verify` against make up): `export` lines of the
+    broker's KAFKA_* login and LEDGER_VERIFY_KEYS, the public halves of the keys COI tracking signs with."""
+    broker = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_USERNAME": "admin",
+        "KAFKA_SASL_PASSWORD": "secret-of-the-test",
+    }
+    environ = {k: v for k, v in os.environ.items() if k != "LEDGER_SIGNING_KEYS"}
+    printed = subprocess.run(
+        [sys.executable, "-m", "deploy.stack", "cli-env"],
+        cwd=ROOT,
+        env={**environ, **broker},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines())
+    assert {
+        key: shlex.split(value)[0] for key, value in exported.items() if key.startswith("KAFKA_")
+    } == broker
+    verify_keys = json.loads(shlex.split(exported["LEDGER_VERIFY_KEYS"])[0])
+    assert verify_keys == {key: public_key_of(seed) for key, seed in DEV_LEDGER_SIGNING_KEYS.items()}
+    assert not any(seed in printed for seed in DEV_LEDGER_SIGNING_KEYS.values())

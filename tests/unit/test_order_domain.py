@@ -186,6 +186,19 @@ def test_a_product_is_released_only_of_an_order_in_manufacturing_and_not_in_the_
     )
 
 
+def test_a_release_stated_to_the_second_in_the_second_manufacturing_started_is_taken() -> None:
+    """The README's walkthrough gives `date -u +%FT%TZ`: whole seconds, in the second the order moved."""
+    started = datetime(2026, 12, 3, 14, 24, 55, 608334, tzinfo=UTC)
+    same_second = started.replace(microsecond=0)
+    assert manufacturing_release_refusal(OrderStatus.IN_MANUFACTURING, same_second, started, started) is None
+    assert "before manufacturing started" in (
+        manufacturing_release_refusal(
+            OrderStatus.IN_MANUFACTURING, same_second - timedelta(seconds=1), started, started
+        )
+        or ""
+    )
+
+
 def test_a_site_scoped_caller_sees_only_its_own_site() -> None:
     assert visible_to(None, "TC-SEATTLE")
     assert visible_to("TC-BOSTON", "TC-BOSTON")
