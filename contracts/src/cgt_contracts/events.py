@@ -237,6 +237,7 @@ class ScanRefusalCode(StrEnum):
     ETA_MISSING = "eta_missing"
     ETA_IN_PAST = "eta_in_past"
     ORDER_CANCELLED = "order_cancelled"
+    LOT_FAILED = "lot_failed"
     QA_REJECTED = "qa_rejected"
     PRODUCT_NOT_RELEASED = "product_not_released"
     OUT_OF_SEQUENCE = "out_of_sequence"
