@@ -198,4 +198,5 @@ TABLES: tuple[Table, ...] = tables_of(
     OrderTransition,
     Collection,
     DinCounter,
+    ManufacturingFailure,
 )
