@@ -137,7 +137,8 @@ async def test_a_failed_lot_is_collected_again_under_the_same_coi_and_infused(
     refused = await http.post(
         f"{stack.tracking}/shipments/{closed['id']}/scans", json=scan("pick_up", [coi]), headers=COURIER
     )
-    assert refused.status_code in (201, 409) and not refused.json().get("accepted", False), refused.text
+    assert refused.status_code == 201 and not refused.json()["accepted"], refused.text
+    assert "failed in manufacturing" in refused.json()["refusal_reason"]
     picked = await http.post(base, json=scan("pick_up", [coi]), headers=COURIER)
     assert picked.status_code == 201 and picked.json()["accepted"], picked.text
     booked = await book_first_option(http, stack, events, coi)
