@@ -174,6 +174,7 @@ class ShipmentView(BaseModel):
                     "max_temperature_celsius": -182.5,
                     "product_released_at": "2026-12-01T08:00:00Z",
                     "order_cancelled_at": None,
+                    "lot_failed_at": None,
                 }
             ]
         }
@@ -206,6 +207,10 @@ class ShipmentView(BaseModel):
     order_cancelled_at: datetime | None = Field(
         default=None,
         description="When the order was cancelled: the shipment takes no scan (status cancelled)",
+    )
+    lot_failed_at: datetime | None = Field(
+        default=None,
+        description="Return leg: when its lot failed in manufacturing; it takes no scan (status cancelled)",
     )
 
 
@@ -309,6 +314,7 @@ def _view(session: Session, shipment: Shipment) -> ShipmentView:
         max_temperature_celsius=shipment.max_temperature_celsius,
         product_released_at=shipment.product_released_at,
         order_cancelled_at=shipment.order_cancelled_at,
+        lot_failed_at=shipment.lot_failed_at,
     )
 
 

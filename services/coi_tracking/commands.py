@@ -73,6 +73,27 @@ class ShipmentFilter:
     status: ShipmentStatus | None = None
 
 
+def close_failed_lot_legs(session: Session, order_id: UUID, failed_at: datetime) -> list[Shipment]:
+    """The order's lot failed in manufacturing: the shipments it closes (`domain.closes_on_lot_failure`,
+    the planned return leg) are marked so, take no scan from now on, and show as cancelled; returned, so
+    that the next lot's leg can be planned like them. Locked, so that a scan being judged now is judged
+    before the failure or after it, whole. Redelivered, it closes nothing more."""
+    shipments = session.exec(locked(session, select(Shipment).where(Shipment.order_id == order_id))).all()
+    closed = [
+        shipment
+        for shipment in shipments
+        if domain.closes_on_lot_failure(
+            shipment.leg, shipment.status, shipment.product_released_at is not None
+        )
+    ]
+    for shipment in closed:
+        shipment.lot_failed_at = failed_at
+        shipment.status = ShipmentStatus.CANCELLED
+        session.add(shipment)
+    log.info("shipments.lot_failed", order_id=str(order_id), closed=len(closed))
+    return closed
+
+
 def visible_shipment(
     session: Session, shipment_id: UUID, site_scope: str | None, company_scope: str | None
 ) -> Shipment | None:
@@ -342,6 +363,7 @@ def scan_state(session: Session, shipment: Shipment, facts: ShipmentFacts) -> do
         planned_at=shipment.created_at,
         courier_company=shipment.courier_company,
         order_cancelled=shipment.order_cancelled_at is not None,
+        lot_failed=shipment.lot_failed_at is not None,
         leg=shipment.leg,
         product_released=shipment.product_released_at is not None,
     )

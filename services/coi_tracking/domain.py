@@ -33,7 +33,7 @@ class ShipmentStatus(StrEnum):
     RELEASED = "released"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
-    """The order was cancelled: the shipment takes no more scans."""
+    """The order was cancelled, or (a return leg) its lot failed: the shipment takes no more scans."""
 
 
 # Which scans may follow which status (a quarantined shipment still moves physically: its scans are kept).
@@ -312,6 +312,9 @@ class ShipmentState:
     order_cancelled: bool = False
     """Order intake cancelled the order (`order.cancelled`): its shipments take no scan."""
     leg: ShipmentLeg | None = None
+    lot_failed: bool = False
+    """The lot this return leg was planned for failed in manufacturing (`manufacturing.failed`): the leg is
+    closed and takes no scan; the next lot travels on a new leg."""
     product_released: bool = False
     """The manufacturer released the product for shipment (`product.released_for_shipment`): a return
     leg is picked up only then. An outbound leg exists only once its collection was recorded."""
@@ -580,6 +583,11 @@ def _time_refusal(state: ShipmentState, scan: Scan) -> Refusal | None:
 def _refusal(state: ShipmentState, scan: Scan) -> Refusal | None:
     if state.order_cancelled:
         return Refusal(ScanRefusalCode.ORDER_CANCELLED, "the order was cancelled: its shipments take no scan")
+    if state.lot_failed:
+        return Refusal(
+            ScanRefusalCode.LOT_FAILED,
+            "the lot this return leg was planned for failed in manufacturing: the leg takes no scan",
+        )
     if state.status is ShipmentStatus.REJECTED:
         return Refusal(ScanRefusalCode.QA_REJECTED, "QA rejected this shipment: its product may not move on")
     if scan.scan_type is ScanType.PICK_UP and state.leg is ShipmentLeg.RETURN and not state.product_released:
@@ -1132,3 +1140,14 @@ def _against_published(
             f"entry {published.sequence} differs from the head published for it",
         )
     return ChainVerification(True, count)
+
+
+# ---------------------------------------------------------------- a failed lot
+
+
+def closes_on_lot_failure(leg: ShipmentLeg, status: ShipmentStatus, product_released: bool) -> bool:
+    """Whether a failed lot closes this shipment: the order's planned return leg, which that lot would have
+    travelled on (a new leg is planned for the next lot). An outbound leg carried the cells, not the lot,
+    and is left as it is; a return leg already released, moving or closed is not the failed lot's (order
+    intake records a failure only before the release) and is left too."""
+    return leg is ShipmentLeg.RETURN and status is ShipmentStatus.PLANNED and not product_released

@@ -1,6 +1,7 @@
 """COI tracking's subscribers: an accepted order plans its return shipment; each recorded collection
 plans a fresh outbound leg to manufacturing; the product's release opens the return leg for pick-up; a
-cancelled order's shipments are marked cancelled."""
+failed lot closes its return leg and plans the next lot's; a cancelled order's shipments are marked
+cancelled."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cgt_contracts.events import (
     CourierScanDataV2,
     CourierScanSubmitted,
     CourierScanSubmittedV2,
+    ManufacturingFailed,
     OrderAccepted,
     OrderCancelled,
     OrderCancelledV2,
@@ -157,14 +159,39 @@ def mark_order_cancelled(session: Session, event: OrderCancelled | OrderCancelle
     log.info("shipments.order_cancelled", order_id=str(event.data.order_id), shipments=len(shipments))
 
 
+def replan_return_leg(session: Session, event: ManufacturingFailed, planning: Planning) -> None:
+    """The lot failed: its return leg is closed (`commands.close_failed_lot_legs`) and a new one planned
+    for the next lot, to the same site with the same limits; the next collection plans its outbound leg
+    as any collection does. Redelivered, nothing is closed and nothing planned again."""
+    for closed in commands.close_failed_lot_legs(session, event.data.order_id, event.data.failed_at):
+        shipment = Shipment(
+            order_id=closed.order_id,
+            coi=closed.coi,
+            leg=ShipmentLeg.RETURN,
+            treatment_center_id=closed.treatment_center_id,
+            courier_company=closed.courier_company,
+            storage_limit_celsius=closed.storage_limit_celsius,
+            custodian=closed.custodian,
+            destination=closed.destination,
+        )
+        bags = [
+            Bag(shipment_id=shipment.id, coi=closed.coi, number=n, of=planning.bag_count)
+            for n in range(1, planning.bag_count + 1)
+        ]
+        _plan(session, event, shipment, bags)
+
+
 def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None:
-    """The manufacturer released the product: the order's return leg may now be picked up."""
+    """The manufacturer released the product: the order's return leg may now be picked up (the open one:
+    a failed lot's is closed)."""
     shipment = session.exec(
         locked(
             session,
             select(Shipment)
             .where(Shipment.order_id == event.data.order_id)
-            .where(Shipment.leg == ShipmentLeg.RETURN),
+            .where(Shipment.leg == ShipmentLeg.RETURN)
+            .where(col(Shipment.lot_failed_at).is_(None))
+            .order_by(col(Shipment.created_at).desc()),
         )
     ).first()
     if shipment is None:  # order.accepted, which plans it, comes first on the same partition (key: COI)
@@ -194,6 +221,10 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
         assert isinstance(event, ProductReleasedForShipment)
         open_return_leg(session, event)
 
+    def on_manufacturing_failed(session: Session, event: AnyEvent) -> None:
+        assert isinstance(event, ManufacturingFailed)
+        replan_return_leg(session, event, planning)
+
     register_consumer(
         runtime.broker,
         topics=[ORDERS],
@@ -205,6 +236,7 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
             OrderCancelled: on_order_cancelled,  # v1, still on the topic: its free text is not read
             OrderCancelledV2: on_order_cancelled,
             ProductReleasedForShipment: on_product_released,
+            ManufacturingFailed: on_manufacturing_failed,
         },
         max_attempts=runtime.settings.consumer_max_attempts,
     )

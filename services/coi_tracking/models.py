@@ -45,6 +45,8 @@ class Shipment(SQLModel, table=True):
     product_lot_number: str | None = Field(default=None, max_length=64)
     order_cancelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When order intake cancelled the order: the shipment takes no scan from then on."""
+    lot_failed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """Return leg: when the lot it was planned for failed in manufacturing (closed: it takes no scan)."""
     last_scan_device_time: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """The latest device time of the shipment's scans: a scan dated later cannot be one sent again."""
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)

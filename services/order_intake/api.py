@@ -10,7 +10,7 @@ from typing import Annotated
 from uuid import UUID
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier
-from cgt_contracts.events import CancellationReasonCode, RejectionReason
+from cgt_contracts.events import CancellationReasonCode, ManufacturingFailureCode, RejectionReason
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -25,7 +25,7 @@ from services.common.paging import Page, link_next
 from services.common.service import db_session
 from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
-from services.order_intake.models import Collection, Order
+from services.order_intake.models import Collection, ManufacturingFailure, Order
 from services.order_intake.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["orders"])
@@ -181,6 +181,56 @@ class CancelRequest(RequestModel):
         description="Why, from a closed list: the code is what the other services and the site are told"
     )
     note: Note | None = None
+
+
+class ManufacturingFailureRequest(RequestModel):
+    """A lot that failed in manufacturing: why, from a closed list, and a note if need be."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"reason_code": "sterility_failure", "note": "mycoplasma positive on day 12"},
+                {"reason_code": "insufficient_cell_yield"},
+            ]
+        }
+    )
+
+    reason_code: ManufacturingFailureCode = Field(
+        description="Why, from a closed list: the code is what the other services and the site are told"
+    )
+    note: Note | None = None
+
+
+class ManufacturingFailureView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "collection_number": 1,
+                    "reason_code": "sterility_failure",
+                    "note": None,
+                    "recorded_by": "coord-ana",
+                    "failed_at": "2026-12-20T09:12:00Z",
+                }
+            ]
+        }
+    )
+
+    collection_number: int = Field(description="The collection the failed lot was made from")
+    reason_code: ManufacturingFailureCode
+    note: str | None = Field(description="The note given with the failure, if any (never published)")
+    recorded_by: str
+    failed_at: datetime
+
+    @classmethod
+    def of(cls, row: ManufacturingFailure) -> ManufacturingFailureView:
+        return cls(
+            collection_number=row.collection_number,
+            reason_code=ManufacturingFailureCode(row.reason_code),
+            note=row.note,
+            recorded_by=row.recorded_by,
+            failed_at=row.failed_at,
+        )
 
 
 ORDER_EXAMPLE: JsonDict = {
@@ -569,3 +619,46 @@ def record_manufacturing_release(
         )
     session.commit()
     return OrderView.of(order)
+
+
+@router.post(
+    "/orders/{order_id}/manufacturing-failure",
+    summary="Record a failed lot",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ManufacturingFailureView,
+    responses=problems.documented(409),
+)
+def record_manufacturing_failure(
+    order_id: UUID,
+    body: ManufacturingFailureRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+) -> ManufacturingFailureView:
+    """A coordinator records that the lot made from the order's latest collection failed in manufacturing,
+    with a reason code (and a note if need be); who and when are recorded. The order becomes
+    `manufacturing_failed`: a new collection (`POST …/collections`, a new DIN under the same COI) starts
+    the next attempt. `manufacturing.failed.v1` carries the code, never the note: COI tracking closes the
+    lot's return leg, scheduling releases its appointment and tells the site. An order that is not in
+    manufacturing is 409."""
+    with command_answers():
+        failure = commands.record_manufacturing_failure(
+            session, order_id, body.reason_code, body.note, caller_of(caller), request.state.correlation_id
+        )
+    session.commit()
+    return ManufacturingFailureView.of(failure)
+
+
+@router.get(
+    "/orders/{order_id}/manufacturing-failures",
+    summary="List an order's failed lots",
+    response_model=list[ManufacturingFailureView],
+)
+def list_manufacturing_failures(
+    order_id: UUID, session: SessionDep, caller: OrderingCaller
+) -> list[ManufacturingFailureView]:
+    """Every failed attempt of the order, oldest first: the collection its lot was made from, why, who
+    recorded it and when (with the collections and the history, every attempt of the order)."""
+    with command_answers():
+        order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
+    return [ManufacturingFailureView.of(row) for row in commands.manufacturing_failures_of(session, order)]

@@ -16,6 +16,9 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     CollectionRecorded,
     CollectionRecordedData,
+    ManufacturingFailed,
+    ManufacturingFailedData,
+    ManufacturingFailureCode,
     OrderAccepted,
     OrderAcceptedData,
     OrderCancelledDataV2,
@@ -45,6 +48,7 @@ from services.order_intake.models import (
     CoiSequence,
     Collection,
     DinCounter,
+    ManufacturingFailure,
     Order,
     OrderTransition,
     PatientRecord,
@@ -492,13 +496,14 @@ def record_collection(
     """One apheresis collection with its own DIN under the order's COI; the first moves the order to
     cells_collected. `collection.recorded.v1`: the fresh shipment to manufacturing is planned."""
     order = _locked_order(session, order_id, caller.site_scope)
-    refusal = domain.collection_refusal(order.status, order.coi is not None)
+    taken = _collection_count(session, order)
+    refusal = domain.collection_refusal(order.status, order.coi is not None, taken)
     if refusal is not None:
         raise Refused(refusal)
     assert order.coi is not None
     site = session.get(TreatmentCenter, order.treatment_center_id)
     fin = (site.fin if site is not None else None) or issuer.fin
-    number = len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all()) + 1
+    number = taken + 1
     collection = Collection(
         order_id=order.id,
         number=number,
@@ -522,11 +527,68 @@ def record_collection(
     return RecordedCollection(collection, order.coi)
 
 
+def _collection_count(session: Session, order: Order) -> int:
+    return len(session.exec(select(Collection.id).where(Collection.order_id == order.id)).all())
+
+
+def manufacturing_failures_of(session: Session, order: Order) -> list[ManufacturingFailure]:
+    return list(
+        session.exec(
+            select(ManufacturingFailure)
+            .where(ManufacturingFailure.order_id == order.id)
+            .order_by(col(ManufacturingFailure.id))
+        )
+    )
+
+
+def record_manufacturing_failure(
+    session: Session,
+    order_id: UUID,
+    reason_code: ManufacturingFailureCode,
+    note: str | None,
+    caller: Caller,
+    correlation_id: str,
+) -> ManufacturingFailure:
+    """The lot made from the order's latest collection failed in manufacturing: why (a code), an optional
+    note, who and when (the server's time). The order becomes manufacturing_failed, from which a new
+    collection (a new DIN under the same COI) starts the next attempt. `manufacturing.failed.v1` carries
+    the code, never the note (I6): COI tracking closes the lot's return leg, scheduling releases its
+    appointment and tells the site."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    taken = _collection_count(session, order)
+    refusal = domain.manufacturing_failure_refusal(order.status, taken)
+    if refusal is not None:
+        raise Refused(refusal)
+    assert order.coi is not None  # an order in manufacturing was accepted: it has its COI
+    _move(session, order, OrderStatus.MANUFACTURING_FAILED, Way.FAILURE, caller.subject)
+    failure = ManufacturingFailure(
+        order_id=order.id,
+        collection_number=taken,
+        reason_code=reason_code.value,
+        note=note,
+        recorded_by=caller.subject,
+        failed_at=utc_now(),
+    )
+    session.add(failure)
+    data = ManufacturingFailedData(
+        order_id=order.id,
+        coi=order.coi,
+        collection_number=taken,
+        reason_code=reason_code,
+        failed_at=failure.failed_at,
+        recorded_by=caller.subject,
+    )
+    _publish(session, ManufacturingFailed(**_envelope(order.coi, correlation_id), data=data))
+    log.info("order.manufacturing_failed", order_id=str(order.id), reason_code=reason_code.value)
+    return failure
+
+
 def _manufacturing_started_at(session: Session, order: Order) -> datetime | None:
     return session.exec(
         select(OrderTransition.at)
         .where(OrderTransition.order_id == order.id)
         .where(OrderTransition.to_status == OrderStatus.IN_MANUFACTURING)
+        .order_by(col(OrderTransition.id).desc())  # this attempt's: a failed lot's came before
     ).first()
 
 

@@ -29,6 +29,8 @@ class OrderStatus(StrEnum):
     IN_FOLLOW_UP = "in_follow_up"
     CLOSED = "closed"
     CANCELLED = "cancelled"
+    MANUFACTURING_FAILED = "manufacturing_failed"
+    """The lot failed: a new collection (a new DIN under the same COI) starts the next attempt."""
 
 
 LIFECYCLE: tuple[OrderStatus, ...] = (
@@ -45,9 +47,15 @@ LIFECYCLE: tuple[OrderStatus, ...] = (
 """The therapy's path, one step at a time: no step is skipped, none is gone back to."""
 
 CANCELLABLE: frozenset[OrderStatus] = frozenset(
-    {OrderStatus.SUBMITTED, *LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)]}
+    {
+        OrderStatus.SUBMITTED,
+        *LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)],
+        OrderStatus.MANUFACTURING_FAILED,
+    }
 )
-ACTIVE: frozenset[OrderStatus] = frozenset({OrderStatus.SUBMITTED, *LIFECYCLE[:-1]})
+ACTIVE: frozenset[OrderStatus] = frozenset(
+    {OrderStatus.SUBMITTED, *LIFECYCLE[:-1], OrderStatus.MANUFACTURING_FAILED}
+)
 """Orders that block a second order for the same patient and therapy: a rejected, cancelled or closed
 order does not."""
 
@@ -61,6 +69,10 @@ def allowed_transitions(current: OrderStatus) -> frozenset[OrderStatus]:
         targets |= {OrderStatus.ACCEPTED, OrderStatus.REJECTED}
     if current in LIFECYCLE and current is not OrderStatus.CLOSED:
         targets.add(LIFECYCLE[LIFECYCLE.index(current) + 1])
+    if current is OrderStatus.IN_MANUFACTURING:
+        targets.add(OrderStatus.MANUFACTURING_FAILED)  # the one way back: a lot failed
+    if current is OrderStatus.MANUFACTURING_FAILED:
+        targets.add(OrderStatus.CELLS_COLLECTED)  # the next attempt starts with a new collection
     if current in CANCELLABLE:
         targets.add(OrderStatus.CANCELLED)
     return frozenset(targets)
@@ -84,6 +96,8 @@ class Way(StrEnum):
     """COI tracking's shipment events."""
     INFUSION_EVENT = "infusion_event"
     """Scheduling's infusion recorded."""
+    FAILURE = "manufacturing_failure"
+    """A lot that failed in manufacturing, with its reason."""
 
 
 WAYS: Mapping[OrderStatus, frozenset[Way]] = {
@@ -99,6 +113,7 @@ WAYS: Mapping[OrderStatus, frozenset[Way]] = {
     OrderStatus.IN_FOLLOW_UP: frozenset({Way.STEP, Way.INFUSION_EVENT}),
     OrderStatus.CLOSED: frozenset({Way.STEP}),
     OrderStatus.CANCELLED: frozenset({Way.CANCELLATION}),
+    OrderStatus.MANUFACTURING_FAILED: frozenset({Way.FAILURE}),
 }
 """The ways each status may be reached; `check_transition` refuses any other."""
 
@@ -110,6 +125,7 @@ WAY_HINTS: Mapping[Way, str] = {
     Way.CANCELLATION: "a cancellation is recorded with its reason: POST …/cancel",
     Way.SHIPMENT_EVENT: "set by the shipment's events, not by hand",
     Way.INFUSION_EVENT: "set by scheduling's infusion event",
+    Way.FAILURE: "a failed lot is recorded with its reason: POST …/manufacturing-failure",
 }
 
 
@@ -134,22 +150,53 @@ def check_transition(current: OrderStatus, target: OrderStatus, way: Way) -> Non
         raise TransitionRefused(current, target, f"{target} is not set this way ({hints})")
     if target not in allowed_transitions(current):
         raise TransitionRefused(current, target)
+    # After a failed lot the next attempt's cells are recorded with their new DIN, never by a step.
+    failed = current is OrderStatus.MANUFACTURING_FAILED
+    if failed and target is OrderStatus.CELLS_COLLECTED and way is not Way.COLLECTION:
+        raise TransitionRefused(
+            current, target, f"after a failed lot, {target} is reached only by a new collection with its DIN"
+        )
 
 
-COLLECTING: frozenset[OrderStatus] = frozenset({OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED})
-"""Collections are recorded for an accepted order until manufacturing starts (more than one may be)."""
+COLLECTING: frozenset[OrderStatus] = frozenset(
+    {OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED, OrderStatus.MANUFACTURING_FAILED}
+)
+"""Collections are recorded for an accepted order until manufacturing starts (more than one may be), and
+again after a failed lot: the next attempt's collection, with a new DIN under the same COI."""
+
+MAX_COLLECTIONS = 20
+"""Collections of one order (ISBT 128 allows several per therapy event; the events say 1..20)."""
 
 
-def collection_refusal(status: OrderStatus, has_coi: bool) -> str | None:
+def collection_refusal(status: OrderStatus, has_coi: bool, collections: int = 0) -> str | None:
     """Why a collection cannot be recorded for the order, or None."""
     if status not in COLLECTING or not has_coi:
         return f"cannot record a collection for an order that is {status}"
+    if collections >= MAX_COLLECTIONS:
+        return f"the order already has {MAX_COLLECTIONS} collections, the most one COI links"
     return None
 
 
 def status_after_collection(status: OrderStatus) -> OrderStatus | None:
-    """The first collection moves the order to cells_collected; later ones leave it there."""
-    return OrderStatus.CELLS_COLLECTED if status is OrderStatus.ACCEPTED else None
+    """The first collection of an attempt (the order's first, or the first after a failed lot) moves the
+    order to cells_collected; later ones leave it there."""
+    if status in (OrderStatus.ACCEPTED, OrderStatus.MANUFACTURING_FAILED):
+        return OrderStatus.CELLS_COLLECTED
+    return None
+
+
+def manufacturing_failure_refusal(status: OrderStatus, collections: int) -> str | None:
+    """Why a failed lot cannot be recorded for the order, or None: only while its order is in
+    manufacturing (a released product is not a failed lot; a cancelled order has none), and only of a
+    lot made from a collection."""
+    if OrderStatus.MANUFACTURING_FAILED not in allowed_transitions(status):
+        return (
+            f"a manufacturing failure is recorded only while its order is {OrderStatus.IN_MANUFACTURING}; "
+            f"this order is {status}"
+        )
+    if collections == 0:
+        return "the order has no collection the failed lot was made from"
+    return None
 
 
 RELEASE_CLOCK_TOLERANCE = timedelta(minutes=5)

@@ -125,6 +125,23 @@ class Collection(SQLModel, table=True):
     recorded_by: str = Field(max_length=64)
 
 
+class ManufacturingFailure(SQLModel, table=True):
+    """A lot made from the order's cells that failed in manufacturing: why (a `ManufacturingFailureCode`,
+    what is published), the coordinator's note (kept here only, I6), who recorded it and when (the
+    server's time). The next attempt starts with a new collection under the same COI."""
+
+    __tablename__ = "manufacturing_failure"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: UUID = Field(foreign_key="therapy_order.id", index=True)
+    collection_number: int
+    """The latest collection when the lot failed: the one it was made from."""
+    reason_code: str = Field(max_length=40)
+    note: str | None = Field(default=None, max_length=500)
+    recorded_by: str = Field(max_length=64)
+    failed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
 class DinCounter(SQLModel, table=True):
     """The last DIN sequence issued per facility and year (six digits, never reused)."""
 
@@ -181,4 +198,5 @@ TABLES: tuple[Table, ...] = tables_of(
     OrderTransition,
     Collection,
     DinCounter,
+    ManufacturingFailure,
 )

@@ -47,6 +47,7 @@ from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCaus
 from services.scheduling.models import (
     Appointment,
     Case,
+    CasePlan,
     FollowUpVisit,
     OfferedOption,
     Site,
@@ -741,6 +742,8 @@ def product_at_risk(
         flag(session, case, None)
     elif cause is RiskCause.QA_REJECTION:
         flag(session, case, "product rejected by QA: plan with the manufacturer")
+    elif cause is RiskCause.MANUFACTURING_FAILURE:
+        _start_next_attempt(session, case)
     session.add(case)
     appointment = open_appointment(session, case.coi)
     if appointment is None:
@@ -776,6 +779,38 @@ def product_at_risk(
             causation_id=causation_id,
         )
     return response
+
+
+def _start_next_attempt(session: Session, case: Case) -> None:
+    """The lot failed: the case forgets the failed lot's shipment and ETA, its options and its plans
+    (`domain.WITHDRAWN_BY_LOT_FAILURE`), and waits for the next lot: the new return leg's pick-up offers
+    options again, or the case is planned again from its next collection."""
+    case.shipment_id, case.eta_at, case.product_delivered_at, case.quarantined = None, None, None, False
+    withdraw_options(session, case)
+    session.exec(
+        update(CasePlan)
+        .where(col(CasePlan.coi) == case.coi)
+        .where(col(CasePlan.state).in_([s.value for s in domain.WITHDRAWN_BY_LOT_FAILURE]))
+        .values(state=domain.PlanState.WITHDRAWN)
+    )
+    flag(session, case, "manufacturing failed: record the new collection; book again when the new lot ships")
+
+
+def lot_failed(
+    session: Session, case: Case, code: str, *, correlation_id: str, causation_id: str | None
+) -> domain.RiskResponse | None:
+    """A failed lot (`manufacturing.failed`): its appointment is released as for any product that will
+    never be infused (`domain.on_product_at_risk`: cancelled with `manufacturing_failure` and the site
+    told; an alert if it was confirmed; an alert only once conditioning may have started), and the case
+    waits for the next lot. The caller holds the case's lock."""
+    return product_at_risk(
+        session,
+        case,
+        RiskCause.MANUFACTURING_FAILURE,
+        f"manufacturing failed ({code})",
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
 
 
 def raise_alert(

@@ -209,6 +209,7 @@ class RiskCause(StrEnum):
     QA_REJECTION = "qa_rejection"
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
+    MANUFACTURING_FAILURE = "manufacturing_failure"
 
 
 COORDINATOR_REASONS = frozenset(
@@ -239,7 +240,9 @@ def reason_code_of(cause: RiskCause) -> SlotReasonCode:
     return SlotReasonCode(cause.value)
 
 
-ENDS_THE_PRODUCT = frozenset({RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED})
+ENDS_THE_PRODUCT = frozenset(
+    {RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED, RiskCause.MANUFACTURING_FAILURE}
+)
 """Causes after which the product booked for will never be infused: the appointment is cancelled, not held."""
 QUARANTINING = frozenset({RiskCause.QUARANTINE, RiskCause.TEMPERATURE_EXCURSION, RiskCause.COI_BREAK})
 """Causes that put the product in quarantine until QA releases it."""
@@ -565,7 +568,13 @@ class PlanState(StrEnum):
     BOOKED = "booked"
     """Every leg held tentatively: it counts against each site's capacity."""
     WITHDRAWN = "withdrawn"
-    """Replaced by newer plans, or another plan of the case was booked."""
+    """Replaced by newer plans, another plan of the case was booked, or its lot failed."""
+
+
+WITHDRAWN_BY_LOT_FAILURE = frozenset({PlanState.OFFERED, PlanState.BOOKED})
+"""A failed lot ends the chain it was planned in: the case's offered and booked plans are withdrawn (a
+booked one gives its collection chair and manufacturing slot back), so that the case can be planned again
+for the next collection."""
 
 
 @dataclass(frozen=True)

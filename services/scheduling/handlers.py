@@ -24,6 +24,7 @@ from cgt_contracts.events import (
     AnyEvent,
     CancellationReasonCode,
     CoiBreak,
+    ManufacturingFailed,
     OrderAccepted,
     OrderCancelled,
     OrderCancelledV2,
@@ -143,6 +144,16 @@ def on_order_cancelled(session: Session, event: OrderCancelled | OrderCancelledV
     )
 
 
+def on_manufacturing_failed(session: Session, event: ManufacturingFailed, config: Config) -> None:
+    """The lot failed: its appointment is released and the case waits for the next lot."""
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return  # order.accepted comes first on the same partition: no case, no appointment
+    commands.lock_case(session, case)
+    if not case.cancelled:
+        commands.lot_failed(session, case, event.data.reason_code, **_context(event))
+
+
 # ---------------------------------------------------------------- shipments
 
 
@@ -231,6 +242,7 @@ HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderAccepted: on_order_accepted,
     OrderCancelled: on_order_cancelled,
     OrderCancelledV2: on_order_cancelled,
+    ManufacturingFailed: on_manufacturing_failed,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
     ShipmentDelayedV2: on_shipment_delayed,

@@ -20,11 +20,24 @@ from deploy.observe import EventLog, ReceivedWebhook, WebhookListener
 from services.common.development import DEV_QA_SIGNING_PIN
 from services.common.topics import ALL_TOPICS
 from tests.e2e.conftest import CENTER, COORDINATOR, COURIER, QA, RunningStack
-from tests.e2e.journey import book_first_option, place_released_order, scan, shipment_for
+from tests.e2e.journey import (
+    book_first_option,
+    place_accepted_order,
+    place_released_order,
+    record_collection_and_manufacturing,
+    scan,
+    shipment_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-OWNER = {"cancel": "order-intake", "location": "coi-tracking", "qa": "coi-tracking", "move": "scheduling"}
+OWNER = {
+    "cancel": "order-intake",
+    "failure": "order-intake",
+    "location": "coi-tracking",
+    "qa": "coi-tracking",
+    "move": "scheduling",
+}
 """Which service receives each text, and alone keeps it."""
 
 
@@ -41,6 +54,7 @@ def typed_texts() -> dict[str, str]:
     marker = f"SENTINEL-{uuid.uuid4().hex[:10]}"
     return {
         "cancel": f"{marker} cancel: mother called, the family moved to Ohio",
+        "failure": f"{marker} failure: mycoplasma positive on day 12, batch record p. 4",
         "location": f"{marker} loc: Dock 7 behind Gate B",
         "qa": f"{marker} qa: probe read -171 °C in the dewar",
         "move": f"{marker} move: patient asked for Friday",
@@ -141,6 +155,29 @@ async def told(listener: WebhookListener, coi: str, kind: str) -> ReceivedWebhoo
     return await asyncio.to_thread(listener.wait_for, matches)
 
 
+async def failed_with_a_note(
+    http: httpx.AsyncClient, stack: RunningStack, events: EventLog, texts: dict[str, str]
+) -> dict[str, Any]:
+    """A lot recorded failed by a coordinator with a note: COI tracking closes its return leg."""
+    order = await place_accepted_order(http, stack)
+    coi = order["coi"]
+    await record_collection_and_manufacturing(http, stack, order["id"])
+    failed = await http.post(
+        f"{stack.orders}/orders/{order['id']}/manufacturing-failure",
+        json={"reason_code": "sterility_failure", "note": texts["failure"]},
+        headers=COORDINATOR,
+    )
+    assert failed.status_code == 201, failed.text
+    await events.wait_for(lambda e: e.type == "manufacturing.failed.v1" and e.subject == coi)
+    for _ in range(300):  # COI tracking has taken it: the next lot's return leg is planned
+        legs = [e for e in events.of(coi) if e.type == "shipment.created.v1" and e.data.leg == "return"]
+        if len(legs) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(legs) == 2
+    return {"coi": coi, "order": order["id"]}
+
+
 async def test_text_a_person_typed_stays_with_the_service_that_received_it(
     stack: RunningStack, http: httpx.AsyncClient, every_topic: EventLog, webhook_listener: WebhookListener
 ) -> None:
@@ -151,6 +188,7 @@ async def test_text_a_person_typed_stays_with_the_service_that_received_it(
     texts = typed_texts()
     held = await quarantined_released_and_moved(http, stack, every_topic, texts)
     ended = await cancelled_with_a_note(http, stack, every_topic, texts)
+    lot = await failed_with_a_note(http, stack, every_topic, texts)
 
     # The site was told each step by codes; a patient's webhooks go out in order, so these are the last.
     moved = await told(webhook_listener, held["coi"], "slot.rescheduled")
@@ -187,6 +225,10 @@ async def test_text_a_person_typed_stays_with_the_service_that_received_it(
     # The owners answer them to those who may read the record.
     order = (await http.get(f"{stack.orders}/orders/{ended['order']}", headers=CENTER)).json()
     assert (order["cancelled_reason_code"], order["cancelled_note"]) == ("patient_withdrew", texts["cancel"])
+    [failure] = (
+        await http.get(f"{stack.orders}/orders/{lot['order']}/manufacturing-failures", headers=CENTER)
+    ).json()
+    assert (failure["reason_code"], failure["note"]) == ("sterility_failure", texts["failure"])
     tracking = f"{stack.tracking}/shipments/{held['shipment']}"
     scans = (await http.get(f"{tracking}/scans", headers=COURIER)).json()
     assert [s["location"] for s in scans] == [texts["location"], texts["location"]]

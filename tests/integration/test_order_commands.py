@@ -14,6 +14,7 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     InfusionRecorded,
     InfusionRecordedData,
+    ManufacturingFailureCode,
     ShipmentDelivered,
     ShipmentDeliveredData,
     ShipmentDispatched,
@@ -227,6 +228,76 @@ def test_the_product_is_released_with_its_lot_only_while_in_manufacturing(engine
         "LOT-1",
         COORDINATOR.subject,
     )
+
+
+def collect(engine: Engine, order: Order) -> str:
+    with session_factory(engine)(expire_on_commit=False) as session:
+        recorded = commands.record_collection(session, order.id, NOW, COORDINATOR, ISSUER, "c")
+        session.commit()
+    return recorded.collection.din
+
+
+def fail_lot(engine: Engine, order: Order, note: str | None = None) -> None:
+    with session_factory(engine)() as session:
+        commands.record_manufacturing_failure(
+            session, order.id, ManufacturingFailureCode.STERILITY_FAILURE, note, COORDINATOR, "c"
+        )
+        session.commit()
+
+
+def test_a_failed_lot_is_recorded_once_and_the_next_attempt_gets_a_new_din_under_the_same_coi(
+    engine: Engine,
+) -> None:
+    order = place(engine)
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="only while its order"):
+        commands.record_manufacturing_failure(
+            session, order.id, ManufacturingFailureCode.OTHER, None, COORDINATOR, "c"
+        )
+    first_din = collect(engine, order)
+    move(engine, order, OrderStatus.IN_MANUFACTURING)
+    fail_lot(engine, order, note="mycoplasma on day 12")
+    assert stored(engine, order.id).status is OrderStatus.MANUFACTURING_FAILED
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="only while its order"):
+        commands.record_manufacturing_failure(
+            session, order.id, ManufacturingFailureCode.OTHER, None, COORDINATOR, "c"
+        )
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="new collection"):
+        commands.record_step(session, order.id, OrderStatus.CELLS_COLLECTED, COORDINATOR)
+
+    kind, data = outbox(engine, order.coi)[-1]
+    assert (kind, data["collection_number"], data["reason_code"], data["recorded_by"]) == (
+        "manufacturing.failed.v1",
+        1,
+        "sterility_failure",
+        COORDINATOR.subject,
+    )
+    assert "mycoplasma" not in json.dumps(outbox(engine)), "the note stays with the order (I6)"
+    with session_factory(engine)() as session:
+        [failure] = commands.manufacturing_failures_of(session, stored(engine, order.id))
+        assert (failure.collection_number, failure.note) == (1, "mycoplasma on day 12")
+
+    second_din = collect(engine, order)
+    assert second_din != first_din
+    assert stored(engine, order.id).status is OrderStatus.CELLS_COLLECTED
+    move(engine, order, OrderStatus.IN_MANUFACTURING)
+    release(engine, order)
+    assert [t for _, t, _ in history(engine, order)][2:] == [
+        OrderStatus.CELLS_COLLECTED,
+        OrderStatus.IN_MANUFACTURING,
+        OrderStatus.MANUFACTURING_FAILED,
+        OrderStatus.CELLS_COLLECTED,
+        OrderStatus.IN_MANUFACTURING,
+        OrderStatus.PRODUCT_RELEASED,
+    ]
+
+
+def test_a_lot_of_an_order_with_no_collection_cannot_be_recorded_failed(engine: Engine) -> None:
+    order = place(engine)
+    move(engine, order, OrderStatus.CELLS_COLLECTED, OrderStatus.IN_MANUFACTURING)
+    with session_factory(engine)() as session, pytest.raises(commands.Refused, match="no collection"):
+        commands.record_manufacturing_failure(
+            session, order.id, ManufacturingFailureCode.OTHER, None, COORDINATOR, "c"
+        )
 
 
 def dispatched(order: Order, leg: ShipmentLeg = ShipmentLeg.RETURN) -> ShipmentDispatched:

@@ -23,6 +23,9 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     CoiBreak,
     CoiBreakData,
+    ManufacturingFailed,
+    ManufacturingFailedData,
+    ManufacturingFailureCode,
     OrderAccepted,
     OrderAcceptedData,
     OrderCancelled,
@@ -235,6 +238,19 @@ class Patient:
             cancelled_at=datetime.now(UTC),
         )
         return OrderCancelledV2(**self._head(), data=data)
+
+    def lot_failed(
+        self, code: ManufacturingFailureCode = ManufacturingFailureCode.STERILITY_FAILURE
+    ) -> ManufacturingFailed:
+        data = ManufacturingFailedData(
+            order_id=self.order_id,
+            coi=self.coi,
+            collection_number=1,
+            reason_code=code,
+            failed_at=datetime.now(UTC),
+            recorded_by="coord-ana",
+        )
+        return ManufacturingFailed(**self._head(), data=data)
 
     def cancelled_v1(self, reason: str = "patient unwell") -> OrderCancelled:
         data = OrderCancelledData(
@@ -483,6 +499,46 @@ def test_a_rejection_cancels_a_tentative_appointment_without_an_alert(engine: En
     assert [(i.kind, i.detail) for i in worklist(engine, patient.coi)] == [
         ("attention", "product rejected by QA: plan with the manufacturer")
     ]
+
+
+def test_a_failed_lot_releases_its_tentative_appointment_and_the_next_lot_is_booked_again(
+    engine: Engine,
+) -> None:
+    patient = Patient()
+    apply(engine, patient.accepted(), patient.dispatched(in_days(2)))
+    first = book(engine, patient.coi)
+
+    apply(engine, patient.lot_failed())
+
+    assert appointment_of(engine, first).state is AppointmentState.CANCELLED
+    [cancelled] = published(engine, patient.coi, "slot.cancelled.v2")
+    assert cancelled["reason_code"] == "manufacturing_failure"
+    assert published(engine, patient.coi, "slot.at_risk.v2") == [], "a tentative one raises no alert"
+    assert webhook_kinds(engine, patient.coi)[-1] == "slot.cancelled"
+    assert options_of(engine, patient.coi) == []
+    [item] = worklist(engine, patient.coi)
+    assert item.detail.startswith("manufacturing failed")
+    with session_factory(engine)() as session:
+        case = session.get(Case, patient.coi)
+        assert case is not None and not case.cancelled and case.shipment_id is None and case.eta_at is None
+
+    # The next lot travels on a new return leg: its pick-up offers options again, its delivery confirms.
+    patient.shipment_id = uuid.uuid4()
+    apply(engine, patient.dispatched(in_days(3)))
+    second = book(engine, patient.coi)
+    apply(engine, patient.delivered())
+    assert appointment_of(engine, second).state is AppointmentState.CONFIRMED
+    assert appointment_of(engine, first).state is AppointmentState.CANCELLED
+
+
+def test_a_failed_lot_cancels_a_confirmed_appointment_and_alerts(engine: Engine) -> None:
+    patient = Patient()
+    appointment_id = confirmed_appointment(engine, patient)
+    apply(engine, patient.lot_failed(ManufacturingFailureCode.OUT_OF_SPECIFICATION_POTENCY))
+    assert appointment_of(engine, appointment_id).state is AppointmentState.CANCELLED
+    [at_risk] = published(engine, patient.coi, "slot.at_risk.v2")
+    assert at_risk["cause"] == "manufacturing_failure"
+    assert webhook_kinds(engine, patient.coi)[-2:] == ["slot.cancelled", "slot.at_risk"]
 
 
 # ---------------------------------------------------------------- ETAs

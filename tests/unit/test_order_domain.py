@@ -13,6 +13,7 @@ from services.order_intake.domain import (
     ACTIVE,
     EARLIEST_DATE_OF_BIRTH,
     LIFECYCLE,
+    MAX_COLLECTIONS,
     RELEASE_CLOCK_TOLERANCE,
     WAYS,
     OrderFacts,
@@ -25,6 +26,7 @@ from services.order_intake.domain import (
     collection_refusal,
     date_of_birth_refusal,
     luhn_check_digit,
+    manufacturing_failure_refusal,
     manufacturing_release_refusal,
     npi_is_valid,
     patient_match,
@@ -162,7 +164,8 @@ def test_collections_are_recorded_from_acceptance_until_manufacturing() -> None:
     assert collection_refusal(OrderStatus.ACCEPTED, has_coi=True) is None
     assert collection_refusal(OrderStatus.CELLS_COLLECTED, has_coi=True) is None
     assert collection_refusal(OrderStatus.ACCEPTED, has_coi=False) is not None
-    for status in set(OrderStatus) - {OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED}:
+    collecting = {OrderStatus.ACCEPTED, OrderStatus.CELLS_COLLECTED, OrderStatus.MANUFACTURING_FAILED}
+    for status in set(OrderStatus) - collecting:
         assert f"an order that is {status}" in (collection_refusal(status, has_coi=True) or "")
     assert status_after_collection(OrderStatus.ACCEPTED) is OrderStatus.CELLS_COLLECTED
     assert status_after_collection(OrderStatus.CELLS_COLLECTED) is None
@@ -270,3 +273,53 @@ def test_a_date_of_birth_in_the_future_or_before_the_limit_is_refused(born: date
     refusal = date_of_birth_refusal(born, ORDER_DAY)
     assert (refusal is not None) is refused
     assert refusal is None or born.isoformat() not in refusal
+
+
+# ---------------------------------------------------------------- a failed lot
+
+
+def test_a_failed_lot_is_recorded_only_of_an_order_in_manufacturing_with_a_collection() -> None:
+    assert manufacturing_failure_refusal(OrderStatus.IN_MANUFACTURING, collections=1) is None
+    for status in set(OrderStatus) - {OrderStatus.IN_MANUFACTURING}:
+        assert "only while its order is in_manufacturing" in (
+            manufacturing_failure_refusal(status, collections=1) or ""
+        )
+    # In manufacturing by a coordinator's steps alone, no DIN: no collection the lot was made from.
+    assert "no collection" in (manufacturing_failure_refusal(OrderStatus.IN_MANUFACTURING, 0) or "")
+
+
+def test_a_failed_lot_is_reached_only_from_manufacturing_and_only_with_its_reason() -> None:
+    check_transition(OrderStatus.IN_MANUFACTURING, OrderStatus.MANUFACTURING_FAILED, Way.FAILURE)
+    for way in set(Way) - {Way.FAILURE}:
+        with pytest.raises(TransitionRefused, match="POST …/manufacturing-failure"):
+            check_transition(OrderStatus.IN_MANUFACTURING, OrderStatus.MANUFACTURING_FAILED, way)
+    for status in set(OrderStatus) - {OrderStatus.IN_MANUFACTURING}:
+        with pytest.raises(TransitionRefused):
+            check_transition(status, OrderStatus.MANUFACTURING_FAILED, Way.FAILURE)
+
+
+def test_after_a_failed_lot_the_next_attempt_starts_with_a_new_collection_only() -> None:
+    failed = OrderStatus.MANUFACTURING_FAILED
+    assert allowed_transitions(failed) == {OrderStatus.CELLS_COLLECTED, OrderStatus.CANCELLED}
+    assert collection_refusal(failed, has_coi=True) is None
+    assert status_after_collection(failed) is OrderStatus.CELLS_COLLECTED
+    check_transition(failed, OrderStatus.CELLS_COLLECTED, Way.COLLECTION)
+    # A coordinator's step would start the next attempt without a DIN.
+    with pytest.raises(TransitionRefused, match="only by a new collection with its DIN"):
+        check_transition(failed, OrderStatus.CELLS_COLLECTED, Way.STEP)
+    # Never straight back into manufacturing, nor to a release of the failed lot.
+    for target in (OrderStatus.IN_MANUFACTURING, OrderStatus.PRODUCT_RELEASED, OrderStatus.ACCEPTED):
+        assert target not in allowed_transitions(failed)
+
+
+def test_an_order_whose_lot_failed_is_still_active_and_may_be_cancelled() -> None:
+    assert OrderStatus.MANUFACTURING_FAILED in ACTIVE
+    check_transition(OrderStatus.MANUFACTURING_FAILED, OrderStatus.CANCELLED, Way.CANCELLATION)
+
+
+def test_one_coi_links_at_most_twenty_collections() -> None:
+    assert MAX_COLLECTIONS == 20
+    assert collection_refusal(OrderStatus.MANUFACTURING_FAILED, True, MAX_COLLECTIONS - 1) is None
+    assert "20 collections" in (
+        collection_refusal(OrderStatus.MANUFACTURING_FAILED, True, MAX_COLLECTIONS) or ""
+    )

@@ -35,6 +35,12 @@ def token(role: str) -> dict[str, str]:
 ROUTES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("order_intake", "/orders/{id}/cancel", "coordinator", {"reason_code": "patient_withdrew"}),
     (
+        "order_intake",
+        "/orders/{id}/manufacturing-failure",
+        "coordinator",
+        {"reason_code": "sterility_failure"},
+    ),
+    (
         "coi_tracking",
         "/shipments/{id}/dispositions",
         "qa",

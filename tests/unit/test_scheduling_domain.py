@@ -7,13 +7,16 @@ import itertools
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from cgt_contracts.events import SlotReasonCode
 
 from services.scheduling.domain import (
     FHIR_APPOINTMENT_STATUS,
     FHIR_SLOT_STATUS,
+    WITHDRAWN_BY_LOT_FAILURE,
     AppointmentState,
     EtaDecision,
     Load,
+    PlanState,
     RiskCause,
     RiskResponse,
     RuleProblem,
@@ -22,6 +25,7 @@ from services.scheduling.domain import (
     booking_problems,
     can_move,
     conditioning_may_have_started,
+    coordinator_reason_problem,
     earliest_conditioning_day,
     eta_refusal,
     feasible_options,
@@ -29,6 +33,7 @@ from services.scheduling.domain import (
     infusion_problems,
     on_eta_changed,
     on_product_at_risk,
+    reason_code_of,
     reschedule_problems,
     retry_delay_seconds,
     start_in_the_past,
@@ -124,7 +129,7 @@ TENTATIVE, ON_HOLD, CONFIRMED = (
     AppointmentState.CONFIRMED,
 )
 HOLDING = [RiskCause.QUARANTINE, RiskCause.TEMPERATURE_EXCURSION, RiskCause.COI_BREAK]
-ENDING = [RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED]
+ENDING = [RiskCause.QA_REJECTION, RiskCause.ORDER_CANCELLED, RiskCause.MANUFACTURING_FAILURE]
 
 
 @pytest.mark.parametrize("cause", HOLDING)
@@ -137,7 +142,9 @@ def test_a_quarantine_holds_a_tentative_appointment_and_holds_and_alerts_a_confi
 
 
 @pytest.mark.parametrize("cause", ENDING)
-def test_a_rejection_or_cancelled_order_cancels_and_alerts_when_it_was_confirmed(cause: RiskCause) -> None:
+def test_a_rejection_cancelled_order_or_failed_lot_cancels_and_alerts_when_confirmed(
+    cause: RiskCause,
+) -> None:
     cancelled = AppointmentState.CANCELLED
     assert on_product_at_risk(TENTATIVE, False, cause) == RiskResponse(cancelled, alert=False)
     assert on_product_at_risk(ON_HOLD, False, cause) == RiskResponse(cancelled, alert=False)
@@ -307,3 +314,13 @@ def test_an_infusion_day_in_the_future_or_before_conditioning_or_receipt_is_refu
     late_receipt = infusion(infused_on=date(2026, 2, 27), received=datetime(2026, 2, 28, 9, 0, tzinfo=UTC))
     assert [p.field for p in late_receipt] == ["infused_on"]
     assert "before the product was received" in late_receipt[0].detail
+
+
+def test_a_failed_lot_releases_its_appointment_with_a_code_of_the_systems_own() -> None:
+    code = reason_code_of(RiskCause.MANUFACTURING_FAILURE)
+    assert code is SlotReasonCode.MANUFACTURING_FAILURE
+    assert coordinator_reason_problem(code) is not None, "a coordinator cannot claim a failed lot"
+
+
+def test_a_failed_lot_withdraws_the_cases_offered_and_booked_plans() -> None:
+    assert {PlanState.OFFERED, PlanState.BOOKED} == WITHDRAWN_BY_LOT_FAILURE

@@ -6,7 +6,7 @@ import base64
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from cgt_contracts.events import QaReasonCode, QuarantineReasonCode, ScanRefusalCode, ScanType
+from cgt_contracts.events import QaReasonCode, QuarantineReasonCode, ScanRefusalCode, ScanType, ShipmentLeg
 
 from services.coi_tracking.domain import (
     CLOCK_TOLERANCE,
@@ -26,6 +26,7 @@ from services.coi_tracking.domain import (
     StoredEntry,
     TemperatureEvidence,
     TemperaturePolicy,
+    closes_on_lot_failure,
     codes_of,
     disposition_reason_problem,
     disposition_refusal,
@@ -138,6 +139,11 @@ def test_a_refused_scan_says_why_with_a_code_beside_the_sentence() -> None:
             dataclasses.replace(state(), order_cancelled=True),
             a_scan(ScanType.CHECKPOINT),
             ScanRefusalCode.ORDER_CANCELLED,
+        ),
+        (
+            dataclasses.replace(state(), lot_failed=True, leg=ShipmentLeg.RETURN),
+            a_scan(ScanType.CHECKPOINT),
+            ScanRefusalCode.LOT_FAILED,
         ),
     ]
     for shipment, scan, code in cases:
@@ -478,3 +484,22 @@ def test_bags_packed_into_another_container_than_the_declared_one_is_a_coi_break
     assert packing_problems("DS-4471", "DS-9999") == [
         "container 'DS-9999' scanned, the shipment travels in 'DS-4471'"
     ]
+
+
+def test_a_failed_lot_closes_only_the_planned_return_leg_it_would_have_travelled_on() -> None:
+    assert closes_on_lot_failure(ShipmentLeg.RETURN, ShipmentStatus.PLANNED, product_released=False)
+    # The cells' outbound leg is not the lot's.
+    assert not closes_on_lot_failure(ShipmentLeg.OUTBOUND, ShipmentStatus.PLANNED, product_released=False)
+    # A released, moving or already closed return leg is not the failed lot's.
+    assert not closes_on_lot_failure(ShipmentLeg.RETURN, ShipmentStatus.PLANNED, product_released=True)
+    for status in set(ShipmentStatus) - {ShipmentStatus.PLANNED}:
+        assert not closes_on_lot_failure(ShipmentLeg.RETURN, status, product_released=False)
+
+
+def test_a_closed_return_leg_takes_no_scan_even_once_its_order_looks_released() -> None:
+    closed = dataclasses.replace(
+        state(ShipmentStatus.PLANNED), lot_failed=True, leg=ShipmentLeg.RETURN, product_released=True
+    )
+    pick_up = dataclasses.replace(a_scan(ScanType.PICK_UP), eta_at=NOW + timedelta(days=2))
+    decision = evaluate_scan(closed, pick_up)
+    assert not decision.accepted and decision.refusal_code is ScanRefusalCode.LOT_FAILED

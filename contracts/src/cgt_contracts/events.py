@@ -67,6 +67,17 @@ class CancellationReasonCode(StrEnum):
     """Also what an `order.cancelled.v1` (free text) is read as."""
 
 
+class ManufacturingFailureCode(StrEnum):
+    """Why a lot failed in manufacturing, as a coordinator records it
+    (`POST /orders/{id}/manufacturing-failure`); the note beside it stays in order intake."""
+
+    OUT_OF_SPECIFICATION_POTENCY = "out_of_specification_potency"
+    STERILITY_FAILURE = "sterility_failure"
+    INSUFFICIENT_CELL_YIELD = "insufficient_cell_yield"
+    PROCESS_DEVIATION = "process_deviation"
+    OTHER = "other"
+
+
 class OrderAcceptedData(ContractModel):
     order_id: UUID
     coi: CoiIdentifier
@@ -139,6 +150,21 @@ class ProductReleasedForShipmentData(ContractModel):
     """The releasing person's user id (never a name)."""
 
 
+class ManufacturingFailedData(ContractModel):
+    """The lot made from the order's cells failed: a new collection (a new DIN under the same COI) may be
+    recorded; the failed lot's return leg is closed and its infusion appointment released."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    collection_number: Annotated[int, Field(ge=1, le=20)]
+    """The latest collection before the failure: the one the failed lot was made from."""
+    reason_code: ManufacturingFailureCode
+    failed_at: UtcDatetime
+    """When order intake recorded the failure (the server's time)."""
+    recorded_by: Identifier
+    """The recording coordinator's user id (never a name)."""
+
+
 class OrderAccepted(EventEnvelope):
     type: Literal["order.accepted.v1"] = "order.accepted.v1"
     data: OrderAcceptedData
@@ -180,6 +206,11 @@ class ProductReleasedForShipment(EventEnvelope):
     data: ProductReleasedForShipmentData
 
 
+class ManufacturingFailed(EventEnvelope):
+    type: Literal["manufacturing.failed.v1"] = "manufacturing.failed.v1"
+    data: ManufacturingFailedData
+
+
 # ---------------------------------------------------------------- COI tracking (shipments.events)
 
 
@@ -206,6 +237,7 @@ class ScanRefusalCode(StrEnum):
     ETA_MISSING = "eta_missing"
     ETA_IN_PAST = "eta_in_past"
     ORDER_CANCELLED = "order_cancelled"
+    LOT_FAILED = "lot_failed"
     QA_REJECTED = "qa_rejected"
     PRODUCT_NOT_RELEASED = "product_not_released"
     OUT_OF_SEQUENCE = "out_of_sequence"
@@ -622,8 +654,8 @@ class SlotConfirmedData(ContractModel):
 
 
 class SlotReasonCode(StrEnum):
-    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first seven are the
-    system's (the product's trouble, its order's end, a delay, a QA release; the same words as
+    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first eight are the
+    system's (the product's trouble, its order's end, a delay, a QA release, a failed lot; the same words as
     `SlotRiskCause`); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
     whose note stays in scheduling (`GET /appointments/{appointment_id}`)."""
 
@@ -634,6 +666,8 @@ class SlotReasonCode(StrEnum):
     QA_RELEASE = "qa_release"
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
+    MANUFACTURING_FAILURE = "manufacturing_failure"
+    """The lot failed: its appointment is released; the case is booked again for the next product."""
     SITE_REQUEST = "site_request"
     PATIENT_REQUEST = "patient_request"
     PATIENT_CONDITION = "patient_condition"
@@ -747,6 +781,7 @@ class SlotRiskCause(StrEnum):
     QA_REJECTION = "qa_rejection"
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
+    MANUFACTURING_FAILURE = "manufacturing_failure"
 
 
 class SlotAtRiskData(ContractModel):
@@ -900,6 +935,7 @@ AnyEvent = Annotated[
     | OrderCancelledV2
     | CollectionRecorded
     | ProductReleasedForShipment
+    | ManufacturingFailed
     | CourierScanSubmitted
     | CourierScanSubmittedV2
     | ShipmentCreated
