@@ -110,6 +110,12 @@ async def test_a_failed_lot_is_collected_again_under_the_same_coi_and_infused(
     )
     assert hook.json()["appointment_id"] == first_appointment
     assert hook.json()["reason_code"] == "manufacturing_failure"
+    # The booked plan was withdrawn with its lot: the case can be planned again from a new collection.
+    replanned = await http.post(
+        f"{stack.scheduling}/cases/{coi}/plans", json={"count": 1}, headers=COORDINATOR
+    )
+    assert replanned.status_code in (200, 201), replanned.text
+    assert [p["state"] for p in replanned.json()] == ["offered"]
 
     # COI tracking closes the failed lot's return leg and plans the next lot's.
     closed, fresh = await return_legs(http, stack, coi, 2)
