@@ -6,7 +6,6 @@ The apps are built in-process and never started: no broker, no server, a throwaw
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Iterator
@@ -14,19 +13,14 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import pytest
-from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter
 
 from services.coi_tracking import epcis
 from services.common.edge import api_routes
+from tests.support.apps import SERVICES, every_app
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {
-    "order_intake": "OrderIntakeSettings",
-    "coi_tracking": "TrackingSettings",
-    "scheduling": "SchedulingSettings",
-}
 BODY_METHODS = ("post", "put", "patch")
 INTERNAL = re.compile(
     r"scan_writer|\bcommands?\.|\bhandlers\.|\bdomain\.|\bmodels\.|\bservices\.|\.py\b|SQLite|PostgreSQL"
@@ -40,17 +34,7 @@ INTERNAL = re.compile(
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FastAPI]]:
     """Each service's app as its module builds it, from an environment of the test's own."""
-    database = tmp_path_factory.mktemp("openapi") / "x.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CGT_API_TOKENS_FILE", str(ROOT / "deploy" / "dev-tokens.json"))
-        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
-        env.setenv("DATABASE_URL", f"sqlite:///{database}")
-        env.setenv("LOG_LEVEL", "WARNING")
-        built = {}
-        for service, settings_class in SERVICES.items():
-            module = importlib.import_module(f"services.{service}.app")
-            built[service] = module.create_app(getattr(module, settings_class)())
+    with every_app(tmp_path_factory.mktemp("openapi")) as built:
         yield built
 
 

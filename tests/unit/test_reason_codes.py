@@ -6,24 +6,18 @@ is refused before anything is read or written)."""
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 
 from services.common.edge import NOTE_MAX_LENGTH
+from tests.support.apps import every_app
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {
-    "order_intake": "OrderIntakeSettings",
-    "coi_tracking": "TrackingSettings",
-    "scheduling": "SchedulingSettings",
-}
 SENTINEL = "SENTINEL-typed-by-a-person"
 
 
@@ -59,18 +53,8 @@ SCHEDULING = [route for route in ROUTES if route[0] == "scheduling"]
 
 @pytest.fixture(scope="module")
 def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TestClient]]:
-    database = tmp_path_factory.mktemp("reason-codes") / "x.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CGT_API_TOKENS_FILE", str(ROOT / "deploy" / "dev-tokens.json"))
-        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
-        env.setenv("DATABASE_URL", f"sqlite:///{database}")
-        env.setenv("LOG_LEVEL", "WARNING")
-        built = {}
-        for service, settings_class in SERVICES.items():
-            module = importlib.import_module(f"services.{service}.app")
-            built[service] = TestClient(module.create_app(getattr(module, settings_class)()))
-        yield built
+    with every_app(tmp_path_factory.mktemp("reason-codes")) as built:
+        yield {service: TestClient(app) for service, app in built.items()}
 
 
 def post(
