@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import pytest
@@ -20,7 +19,6 @@ from services.coi_tracking import epcis
 from services.common.edge import api_routes
 from tests.support.apps import SERVICES, every_app
 
-ROOT = Path(__file__).resolve().parents[2]
 BODY_METHODS = ("post", "put", "patch")
 INTERNAL = re.compile(
     r"scan_writer|\bcommands?\.|\bhandlers\.|\bdomain\.|\bmodels\.|\bservices\.|\.py\b|SQLite|PostgreSQL"

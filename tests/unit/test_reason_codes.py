@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from fastapi.testclient import TestClient
 from services.common.edge import NOTE_MAX_LENGTH
 from tests.support.apps import every_app
 
-ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "SENTINEL-typed-by-a-person"
 
 
