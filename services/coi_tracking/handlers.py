@@ -115,11 +115,15 @@ def plan_return_shipment(session: Session, event: OrderAccepted, planning: Plann
         custodian=planning.manufacturing_site,
         destination=order.treatment_center_id,
     )
-    bags = [
-        Bag(shipment_id=shipment.id, coi=order.coi, number=n, of=planning.bag_count)
+    _plan(session, event, shipment, _product_bags(shipment, planning))
+
+
+def _product_bags(shipment: Shipment, planning: Planning) -> list[Bag]:
+    """A return leg's bags: the product's, each under the shipment's COI, as many as the planning says."""
+    return [
+        Bag(shipment_id=shipment.id, coi=shipment.coi, number=n, of=planning.bag_count)
         for n in range(1, planning.bag_count + 1)
     ]
-    _plan(session, event, shipment, bags)
 
 
 def plan_outbound_leg(session: Session, event: CollectionRecorded, planning: Planning) -> None:
@@ -174,11 +178,7 @@ def replan_return_leg(session: Session, event: ManufacturingFailed, planning: Pl
             custodian=closed.custodian,
             destination=closed.destination,
         )
-        bags = [
-            Bag(shipment_id=shipment.id, coi=closed.coi, number=n, of=planning.bag_count)
-            for n in range(1, planning.bag_count + 1)
-        ]
-        _plan(session, event, shipment, bags)
+        _plan(session, event, shipment, _product_bags(shipment, planning))
 
 
 def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None:
