@@ -767,3 +767,36 @@ def plan_problems(plan: Plan, *, network: Network, load: PlanLoad, earliest_coll
         load=load.infusions,
     )
     return problems
+
+
+# ---------------------------------------------------------------- changing the network's calendars
+
+
+def collection_calendar_conflicts(calendar: CollectionCalendar, booked: Mapping[date, int]) -> list[str]:
+    """What a new collection center calendar would break: a day a booked plan collects on that closes, or
+    has fewer chairs than its booked collections. A change never strands a booked collection silently:
+    its plan is moved or cancelled first."""
+    problems: list[str] = []
+    for day, count in sorted(booked.items()):
+        if not calendar.is_open(day):
+            problems.append(f"{count} booked collection(s) on {day}, which the new calendar closes")
+        elif count > calendar.chairs_per_day:
+            problems.append(
+                f"{count} booked collections on {day}, more than {calendar.chairs_per_day} chair(s)"
+            )
+    return problems
+
+
+def manufacturing_calendar_conflicts(
+    blackout_weeks: frozenset[IsoWeek], slots: Mapping[str, int], booked: Mapping[tuple[str, IsoWeek], int]
+) -> list[str]:
+    """What a manufacturing site's new blackout weeks and slots per therapy (`slots`, by therapy code)
+    would break: a week holding booked slots that becomes a blackout, or a therapy left with fewer slots
+    in a week than are booked there (a therapy no longer listed has none)."""
+    problems: list[str] = []
+    for (therapy, week), count in sorted(booked.items(), key=lambda item: (str(item[0][1]), item[0][0])):
+        if week in blackout_weeks:
+            problems.append(f"{count} booked {therapy} slot(s) in {week}, which becomes a blackout week")
+        elif count > slots.get(therapy, 0):
+            problems.append(f"{count} booked {therapy} slot(s) in {week}, more than {slots.get(therapy, 0)}")
+    return problems

@@ -22,7 +22,9 @@ from services.scheduling.domain import (
     SiteCalendar,
     SlotOption,
     StartingMaterial,
+    collection_calendar_conflicts,
     earliest_plans,
+    manufacturing_calendar_conflicts,
     plan_problems,
 )
 
@@ -227,3 +229,27 @@ def test_iso_weeks_read_back_as_written(text: str) -> None:
     assert str(IsoWeek.parse(text)) == text
     with pytest.raises(ValueError):
         IsoWeek.parse("2027-W53")
+
+
+def test_a_collection_calendar_that_closes_or_shrinks_a_booked_day_conflicts() -> None:
+    calendar = CollectionCalendar("America/New_York", 1, WEEKDAYS, frozenset({MONDAY}))
+    booked = {MONDAY: 1, MONDAY + timedelta(days=1): 2, MONDAY + timedelta(days=2): 1}
+    assert collection_calendar_conflicts(calendar, booked) == [
+        f"1 booked collection(s) on {MONDAY}, which the new calendar closes",
+        f"2 booked collections on {MONDAY + timedelta(days=1)}, more than 1 chair(s)",
+    ]
+    saturday = MONDAY + timedelta(days=5)
+    assert collection_calendar_conflicts(calendar, {saturday: 1}) == [
+        f"1 booked collection(s) on {saturday}, which the new calendar closes"
+    ]
+    assert collection_calendar_conflicts(replace(calendar, blackout_dates=frozenset()), {MONDAY: 1}) == []
+
+
+def test_a_manufacturing_calendar_that_blacks_out_or_shrinks_a_booked_week_conflicts() -> None:
+    booked = {("WASKYRA", W10): 2, ("WASKYRA", W11): 1, ("OTHER", W12): 1}
+    assert manufacturing_calendar_conflicts(frozenset({W11}), {"WASKYRA": 1}, booked) == [
+        "2 booked WASKYRA slot(s) in 2026-W10, more than 1",
+        "1 booked WASKYRA slot(s) in 2026-W11, which becomes a blackout week",
+        "1 booked OTHER slot(s) in 2026-W12, more than 0",  # no longer made there
+    ]
+    assert manufacturing_calendar_conflicts(frozenset(), {"WASKYRA": 2, "OTHER": 1}, booked) == []
