@@ -320,6 +320,7 @@ def take_eta(
     flag(session, case, None)
     appointment = open_appointment(session, case.coi)
     if appointment is not None:
+        _attach_shipment(appointment, case)
         _follow_eta(
             session,
             case,
@@ -335,6 +336,13 @@ def take_eta(
         correlation_id=correlation_id,
         causation_id=causation_id,
     )
+
+
+def _attach_shipment(appointment: Appointment, case: Case) -> None:
+    """An appointment booked before its product shipped (a plan's infusion leg) learns the return
+    shipment once the case has one: it is the shipment whose delivery confirms it."""
+    if appointment.shipment_id is None:
+        appointment.shipment_id = case.shipment_id
 
 
 def _follow_eta(
@@ -694,16 +702,24 @@ def _changed(appointment: Appointment, reason_code: SlotReasonCode) -> SlotChang
 
 
 def product_delivered(
-    session: Session, case: Case, delivered_at: datetime, *, correlation_id: str, causation_id: str | None
+    session: Session,
+    case: Case,
+    delivered_at: datetime,
+    shipment_id: UUID,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
 ) -> None:
     """The only way to confirm: a delivery with every COI verified and a clean (or QA-released) record
     (I4). With no appointment yet, the case goes on the worklist to be booked."""
     case.product_delivered_at, case.quarantined = delivered_at, False
+    case.shipment_id = shipment_id
     session.add(case)
     appointment = open_appointment(session, case.coi)
     if appointment is None:
         flag(session, case, "product delivered and verified: book the infusion")
     elif domain.can_move(appointment.state, AppointmentState.CONFIRMED):
+        _attach_shipment(appointment, case)
         confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 
 

@@ -179,7 +179,9 @@ def on_shipment_delayed(session: Session, event: ShipmentDelayed | ShipmentDelay
 def on_shipment_delivered(session: Session, event: ShipmentDelivered, config: Config) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        commands.product_delivered(session, case, event.data.delivered_at, **_context(event))
+        commands.product_delivered(
+            session, case, event.data.delivered_at, event.data.shipment_id, **_context(event)
+        )
 
 
 def on_shipment_quarantined(

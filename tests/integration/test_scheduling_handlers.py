@@ -594,6 +594,27 @@ def test_an_appointment_booked_before_dispatch_follows_the_pick_up_eta(engine: E
     assert len(published(engine, patient.coi, "slot.rescheduled.v2")) == 1
 
 
+def test_an_appointment_booked_before_its_product_shipped_is_confirmed_by_its_delivery(
+    engine: Engine,
+) -> None:
+    """A plan's infusion leg is booked before collection, with no shipment yet: the return leg it learns
+    at pick-up (or, failing that, from the delivery itself) is the one whose clean delivery confirms it."""
+    for dispatched_first in (True, False):
+        patient = Patient()
+        apply(engine, patient.accepted())
+        later = date.today() + timedelta(days=20)
+        appointment_id = book(engine, patient.coi, SlotOption(later, later + timedelta(days=4)))
+        assert appointment_of(engine, appointment_id).shipment_id is None
+
+        apply(engine, *([patient.dispatched(in_days(2))] if dispatched_first else []), patient.delivered())
+
+        appointment = appointment_of(engine, appointment_id)
+        assert appointment.state is AppointmentState.CONFIRMED, dispatched_first
+        assert appointment.shipment_id == patient.shipment_id
+        [confirmed] = published(engine, patient.coi, "slot.confirmed.v1")
+        assert confirmed["shipment_id"] == str(patient.shipment_id)
+
+
 def test_a_pick_up_eta_in_the_past_offers_no_option_and_says_why(engine: Engine) -> None:
     patient = Patient()
     apply(engine, patient.accepted(), patient.dispatched(in_days(-90)))
