@@ -1,8 +1,9 @@
-"""`make demo`: one clean vein-to-vein journey and one wrong-COI shipment, told as a timeline.
+"""`make demo`: a clean vein-to-vein journey, a wrong-COI shipment and a failed lot, told as timelines.
 
 Uses the stack that `make up` runs (ports 8001-8003, Kafka on 127.0.0.1:9092) when it answers, otherwise
 starts its own on temporary SQLite databases. Exits 0 only if the clean journey's infusion slot was
-confirmed (and the treatment center's webhook received it) and the wrong-COI shipment was quarantined.
+confirmed (and the treatment center's webhook received it), the wrong-COI shipment was quarantined, and
+the failed lot's case was collected again (a second DIN under its COI) and its infusion confirmed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cgt_contracts.events import AnyEvent
+from cgt_contracts.events import AnyEvent, CollectionRecorded
 
 from deploy.observe import EventLog, WebhookListener
 from deploy.stack import DEFAULT_PORTS, ROOT, Stack, make_up_kafka, sqlite_urls
@@ -64,6 +65,10 @@ def describe(event: AnyEvent) -> str | None:
             return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
         case "slot.held.v2":
             return f"slot ON HOLD: {d.reason_code}"
+        case "manufacturing.failed.v1":
+            return f"LOT FAILED in manufacturing (collection {d.collection_number}): {d.reason_code}"
+        case "slot.cancelled.v2":
+            return f"appointment released, the site told: {d.reason_code}"
     return None
 
 
@@ -81,7 +86,8 @@ def scan(kind: str, bags: list[str], location: str, **extra: Any) -> dict[str, A
     return body
 
 
-async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLog, *, wrong_coi: bool) -> str:
+async def place_order(http: httpx.AsyncClient, urls: dict[str, str]) -> tuple[str, str]:
+    """An accepted order for a new demo patient: its COI and its URL."""
     order = await http.post(
         f"{urls['order-intake']}/orders",
         headers=COORDINATOR,
@@ -98,47 +104,81 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
             "consent": {"signed_on": date.today().isoformat(), "form_version": "WAS-ICF-2.1"},
             "payer_authorization": {
                 "reference": "PA-DEMO",
-                "expires_on": (date.today() + timedelta(days=90)).isoformat(),
+                "expires_on": (date.today() + timedelta(days=365)).isoformat(),
             },
             "eligibility_attested": True,
         },
     )
     order.raise_for_status()
-    coi: str = order.json()["coi"]
-    order_url = f"{urls['order-intake']}/orders/{order.json()['id']}"
+    return order.json()["coi"], f"{urls['order-intake']}/orders/{order.json()['id']}"
+
+
+def note(events: EventLog, coi: str, text: str) -> None:
+    events.notes.append((coi, datetime.now(UTC), text))
+
+
+async def collect_and_manufacture(
+    http: httpx.AsyncClient, order_url: str, events: EventLog, coi: str
+) -> None:
+    """A coordinator records the apheresis collection (a new DIN under the COI) and the start of
+    manufacturing."""
     collected = await http.post(
         f"{order_url}/collections", headers=COORDINATOR, json={"collected_at": datetime.now(UTC).isoformat()}
     )
     collected.raise_for_status()
-    events.notes.append((coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}"))
+    note(events, coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}")
     started = await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
     started.raise_for_status()
+    note(events, coi, "manufacturing started")
+
+
+async def release_and_ship(
+    http: httpx.AsyncClient, urls: dict[str, str], order_url: str, events: EventLog, coi: str, lot: str
+) -> str:
+    """The manufacturer releases the lot; once COI tracking has opened its return leg, the courier picks
+    it up. The leg's scan URL."""
     released = await http.post(
         f"{order_url}/manufacturing-release",
         headers=COORDINATOR,
-        json={"lot_number": "LOT-DEMO-0001", "released_at": datetime.now(UTC).isoformat()},
+        json={"lot_number": lot, "released_at": datetime.now(UTC).isoformat()},
     )
     released.raise_for_status()
-    await events.wait_for(lambda e: e.type == "product.released_for_shipment.v1" and e.subject == coi)
-    await events.wait_for(
-        lambda e: e.type == "shipment.created.v1" and e.subject == coi and e.data.leg == "return"
-    )
-    listed = (
-        await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
-    ).json()
-    shipment = next(s for s in listed if s["leg"] == "return")
-    while not shipment["product_released_at"]:  # COI tracking takes the release from orders.events
-        await asyncio.sleep(0.05)
+    await events.wait_for(lambda e: e.type == "product.released_for_shipment.v1" and e.data.lot_number == lot)
+    for _ in range(600):  # COI tracking takes the release from orders.events
         listed = (
             await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)
         ).json()
-        shipment = next(s for s in listed if s["leg"] == "return")
-    scans = f"{urls['coi-tracking']}/shipments/{shipment['id']}/scans"
+        ready = [
+            s for s in listed if s["leg"] == "return" and s["product_released_at"] and not s["lot_failed_at"]
+        ]
+        if ready:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise TimeoutError(f"no return leg opened for {coi}")
+    scans = f"{urls['coi-tracking']}/shipments/{ready[0]['id']}/scans"
+    (
+        await http.post(scans, headers=COURIER, json=scan("pick_up", [coi], "AGC Biologics, Milan"))
+    ).raise_for_status()
+    return scans
 
-    async def post_scan(headers: dict[str, str], body: dict[str, Any]) -> None:
-        (await http.post(scans, headers=headers, json=body)).raise_for_status()
 
-    await post_scan(COURIER, scan("pick_up", [coi], "AGC Biologics, Milan"))
+async def deliver(http: httpx.AsyncClient, scans: str, events: EventLog, coi: str) -> None:
+    """Hand-off to the second courier, delivery at the treatment center, and the confirmation (I4)."""
+    handed = await http.post(
+        scans, headers=COURIER, json=scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy")
+    )
+    handed.raise_for_status()
+    (
+        await http.post(scans, headers=COURIER_2, json=scan("delivery", [coi], "Boston QTC cell lab"))
+    ).raise_for_status()
+    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+
+
+async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLog, *, wrong_coi: bool) -> str:
+    coi, order_url = await place_order(http, urls)
+    await collect_and_manufacture(http, order_url, events, coi)
+    scans = await release_and_ship(http, urls, order_url, events, coi, f"LOT-DEMO-{coi[-4:]}")
     offered = await events.wait_for(lambda e: e.type == "slot.options_offered.v1" and e.subject == coi)
     first = offered.data.options[0]  # type: ignore[union-attr]
     booking = await http.post(
@@ -147,32 +187,72 @@ async def journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLo
         json={"option_id": str(first.option_id)},
     )
     booking.raise_for_status()
-    events.notes.append(
-        (coi, f"booked: conditioning from {first.conditioning_start_on}, infusion {first.infusion_on}")
+    note(
+        events, coi, f"booked: conditioning from {first.conditioning_start_on}, infusion {first.infusion_on}"
     )
     await events.wait_for(lambda e: e.type == "slot.proposed.v1" and e.subject == coi)
     if wrong_coi:
-        await post_scan(COURIER, scan("checkpoint", ["CHW432126ZZZZZZQ"], "Frankfurt hub"))
+        checkpoint = scan("checkpoint", ["CHW432126ZZZZZZQ"], "Frankfurt hub")
+        (await http.post(scans, headers=COURIER, json=checkpoint)).raise_for_status()
         await events.wait_for(lambda e: e.type == "slot.held.v2" and e.subject == coi)
         return coi
-    await post_scan(COURIER, scan("hand_off", [coi], "JFK cargo", handed_to="courier-cy"))
-    await post_scan(COURIER_2, scan("delivery", [coi], "Boston QTC cell lab"))
-    await events.wait_for(lambda e: e.type == "slot.confirmed.v1" and e.subject == coi)
+    await deliver(http, scans, events, coi)
     return coi
 
 
-def notes_of(events: EventLog, coi: str) -> list[str]:
-    return [note for key, note in events.notes if key == coi]
+async def book_plan(http: httpx.AsyncClient, urls: dict[str, str], events: EventLog, coi: str) -> None:
+    """A coordinator asks for the case's earliest vein-to-vein plan (once scheduling has the case) and
+    books it: collection chair, manufacturing slot and a tentative infusion, held as one."""
+    for _ in range(600):
+        offered = await http.post(
+            f"{urls['scheduling']}/cases/{coi}/plans", headers=COORDINATOR, json={"count": 1}
+        )
+        if offered.status_code != 404:
+            break
+        await asyncio.sleep(0.05)
+    offered.raise_for_status()
+    [plan] = offered.json()
+    booked = await http.post(
+        f"{urls['scheduling']}/cases/{coi}/plans/{plan['plan_id']}/book", headers=COORDINATOR, json={}
+    )
+    booked.raise_for_status()
+    note(
+        events,
+        coi,
+        f"plan booked: collection {plan['collection_on']} at {plan['collection_center_id']}, manufacturing "
+        f"{plan['manufacturing_week']} at {plan['manufacturing_site_id']}, release {plan['release_on']}, "
+        f"infusion {plan['infusion_on']}",
+    )
 
 
-def print_timeline(title: str, events: list[AnyEvent], notes: list[str]) -> None:
+async def failed_lot_journey(http: httpx.AsyncClient, urls: dict[str, str], events: EventLog) -> str:
+    """The first lot fails sterility: its appointment is released and the site told; the case is planned
+    again, collected again (a new DIN, the same COI), and the second lot is infused."""
+    coi, order_url = await place_order(http, urls)
+    await book_plan(http, urls, events, coi)
+    await collect_and_manufacture(http, order_url, events, coi)
+    failed = await http.post(
+        f"{order_url}/manufacturing-failure", headers=COORDINATOR, json={"reason_code": "sterility_failure"}
+    )
+    failed.raise_for_status()
+    await events.wait_for(lambda e: e.type == "slot.cancelled.v2" and e.subject == coi)
+    await book_plan(http, urls, events, coi)
+    await collect_and_manufacture(http, order_url, events, coi)
+    scans = await release_and_ship(http, urls, order_url, events, coi, f"LOT-DEMO-{coi[-4:]}-2")
+    await deliver(http, scans, events, coi)
+    return coi
+
+
+def print_timeline(title: str, events: EventLog, coi: str) -> None:
+    """The journey's events and what its callers did, in the order they happened."""
     print(f"\n{title}")
-    for note in notes:
-        print(f"  {'':12}  {'coordinator':<13} {note}")
-    for event in sorted(events, key=lambda e: e.time):
+    lines = [(at, "coordinator", text) for key, at, text in events.notes if key == coi]
+    for event in events.of(coi):
         line = describe(event)
         if line:
-            print(f"  {event.time:%H:%M:%S.%f}"[:-3] + f"  {event.source.split('/')[-1]:<13} {line}")
+            lines.append((event.time, event.source.split("/")[-1], line))
+    for at, who, text in sorted(lines, key=lambda line: line[0]):
+        print(f"  {at:%H:%M:%S.%f}"[:-3] + f"  {who:<13} {text}")
 
 
 async def run(urls: dict[str, str], kafka: KafkaAccess) -> int:
@@ -188,6 +268,7 @@ async def run(urls: dict[str, str], kafka: KafkaAccess) -> int:
             registered.raise_for_status()
             clean = await journey(http, urls, events, wrong_coi=False)
             broken = await journey(http, urls, events, wrong_coi=True)
+            failed = await failed_lot_journey(http, urls, events)
             hook = await asyncio.to_thread(
                 listener.wait_for, lambda h: h.json()["coi"] == clean and h.json()["kind"] == "slot.confirmed"
             )
@@ -196,22 +277,26 @@ async def run(urls: dict[str, str], kafka: KafkaAccess) -> int:
             ).json()
             # A site has at most MAX_ENDPOINTS_PER_SITE endpoints: the demo, run again and again, frees its one.
             await http.delete(f"{urls['scheduling']}/webhooks/{registered.json()['id']}", headers=CENTER)
-        print_timeline(f"Journey 1 — {clean}: clean cold chain", events.of(clean), notes_of(events, clean))
+        print_timeline(f"Journey 1 — {clean}: clean cold chain", events, clean)
         print(
             f"  webhook       treatment center received '{hook.json()['kind']}' (signed, {len(hook.body)} bytes)"
         )
-        print_timeline(
-            f"Journey 2 — {broken}: a bag with the wrong COI", events.of(broken), notes_of(events, broken)
-        )
+        print_timeline(f"Journey 2 — {broken}: a bag with the wrong COI", events, broken)
+        print_timeline(f"Journey 3 — {failed}: a failed lot, collected again, infused", events, failed)
         confirmed = any(e.type == "slot.confirmed.v1" for e in events.of(clean))
         return_leg = next(s for s in shipments if s["leg"] == "return")
         quarantined = return_leg["status"] == "quarantined" and not any(
             e.type == "slot.confirmed.v1" for e in events.of(broken)
         )
-        print(
-            f"\nslot confirmed: {confirmed}; wrong-COI shipment quarantined and never confirmed: {quarantined}"
+        recollected = [e.data.din for e in events.of(failed) if isinstance(e, CollectionRecorded)]
+        second_lot = len(set(recollected)) == 2 and any(
+            e.type == "slot.confirmed.v1" for e in events.of(failed)
         )
-        return 0 if confirmed and quarantined else 1
+        print(
+            f"\nslot confirmed: {confirmed}; wrong-COI shipment quarantined and never confirmed: {quarantined}; "
+            f"failed lot collected again under its COI and infused: {second_lot}"
+        )
+        return 0 if confirmed and quarantined and second_lot else 1
     finally:
         await events.stop()
         listener.stop()

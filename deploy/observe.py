@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -114,8 +115,8 @@ class EventLog:
     def __init__(self, kafka: KafkaAccess, topics: list[str]) -> None:
         self.events: list[AnyEvent] = []
         self.positions: dict[str, tuple[str, int, int]] = {}
-        self.notes: list[tuple[str, str]] = []
-        """(COI, text) lines a caller adds to the story, such as the demo's coordinator steps."""
+        self.notes: list[tuple[str, datetime, str]] = []
+        """(COI, when, text) lines a caller adds to the story, such as the demo's coordinator steps."""
         """Event id -> (topic, partition, offset), to wait for a consumer group to pass an event."""
         self.raw: list[tuple[str, bytes, dict[str, bytes]]] = []
         self._consumer = AIOKafkaConsumer(
