@@ -50,7 +50,7 @@ from sqlmodel import Session, col, select
 from services.common.consumer import EventHandler, register_consumer
 from services.common.service import Runtime
 from services.common.topics import ORDERS, SHIPMENTS
-from services.scheduling import commands
+from services.scheduling import commands, plan_commands
 from services.scheduling.domain import RiskCause
 from services.scheduling.models import Case, ParkedEvent
 
@@ -145,13 +145,20 @@ def on_order_cancelled(session: Session, event: OrderCancelled | OrderCancelledV
 
 
 def on_manufacturing_failed(session: Session, event: ManufacturingFailed, config: Config) -> None:
-    """The lot failed: its appointment is released and the case waits for the next lot."""
+    """The lot failed: its appointment is released and the case waits for the next lot; a planned case is
+    offered new plans for its next collection."""
     case = session.get(Case, event.data.coi)
     if case is None:
         return  # order.accepted comes first on the same partition: no case, no appointment
     commands.lock_case(session, case)
-    if not case.cancelled:
-        commands.lot_failed(session, case, event.data.reason_code, **_context(event))
+    if case.cancelled:
+        return
+    planned = plan_commands.booked_plan(session, case.coi) is not None
+    commands.lot_failed(session, case, event.data.reason_code, **_context(event))
+    if planned:
+        plan_commands.reopen_after_lot_failure(
+            session, case, default_buffer_hours=config.receipt_buffer_hours
+        )
 
 
 # ---------------------------------------------------------------- shipments

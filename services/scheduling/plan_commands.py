@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import date, datetime, timedelta
 from uuid import UUID
 
+import structlog
 from cgt_contracts.envelope import utc_now
 from sqlmodel import Session, col, select, update
 
@@ -23,6 +24,7 @@ from services.scheduling.models import (
     TherapyProtocol,
 )
 
+log = structlog.get_logger()
 LEAD_DAYS = 1
 """A collection is planned from the collection center's next day on, never for today."""
 MAX_PLANS = 10
@@ -301,3 +303,21 @@ def book_plan(
     row.booked_at, row.booked_by = utc_now(), booked_by
     session.add(row)
     return row
+
+
+REOPENED = "manufacturing failed: new plans offered for the next collection, book one"
+NO_PLAN_FITS = "manufacturing failed: no plan fits the horizon for the next collection, call the sites"
+
+
+def reopen_after_lot_failure(session: Session, case: Case, *, default_buffer_hours: float) -> list[CasePlan]:
+    """A planned case whose lot failed (its plans already withdrawn by `commands.lot_failed`) is offered
+    new chains at once, from the collection center's next day on, for the next collection under the same
+    COI; a coordinator books one. Nothing is offered when the network no longer plans the case (the
+    worklist keeps the failure's own item then)."""
+    try:
+        rows = offer_plans(session, case, count=3, default_buffer_hours=default_buffer_hours)
+    except commands.Refused as refused:
+        log.warning("scheduling.plans_not_reopened", coi=case.coi, reasons=len(refused.reasons))
+        return []
+    commands.flag(session, case, REOPENED if rows else NO_PLAN_FITS)
+    return rows
