@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
 from cgt_contracts.events import SlotReasonCode
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 from sqlmodel import Session, col, select
 
@@ -59,6 +59,23 @@ def _site(session: Session, site_id: str, caller: Principal) -> Site:
 # ---------------------------------------------------------------- sites and protocols
 
 
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError("not an IANA time zone name (such as Europe/Paris)") from error
+    return value
+
+
+TimeZone = Annotated[str, Field(min_length=1, max_length=64, description="IANA name"), AfterValidator(_zone)]
+Weekdays = Annotated[
+    list[Annotated[int, Field(ge=1, le=7)]],
+    Field(
+        min_length=1, max_length=7, default=[1, 2, 3, 4, 5], description="ISO weekdays: 1 Monday, 7 Sunday"
+    ),
+]
+"""A calendar's working days; every site's and center's calendar takes both."""
+
 SITE_EXAMPLE: JsonDict = {
     "timezone": "America/New_York",
     "infusions_per_day": 2,
@@ -71,28 +88,11 @@ SITE_EXAMPLE: JsonDict = {
 class SiteBody(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [SITE_EXAMPLE]})
 
-    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA name")]
+    timezone: TimeZone
     infusions_per_day: Annotated[int, Field(ge=0, le=500, description="Infusion chairs per working day")]
     admissions_capacity: Annotated[int, Field(ge=0, le=5000, description="Beds for patients in conditioning")]
-    working_weekdays: Annotated[
-        list[Annotated[int, Field(ge=1, le=7)]],
-        Field(
-            min_length=1,
-            max_length=7,
-            default=[1, 2, 3, 4, 5],
-            description="ISO weekdays: 1 Monday, 7 Sunday",
-        ),
-    ]
+    working_weekdays: Weekdays
     blackout_dates: Annotated[list[date], Field(max_length=366, default=[])]
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValueError("not an IANA time zone name (such as Europe/Paris)") from error
-        return value
 
 
 class SiteView(SiteBody):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import Identifier
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -21,20 +20,14 @@ from services.common.paging import Page, link_next, page_of
 from services.common.scope import not_found
 from services.common.service import db_session
 from services.scheduling import commands, domain, network_commands, plan_commands
+from services.scheduling.api import TimeZone, Weekdays
 from services.scheduling.domain import IsoWeek, StartingMaterial
 from services.scheduling.models import CollectionCenter, ManufacturingSite, Site, TherapyProtocol
+from services.scheduling.runtime import WASKYRA_MANUFACTURING
 
 router = APIRouter(route_class=EdgeRoute, tags=["planning network"])
 SessionDep = Annotated[Session, Depends(db_session)]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
-
-
-def _zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError("not an IANA time zone name (such as Europe/Paris)") from error
-    return value
 
 
 def _week(value: str) -> str:
@@ -44,13 +37,6 @@ def _week(value: str) -> str:
         raise ValueError("not an ISO week such as 2026-W52") from error
 
 
-TimeZone = Annotated[str, Field(min_length=1, max_length=64, description="IANA name"), AfterValidator(_zone)]
-Weekdays = Annotated[
-    list[Annotated[int, Field(ge=1, le=7)]],
-    Field(
-        min_length=1, max_length=7, default=[1, 2, 3, 4, 5], description="ISO weekdays: 1 Monday, 7 Sunday"
-    ),
-]
 Week = Annotated[
     str, Field(min_length=8, max_length=8, description="ISO week, `2026-W52`"), AfterValidator(_week)
 ]
@@ -278,20 +264,7 @@ def read_manufacturing_site(site_id: str, session: SessionDep, _: Coordinator) -
 
 
 class ManufacturingProtocolBody(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "manufacturing_days": 45,
-                    "starting_material": "fresh",
-                    "outbound_transit_hours": 36.0,
-                    "max_fresh_transit_hours": 72.0,
-                    "max_cryopreserved_age_days": 365,
-                    "return_transit_hours": 48.0,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [WASKYRA_MANUFACTURING]})
 
     manufacturing_days: Annotated[int, Field(ge=1, le=365, description="Vein to release, in days")]
     starting_material: StartingMaterial

@@ -14,6 +14,7 @@ from cgt_contracts.envelope import utc_now
 from cryptography.fernet import MultiFernet
 from fastapi import Depends
 from pydantic import Field, SecretStr, model_validator
+from pydantic.config import JsonDict
 from sqlalchemy.engine import Engine
 
 from services.common.db import tables_of
@@ -87,7 +88,7 @@ class SchedulingSettings(ServiceSettings):
         )
 
 
-WASKYRA_MANUFACTURING = {
+WASKYRA_MANUFACTURING: JsonDict = {
     "manufacturing_days": 45,
     "starting_material": "fresh",
     "outbound_transit_hours": 36.0,
