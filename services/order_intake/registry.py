@@ -315,7 +315,7 @@ def add_certification(
     "/treatment-centers/{center_id}/certifications/{therapy_code}",
     summary="Replace a treatment center's qualifications for a therapy",
     response_model=TreatmentCenterView,
-    responses=problems.documented(404),
+    responses=problems.documented(404, 409),
 )
 def replace_certifications(
     center_id: str,

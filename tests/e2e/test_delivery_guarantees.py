@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cgt_contracts.events import OrderAccepted
+from cgt_contracts.events import OrderAcceptedV2
 
 from deploy.observe import EventLog
 from services.common.topics import ORDERS, dlq
@@ -88,7 +88,7 @@ async def test_dead_letters_are_listed_and_one_is_replayed_after_a_fix(
     the consumer that had not applied it now does, the others skip it through their inbox."""
     order = await place_accepted_order(http, stack)
     accepted = await events.wait_for(lambda e: e.type == "order.accepted.v2" and e.subject == order["coi"])
-    assert isinstance(accepted, OrderAccepted)
+    assert isinstance(accepted, OrderAcceptedV2)
     lost_order = accepted.model_copy(
         update={
             "id": uuid.uuid4(),
