@@ -336,7 +336,7 @@ async def phase_two_faults(cluster: Any, tally: Tally, journeys: list[Journey]) 
 
 
 EXPECTED = (
-    "order.accepted.v1",
+    "order.accepted.v2",
     "shipment.dispatched.v1",
     "shipment.delivered.v1",
     "slot.proposed.v1",

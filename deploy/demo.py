@@ -38,7 +38,7 @@ def describe(event: AnyEvent) -> str | None:
     """One line a coordinator can read; None for events not worth a line."""
     d: Any = event.data
     match event.type:
-        case "order.accepted.v1":
+        case "order.accepted.v1" | "order.accepted.v2":
             return f"order accepted for patient {d.patient_ref}: chain-of-identity {d.coi} assigned"
         case "product.released_for_shipment.v1":
             return f"product lot {d.lot_number} released for shipment by the manufacturer"

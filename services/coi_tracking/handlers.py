@@ -20,6 +20,7 @@ from cgt_contracts.events import (
     CourierScanSubmittedV2,
     ManufacturingFailed,
     OrderAccepted,
+    OrderAcceptedV2,
     OrderCancelled,
     OrderCancelledV2,
     ProductReleasedForShipment,
@@ -96,7 +97,11 @@ def _plan(
     log.info("shipment.planned", shipment_id=str(shipment.id), coi=shipment.coi, leg=shipment.leg.value)
 
 
-def plan_return_shipment(session: Session, event: OrderAccepted, planning: Planning) -> None:
+def plan_return_shipment(
+    session: Session, event: OrderAccepted | OrderAcceptedV2, planning: Planning
+) -> None:
+    """v2 adds the site's qualifications and the payer authorization's last day, which are scheduling's
+    concern: the leg is planned from what both versions carry."""
     order = event.data
     exists = session.exec(
         select(Shipment.id)
@@ -206,7 +211,7 @@ def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None
 
 def wire(runtime: TrackingRuntime, planning: Planning) -> None:
     def on_order_accepted(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, OrderAccepted)
+        assert isinstance(event, OrderAccepted | OrderAcceptedV2)
         plan_return_shipment(session, event, planning)
 
     def on_collection_recorded(session: Session, event: AnyEvent) -> None:
@@ -231,7 +236,8 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
         group_id=GROUP_ID,
         engine=runtime.engine,
         handlers={
-            OrderAccepted: on_order_accepted,
+            OrderAccepted: on_order_accepted,  # v1, still on the topic
+            OrderAcceptedV2: on_order_accepted,
             CollectionRecorded: on_collection_recorded,
             OrderCancelled: on_order_cancelled,  # v1, still on the topic: its free text is not read
             OrderCancelledV2: on_order_cancelled,

@@ -183,6 +183,14 @@ class CancelRequest(RequestModel):
     note: Note | None = None
 
 
+class PayerAuthorizationRenewal(PayerAuthorization):
+    """A renewed payer authorization: its reference (kept by order intake only) and its last day."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reference": "PA-2027-0107", "expires_on": "2027-09-30"}]}
+    )
+
+
 class ManufacturingFailureRequest(RequestModel):
     """A lot that failed in manufacturing: why, from a closed list, and a note if need be."""
 
@@ -311,6 +319,9 @@ class OrderView(BaseModel):
         default=None, description="When the manufacturer released the product for shipment"
     )
     product_released_by: str | None = None
+    payer_authorization_expires_on: date | None = Field(
+        default=None, description="The last day the payer authorization on file covers"
+    )
 
     @classmethod
     def of(cls, order: Order) -> OrderView:
@@ -333,6 +344,7 @@ class OrderView(BaseModel):
             product_lot_number=order.product_lot_number,
             product_released_at=order.product_released_at,
             product_released_by=order.product_released_by,
+            payer_authorization_expires_on=order.payer_authorization_expires_on,
         )
 
 
@@ -421,7 +433,7 @@ def place_order(
     The order is checked at once, on the server's date (a stated `ordered_on` is only recorded): the site
     qualified for the therapy, the prescriber (NPI) known and allowed to order there, consent, payer
     authorization and the eligibility attestation on file. An accepted order (201, `accepted`) gets its
-    chain-of-identity (COI) identifier and `order.accepted.v1` is published: the return shipment is planned
+    chain-of-identity (COI) identifier and `order.accepted.v2` is published: the return shipment is planned
     and scheduling opens the case. A failing order is recorded as `rejected` (201 too) with every failed
     check in `rejection_reasons`, and `order.rejected.v2` is published (the codes alone).
 
@@ -647,6 +659,37 @@ def record_manufacturing_failure(
         )
     session.commit()
     return ManufacturingFailureView.of(failure)
+
+
+@router.post(
+    "/orders/{order_id}/payer-authorization",
+    summary="Record a renewed payer authorization",
+    response_model=OrderView,
+    responses=problems.documented(409),
+)
+def renew_payer_authorization(
+    order_id: UUID,
+    body: PayerAuthorizationRenewal,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+) -> OrderView:
+    """A coordinator records the payer's renewed authorization for an accepted order not yet infused: its
+    reference and last day replace those on file. `order.payer_authorization_renewed.v1` carries the day
+    only: scheduling judges the plan and the infusion on it, and lets an appointment held for a lapsed
+    authorization go on. An authorization ending before today is 422 naming `expires_on`; a cancelled,
+    rejected or infused order is 409."""
+    with command_answers():
+        order = commands.renew_payer_authorization(
+            session,
+            order_id,
+            body.reference,
+            body.expires_on,
+            caller_of(caller),
+            request.state.correlation_id,
+        )
+    session.commit()
+    return OrderView.of(order)
 
 
 @router.get(

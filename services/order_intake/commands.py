@@ -19,15 +19,20 @@ from cgt_contracts.events import (
     ManufacturingFailed,
     ManufacturingFailedData,
     ManufacturingFailureCode,
-    OrderAccepted,
-    OrderAcceptedData,
+    OrderAcceptedDataV2,
+    OrderAcceptedV2,
     OrderCancelledDataV2,
     OrderCancelledV2,
     OrderRejectedDataV2,
     OrderRejectedV2,
+    PayerAuthorizationRenewed,
+    PayerAuthorizationRenewedData,
     ProductReleasedForShipment,
     ProductReleasedForShipmentData,
+    QualificationWindow,
     RejectionReason,
+    SiteQualificationChanged,
+    SiteQualificationChangedData,
 )
 from cryptography.fernet import MultiFernet
 from sqlalchemy import or_
@@ -349,7 +354,7 @@ def _submitted(
 def place_order(
     session: Session, new: NewOrder, caller: Caller, issuer: Issuer, correlation_id: str
 ) -> Order:
-    """Check the order and record it accepted (with its COI identifier, `order.accepted.v1`) or rejected
+    """Check the order and record it accepted (with its COI identifier, `order.accepted.v2`) or rejected
     with every failed check (`order.rejected.v1`). A site-scoped caller orders only for its own site.
     Refused before anything is written: an impossible date of birth (`InvalidField`), a second active
     order for the same patient and therapy however their `patient_ref` is spelled (`Refused`)."""
@@ -402,7 +407,8 @@ def _accept(session: Session, order: Order, fin: str, actor: str, correlation_id
     assert sequence.id is not None
     order.coi = coi_identifier(fin, order.ordered_on.year, sequence.id)
     record_transition(session, order, OrderStatus.ACCEPTED, Way.PLACEMENT, actor)
-    data = OrderAcceptedData(
+    assert order.payer_authorization_expires_on is not None  # the acceptance checks found it
+    data = OrderAcceptedDataV2(
         order_id=order.id,
         coi=order.coi,
         patient_ref=order.patient_ref,
@@ -412,8 +418,113 @@ def _accept(session: Session, order: Order, fin: str, actor: str, correlation_id
         conditioning_days=therapy.conditioning_days,
         accepted_at=utc_now(),
         long_term_follow_up=therapy.long_term_follow_up,
+        site_qualifications=qualifications_of(session, order.treatment_center_id, order.therapy_code),
+        payer_authorization_expires_on=order.payer_authorization_expires_on,
     )
-    _publish(session, OrderAccepted(**_envelope(order.coi, correlation_id), data=data))
+    _publish(session, OrderAcceptedV2(**_envelope(order.coi, correlation_id), data=data))
+
+
+def qualifications_of(session: Session, site_id: str, therapy_code: str) -> list[QualificationWindow]:
+    """The site's qualification windows for the therapy, earliest first: what scheduling checks again."""
+    rows = session.exec(
+        select(SiteCertification)
+        .where(SiteCertification.treatment_center_id == site_id)
+        .where(SiteCertification.therapy_code == therapy_code)
+        .order_by(col(SiteCertification.effective_on), col(SiteCertification.id))
+    ).all()
+    return [QualificationWindow(effective_on=r.effective_on, expires_on=r.expires_on) for r in rows]
+
+
+def qualifications_changed(session: Session, site_id: str, therapy_code: str, correlation_id: str) -> int:
+    """The site's windows for the therapy changed (the caller wrote them in this transaction): every
+    order there whose chain still runs (`domain.RENEWABLE`) is told the whole new list, one
+    `site.qualification_changed.v1` per order keyed by its COI (after its `order.accepted`). Returns how
+    many were told."""
+    session.flush()
+    windows = qualifications_of(session, site_id, therapy_code)
+    orders = session.exec(
+        select(Order)
+        .where(Order.treatment_center_id == site_id)
+        .where(Order.therapy_code == therapy_code)
+        .where(col(Order.coi).is_not(None))
+        .where(col(Order.status).in_(sorted(domain.RENEWABLE)))
+        .order_by(col(Order.created_at))
+    ).all()
+    changed_at = utc_now()
+    for order in orders:
+        assert order.coi is not None
+        data = SiteQualificationChangedData(
+            order_id=order.id,
+            coi=order.coi,
+            treatment_center_id=site_id,
+            therapy_code=therapy_code,
+            site_qualifications=windows,
+            changed_at=changed_at,
+        )
+        _publish(session, SiteQualificationChanged(**_envelope(order.coi, correlation_id), data=data))
+    log.info("registry.qualifications_changed", treatment_center_id=site_id, orders_told=len(orders))
+    return len(orders)
+
+
+def replace_qualifications(
+    session: Session,
+    site_id: str,
+    therapy_code: str,
+    windows: list[QualificationWindow],
+    correlation_id: str,
+) -> None:
+    """The site's qualification windows for the therapy, replaced whole (none: withdrawn); the orders
+    there are told (`qualifications_changed`). The caller checked the site and the therapy exist."""
+    for row in session.exec(
+        select(SiteCertification)
+        .where(SiteCertification.treatment_center_id == site_id)
+        .where(SiteCertification.therapy_code == therapy_code)
+    ).all():
+        session.delete(row)
+    session.flush()
+    for window in windows:
+        session.add(
+            SiteCertification(
+                treatment_center_id=site_id,
+                therapy_code=therapy_code,
+                effective_on=window.effective_on,
+                expires_on=window.expires_on,
+            )
+        )
+    qualifications_changed(session, site_id, therapy_code, correlation_id)
+
+
+def renew_payer_authorization(
+    session: Session,
+    order_id: UUID,
+    reference: str,
+    expires_on: date,
+    caller: Caller,
+    correlation_id: str,
+) -> Order:
+    """A renewed payer authorization for the order (`domain.payer_authorization_renewal_refusal`): its
+    reference and last day replace the ones on file; `order.payer_authorization_renewed.v1` carries the
+    date only (the reference stays here), so that scheduling lets a chain held for it go on."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    refusal = domain.payer_authorization_renewal_refusal(order.status, expires_on, utc_now().date())
+    if refusal is not None:
+        if refusal.field is not None:
+            raise InvalidField(refusal.field, refusal.detail)
+        raise Refused(refusal.detail)
+    assert order.coi is not None  # an accepted order has its COI
+    order.payer_authorization_reference = reference
+    order.payer_authorization_expires_on = expires_on
+    session.add(order)
+    data = PayerAuthorizationRenewedData(
+        order_id=order.id,
+        coi=order.coi,
+        expires_on=expires_on,
+        renewed_at=utc_now(),
+        renewed_by=caller.subject,
+    )
+    _publish(session, PayerAuthorizationRenewed(**_envelope(order.coi, correlation_id), data=data))
+    log.info("order.payer_authorization_renewed", order_id=str(order.id))
+    return order
 
 
 def order_subject(order_id: UUID) -> str:

@@ -199,6 +199,32 @@ def manufacturing_failure_refusal(status: OrderStatus, collections: int) -> str 
     return None
 
 
+RENEWABLE: frozenset[OrderStatus] = frozenset(
+    {*LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)], OrderStatus.MANUFACTURING_FAILED}
+)
+"""Orders whose payer authorization may be renewed: accepted, not yet infused, not cancelled."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refusal, and the request field it is about (None: the order's state, a 409)."""
+
+    detail: str
+    field: str | None = None
+
+
+def payer_authorization_renewal_refusal(status: OrderStatus, expires_on: date, today: date) -> Refusal | None:
+    """Why a renewed payer authorization cannot be recorded for the order, or None: only for an order the
+    chain still runs for, and only one that covers today at least (the server's date)."""
+    if status not in RENEWABLE:
+        return Refusal(
+            f"a payer authorization is renewed only for an accepted order not yet infused; this one is {status}"
+        )
+    if expires_on < today:
+        return Refusal(f"expires before today ({today.isoformat()})", field="expires_on")
+    return None
+
+
 RELEASE_CLOCK_TOLERANCE = timedelta(minutes=5)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import Identifier
+from cgt_contracts.events import QualificationWindow
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import ConfigDict, EmailStr, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -21,6 +22,7 @@ from services.common.edge import EdgeRoute, RequestModel
 from services.common.paging import Page, link_next, page_of
 from services.common.problems import FieldError
 from services.common.service import db_session
+from services.order_intake import commands
 from services.order_intake.domain import npi_is_valid
 from services.order_intake.models import (
     Prescriber,
@@ -76,17 +78,20 @@ CERTIFICATION_EXAMPLE: JsonDict = {
 }
 
 
-class CertificationBody(RequestModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [CERTIFICATION_EXAMPLE]})
-    therapy_code: Ident
+class CertificationWindow(RequestModel):
     effective_on: date
     expires_on: date | None = None
 
     @model_validator(mode="after")
-    def _ordered(self) -> CertificationBody:
+    def _ordered(self) -> CertificationWindow:
         if self.expires_on is not None and self.expires_on < self.effective_on:
             raise ValueError("expires_on is before effective_on")
         return self
+
+
+class CertificationBody(CertificationWindow):
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [CERTIFICATION_EXAMPLE]})
+    therapy_code: Ident
 
 
 CENTER_EXAMPLE: JsonDict = {
@@ -200,6 +205,20 @@ def read_therapy(code: str, session: SessionDep, _: Coordinator) -> TherapyBody:
     return TherapyBody.model_validate(therapy)
 
 
+class QualificationsBody(RequestModel):
+    """Every qualification window of the site for one therapy, replacing those on file; none: withdrawn."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"qualifications": [{"effective_on": "2026-06-01", "expires_on": "2027-01-31"}]},
+                {"qualifications": []},
+            ]
+        }
+    )
+    qualifications: Annotated[list[CertificationWindow], Field(max_length=50)]
+
+
 def _center_view(session: Session, center: TreatmentCenter) -> TreatmentCenterView:
     certifications = session.exec(
         select(SiteCertification)
@@ -271,17 +290,53 @@ def read_treatment_center(center_id: str, session: SessionDep, _: Coordinator) -
     responses=problems.documented(409),
 )
 def add_certification(
-    center_id: str, body: CertificationBody, session: SessionDep, _: Coordinator
+    center_id: str, body: CertificationBody, request: Request, session: SessionDep, _: Coordinator
 ) -> TreatmentCenterView:
     """Coordinators record the manufacturer's qualification of the site for a therapy, from `effective_on`
     to `expires_on` (open-ended without it): orders for the therapy at the site are accepted on dates
-    within it. An unknown site is 404, an unknown therapy 422, the same qualification twice 409."""
+    within it, and the site's orders whose chain still runs are told (`site.qualification_changed.v1`).
+    An unknown site is 404, an unknown therapy 422, the same qualification twice 409."""
     center = session.get(TreatmentCenter, center_id)
     if center is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
     if session.get(Therapy, body.therapy_code) is None:
         raise problems.invalid("body", "therapy_code", "no such therapy in the registry")
     session.add(SiteCertification(treatment_center_id=center_id, **body.model_dump()))
+    try:
+        commands.qualifications_changed(session, center_id, body.therapy_code, request.state.correlation_id)
+    except IntegrityError as error:
+        session.rollback()
+        raise problems.conflict("certification already exists or refers to a missing record") from error
+    _commit_or_conflict(session, "certification")
+    return _center_view(session, center)
+
+
+@router.put(
+    "/treatment-centers/{center_id}/certifications/{therapy_code}",
+    summary="Replace a treatment center's qualifications for a therapy",
+    response_model=TreatmentCenterView,
+    responses=problems.documented(404, 409),
+)
+def replace_certifications(
+    center_id: str,
+    therapy_code: str,
+    body: QualificationsBody,
+    request: Request,
+    session: SessionDep,
+    _: Coordinator,
+) -> TreatmentCenterView:
+    """Coordinators change the manufacturer's qualification of the site for a therapy: every window, whole
+    (an expiry brought forward or moved, a renewal; an empty list withdraws it). New orders are judged on
+    it, and the site's orders whose chain still runs are told (`site.qualification_changed.v1`): scheduling
+    refuses to book, or holds at confirmation, an infusion on a day no window covers. An unknown site or
+    therapy is 404."""
+    center = session.get(TreatmentCenter, center_id)
+    if center is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such treatment center")
+    if session.get(Therapy, therapy_code) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such therapy")
+    windows = [QualificationWindow(**w.model_dump()) for w in body.qualifications]
+    commands.replace_qualifications(session, center_id, therapy_code, windows, request.state.correlation_id)
     _commit_or_conflict(session, "certification")
     return _center_view(session, center)
 

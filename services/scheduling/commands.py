@@ -116,6 +116,22 @@ def load_of(session: Session, site_id: str, excluding: UUID | None = None) -> do
     )
 
 
+def chain_facts_of(case: Case) -> domain.ChainFacts:
+    windows = None
+    if case.site_qualifications is not None:
+        windows = tuple(
+            (date.fromisoformat(start), date.fromisoformat(end) if end else None)
+            for start, end in json.loads(case.site_qualifications)
+        )
+    return domain.ChainFacts(windows, case.payer_authorization_expires_on)
+
+
+def store_qualifications(case: Case, windows: list[tuple[date, date | None]]) -> None:
+    case.site_qualifications = json.dumps(
+        [[start.isoformat(), end.isoformat() if end else None] for start, end in windows]
+    )
+
+
 def receipt_buffer(session: Session, case: Case, default_hours: float) -> float:
     protocol = session.get(TherapyProtocol, case.therapy_code)
     return protocol.receipt_buffer_hours if protocol else default_hours
@@ -458,6 +474,7 @@ def book(
         calendar=calendar,
         load=load_of(session, case.treatment_center_id),
     )
+    problems += [lapse.detail for lapse in domain.chain_lapses(chain_facts_of(case), option)]
     if problems:
         raise Refused(problems)
     appointment = Appointment(
@@ -525,6 +542,7 @@ def reschedule(
         calendar=calendar,
         load=load_of(session, case.treatment_center_id, excluding=appointment.id),
     )
+    problems += [lapse.detail for lapse in domain.chain_lapses(chain_facts_of(case), option)]
     if problems:
         raise Refused(problems)
     note_change(appointment, note)
@@ -609,8 +627,9 @@ def hold(
     causation_id: str | None,
 ) -> None:
     """On hold for `cause`: `reason` (scheduling's own words) stays with the appointment, the site is told
-    the code."""
-    _touch(session, appointment, AppointmentState.ON_HOLD)
+    the code. One already on hold is held again for the new cause (the site told the new code)."""
+    held = appointment.state is AppointmentState.ON_HOLD
+    _touch(session, appointment, None if held else AppointmentState.ON_HOLD)
     code = domain.reason_code_of(cause)
     appointment.hold_reason = reason
     appointment.hold_cause = cause.value
@@ -719,6 +738,67 @@ def product_delivered(
     if appointment is None:
         flag(session, case, "product delivered and verified: book the infusion")
     elif domain.can_move(appointment.state, AppointmentState.CONFIRMED):
+        _attach_shipment(appointment, case)
+        confirm_unless_lapsed(
+            session, case, appointment, correlation_id=correlation_id, causation_id=causation_id
+        )
+
+
+def confirm_unless_lapsed(
+    session: Session,
+    case: Case,
+    appointment: Appointment,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """The product is on site and clean (I4): confirmed, unless the site's qualification or the payer
+    authorization no longer covers the appointment's days (`domain.chain_lapses`). Then the chain stops:
+    it is held (`slot.held.v2` with the lapse's code, the site told) and the case goes on the worklist
+    until order intake publishes the renewal (`chain_facts_changed`)."""
+    option = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
+    lapses = domain.chain_lapses(chain_facts_of(case), option)
+    if not lapses:
+        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
+        return
+    log.warning("scheduling.chain_lapsed", coi=case.coi, causes=[lapse.cause.value for lapse in lapses])
+    reason = "; ".join(lapse.detail for lapse in lapses)
+    hold(
+        session,
+        appointment,
+        reason,
+        lapses[0].cause,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+    flag(session, case, domain.lapse_attention(lapses))
+
+
+def chain_facts_changed(
+    session: Session, case: Case, *, correlation_id: str, causation_id: str | None
+) -> None:
+    """Order intake published a qualification change or a renewed authorization (the case holds the new
+    facts). An appointment held for a lapse that no longer lapses goes on: resumed (`slot.resumed.v2`,
+    the renewal's code), and confirmed at once if its product is already on site and clean; one that
+    still lapses stays held, the worklist saying why now. The caller holds the case's lock."""
+    appointment = open_appointment(session, case.coi)
+    if (
+        appointment is None
+        or appointment.state is not AppointmentState.ON_HOLD
+        or appointment.hold_cause not in domain.CHAIN_LAPSES
+    ):
+        return
+    option = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
+    lapses = domain.chain_lapses(chain_facts_of(case), option)
+    if lapses:
+        flag(session, case, domain.lapse_attention(lapses))
+        return
+    cause = domain.RiskCause(appointment.hold_cause)
+    resume(
+        session, appointment, domain.RENEWED[cause], correlation_id=correlation_id, causation_id=causation_id
+    )
+    flag(session, case, None)
+    if case.product_delivered_at is not None and not case.quarantined:
         _attach_shipment(appointment, case)
         confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 

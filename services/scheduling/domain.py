@@ -210,6 +210,8 @@ class RiskCause(StrEnum):
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
     MANUFACTURING_FAILURE = "manufacturing_failure"
+    SITE_QUALIFICATION_LAPSED = "site_qualification_lapsed"
+    PAYER_AUTHORIZATION_LAPSED = "payer_authorization_lapsed"
 
 
 COORDINATOR_REASONS = frozenset(
@@ -290,6 +292,78 @@ def alert_detail(
     if after is AppointmentState.CANCELLED:
         return f"{reason}; the {before} appointment is cancelled: make sure the site does not condition"
     return f"{reason}; the {before} appointment is on hold: the site must not start conditioning"
+
+
+# ---------------------------------------------------------------- the chain's permissions
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What order intake said last of the permissions the chain needs (its events only: services never
+    ask each other). None is not known: a case opened by an `order.accepted.v1` (before these facts were
+    published) is not judged on a fact until an event brings it (a qualification change at its site, a
+    renewed authorization); order intake checked both when it accepted the order."""
+
+    site_qualifications: tuple[tuple[date, date | None], ...] | None
+    """The site's (effective, expiry) qualification windows for the therapy, both days included."""
+    payer_authorization_expires_on: date | None
+    """The last day the payer authorization covers."""
+
+
+@dataclass(frozen=True)
+class Lapse:
+    cause: RiskCause
+    detail: str
+    """Scheduling's own words, starting with the code: what a 409 and the worklist say."""
+
+
+CHAIN_LAPSES = frozenset({RiskCause.SITE_QUALIFICATION_LAPSED, RiskCause.PAYER_AUTHORIZATION_LAPSED})
+RENEWED = {
+    RiskCause.SITE_QUALIFICATION_LAPSED: SlotReasonCode.SITE_QUALIFICATION_RENEWED,
+    RiskCause.PAYER_AUTHORIZATION_LAPSED: SlotReasonCode.PAYER_AUTHORIZATION_RENEWED,
+}
+"""What the site is told when an appointment held for a lapse goes on."""
+
+
+def qualified_on(windows: tuple[tuple[date, date | None], ...], day: date) -> bool:
+    return any(start <= day and (end is None or day <= end) for start, end in windows)
+
+
+def chain_lapses(facts: ChainFacts, option: SlotOption) -> list[Lapse]:
+    """Why the chain may not go on to this appointment, judged on its own days (site-local dates), not on
+    today: the site must be qualified for the therapy on every day from the first day of conditioning
+    through the infusion (day 0), and the payer authorization must cover the infusion day. Checked when a
+    plan or an infusion is booked or moved (409) and when a delivery would confirm it (held instead)."""
+    lapses: list[Lapse] = []
+    if facts.site_qualifications is not None:
+        uncovered = [d for d in option.admission_days() if not qualified_on(facts.site_qualifications, d)]
+        if uncovered:
+            lapses.append(
+                Lapse(
+                    RiskCause.SITE_QUALIFICATION_LAPSED,
+                    f"{RiskCause.SITE_QUALIFICATION_LAPSED}: the site is not qualified for the therapy on "
+                    f"{uncovered[0]} (conditioning {option.conditioning_start_on} to infusion "
+                    f"{option.infusion_on})",
+                )
+            )
+    expires_on = facts.payer_authorization_expires_on
+    if expires_on is not None and expires_on < option.infusion_on:
+        lapses.append(
+            Lapse(
+                RiskCause.PAYER_AUTHORIZATION_LAPSED,
+                f"{RiskCause.PAYER_AUTHORIZATION_LAPSED}: the payer authorization ends on {expires_on}, "
+                f"before the infusion on {option.infusion_on}",
+            )
+        )
+    return lapses
+
+
+def lapse_attention(lapses: list[Lapse]) -> str:
+    """The worklist's words for a chain stopped at confirmation: what lapsed and who acts."""
+    return (
+        "; ".join(lapse.detail for lapse in lapses)
+        + ": the infusion is on hold, not confirmed; record the renewal in order intake"
+    )
 
 
 @dataclass(frozen=True)

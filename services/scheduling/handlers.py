@@ -26,8 +26,10 @@ from cgt_contracts.events import (
     CoiBreak,
     ManufacturingFailed,
     OrderAccepted,
+    OrderAcceptedV2,
     OrderCancelled,
     OrderCancelledV2,
+    PayerAuthorizationRenewed,
     QaDispositionDataV2,
     QaReasonCode,
     QuarantineReasonCode,
@@ -42,6 +44,7 @@ from cgt_contracts.events import (
     ShipmentRejectedV2,
     ShipmentReleased,
     ShipmentReleasedV2,
+    SiteQualificationChanged,
     TemperatureExcursion,
     parse_event,
 )
@@ -104,20 +107,25 @@ def _case_of_shipment(session: Session, event: EventEnvelope, coi: str, shipment
 # ---------------------------------------------------------------- orders
 
 
-def on_order_accepted(session: Session, event: OrderAccepted, config: Config) -> None:
+def on_order_accepted(session: Session, event: OrderAccepted | OrderAcceptedV2, config: Config) -> None:
+    """v2 brings the site's qualifications and the payer authorization's last day, checked again at
+    booking and confirmation; a v1's case knows neither (`domain.ChainFacts`: not judged until known)."""
     if session.get(Case, event.data.coi) is not None:
         return
-    session.add(
-        Case(
-            coi=event.data.coi,
-            order_id=event.data.order_id,
-            patient_ref=event.data.patient_ref,
-            therapy_code=event.data.therapy_code,
-            treatment_center_id=event.data.treatment_center_id,
-            conditioning_days=event.data.conditioning_days,
-            long_term_follow_up=event.data.long_term_follow_up,
-        )
+    case = Case(
+        coi=event.data.coi,
+        order_id=event.data.order_id,
+        patient_ref=event.data.patient_ref,
+        therapy_code=event.data.therapy_code,
+        treatment_center_id=event.data.treatment_center_id,
+        conditioning_days=event.data.conditioning_days,
+        long_term_follow_up=event.data.long_term_follow_up,
     )
+    if isinstance(event, OrderAcceptedV2):
+        windows = [(w.effective_on, w.expires_on) for w in event.data.site_qualifications]
+        commands.store_qualifications(case, windows)
+        case.payer_authorization_expires_on = event.data.payer_authorization_expires_on
+    session.add(case)
     session.flush()
     apply_parked(session, event.data.coi, config)
 
@@ -159,6 +167,31 @@ def on_manufacturing_failed(session: Session, event: ManufacturingFailed, config
         plan_commands.reopen_after_lot_failure(
             session, case, default_buffer_hours=config.receipt_buffer_hours
         )
+
+
+def on_site_qualification_changed(session: Session, event: SiteQualificationChanged, config: Config) -> None:
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return  # order.accepted comes first on the same partition: no case, nothing booked
+    commands.lock_case(session, case)
+    windows = [(w.effective_on, w.expires_on) for w in event.data.site_qualifications]
+    commands.store_qualifications(case, windows)
+    session.add(case)
+    if not case.cancelled:
+        commands.chain_facts_changed(session, case, **_context(event))
+
+
+def on_payer_authorization_renewed(
+    session: Session, event: PayerAuthorizationRenewed, config: Config
+) -> None:
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return  # order.accepted comes first on the same partition
+    commands.lock_case(session, case)
+    case.payer_authorization_expires_on = event.data.expires_on
+    session.add(case)
+    if not case.cancelled:
+        commands.chain_facts_changed(session, case, **_context(event))
 
 
 # ---------------------------------------------------------------- shipments
@@ -249,6 +282,9 @@ def on_shipment_rejected(
 
 HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderAccepted: on_order_accepted,
+    OrderAcceptedV2: on_order_accepted,
+    SiteQualificationChanged: on_site_qualification_changed,
+    PayerAuthorizationRenewed: on_payer_authorization_renewed,
     OrderCancelled: on_order_cancelled,
     OrderCancelledV2: on_order_cancelled,
     ManufacturingFailed: on_manufacturing_failed,

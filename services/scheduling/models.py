@@ -139,6 +139,11 @@ class Case(SQLModel, table=True):
     """Why a coordinator must act (no option fits a delay, conditioning already started...)."""
     attention_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    # Added with the chain's permissions (domain.ChainFacts); None: not known (an order.accepted.v1).
+    site_qualifications: str | None = Field(default=None, sa_column=Column(Text))
+    """JSON `[[effective_on, expires_on or null], ...]`: the site's windows for the therapy, as order
+    intake last published them."""
+    payer_authorization_expires_on: date | None = None
 
 
 class ParkedEvent(SQLModel, table=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cgt_contracts.events import OrderAccepted
+from cgt_contracts.events import OrderAcceptedV2
 
 from deploy.observe import EventLog
 from services.common.topics import ORDERS, dlq
@@ -68,7 +68,7 @@ async def test_a_redelivered_event_is_applied_once(
     order = await place_accepted_order(http, stack)
     coi = order["coi"]
     await shipment_for(http, stack, events, coi)
-    accepted = next(e for e in events.of(coi) if e.type == "order.accepted.v1")
+    accepted = next(e for e in events.of(coi) if e.type == "order.accepted.v2")
     original = accepted.model_dump_json().encode()
     partition, offset = await produce(stack.kafka, ORDERS, original, key=coi.encode())
     for group in ("coi-tracking", "scheduling"):
@@ -87,8 +87,8 @@ async def test_dead_letters_are_listed_and_one_is_replayed_after_a_fix(
     """An accepted order whose event a consumer once gave up on (a dead letter) is replayed with the CLI:
     the consumer that had not applied it now does, the others skip it through their inbox."""
     order = await place_accepted_order(http, stack)
-    accepted = await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == order["coi"])
-    assert isinstance(accepted, OrderAccepted)
+    accepted = await events.wait_for(lambda e: e.type == "order.accepted.v2" and e.subject == order["coi"])
+    assert isinstance(accepted, OrderAcceptedV2)
     lost_order = accepted.model_copy(
         update={
             "id": uuid.uuid4(),

@@ -44,7 +44,7 @@ async def test_clean_journey_confirms_the_slot_and_tells_the_treatment_center(
     coi = order["coi"]
     assert order["coi_label"].startswith("&/CH")
     await record_collection_and_manufacturing(http, stack, order["id"])
-    await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == coi)
+    await events.wait_for(lambda e: e.type == "order.accepted.v2" and e.subject == coi)
     await release_product(http, stack, order)
     shipment = await shipment_for(http, stack, events, coi)
     assert shipment["bags"] == [{"number": 1, "of": 1, "coi": coi, "din": None}]

@@ -448,7 +448,7 @@ async def test_patient_identity_is_encrypted_at_rest_and_never_logged_or_publish
     body = order_body()
     body["patient"] = {"name": marker, "date_of_birth": "2018-12-24", "medical_record_number": mrn}
     order = await post_order(http, stack, body)
-    await events.wait_for(lambda e: e.type == "order.accepted.v1" and e.subject == order["coi"])
+    await events.wait_for(lambda e: e.type == "order.accepted.v2" and e.subject == order["coi"])
     url = stack.stack.database_urls["order-intake"]
     if url.startswith("sqlite"):
         database = Path(url.removeprefix("sqlite:///"))

@@ -650,7 +650,7 @@ async def test_infusion_plans_fifteen_years_of_follow_up_and_overdue_visits_are_
     assert overdue.data.visit_number == 1  # type: ignore[union-attr]
     item = await _worklist_item(http, stack, lambda i: i["coi"] == coi and i["kind"] == "follow_up_overdue")
     assert "follow-up visit" in item["detail"]
-    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id
+    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v2").data.order_id
     for _ in range(300):
         status = (await http.get(f"{stack.orders}/orders/{order_id}", headers=COORDINATOR)).json()["status"]
         if status == "in_follow_up":
@@ -665,7 +665,7 @@ async def test_a_cancelled_order_cancels_its_appointment(
     site = await new_site(http, stack)
     coi, _ = await dispatched_case(http, stack, events, site, eta=midday(2))
     booked = await book_first_option(http, stack, events, coi)
-    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v1").data.order_id
+    order_id = next(e for e in events.of(coi) if e.type == "order.accepted.v2").data.order_id
     cancelled = await http.post(
         f"{stack.orders}/orders/{order_id}/cancel",
         json={"reason_code": "patient_ineligible"},

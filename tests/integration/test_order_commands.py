@@ -81,7 +81,7 @@ def test_an_order_that_passes_every_check_is_accepted_with_its_coi_and_published
         (OrderStatus.SUBMITTED, OrderStatus.ACCEPTED),
     ]
     [(kind, data)] = outbox(engine, order.coi)
-    assert kind == "order.accepted.v1"
+    assert kind == "order.accepted.v2"
     assert (data["coi"], data["patient_ref"], data["treatment_center_id"]) == (
         order.coi,
         new.patient_ref,
@@ -113,7 +113,7 @@ def test_a_treatment_center_orders_only_for_its_own_site_and_nothing_is_written(
     with session_factory(engine)() as session, pytest.raises(commands.NotPermitted):
         commands.place_order(session, a_new_order(), SEATTLE_DESK, ISSUER, "c")
     assert place(engine, caller=BOSTON_DESK).status is OrderStatus.ACCEPTED
-    assert [kind for kind, _ in outbox(engine)] == ["order.accepted.v1"]
+    assert [kind for kind, _ in outbox(engine)] == ["order.accepted.v2"]
 
 
 def test_another_sites_order_is_not_found_exactly_like_a_missing_one(engine: Engine) -> None:
@@ -161,7 +161,7 @@ def test_a_cancellation_records_why_who_and_when_once(engine: Engine) -> None:
         BOSTON_DESK.subject,
     )
     published = outbox(engine, order.coi)
-    assert [kind for kind, _ in published] == ["order.accepted.v1", "order.cancelled.v2"]
+    assert [kind for kind, _ in published] == ["order.accepted.v2", "order.cancelled.v2"]
     assert published[1][1]["reason_code"] == "patient_withdrew"
     assert "moved abroad" not in json.dumps(published), "the note stays with the order (I6)"
     with (

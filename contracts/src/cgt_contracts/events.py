@@ -90,6 +90,48 @@ class OrderAcceptedData(ContractModel):
     long_term_follow_up: bool = False
 
 
+class QualificationWindow(ContractModel):
+    """A manufacturer's qualification of a treatment center for a therapy: from `effective_on` through
+    `expires_on` (both days included; open-ended without it)."""
+
+    effective_on: date
+    expires_on: date | None = None
+
+
+class OrderAcceptedDataV2(OrderAcceptedData):
+    """v2: what scheduling checks again when the plan is booked and the infusion confirmed: the site's
+    qualification windows for the therapy when the order was accepted, and the last day the payer
+    authorization covers (a date only: the authorization's reference stays in order intake)."""
+
+    site_qualifications: Annotated[list[QualificationWindow], Field(max_length=50)]
+    payer_authorization_expires_on: date
+
+
+class SiteQualificationChangedData(ContractModel):
+    """The site's qualification windows for the order's therapy were recorded, changed or withdrawn
+    (an empty list) in order intake's registry: one event per active order there, keyed by its COI."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    treatment_center_id: Identifier
+    therapy_code: Identifier
+    site_qualifications: Annotated[list[QualificationWindow], Field(max_length=50)]
+    """Every window the site now has for the therapy (the whole list, replacing the one known before)."""
+    changed_at: UtcDatetime
+
+
+class PayerAuthorizationRenewedData(ContractModel):
+    """A coordinator recorded a renewed payer authorization for the order: the last day it covers (the
+    reference stays in order intake)."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    expires_on: date
+    renewed_at: UtcDatetime
+    renewed_by: Identifier
+    """The coordinator's user id (never a name)."""
+
+
 class OrderRejectedData(ContractModel):
     order_id: UUID
     patient_ref: Identifier
@@ -168,6 +210,21 @@ class ManufacturingFailedData(ContractModel):
 class OrderAccepted(EventEnvelope):
     type: Literal["order.accepted.v1"] = "order.accepted.v1"
     data: OrderAcceptedData
+
+
+class OrderAcceptedV2(EventEnvelope):
+    type: Literal["order.accepted.v2"] = "order.accepted.v2"
+    data: OrderAcceptedDataV2
+
+
+class SiteQualificationChanged(EventEnvelope):
+    type: Literal["site.qualification_changed.v1"] = "site.qualification_changed.v1"
+    data: SiteQualificationChangedData
+
+
+class PayerAuthorizationRenewed(EventEnvelope):
+    type: Literal["order.payer_authorization_renewed.v1"] = "order.payer_authorization_renewed.v1"
+    data: PayerAuthorizationRenewedData
 
 
 class OrderRejected(EventEnvelope):
@@ -654,9 +711,9 @@ class SlotConfirmedData(ContractModel):
 
 
 class SlotReasonCode(StrEnum):
-    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first eight are the
-    system's (the product's trouble, its order's end, a delay, a QA release, a failed lot; the same words as
-    `SlotRiskCause`); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
+    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first twelve are the
+    system's (the product's trouble, its order's end, a delay, a QA release, a failed lot, the same words
+    as `SlotRiskCause`; a lapsed or renewed site qualification or payer authorization); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
     whose note stays in scheduling (`GET /appointments/{appointment_id}`)."""
 
     QUARANTINE = "quarantine"
@@ -668,6 +725,13 @@ class SlotReasonCode(StrEnum):
     DELAY = "delay"
     MANUFACTURING_FAILURE = "manufacturing_failure"
     """The lot failed: its appointment is released; the case is booked again for the next product."""
+    SITE_QUALIFICATION_LAPSED = "site_qualification_lapsed"
+    """Held at confirmation: the site is not qualified for the therapy on every day of the appointment."""
+    PAYER_AUTHORIZATION_LAPSED = "payer_authorization_lapsed"
+    """Held at confirmation: the payer authorization ends before the infusion day."""
+    SITE_QUALIFICATION_RENEWED = "site_qualification_renewed"
+    PAYER_AUTHORIZATION_RENEWED = "payer_authorization_renewed"
+    """Resumed: what held it at confirmation is covered again."""
     SITE_REQUEST = "site_request"
     PATIENT_REQUEST = "patient_request"
     PATIENT_CONDITION = "patient_condition"
@@ -929,6 +993,9 @@ class FollowUpVisitOverdue(EventEnvelope):
 
 AnyEvent = Annotated[
     OrderAccepted
+    | OrderAcceptedV2
+    | SiteQualificationChanged
+    | PayerAuthorizationRenewed
     | OrderRejected
     | OrderRejectedV2
     | OrderCancelled
@@ -985,6 +1052,7 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
 """Each event model by its `type`: the members of `AnyEvent`, listed once there."""
 
 SUPERSEDED: dict[str, str] = {
+    "order.accepted.v1": "order.accepted.v2",
     "order.rejected.v1": "order.rejected.v2",
     "order.cancelled.v1": "order.cancelled.v2",
     "shipment.scanned.v1": "shipment.scanned.v2",
