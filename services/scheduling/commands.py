@@ -126,6 +126,16 @@ def conditioning_days(session: Session, case: Case) -> int:
     return protocol.conditioning_days if protocol else case.conditioning_days
 
 
+def specification_of(case: Case) -> domain.Specification:
+    """The case's current lot as its release said (in specification when nothing was said)."""
+    return domain.Specification(
+        out_of_specification=bool(case.out_of_specification),
+        code=case.oos_code,
+        documents_required=tuple(d for d in (case.oos_documents_required or "").split(",") if d),
+        file_complete=case.oos_file_completed_at is not None,
+    )
+
+
 # ---------------------------------------------------------------- reading, scoped
 
 
@@ -207,6 +217,7 @@ def appointment_payload(
         "conditioning_start_on": appointment.conditioning_start_on.isoformat(),
         "infusion_on": appointment.infusion_on.isoformat(),
         "reason_code": reason_code.value if reason_code is not None else None,
+        "out_of_specification": bool(appointment.out_of_specification),
         "sent_at": utc_now().isoformat(),
     }
 
@@ -450,7 +461,8 @@ def book(
     past = domain.start_in_the_past(option, utc_now(), calendar.timezone)
     if past is not None:
         raise Invalid(field, past)
-    problems = domain.booking_problems(
+    spec = specification_of(case)
+    problems = domain.specification_problems(spec) + domain.booking_problems(
         option,
         eta_at=case.eta_at,
         dispatched=case.shipment_id is not None,
@@ -471,6 +483,7 @@ def book(
         hold_reason="the shipment is quarantined" if case.quarantined else None,
         hold_cause=RiskCause.QUARANTINE.value if case.quarantined else None,
         reason_code=SlotReasonCode.QUARANTINE.value if case.quarantined else None,
+        out_of_specification=spec.out_of_specification,
     )
     session.add(appointment)
     flag(session, case, None)
@@ -488,7 +501,7 @@ def book(
         ),
     )
     notify_site(session, appointment, "slot.proposed")
-    if case.product_delivered_at is not None and not case.quarantined:
+    if case.product_delivered_at is not None and domain.may_go_ahead(case.quarantined, spec):
         confirm(session, appointment, correlation_id=correlation_id, causation_id=None)
     return appointment
 
@@ -716,7 +729,12 @@ def product_delivered(
     case.shipment_id = shipment_id
     session.add(case)
     appointment = open_appointment(session, case.coi)
-    if appointment is None:
+    if not domain.may_go_ahead(case.quarantined, specification_of(case)):
+        # Released out of specification, its file not complete: held until it is (oos_file_completed).
+        flag(
+            session, case, "product delivered; its out-of-specification file is not complete in order intake"
+        )
+    elif appointment is None:
         flag(session, case, "product delivered and verified: book the infusion")
     elif domain.can_move(appointment.state, AppointmentState.CONFIRMED):
         _attach_shipment(appointment, case)
@@ -728,7 +746,8 @@ def product_released(session: Session, case: Case, *, correlation_id: str, causa
     case.quarantined = False
     session.add(case)
     appointment = open_appointment(session, case.coi)
-    if appointment is not None and appointment.state is AppointmentState.ON_HOLD:
+    held = appointment is not None and appointment.state is AppointmentState.ON_HOLD
+    if appointment is not None and held and domain.may_go_ahead(case.quarantined, specification_of(case)):
         resume(
             session,
             appointment,
@@ -802,6 +821,8 @@ def _start_next_attempt(session: Session, case: Case) -> None:
     (`domain.WITHDRAWN_BY_LOT_FAILURE`), and waits for the next lot: the new return leg's pick-up offers
     options again, or the case is planned again from its next collection."""
     case.shipment_id, case.eta_at, case.product_delivered_at, case.quarantined = None, None, None, False
+    case.out_of_specification, case.oos_code, case.oos_documents_required = None, None, None
+    case.oos_file_completed_at = None
     withdraw_options(session, case)
     session.exec(
         update(CasePlan)
@@ -827,6 +848,74 @@ def lot_failed(
         correlation_id=correlation_id,
         causation_id=causation_id,
     )
+
+
+def product_released_for_shipment(
+    session: Session,
+    case: Case,
+    spec: domain.Specification,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """The manufacturer released the case's product (`product.released_for_shipment`): scheduling keeps
+    whether it is out of specification and what its file needs. A tentative appointment booked before
+    (a plan's infusion leg) is held until the file is complete (`domain.held_on_release`); its
+    appointment carries the flag. The caller holds the case's lock."""
+    case.out_of_specification = spec.out_of_specification
+    case.oos_code = spec.code
+    case.oos_documents_required = ",".join(spec.documents_required) or None
+    case.oos_file_completed_at = None
+    session.add(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is None:
+        return
+    if bool(appointment.out_of_specification) != spec.out_of_specification:
+        appointment.out_of_specification = spec.out_of_specification
+        _touch(session, appointment)
+    if domain.held_on_release(appointment.state, spec):
+        reason = f"released out of specification ({spec.code}): its file is not complete"
+        hold(
+            session,
+            appointment,
+            reason,
+            RiskCause.OUT_OF_SPECIFICATION,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+
+
+def oos_file_completed(
+    session: Session, case: Case, completed_at: datetime, *, correlation_id: str, causation_id: str | None
+) -> None:
+    """The out-of-specification file is complete in order intake: the product may be scheduled. A held
+    appointment resumes (`oos_file_complete`) unless something else still holds it (a quarantine), and is
+    confirmed at once if the product is already delivered clean (I4). The caller holds the case's lock."""
+    if not case.out_of_specification or case.oos_file_completed_at is not None:
+        return  # not this lot's, or already applied
+    case.oos_file_completed_at = completed_at
+    session.add(case)
+    spec = specification_of(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is None:
+        if case.product_delivered_at is not None:
+            flag(session, case, "product delivered and verified: book the infusion")
+        return
+    if not domain.may_go_ahead(case.quarantined, spec):
+        return
+    if appointment.state is AppointmentState.ON_HOLD:
+        resume(
+            session,
+            appointment,
+            SlotReasonCode.OOS_FILE_COMPLETE,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+    if case.product_delivered_at is not None and domain.can_move(
+        appointment.state, AppointmentState.CONFIRMED
+    ):
+        flag(session, case, None)
+        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 
 
 def raise_alert(

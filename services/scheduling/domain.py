@@ -210,6 +210,8 @@ class RiskCause(StrEnum):
     ORDER_CANCELLED = "order_cancelled"
     DELAY = "delay"
     MANUFACTURING_FAILURE = "manufacturing_failure"
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    """Holds only (`on_release`): never an alert, so it has no `SlotRiskCause`."""
 
 
 COORDINATOR_REASONS = frozenset(
@@ -290,6 +292,50 @@ def alert_detail(
     if after is AppointmentState.CANCELLED:
         return f"{reason}; the {before} appointment is cancelled: make sure the site does not condition"
     return f"{reason}; the {before} appointment is on hold: the site must not start conditioning"
+
+
+# ---------------------------------------------------------------- a product released out of specification
+
+
+@dataclass(frozen=True)
+class Specification:
+    """What scheduling knows of the product's release (`product.released_for_shipment.v2`) and of its
+    out-of-specification file (`product.oos_file_completed.v1`); the documents stay in order intake."""
+
+    out_of_specification: bool = False
+    code: str | None = None
+    documents_required: tuple[str, ...] = ()
+    file_complete: bool = False
+
+    @property
+    def file_pending(self) -> bool:
+        """Released out of specification and its file not complete yet."""
+        return self.out_of_specification and not self.file_complete
+
+
+def specification_problems(spec: Specification) -> list[str]:
+    """Why the product may not be scheduled for infusion because of its release: out of specification
+    with its file not complete (the physician's request, the patient's consent, the manufacturer's risk
+    assessment, in the US the IND). Booking refuses it, whichever way it comes."""
+    if not spec.file_pending:
+        return []
+    documents = ", ".join(spec.documents_required) or "its documents"
+    return [
+        f"the product was released out of specification ({spec.code or 'other'}): it cannot be scheduled "
+        f"for infusion until order intake has its file complete (missing until then: {documents})"
+    ]
+
+
+def may_go_ahead(quarantined: bool, spec: Specification) -> bool:
+    """Whether a held appointment may resume, and one be confirmed on a clean delivery: nothing holds
+    the product any more — no quarantine, no out-of-specification file pending."""
+    return not quarantined and not spec.file_pending
+
+
+def held_on_release(state: AppointmentState, spec: Specification) -> bool:
+    """A tentative appointment booked before its product was released out of specification (a plan's
+    infusion leg) is put on hold until the file is complete; a held one stays held."""
+    return spec.file_pending and state is AppointmentState.TENTATIVE
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,13 @@ class Case(SQLModel, table=True):
     """Why a coordinator must act (no option fits a delay, conditioning already started...)."""
     attention_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    # Added with out-of-specification releases; nullable so that an existing table gets them.
+    out_of_specification: bool | None = None
+    """The current lot was released out of specification (`product.released_for_shipment.v2`)."""
+    oos_code: str | None = Field(default=None, max_length=32)
+    oos_documents_required: str | None = Field(default=None, max_length=200)
+    """Comma-separated `OosDocument` codes its file must hold."""
+    oos_file_completed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class ParkedEvent(SQLModel, table=True):
@@ -189,6 +196,8 @@ class Appointment(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=500)
     """The note a coordinator gave with their latest change of it (a cancellation or a move): scheduling's
     alone, returned with the appointment, never in an event or a webhook (I6)."""
+    out_of_specification: bool | None = None
+    """Its product was released out of specification (the API view, the webhooks and FHIR say so)."""
 
 
 class FollowUpVisit(SQLModel, table=True):
