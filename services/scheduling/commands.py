@@ -915,6 +915,7 @@ def oos_file_completed(
         appointment.state, AppointmentState.CONFIRMED
     ):
         flag(session, case, None)
+        _attach_shipment(appointment, case)
         confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 
 
