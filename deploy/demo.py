@@ -40,7 +40,7 @@ def describe(event: AnyEvent) -> str | None:
     match event.type:
         case "order.accepted.v1" | "order.accepted.v2":
             return f"order accepted for patient {d.patient_ref}: chain-of-identity {d.coi} assigned"
-        case "product.released_for_shipment.v1":
+        case "product.released_for_shipment.v1" | "product.released_for_shipment.v2":
             return f"product lot {d.lot_number} released for shipment by the manufacturer"
         case "shipment.created.v1":
             return f"{d.leg} leg planned: container {d.container_id}, {d.bag_count} bag(s), courier {d.courier_company}"
@@ -143,7 +143,7 @@ async def release_and_ship(
         json={"lot_number": lot, "released_at": datetime.now(UTC).isoformat()},
     )
     released.raise_for_status()
-    await events.wait_for(lambda e: e.type == "product.released_for_shipment.v1" and e.data.lot_number == lot)
+    await events.wait_for(lambda e: e.type == "product.released_for_shipment.v2" and e.data.lot_number == lot)
     for _ in range(600):  # COI tracking takes the release from orders.events
         listed = (
             await http.get(f"{urls['coi-tracking']}/shipments", params={"coi": coi}, headers=COURIER)

@@ -24,6 +24,7 @@ from cgt_contracts.events import (
     OrderCancelled,
     OrderCancelledV2,
     ProductReleasedForShipment,
+    ProductReleasedForShipmentV2,
     ShipmentCreated,
     ShipmentCreatedData,
     ShipmentLeg,
@@ -186,9 +187,12 @@ def replan_return_leg(session: Session, event: ManufacturingFailed, planning: Pl
         _plan(session, event, shipment, _product_bags(shipment, planning))
 
 
-def open_return_leg(session: Session, event: ProductReleasedForShipment) -> None:
+def open_return_leg(
+    session: Session, event: ProductReleasedForShipment | ProductReleasedForShipmentV2
+) -> None:
     """The manufacturer released the product: the order's return leg may now be picked up (the open one:
-    a failed lot's is closed)."""
+    a failed lot's is closed). A product released out of specification travels like any other (v2): it
+    is scheduling that waits for its file before the infusion is booked."""
     shipment = session.exec(
         locked(
             session,
@@ -223,7 +227,7 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
         mark_order_cancelled(session, event)
 
     def on_product_released(session: Session, event: AnyEvent) -> None:
-        assert isinstance(event, ProductReleasedForShipment)
+        assert isinstance(event, ProductReleasedForShipment | ProductReleasedForShipmentV2)
         open_return_leg(session, event)
 
     def on_manufacturing_failed(session: Session, event: AnyEvent) -> None:
@@ -241,7 +245,8 @@ def wire(runtime: TrackingRuntime, planning: Planning) -> None:
             CollectionRecorded: on_collection_recorded,
             OrderCancelled: on_order_cancelled,  # v1, still on the topic: its free text is not read
             OrderCancelledV2: on_order_cancelled,
-            ProductReleasedForShipment: on_product_released,
+            ProductReleasedForShipment: on_product_released,  # v1, still on the topic
+            ProductReleasedForShipmentV2: on_product_released,
             ManufacturingFailed: on_manufacturing_failed,
         },
         max_attempts=runtime.settings.consumer_max_attempts,

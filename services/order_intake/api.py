@@ -10,7 +10,13 @@ from typing import Annotated
 from uuid import UUID
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier
-from cgt_contracts.events import CancellationReasonCode, ManufacturingFailureCode, RejectionReason
+from cgt_contracts.events import (
+    CancellationReasonCode,
+    ManufacturingFailureCode,
+    OosDocument,
+    OutOfSpecificationCode,
+    RejectionReason,
+)
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -159,12 +165,120 @@ class ManufacturingReleaseRequest(RequestModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"lot_number": "LOT-WAS-2611-07", "released_at": "2026-12-01T08:00:00Z"}]
+            "examples": [
+                {"lot_number": "LOT-WAS-2611-07", "released_at": "2026-12-01T08:00:00Z"},
+                {
+                    "lot_number": "LOT-WAS-2611-08",
+                    "released_at": "2026-12-01T08:00:00Z",
+                    "out_of_specification": True,
+                    "out_of_specification_code": "cell_dose",
+                },
+            ]
         }
     )
 
     lot_number: Ident
     released_at: AwareDatetime
+    out_of_specification: bool = Field(
+        default=False,
+        description="Released out of specification: not scheduled for infusion until its file is complete",
+    )
+    out_of_specification_code: OutOfSpecificationCode | None = Field(
+        default=None, description="What was out of specification (required when it was, refused otherwise)"
+    )
+
+
+OosRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-/]+$")]
+"""A document's reference in its own system (an identifier, never free text)."""
+
+
+class OosFileRequest(RequestModel):
+    """References to the documents of a product released out of specification; any subset, each given
+    one replacing what is on file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "physician_request_ref": "PR-2026-0117",
+                    "patient_consent_ref": "ICF-OOS-2026-0117",
+                    "risk_assessment_ref": "AGC-RA-2611-08",
+                    "ind_ref": "IND-031245",
+                }
+            ]
+        }
+    )
+
+    physician_request_ref: OosRef | None = Field(default=None, description="The treating physician's request")
+    patient_consent_ref: OosRef | None = Field(
+        default=None, description="The patient's consent to receive the out-of-specification product"
+    )
+    risk_assessment_ref: OosRef | None = Field(default=None, description="The manufacturer's risk assessment")
+    ind_ref: OosRef | None = Field(
+        default=None, description="The expanded-access or single-patient IND (required in the US)"
+    )
+
+    def references(self) -> commands.OosReferences:
+        return commands.OosReferences(
+            physician_request_ref=self.physician_request_ref,
+            patient_consent_ref=self.patient_consent_ref,
+            risk_assessment_ref=self.risk_assessment_ref,
+            ind_ref=self.ind_ref,
+        )
+
+
+class OosFileView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "lot_number": "LOT-WAS-2611-08",
+                    "physician_request_ref": "PR-2026-0117",
+                    "patient_consent_ref": None,
+                    "risk_assessment_ref": "AGC-RA-2611-08",
+                    "ind_ref": None,
+                    "required": ["physician_request", "patient_consent", "risk_assessment", "ind"],
+                    "missing": ["patient_consent", "ind"],
+                    "complete": False,
+                    "updated_by": "coord-ana",
+                    "updated_at": "2026-12-01T09:00:00Z",
+                    "completed_at": None,
+                    "completed_by": None,
+                }
+            ]
+        }
+    )
+
+    lot_number: str
+    physician_request_ref: str | None
+    patient_consent_ref: str | None
+    risk_assessment_ref: str | None
+    ind_ref: str | None
+    required: list[OosDocument] = Field(description="What the file must hold (the IND in the US)")
+    missing: list[OosDocument] = Field(description="What it does not hold yet")
+    complete: bool = Field(description="Every required document is on file: the infusion may be booked")
+    updated_by: str | None
+    updated_at: datetime | None
+    completed_at: datetime | None
+    completed_by: str | None
+
+    @classmethod
+    def of(cls, state: commands.OosFileState) -> OosFileView:
+        file = state.file
+        return cls(
+            lot_number=file.lot_number,
+            physician_request_ref=file.physician_request_ref,
+            patient_consent_ref=file.patient_consent_ref,
+            risk_assessment_ref=file.risk_assessment_ref,
+            ind_ref=file.ind_ref,
+            required=list(state.required),
+            missing=list(state.missing),
+            complete=file.completed_at is not None,
+            updated_by=file.updated_by,
+            updated_at=file.updated_at,
+            completed_at=file.completed_at,
+            completed_by=file.completed_by,
+        )
 
 
 class CancelRequest(RequestModel):
@@ -260,6 +374,8 @@ ORDER_EXAMPLE: JsonDict = {
     "product_lot_number": None,
     "product_released_at": None,
     "product_released_by": None,
+    "product_out_of_specification": None,
+    "product_oos_code": None,
 }
 
 
@@ -322,6 +438,12 @@ class OrderView(BaseModel):
     payer_authorization_expires_on: date | None = Field(
         default=None, description="The last day the payer authorization on file covers"
     )
+    product_out_of_specification: bool | None = Field(
+        default=None, description="Released out of specification (see `GET …/out-of-specification-file`)"
+    )
+    product_oos_code: OutOfSpecificationCode | None = Field(
+        default=None, description="What was out of specification"
+    )
 
     @classmethod
     def of(cls, order: Order) -> OrderView:
@@ -345,6 +467,10 @@ class OrderView(BaseModel):
             product_released_at=order.product_released_at,
             product_released_by=order.product_released_by,
             payer_authorization_expires_on=order.payer_authorization_expires_on,
+            product_out_of_specification=order.product_out_of_specification,
+            product_oos_code=OutOfSpecificationCode(order.product_oos_code)
+            if order.product_oos_code
+            else None,
         )
 
 
@@ -619,7 +745,9 @@ def record_manufacturing_release(
     shipment: its lot number and when; the releasing person is the caller. The order becomes
     `product_released` and `product.released_for_shipment.v1` is published: only now may the return
     shipment be picked up. An order that is not in manufacturing (not yet, already released, cancelled)
-    is 409, as is a release dated in the future or before manufacturing started."""
+    is 409, as is a release dated in the future or before manufacturing started. A product released
+    `out_of_specification` (with `out_of_specification_code`, 422 without) is not scheduled for infusion
+    until its file is complete (`POST …/out-of-specification-file`)."""
     with command_answers():
         order = commands.record_manufacturing_release(
             session,
@@ -628,9 +756,50 @@ def record_manufacturing_release(
             body.released_at,
             caller_of(caller),
             request.state.correlation_id,
+            out_of_specification=body.out_of_specification,
+            out_of_specification_code=body.out_of_specification_code,
         )
     session.commit()
     return OrderView.of(order)
+
+
+@router.post(
+    "/orders/{order_id}/out-of-specification-file",
+    summary="Add documents to an out-of-specification file",
+    response_model=OosFileView,
+    responses=problems.documented(409),
+)
+def record_oos_file(
+    order_id: UUID, body: OosFileRequest, request: Request, session: SessionDep, caller: Coordinator
+) -> OosFileView:
+    """A coordinator records references to the documents of a product released out of specification: the
+    treating physician's request, the patient's consent, the manufacturer's risk assessment and, for a
+    site in the US (or of unknown country), the expanded-access or single-patient IND. The answer says
+    what is still `missing`; once nothing is, the file is complete and `product.oos_file_completed.v1`
+    lets scheduling book the infusion. References stay in order intake. An order released in
+    specification, or a complete file, is 409."""
+    with command_answers():
+        state = commands.record_oos_file(
+            session, order_id, body.references(), caller_of(caller), request.state.correlation_id
+        )
+    session.commit()
+    return OosFileView.of(state)
+
+
+@router.get(
+    "/orders/{order_id}/out-of-specification-file",
+    summary="Read an out-of-specification file",
+    response_model=OosFileView,
+)
+def read_oos_file(order_id: UUID, session: SessionDep, caller: OrderingCaller) -> OosFileView:
+    """The file of the order's product released out of specification: its references, what it needs and
+    still misses. An order without one is 404."""
+    with command_answers():
+        order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
+        state = commands.oos_file_of(session, order)
+    if state is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the order has no out-of-specification file")
+    return OosFileView.of(state)
 
 
 @router.post(

@@ -19,16 +19,20 @@ from cgt_contracts.events import (
     ManufacturingFailed,
     ManufacturingFailedData,
     ManufacturingFailureCode,
+    OosDocument,
+    OosFileCompleted,
+    OosFileCompletedData,
     OrderAcceptedDataV2,
     OrderAcceptedV2,
     OrderCancelledDataV2,
     OrderCancelledV2,
     OrderRejectedDataV2,
     OrderRejectedV2,
+    OutOfSpecificationCode,
     PayerAuthorizationRenewed,
     PayerAuthorizationRenewedData,
-    ProductReleasedForShipment,
-    ProductReleasedForShipmentData,
+    ProductReleasedForShipmentDataV2,
+    ProductReleasedForShipmentV2,
     QualificationWindow,
     RejectionReason,
     SiteQualificationChanged,
@@ -54,6 +58,7 @@ from services.order_intake.models import (
     Collection,
     DinCounter,
     ManufacturingFailure,
+    OosFile,
     Order,
     OrderTransition,
     PatientRecord,
@@ -710,9 +715,18 @@ def record_manufacturing_release(
     released_at: datetime,
     caller: Caller,
     correlation_id: str,
+    out_of_specification: bool = False,
+    out_of_specification_code: OutOfSpecificationCode | None = None,
 ) -> Order:
-    """The manufacturer released the order's product: its lot, when, and who recorded it (the caller).
-    `product.released_for_shipment.v1`: only now may the return shipment be picked up."""
+    """The manufacturer released the order's product: its lot, when, who recorded it (the caller), and
+    whether it is out of specification (what it missed). `product.released_for_shipment.v2`: only now may
+    the return shipment be picked up; a product out of specification carries the documents its file must
+    hold (`domain.oos_documents_required`, by the site's country) before scheduling lets it be booked."""
+    problem = domain.release_specification_problem(
+        out_of_specification, out_of_specification_code is not None
+    )
+    if problem is not None:
+        raise InvalidField("out_of_specification_code", problem)
     order = _locked_order(session, order_id, caller.site_scope)
     refusal = domain.manufacturing_release_refusal(
         order.status, released_at, utc_now(), _manufacturing_started_at(session, order)
@@ -724,16 +738,115 @@ def record_manufacturing_release(
     order.product_lot_number = lot_number
     order.product_released_at = released_at
     order.product_released_by = caller.subject
-    data = ProductReleasedForShipmentData(
+    order.product_out_of_specification = out_of_specification
+    order.product_oos_code = out_of_specification_code.value if out_of_specification_code else None
+    required: tuple[OosDocument, ...] = ()
+    if out_of_specification:
+        required = domain.oos_documents_required(_country_of(session, order))
+        session.add(OosFile(order_id=order.id, lot_number=lot_number))
+    data = ProductReleasedForShipmentDataV2(
         order_id=order.id,
         coi=order.coi,
         lot_number=lot_number,
         released_at=released_at,
         released_by=caller.subject,
+        out_of_specification=out_of_specification,
+        out_of_specification_code=out_of_specification_code,
+        oos_documents_required=list(required),
     )
-    _publish(session, ProductReleasedForShipment(**_envelope(order.coi, correlation_id), data=data))
-    log.info("order.product_released", order_id=str(order.id), coi=order.coi)
+    _publish(session, ProductReleasedForShipmentV2(**_envelope(order.coi, correlation_id), data=data))
+    log.info(
+        "order.product_released",
+        order_id=str(order.id),
+        coi=order.coi,
+        out_of_specification=out_of_specification,
+    )
     return order
+
+
+def _country_of(session: Session, order: Order) -> str | None:
+    site = session.get(TreatmentCenter, order.treatment_center_id)
+    return site.country if site is not None else None
+
+
+@dataclass(frozen=True)
+class OosReferences:
+    """References to the documents of an out-of-specification file (identifiers, never free text); a
+    None leaves what is on file."""
+
+    physician_request_ref: str | None = None
+    patient_consent_ref: str | None = None
+    risk_assessment_ref: str | None = None
+    ind_ref: str | None = None
+
+
+_OOS_COLUMNS: dict[OosDocument, str] = {
+    OosDocument.PHYSICIAN_REQUEST: "physician_request_ref",
+    OosDocument.PATIENT_CONSENT: "patient_consent_ref",
+    OosDocument.RISK_ASSESSMENT: "risk_assessment_ref",
+    OosDocument.IND: "ind_ref",
+}
+"""Each document and the column (and request field) holding its reference."""
+
+
+@dataclass(frozen=True)
+class OosFileState:
+    file: OosFile
+    required: tuple[OosDocument, ...]
+    missing: tuple[OosDocument, ...]
+
+
+def _on_file(file: OosFile) -> dict[OosDocument, str | None]:
+    return {document: getattr(file, column) for document, column in _OOS_COLUMNS.items()}
+
+
+def oos_file_of(session: Session, order: Order) -> OosFileState | None:
+    """The order's out-of-specification file with what it needs and still misses; None without one."""
+    file = session.get(OosFile, order.id)
+    if file is None:
+        return None
+    country = _country_of(session, order)
+    return OosFileState(
+        file,
+        domain.oos_documents_required(country),
+        domain.oos_documents_missing(_on_file(file), country),
+    )
+
+
+def record_oos_file(
+    session: Session, order_id: UUID, references: OosReferences, caller: Caller, correlation_id: str
+) -> OosFileState:
+    """A coordinator adds references to the file of a product released out of specification (given ones
+    replace what was on file). Once it holds every document `domain.oos_documents_required` asks for, it
+    is complete: `product.oos_file_completed.v1` (the codes of the documents, who and when, never a
+    reference) lets scheduling book the product's infusion. A complete file is not changed (409)."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    file = session.get(OosFile, order.id)
+    refusal = domain.oos_file_refusal(file is not None, file is not None and file.completed_at is not None)
+    if refusal is not None:
+        raise Refused(refusal)
+    assert file is not None and order.coi is not None
+    for column in _OOS_COLUMNS.values():
+        given = getattr(references, column)
+        if given is not None:
+            setattr(file, column, given)
+    file.updated_by, file.updated_at = caller.subject, utc_now()
+    state = oos_file_of(session, order)
+    assert state is not None
+    if not state.missing:
+        file.completed_at, file.completed_by = file.updated_at, caller.subject
+        data = OosFileCompletedData(
+            order_id=order.id,
+            coi=order.coi,
+            lot_number=file.lot_number,
+            documents=list(state.required),
+            completed_at=file.completed_at,
+            completed_by=caller.subject,
+        )
+        _publish(session, OosFileCompleted(**_envelope(order.coi, correlation_id), data=data))
+        log.info("order.oos_file_completed", order_id=str(order.id), coi=order.coi)
+    session.add(file)
+    return state
 
 
 # ---------------------------------------------------------------- events from the other services

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
-from cgt_contracts.events import OrderRejectionCode
+from cgt_contracts.events import OosDocument, OrderRejectionCode
 
 from services.common.scope import visible_to as visible_to  # the rule of every service, kept once
 
@@ -246,6 +246,49 @@ def manufacturing_release_refusal(
     # second manufacturing started is not before it.
     if manufacturing_started_at is not None and released_at < manufacturing_started_at.replace(microsecond=0):
         return f"released_at is before manufacturing started ({manufacturing_started_at.isoformat()})"
+    return None
+
+
+# ---------------------------------------------------------------- a product released out of specification
+
+IND_COUNTRIES = frozenset({"US"})
+"""Where an out-of-specification product is infused under an expanded-access or single-patient IND."""
+
+
+def oos_documents_required(country: str | None) -> tuple[OosDocument, ...]:
+    """What the file of a product released out of specification must hold before it is scheduled for
+    infusion: the treating physician's request, the patient's consent to receive it, the manufacturer's
+    risk assessment, and, in the US, the expanded-access or single-patient IND. A site whose country is
+    not known is held to the strictest list (the IND too)."""
+    base = (OosDocument.PHYSICIAN_REQUEST, OosDocument.PATIENT_CONSENT, OosDocument.RISK_ASSESSMENT)
+    return (*base, OosDocument.IND) if country is None or country in IND_COUNTRIES else base
+
+
+def oos_documents_missing(
+    on_file: Mapping[OosDocument, str | None], country: str | None
+) -> tuple[OosDocument, ...]:
+    """The required documents the file does not hold a reference to yet (none: the file is complete)."""
+    return tuple(d for d in oos_documents_required(country) if not on_file.get(d))
+
+
+def release_specification_problem(out_of_specification: bool, code_given: bool) -> str | None:
+    """Why a release's specification fields do not fit together, or None (about the code's field): a
+    release out of specification says what it missed; one in specification names nothing."""
+    if out_of_specification and not code_given:
+        return "a release out of specification says what was out of specification"
+    if not out_of_specification and code_given:
+        return "only a release out of specification names what was out of specification"
+    return None
+
+
+def oos_file_refusal(released_out_of_specification: bool, completed: bool) -> str | None:
+    """Why documents cannot be added to an order's out-of-specification file, or None: only a product
+    released out of specification has one, and a complete file is not changed (it let the product be
+    scheduled)."""
+    if not released_out_of_specification:
+        return "the order's product was not released out of specification: it has no such file"
+    if completed:
+        return "the out-of-specification file is already complete"
     return None
 
 

@@ -32,6 +32,9 @@ class TreatmentCenter(SQLModel, table=True):
     timezone: str = Field(max_length=64)
     fin: str | None = Field(default=None, max_length=5, description="ISBT 128 facility number, for DINs")
     contacts: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    country: str | None = Field(default=None, max_length=2)
+    """ISO 3166-1 alpha-2 (`US`): says whether an out-of-specification product needs an IND reference.
+    Nullable so that an existing table gets it; unknown is held to the US rule."""
 
 
 class SiteCertification(SQLModel, table=True):
@@ -96,6 +99,10 @@ class Order(SQLModel, table=True):
     product_released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When the manufacturer released the product for shipment (the return leg may be picked up)."""
     product_released_by: str | None = Field(default=None, max_length=64)
+    product_out_of_specification: bool | None = None
+    """Released out of specification (None on an order released before the flag: in specification)."""
+    product_oos_code: str | None = Field(default=None, max_length=32)
+    """An `OutOfSpecificationCode` when released out of specification."""
 
 
 ONE_ACTIVE_ORDER_PER_PATIENT_AND_THERAPY = "uq_therapy_order_active_patient_match"
@@ -140,6 +147,26 @@ class ManufacturingFailure(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=500)
     recorded_by: str = Field(max_length=64)
     failed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
+class OosFile(SQLModel, table=True):
+    """The file of a product released out of specification: references (identifiers, never free text)
+    to the treating physician's request, the patient's consent, the manufacturer's risk assessment and,
+    in the US, the expanded-access or single-patient IND. Kept here only; `completed_at` is set once it
+    holds every document `domain.oos_documents_required` asks for."""
+
+    __tablename__ = "oos_file"
+
+    order_id: UUID = Field(foreign_key="therapy_order.id", primary_key=True)
+    lot_number: str = Field(max_length=64)
+    physician_request_ref: str | None = Field(default=None, max_length=64)
+    patient_consent_ref: str | None = Field(default=None, max_length=64)
+    risk_assessment_ref: str | None = Field(default=None, max_length=64)
+    ind_ref: str | None = Field(default=None, max_length=64)
+    updated_by: str | None = Field(default=None, max_length=64)
+    updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    completed_by: str | None = Field(default=None, max_length=64)
 
 
 class DinCounter(SQLModel, table=True):
@@ -199,4 +226,5 @@ TABLES: tuple[Table, ...] = tables_of(
     Collection,
     DinCounter,
     ManufacturingFailure,
+    OosFile,
 )

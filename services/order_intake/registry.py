@@ -99,6 +99,7 @@ CENTER_EXAMPLE: JsonDict = {
     "name": "Example QTC",
     "timezone": "America/Los_Angeles",
     "fin": "S1234",
+    "country": "US",
     "contacts": [{"name": "Cell lab", "role": "cell_lab", "email": "lab@example.org"}],
 }
 
@@ -116,6 +117,14 @@ class TreatmentCenterBody(RequestModel):
         Field(
             pattern=r"^[A-NP-Z][0-9]{4}$",
             description="ISBT 128 facility identification number: the site's own DINs are issued under it",
+        ),
+    ] = None
+    country: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-Z]{2}$",
+            description="ISO 3166-1 alpha-2 country code: in the US an out-of-specification product also "
+            "needs its IND reference (a site without one is held to that rule)",
         ),
     ] = None
     contacts: Annotated[list[Contact], Field(max_length=20, default=[])]
@@ -230,6 +239,7 @@ def _center_view(session: Session, center: TreatmentCenter) -> TreatmentCenterVi
         name=center.name,
         timezone=center.timezone,
         fin=center.fin,
+        country=center.country,
         contacts=[Contact(**c) for c in json.loads(center.contacts)],
         certifications=[CertificationBody.model_validate(c) for c in certifications],
     )
@@ -253,6 +263,7 @@ def create_treatment_center(
         name=body.name,
         timezone=body.timezone,
         fin=body.fin,
+        country=body.country,
         contacts=json.dumps([c.model_dump(mode="json") for c in body.contacts]),
     )
     session.add(center)

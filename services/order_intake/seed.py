@@ -39,12 +39,16 @@ def seed_registry(engine: Engine) -> None:
             name="Boston Qualified Treatment Center",
             timezone="America/New_York",
             fin="B4567",
+            country="US",
             contacts=json.dumps(
                 [{"name": "Cell lab on call", "role": "cell_lab", "phone": "+1-617-555-0100"}]
             ),
         ),
         TreatmentCenter(
-            id=UNCERTIFIED_SITE, name="Denver Children's (not yet qualified)", timezone="America/Denver"
+            id=UNCERTIFIED_SITE,
+            name="Denver Children's (not yet qualified)",
+            timezone="America/Denver",
+            country="US",
         ),
         Prescriber(npi=DEMO_PRESCRIBER_NPI, name="Dr. A. Demo"),
         PrescriberSite(npi=DEMO_PRESCRIBER_NPI, treatment_center_id=DEMO_SITE),
@@ -52,8 +56,11 @@ def seed_registry(engine: Engine) -> None:
     with session_factory(engine)() as session:
         for row in rows:
             primary = tuple(getattr(row, c.name) for c in row.__table__.primary_key.columns)  # type: ignore[attr-defined]
-            if session.get(type(row), primary if len(primary) > 1 else primary[0]) is None:
+            existing = session.get(type(row), primary if len(primary) > 1 else primary[0])
+            if existing is None:
                 session.add(row)
+            elif isinstance(row, TreatmentCenter) and isinstance(existing, TreatmentCenter):
+                existing.country = existing.country or row.country  # a seed from before countries
         session.flush()
         certified = session.exec(
             select(SiteCertification.id)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
 from cgt_contracts.events import SlotReasonCode
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 from sqlmodel import Session, col, select
 
@@ -238,6 +238,7 @@ APPOINTMENT_EXAMPLE: JsonDict = {
     "version": 1,
     "confirmed_at": None,
     "infused_on": None,
+    "out_of_specification": False,
 }
 
 
@@ -288,6 +289,15 @@ class AppointmentView(BaseModel):
     version: int = Field(description="Increases with every change of the appointment")
     confirmed_at: datetime | None
     infused_on: date | None
+    out_of_specification: bool = Field(
+        default=False,
+        description="Its product was released out of specification (booked once its file was complete)",
+    )
+
+    @field_validator("out_of_specification", mode="before")
+    @classmethod
+    def _unset_is_false(cls, value: object) -> object:
+        return False if value is None else value  # appointments from before the flag
 
 
 class CaseView(BaseModel):
@@ -304,6 +314,8 @@ class CaseView(BaseModel):
                     "quarantined": False,
                     "cancelled": False,
                     "attention": None,
+                    "out_of_specification": False,
+                    "oos_file_complete": False,
                     "options": [OPTION_EXAMPLE],
                     "appointment": APPOINTMENT_EXAMPLE,
                 }
@@ -320,6 +332,12 @@ class CaseView(BaseModel):
     quarantined: bool
     cancelled: bool
     attention: str | None = Field(description="What needs a coordinator (a delay, a risk to the slot)")
+    out_of_specification: bool = Field(
+        default=False, description="The current lot was released out of specification"
+    )
+    oos_file_complete: bool = Field(
+        default=False, description="Its out-of-specification file is complete: the infusion may be booked"
+    )
     options: list[OptionView] = Field(description="The options currently offered, earliest first")
     appointment: AppointmentView | None
 
@@ -351,6 +369,8 @@ def _case_view(session: Session, case: Case) -> CaseView:
         quarantined=case.quarantined,
         cancelled=case.cancelled,
         attention=case.attention,
+        out_of_specification=bool(case.out_of_specification),
+        oos_file_complete=case.oos_file_completed_at is not None,
         options=[
             OptionView(
                 option_id=o.id, conditioning_start_on=o.conditioning_start_on, infusion_on=o.infusion_on

@@ -142,6 +142,16 @@ def conditioning_days(session: Session, case: Case) -> int:
     return protocol.conditioning_days if protocol else case.conditioning_days
 
 
+def specification_of(case: Case) -> domain.Specification:
+    """The case's current lot as its release said (in specification when nothing was said)."""
+    return domain.Specification(
+        out_of_specification=bool(case.out_of_specification),
+        code=case.oos_code,
+        documents_required=tuple(d for d in (case.oos_documents_required or "").split(",") if d),
+        file_complete=case.oos_file_completed_at is not None,
+    )
+
+
 # ---------------------------------------------------------------- reading, scoped
 
 
@@ -223,6 +233,7 @@ def appointment_payload(
         "conditioning_start_on": appointment.conditioning_start_on.isoformat(),
         "infusion_on": appointment.infusion_on.isoformat(),
         "reason_code": reason_code.value if reason_code is not None else None,
+        "out_of_specification": bool(appointment.out_of_specification),
         "sent_at": utc_now().isoformat(),
     }
 
@@ -466,7 +477,8 @@ def book(
     past = domain.start_in_the_past(option, utc_now(), calendar.timezone)
     if past is not None:
         raise Invalid(field, past)
-    problems = domain.booking_problems(
+    spec = specification_of(case)
+    problems = domain.specification_problems(spec) + domain.booking_problems(
         option,
         eta_at=case.eta_at,
         dispatched=case.shipment_id is not None,
@@ -488,6 +500,7 @@ def book(
         hold_reason="the shipment is quarantined" if case.quarantined else None,
         hold_cause=RiskCause.QUARANTINE.value if case.quarantined else None,
         reason_code=SlotReasonCode.QUARANTINE.value if case.quarantined else None,
+        out_of_specification=spec.out_of_specification,
     )
     session.add(appointment)
     flag(session, case, None)
@@ -505,8 +518,8 @@ def book(
         ),
     )
     notify_site(session, appointment, "slot.proposed")
-    if case.product_delivered_at is not None and not case.quarantined:
-        confirm(session, appointment, correlation_id=correlation_id, causation_id=None)
+    if case.product_delivered_at is not None:
+        go_ahead(session, case, appointment, None, correlation_id=correlation_id, causation_id=None)
     return appointment
 
 
@@ -730,57 +743,79 @@ def product_delivered(
     causation_id: str | None,
 ) -> None:
     """The only way to confirm: a delivery with every COI verified and a clean (or QA-released) record
-    (I4). With no appointment yet, the case goes on the worklist to be booked."""
+    (I4), and nothing else holding it (`go_ahead`). With no appointment yet, the case goes on the
+    worklist to be booked."""
     case.product_delivered_at, case.quarantined = delivered_at, False
     case.shipment_id = shipment_id
     session.add(case)
     appointment = open_appointment(session, case.coi)
     if appointment is None:
-        flag(session, case, "product delivered and verified: book the infusion")
-    elif domain.can_move(appointment.state, AppointmentState.CONFIRMED):
-        _attach_shipment(appointment, case)
-        confirm_unless_lapsed(
-            session, case, appointment, correlation_id=correlation_id, causation_id=causation_id
+        pending = specification_of(case).file_pending
+        flag(
+            session,
+            case,
+            OOS_FILE_PENDING if pending else "product delivered and verified: book the infusion",
         )
+    else:
+        go_ahead(session, case, appointment, None, correlation_id=correlation_id, causation_id=causation_id)
 
 
-def confirm_unless_lapsed(
+OOS_FILE_PENDING = "product delivered; its out-of-specification file is not complete in order intake"
+
+
+def go_ahead(
     session: Session,
     case: Case,
     appointment: Appointment,
+    resumed_with: SlotReasonCode | None,
     *,
     correlation_id: str,
     causation_id: str | None,
+    confirms: bool = True,
 ) -> None:
-    """The product is on site and clean (I4): confirmed, unless the site's qualification or the payer
-    authorization no longer covers the appointment's days (`domain.chain_lapses`). Then the chain stops:
-    it is held (`slot.held.v2` with the lapse's code, the site told) and the case goes on the worklist
-    until order intake publishes the renewal (`chain_facts_changed`)."""
+    """Something that held the case went: a QA release, a completed out-of-specification file, a renewed
+    permission (`resumed_with`, what the site is told), or the clean delivery itself (None). Whatever
+    still holds it (`domain.still_holding`: a quarantine, a pending file, a lapsed qualification or
+    authorization) keeps it: a held appointment stays held, under the cause that now holds it, and a
+    delivered one is held instead of confirmed (the chain stops, on the worklist). Nothing left: a held
+    appointment resumes, and one whose product is on site and clean is confirmed (I4) — but not by a QA
+    release (`confirms=False`), whose own delivery event confirms. The caller holds the case's lock."""
     option = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
     lapses = domain.chain_lapses(chain_facts_of(case), option)
-    if not lapses:
-        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
+    holding = domain.still_holding(case.quarantined, specification_of(case), lapses)
+    delivered = case.product_delivered_at is not None
+    if holding:
+        held = appointment.state is AppointmentState.ON_HOLD
+        if (held and not domain.held_for(appointment.hold_cause, holding)) or (delivered and not held):
+            cause = holding[0]
+            lapse = next((lapse for lapse in lapses if lapse.cause is cause), None)
+            reason = lapse.detail if lapse else f"{cause}: the product may not be scheduled yet"
+            hold(
+                session, appointment, reason, cause, correlation_id=correlation_id, causation_id=causation_id
+            )
+        if lapses:
+            log.warning(
+                "scheduling.chain_lapsed", coi=case.coi, causes=[lapse.cause.value for lapse in lapses]
+            )
+            flag(session, case, domain.lapse_attention(lapses))
+        elif delivered and RiskCause.OUT_OF_SPECIFICATION in holding:
+            flag(session, case, OOS_FILE_PENDING)
         return
-    log.warning("scheduling.chain_lapsed", coi=case.coi, causes=[lapse.cause.value for lapse in lapses])
-    reason = "; ".join(lapse.detail for lapse in lapses)
-    hold(
-        session,
-        appointment,
-        reason,
-        lapses[0].cause,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-    )
-    flag(session, case, domain.lapse_attention(lapses))
+    if appointment.state is AppointmentState.ON_HOLD and resumed_with is not None:
+        resume(session, appointment, resumed_with, correlation_id=correlation_id, causation_id=causation_id)
+    if confirms and delivered and domain.can_move(appointment.state, AppointmentState.CONFIRMED):
+        flag(session, case, None)
+        _attach_shipment(appointment, case)
+        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
 
 
 def chain_facts_changed(
     session: Session, case: Case, *, correlation_id: str, causation_id: str | None
 ) -> None:
     """Order intake published a qualification change or a renewed authorization (the case holds the new
-    facts). An appointment held for a lapse that no longer lapses goes on: resumed (`slot.resumed.v2`,
-    the renewal's code), and confirmed at once if its product is already on site and clean; one that
-    still lapses stays held, the worklist saying why now. The caller holds the case's lock."""
+    facts). An appointment held for a lapse goes on if nothing holds it any more (`go_ahead`: resumed
+    with the renewal's code, confirmed if its product is on site and clean); otherwise the worklist says
+    why now. The caller holds the case's lock."""
     appointment = open_appointment(session, case.coi)
     if (
         appointment is None
@@ -788,33 +823,27 @@ def chain_facts_changed(
         or appointment.hold_cause not in domain.CHAIN_LAPSES
     ):
         return
-    option = domain.SlotOption(appointment.conditioning_start_on, appointment.infusion_on)
-    lapses = domain.chain_lapses(chain_facts_of(case), option)
-    if lapses:
-        flag(session, case, domain.lapse_attention(lapses))
-        return
-    cause = domain.RiskCause(appointment.hold_cause)
-    resume(
-        session, appointment, domain.RENEWED[cause], correlation_id=correlation_id, causation_id=causation_id
-    )
-    flag(session, case, None)
-    if case.product_delivered_at is not None and not case.quarantined:
-        _attach_shipment(appointment, case)
-        confirm(session, appointment, correlation_id=correlation_id, causation_id=causation_id)
+    renewed = domain.RENEWED[domain.RiskCause(appointment.hold_cause)]
+    go_ahead(session, case, appointment, renewed, correlation_id=correlation_id, causation_id=causation_id)
+    if appointment.state is not AppointmentState.ON_HOLD and case.product_delivered_at is None:
+        flag(session, case, None)
 
 
 def product_released(session: Session, case: Case, *, correlation_id: str, causation_id: str | None) -> None:
-    """A signed QA release lifts the hold; confirmation still waits for the delivery (I4)."""
+    """A signed QA release lifts the quarantine's hold, unless something else still holds it (`go_ahead`);
+    confirmation still waits for the delivery (I4)."""
     case.quarantined = False
     session.add(case)
     appointment = open_appointment(session, case.coi)
     if appointment is not None and appointment.state is AppointmentState.ON_HOLD:
-        resume(
+        go_ahead(
             session,
+            case,
             appointment,
             SlotReasonCode.QA_RELEASE,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            confirms=False,
         )
 
 
@@ -882,6 +911,8 @@ def _start_next_attempt(session: Session, case: Case) -> None:
     (`domain.WITHDRAWN_BY_LOT_FAILURE`), and waits for the next lot: the new return leg's pick-up offers
     options again, or the case is planned again from its next collection."""
     case.shipment_id, case.eta_at, case.product_delivered_at, case.quarantined = None, None, None, False
+    case.out_of_specification, case.oos_code, case.oos_documents_required = None, None, None
+    case.oos_file_completed_at = None
     withdraw_options(session, case)
     session.exec(
         update(CasePlan)
@@ -904,6 +935,67 @@ def lot_failed(
         case,
         RiskCause.MANUFACTURING_FAILURE,
         f"manufacturing failed ({code})",
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+
+
+def product_released_for_shipment(
+    session: Session,
+    case: Case,
+    spec: domain.Specification,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """The manufacturer released the case's product (`product.released_for_shipment`): scheduling keeps
+    whether it is out of specification and what its file needs. A tentative appointment booked before
+    (a plan's infusion leg) is held until the file is complete (`domain.held_on_release`); its
+    appointment carries the flag. The caller holds the case's lock."""
+    case.out_of_specification = spec.out_of_specification
+    case.oos_code = spec.code
+    case.oos_documents_required = ",".join(spec.documents_required) or None
+    case.oos_file_completed_at = None
+    session.add(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is None:
+        return
+    if bool(appointment.out_of_specification) != spec.out_of_specification:
+        appointment.out_of_specification = spec.out_of_specification
+        _touch(session, appointment)
+    if domain.held_on_release(appointment.state, spec):
+        reason = f"released out of specification ({spec.code}): its file is not complete"
+        hold(
+            session,
+            appointment,
+            reason,
+            RiskCause.OUT_OF_SPECIFICATION,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+
+
+def oos_file_completed(
+    session: Session, case: Case, completed_at: datetime, *, correlation_id: str, causation_id: str | None
+) -> None:
+    """The out-of-specification file is complete in order intake: the product may be scheduled. An
+    appointment goes on unless something else still holds it (`go_ahead`: resumed with
+    `oos_file_complete`, confirmed at once if the product is already delivered clean, I4). The caller
+    holds the case's lock."""
+    if not case.out_of_specification or case.oos_file_completed_at is not None:
+        return  # not this lot's, or already applied
+    case.oos_file_completed_at = completed_at
+    session.add(case)
+    appointment = open_appointment(session, case.coi)
+    if appointment is None:
+        if case.product_delivered_at is not None:
+            flag(session, case, "product delivered and verified: book the infusion")
+        return
+    go_ahead(
+        session,
+        case,
+        appointment,
+        SlotReasonCode.OOS_FILE_COMPLETE,
         correlation_id=correlation_id,
         causation_id=causation_id,
     )

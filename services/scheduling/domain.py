@@ -212,6 +212,8 @@ class RiskCause(StrEnum):
     MANUFACTURING_FAILURE = "manufacturing_failure"
     SITE_QUALIFICATION_LAPSED = "site_qualification_lapsed"
     PAYER_AUTHORIZATION_LAPSED = "payer_authorization_lapsed"
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    """Holds only (`on_release`): never an alert, so it has no `SlotRiskCause`."""
 
 
 COORDINATOR_REASONS = frozenset(
@@ -364,6 +366,63 @@ def lapse_attention(lapses: list[Lapse]) -> str:
         "; ".join(lapse.detail for lapse in lapses)
         + ": the infusion is on hold, not confirmed; record the renewal in order intake"
     )
+
+
+# ---------------------------------------------------------------- a product released out of specification
+
+
+@dataclass(frozen=True)
+class Specification:
+    """What scheduling knows of the product's release (`product.released_for_shipment.v2`) and of its
+    out-of-specification file (`product.oos_file_completed.v1`); the documents stay in order intake."""
+
+    out_of_specification: bool = False
+    code: str | None = None
+    documents_required: tuple[str, ...] = ()
+    file_complete: bool = False
+
+    @property
+    def file_pending(self) -> bool:
+        """Released out of specification and its file not complete yet."""
+        return self.out_of_specification and not self.file_complete
+
+
+def specification_problems(spec: Specification) -> list[str]:
+    """Why the product may not be scheduled for infusion because of its release: out of specification
+    with its file not complete (the physician's request, the patient's consent, the manufacturer's risk
+    assessment, in the US the IND). Booking refuses it, whichever way it comes."""
+    if not spec.file_pending:
+        return []
+    documents = ", ".join(spec.documents_required) or "its documents"
+    return [
+        f"the product was released out of specification ({spec.code or 'other'}): it cannot be scheduled "
+        f"for infusion until order intake has its file complete (missing until then: {documents})"
+    ]
+
+
+def still_holding(quarantined: bool, spec: Specification, lapses: list[Lapse]) -> list[RiskCause]:
+    """What keeps an appointment from going ahead (resumed from a hold, confirmed on a clean delivery),
+    first to last: a quarantine, an out-of-specification file pending, each lapsed permission of the
+    chain. Empty: it may go ahead. Every way that lifts one of them (a QA release, a completed file, a
+    renewal, the delivery itself) asks this, so none lets the others through."""
+    causes = [RiskCause.QUARANTINE] if quarantined else []
+    if spec.file_pending:
+        causes.append(RiskCause.OUT_OF_SPECIFICATION)
+    return causes + [lapse.cause for lapse in lapses]
+
+
+def held_for(hold_cause: str | None, causes: list[RiskCause]) -> bool:
+    """Whether an appointment's hold names one of `causes` (an excursion or a COI break is the quarantine)."""
+    if hold_cause is None:
+        return False
+    cause = RiskCause(hold_cause)
+    return (RiskCause.QUARANTINE if cause in QUARANTINING else cause) in causes
+
+
+def held_on_release(state: AppointmentState, spec: Specification) -> bool:
+    """A tentative appointment booked before its product was released out of specification (a plan's
+    infusion leg) is put on hold until the file is complete; a held one stays held."""
+    return spec.file_pending and state is AppointmentState.TENTATIVE
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 models: the official R4 examples validate with them). The project enforces the status codes FHIR leaves
 open (docs/fhir.md): Appointment `pending` → `booked`, Slot `busy-tentative` → `busy`; a held appointment
 stays `pending` with the hold extension (its cause and reason) and its Slot is `busy-unavailable`; an
-open alert adds the at-risk extension, whatever the status."""
+open alert adds the at-risk extension, whatever the status; a product released out of specification
+tags the Appointment (`meta.tag`, `OUT_OF_SPECIFICATION_TAG`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ HOLD_EXTENSION = f"{EXTENSIONS}/appointment-hold"
 AT_RISK_EXTENSION = f"{EXTENSIONS}/appointment-at-risk"
 """On an appointment with an alert no coordinator has resolved yet: the cause and what it did."""
 RISK_CAUSE_SYSTEM = "https://cgt-logistics.example/fhir/CodeSystem/slot-risk-cause"
+SPECIFICATION_SYSTEM = "https://cgt-logistics.example/fhir/CodeSystem/product-specification"
+OUT_OF_SPECIFICATION_TAG = {
+    "system": SPECIFICATION_SYSTEM,
+    "code": "out-of-specification",
+    "display": "Product released out of specification",
+}
+"""In `meta.tag` of an appointment whose product was released out of specification: a tag any FHIR
+reader shows and can search on (`_tag`), without knowing our extensions."""
 
 
 def _cause(cause: str, text: str) -> dict[str, Any]:
@@ -67,7 +76,11 @@ def appointment_resource(
     document: dict[str, Any] = {
         "resourceType": "Appointment",
         "id": str(appointment.id),
-        "meta": {"versionId": str(appointment.version), "lastUpdated": appointment.updated_at.isoformat()},
+        "meta": {
+            "versionId": str(appointment.version),
+            "lastUpdated": appointment.updated_at.isoformat(),
+            **({"tag": [OUT_OF_SPECIFICATION_TAG]} if appointment.out_of_specification else {}),
+        },
         "identifier": [{"system": COI_SYSTEM, "value": appointment.coi}],
         "status": status,
         "description": f"Infusion (day 0); conditioning starts {appointment.conditioning_start_on.isoformat()}",

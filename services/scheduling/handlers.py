@@ -25,11 +25,15 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     CoiBreak,
     ManufacturingFailed,
+    OosFileCompleted,
     OrderAccepted,
     OrderAcceptedV2,
     OrderCancelled,
     OrderCancelledV2,
     PayerAuthorizationRenewed,
+    ProductReleasedForShipment,
+    ProductReleasedForShipmentDataV2,
+    ProductReleasedForShipmentV2,
     QaDispositionDataV2,
     QaReasonCode,
     QuarantineReasonCode,
@@ -53,7 +57,7 @@ from sqlmodel import Session, col, select
 from services.common.consumer import EventHandler, register_consumer
 from services.common.service import Runtime
 from services.common.topics import ORDERS, SHIPMENTS
-from services.scheduling import commands, plan_commands
+from services.scheduling import commands, domain, plan_commands
 from services.scheduling.domain import RiskCause
 from services.scheduling.models import Case, ParkedEvent
 
@@ -194,6 +198,39 @@ def on_payer_authorization_renewed(
         commands.chain_facts_changed(session, case, **_context(event))
 
 
+def on_product_released_for_shipment(
+    session: Session, event: ProductReleasedForShipment | ProductReleasedForShipmentV2, config: Config
+) -> None:
+    """The lot is released: in specification (a v1 says nothing else) or out of it, with the documents
+    its file must hold before the infusion is booked."""
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return  # order.accepted comes first on the same partition: no case, nothing to schedule
+    commands.lock_case(session, case)
+    if case.cancelled:
+        return
+    data = event.data
+    spec = (
+        domain.Specification(
+            out_of_specification=data.out_of_specification,
+            code=data.out_of_specification_code,
+            documents_required=tuple(data.oos_documents_required),
+        )
+        if isinstance(data, ProductReleasedForShipmentDataV2)
+        else domain.Specification()
+    )
+    commands.product_released_for_shipment(session, case, spec, **_context(event))
+
+
+def on_oos_file_completed(session: Session, event: OosFileCompleted, config: Config) -> None:
+    case = session.get(Case, event.data.coi)
+    if case is None:
+        return
+    commands.lock_case(session, case)
+    if not case.cancelled:
+        commands.oos_file_completed(session, case, event.data.completed_at, **_context(event))
+
+
 # ---------------------------------------------------------------- shipments
 
 
@@ -288,6 +325,9 @@ HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderCancelled: on_order_cancelled,
     OrderCancelledV2: on_order_cancelled,
     ManufacturingFailed: on_manufacturing_failed,
+    ProductReleasedForShipment: on_product_released_for_shipment,
+    ProductReleasedForShipmentV2: on_product_released_for_shipment,
+    OosFileCompleted: on_oos_file_completed,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
     ShipmentDelayedV2: on_shipment_delayed,

@@ -144,6 +144,13 @@ class Case(SQLModel, table=True):
     """JSON `[[effective_on, expires_on or null], ...]`: the site's windows for the therapy, as order
     intake last published them."""
     payer_authorization_expires_on: date | None = None
+    # Added with out-of-specification releases; nullable so that an existing table gets them.
+    out_of_specification: bool | None = None
+    """The current lot was released out of specification (`product.released_for_shipment.v2`)."""
+    oos_code: str | None = Field(default=None, max_length=32)
+    oos_documents_required: str | None = Field(default=None, max_length=200)
+    """Comma-separated `OosDocument` codes its file must hold."""
+    oos_file_completed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class ParkedEvent(SQLModel, table=True):
@@ -194,6 +201,8 @@ class Appointment(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=500)
     """The note a coordinator gave with their latest change of it (a cancellation or a move): scheduling's
     alone, returned with the appointment, never in an event or a webhook (I6)."""
+    out_of_specification: bool | None = None
+    """Its product was released out of specification (the API view, the webhooks and FHIR say so)."""
 
 
 class FollowUpVisit(SQLModel, table=True):

@@ -173,7 +173,7 @@ async def test_a_return_pick_up_waits_for_the_release_and_an_outbound_leg_for_it
     assert read["status"] == "product_released" and read["product_lot_number"] == "LOT-1"
     assert read["product_released_by"] == "coord-ana"
     published = await events.wait_for(
-        lambda e: e.type == "product.released_for_shipment.v1" and e.subject == coi
+        lambda e: e.type == "product.released_for_shipment.v2" and e.subject == coi
     )
     assert published.data.lot_number == "LOT-1"  # type: ignore[union-attr]
     await wait_until(http, stack, coi, lambda legs: legs["return"]["product_released_at"])

@@ -224,7 +224,7 @@ def test_the_product_is_released_with_its_lot_only_while_in_manufacturing(engine
     assert (released.status, released.product_lot_number) == (OrderStatus.PRODUCT_RELEASED, "LOT-1")
     kind, data = outbox(engine, order.coi)[-1]
     assert (kind, data["lot_number"], data["released_by"]) == (
-        "product.released_for_shipment.v1",
+        "product.released_for_shipment.v2",
         "LOT-1",
         COORDINATOR.subject,
     )

@@ -78,6 +78,32 @@ class ManufacturingFailureCode(StrEnum):
     OTHER = "other"
 
 
+class OutOfSpecificationCode(StrEnum):
+    """What a lot released out of specification missed (`POST /orders/{id}/manufacturing-release` with
+    `out_of_specification`): a product that may still be infused, on a physician's request."""
+
+    POTENCY = "potency"
+    VIABILITY = "viability"
+    CELL_DOSE = "cell_dose"
+    PURITY = "purity"
+    OTHER = "other"
+
+
+class OosDocument(StrEnum):
+    """A document an out-of-specification file must hold before the product is scheduled for infusion
+    (order intake decides which, by the treatment center's country); the references themselves stay in
+    order intake."""
+
+    PHYSICIAN_REQUEST = "physician_request"
+    """The treating physician's request to infuse the product."""
+    PATIENT_CONSENT = "patient_consent"
+    """The patient's consent to receive a product out of specification."""
+    RISK_ASSESSMENT = "risk_assessment"
+    """The manufacturer's risk assessment."""
+    IND = "ind"
+    """In the US: the expanded-access or single-patient IND."""
+
+
 class OrderAcceptedData(ContractModel):
     order_id: UUID
     coi: CoiIdentifier
@@ -192,6 +218,30 @@ class ProductReleasedForShipmentData(ContractModel):
     """The releasing person's user id (never a name)."""
 
 
+class ProductReleasedForShipmentDataV2(ProductReleasedForShipmentData):
+    """v2: whether the lot was released out of specification, and if so what it missed and which
+    documents its file must hold before the product is scheduled for infusion (none when in
+    specification). A `.v1` is read as in specification."""
+
+    out_of_specification: bool = False
+    out_of_specification_code: OutOfSpecificationCode | None = None
+    oos_documents_required: Annotated[list[OosDocument], Field(default_factory=list, max_length=8)]
+
+
+class OosFileCompletedData(ContractModel):
+    """The out-of-specification file of the order's released product holds every document it needs:
+    the product may be scheduled for infusion. No reference is in it (they stay in order intake)."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    lot_number: Identifier
+    documents: Annotated[list[OosDocument], Field(min_length=1, max_length=8)]
+    """The documents on file (codes only)."""
+    completed_at: UtcDatetime
+    completed_by: Identifier
+    """The coordinator's user id (never a name)."""
+
+
 class ManufacturingFailedData(ContractModel):
     """The lot made from the order's cells failed: a new collection (a new DIN under the same COI) may be
     recorded; the failed lot's return leg is closed and its infusion appointment released."""
@@ -261,6 +311,16 @@ class CollectionRecorded(EventEnvelope):
 class ProductReleasedForShipment(EventEnvelope):
     type: Literal["product.released_for_shipment.v1"] = "product.released_for_shipment.v1"
     data: ProductReleasedForShipmentData
+
+
+class ProductReleasedForShipmentV2(EventEnvelope):
+    type: Literal["product.released_for_shipment.v2"] = "product.released_for_shipment.v2"
+    data: ProductReleasedForShipmentDataV2
+
+
+class OosFileCompleted(EventEnvelope):
+    type: Literal["product.oos_file_completed.v1"] = "product.oos_file_completed.v1"
+    data: OosFileCompletedData
 
 
 class ManufacturingFailed(EventEnvelope):
@@ -711,9 +771,10 @@ class SlotConfirmedData(ContractModel):
 
 
 class SlotReasonCode(StrEnum):
-    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first twelve are the
-    system's (the product's trouble, its order's end, a delay, a QA release, a failed lot, the same words
-    as `SlotRiskCause`; a lapsed or renewed site qualification or payer authorization); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
+    """Why an appointment was held, resumed, moved, cancelled or put at risk. The first fourteen are the
+    system's (the product's trouble, its order's end, a delay, a QA release, a failed lot, an
+    out-of-specification file pending or complete, a lapsed or renewed site qualification or payer
+    authorization; the risks in the same words as `SlotRiskCause`); the others a coordinator states (`POST /appointments/{id}/cancel`, `.../reschedule`),
     whose note stays in scheduling (`GET /appointments/{appointment_id}`)."""
 
     QUARANTINE = "quarantine"
@@ -732,6 +793,10 @@ class SlotReasonCode(StrEnum):
     SITE_QUALIFICATION_RENEWED = "site_qualification_renewed"
     PAYER_AUTHORIZATION_RENEWED = "payer_authorization_renewed"
     """Resumed: what held it at confirmation is covered again."""
+    OUT_OF_SPECIFICATION = "out_of_specification"
+    """Held: the product was released out of specification and its file is not complete yet."""
+    OOS_FILE_COMPLETE = "oos_file_complete"
+    """Resumed: the out-of-specification file is complete."""
     SITE_REQUEST = "site_request"
     PATIENT_REQUEST = "patient_request"
     PATIENT_CONDITION = "patient_condition"
@@ -1002,6 +1067,8 @@ AnyEvent = Annotated[
     | OrderCancelledV2
     | CollectionRecorded
     | ProductReleasedForShipment
+    | ProductReleasedForShipmentV2
+    | OosFileCompleted
     | ManufacturingFailed
     | CourierScanSubmitted
     | CourierScanSubmittedV2
@@ -1053,6 +1120,7 @@ EVENT_TYPES: dict[str, type[EventEnvelope]] = {
 
 SUPERSEDED: dict[str, str] = {
     "order.accepted.v1": "order.accepted.v2",
+    "product.released_for_shipment.v1": "product.released_for_shipment.v2",
     "order.rejected.v1": "order.rejected.v2",
     "order.cancelled.v1": "order.cancelled.v2",
     "shipment.scanned.v1": "shipment.scanned.v2",
