@@ -12,6 +12,7 @@ from uuid import UUID
 from cgt_contracts.envelope import CoiIdentifier, Identifier
 from cgt_contracts.events import (
     CancellationReasonCode,
+    ManufacturingDelayCode,
     ManufacturingFailureCode,
     OosDocument,
     OutOfSpecificationCode,
@@ -31,7 +32,7 @@ from services.common.paging import Page, link_next
 from services.common.service import db_session
 from services.order_intake import commands
 from services.order_intake.domain import OrderStatus
-from services.order_intake.models import Collection, ManufacturingFailure, Order
+from services.order_intake.models import Collection, ManufacturingDelay, ManufacturingFailure, Order
 from services.order_intake.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["orders"])
@@ -355,6 +356,60 @@ class ManufacturingFailureView(BaseModel):
         )
 
 
+class ManufacturingDelayRequest(RequestModel):
+    """The lot in manufacturing is now expected later: the new release day, why, and a note if need be."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"expected_release_on": "2027-01-28", "reason_code": "release_testing"},
+                {"expected_release_on": "2027-02-03", "reason_code": "other", "note": "vector lot on hold"},
+            ]
+        }
+    )
+
+    expected_release_on: date = Field(description="The new expected release day, at the manufacturing site")
+    reason_code: ManufacturingDelayCode = Field(
+        description="Why, from a closed list: the code is what the other services and the sites are told"
+    )
+    note: Note | None = None
+
+
+class ManufacturingDelayView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "collection_number": 1,
+                    "expected_release_on": "2027-01-28",
+                    "reason_code": "release_testing",
+                    "note": None,
+                    "recorded_by": "coord-ana",
+                    "delayed_at": "2026-12-20T09:12:00Z",
+                }
+            ]
+        }
+    )
+
+    collection_number: int | None = Field(description="The collection the lot is made from")
+    expected_release_on: date
+    reason_code: ManufacturingDelayCode
+    note: str | None = Field(description="The note given with the delay, if any (never published)")
+    recorded_by: str
+    delayed_at: datetime
+
+    @classmethod
+    def of(cls, row: ManufacturingDelay) -> ManufacturingDelayView:
+        return cls(
+            collection_number=row.collection_number,
+            expected_release_on=row.expected_release_on,
+            reason_code=ManufacturingDelayCode(row.reason_code),
+            note=row.note,
+            recorded_by=row.recorded_by,
+            delayed_at=row.delayed_at,
+        )
+
+
 ORDER_EXAMPLE: JsonDict = {
     "id": "3f2b8c1e-5d4a-4e8f-9a6b-1c2d3e4f5a6b",
     "status": "accepted",
@@ -667,14 +722,19 @@ def cancel_order(
     response_model=OrderView,
     responses=problems.documented(409),
 )
-def record_step(order_id: UUID, body: StatusRequest, session: SessionDep, caller: Coordinator) -> OrderView:
+def record_step(
+    order_id: UUID, body: StatusRequest, request: Request, session: SessionDep, caller: Coordinator
+) -> OrderView:
     """Coordinators record the steps that happen outside the system: `cells_collected`,
     `in_manufacturing`, `infused`, `in_follow_up`, `closed`. Shipping and delivery follow the shipment's
     own events and cannot be set by hand (409), nor can the product's release (recorded with its lot) or a
     cancellation (with its reason); a step out of order is 409 too (`infused` before the product was
-    delivered, say), naming the steps allowed next."""
+    delivered, say), naming the steps allowed next. `in_manufacturing` publishes
+    `manufacturing.started.v1`: scheduling marks the plan's manufacturing leg started."""
     with command_answers():
-        order = commands.record_step(session, order_id, body.status, caller_of(caller))
+        order = commands.record_step(
+            session, order_id, body.status, caller_of(caller), request.state.correlation_id
+        )
     session.commit()
     return OrderView.of(order)
 
@@ -874,3 +934,50 @@ def list_manufacturing_failures(
     with command_answers():
         order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
     return [ManufacturingFailureView.of(row) for row in commands.manufacturing_failures_of(session, order)]
+
+
+@router.post(
+    "/orders/{order_id}/manufacturing-delay",
+    summary="Record a delayed lot",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ManufacturingDelayView,
+    responses=problems.documented(409),
+)
+def record_manufacturing_delay(
+    order_id: UUID,
+    body: ManufacturingDelayRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+) -> ManufacturingDelayView:
+    """A coordinator records that the lot in manufacturing is now expected to be released on
+    `expected_release_on` (the manufacturing site's day), with a reason code (and a note if need be); who
+    and when are recorded. `manufacturing.delayed.v1` carries the code, never the note: scheduling
+    re-plans the release, the return shipment and the infusion within capacity and tells the sites. An
+    order that is not in manufacturing is 409; a day in the past is 422."""
+    with command_answers():
+        delay = commands.record_manufacturing_delay(
+            session,
+            order_id,
+            body.expected_release_on,
+            body.reason_code,
+            body.note,
+            caller_of(caller),
+            request.state.correlation_id,
+        )
+    session.commit()
+    return ManufacturingDelayView.of(delay)
+
+
+@router.get(
+    "/orders/{order_id}/manufacturing-delays",
+    summary="List an order's delayed lots",
+    response_model=list[ManufacturingDelayView],
+)
+def list_manufacturing_delays(
+    order_id: UUID, session: SessionDep, caller: OrderingCaller
+) -> list[ManufacturingDelayView]:
+    """Every delay recorded for the order's lots, oldest first: the new release day, why, who and when."""
+    with command_answers():
+        order = commands.visible_order(session, order_id, caller_of(caller).site_scope)
+    return [ManufacturingDelayView.of(row) for row in commands.manufacturing_delays_of(session, order)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 from cgt_contracts.envelope import EventEnvelope, utc_now
@@ -16,9 +16,14 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     CollectionRecorded,
     CollectionRecordedData,
+    ManufacturingDelayCode,
+    ManufacturingDelayed,
+    ManufacturingDelayedData,
     ManufacturingFailed,
     ManufacturingFailedData,
     ManufacturingFailureCode,
+    ManufacturingStarted,
+    ManufacturingStartedData,
     OosDocument,
     OosFileCompleted,
     OosFileCompletedData,
@@ -57,6 +62,7 @@ from services.order_intake.models import (
     CoiSequence,
     Collection,
     DinCounter,
+    ManufacturingDelay,
     ManufacturingFailure,
     OosFile,
     Order,
@@ -578,11 +584,28 @@ def cancel_order(
     return order
 
 
-def record_step(session: Session, order_id: UUID, target: OrderStatus, caller: Caller) -> Order:
+def record_step(
+    session: Session,
+    order_id: UUID,
+    target: OrderStatus,
+    caller: Caller,
+    correlation_id: str | None = None,
+) -> Order:
     """A step that happened outside the system, recorded by a coordinator; the state machine says which
-    steps may be recorded so (`Way.STEP`) and in which order."""
+    steps may be recorded so (`Way.STEP`) and in which order. Manufacturing's start is published
+    (`manufacturing.started.v1`): scheduling marks the plan's manufacturing leg started."""
     order = visible_order(session, order_id, caller.site_scope)
     _move(session, order, target, Way.STEP, caller.subject)
+    if target is OrderStatus.IN_MANUFACTURING:
+        assert order.coi is not None  # an order past acceptance has its COI
+        data = ManufacturingStartedData(
+            order_id=order.id,
+            coi=order.coi,
+            collection_number=_collection_count(session, order) or None,
+            started_at=utc_now(),
+        )
+        envelope = _envelope(order.coi, correlation_id or str(uuid4()))
+        _publish(session, ManufacturingStarted(**envelope, data=data))
     return order
 
 
@@ -697,6 +720,60 @@ def record_manufacturing_failure(
     _publish(session, ManufacturingFailed(**_envelope(order.coi, correlation_id), data=data))
     log.info("order.manufacturing_failed", order_id=str(order.id), reason_code=reason_code.value)
     return failure
+
+
+def manufacturing_delays_of(session: Session, order: Order) -> list[ManufacturingDelay]:
+    return list(
+        session.exec(
+            select(ManufacturingDelay)
+            .where(ManufacturingDelay.order_id == order.id)
+            .order_by(col(ManufacturingDelay.id))
+        )
+    )
+
+
+def record_manufacturing_delay(
+    session: Session,
+    order_id: UUID,
+    expected_release_on: date,
+    reason_code: ManufacturingDelayCode,
+    note: str | None,
+    caller: Caller,
+    correlation_id: str,
+) -> ManufacturingDelay:
+    """The lot in manufacturing is now expected to be released on `expected_release_on`: why (a code), an
+    optional note, who and when. `manufacturing.delayed.v1` carries the code, never the note (I6):
+    scheduling re-plans the plan's release, return and infusion and tells the sites."""
+    order = _locked_order(session, order_id, caller.site_scope)
+    refusal = domain.manufacturing_delay_refusal(order.status)
+    if refusal is not None:
+        raise Refused(refusal)
+    day_refusal = domain.expected_release_refusal(expected_release_on, utc_now().date())
+    if day_refusal is not None:
+        raise InvalidField("expected_release_on", day_refusal)
+    assert order.coi is not None  # an order in manufacturing was accepted: it has its COI
+    delay = ManufacturingDelay(
+        order_id=order.id,
+        collection_number=_collection_count(session, order) or None,
+        expected_release_on=expected_release_on,
+        reason_code=reason_code.value,
+        note=note,
+        recorded_by=caller.subject,
+        delayed_at=utc_now(),
+    )
+    session.add(delay)
+    data = ManufacturingDelayedData(
+        order_id=order.id,
+        coi=order.coi,
+        collection_number=delay.collection_number,
+        expected_release_on=expected_release_on,
+        reason_code=reason_code,
+        delayed_at=delay.delayed_at,
+        recorded_by=caller.subject,
+    )
+    _publish(session, ManufacturingDelayed(**_envelope(order.coi, correlation_id), data=data))
+    log.info("order.manufacturing_delayed", order_id=str(order.id), reason_code=reason_code.value)
+    return delay
 
 
 def _manufacturing_started_at(session: Session, order: Order) -> datetime | None:

@@ -225,6 +225,25 @@ def payer_authorization_renewal_refusal(status: OrderStatus, expires_on: date, t
     return None
 
 
+def manufacturing_delay_refusal(status: OrderStatus) -> str | None:
+    """Why a delay of the lot's release cannot be recorded, or None: only while the order is in
+    manufacturing (a released product is shipped, not delayed in manufacturing; a failed lot has none)."""
+    if status is not OrderStatus.IN_MANUFACTURING:
+        return (
+            f"a manufacturing delay is recorded only while its order is {OrderStatus.IN_MANUFACTURING}; "
+            f"this order is {status}"
+        )
+    return None
+
+
+def expected_release_refusal(expected_release_on: date, today: date) -> str | None:
+    """Why a delayed lot's new expected release day cannot be right (422 naming the field), or None: a
+    delay looks ahead, so not before today (UTC)."""
+    if expected_release_on < today:
+        return "the expected release day is in the past"
+    return None
+
+
 RELEASE_CLOCK_TOLERANCE = timedelta(minutes=5)
 
 

@@ -169,6 +169,22 @@ class OosFile(SQLModel, table=True):
     completed_by: str | None = Field(default=None, max_length=64)
 
 
+class ManufacturingDelay(SQLModel, table=True):
+    """A lot in manufacturing now expected later: the new release day, why (a `ManufacturingDelayCode`,
+    what is published), the coordinator's note (kept here only, I6), who recorded it and when."""
+
+    __tablename__ = "manufacturing_delay"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: UUID = Field(foreign_key="therapy_order.id", index=True)
+    collection_number: int | None = None
+    expected_release_on: date
+    reason_code: str = Field(max_length=40)
+    note: str | None = Field(default=None, max_length=500)
+    recorded_by: str = Field(max_length=64)
+    delayed_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+
+
 class DinCounter(SQLModel, table=True):
     """The last DIN sequence issued per facility and year (six digits, never reused)."""
 
@@ -227,4 +243,5 @@ TABLES: tuple[Table, ...] = tables_of(
     DinCounter,
     ManufacturingFailure,
     OosFile,
+    ManufacturingDelay,
 )

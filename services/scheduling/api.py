@@ -11,7 +11,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgt_contracts.envelope import CoiIdentifier, Identifier, utc_now
-from cgt_contracts.events import SlotReasonCode
+from cgt_contracts.events import CollectionPostponementCode, PlanReplanCause, SlotReasonCode
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -511,6 +511,32 @@ class PlanView(BaseModel):
     conditioning_start_on: date = Field(description="At the treatment center")
     infusion_on: date = Field(description="Day 0, at the treatment center")
     appointment_id: UUID | None = Field(description="The tentative infusion appointment, once booked")
+    collection_done_at: datetime | None = Field(default=None, description="collection.recorded")
+    manufacturing_started_at: datetime | None = Field(default=None, description="manufacturing.started")
+    product_released_at: datetime | None = Field(default=None, description="product.released_for_shipment")
+    product_delivered_at: datetime | None = Field(
+        default=None, description="shipment.delivered (clean; it alone confirms the infusion)"
+    )
+    replanned_at: datetime | None = Field(default=None, description="The latest re-plan after a slip")
+    replan_cause: PlanReplanCause | None = Field(default=None, description="Which leg slipped")
+    postponement_reason_code: CollectionPostponementCode | None = None
+    postponement_note: str | None = Field(
+        default=None, description="The coordinator's note with the latest postponement (never published)"
+    )
+
+
+class PostponementRequest(RequestModel):
+    """A booked plan's collection moved to a later day, why, and a note if need be."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"collection_on": "2026-12-14", "reason_code": "patient_condition"}]}
+    )
+
+    collection_on: date = Field(description="The new collection day, at the collection center")
+    reason_code: CollectionPostponementCode = Field(
+        description="Why, from a closed list: the code is what the sites are told"
+    )
+    note: Note | None = None
 
 
 class BookPlanRequest(RequestModel):
@@ -555,6 +581,63 @@ def offer_plans(
         raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
     session.commit()
     return [_plan_view(row) for row in rows]
+
+
+@router.get("/cases/{coi}/plans", summary="List a case's plans", response_model=list[PlanView])
+def list_plans(coi: str, session: SessionDep, caller: Reader) -> list[PlanView]:
+    """The case's plans, oldest first: each leg's day and, for the booked one, when each leg's event
+    confirmed it and its latest re-plan. A treatment center reads only its own site's cases."""
+    case = _case(session, coi, caller)
+    rows = session.exec(
+        select(CasePlan).where(CasePlan.coi == case.coi).order_by(col(CasePlan.offered_at))
+    ).all()
+    return [_plan_view(row) for row in rows]
+
+
+@router.post(
+    "/cases/{coi}/plans/{plan_id}/collection-postponement",
+    summary="Postpone a booked plan's collection",
+    response_model=PlanView,
+    responses=problems.documented(409),
+)
+def postpone_collection(
+    coi: str,
+    plan_id: UUID,
+    body: PostponementRequest,
+    request: Request,
+    session: SessionDep,
+    caller: Coordinator,
+    runtime: RuntimeDep,
+) -> PlanView:
+    """Coordinators move a booked plan's collection to a later day: the collection center's calendar
+    and every later leg (manufacturing slot, release, return, infusion) are re-planned within capacity,
+    held as a booking holds them; the infusion appointment moves (`slot.rescheduled`) and every site
+    is told (`plan.replanned.v1`, the treatment center's webhook). No chair, no slot or no infusion left,
+    a recorded collection, a plan not booked: 409 with every reason, nothing changes. A day not after the
+    planned one or not ahead: 422 naming `collection_on`. The note stays here."""
+    case = _case(session, coi, caller)
+    try:
+        row = plan_commands.postpone_collection(
+            session,
+            case,
+            plan_id,
+            body.collection_on,
+            body.reason_code,
+            body.note,
+            default_buffer_hours=runtime.settings.receipt_buffer_hours,
+            correlation_id=request.state.correlation_id,
+        )
+    except plan_commands.UnknownPlan as unknown:
+        session.rollback()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("plan")) from unknown
+    except commands.Invalid as invalid:
+        session.rollback()
+        raise problems.invalid("body", invalid.field, invalid.detail) from invalid
+    except commands.Refused as refused:
+        session.rollback()
+        raise problems.conflict("; ".join(refused.reasons), refused.reasons) from refused
+    session.commit()
+    return _plan_view(row)
 
 
 @router.post(

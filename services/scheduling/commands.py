@@ -217,6 +217,10 @@ def _publish(session: Session, event: EventEnvelope) -> None:
     enqueue(session, SCHEDULING, event)
 
 
+publish = _publish
+"""Scheduling's outbox, for the plans' use cases (`plan_commands`)."""
+
+
 def appointment_payload(
     appointment: Appointment, kind: str, reason_code: SlotReasonCode | None = None
 ) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -832,6 +832,31 @@ def _first_slot(
     return None
 
 
+def plan_for_day(day: date, network: Network, load: PlanLoad) -> Plan | None:
+    """The best plan collecting on `day` (whose chair the caller has checked): the earliest manufacturing
+    slot the starting material can make at every site making the therapy, the first infusion option after
+    the product's expected delivery; the earliest infusion wins. None when no site's chain fits."""
+    candidates: list[Plan] = []
+    for site in network.manufacturing:
+        week = _first_slot(day, site, network, load)
+        if week is None:
+            continue
+        eta = chain(day, site, week, network)[3]
+        options = feasible_options(
+            eta_at=eta,
+            calendar=network.infusion,
+            conditioning_days=network.conditioning_days,
+            receipt_buffer_hours=network.receipt_buffer_hours,
+            load=load.infusions,
+            count=1,
+        )
+        if options:
+            candidates.append(_plan(day, site, week, options[0], network))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: (p.infusion.infusion_on, p.released_at, p.manufacturing_site_id))
+
+
 def earliest_plans(
     *,
     network: Network,
@@ -849,28 +874,9 @@ def earliest_plans(
         day = earliest_collection_on + timedelta(days=offset)
         if collection_problems(day, network.collection, load):
             continue
-        candidates: list[Plan] = []
-        for site in network.manufacturing:
-            week = _first_slot(day, site, network, load)
-            if week is None:
-                continue
-            eta = chain(day, site, week, network)[3]
-            options = feasible_options(
-                eta_at=eta,
-                calendar=network.infusion,
-                conditioning_days=network.conditioning_days,
-                receipt_buffer_hours=network.receipt_buffer_hours,
-                load=load.infusions,
-                count=1,
-            )
-            if options:
-                candidates.append(_plan(day, site, week, options[0], network))
-        if candidates:
-            plans.append(
-                min(
-                    candidates, key=lambda p: (p.infusion.infusion_on, p.released_at, p.manufacturing_site_id)
-                )
-            )
+        plan = plan_for_day(day, network, load)
+        if plan is not None:
+            plans.append(plan)
             if len(plans) == count:
                 break
     return plans
@@ -900,6 +906,135 @@ def plan_problems(plan: Plan, *, network: Network, load: PlanLoad, earliest_coll
         load=load.infusions,
     )
     return problems
+
+
+# ---------------------------------------------------------------- a booked plan's legs, and its slips
+
+
+class PlanLeg(StrEnum):
+    """A booked plan's legs, each confirmed by its own event: the collection recorded, manufacturing
+    started, the product released for shipment, the product delivered clean (which alone confirms the
+    infusion, I4)."""
+
+    COLLECTION = "collection"
+    MANUFACTURING = "manufacturing"
+    RELEASE = "release"
+    DELIVERY = "delivery"
+
+
+@dataclass(frozen=True)
+class LegsDone:
+    """When each leg of a booked plan was confirmed (None: not yet)."""
+
+    collection_done_at: datetime | None = None
+    manufacturing_started_at: datetime | None = None
+    product_released_at: datetime | None = None
+    product_delivered_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A slipped plan's later legs: `plan` with its new days (the infusion leg moved when
+    `infusion_moved`), or an `alert` (the reason, scheduling's words) when the infusion leg cannot be
+    moved without a person: conditioning may have started, the appointment is confirmed, or no option
+    fits. The other legs follow the slip in every case (nothing is silently dropped)."""
+
+    plan: Plan
+    infusion_moved: bool = False
+    alert: str | None = None
+
+
+def postponement_problems(
+    plan: Plan, legs: LegsDone, new_collection_on: date, earliest_collection_on: date
+) -> list[RuleProblem]:
+    """Why a booked plan's collection cannot be postponed to `new_collection_on`: a collection already
+    recorded is not moved (409); the new day must be later than the planned one and ahead (422)."""
+    if legs.collection_done_at is not None:
+        return [RuleProblem("the collection was recorded: a done collection is not postponed")]
+    if new_collection_on <= plan.collection_on:
+        return [RuleProblem(f"must be after the planned collection ({plan.collection_on})", "collection_on")]
+    if new_collection_on < earliest_collection_on:
+        return [
+            RuleProblem(
+                f"must be on or after {earliest_collection_on}, the collection center's next day",
+                "collection_on",
+            )
+        ]
+    return []
+
+
+def replan_after_postponement(
+    plan: Plan,
+    new_collection_on: date,
+    *,
+    state: AppointmentState,
+    network: Network,
+    load: PlanLoad,
+    now: datetime,
+) -> Replan | list[str]:
+    """The plan collecting on `new_collection_on` instead: a chair that day at the collection center, then
+    manufacturing slot, release, return and infusion re-planned within capacity (`plan_for_day`; `load`
+    excludes the plan itself). Refused with every reason when the day has no chair or no chain fits, or
+    when the infusion leg may not move: only a tentative or held appointment moves, never once its
+    conditioning may have started."""
+    problems = collection_problems(new_collection_on, network.collection, load)
+    if problems:
+        return problems
+    if conditioning_may_have_started(plan.infusion.conditioning_start_on, now, network.infusion.timezone):
+        return [
+            f"conditioning may have started on {plan.infusion.conditioning_start_on}: clinical decision needed"
+        ]
+    if state not in (AppointmentState.TENTATIVE, AppointmentState.ON_HOLD):
+        return [f"the infusion appointment is {state}: it is not moved"]
+    replanned = plan_for_day(new_collection_on, network, load)
+    if replanned is None:
+        return [f"no manufacturing slot and infusion fit a collection on {new_collection_on}"]
+    return Replan(replanned, infusion_moved=replanned.infusion != plan.infusion)
+
+
+def delayed_release_at(plan: Plan, expected_release_on: date, site: ManufacturingCalendar) -> datetime | None:
+    """The release instant on the manufacturing site's `expected_release_on`, at the local time the plan
+    released at; None when that is not later than planned (no slip: nothing is re-planned)."""
+    planned_time = plan.released_at.astimezone(ZoneInfo(site.timezone)).time()
+    released = datetime.combine(expected_release_on, planned_time, tzinfo=ZoneInfo(site.timezone))
+    released_utc = released.astimezone(UTC)
+    return released_utc if released_utc > plan.released_at else None
+
+
+def replan_after_release_delay(
+    plan: Plan,
+    released_at: datetime,
+    *,
+    state: AppointmentState,
+    network: Network,
+    site: ManufacturingCalendar,
+    now: datetime,
+    load: Load,
+) -> Replan:
+    """A lot released later: the release, the return shipment's delivery (`return_transit_hours` after)
+    and the infusion follow (`on_eta_changed`: moved to the next feasible option when conditioning would
+    start before the product is on site plus the receipt buffer; an alert, never a silent move, when the
+    appointment is confirmed, conditioning may have started, or no option fits). `load` excludes the
+    plan's own appointment."""
+    eta = released_at + timedelta(hours=network.protocol.return_transit_hours)
+    decision = on_eta_changed(
+        state=state,
+        booked=plan.infusion,
+        eta_at=eta,
+        now=now,
+        calendar=network.infusion,
+        conditioning_days=network.conditioning_days,
+        receipt_buffer_hours=network.receipt_buffer_hours,
+        load=load,
+    )
+    replanned = replace(
+        plan,
+        released_at=released_at,
+        release_on=site.local_day(released_at),
+        eta_at=eta,
+        infusion=decision.move_to or plan.infusion,
+    )
+    return Replan(replanned, infusion_moved=decision.move_to is not None, alert=decision.alert)
 
 
 # ---------------------------------------------------------------- changing the network's calendars

@@ -24,7 +24,10 @@ from cgt_contracts.events import (
     AnyEvent,
     CancellationReasonCode,
     CoiBreak,
+    CollectionRecorded,
+    ManufacturingDelayed,
     ManufacturingFailed,
+    ManufacturingStarted,
     OosFileCompleted,
     OrderAccepted,
     OrderAcceptedV2,
@@ -58,7 +61,7 @@ from services.common.consumer import EventHandler, register_consumer
 from services.common.service import Runtime
 from services.common.topics import ORDERS, SHIPMENTS
 from services.scheduling import commands, domain, plan_commands
-from services.scheduling.domain import RiskCause
+from services.scheduling.domain import PlanLeg, RiskCause
 from services.scheduling.models import Case, ParkedEvent
 
 log = structlog.get_logger()
@@ -198,6 +201,41 @@ def on_payer_authorization_renewed(
         commands.chain_facts_changed(session, case, **_context(event))
 
 
+def _planned_case(session: Session, coi: str) -> Case | None:
+    """The case of an order event about a plan's leg, under its lock; None if unknown or cancelled."""
+    case = session.get(Case, coi)
+    if case is None:
+        return None  # order.accepted comes first on the same partition: no case, no plan
+    commands.lock_case(session, case)
+    return None if case.cancelled else case
+
+
+def on_collection_recorded(session: Session, event: CollectionRecorded, config: Config) -> None:
+    case = _planned_case(session, event.data.coi)
+    if case is not None:
+        plan_commands.record_leg(session, case, PlanLeg.COLLECTION, event.data.collected_at)
+
+
+def on_manufacturing_started(session: Session, event: ManufacturingStarted, config: Config) -> None:
+    case = _planned_case(session, event.data.coi)
+    if case is not None:
+        plan_commands.record_leg(session, case, PlanLeg.MANUFACTURING, event.data.started_at)
+
+
+def on_manufacturing_delayed(session: Session, event: ManufacturingDelayed, config: Config) -> None:
+    """The command takes `book_plan`'s locks in their order itself (manufacturing sites first)."""
+    case = session.get(Case, event.data.coi)
+    if case is not None and not case.cancelled:
+        plan_commands.manufacturing_delayed(
+            session,
+            case,
+            event.data.expected_release_on,
+            event.data.reason_code,
+            default_buffer_hours=config.receipt_buffer_hours,
+            **_context(event),
+        )
+
+
 def on_product_released_for_shipment(
     session: Session, event: ProductReleasedForShipment | ProductReleasedForShipmentV2, config: Config
 ) -> None:
@@ -220,6 +258,7 @@ def on_product_released_for_shipment(
         else domain.Specification()
     )
     commands.product_released_for_shipment(session, case, spec, **_context(event))
+    plan_commands.record_leg(session, case, PlanLeg.RELEASE, data.released_at)
 
 
 def on_oos_file_completed(session: Session, event: OosFileCompleted, config: Config) -> None:
@@ -248,7 +287,7 @@ def on_shipment_delayed(session: Session, event: ShipmentDelayed | ShipmentDelay
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is None:
         return
-    commands.take_eta(
+    plan_commands.shipment_delayed(
         session, case, event.data.eta_at, default_buffer_hours=config.receipt_buffer_hours, **_context(event)
     )
 
@@ -256,7 +295,7 @@ def on_shipment_delayed(session: Session, event: ShipmentDelayed | ShipmentDelay
 def on_shipment_delivered(session: Session, event: ShipmentDelivered, config: Config) -> None:
     case = _return_leg_case(session, event, event.data.coi, event.data.leg)
     if case is not None:
-        commands.product_delivered(
+        plan_commands.product_delivered(
             session, case, event.data.delivered_at, event.data.shipment_id, **_context(event)
         )
 
@@ -325,9 +364,12 @@ HANDLERS: dict[type[EventEnvelope], Callable[[Session, Any, Config], None]] = {
     OrderCancelled: on_order_cancelled,
     OrderCancelledV2: on_order_cancelled,
     ManufacturingFailed: on_manufacturing_failed,
+    CollectionRecorded: on_collection_recorded,
+    ManufacturingStarted: on_manufacturing_started,
     ProductReleasedForShipment: on_product_released_for_shipment,
     ProductReleasedForShipmentV2: on_product_released_for_shipment,
     OosFileCompleted: on_oos_file_completed,
+    ManufacturingDelayed: on_manufacturing_delayed,
     ShipmentDispatched: on_shipment_dispatched,
     ShipmentDelayed: on_shipment_delayed,
     ShipmentDelayedV2: on_shipment_delayed,

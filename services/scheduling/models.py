@@ -115,6 +115,21 @@ class CasePlan(SQLModel, table=True):
     offered_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
     booked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     booked_by: str | None = Field(default=None, max_length=64)
+    # Added with the legs' events and re-planning; nullable so that an existing table gets them.
+    collection_done_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """`collection.recorded`: the collection's own instant."""
+    manufacturing_started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """`manufacturing.started`."""
+    product_released_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """`product.released_for_shipment`."""
+    product_delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """`shipment.delivered` of the return leg (clean: it alone confirms the infusion, I4)."""
+    replanned_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    replan_cause: str | None = Field(default=None, max_length=32)
+    """The latest slip's `PlanReplanCause`."""
+    postponement_reason_code: str | None = Field(default=None, max_length=32)
+    postponement_note: str | None = Field(default=None, max_length=500)
+    """The coordinator's note with the latest postponement: scheduling's alone, never published (I6)."""
 
 
 class Case(SQLModel, table=True):

@@ -1,20 +1,32 @@
-"""Vein-to-vein plans' use cases: offer a case's earliest plans, book one as a whole. The rules are
-`domain.earliest_plans` and `domain.plan_problems`; this loads the calendars and what is booked, and
-applies the decision in the caller's transaction."""
+"""Vein-to-vein plans' use cases: offer a case's earliest plans, book one as a whole, record each leg as
+its event confirms it, and re-plan the later legs when one slips (a collection postponed, a lot delayed,
+the shipment delayed). The rules are `domain.earliest_plans`, `plan_problems` and the `replan_*`
+decisions; this loads the calendars and what is booked, and applies the decision in the caller's
+transaction."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import date, datetime, timedelta
 from uuid import UUID
 
 import structlog
 from cgt_contracts.envelope import utc_now
+from cgt_contracts.events import (
+    CollectionPostponementCode,
+    ManufacturingDelayCode,
+    PlanReplanCause,
+    PlanReplanned,
+    PlanReplannedData,
+    SlotReasonCode,
+)
 from sqlmodel import Session, col, select, update
 
-from services.scheduling import commands, domain
-from services.scheduling.domain import IsoWeek, PlanState, StartingMaterial
+from services.scheduling import commands, domain, webhook_commands
+from services.scheduling.domain import ACTIVE_STATES, IsoWeek, PlanLeg, PlanState, RiskCause, StartingMaterial
 from services.scheduling.models import (
+    Appointment,
     Case,
     CasePlan,
     CollectionCenter,
@@ -128,11 +140,22 @@ def network_of(session: Session, case: Case, *, default_buffer_hours: float) -> 
 
 
 def plan_load(
-    session: Session, case: Case, network: domain.Network, collection_center_id: str
+    session: Session,
+    case: Case,
+    network: domain.Network,
+    collection_center_id: str,
+    *,
+    excluding: CasePlan | None = None,
 ) -> domain.PlanLoad:
     """What the booked plans hold: collections at the collection center, the therapy's manufacturing slots
-    at each of its sites; and the treatment center's infusion appointments."""
+    at each of its sites; and the treatment center's infusion appointments. `excluding`: a plan being
+    re-planned, whose own collection, slot and appointment are not counted against it."""
     booked = select(CasePlan).where(CasePlan.state == PlanState.BOOKED)
+    if excluding is not None:
+        booked = booked.where(CasePlan.id != excluding.id)
+        infusions = commands.load_of(session, case.treatment_center_id, excluding=excluding.appointment_id)
+    else:
+        infusions = commands.load_of(session, case.treatment_center_id)
     collections: Counter[date] = Counter(
         plan.collection_on
         for plan in session.exec(booked.where(CasePlan.collection_center_id == collection_center_id))
@@ -146,7 +169,7 @@ def plan_load(
             )
         )
     )
-    return domain.PlanLoad(collections, slots, commands.load_of(session, case.treatment_center_id))
+    return domain.PlanLoad(collections, slots, infusions)
 
 
 def earliest_collection_on(network: domain.Network, now: datetime) -> date:
@@ -321,3 +344,374 @@ def reopen_after_lot_failure(session: Session, case: Case, *, default_buffer_hou
         return []
     commands.flag(session, case, REOPENED if rows else NO_PLAN_FITS)
     return rows
+
+
+# ---------------------------------------------------------------- each leg confirmed by its event
+
+
+def record_leg(session: Session, case: Case, leg: PlanLeg, at: datetime) -> CasePlan | None:
+    """The case's booked plan records its leg done, once (a redelivered or later event leaves the first
+    instant). A case without a booked plan has no leg to record. The caller holds the case's lock."""
+    row = booked_plan(session, case.coi)
+    if row is None:
+        return None
+    if leg is PlanLeg.COLLECTION and row.collection_done_at is None:
+        row.collection_done_at = at
+    elif leg is PlanLeg.MANUFACTURING and row.manufacturing_started_at is None:
+        row.manufacturing_started_at = at
+    elif leg is PlanLeg.RELEASE and row.product_released_at is None:
+        row.product_released_at = at
+    elif leg is PlanLeg.DELIVERY and row.product_delivered_at is None:
+        row.product_delivered_at = at
+    session.add(row)
+    log.info("scheduling.plan_leg_done", coi=case.coi, leg=leg.value)
+    return row
+
+
+def product_delivered(
+    session: Session,
+    case: Case,
+    delivered_at: datetime,
+    shipment_id: UUID,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """A clean delivery: the infusion is confirmed as always (`commands.product_delivered`, I4), and the
+    booked plan's delivery leg is done."""
+    commands.product_delivered(
+        session, case, delivered_at, shipment_id, correlation_id=correlation_id, causation_id=causation_id
+    )
+    record_leg(session, case, PlanLeg.DELIVERY, delivered_at)
+
+
+# ---------------------------------------------------------------- re-planning when a leg slips
+
+
+def legs_of(row: CasePlan) -> domain.LegsDone:
+    return domain.LegsDone(
+        collection_done_at=row.collection_done_at,
+        manufacturing_started_at=row.manufacturing_started_at,
+        product_released_at=row.product_released_at,
+        product_delivered_at=row.product_delivered_at,
+    )
+
+
+def _lock_plan_sites(session: Session, case: Case, row: CasePlan) -> None:
+    """The locks `book_plan` takes, in its order: the manufacturing sites first (every site making the
+    therapy, in id order, since a re-plan may move the slot to another), then the collection center, then
+    the treatment center (`commands.lock_case`); the plan is read again under them."""
+    sites = sorted(
+        {
+            row.manufacturing_site_id,
+            *session.exec(
+                select(ManufacturingCapacity.site_id).where(
+                    ManufacturingCapacity.therapy_code == case.therapy_code
+                )
+            ),
+        }
+    )
+    for site_id in sites:
+        lock_manufacturing_site(session, site_id)
+    lock_collection_center(session, row.collection_center_id)
+    commands.lock_case(session, case)
+    session.refresh(row)
+
+
+def _apply(row: CasePlan, plan: domain.Plan) -> None:
+    row.collection_on, row.collected_at = plan.collection_on, plan.collected_at
+    row.manufacturing_site_id, row.manufacturing_week = (
+        plan.manufacturing_site_id,
+        str(plan.manufacturing_week),
+    )
+    row.manufacturing_start_at, row.manufacturing_start_on = (
+        plan.manufacturing_start_at,
+        plan.manufacturing_start_on,
+    )
+    row.released_at, row.release_on, row.eta_at = plan.released_at, plan.release_on, plan.eta_at
+    row.conditioning_start_on = plan.infusion.conditioning_start_on
+    row.infusion_on = plan.infusion.infusion_on
+
+
+def plan_payload(
+    row: CasePlan, cause: PlanReplanCause, reason_code: str, previous_infusion_on: date
+) -> dict[str, object]:
+    """What the treatment center receives: the legs' new days and why, as codes (never a note, I6)."""
+    return {
+        "kind": "plan.replanned",
+        "plan_id": str(row.id),
+        "coi": row.coi,
+        "treatment_center_id": row.treatment_center_id,
+        "cause": cause.value,
+        "reason_code": reason_code,
+        "collection_center_id": row.collection_center_id,
+        "collection_on": row.collection_on.isoformat(),
+        "manufacturing_site_id": row.manufacturing_site_id,
+        "manufacturing_week": row.manufacturing_week,
+        "release_on": row.release_on.isoformat(),
+        "eta_at": row.eta_at.isoformat(),
+        "appointment_id": str(row.appointment_id) if row.appointment_id else None,
+        "conditioning_start_on": row.conditioning_start_on.isoformat(),
+        "infusion_on": row.infusion_on.isoformat(),
+        "previous_infusion_on": previous_infusion_on.isoformat(),
+        "sent_at": utc_now().isoformat(),
+    }
+
+
+def _replanned(
+    session: Session,
+    row: CasePlan,
+    cause: PlanReplanCause,
+    reason_code: CollectionPostponementCode | ManufacturingDelayCode | SlotReasonCode,
+    previous_infusion_on: date,
+    *,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """Every site on the plan is told: `plan.replanned.v1` on scheduling's topic (the collection center
+    and the manufacturing site read it there), and the treatment center by webhook too."""
+    row.replanned_at, row.replan_cause = utc_now(), cause.value
+    session.add(row)
+    code = "delay" if isinstance(reason_code, SlotReasonCode) else reason_code
+    commands.publish(
+        session,
+        PlanReplanned(
+            source=commands.SOURCE,
+            subject=row.coi,
+            correlationid=correlation_id,
+            causationid=causation_id,
+            data=PlanReplannedData(
+                plan_id=row.id,
+                coi=row.coi,
+                cause=cause,
+                reason_code=code,
+                collection_center_id=row.collection_center_id,
+                collection_on=row.collection_on,
+                manufacturing_site_id=row.manufacturing_site_id,
+                manufacturing_week=row.manufacturing_week,
+                manufacturing_start_on=row.manufacturing_start_on,
+                release_on=row.release_on,
+                eta_at=row.eta_at,
+                treatment_center_id=row.treatment_center_id,
+                appointment_id=row.appointment_id,
+                conditioning_start_on=row.conditioning_start_on,
+                infusion_on=row.infusion_on,
+                previous_infusion_on=previous_infusion_on,
+                replanned_at=row.replanned_at,
+            ),
+        ),
+    )
+    if row.appointment_id is not None:
+        webhook_commands.queue_deliveries(
+            session,
+            site=row.treatment_center_id,
+            appointment_id=row.appointment_id,
+            coi=row.coi,
+            kind="plan.replanned",
+            payload=json.dumps(plan_payload(row, cause, code, previous_infusion_on), sort_keys=True),
+        )
+    log.info("scheduling.plan_replanned", coi=row.coi, cause=cause.value)
+
+
+def _active_appointment(session: Session, row: CasePlan) -> Appointment | None:
+    appointment = session.get(Appointment, row.appointment_id) if row.appointment_id else None
+    return appointment if appointment is not None and appointment.state in ACTIVE_STATES else None
+
+
+def postpone_collection(
+    session: Session,
+    case: Case,
+    plan_id: UUID,
+    collection_on: date,
+    reason_code: CollectionPostponementCode,
+    note: str | None,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+) -> CasePlan:
+    """A coordinator moves a booked plan's collection to a later day: under `book_plan`'s locks, the
+    collection center's calendar and every later leg are re-planned within capacity
+    (`domain.replan_after_postponement`, the plan's own holdings not counted), the infusion appointment
+    moved (`slot.rescheduled`), and every site told (`plan.replanned`). Refused with every reason (409),
+    or naming `collection_on` (422); nothing changes then. The note stays with the plan."""
+    row = session.get(CasePlan, plan_id)
+    if row is None or row.coi != case.coi:
+        raise UnknownPlan(plan_id)
+    _lock_plan_sites(session, case, row)
+    if row.state is not PlanState.BOOKED:
+        raise commands.Refused([f"the plan is {row.state}: only a booked plan's collection is postponed"])
+    if case.cancelled:
+        raise commands.Refused(["the order was cancelled"])
+    appointment = _active_appointment(session, row)
+    if appointment is None:
+        raise commands.Refused(["the plan's infusion appointment is no longer active: plan the case again"])
+    network, center_id = network_of(session, case, default_buffer_hours=default_buffer_hours)
+    if center_id != row.collection_center_id:
+        raise commands.Refused([f"{case.treatment_center_id}'s collection center is now {center_id}"])
+    plan = plan_of(row)
+    commands.refuse(
+        domain.postponement_problems(
+            plan, legs_of(row), collection_on, earliest_collection_on(network, utc_now())
+        )
+    )
+    decision = domain.replan_after_postponement(
+        plan,
+        collection_on,
+        state=appointment.state,
+        network=network,
+        load=plan_load(session, case, network, center_id, excluding=row),
+        now=utc_now(),
+    )
+    if isinstance(decision, list):
+        raise commands.Refused(decision)
+    previous_infusion_on = row.infusion_on
+    _apply(row, decision.plan)
+    row.postponement_reason_code, row.postponement_note = reason_code.value, note
+    if decision.infusion_moved:
+        commands.move(
+            session,
+            appointment,
+            decision.plan.infusion,
+            SlotReasonCode.DELAY,
+            correlation_id=correlation_id,
+            causation_id=None,
+        )
+    _replanned(
+        session,
+        row,
+        PlanReplanCause.COLLECTION_POSTPONED,
+        reason_code,
+        previous_infusion_on,
+        correlation_id=correlation_id,
+        causation_id=None,
+    )
+    return row
+
+
+MANUFACTURING_DELAYED = "manufacturing delayed"
+
+
+def manufacturing_delayed(
+    session: Session,
+    case: Case,
+    expected_release_on: date,
+    reason_code: ManufacturingDelayCode,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+    causation_id: str | None,
+) -> CasePlan | None:
+    """A lot now expected on `expected_release_on` (the site's day): under `book_plan`'s locks, the
+    booked plan's release and return follow, and its infusion (`domain.replan_after_release_delay`):
+    moved within capacity (`slot.rescheduled`), or an alert (`slot.at_risk`) and the worklist when it
+    cannot move; every site is told (`plan.replanned`). A release not later than planned, a product
+    already released or a case without a booked plan changes nothing."""
+    row = booked_plan(session, case.coi)
+    if row is None:
+        return None
+    _lock_plan_sites(session, case, row)
+    if row.state is not PlanState.BOOKED or case.cancelled or row.product_released_at is not None:
+        return None
+    try:
+        network, _ = network_of(session, case, default_buffer_hours=default_buffer_hours)
+    except commands.Refused as refused:
+        commands.flag(session, case, f"{MANUFACTURING_DELAYED}: the plan cannot be re-planned ({refused})")
+        return None
+    made_at = session.get(ManufacturingSite, row.manufacturing_site_id)
+    assert made_at is not None  # a booked plan's site is kept (its calendar changes are refused)
+    site = domain.ManufacturingCalendar(made_at.id, made_at.timezone, 0, frozenset())
+    released_at = domain.delayed_release_at(plan_of(row), expected_release_on, site)
+    if released_at is None:
+        return None
+    appointment = _active_appointment(session, row)
+    previous_infusion_on = row.infusion_on
+    if appointment is None:
+        row.released_at, row.release_on = released_at, site.local_day(released_at)
+        row.eta_at = released_at + timedelta(hours=network.protocol.return_transit_hours)
+        commands.flag(session, case, f"{MANUFACTURING_DELAYED}: the plan has no active infusion appointment")
+    else:
+        decision = domain.replan_after_release_delay(
+            plan_of(row),
+            released_at,
+            state=appointment.state,
+            network=network,
+            site=site,
+            now=utc_now(),
+            load=commands.load_of(session, case.treatment_center_id, excluding=appointment.id),
+        )
+        _apply(row, decision.plan)
+        if decision.infusion_moved:
+            commands.move(
+                session,
+                appointment,
+                decision.plan.infusion,
+                SlotReasonCode.DELAY,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+            )
+        if decision.alert is not None:
+            commands.raise_alert(
+                session,
+                appointment,
+                RiskCause.DELAY,
+                decision.alert,
+                calendar=network.infusion,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+            )
+            commands.flag(session, case, f"{MANUFACTURING_DELAYED}: {decision.alert}")
+    _replanned(
+        session,
+        row,
+        PlanReplanCause.MANUFACTURING_DELAYED,
+        reason_code,
+        previous_infusion_on,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+    return row
+
+
+def shipment_delayed(
+    session: Session,
+    case: Case,
+    eta_at: datetime,
+    *,
+    default_buffer_hours: float,
+    correlation_id: str,
+    causation_id: str | None,
+) -> None:
+    """The return shipment is delayed: the appointment follows its ETA as always (`commands.take_eta`:
+    moved, or an alert), and the booked plan follows the shipment and the appointment; every site is
+    told when a day changed. The caller holds the case's lock (only the treatment center's capacity is
+    touched, and `take_eta` counts it under that lock)."""
+    commands.take_eta(
+        session,
+        case,
+        eta_at,
+        default_buffer_hours=default_buffer_hours,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+    row = booked_plan(session, case.coi)
+    if row is None or case.eta_at is None:
+        return
+    previous = (row.eta_at, row.conditioning_start_on, row.infusion_on)
+    row.eta_at = case.eta_at
+    appointment = _active_appointment(session, row)
+    if appointment is not None:
+        row.conditioning_start_on, row.infusion_on = (
+            appointment.conditioning_start_on,
+            appointment.infusion_on,
+        )
+    if (row.eta_at, row.conditioning_start_on, row.infusion_on) == previous:
+        return
+    _replanned(
+        session,
+        row,
+        PlanReplanCause.SHIPMENT_DELAYED,
+        SlotReasonCode.DELAY,
+        previous[2],
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )

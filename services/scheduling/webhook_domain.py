@@ -38,6 +38,7 @@ WEBHOOK_KINDS = frozenset(
         "slot.at_risk",
         "slot.cancelled",
         "infusion.recorded",
+        "plan.replanned",
     }
 )
 """The messages a site can subscribe to (an endpoint with no list receives every kind)."""

@@ -14,6 +14,7 @@ from cgt_contracts.events import (
     CancellationReasonCode,
     InfusionRecorded,
     InfusionRecordedData,
+    ManufacturingDelayCode,
     ManufacturingFailureCode,
     ShipmentDelivered,
     ShipmentDeliveredData,
@@ -289,6 +290,59 @@ def test_a_failed_lot_is_recorded_once_and_the_next_attempt_gets_a_new_din_under
         OrderStatus.IN_MANUFACTURING,
         OrderStatus.PRODUCT_RELEASED,
     ]
+
+
+def test_manufacturing_started_is_published_with_the_collection_it_is_made_from(engine: Engine) -> None:
+    order = place(engine)
+    collect(engine, order)
+    move(engine, order, OrderStatus.IN_MANUFACTURING)
+    kind, data = outbox(engine, order.coi)[-1]
+    assert (kind, data["order_id"], data["collection_number"]) == (
+        "manufacturing.started.v1",
+        str(order.id),
+        1,
+    )
+    assert datetime.fromisoformat(data["started_at"]) >= NOW
+    by_hand = place(engine)
+    move(engine, by_hand, OrderStatus.CELLS_COLLECTED, OrderStatus.IN_MANUFACTURING)
+    kind, data = outbox(engine, by_hand.coi)[-1]
+    assert (kind, data["collection_number"]) == ("manufacturing.started.v1", None), "no DIN, no number"
+    assert [k for k, _ in outbox(engine, by_hand.coi)].count("manufacturing.started.v1") == 1
+
+
+def delay_lot(engine: Engine, order: Order, day: date, note: str | None = None) -> None:
+    with session_factory(engine)() as session:
+        commands.record_manufacturing_delay(
+            session, order.id, day, ManufacturingDelayCode.RELEASE_TESTING, note, COORDINATOR, "c"
+        )
+        session.commit()
+
+
+def test_a_delayed_lot_is_recorded_only_in_manufacturing_ahead_and_its_note_kept(engine: Engine) -> None:
+    order = place(engine)
+    later = NOW.date() + timedelta(days=50)
+    with pytest.raises(commands.Refused, match="only while its order is in_manufacturing"):
+        delay_lot(engine, order, later)
+    collect(engine, order)
+    move(engine, order, OrderStatus.IN_MANUFACTURING)
+    with pytest.raises(commands.InvalidField, match="in the past") as refused:
+        delay_lot(engine, order, NOW.date() - timedelta(days=1))
+    assert refused.value.field == "expected_release_on"
+    delay_lot(engine, order, later, note="NOTE-DELAY: sterility test repeated")
+    kind, data = outbox(engine, order.coi)[-1]
+    assert (kind, data["expected_release_on"], data["reason_code"], data["collection_number"]) == (
+        "manufacturing.delayed.v1",
+        later.isoformat(),
+        "release_testing",
+        1,
+    )
+    assert "NOTE-DELAY" not in json.dumps(outbox(engine)), "the note stays with the order (I6)"
+    with session_factory(engine)() as session:
+        [delay] = commands.manufacturing_delays_of(session, stored(engine, order.id))
+        assert (delay.expected_release_on, delay.note) == (later, "NOTE-DELAY: sterility test repeated")
+    release(engine, order)
+    with pytest.raises(commands.Refused, match="this order is product_released"):
+        delay_lot(engine, order, later)
 
 
 def test_a_lot_of_an_order_with_no_collection_cannot_be_recorded_failed(engine: Engine) -> None:

@@ -33,6 +33,12 @@ ROUTES: list[tuple[str, str, str, dict[str, Any]]] = [
         {"reason_code": "sterility_failure"},
     ),
     (
+        "order_intake",
+        "/orders/{id}/manufacturing-delay",
+        "coordinator",
+        {"expected_release_on": "2030-01-07", "reason_code": "release_testing"},
+    ),
+    (
         "coi_tracking",
         "/shipments/{id}/dispositions",
         "qa",

@@ -104,6 +104,19 @@ class OosDocument(StrEnum):
     """In the US: the expanded-access or single-patient IND."""
 
 
+class ManufacturingDelayCode(StrEnum):
+    """Why a lot's release is expected later than planned, as a coordinator records it
+    (`POST /orders/{id}/manufacturing-delay`); the note beside it stays in order intake."""
+
+    PROCESS_DEVIATION = "process_deviation"
+    RELEASE_TESTING = "release_testing"
+    """Release tests (sterility, potency...) take longer or are repeated."""
+    SITE_CAPACITY = "site_capacity"
+    MATERIAL_SUPPLY = "material_supply"
+    """A reagent or the vector is late."""
+    OTHER = "other"
+
+
 class OrderAcceptedData(ContractModel):
     order_id: UUID
     coi: CoiIdentifier
@@ -257,6 +270,32 @@ class ManufacturingFailedData(ContractModel):
     """The recording coordinator's user id (never a name)."""
 
 
+class ManufacturingStartedData(ContractModel):
+    """Manufacturing started on the order's latest collection (a coordinator recorded the step)."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    collection_number: Annotated[int, Field(ge=1, le=20)] | None
+    """The collection the lot is made from (the latest); None when the cells were recorded as a step,
+    without a collection and its DIN."""
+    started_at: UtcDatetime
+
+
+class ManufacturingDelayedData(ContractModel):
+    """The lot in manufacturing is now expected to be released on `expected_release_on` (the
+    manufacturing site's day): scheduling re-plans the release, the return and the infusion."""
+
+    order_id: UUID
+    coi: CoiIdentifier
+    collection_number: Annotated[int, Field(ge=1, le=20)] | None
+    """The collection the lot is made from, as in `manufacturing.started.v1`."""
+    expected_release_on: date
+    reason_code: ManufacturingDelayCode
+    delayed_at: UtcDatetime
+    recorded_by: Identifier
+    """The recording coordinator's user id (never a name)."""
+
+
 class OrderAccepted(EventEnvelope):
     type: Literal["order.accepted.v1"] = "order.accepted.v1"
     data: OrderAcceptedData
@@ -326,6 +365,16 @@ class OosFileCompleted(EventEnvelope):
 class ManufacturingFailed(EventEnvelope):
     type: Literal["manufacturing.failed.v1"] = "manufacturing.failed.v1"
     data: ManufacturingFailedData
+
+
+class ManufacturingStarted(EventEnvelope):
+    type: Literal["manufacturing.started.v1"] = "manufacturing.started.v1"
+    data: ManufacturingStartedData
+
+
+class ManufacturingDelayed(EventEnvelope):
+    type: Literal["manufacturing.delayed.v1"] = "manufacturing.delayed.v1"
+    data: ManufacturingDelayedData
 
 
 # ---------------------------------------------------------------- COI tracking (shipments.events)
@@ -1046,6 +1095,55 @@ class WebhookDeliveryFailedV2(EventEnvelope):
     data: WebhookDeliveryFailedV2Data
 
 
+class CollectionPostponementCode(StrEnum):
+    """Why a coordinator moves a booked plan's collection to a later day
+    (`POST /cases/{coi}/plans/{plan_id}/collection-postponement`); the note stays in scheduling."""
+
+    PATIENT_CONDITION = "patient_condition"
+    """The patient is not fit for apheresis (an infection, low counts...)."""
+    PATIENT_REQUEST = "patient_request"
+    COLLECTION_CENTER_CAPACITY = "collection_center_capacity"
+    CLINICAL_DECISION = "clinical_decision"
+    OTHER = "other"
+
+
+class PlanReplanCause(StrEnum):
+    """Which leg slipped and made scheduling re-plan the later ones."""
+
+    COLLECTION_POSTPONED = "collection_postponed"
+    MANUFACTURING_DELAYED = "manufacturing_delayed"
+    SHIPMENT_DELAYED = "shipment_delayed"
+
+
+class PlanReplannedData(ContractModel):
+    """A booked plan's legs after a slip, for every site on it: the collection center, the manufacturing
+    site and the treatment center (also by webhook). `reason_code` is the code given with the slip (a
+    `CollectionPostponementCode`, a `ManufacturingDelayCode`, or `delay` for a shipment)."""
+
+    plan_id: UUID
+    coi: CoiIdentifier
+    cause: PlanReplanCause
+    reason_code: CollectionPostponementCode | ManufacturingDelayCode | Literal["delay"]
+    collection_center_id: Identifier
+    collection_on: date
+    manufacturing_site_id: Identifier
+    manufacturing_week: Annotated[str, Field(pattern=r"^[0-9]{4}-W[0-9]{2}$")]
+    manufacturing_start_on: date
+    release_on: date
+    eta_at: UtcDatetime
+    treatment_center_id: Identifier
+    appointment_id: UUID | None
+    conditioning_start_on: date
+    infusion_on: date
+    previous_infusion_on: date
+    replanned_at: UtcDatetime
+
+
+class PlanReplanned(EventEnvelope):
+    type: Literal["plan.replanned.v1"] = "plan.replanned.v1"
+    data: PlanReplannedData
+
+
 class InfusionRecorded(EventEnvelope):
     type: Literal["infusion.recorded.v1"] = "infusion.recorded.v1"
     data: InfusionRecordedData
@@ -1070,6 +1168,8 @@ AnyEvent = Annotated[
     | ProductReleasedForShipmentV2
     | OosFileCompleted
     | ManufacturingFailed
+    | ManufacturingStarted
+    | ManufacturingDelayed
     | CourierScanSubmitted
     | CourierScanSubmittedV2
     | ShipmentCreated
@@ -1106,7 +1206,8 @@ AnyEvent = Annotated[
     | WebhookDeliveryFailed
     | WebhookDeliveryFailedV2
     | InfusionRecorded
-    | FollowUpVisitOverdue,
+    | FollowUpVisitOverdue
+    | PlanReplanned,
     Field(discriminator="type"),
 ]
 """Any event on the bus, told apart by its versioned `type`."""
