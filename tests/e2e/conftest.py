@@ -111,8 +111,15 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def webhook_listener() -> Iterator[WebhookListener]:
+def webhook_listener(stack: RunningStack) -> Iterator[WebhookListener]:
+    """A receiver on loopback for one test. Its endpoints are deleted afterwards: the stack is shared by
+    the session and a site has at most 5 endpoints, so one test's endpoints must not use up the next's."""
     listener = WebhookListener()
     listener.start()
     yield listener
+    with httpx.Client(base_url=stack.scheduling, headers=COORDINATOR, timeout=30.0) as client:
+        endpoints = client.get("/webhooks", params={"limit": 500}).json()
+        for endpoint in endpoints:
+            if endpoint["url"] == listener.url:
+                client.delete(f"/webhooks/{endpoint['id']}").raise_for_status()
     listener.stop()
