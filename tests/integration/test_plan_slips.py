@@ -17,6 +17,13 @@ from cgt_contracts.events import (
     ManufacturingDelayedData,
     ManufacturingStarted,
     ManufacturingStartedData,
+    ShipmentDelayedDataV2,
+    ShipmentDelayedV2,
+    ShipmentDelivered,
+    ShipmentDeliveredData,
+    ShipmentDispatched,
+    ShipmentDispatchedData,
+    ShipmentLeg,
 )
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
@@ -216,3 +223,61 @@ def test_a_delayed_lot_moves_the_infusion_and_the_site_is_told(
         hook = session.exec(select(WebhookDelivery).where(WebhookDelivery.kind == "plan.replanned")).one()
     assert kinds == ["plan.replanned", "slot.proposed", "slot.rescheduled"]
     assert json.loads(hook.payload)["infusion_on"] == plan["infusion_on"]
+
+
+def test_a_delayed_shipment_carries_the_booked_plan_and_its_delivery_marks_the_last_leg(
+    engine: Engine,  # noqa: F811
+    client: TestClient,  # noqa: F811
+) -> None:
+    coi = a_case(engine)
+    booked = book_first(client, coi)
+    shipment = {"shipment_id": uuid.uuid4(), "coi": coi, "treatment_center_id": "TC-BOSTON"}
+    head = {"source": "cgt/coi-tracking", "subject": coi, "correlationid": "test"}
+    planned_eta = datetime.fromisoformat(booked["eta_at"])
+    handle(
+        engine,
+        ShipmentDispatched(
+            **head,
+            data=ShipmentDispatchedData(**shipment, dispatched_at=datetime.now(UTC), eta_at=planned_eta),
+        ),
+    )
+    late = planned_eta + timedelta(days=9)  # past the plan's conditioning start: the infusion must move
+    handle(
+        engine,
+        ShipmentDelayedV2(
+            **head,
+            data=ShipmentDelayedDataV2(
+                **shipment,
+                scan_id=uuid.uuid4(),
+                leg=ShipmentLeg.RETURN,
+                previous_eta_at=planned_eta,
+                eta_at=late,
+            ),
+        ),
+    )
+    plan = the_plan(client, coi)
+    assert datetime.fromisoformat(plan["eta_at"]) == late and plan["replan_cause"] == "shipment_delayed"
+    assert plan["conditioning_start_on"] > late.date().isoformat() > booked["infusion_on"]
+    with session_factory(engine)() as session:
+        appointment = session.get(Appointment, uuid.UUID(booked["appointment_id"]))
+        assert appointment is not None and appointment.infusion_on.isoformat() == plan["infusion_on"]
+    [event] = published(engine, coi, "plan.replanned.v1")
+    assert event["reason_code"] == "delay" and event["infusion_on"] == plan["infusion_on"]
+
+    delivered_at = datetime.now(UTC)
+    handle(
+        engine,
+        ShipmentDelivered(
+            **head,
+            data=ShipmentDeliveredData(
+                **shipment,
+                delivered_at=delivered_at,
+                coi_verified=True,
+                temperature_record_clean=True,
+                max_temperature_celsius=-180.0,
+            ),
+        ),
+    )
+    assert datetime.fromisoformat(the_plan(client, coi)["product_delivered_at"]) == delivered_at
+    [confirmed] = published(engine, coi, "slot.confirmed.v1")
+    assert confirmed["appointment_id"] == booked["appointment_id"]
