@@ -5,8 +5,6 @@ and the renewal events let a held chain go on."""
 
 from __future__ import annotations
 
-import importlib
-import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -54,6 +52,7 @@ from tests.integration.test_scheduling_handlers import (
     webhook_kinds,
     worklist,
 )
+from tests.support.apps import scheduling_client
 from tests.support.infra import database
 
 TOKENS = {"tokens": {"coordinator": {"subject": "coord-ana", "role": "coordinator"}}}
@@ -83,18 +82,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def client(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("CGT_API_TOKENS", json.dumps(TOKENS))
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
-    module = importlib.import_module("services.scheduling.app")
-    settings = module.SchedulingSettings(
-        database_url=engine.url.render_as_string(hide_password=False),
-        cgt_api_tokens=json.dumps(TOKENS),
-        log_level="WARNING",
-    )
-    client = TestClient(module.create_app(settings))  # never started: no broker
-    yield client
-    client.close()
+def client(engine: Engine, tmp_path: Path) -> Iterator[TestClient]:
+    with scheduling_client(engine, tmp_path, TOKENS) as client:  # never started: no broker
+        yield client
 
 
 def knows(

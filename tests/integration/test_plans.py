@@ -4,8 +4,6 @@ it (the manufacturing site's lock, taken first)."""
 
 from __future__ import annotations
 
-import importlib
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from services.scheduling.models import (
     Site,
 )
 from services.scheduling.runtime import seed
+from tests.support.apps import scheduling_client
 from tests.support.infra import database
 from tests.support.races import Contender
 
@@ -49,18 +48,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def client(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("CGT_API_TOKENS", json.dumps(TOKENS))
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
-    module = importlib.import_module("services.scheduling.app")
-    settings = module.SchedulingSettings(
-        database_url=engine.url.render_as_string(hide_password=False),
-        cgt_api_tokens=json.dumps(TOKENS),
-        log_level="WARNING",
-    )
-    client = TestClient(module.create_app(settings))  # never started: no broker
-    yield client
-    client.close()
+def client(engine: Engine, tmp_path: Path) -> Iterator[TestClient]:
+    with scheduling_client(engine, tmp_path, TOKENS) as client:  # never started: no broker
+        yield client
 
 
 def a_case(engine: Engine, site: str = "TC-BOSTON") -> str:
