@@ -65,6 +65,10 @@ def describe(event: AnyEvent) -> str | None:
             return f"infusion slot CONFIRMED: conditioning may start {d.conditioning_start_on}, infusion {d.infusion_on}"
         case "slot.held.v2":
             return f"slot ON HOLD: {d.reason_code}"
+        case "manufacturing.started.v1":
+            return f"manufacturing started (collection {d.collection_number})"
+        case "plan.replanned.v1":
+            return f"plan re-planned ({d.reason_code}): infusion now {d.infusion_on}, the sites told"
         case "manufacturing.failed.v1":
             return f"LOT FAILED in manufacturing (collection {d.collection_number}): {d.reason_code}"
         case "slot.cancelled.v2":
@@ -129,7 +133,6 @@ async def collect_and_manufacture(
     note(events, coi, f"cells collected: DIN {collected.json()['din_label']} under COI {coi}")
     started = await http.post(f"{order_url}/status", headers=COORDINATOR, json={"status": "in_manufacturing"})
     started.raise_for_status()
-    note(events, coi, "manufacturing started")
 
 
 async def release_and_ship(
@@ -240,6 +243,17 @@ async def failed_lot_journey(http: httpx.AsyncClient, urls: dict[str, str], even
     await collect_and_manufacture(http, order_url, events, coi)
     scans = await release_and_ship(http, urls, order_url, events, coi, f"LOT-DEMO-{coi[-4:]}-2")
     await deliver(http, scans, events, coi)
+    plans = (await http.get(f"{urls['scheduling']}/cases/{coi}/plans", headers=COORDINATOR)).json()
+    for plan in plans:
+        if plan["state"] == "booked":
+            legs = (
+                "collection_done_at",
+                "manufacturing_started_at",
+                "product_released_at",
+                "product_delivered_at",
+            )
+            done = ", ".join(f"{leg.removesuffix('_at')} {plan[leg][11:19]}" for leg in legs if plan[leg])
+            note(events, coi, f"the booked plan's legs, each confirmed by its event: {done}")
     return coi
 
 
