@@ -285,17 +285,13 @@ def _locked_order(session: Session, order_id: UUID, scope: str | None) -> Order:
 def _gather_facts(session: Session, new: NewOrder, ordered_on: date) -> domain.OrderFacts:
     therapy = session.get(Therapy, new.therapy_code)
     site = session.get(TreatmentCenter, new.treatment_center_id)
-    certifications = session.exec(
-        select(SiteCertification)
-        .where(SiteCertification.treatment_center_id == new.treatment_center_id)
-        .where(SiteCertification.therapy_code == new.therapy_code)
-    ).all()
+    certifications = qualifications_of(session, new.treatment_center_id, new.therapy_code)
     prescriber_site = session.get(PrescriberSite, (new.prescriber_npi, new.treatment_center_id))
     return domain.OrderFacts(
         order_date=ordered_on,
         therapy_known=therapy is not None,
         site_known=site is not None,
-        certifications=tuple((c.effective_on, c.expires_on) for c in certifications),
+        certifications=tuple((w.effective_on, w.expires_on) for w in certifications),
         prescriber_npi=new.prescriber_npi,
         prescriber_known=session.get(Prescriber, new.prescriber_npi) is not None,
         prescriber_may_order_for_site=prescriber_site is not None,

@@ -199,9 +199,7 @@ def manufacturing_failure_refusal(status: OrderStatus, collections: int) -> str 
     return None
 
 
-RENEWABLE: frozenset[OrderStatus] = frozenset(
-    {*LIFECYCLE[: LIFECYCLE.index(OrderStatus.INFUSED)], OrderStatus.MANUFACTURING_FAILED}
-)
+RENEWABLE: frozenset[OrderStatus] = CANCELLABLE - {OrderStatus.SUBMITTED}
 """Orders whose payer authorization may be renewed: accepted, not yet infused, not cancelled."""
 
 

@@ -349,20 +349,22 @@ def reopen_after_lot_failure(session: Session, case: Case, *, default_buffer_hou
 # ---------------------------------------------------------------- each leg confirmed by its event
 
 
+LEG_DONE_AT = {
+    PlanLeg.COLLECTION: "collection_done_at",
+    PlanLeg.MANUFACTURING: "manufacturing_started_at",
+    PlanLeg.RELEASE: "product_released_at",
+    PlanLeg.DELIVERY: "product_delivered_at",
+}
+"""The `CasePlan` column each leg's event fills."""
+
+
 def record_leg(session: Session, case: Case, leg: PlanLeg, at: datetime) -> CasePlan | None:
     """The case's booked plan records its leg done, once (a redelivered or later event leaves the first
     instant). A case without a booked plan has no leg to record. The caller holds the case's lock."""
     row = booked_plan(session, case.coi)
-    if row is None:
-        return None
-    if leg is PlanLeg.COLLECTION and row.collection_done_at is None:
-        row.collection_done_at = at
-    elif leg is PlanLeg.MANUFACTURING and row.manufacturing_started_at is None:
-        row.manufacturing_started_at = at
-    elif leg is PlanLeg.RELEASE and row.product_released_at is None:
-        row.product_released_at = at
-    elif leg is PlanLeg.DELIVERY and row.product_delivered_at is None:
-        row.product_delivered_at = at
+    if row is None or getattr(row, LEG_DONE_AT[leg]) is not None:
+        return row
+    setattr(row, LEG_DONE_AT[leg], at)
     session.add(row)
     log.info("scheduling.plan_leg_done", coi=case.coi, leg=leg.value)
     return row
@@ -433,31 +435,6 @@ def _apply(row: CasePlan, plan: domain.Plan) -> None:
     row.infusion_on = plan.infusion.infusion_on
 
 
-def plan_payload(
-    row: CasePlan, cause: PlanReplanCause, reason_code: str, previous_infusion_on: date
-) -> dict[str, object]:
-    """What the treatment center receives: the legs' new days and why, as codes (never a note, I6)."""
-    return {
-        "kind": "plan.replanned",
-        "plan_id": str(row.id),
-        "coi": row.coi,
-        "treatment_center_id": row.treatment_center_id,
-        "cause": cause.value,
-        "reason_code": reason_code,
-        "collection_center_id": row.collection_center_id,
-        "collection_on": row.collection_on.isoformat(),
-        "manufacturing_site_id": row.manufacturing_site_id,
-        "manufacturing_week": row.manufacturing_week,
-        "release_on": row.release_on.isoformat(),
-        "eta_at": row.eta_at.isoformat(),
-        "appointment_id": str(row.appointment_id) if row.appointment_id else None,
-        "conditioning_start_on": row.conditioning_start_on.isoformat(),
-        "infusion_on": row.infusion_on.isoformat(),
-        "previous_infusion_on": previous_infusion_on.isoformat(),
-        "sent_at": utc_now().isoformat(),
-    }
-
-
 def _replanned(
     session: Session,
     row: CasePlan,
@@ -473,42 +450,37 @@ def _replanned(
     row.replanned_at, row.replan_cause = utc_now(), cause.value
     session.add(row)
     code = "delay" if isinstance(reason_code, SlotReasonCode) else reason_code
-    commands.publish(
-        session,
-        PlanReplanned(
-            source=commands.SOURCE,
-            subject=row.coi,
-            correlationid=correlation_id,
-            causationid=causation_id,
-            data=PlanReplannedData(
-                plan_id=row.id,
-                coi=row.coi,
-                cause=cause,
-                reason_code=code,
-                collection_center_id=row.collection_center_id,
-                collection_on=row.collection_on,
-                manufacturing_site_id=row.manufacturing_site_id,
-                manufacturing_week=row.manufacturing_week,
-                manufacturing_start_on=row.manufacturing_start_on,
-                release_on=row.release_on,
-                eta_at=row.eta_at,
-                treatment_center_id=row.treatment_center_id,
-                appointment_id=row.appointment_id,
-                conditioning_start_on=row.conditioning_start_on,
-                infusion_on=row.infusion_on,
-                previous_infusion_on=previous_infusion_on,
-                replanned_at=row.replanned_at,
-            ),
-        ),
+    data = PlanReplannedData(
+        plan_id=row.id,
+        coi=row.coi,
+        cause=cause,
+        reason_code=code,
+        collection_center_id=row.collection_center_id,
+        collection_on=row.collection_on,
+        manufacturing_site_id=row.manufacturing_site_id,
+        manufacturing_week=row.manufacturing_week,
+        manufacturing_start_on=row.manufacturing_start_on,
+        release_on=row.release_on,
+        eta_at=row.eta_at,
+        treatment_center_id=row.treatment_center_id,
+        appointment_id=row.appointment_id,
+        conditioning_start_on=row.conditioning_start_on,
+        infusion_on=row.infusion_on,
+        previous_infusion_on=previous_infusion_on,
+        replanned_at=row.replanned_at,
     )
+    envelope = {"source": commands.SOURCE, "subject": row.coi, "correlationid": correlation_id}
+    commands.publish(session, PlanReplanned(**envelope, causationid=causation_id, data=data))
     if row.appointment_id is not None:
+        # The treatment center gets the event's own data (codes only, never a note, I6).
+        payload = {"kind": "plan.replanned", **data.model_dump(mode="json"), "sent_at": utc_now().isoformat()}
         webhook_commands.queue_deliveries(
             session,
             site=row.treatment_center_id,
             appointment_id=row.appointment_id,
             coi=row.coi,
             kind="plan.replanned",
-            payload=json.dumps(plan_payload(row, cause, code, previous_infusion_on), sort_keys=True),
+            payload=json.dumps(payload, sort_keys=True),
         )
     log.info("scheduling.plan_replanned", coi=row.coi, cause=cause.value)
 

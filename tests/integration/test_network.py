@@ -75,6 +75,7 @@ def test_a_collection_center_change_that_strands_a_booked_collection_is_refused(
         json={**closing, "blackout_dates": [], "chairs_per_day": 0},
         headers=COORDINATOR,
     )
+    assert no_chair.status_code == 409, no_chair.text
     assert no_chair.json()["reasons"] == [f"1 booked collections on {day}, more than 0 chair(s)"]
     kept = client.get("/collection-centers/TC-BOSTON", headers=COORDINATOR).json()
     assert kept["blackout_dates"] == [] and kept["chairs_per_day"] == 2  # nothing changed
@@ -100,6 +101,7 @@ def test_a_manufacturing_site_change_that_strands_a_booked_slot_is_refused(
         json={**milan, "blackout_weeks": [], "slots_per_week": {}},
         headers=COORDINATOR,
     )
+    assert dropped.status_code == 409, dropped.text
     assert dropped.json()["reasons"] == [f"1 booked WASKYRA slot(s) in {week}, more than 0"]
     kept = client.get("/manufacturing-sites/MFG-AGC-MILAN", headers=COORDINATOR).json()
     assert kept == {
@@ -145,9 +147,7 @@ def test_bad_network_input_is_a_problem_naming_the_field(client: TestClient) -> 
         answer = client.put(path, json=body, headers=COORDINATOR)
         assert answer.status_code == 422, (path, answer.text)
         problem = answer.json()
-        assert [e["pointer"] for e in problem["errors"]] == [f"#{pointer}"] or [
-            e["pointer"] for e in problem["errors"]
-        ] == [pointer], problem
+        assert [e["pointer"] for e in problem["errors"]] == [pointer], problem
         assert "Mars/Olympus" not in answer.text and "thawed" not in answer.text  # never echoed
     assert (
         client.put(

@@ -56,7 +56,9 @@ def test_a_planned_case_whose_lot_fails_is_offered_new_chains_and_books_one(
 ) -> None:
     coi = a_case(engine)
     [first] = client.post(f"/cases/{coi}/plans", json={"count": 1}, headers=COORDINATOR).json()
-    booked = client.post(f"/cases/{coi}/plans/{first['plan_id']}/book", json={}, headers=COORDINATOR).json()
+    answer = client.post(f"/cases/{coi}/plans/{first['plan_id']}/book", json={}, headers=COORDINATOR)
+    assert answer.status_code == 201, answer.text
+    booked = answer.json()
 
     lot_fails(engine, coi)
 
@@ -81,3 +83,7 @@ def test_an_unplanned_case_whose_lot_fails_is_not_planned_for_the_coordinator(en
     coi = a_case(engine)  # booked later from options, at the next lot's pick-up (as before plans)
     lot_fails(engine, coi)
     assert plans_of(engine, coi) == []
+    with session_factory(engine)() as session:  # the failure was handled: its own worklist item, no plans
+        case = session.get(Case, coi)
+        assert case is not None and case.attention is not None
+        assert case.attention.startswith("manufacturing failed: record the new collection")

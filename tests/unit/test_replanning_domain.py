@@ -128,3 +128,4 @@ def test_a_small_delay_that_leaves_time_before_conditioning_moves_nothing_but_th
         plan, released, state=TENTATIVE, network=NETWORK, site=MILAN, now=BEFORE, load=Load({}, {})
     )
     assert decision.plan.infusion == plan.infusion and not decision.infusion_moved
+    assert decision.plan.released_at == released and decision.alert is None
