@@ -5,6 +5,7 @@
   reading a byte of the body**: a wrong or missing token on a 20 MB POST is a 401, the body never read;
 - refuses, on a GET route, a query parameter the route does not declare with **422** naming it: a filter is
   applied or refused, never ignored (a caller asking for one site's objects is never answered with all);
+  a FHIR search under `/fhir` follows FHIR's rule instead (`services.common.fhir.search_request`);
 - refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
   while reading otherwise (`x-max-body-bytes` in the operation's OpenAPI, `DEFAULT_BODY_LIMIT` if unset);
 - refuses a media type the operation does not document with **415**;
@@ -30,7 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from starlette.routing import BaseRoute
 
-from services.common import problems
+from services.common import fhir, problems
 from services.common.auth import BEARER, authenticate
 from services.common.problems import FieldError, ProblemError
 
@@ -105,11 +106,15 @@ class EdgeRoute(APIRoute):
         handler = super().get_route_handler()
         admission = BodyAdmission.of(self)
         declared = frozenset(declared_query_names(self.dependant))
+        # A FHIR search follows FHIR's own rule instead: an unknown parameter is ignored and reported in
+        # the Bundle (its `self` link names only what was applied), or refused under `Prefer:
+        # handling=strict` (`fhir.search_request`).
+        filters_only = not fhir.is_fhir_path(self.path)
         authenticated = needs_token(self.dependant)
 
         async def admitted(request: Request) -> Response:
             _check_parameters(request)
-            if request.method in READ_METHODS:
+            if request.method in READ_METHODS and filters_only:
                 declared_filters_only(request, declared)
             if request.method in BODY_METHODS:
                 if authenticated:

@@ -100,6 +100,8 @@ def correlation_id(request: Request) -> str:
 
 
 def problem_response(request: Request, error: ProblemError) -> JSONResponse:
+    """The problem document, or under a FHIR base (`/fhir/...`) the same problem as an
+    `OperationOutcome`, which is what a FHIR client reads."""
     body = Problem(
         type=error.type,
         title=error.title,
@@ -110,6 +112,10 @@ def problem_response(request: Request, error: ProblemError) -> JSONResponse:
         reasons=error.reasons,
         **error.extensions,
     )
+    from services.common import fhir  # fhir builds on this module
+
+    if fhir.is_fhir_path(request.url.path):
+        return fhir.outcome_response(body, error.headers)
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True),
         status_code=error.status,
