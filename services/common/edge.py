@@ -31,7 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from starlette.routing import BaseRoute
 
-from services.common import fhir, problems
+from services.common import problems
 from services.common.auth import BEARER, authenticate
 from services.common.problems import FieldError, ProblemError
 
@@ -109,6 +109,8 @@ class EdgeRoute(APIRoute):
         # A FHIR search follows FHIR's own rule instead: an unknown parameter is ignored and reported in
         # the Bundle (its `self` link names only what was applied), or refused under `Prefer:
         # handling=strict` (`fhir.search_request`).
+        from services.common import fhir  # fhir documents its bodies with this module's json_body
+
         filters_only = not fhir.is_fhir_path(self.path)
         authenticated = needs_token(self.dependant)
 

@@ -13,6 +13,7 @@ Resources are validated with `fhir.resources`' R4B models (the official R4 examp
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +21,16 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
 from starlette.responses import JSONResponse
 
+from services.common.edge import json_body
+from services.common.paging import PageRequest, decode_cursor
 from services.common.problems import Problem, ProblemError, invalid
 
 FHIR_JSON = "application/fhir+json"
@@ -36,10 +40,33 @@ COI_SYSTEM = "https://www.isbt128.org/uri/ChainOfIdentity"
 """The chain-of-identity identifier's system, on every resource that concerns one case."""
 PATIENT_REF_SYSTEM = "https://cgt-logistics.example/fhir/NamingSystem/patient-ref"
 """The pseudonymous patient reference: the only patient key the services share (never a name)."""
-SEARCH_CONTROL = frozenset({"_count", "_format", "_pretty", "_summary", "_elements"})
+EXTENSIONS = "https://cgt-logistics.example/fhir/StructureDefinition"
+"""The base of the project's own extensions (the `.example` domain: none is published yet)."""
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+SEARCH_CONTROL = frozenset({"_count", "_cursor", "_format", "_pretty", "_summary", "_elements"})
 """Result parameters every search takes; `_count` pages, the others are accepted and ignored (JSON only)."""
 MAX_COUNT = 100
 DEFAULT_COUNT = 20
+
+
+def patient_reference(patient_ref: str) -> dict[str, Any]:
+    """A reference to a patient by the pseudonymous reference: literal (`Patient/<ref>`, which the
+    service serves) when the reference is a valid FHIR id, and always with it as the identifier."""
+    reference: dict[str, Any] = {"identifier": {"system": PATIENT_REF_SYSTEM, "value": patient_ref}}
+    if FHIR_ID.match(patient_ref):
+        reference["reference"] = f"Patient/{patient_ref}"
+    return reference
+
+
+def patient_resource(patient_ref: str, updated: datetime) -> dict[str, Any]:
+    """A patient as the services share them: the pseudonymous reference, nothing that identifies (I6)."""
+    document = {
+        "resourceType": "Patient",
+        "id": patient_ref,
+        "meta": {"lastUpdated": updated.isoformat()},
+        "identifier": [{"system": PATIENT_REF_SYSTEM, "value": patient_ref}],
+    }
+    return Patient.model_validate(document).model_dump(mode="json", exclude_none=True)
 
 
 def is_fhir_path(path: str) -> bool:
@@ -48,6 +75,25 @@ def is_fhir_path(path: str) -> bool:
 
 class FhirJSONResponse(JSONResponse):
     media_type = FHIR_JSON
+
+
+def documented(
+    example: Mapping[str, Any], status: int = 200, description: str = "OK"
+) -> dict[int | str, Any]:
+    """`responses=` of a FHIR route: its answer is `application/fhir+json`, as `example` shows."""
+    content = {FHIR_JSON: {"schema": {"type": "object"}, "example": dict(example)}}
+    return {status: {"description": description, "content": content}}
+
+
+def body(example: Mapping[str, Any], limit: int | None = None) -> dict[str, Any]:
+    """`openapi_extra` of a FHIR route that takes a resource: FHIR JSON (or plain JSON), as `example`."""
+    schema = {"type": "object", "examples": [dict(example)]}
+    media = (FHIR_JSON, "application/json")
+    return (
+        json_body(media_types=media, schema=schema)
+        if limit is None
+        else json_body(limit=limit, media_types=media, schema=schema)
+    )
 
 
 def base_url(request: Request) -> str:
@@ -191,8 +237,14 @@ def search_request(request: Request, supported: Iterable[str]) -> SearchRequest:
         raw = known.pop("_count")[-1]
         if not raw.isdigit():
             raise invalid("query", "_count", "a whole number of results per page")
-        count = max(0, min(int(raw), MAX_COUNT))
+        count = max(1, min(int(raw), MAX_COUNT))
     return SearchRequest(known=known, ignored=ignored, count=count)
+
+
+def page_of_search(search: SearchRequest) -> PageRequest:
+    """The search's page for `services.common.paging`: `_count` rows after `_cursor` (the `next` link's)."""
+    cursor = search.first("_cursor")
+    return PageRequest(limit=search.count, after=None if cursor is None else decode_cursor(cursor))
 
 
 def searchset(
@@ -283,6 +335,32 @@ class ResourceCapability:
     profile: str | None = None
 
 
+CAPABILITY_EXAMPLE: dict[str, Any] = {
+    "resourceType": "CapabilityStatement",
+    "status": "active",
+    "date": "2026-11-23",
+    "kind": "instance",
+    "fhirVersion": FHIR_VERSION,
+    "format": [FHIR_JSON, "json"],
+    "rest": [{"mode": "server", "resource": [{"type": "Appointment", "interaction": [{"code": "read"}]}]}],
+}
+
+
+def searchset_example(
+    resource: Mapping[str, Any], base: str = "http://127.0.0.1:8000/fhir"
+) -> dict[str, Any]:
+    """A one-match searchset of `resource`, for a search route's documentation."""
+    url = f"{base}/{resource['resourceType']}"
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "self", "url": f"{url}?_count=20"}],
+        "entry": [
+            {"fullUrl": f"{url}/{resource['id']}", "resource": dict(resource), "search": {"mode": "match"}}
+        ],
+    }
+
+
 def capability_statement(
     request: Request,
     *,
@@ -371,20 +449,23 @@ def declared_routes(
     return routes
 
 
-def served_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """The (method, path) pairs the app serves under `/fhir`, path parameters written `{id}`."""
+def served_routes(routes: Iterable[APIRoute]) -> set[tuple[str, str]]:
+    """The (method, path) pairs of `routes` under `/fhir`, path parameters written `{id}` (pass
+    `edge.api_routes(app.routes)`: every route of the app, included routers' too)."""
     served = set()
-    for route in app.routes:
-        if isinstance(route, APIRoute) and is_fhir_path(route.path):
+    for route in routes:
+        if is_fhir_path(route.path):
             path = "/".join("{id}" if part.startswith("{") else part for part in route.path.split("/"))
             served |= {(method, path) for method in (route.methods or set()) - {"HEAD", "OPTIONS"}}
     return served
 
 
 def undeclared_routes(
-    app: FastAPI, resources: Sequence[ResourceCapability], system_interactions: Sequence[str] = ()
+    routes: Iterable[APIRoute],
+    resources: Sequence[ResourceCapability],
+    system_interactions: Sequence[str] = (),
 ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(served but not in the statement, in the statement but not served): both empty when the
     CapabilityStatement lists exactly what is served."""
-    served, declared = served_routes(app), declared_routes(resources, system_interactions)
+    served, declared = served_routes(routes), declared_routes(resources, system_interactions)
     return served - declared, declared - served

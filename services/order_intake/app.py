@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.common.service import build_service
-from services.order_intake import api, handlers, registry
+from services.order_intake import api, fhir_api, handlers, registry
 from services.order_intake.models import TABLES
 from services.order_intake.runtime import OrderIntakeRuntime, OrderIntakeSettings
 
@@ -29,7 +29,7 @@ def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
     return build_service(
         runtime,
         tables=TABLES,
-        routers=[api.router, registry.router],
+        routers=[api.router, registry.router, fhir_api.router],
         description=ORDER_INTAKE,
         wire=handlers.wire,
     )

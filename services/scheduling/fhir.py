@@ -16,6 +16,8 @@ from fhir.resources.R4B.appointment import Appointment as FhirAppointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.slot import Slot as FhirSlot
 
+from services.common import fhir
+from services.common.fhir import COI_SYSTEM, EXTENSIONS
 from services.scheduling.domain import (
     FHIR_APPOINTMENT_STATUS,
     FHIR_SLOT_STATUS,
@@ -26,8 +28,6 @@ from services.scheduling.models import Appointment, Case, Site, SlotAlert
 
 INFUSION_CHAIR = (time(8, 0), time(12, 0))
 """The infusion chair is booked for the morning of day 0, site-local."""
-COI_SYSTEM = "https://www.isbt128.org/uri/ChainOfIdentity"
-EXTENSIONS = "https://cgt-logistics.example/fhir/StructureDefinition"
 HOLD_EXTENSION = f"{EXTENSIONS}/appointment-hold"
 """On a held appointment: why (a coding of the cause, and the reason as text). R4 has no status for it."""
 AT_RISK_EXTENSION = f"{EXTENSIONS}/appointment-at-risk"
@@ -91,7 +91,7 @@ def appointment_resource(
         "participant": [
             {"actor": {"reference": f"Location/{appointment.treatment_center_id}"}, "status": "accepted"},
             {
-                "actor": {"reference": f"Patient/{case.patient_ref if case else 'unknown'}"},
+                "actor": fhir.patient_reference(case.patient_ref) if case else {"display": "unknown"},
                 "status": "accepted" if status == "booked" else "needs-action",
             },
         ],
