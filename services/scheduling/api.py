@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, Note, RequestModel
+from services.common.fhir import COI_SYSTEM
 from services.common.paging import Page, link_next, page_list
 from services.common.scope import not_found
 from services.common.service import db_session
@@ -1151,7 +1152,7 @@ FHIR_APPOINTMENT_EXAMPLE: JsonDict = {
     "resourceType": "Appointment",
     "id": APPOINTMENT_ID,
     "meta": {"versionId": "2", "lastUpdated": "2026-12-03T08:15:00+00:00"},
-    "identifier": [{"system": fhir.COI_SYSTEM, "value": COI}],
+    "identifier": [{"system": COI_SYSTEM, "value": COI}],
     "status": "booked",
     "description": "Infusion (day 0); conditioning starts 2026-12-04",
     "start": "2026-12-08T08:00:00-05:00",

@@ -113,10 +113,11 @@ def same_404(first: httpx.Response, second: httpx.Response) -> bool:
     """Two answers that tell the caller nothing apart: both 404, the same body but for its instance."""
     assert first.status_code == second.status_code == 404, (first.text, second.text)
 
-    def body(answer: httpx.Response) -> Any:
+    def body(answer: httpx.Response) -> dict[str, Any]:
         # the instance is the correlation id; an OperationOutcome quotes it in its diagnostics
         text = answer.text.replace(answer.headers["x-correlation-id"], "<id>")
-        return {k: v for k, v in json.loads(text).items() if k != "instance"}
+        document: dict[str, Any] = json.loads(text)
+        return {k: v for k, v in document.items() if k != "instance"}
 
     return body(first) == body(second)
 

@@ -76,7 +76,8 @@ def _app() -> FastAPI:
     return app
 
 
-CLIENT = TestClient(_app(), base_url="http://127.0.0.1:8001")
+APP = _app()
+CLIENT = TestClient(APP, base_url="http://127.0.0.1:8001")
 
 
 def test_an_error_under_the_fhir_base_is_an_operation_outcome_with_one_issue_per_check() -> None:
@@ -146,7 +147,7 @@ def test_the_capability_statement_is_valid_and_lists_exactly_the_served_routes()
     resource = statement["rest"][0]["resource"][0]
     assert [i["code"] for i in resource["interaction"]] == ["read", "search-type"]
     # the test app serves POST /fhir/Patient, which the statement does not promise
-    assert fhir.undeclared_routes(api_routes(CLIENT.app.routes), RESOURCES) == (
+    assert fhir.undeclared_routes(api_routes(APP.routes), RESOURCES) == (
         {("POST", "/fhir/Patient")},
         set(),
     )
