@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -245,6 +245,72 @@ def page_of_search(search: SearchRequest) -> PageRequest:
     """The search's page for `services.common.paging`: `_count` rows after `_cursor` (the `next` link's)."""
     cursor = search.first("_cursor")
     return PageRequest(limit=search.count, after=None if cursor is None else decode_cursor(cursor))
+
+
+_DATE = re.compile(
+    r"^(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb)?"
+    r"(?P<value>\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?)$"
+)
+DATE_FORMAT = (
+    "a FHIR date: an optional prefix (eq, ne, gt, lt, ge, le, sa, eb; eq if none) and a year, month, "
+    "day or date-time (2026-12-08, 2026-12-08T09:00:00+01:00)"
+)
+
+
+@dataclass(frozen=True)
+class DateRanges:
+    """A date search value as the instants it matches: any of `ranges`, each `[start, end)` (None:
+    unbounded). Without a UTC offset the value's instants are naive: `in_zone` places them."""
+
+    ranges: tuple[tuple[datetime | None, datetime | None], ...]
+
+    def in_zone(self, zone: tzinfo) -> tuple[tuple[datetime | None, datetime | None], ...]:
+        def placed(instant: datetime | None) -> datetime | None:
+            if instant is None or instant.tzinfo is not None:
+                return instant
+            return instant.replace(tzinfo=zone)
+
+        return tuple((placed(start), placed(end)) for start, end in self.ranges)
+
+
+def date_parameter(name: str, raw: str) -> DateRanges:
+    """`ge2026-12-08`, `2026-12`, `lt2026-12-08T12:00:00Z`… per FHIR's date search: the value is the
+    range its precision spans (a day, a month, a second); the prefix compares a resource's instant with
+    that range. 422 naming the parameter for anything else (never echoing it)."""
+    match = _DATE.match(raw)
+    if match is None:
+        raise invalid("query", name, DATE_FORMAT)
+    prefix, value = match.group("prefix") or "eq", match.group("value")
+    try:
+        low, high = _value_range(value)
+    except ValueError:
+        raise invalid("query", name, DATE_FORMAT) from None
+    ranges: dict[str, tuple[tuple[datetime | None, datetime | None], ...]] = {
+        "eq": ((low, high),),
+        "ne": ((None, low), (high, None)),
+        "gt": ((high, None),),
+        "sa": ((high, None),),
+        "ge": ((low, None),),
+        "lt": ((None, low),),
+        "eb": ((None, low),),
+        "le": ((None, high),),
+    }
+    return DateRanges(ranges[prefix])
+
+
+def _value_range(value: str) -> tuple[datetime, datetime]:
+    if len(value) == 4:
+        year = int(value)
+        return datetime(year, 1, 1), datetime(year + 1, 1, 1)
+    if len(value) == 7:
+        start = datetime.strptime(value, "%Y-%m")
+        return start, (start + timedelta(days=32)).replace(day=1)
+    if len(value) == 10:
+        start = datetime.fromisoformat(value)
+        return start, start + timedelta(days=1)
+    start = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    precision = timedelta(seconds=1) if re.search(r"T\d{2}:\d{2}:\d{2}", value) else timedelta(minutes=1)
+    return start, start + (timedelta(microseconds=1) if "." in value else precision)
 
 
 def searchset(

@@ -14,7 +14,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request, Response
@@ -80,6 +80,8 @@ def _typed(column: Any, text: str) -> object:
             if instant.tzinfo is None:
                 raise ValueError("naive")
             return instant
+        if kind is date:
+            return date.fromisoformat(text)
         return kind(text)
     except (ValueError, TypeError):
         raise _bad_cursor() from None

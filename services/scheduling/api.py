@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,11 +20,10 @@ from sqlmodel import Session, col, select
 from services.common import problems
 from services.common.auth import Principal, Role, require
 from services.common.edge import EdgeRoute, Note, RequestModel
-from services.common.fhir import COI_SYSTEM
 from services.common.paging import Page, link_next, page_list
 from services.common.scope import not_found
 from services.common.service import db_session
-from services.scheduling import commands, domain, fhir, plan_commands, webhook_commands
+from services.scheduling import commands, domain, plan_commands, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState, PlanState
 from services.scheduling.models import (
     Appointment,
@@ -39,7 +38,6 @@ from services.scheduling.models import (
 from services.scheduling.runtime import RuntimeDep
 
 router = APIRouter(route_class=EdgeRoute, tags=["scheduling"])
-START_FORMAT = "each value is ge, gt, le or lt followed by a date (YYYY-MM-DD)"
 SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
@@ -1146,105 +1144,3 @@ def read_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) 
     """One appointment: its state (tentative, on hold, confirmed, cancelled, infused), its days and why
     it is held. A treatment center reads only its own site's (404 otherwise)."""
     return AppointmentView.model_validate(_appointment(session, appointment_id, caller), from_attributes=True)
-
-
-FHIR_APPOINTMENT_EXAMPLE: JsonDict = {
-    "resourceType": "Appointment",
-    "id": APPOINTMENT_ID,
-    "meta": {"versionId": "2", "lastUpdated": "2026-12-03T08:15:00+00:00"},
-    "identifier": [{"system": COI_SYSTEM, "value": COI}],
-    "status": "booked",
-    "description": "Infusion (day 0); conditioning starts 2026-12-04",
-    "start": "2026-12-08T08:00:00-05:00",
-    "end": "2026-12-08T12:00:00-05:00",
-    "created": "2026-12-01T09:00:03+00:00",
-    "slot": [{"reference": f"Slot/{APPOINTMENT_ID}"}],
-    "participant": [
-        {"actor": {"reference": "Location/TC-BOSTON"}, "status": "accepted"},
-        {"actor": {"reference": "Patient/PSN-7F3A"}, "status": "accepted"},
-    ],
-}
-FHIR_SLOT_BUNDLE_EXAMPLE: JsonDict = {
-    "resourceType": "Bundle",
-    "type": "searchset",
-    "total": 1,
-    "entry": [
-        {
-            "fullUrl": f"Slot/{APPOINTMENT_ID}",
-            "resource": {
-                "resourceType": "Slot",
-                "id": APPOINTMENT_ID,
-                "schedule": {"reference": "Schedule/TC-BOSTON"},
-                "status": "busy",
-                "start": "2026-12-08T08:00:00-05:00",
-                "end": "2026-12-08T12:00:00-05:00",
-                "comment": f"COI {COI}",
-            },
-        }
-    ],
-}
-
-
-@router.get(
-    "/fhir/Appointment/{appointment_id}",
-    summary="Read an appointment as FHIR",
-    responses={200: {"content": {"application/json": {"example": FHIR_APPOINTMENT_EXAMPLE}}}},
-)
-def fhir_appointment(appointment_id: UUID, session: SessionDep, caller: Reader) -> dict[str, Any]:
-    """The appointment as an HL7 FHIR R4 Appointment: `pending` while tentative or on hold, `booked` once
-    confirmed, `fulfilled` after the infusion, `cancelled`. A held one carries the `appointment-hold`
-    extension (its cause as a coding, the reason as text); one with an alert no coordinator has resolved
-    the `appointment-at-risk` extension. A treatment center reads its own site's."""
-    appointment = _appointment(session, appointment_id, caller)
-    case = session.get(Case, appointment.coi)
-    site = session.get(Site, appointment.treatment_center_id)
-    alerts = session.exec(
-        select(SlotAlert)
-        .where(SlotAlert.appointment_id == appointment.id)
-        .where(col(SlotAlert.resolved_at).is_(None))
-        .order_by(col(SlotAlert.raised_at))
-    ).all()
-    return fhir.appointment_resource(appointment, case, commands.calendar_of(site), alerts)
-
-
-@router.get(
-    "/fhir/Slot",
-    summary="Search a site's slots (FHIR)",
-    responses={
-        200: {"content": {"application/json": {"example": FHIR_SLOT_BUNDLE_EXAMPLE}}},
-        **problems.documented(404),
-    },
-)
-def fhir_slots(
-    session: SessionDep,
-    caller: Reader,
-    schedule: Annotated[str, Query(description="Schedule/<site id>")],
-    start: Annotated[
-        list[Annotated[str, Field(pattern=r"^(ge|gt|le|lt)[0-9]{4}-[0-9]{2}-[0-9]{2}")]],
-        Query(description="ge<date> and/or lt<date>"),
-    ] = [],  # noqa: B006
-) -> dict[str, Any]:
-    """A site's booked infusion slots as an HL7 FHIR R4 searchset Bundle of Slot resources: `busy-tentative`
-    until the appointment is confirmed, then `busy`; `busy-unavailable` while it is on hold. `schedule` is `Schedule/<site id>` (an unknown site
-    is 404); `start` bounds the day, e.g. `ge2026-12-01` and `lt2027-01-01`. A treatment center searches
-    its own site."""
-    site = _site(session, schedule.removeprefix("Schedule/"), caller)
-    site_id = site.id
-    query = (
-        select(Appointment)
-        .where(Appointment.treatment_center_id == site_id)
-        .where(col(Appointment.state) != AppointmentState.CANCELLED)
-    )
-    for bound in start:
-        prefix, value = bound[:2], bound[2:]
-        try:
-            day = date.fromisoformat(value[:10])
-        except ValueError as error:
-            raise problems.invalid("query", "start", START_FORMAT) from error
-        column = col(Appointment.infusion_on)
-        conditions = {"ge": column >= day, "gt": column > day, "le": column <= day, "lt": column < day}
-        if prefix not in conditions:
-            raise problems.invalid("query", "start", START_FORMAT)
-        query = query.where(conditions[prefix])
-    appointments = session.exec(query.order_by(col(Appointment.infusion_on)).limit(500)).all()
-    return fhir.slot_bundle(site, appointments, commands.calendar_of(site))

@@ -10,7 +10,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from services.common.service import build_service
-from services.scheduling import api, handlers, network_api, webhook_api
+from services.scheduling import api, fhir_api, handlers, network_api, webhook_api
 from services.scheduling.models import TABLES
 from services.scheduling.runtime import SchedulingRuntime, SchedulingSettings
 
@@ -31,7 +31,7 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     return build_service(
         runtime,
         tables=TABLES,
-        routers=[api.router, network_api.router, webhook_api.router],
+        routers=[api.router, network_api.router, webhook_api.router, fhir_api.router],
         description=SCHEDULING,
         wire=partial(handlers.wire, receipt_buffer_hours=runtime.settings.receipt_buffer_hours),
     )

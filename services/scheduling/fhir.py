@@ -13,7 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.appointment import Appointment as FhirAppointment
-from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.location import Location as FhirLocation
+from fhir.resources.R4B.schedule import Schedule as FhirSchedule
 from fhir.resources.R4B.slot import Slot as FhirSlot
 
 from services.common import fhir
@@ -105,9 +106,11 @@ def appointment_resource(
 
 
 def slot_resource(site: Site, appointment: Appointment, calendar: SiteCalendar) -> dict[str, Any]:
+    """The chair an appointment holds (a cancelled one holds none: it has no Slot)."""
     document = {
         "resourceType": "Slot",
         "id": str(appointment.id),
+        "meta": {"versionId": str(appointment.version), "lastUpdated": appointment.updated_at.isoformat()},
         "schedule": {"reference": f"Schedule/{site.id}"},
         "status": FHIR_SLOT_STATUS[appointment.state],
         "start": _instant(appointment.infusion_on, INFUSION_CHAIR[0], calendar.timezone),
@@ -118,11 +121,88 @@ def slot_resource(site: Site, appointment: Appointment, calendar: SiteCalendar) 
     return FhirSlot.model_validate(document).model_dump(mode="json", exclude_none=True)
 
 
-def slot_bundle(site: Site, appointments: list[Appointment] | Any, calendar: SiteCalendar) -> dict[str, Any]:
-    entries = [
-        {"resource": slot_resource(site, a, calendar), "fullUrl": f"Slot/{a.id}"}
-        for a in appointments
-        if a.state in FHIR_SLOT_STATUS
-    ]
-    document = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
-    return Bundle.model_validate(document).model_dump(mode="json", exclude_none=True)
+def schedule_resource(site: Site, calendar: SiteCalendar) -> dict[str, Any]:
+    """A site's infusion chairs: its Slots are the chairs booked."""
+    days = ", ".join(str(d) for d in sorted(calendar.working_weekdays))
+    document = {
+        "resourceType": "Schedule",
+        "id": site.id,
+        "active": True,
+        "serviceType": [{"text": "Cell and gene therapy infusion"}],
+        "actor": [{"reference": f"Location/{site.id}"}],
+        "comment": f"{calendar.infusions_per_day} infusion chair(s) a day on ISO weekdays {days}, "
+        f"from {INFUSION_CHAIR[0]:%H:%M} to {INFUSION_CHAIR[1]:%H:%M} {calendar.timezone}",
+    }
+    return FhirSchedule.model_validate(document).model_dump(mode="json", exclude_none=True)
+
+
+def location_resource(site: Site) -> dict[str, Any]:
+    """A qualified treatment center, by its id (its time zone in `description`: R4 has no element)."""
+    document = {
+        "resourceType": "Location",
+        "id": site.id,
+        "status": "active",
+        "mode": "instance",
+        "name": site.id,
+        "description": f"Treatment center {site.id}; time zone {site.timezone}",
+    }
+    return FhirLocation.model_validate(document).model_dump(mode="json", exclude_none=True)
+
+
+# ---------------------------------------------------------------- documentation
+
+_ID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+APPOINTMENT_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Appointment",
+    "id": _ID,
+    "meta": {"versionId": "2", "lastUpdated": "2026-12-03T08:15:00+00:00"},
+    "identifier": [{"system": COI_SYSTEM, "value": "CHW4321260000014"}],
+    "status": "booked",
+    "description": "Infusion (day 0); conditioning starts 2026-12-04",
+    "start": "2026-12-08T08:00:00-05:00",
+    "end": "2026-12-08T12:00:00-05:00",
+    "created": "2026-12-01T09:00:03+00:00",
+    "slot": [{"reference": f"Slot/{_ID}"}],
+    "participant": [
+        {"actor": {"reference": "Location/TC-BOSTON"}, "status": "accepted"},
+        {
+            "actor": {
+                "reference": "Patient/PSN-7F3A",
+                "identifier": {"system": fhir.PATIENT_REF_SYSTEM, "value": "PSN-7F3A"},
+            },
+            "status": "accepted",
+        },
+    ],
+}
+SLOT_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Slot",
+    "id": _ID,
+    "meta": {"versionId": "2", "lastUpdated": "2026-12-03T08:15:00+00:00"},
+    "schedule": {"reference": "Schedule/TC-BOSTON"},
+    "status": "busy",
+    "start": "2026-12-08T08:00:00-05:00",
+    "end": "2026-12-08T12:00:00-05:00",
+    "comment": "COI CHW4321260000014",
+}
+SCHEDULE_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Schedule",
+    "id": "TC-BOSTON",
+    "active": True,
+    "serviceType": [{"text": "Cell and gene therapy infusion"}],
+    "actor": [{"reference": "Location/TC-BOSTON"}],
+    "comment": "1 infusion chair(s) a day on ISO weekdays 1, 2, 3, 4, 5, from 08:00 to 12:00 America/New_York",
+}
+LOCATION_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Location",
+    "id": "TC-BOSTON",
+    "status": "active",
+    "mode": "instance",
+    "name": "TC-BOSTON",
+    "description": "Treatment center TC-BOSTON; time zone America/New_York",
+}
+PATIENT_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Patient",
+    "id": "PSN-7F3A",
+    "meta": {"lastUpdated": "2026-12-01T09:00:03+00:00"},
+    "identifier": [{"system": fhir.PATIENT_REF_SYSTEM, "value": "PSN-7F3A"}],
+}

@@ -67,7 +67,7 @@ from services.common.outbox import OutboxMessage
 from services.common.problems import ProblemError
 from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
-from services.scheduling import api, commands, fhir, handlers
+from services.scheduling import api, commands, fhir, fhir_api, handlers
 from services.scheduling.domain import AppointmentState, SlotOption
 from services.scheduling.models import (
     TABLES,
@@ -880,23 +880,23 @@ def test_a_held_appointment_is_told_apart_from_a_tentative_one_in_fhir(engine: E
     appointment_id = confirmed_appointment(engine, patient)
     apply(engine, patient.quarantined())
     with session_factory(engine)() as session:
-        resource = api.fhir_appointment(appointment_id, session, COORDINATOR)
-        bundle = api.fhir_slots(session, COORDINATOR, schedule=f"Schedule/{SITE}", start=[])
+        held = session.get(Appointment, appointment_id)
+        assert held is not None
+        resource, slot = fhir_api.appointment_view(session, held), fhir_api.slot_view(session, held)
     assert resource["status"] == "pending"
     extensions = {e["url"]: e["valueCodeableConcept"] for e in resource["extension"]}
     assert extensions[fhir.HOLD_EXTENSION]["coding"][0]["code"] == "quarantine"
     assert extensions[fhir.AT_RISK_EXTENSION]["coding"][0]["code"] == "quarantine"
-    [slot] = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == str(appointment_id)]
     assert slot["status"] == "busy-unavailable"
 
     tentative = Patient()
     apply(engine, tentative.accepted(), tentative.dispatched(in_days(2)))
     tentative_id = book(engine, tentative.coi)
     with session_factory(engine)() as session:
-        plain = api.fhir_appointment(tentative_id, session, COORDINATOR)
-        bundle = api.fhir_slots(session, COORDINATOR, schedule=f"Schedule/{SITE}", start=[])
+        waiting = session.get(Appointment, tentative_id)
+        assert waiting is not None
+        plain, slot = fhir_api.appointment_view(session, waiting), fhir_api.slot_view(session, waiting)
     assert plain["status"] == "pending" and "extension" not in plain
-    [slot] = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == str(tentative_id)]
     assert slot["status"] == "busy-tentative"
 
 

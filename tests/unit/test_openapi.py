@@ -202,10 +202,25 @@ def test_the_capture_example_is_a_valid_epcis_document(apps: dict[str, FastAPI])
 
 
 def test_the_fhir_examples_are_valid_r4_resources() -> None:
-    from fhir.resources.R4B.appointment import Appointment
-    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B import get_fhir_model_class
 
-    from services.scheduling.api import FHIR_APPOINTMENT_EXAMPLE, FHIR_SLOT_BUNDLE_EXAMPLE
+    from services.common import fhir
+    from services.order_intake import fhir as order_views
+    from services.scheduling import fhir as scheduling_views
 
-    Appointment.model_validate(FHIR_APPOINTMENT_EXAMPLE)
-    Bundle.model_validate(FHIR_SLOT_BUNDLE_EXAMPLE)
+    examples = [
+        fhir.CAPABILITY_EXAMPLE,
+        order_views.SERVICE_REQUEST_EXAMPLE,
+        order_views.CREATED_EXAMPLE,
+        order_views.PATIENT_EXAMPLE,
+        order_views.TRANSACTION_EXAMPLE,
+        order_views.TRANSACTION_RESPONSE_EXAMPLE,
+        scheduling_views.APPOINTMENT_EXAMPLE,
+        scheduling_views.SLOT_EXAMPLE,
+        scheduling_views.SCHEDULE_EXAMPLE,
+        scheduling_views.LOCATION_EXAMPLE,
+        scheduling_views.PATIENT_EXAMPLE,
+        fhir.searchset_example(scheduling_views.SLOT_EXAMPLE),
+    ]
+    for example in examples:
+        get_fhir_model_class(example["resourceType"]).model_validate(example)
