@@ -1242,11 +1242,28 @@ def read_capture(
     return _job_view(job)
 
 
+def _discovery(*names: str) -> dict[int | str, dict[str, Any]]:
+    """The 204 of a discovery: no body, its headers documented."""
+    headers = {name: {"schema": {"type": "string"}, "description": DISCOVERY_HEADERS[name]} for name in names}
+    return {204: {"description": "What the resource supports, in the headers", "headers": headers}}
+
+
+DISCOVERY_HEADERS = {
+    "Allow": "The methods of the resource",
+    epcis_binding.EPCIS_VERSION_HEADER: f"The EPCIS version ({epcis_binding.EPCIS_VERSION})",
+    epcis_binding.CBV_VERSION_HEADER: f"The CBV version ({epcis_binding.CBV_VERSION})",
+    epcis_binding.CAPTURE_LIMIT_HEADER: f"Events per capture ({epcis_binding.MAX_CAPTURE_EVENTS})",
+    epcis_binding.FILE_SIZE_LIMIT_HEADER: f"Bytes per capture ({epcis_binding.MAX_CAPTURE_BYTES})",
+    epcis_binding.ERROR_BEHAVIOUR_HEADER: "all: rollback and proceed are both supported",
+}
+
+
 @router.options(
     "/capture",
     summary="Discover what capture supports",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    responses=_discovery(*DISCOVERY_HEADERS),
     tags=["epcis"],
 )
 def discover_capture(_: Courier) -> Response:
@@ -1263,6 +1280,7 @@ def discover_capture(_: Courier) -> Response:
     summary="Discover a capture job's metadata",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    responses=_discovery("Allow", epcis_binding.EPCIS_VERSION_HEADER, epcis_binding.CBV_VERSION_HEADER),
     tags=["epcis"],
 )
 def discover_capture_job(capture_id: UUID, session: SessionDep, caller: Courier) -> Response:
