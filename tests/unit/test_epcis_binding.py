@@ -94,7 +94,7 @@ def test_an_event_id_that_is_a_blank_node_stays_refused() -> None:
 
 
 def test_the_job_errors_are_one_problem_per_refused_event() -> None:
-    events = [
+    events: list[dict[str, Any]] = [
         {"event_index": 0, "event_id": "urn:uuid:a", "outcome": "not_applied", "reason": "rollback"},
         {"event_index": 1, "event_id": None, "outcome": "refused", "reason": "names nothing of ours"},
         {"event_index": 2, "event_id": "urn:uuid:c", "outcome": "duplicate", "reason": None},
