@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import structlog
-from cgt_contracts.envelope import IDENTIFIER_REGEX, CoiIdentifier, Identifier
+from cgt_contracts.envelope import IDENTIFIER_REGEX, CoiIdentifier, Identifier, utc_now
 from cgt_contracts.events import QaReasonCode, ScanType, ShipmentLeg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi import Path as FastApiPath
@@ -20,7 +21,7 @@ from pydantic.config import JsonDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.coi_tracking import commands, domain, epcis, models
+from services.coi_tracking import commands, domain, epcis, epcis_binding, models
 from services.coi_tracking.domain import ShipmentStatus
 from services.coi_tracking.ledger import read_entries, verify_shipment_ledger
 from services.coi_tracking.models import (
@@ -935,8 +936,8 @@ def read_ledger(shipment_id: UUID, session: SessionDep, caller: Reader) -> Ledge
     )
 
 
-MAX_CAPTURE_BYTES = 2_000_000
-EPCIS_INVALID = f"{problems.TYPE_PREFIX}epcis-schema"
+MAX_CAPTURE_BYTES = epcis_binding.MAX_CAPTURE_BYTES
+EPCIS_INVALID = epcis_binding.VALIDATION
 
 
 class CaptureEventResult(BaseModel):
@@ -951,6 +952,22 @@ class CaptureEventResult(BaseModel):
     reason: str | None
     shipment_id: UUID | None
     scan: ScanResult | None
+
+
+class CaptureError(BaseModel):
+    """One refused event of a capture as the binding's RFC 7807 problem: where it was and why, not what
+    it held."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: str = Field(examples=[epcis_binding.EVENT_REFUSED])
+    title: str
+    status: int
+    detail: str
+    event_index: int | None = Field(
+        default=None, alias="eventIndex", description="Its place in the document's events"
+    )
+    event_id: str | None = Field(default=None, alias="eventID")
 
 
 CAPTURE_EVENT_ID = "urn:uuid:5f0c6e1a-2b3d-4c5e-8f9a-0b1c2d3e4f5a"
@@ -980,14 +997,19 @@ CAPTURE_EXAMPLE: JsonDict = {
 
 
 class CaptureJobView(BaseModel):
+    """The binding's CaptureJob; `events` is COI tracking's extension (the binding allows more members)."""
+
     model_config = ConfigDict(
+        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
-                    "capture_id": "7c6b5a49-3827-4165-9f0e-d1c2b3a4f5e6",
+                    "captureID": "7c6b5a49-3827-4165-9f0e-d1c2b3a4f5e6",
+                    "createdAt": "2026-12-02T15:05:01.120000Z",
+                    "finishedAt": "2026-12-02T15:05:01.180000Z",
                     "running": False,
                     "success": True,
-                    "capture_error_behaviour": "rollback",
+                    "captureErrorBehaviour": "rollback",
                     "errors": [],
                     "events": [
                         {
@@ -1001,15 +1023,56 @@ class CaptureJobView(BaseModel):
                     ],
                 }
             ]
-        }
+        },
     )
 
-    capture_id: UUID
-    running: bool
-    success: bool
-    capture_error_behaviour: Literal["rollback", "proceed"]
-    errors: list[str]
-    events: list[CaptureEventResult]
+    capture_id: UUID = Field(alias="captureID")
+    created_at: datetime = Field(alias="createdAt", description="When the document was admitted")
+    finished_at: datetime = Field(alias="finishedAt", description="When its events were applied")
+    running: bool = Field(description="Always false: a capture is applied before it is answered")
+    success: bool = Field(description="False when any event was refused (or the document had none)")
+    capture_error_behaviour: Literal["rollback", "proceed"] = Field(alias="captureErrorBehaviour")
+    errors: list[CaptureError] = Field(description="One problem per refused event; empty on success")
+    events: list[CaptureEventResult] = Field(description="Extension: what became of each event")
+
+
+EpcisVersion = Annotated[str | None, Header(alias=epcis_binding.EPCIS_VERSION_HEADER, max_length=64)]
+CbvVersion = Annotated[str | None, Header(alias=epcis_binding.CBV_VERSION_HEADER, max_length=64)]
+
+
+def _gs1_versions(epcis_version: EpcisVersion = None, cbv_version: CbvVersion = None) -> None:
+    """A request may name the EPCIS and CBV versions it speaks: 2.0.0, else the binding's refusal."""
+    for header, value, supported in (
+        (epcis_binding.EPCIS_VERSION_HEADER, epcis_version, epcis_binding.EPCIS_VERSION),
+        (epcis_binding.CBV_VERSION_HEADER, cbv_version, epcis_binding.CBV_VERSION),
+    ):
+        refusal = epcis_binding.version_refusal(header, value, supported)
+        if refusal is not None:
+            raise _binding_problem(refusal, location="header")
+
+
+def _binding_problem(refusal: epcis_binding.Refusal, *, location: str = "body") -> ProblemError:
+    headers = epcis_binding.response_headers()
+    if refusal.status == 413:
+        headers |= epcis_binding.limit_headers()
+    return ProblemError(
+        refusal.status,
+        refusal.detail,
+        type=refusal.type,
+        title=HTTPStatus(refusal.status).phrase,
+        errors=[
+            FieldError(
+                location=location, pointer=problems.pointer(refusal.field.split("/")), detail=refusal.detail
+            )
+        ],
+        headers=headers,
+    )
+
+
+Gs1Versions = Annotated[None, Depends(_gs1_versions)]
+_EDGE_HEADERS = {status: epcis_binding.response_headers() for status in (400, 415)} | {
+    413: epcis_binding.response_headers() | epcis_binding.limit_headers()
+}
 
 
 @router.post(
@@ -1018,6 +1081,7 @@ class CaptureJobView(BaseModel):
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CaptureJobView,
     tags=["epcis"],
+    responses=problems.documented(406),
     openapi_extra=json_body(
         limit=MAX_CAPTURE_BYTES,
         media_types=("application/json", "application/ld+json"),
@@ -1026,6 +1090,12 @@ class CaptureJobView(BaseModel):
             "description": "An EPCIS 2.0 EPCISDocument (JSON / JSON-LD)",
             "examples": [CAPTURE_EXAMPLE],
         },
+        problem_types={
+            400: epcis_binding.VALIDATION,
+            413: epcis_binding.CAPTURE_LIMIT_EXCEEDED,
+            415: epcis_binding.UNSUPPORTED_MEDIA_TYPE,
+        },
+        problem_headers=_EDGE_HEADERS,
     ),
 )
 async def epcis_capture(
@@ -1033,12 +1103,16 @@ async def epcis_capture(
     response: Response,
     caller: Courier,
     runtime: RuntimeDep,
+    _versions: Gs1Versions,
     capture_error_behaviour: Annotated[
-        Literal["rollback", "proceed"], Header(alias="GS1-Capture-Error-Behaviour")
+        Literal["rollback", "proceed"], Header(alias=epcis_binding.ERROR_BEHAVIOUR_HEADER)
     ] = "rollback",
 ) -> CaptureJobView:
-    """Couriers' systems post a GS1 EPCIS 2.0 document (JSON or JSON-LD, at most 2 MB). It must pass the
-    EPCIS 2.0 JSON Schema (400 lists every problem). Its events are applied in eventTime order, each under
+    """Couriers' systems post a GS1 EPCIS 2.0 document (JSON or JSON-LD, at most 2 MB and 10,000 events:
+    413 `epcisException:CaptureLimitExceededException` beyond; `OPTIONS /capture` tells both). It must pass the
+    EPCIS 2.0 JSON Schema (400 `epcisException:ValidationException` lists every problem), in any form the
+    simplified context allows (`@type` for `type`, a blank-node document `id`). `GS1-EPCIS-Version` and
+    `GS1-CBV-Version` are 2.0.0 (another: 406). Its events are applied in eventTime order, each under
     the same rules as `POST /shipments/{shipment_id}/scans` and `/readings`: an ObjectEvent OBSERVE with
     bizStep `shipping` is a pick-up, `departing`/`arriving`/… a checkpoint, `receiving` a delivery,
     `accepting` a receipt; `inspecting` and `sensor_reporting` events, TransactionEvents and
@@ -1049,9 +1123,15 @@ async def epcis_capture(
     an errorDeclaration retracts the event it declares and puts the shipment before QA. Other events are
     refused. With `GS1-Capture-Error-Behaviour: rollback` (the default) no event is applied if any is
     refused (temperatures and conflicts are still judged); with `proceed` the others are. The answer is
-    202 with `Location: /capture/{capture_id}`, where the result can be read again."""
+    202 with `Location: /capture/{captureID}` and the capture job (the binding's shape: `errors` holds a
+    problem per refused event; `events` what became of each), which can be read again there."""
+    created_at = utc_now()
     document = await request.json()  # admitted by the edge: UTF-8, within the limit, finite, not too deep
-    errors = epcis.validate_document(document, runtime.epcis_validator, limit=50)
+    too_many = epcis_binding.capture_limit_refusal(document)
+    if too_many is not None:
+        raise _binding_problem(too_many)
+    document, errors = epcis_binding.jsonld_forms(document)
+    errors += epcis.validate_document(document, runtime.epcis_validator, limit=50)
     if errors:
         raise ProblemError(
             400,
@@ -1059,12 +1139,15 @@ async def epcis_capture(
             type=EPCIS_INVALID,
             title="EPCIS document fails the EPCIS 2.0 JSON Schema",
             errors=[_schema_error(line) for line in errors],
+            headers=epcis_binding.response_headers(),
         )
+    assert isinstance(document, dict)  # validate_document refuses anything else
     outcomes = epcis.interpret(document)
     job = await run_in_threadpool(
-        _apply_capture, runtime, request, caller, outcomes, capture_error_behaviour == "rollback"
+        _apply_capture, runtime, request, caller, outcomes, capture_error_behaviour, created_at
     )
     response.headers["Location"] = f"/capture/{job.capture_id}"
+    response.headers.update(epcis_binding.response_headers())
     return job
 
 
@@ -1080,7 +1163,8 @@ def _apply_capture(
     request: Request,
     caller: Principal,
     outcomes: list[epcis.Outcome],
-    rollback: bool,
+    behaviour: Literal["rollback", "proceed"],
+    created_at: datetime,
 ) -> CaptureJobView:
     with session_factory(runtime.engine)() as session:
         results = commands.capture(
@@ -1088,7 +1172,7 @@ def _apply_capture(
             outcomes,
             _actor(caller),
             caller.courier_company,
-            rollback_on_error=rollback,
+            rollback_on_error=behaviour == "rollback",
             correlation_id=request.state.correlation_id,
         )
         success = all(r.outcome in ("applied", "duplicate") for r in results) and bool(results)
@@ -1105,11 +1189,12 @@ def _apply_capture(
         ]
         job = CaptureJob(
             captured_by=caller.subject,
+            received_at=created_at,
+            finished_at=utc_now(),
             status="succeeded" if success else "failed",
             result=json.dumps(
                 {
-                    "capture_error_behaviour": "rollback" if rollback else "proceed",
-                    "errors": [] if results else ["the document has no events"],
+                    "capture_error_behaviour": behaviour,
                     "events": [e.model_dump(mode="json") for e in view_events],
                 }
             ),
@@ -1120,27 +1205,89 @@ def _apply_capture(
 
 
 def _job_view(job: CaptureJob) -> CaptureJobView:
+    """The stored job in the binding's shape; `errors` derived from the stored outcomes, so a job kept
+    before they were problems reads the same way."""
     result = json.loads(job.result)
+    events = result["events"]
     return CaptureJobView(
         capture_id=job.id,
+        created_at=job.received_at,
+        finished_at=job.finished_at or job.received_at,
         running=False,
         success=job.status == "succeeded",
         capture_error_behaviour=result["capture_error_behaviour"],
-        errors=result["errors"],
-        events=[CaptureEventResult.model_validate(e) for e in result["events"]],
+        errors=[CaptureError.model_validate(e) for e in epcis_binding.job_errors(events)],
+        events=[CaptureEventResult.model_validate(e) for e in events],
     )
+
+
+def _own_job(session: Session, capture_id: UUID, caller: Principal) -> CaptureJob:
+    job = session.get(CaptureJob, capture_id)
+    if job is None or job.captured_by != caller.subject:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("capture"))
+    return job
 
 
 @router.get(
     "/capture/{capture_id}", summary="Read a capture's result", response_model=CaptureJobView, tags=["epcis"]
 )
-def read_capture(capture_id: UUID, session: SessionDep, caller: Courier) -> CaptureJobView:
-    """What became of each event of a capture: applied (with its scan's result), duplicate, refused with
-    the reason, or not applied (rolled back). Only the courier who posted it reads it (404 otherwise)."""
-    job = session.get(CaptureJob, capture_id)
-    if job is None or job.captured_by != caller.subject:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, not_found("capture"))
+def read_capture(
+    capture_id: UUID, response: Response, session: SessionDep, caller: Courier, _versions: Gs1Versions
+) -> CaptureJobView:
+    """The capture job: what became of each event of a capture: applied (with its scan's result),
+    duplicate, refused with the reason (also in `errors`), or not applied (rolled back). Only the courier
+    who posted it reads it (404 otherwise)."""
+    job = _own_job(session, capture_id, caller)
+    response.headers.update(epcis_binding.response_headers())
     return _job_view(job)
+
+
+def _discovery(*names: str) -> dict[int | str, dict[str, Any]]:
+    """The 204 of a discovery: no body, its headers documented."""
+    headers = {name: {"schema": {"type": "string"}, "description": DISCOVERY_HEADERS[name]} for name in names}
+    return {204: {"description": "What the resource supports, in the headers", "headers": headers}}
+
+
+DISCOVERY_HEADERS = {
+    "Allow": "The methods of the resource",
+    epcis_binding.EPCIS_VERSION_HEADER: f"The EPCIS version ({epcis_binding.EPCIS_VERSION})",
+    epcis_binding.CBV_VERSION_HEADER: f"The CBV version ({epcis_binding.CBV_VERSION})",
+    epcis_binding.CAPTURE_LIMIT_HEADER: f"Events per capture ({epcis_binding.MAX_CAPTURE_EVENTS})",
+    epcis_binding.FILE_SIZE_LIMIT_HEADER: f"Bytes per capture ({epcis_binding.MAX_CAPTURE_BYTES})",
+    epcis_binding.ERROR_BEHAVIOUR_HEADER: "all: rollback and proceed are both supported",
+}
+
+
+@router.options(
+    "/capture",
+    summary="Discover what capture supports",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_discovery(*DISCOVERY_HEADERS),
+    tags=["epcis"],
+)
+def discover_capture(_: Courier) -> Response:
+    """The binding's discovery: `Allow`, the EPCIS and CBV versions (`GS1-EPCIS-Version`, `GS1-CBV-Version`),
+    the limits (`GS1-EPCIS-Capture-Limit` events, `GS1-EPCIS-Capture-File-Size-Limit` bytes) and
+    `GS1-Capture-Error-Behaviour: all` (rollback and proceed are both supported)."""
+    headers = {"Allow": "OPTIONS, POST"} | epcis_binding.response_headers() | epcis_binding.limit_headers()
+    headers[epcis_binding.ERROR_BEHAVIOUR_HEADER] = epcis_binding.ALL_BEHAVIOURS
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
+
+
+@router.options(
+    "/capture/{capture_id}",
+    summary="Discover a capture job's metadata",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_discovery("Allow", epcis_binding.EPCIS_VERSION_HEADER, epcis_binding.CBV_VERSION_HEADER),
+    tags=["epcis"],
+)
+def discover_capture_job(capture_id: UUID, session: SessionDep, caller: Courier) -> Response:
+    """`Allow` and the versions the capture job was made with; another courier's job is a 404."""
+    _own_job(session, capture_id, caller)
+    headers = {"Allow": "OPTIONS, GET"} | epcis_binding.response_headers()
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
 
 
 # ---------------------------------------------------------------- the courier registry (I3)

@@ -187,6 +187,9 @@ class CaptureJob(SQLModel, table=True):
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     captured_by: str = Field(max_length=64)
     received_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    """The binding's `createdAt`: when the document was admitted."""
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """The binding's `finishedAt` (None in a row written before it was kept: it finished as it was made)."""
     status: str = Field(max_length=16)
     result: str = Field(sa_column=Column(Text, nullable=False))
 

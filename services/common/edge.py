@@ -22,7 +22,7 @@ import email.message
 import json
 import math
 import re
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Response
@@ -36,6 +36,10 @@ from services.common.auth import BEARER, authenticate
 from services.common.problems import FieldError, ProblemError
 
 BODY_LIMIT_KEY = "x-max-body-bytes"
+PROBLEM_TYPES_KEY = "x-problem-types"
+"""A route's own problem `type` for the edge's 400 / 413 / 415 (EPCIS capture: the binding's exceptions)."""
+PROBLEM_HEADERS_KEY = "x-problem-headers"
+"""Headers the route's edge refusals carry, by status (EPCIS capture: its limits on a 413)."""
 DEFAULT_BODY_LIMIT = 64 * 1024
 """Every request model of the services fits in a few kilobytes; EPCIS capture states its own limit."""
 MAX_JSON_DEPTH = 32
@@ -88,12 +92,23 @@ def _holds_control_character(value: Any) -> bool:
 
 
 def json_body(
-    *, limit: int = DEFAULT_BODY_LIMIT, media_types: tuple[str, ...] = JSON_MEDIA_TYPES, schema: Any = None
+    *,
+    limit: int = DEFAULT_BODY_LIMIT,
+    media_types: tuple[str, ...] = JSON_MEDIA_TYPES,
+    schema: Any = None,
+    problem_types: Mapping[int, str] | None = None,
+    problem_headers: Mapping[int, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """`openapi_extra` of a route that reads a JSON body of its own (no model parameter): documents the
-    body and its limit, and tells the edge which media types to admit."""
+    body and its limit, and tells the edge which media types to admit and, if the route speaks a standard
+    of its own, the problem types and headers of the edge's refusals."""
     content = {media: {"schema": schema or {"type": "object"}} for media in media_types}
-    return {BODY_LIMIT_KEY: limit, "requestBody": {"required": True, "content": content}}
+    extra: dict[str, Any] = {BODY_LIMIT_KEY: limit, "requestBody": {"required": True, "content": content}}
+    if problem_types:
+        extra[PROBLEM_TYPES_KEY] = {str(status): kind for status, kind in problem_types.items()}
+    if problem_headers:
+        extra[PROBLEM_HEADERS_KEY] = {str(status): dict(h) for status, h in problem_headers.items()}
+    return extra
 
 
 def body_limit(limit: int) -> dict[str, Any]:
@@ -122,7 +137,10 @@ class EdgeRoute(APIRoute):
                 if authenticated:
                     # The route's own dependency checks the role later; the token is checked here, first.
                     authenticate(request, await BEARER(request))
-                await admission.admit(request)
+                try:
+                    await admission.admit(request)
+                except ProblemError as refusal:
+                    raise admission.restyled(refusal) from None
             return await handler(request)
 
         return admitted
@@ -196,10 +214,26 @@ def check_admitted(app: FastAPI) -> None:
 class BodyAdmission:
     """What one route admits: its limit, its media types and the model its body must be."""
 
-    def __init__(self, limit: int, media_types: tuple[str, ...], model: TypeAdapter[Any] | None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        media_types: tuple[str, ...],
+        model: TypeAdapter[Any] | None,
+        problem_types: Mapping[str, str] | None = None,
+        problem_headers: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.limit = limit
         self.media_types = media_types
         self.model = model
+        self.problem_types = dict(problem_types or {})
+        self.problem_headers = dict(problem_headers or {})
+
+    def restyled(self, refusal: ProblemError) -> ProblemError:
+        """The refusal with the route's own type and headers for its status, if it declares them."""
+        status = str(refusal.status)
+        refusal.type = self.problem_types.get(status, refusal.type)
+        refusal.headers.update(self.problem_headers.get(status, {}))
+        return refusal
 
     @classmethod
     def of(cls, route: APIRoute) -> BodyAdmission:
@@ -212,7 +246,7 @@ class BodyAdmission:
             if not (isinstance(annotation, type) and issubclass(annotation, RequestModel)):
                 raise TypeError(f"{route.path}: a request body must be a RequestModel, not {annotation!r}")
             model = TypeAdapter(annotation)
-        return cls(limit, media_types, model)
+        return cls(limit, media_types, model, extra.get(PROBLEM_TYPES_KEY), extra.get(PROBLEM_HEADERS_KEY))
 
     async def admit(self, request: Request) -> None:
         body = await self._read(request)
