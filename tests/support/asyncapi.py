@@ -10,23 +10,23 @@ import functools
 import json
 from typing import Any
 
-import pytest
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
-from deploy.fetch_asyncapi_schemas import schema_path
+from deploy.fetch_asyncapi_schemas import MEMBERS, schema_path, sha256_of
 
 DRAFT7 = "http://json-schema.org/draft-07/schema"
 
 
 @functools.cache
 def validator(version: str) -> Draft7Validator:
-    """A validator for AsyncAPI `version` documents (skips the test when the schema was never fetched)."""
+    """A validator for AsyncAPI `version` documents, from the pinned schema `make install` fetched."""
     path = schema_path(version)
-    if not path.is_file():
-        pytest.skip(f"{path} is missing: run `make install` (deploy/fetch_asyncapi_schemas.py)")
-    schema = json.loads(path.read_text())
+    assert path.is_file(), f"{path} is missing: run `make install` (deploy/fetch_asyncapi_schemas.py)"
+    data = path.read_bytes()
+    assert sha256_of(data) == MEMBERS[version][1], f"{path} is not the pinned file: run `make install`"
+    schema = json.loads(data)
     draft7 = Resource.from_contents(Draft7Validator.META_SCHEMA)
     registry: Registry[Any] = Registry().with_resources(
         [(schema["$id"], Resource.from_contents(schema)), (DRAFT7, draft7), (DRAFT7 + "#", draft7)]
