@@ -20,13 +20,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from cgt_contracts.envelope import EventEnvelope
 from cgt_contracts.events import EVENT_TYPES, SUPERSEDED
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.specification import AsyncAPI
-from pydantic import GetJsonSchemaHandler
+from pydantic import GetJsonSchemaHandler, TypeAdapter
 from pydantic.json_schema import JsonSchemaValue, models_json_schema
 from pydantic_core import CoreSchema
 
@@ -50,7 +50,10 @@ class DocumentedAs:
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.event_types]}
+        # The models' union as pydantic writes it (a reference to each, under its own name), as a `oneOf`:
+        # not the discriminated union's, whose OpenAPI `discriminator` object AsyncAPI does not have.
+        union = handler(TypeAdapter(Union[self.event_types]).core_schema)  # noqa: UP007
+        return {"oneOf": union.get("anyOf", [union])}
 
 
 @dataclass(frozen=True)

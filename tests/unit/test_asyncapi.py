@@ -292,7 +292,7 @@ def test_each_service_document_has_its_topics_with_the_contract_models(
             expected = sorted(t.__name__ for t in recorded.published[address])
             assert payload_titles(document, operation) == expected
             schema = resolve(document, resolve(document, operation["messages"][0])["payload"])
-            data = resolve(document, schema["oneOf"][0]["properties"]["data"])
+            data = resolve(document, resolve(document, schema["oneOf"][0])["properties"]["data"])
             assert data["additionalProperties"] is False
 
 
