@@ -24,6 +24,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
 from faststream.message import StreamMessage
 from pydantic.json_schema import models_json_schema
 
+from deploy import fetch_asyncapi_schemas
 from services.common.asyncapi import (
     SCHEMAS_REF,
     Consumed,
@@ -329,3 +330,19 @@ def test_a_consumer_of_a_type_no_topic_of_its_carries_is_a_declaration_error() -
         ValueError, match=r"g reads \['slot.confirmed.v1'\], which none of its topics carries"
     ):
         combined_document({"x": broker}, version="0")
+
+
+# ---------------------------------------------------------------- the official schemas, pinned
+
+
+def test_the_schemas_are_the_pinned_files_make_install_fetched() -> None:
+    assert fetch_asyncapi_schemas.fetch() == [
+        ROOT / ".cache" / "asyncapi" / f"{v}.json" for v in ("3.0.0", "2.6.0")
+    ]
+    with pytest.raises(fetch_asyncapi_schemas.FetchError, match=r"sha256 [0-9a-f]{64} is not the pinned"):
+        fetch_asyncapi_schemas.check_tarball(b"not the tarball", "test")
+    tarball = fetch_asyncapi_schemas.tarball("auto")  # the cached one, checked
+    with pytest.raises(
+        fetch_asyncapi_schemas.FetchError, match=r"3.0.0.json: sha256 [0-9a-f]{64} is not the pinned"
+    ):
+        fetch_asyncapi_schemas.member_bytes(tarball, "package/schemas/3.0.0.json", "0" * 64)
