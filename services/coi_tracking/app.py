@@ -8,12 +8,27 @@ from __future__ import annotations
 from functools import partial
 
 import structlog
+from cgt_contracts.events import (
+    CoiBreak,
+    CustodyTransferredV2,
+    LedgerHeadPublished,
+    ShipmentCreated,
+    ShipmentDelayedV2,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentQuarantinedV2,
+    ShipmentRejectedV2,
+    ShipmentReleasedV2,
+    ShipmentScannedV2,
+    TemperatureExcursion,
+)
 from fastapi import FastAPI
 
 from services.coi_tracking import api, epcis, handlers
 from services.coi_tracking.models import TABLES
 from services.coi_tracking.runtime import TrackingRuntime, TrackingSettings
 from services.common.service import build_service
+from services.common.topics import LEDGER_HEADS, SHIPMENTS
 
 __all__ = ["TrackingSettings", "create_app"]
 
@@ -24,6 +39,25 @@ COI_TRACKING = (
     "hash-chained custody ledger, and a shipment is quarantined at once on a COI break or a warm reading. "
     "QA releases or rejects a quarantined shipment with a signed disposition."
 )
+
+PUBLISHES = {
+    SHIPMENTS: (
+        ShipmentCreated,
+        ShipmentDispatched,
+        ShipmentScannedV2,
+        CustodyTransferredV2,
+        ShipmentDelayedV2,
+        ShipmentDelivered,
+        CoiBreak,
+        TemperatureExcursion,
+        ShipmentQuarantinedV2,
+        ShipmentReleasedV2,
+        ShipmentRejectedV2,
+    ),
+    LEDGER_HEADS: (LedgerHeadPublished,),
+}
+"""The event types COI tracking's outbox writes, by topic (tests/unit/test_asyncapi.py holds it to the events
+the package builds)."""
 
 
 def create_app(settings: TrackingSettings | None = None) -> FastAPI:
@@ -47,4 +81,5 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
         routers=[api.router],
         description=COI_TRACKING,
         wire=partial(handlers.wire, planning=planning),
+        publishes=PUBLISHES,
     )

@@ -32,6 +32,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from services.common.asyncapi import Consumed, documented_consumer
 from services.common.db import UtcDateTime, one_of, tables_of
 from services.common.logging import log_context
 from services.common.topics import dlq, source_refusal
@@ -388,8 +389,8 @@ def subscribe_batches(
         batch_timeout_ms=BATCH_WAIT_MS,
         max_records=spec.max_records,
         decoder=_raw_bodies,
-        title=f"{spec.group_id}:{'+'.join(spec.topics)}",
-    )(subscriber.consume)
+        title=spec.group_id,
+    )(documented_consumer(broker, Consumed(spec.group_id, spec.topics, spec.event_types), subscriber.consume))
     if drains is not None:
         drains.append(subscriber.drain)
 

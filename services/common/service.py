@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.metadata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import structlog
+from cgt_contracts.envelope import EventEnvelope
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -26,6 +27,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.common.asyncapi import declare_publishers, service_document
 from services.common.auth import BEARER, authenticate
 from services.common.consumer import ProcessedEvent
 from services.common.db import (
@@ -117,14 +119,17 @@ def build_service(
     tables: Sequence[Table],
     routers: Sequence[APIRouter],
     wire: Callable[[R], None],
+    publishes: Mapping[str, Sequence[type[EventEnvelope]]],
     description: str = "",
 ) -> FastAPI:
-    """The service's FastAPI app around its runtime: `wire` subscribes its handlers; the lifespan
-    creates the tables, starts the broker and the relay, then the runtime's own start-up."""
+    """The service's FastAPI app around its runtime: `wire` subscribes its handlers, `publishes` names
+    the event types its outbox writes to each topic (for its AsyncAPI document); the lifespan creates the
+    tables, starts the broker and the relay, then the runtime's own start-up."""
     name = runtime.settings.service_name
     settings, engine, broker, relay = runtime.settings, runtime.engine, runtime.broker, runtime.relay
     checkpointer = runtime.checkpointer
     wire(runtime)
+    declare_publishers(broker, publishes)
     log = structlog.get_logger()
 
     @asynccontextmanager
@@ -180,6 +185,7 @@ def _web_app(
     )
     app.router.route_class = EdgeRoute
     add_offline_docs(app)
+    add_asyncapi_document(app, runtime.broker)
     app.state.runtime = runtime
     app.state.principals = runtime.settings.principals()
     app.state.rate_limits = RateLimits(
@@ -305,6 +311,24 @@ def add_offline_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+
+
+ASYNCAPI_URL = "/asyncapi.json"
+
+
+def add_asyncapi_document(app: FastAPI, broker: KafkaBroker) -> None:
+    """`GET /asyncapi.json`: the AsyncAPI 3.0.0 document FastStream generates for the service's broker
+    (the topics it reads and writes, with the contract models as payloads). Like /openapi.json it needs
+    no token: it describes the service, it holds no data. No HTML viewer: FastStream's loads from a CDN."""
+    document: dict[str, Any] = {}
+
+    @app.get(ASYNCAPI_URL, include_in_schema=False)
+    async def asyncapi() -> JSONResponse:
+        if not document:
+            document.update(
+                service_document(broker, title=app.title, version=app.version, description=app.description)
+            )
+        return JSONResponse(document)
 
 
 def runtime_of(request: Request) -> Runtime[Any]:

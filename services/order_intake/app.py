@@ -5,9 +5,23 @@ A factory, nothing built at import. Run: uvicorn --factory services.order_intake
 
 from __future__ import annotations
 
+from cgt_contracts.events import (
+    CollectionRecorded,
+    ManufacturingDelayed,
+    ManufacturingFailed,
+    ManufacturingStarted,
+    OosFileCompleted,
+    OrderAcceptedV2,
+    OrderCancelledV2,
+    OrderRejectedV2,
+    PayerAuthorizationRenewed,
+    ProductReleasedForShipmentV2,
+    SiteQualificationChanged,
+)
 from fastapi import FastAPI
 
 from services.common.service import build_service
+from services.common.topics import ORDERS
 from services.order_intake import api, fhir_api, handlers, registry
 from services.order_intake.models import TABLES
 from services.order_intake.runtime import OrderIntakeRuntime, OrderIntakeSettings
@@ -22,6 +36,24 @@ ORDER_INTAKE = (
     "registry of therapies, treatment centers and prescribers. Patient identity stays here, encrypted."
 )
 
+PUBLISHES = {
+    ORDERS: (
+        OrderAcceptedV2,
+        OrderRejectedV2,
+        OrderCancelledV2,
+        SiteQualificationChanged,
+        PayerAuthorizationRenewed,
+        CollectionRecorded,
+        ManufacturingStarted,
+        ManufacturingDelayed,
+        ManufacturingFailed,
+        ProductReleasedForShipmentV2,
+        OosFileCompleted,
+    )
+}
+"""The event types order intake's outbox writes, by topic (tests/unit/test_asyncapi.py holds it to the events
+the package builds)."""
+
 
 def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
     """A new app with its own runtime (database, broker, relay) from `settings`, else the environment."""
@@ -32,4 +64,5 @@ def create_app(settings: OrderIntakeSettings | None = None) -> FastAPI:
         routers=[api.router, registry.router, fhir_api.router],
         description=ORDER_INTAKE,
         wire=handlers.wire,
+        publishes=PUBLISHES,
     )

@@ -52,7 +52,9 @@ async def test_docs_and_redoc_reference_only_assets_the_service_serves(tmp_path:
         cgt_api_tokens_file=DEV_TOKENS_FILE,
         log_level="WARNING",
     )
-    app = build_service(Runtime(settings=settings), tables=[], routers=[], wire=lambda runtime: None)
+    app = build_service(
+        Runtime(settings=settings), tables=[], routers=[], wire=lambda runtime: None, publishes={}
+    )
     async with _client(app) as client:
         assert await offline_docs_assets(client.get) == {
             "/docs": ["favicon.png", "swagger-ui-bundle.js", "swagger-ui.css"],
