@@ -117,6 +117,10 @@ def body_limit(limit: int) -> dict[str, Any]:
 
 
 class EdgeRoute(APIRoute):
+    checks_query_itself = False
+    """A route class that sets this parses and refuses its query parameters itself (the EPCIS query,
+    which answers an unknown one with its standard's 400 QueryParameterException): the edge does not."""
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         admission = BodyAdmission.of(self)
@@ -126,7 +130,7 @@ class EdgeRoute(APIRoute):
         # handling=strict` (`fhir.search_request`).
         from services.common import fhir  # fhir documents its bodies with this module's json_body
 
-        filters_only = not fhir.is_fhir_path(self.path)
+        filters_only = not fhir.is_fhir_path(self.path) and not self.checks_query_itself
         authenticated = needs_token(self.dependant)
 
         async def admitted(request: Request) -> Response:
