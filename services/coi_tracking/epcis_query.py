@@ -145,7 +145,14 @@ class EventQuery:
         return self.wants(OBJECT_EVENT) and self.wants_step(READING_STEP)
 
 
-LIST_PARAMETERS = ("eventType", "EQ_bizStep", "MATCH_epc", "MATCH_anyEPC", "EQ_bizTransaction")
+LIST_PARAMETERS = (
+    "eventType",
+    "EQ_bizStep",
+    "MATCH_epc",
+    "MATCH_anyEPC",
+    "EQ_bizTransaction",
+    f"EQ_bizTransaction_{BIZ_TRANSACTION_TYPE}",
+)
 QUERY_PARAMETERS = (
     "eventType",
     "GE_eventTime",
@@ -173,11 +180,7 @@ def parse_query(items: Iterable[tuple[str, str]], event_type: str | None = None)
             raise QueryParameterError(name, "not a query parameter of this endpoint")
         given.setdefault(name, []).append(value)
     for name, values in given.items():
-        if (
-            len(values) > 1
-            and name not in LIST_PARAMETERS
-            and name != f"EQ_bizTransaction_{BIZ_TRANSACTION_TYPE}"
-        ):
+        if len(values) > 1 and name not in LIST_PARAMETERS:
             raise QueryParameterError(name, "given more than once")
 
     def listed(name: str) -> list[str] | None:
