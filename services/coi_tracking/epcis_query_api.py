@@ -32,6 +32,35 @@ class EpcisQueryRoute(EdgeRoute):
 
 router = APIRouter(route_class=EpcisQueryRoute, tags=["epcis"])
 
+SHIPMENT_ID = "6a1f0c2e-8b3d-4f5a-9c7e-2d4b6f8a0c1e"
+QUERY_EXAMPLE: dict[str, Any] = {
+    "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
+    "type": "EPCISQueryDocument",
+    "schemaVersion": "2.0",
+    "creationDate": "2026-12-02T15:05:00Z",
+    "epcisBody": {
+        "queryResults": {
+            "queryName": "SimpleEventQuery",
+            "resultsBody": {
+                "eventList": [
+                    {
+                        "type": "ObjectEvent",
+                        "eventID": "urn:uuid:5f0c6e1a-2b3d-4c5e-8f9a-0b1c2d3e4f5a",
+                        "eventTime": "2026-12-02T15:00:00Z",
+                        "eventTimeZoneOffset": "+00:00",
+                        "epcList": ["urn:epc:id:giai:4012345.CHW4321260000014"],
+                        "action": "OBSERVE",
+                        "bizStep": "accepting",
+                        "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.0"},
+                        "bizTransactionList": [
+                            {"type": "desadv", "bizTransaction": f"urn:uuid:{SHIPMENT_ID}"}
+                        ],
+                    }
+                ]
+            },
+        }
+    },
+}
 _PIPE_LIST = {"type": "array", "items": {"type": "string"}}
 _PARAMETERS: list[dict[str, Any]] = [
     {"name": "eventType", "in": "query", "style": "pipeDelimited", "explode": False, "schema": _PIPE_LIST},
@@ -72,7 +101,7 @@ _DOCUMENTED: dict[str, Any] = {
     "responses": {
         "200": {
             "description": 'An EPCISQueryDocument; the next page\'s URL in `Link: <...>; rel="next"`',
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "content": {"application/json": {"schema": {"type": "object"}, "example": QUERY_EXAMPLE}},
         },
         "400": {
             "description": "QueryParameterException: a parameter this endpoint does not take, or a bad value"
@@ -134,7 +163,17 @@ def get_events_of_type(
     return _answer(request, session, caller, event_type)
 
 
-@router.get("/eventTypes", summary="List EPCIS event types", response_class=JSONResponse)
+@router.get(
+    "/eventTypes",
+    summary="List EPCIS event types",
+    response_class=JSONResponse,
+    responses={
+        200: {
+            "description": "The event types",
+            "content": {"application/json": {"example": list(epcis_query.QUERYABLE_TYPES)}},
+        }
+    },
+)
 def get_event_types(caller: Reader) -> JSONResponse:
     """The event types `GET /events` can return (the REST binding's collection of event types)."""
     return JSONResponse(list(epcis_query.QUERYABLE_TYPES), headers=EPCIS_HEADERS)

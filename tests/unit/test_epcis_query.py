@@ -315,3 +315,12 @@ def test_the_page_token_round_trips_and_refuses_what_it_did_not_give() -> None:
     ):
         with pytest.raises(QueryParameterError):
             epcis_query.decode_token(forged)
+
+
+def test_the_documented_example_is_a_valid_query_document() -> None:
+    from services.coi_tracking.epcis_query_api import QUERY_EXAMPLE
+
+    assert [e.message for e in epcis.default_validator().iter_errors(QUERY_EXAMPLE)] == []
+    [event] = QUERY_EXAMPLE["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    [read] = read_back(event)
+    assert isinstance(read, epcis.CapturedEvent) and read.scan_type is ScanType.RECEIPT
