@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
@@ -79,6 +79,7 @@ MAX_PER_PAGE = 100
 EPCIS_VERSION = "2.0.0"
 CBV_VERSION = "2.0.0"
 
+T = TypeVar("T")
 SCAN, READING, CUSTODY = 0, 1, 2
 """The record sources, in the order ties of eventTime go (then by the record's own id)."""
 
@@ -203,26 +204,32 @@ def parse_query(items: Iterable[tuple[str, str]], event_type: str | None = None)
                 "eventType", f"not an EPCIS event type ({', '.join(epcis.EVENT_TYPES)})"
             )
     steps = listed("EQ_bizStep")
-    epcs = _union(listed("MATCH_epc"), listed("MATCH_anyEPC"))
-    transactions = _union(listed("EQ_bizTransaction"), listed(f"EQ_bizTransaction_{BIZ_TRANSACTION_TYPE}"))
+    cois = _both(*(_cois(listed(n)) for n in ("MATCH_epc", "MATCH_anyEPC")))
+    names = ("EQ_bizTransaction", f"EQ_bizTransaction_{BIZ_TRANSACTION_TYPE}")
+    shipments = _both(*(_shipments(listed(n)) for n in names))
     query = EventQuery(
         event_types=None if types is None else frozenset(types),
         ge_event_time=_time(given, "GE_eventTime"),
         lt_event_time=_time(given, "LT_eventTime"),
         biz_steps=None if steps is None else frozenset(epcis.biz_step_word(s) for s in steps),
-        cois=None if epcs is None else frozenset(c for c in map(epcis.coi_of, epcs) if c is not None),
-        shipment_ids=None if transactions is None else frozenset(_shipment_ids(transactions)),
+        cois=cois,
+        shipment_ids=shipments,
         per_page=_per_page(given),
         after=None if "nextPageToken" not in given else decode_token(given["nextPageToken"][0]),
     )
     return query
 
 
-def _union(first: list[str] | None, second: list[str] | None) -> list[str] | None:
+def _both(first: frozenset[T] | None, second: frozenset[T] | None) -> frozenset[T] | None:
     """MATCH_epc and MATCH_anyEPC (or both EQ_bizTransaction forms) both given: the events both allow."""
     if first is None or second is None:
         return first if second is None else second
-    return [v for v in first if v in second]
+    return first & second
+
+
+def _cois(epcs: list[str] | None) -> frozenset[str] | None:
+    """The COIs the EPCs carry (in any form `epcis.coi_of` reads); one that carries none matches nothing."""
+    return None if epcs is None else frozenset(c for c in map(epcis.coi_of, epcs) if c is not None)
 
 
 def _time(given: dict[str, list[str]], name: str) -> datetime | None:
@@ -243,13 +250,18 @@ def _per_page(given: dict[str, list[str]]) -> int:
     return int(text)
 
 
-def _shipment_ids(values: list[str]) -> Iterable[UUID]:
+def _shipments(values: list[str] | None) -> frozenset[UUID] | None:
+    """The shipments named `urn:uuid:<id>`; another value names none."""
+    if values is None:
+        return None
+    found: set[UUID] = set()
     for value in values:
         if value.lower().startswith("urn:uuid:"):
             try:
-                yield UUID(value[len("urn:uuid:") :])
+                found.add(UUID(value[len("urn:uuid:") :]))
             except ValueError:
                 continue
+    return frozenset(found)
 
 
 # --- the page token --------------------------------------------------------------------------------------

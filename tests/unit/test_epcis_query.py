@@ -324,3 +324,10 @@ def test_the_documented_example_is_a_valid_query_document() -> None:
     [event] = QUERY_EXAMPLE["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
     [read] = read_back(event)
     assert isinstance(read, epcis.CapturedEvent) and read.scan_type is ScanType.RECEIPT
+
+
+def test_both_forms_of_an_epc_filter_intersect_on_the_bags_they_name() -> None:
+    both = parse_query(
+        [("MATCH_epc", EPC), ("MATCH_anyEPC", f"https://id.gs1.org/8004/4012345{COI}|{OTHER_COI}")]
+    )
+    assert both.cois == frozenset({COI})
