@@ -172,7 +172,7 @@ MAX_VALUES = 50
 
 
 def parse_query(items: Iterable[tuple[str, str]], event_type: str | None = None) -> EventQuery:
-    """The query of `GET /events` (or `/events/{eventType}`): list values are pipe-delimited (the REST
+    """The query of `GET /events` (or `/eventTypes/{eventType}/events`, which takes no `eventType`): list values are pipe-delimited (the REST
     binding's `style: pipeDelimited`) and a parameter may be repeated (the values add up, but each scalar
     parameter once). Raises QueryParameterError naming the first bad parameter."""
     given: dict[str, list[str]] = {}
@@ -196,7 +196,9 @@ def parse_query(items: Iterable[tuple[str, str]], event_type: str | None = None)
 
     types = listed("eventType")
     if event_type is not None:
-        types = [event_type] if types is None else [t for t in types if t == event_type]
+        if types is not None:
+            raise QueryParameterError("eventType", "the path names the event type")
+        types = [event_type]
     if types is not None:
         unknown = [t for t in types if t not in epcis.EVENT_TYPES]
         if unknown:

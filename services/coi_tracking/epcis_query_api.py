@@ -151,7 +151,7 @@ def get_events(request: Request, session: SessionDep, caller: Reader) -> JSONRes
     "/eventTypes/{eventType}/events",
     summary="Query EPCIS events of one type",
     response_class=JSONResponse,
-    openapi_extra=_DOCUMENTED,
+    openapi_extra=_DOCUMENTED | {"parameters": [p for p in _PARAMETERS if p["name"] != "eventType"]},
 )
 def get_events_of_type(
     event_type: Annotated[str, Path(alias="eventType", max_length=64)],

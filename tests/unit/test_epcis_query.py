@@ -270,7 +270,9 @@ def test_both_forms_of_a_filter_narrow_together() -> None:
 
 def test_the_event_type_path_narrows_the_event_type_parameter() -> None:
     assert parse_query([], "TransactionEvent").event_types == frozenset({"TransactionEvent"})
-    assert parse_query([("eventType", "ObjectEvent")], "TransactionEvent").event_types == frozenset()
+    with pytest.raises(QueryParameterError) as raised:
+        parse_query([("eventType", "TransactionEvent")], "TransactionEvent")
+    assert raised.value.name == "eventType"
     assert parse_query([], "TransactionEvent").scan_types() == []
     assert parse_query([], "TransactionEvent").custody_scan_types() == list(epcis_query.SCAN_STEPS)
 
