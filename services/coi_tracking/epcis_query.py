@@ -77,8 +77,6 @@ ID_NAMESPACE = UUID("6f1c1f6e-3a5b-5d2e-9c4f-8b7a6e5d4c3b")
 """The UUIDv5 namespace of the eventIDs of readings and ledger entries (fixed: ids stay stable)."""
 DEFAULT_PER_PAGE = 30
 MAX_PER_PAGE = 100
-EPCIS_VERSION = "2.0.0"
-CBV_VERSION = "2.0.0"
 
 T = TypeVar("T")
 SCAN, READING, CUSTODY = 0, 1, 2

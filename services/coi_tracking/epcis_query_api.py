@@ -11,19 +11,13 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import URL
 
-from services.coi_tracking import epcis_query
+from services.coi_tracking import epcis_binding, epcis_query
 from services.coi_tracking.api import Reader, SessionDep
 from services.coi_tracking.epcis_events import query_events
 from services.coi_tracking.epcis_query import EventQuery, QueryParameterError
 from services.common import problems
 from services.common.edge import EdgeRoute
 from services.common.problems import FieldError, ProblemError
-
-QUERY_PARAMETER_PROBLEM = f"{problems.TYPE_PREFIX}epcis-query-parameter"
-EPCIS_HEADERS = {
-    "GS1-EPCIS-Version": epcis_query.EPCIS_VERSION,
-    "GS1-CBV-Version": epcis_query.CBV_VERSION,
-}
 
 
 class EpcisQueryRoute(EdgeRoute):
@@ -114,7 +108,7 @@ def _refused(error: QueryParameterError) -> ProblemError:
     return ProblemError(
         400,
         f"query parameter {error.name[:64]!r} is not valid: {error.detail}",
-        type=QUERY_PARAMETER_PROBLEM,
+        type=epcis_binding.QUERY_PARAMETER,
         title="QueryParameterException",
         errors=[FieldError(location="query", pointer=problems.pointer([error.name]), detail=error.detail)],
     )
@@ -127,7 +121,7 @@ def _answer(request: Request, session: SessionDep, caller: Reader, event_type: s
         raise _refused(error) from None
     records, after = query_events(session, caller.site_scope, caller.company_scope, query)
     document = epcis_query.query_document([epcis_query.render(r) for r in records], utc_now())
-    headers = dict(EPCIS_HEADERS)
+    headers = epcis_binding.response_headers()
     if after is not None:
         url = URL(str(request.url)).remove_query_params("nextPageToken")
         url = url.include_query_params(nextPageToken=epcis_query.encode_token(after))
@@ -176,4 +170,4 @@ def get_events_of_type(
 )
 def get_event_types(caller: Reader) -> JSONResponse:
     """The event types `GET /events` can return (the REST binding's collection of event types)."""
-    return JSONResponse(list(epcis_query.QUERYABLE_TYPES), headers=EPCIS_HEADERS)
+    return JSONResponse(list(epcis_query.QUERYABLE_TYPES), headers=epcis_binding.response_headers())

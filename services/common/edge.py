@@ -5,7 +5,8 @@
   reading a byte of the body**: a wrong or missing token on a 20 MB POST is a 401, the body never read;
 - refuses, on a GET route, a query parameter the route does not declare with **422** naming it: a filter is
   applied or refused, never ignored (a caller asking for one site's objects is never answered with all);
-  a FHIR search under `/fhir` follows FHIR's rule instead (`services.common.fhir.search_request`);
+  a FHIR search under `/fhir` follows FHIR's rule instead (`services.common.fhir.search_request`), and the EPCIS
+  query its standard's 400 QueryParameterException (`EdgeRoute.checks_query_itself`);
 - refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
   while reading otherwise (`x-max-body-bytes` in the operation's OpenAPI, `DEFAULT_BODY_LIMIT` if unset);
 - refuses a media type the operation does not document with **415**;

@@ -369,7 +369,7 @@ def test_a_parameter_it_does_not_take_is_a_query_parameter_exception(chain: Chai
         assert answer.status_code == 400, (params, answer.text)
         body = answer.json()
         assert body["title"] == "QueryParameterException"
-        assert body["type"] == "urn:cgt:problem:epcis-query-parameter"
+        assert body["type"] == "epcisException:QueryParameterException"
         assert [(e["location"], e["pointer"]) for e in body["errors"]] == [("query", f"/{name}")]
         assert all(value not in answer.text for value in params.values() if len(value) > 4)
 
