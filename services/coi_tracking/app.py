@@ -24,7 +24,7 @@ from cgt_contracts.events import (
 )
 from fastapi import FastAPI
 
-from services.coi_tracking import api, epcis, handlers
+from services.coi_tracking import api, epcis, epcis_query_api, handlers
 from services.coi_tracking.models import TABLES
 from services.coi_tracking.runtime import TrackingRuntime, TrackingSettings
 from services.common.service import build_service
@@ -78,7 +78,7 @@ def create_app(settings: TrackingSettings | None = None) -> FastAPI:
     return build_service(
         runtime,
         tables=TABLES,
-        routers=[api.router],
+        routers=[api.router, epcis_query_api.router],
         description=COI_TRACKING,
         wire=partial(handlers.wire, planning=planning),
         publishes=PUBLISHES,
