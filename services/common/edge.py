@@ -5,8 +5,8 @@
   reading a byte of the body**: a wrong or missing token on a 20 MB POST is a 401, the body never read;
 - refuses, on a GET route, a query parameter the route does not declare with **422** naming it: a filter is
   applied or refused, never ignored (a caller asking for one site's objects is never answered with all);
-  a FHIR search under `/fhir` follows FHIR's rule instead (`services.common.fhir.search_request`), and the EPCIS
-  query its standard's 400 QueryParameterException (`EdgeRoute.checks_query_itself`);
+  a route class with `checks_query_itself` applies its standard's rule instead (FHIR's
+  `fhir.FhirRoute`: ignored and reported, or 400 under strict handling; the EPCIS query's 400);
 - refuses a body over the route's stated limit with **413**, from `Content-Length` before reading and
   while reading otherwise (`x-max-body-bytes` in the operation's OpenAPI, `DEFAULT_BODY_LIMIT` if unset);
 - refuses a media type the operation does not document with **415**;
@@ -119,19 +119,15 @@ def body_limit(limit: int) -> dict[str, Any]:
 
 class EdgeRoute(APIRoute):
     checks_query_itself = False
-    """A route class that sets this parses and refuses its query parameters itself (the EPCIS query,
-    which answers an unknown one with its standard's 400 QueryParameterException): the edge does not."""
+    """A route class that sets this parses and refuses its query parameters itself, by its standard's
+    rule (the EPCIS query's 400 QueryParameterException; FHIR's search rules, `fhir.FhirRoute`): the
+    edge does not."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         admission = BodyAdmission.of(self)
         declared = frozenset(declared_query_names(self.dependant))
-        # A FHIR search follows FHIR's own rule instead: an unknown parameter is ignored and reported in
-        # the Bundle (its `self` link names only what was applied), or refused under `Prefer:
-        # handling=strict` (`fhir.search_request`).
-        from services.common import fhir  # fhir documents its bodies with this module's json_body
-
-        filters_only = not fhir.is_fhir_path(self.path) and not self.checks_query_itself
+        filters_only = not self.checks_query_itself
         authenticated = needs_token(self.dependant)
 
         async def admitted(request: Request) -> Response:

@@ -29,7 +29,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 from starlette.responses import JSONResponse
 
-from services.common.edge import json_body
+from services.common.edge import EdgeRoute, json_body
 from services.common.paging import PageRequest, decode_cursor
 from services.common.problems import Problem, ProblemError, invalid
 
@@ -71,6 +71,14 @@ def patient_resource(patient_ref: str, updated: datetime) -> dict[str, Any]:
 
 def is_fhir_path(path: str) -> bool:
     return path == BASE_PATH or path.startswith(BASE_PATH + "/")
+
+
+class FhirRoute(EdgeRoute):
+    """The route class of a FHIR router: the edge as everywhere, but a search's query parameters follow
+    FHIR's rule (`search_request`): an unknown one is ignored and reported in the Bundle, whose `self`
+    link names only what was applied, or refused under `Prefer: handling=strict`."""
+
+    checks_query_itself = True
 
 
 class FhirJSONResponse(JSONResponse):

@@ -15,7 +15,6 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from sqlmodel import Session, col, select
 
 from services.common import fhir, problems
-from services.common.edge import EdgeRoute
 from services.order_intake import commands
 from services.order_intake import fhir as mapping
 from services.order_intake.api import (
@@ -28,7 +27,10 @@ from services.order_intake.api import (
 from services.order_intake.models import Order
 
 router = APIRouter(
-    route_class=EdgeRoute, prefix=fhir.BASE_PATH, tags=["fhir"], default_response_class=fhir.FhirJSONResponse
+    route_class=fhir.FhirRoute,
+    prefix=fhir.BASE_PATH,
+    tags=["fhir"],
+    default_response_class=fhir.FhirJSONResponse,
 )
 
 RESOURCES = (

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Path, Request, Response
 from sqlmodel import Session, col, select
 
 from services.common import fhir, problems
-from services.common.edge import EdgeRoute
 from services.common.paging import encode_cursor
 from services.scheduling import commands, fhir_search
 from services.scheduling import fhir as views
@@ -23,7 +22,10 @@ from services.scheduling.domain import FHIR_SLOT_STATUS
 from services.scheduling.models import Appointment, Case, Site, SlotAlert
 
 router = APIRouter(
-    route_class=EdgeRoute, prefix=fhir.BASE_PATH, tags=["fhir"], default_response_class=fhir.FhirJSONResponse
+    route_class=fhir.FhirRoute,
+    prefix=fhir.BASE_PATH,
+    tags=["fhir"],
+    default_response_class=fhir.FhirJSONResponse,
 )
 
 RESOURCES = (
