@@ -435,6 +435,14 @@ def searchset_example(
     }
 
 
+PSEUDONYMOUS_PATIENT = ResourceCapability(
+    type="Patient",
+    interactions=("read",),
+    documentation="A patient by the pseudonymous reference only: no name, birth date or record number",
+)
+"""Each base that names patients serves them so (`patient_resource`): the references it hands out resolve."""
+
+
 def capability_statement(
     request: Request,
     *,

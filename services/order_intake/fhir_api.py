@@ -44,11 +44,7 @@ RESOURCES = (
             fhir.SearchParameter("patient", "reference", "Patient/<patient_ref>"),
         ),
     ),
-    fhir.ResourceCapability(
-        type="Patient",
-        interactions=("read",),
-        documentation="A patient by the pseudonymous reference only: no name, birth date or record number",
-    ),
+    fhir.PSEUDONYMOUS_PATIENT,
 )
 SYSTEM_INTERACTIONS = ("transaction",)
 

@@ -50,11 +50,7 @@ RESOURCES = (
         search_parameters=fhir_search.SCHEDULE_PARAMETERS,
     ),
     fhir.ResourceCapability(type="Location", interactions=("read",), documentation="A treatment center"),
-    fhir.ResourceCapability(
-        type="Patient",
-        interactions=("read",),
-        documentation="A patient by the pseudonymous reference only: no name, birth date or record number",
-    ),
+    fhir.PSEUDONYMOUS_PATIENT,
 )
 SiteId = Annotated[str, Path(pattern=fhir.FHIR_ID.pattern)]
 

@@ -1,6 +1,7 @@
-"""An EHR's order as FHIR R4: a `ServiceRequest` with its patient, consent and payer authorization
-contained, or the same as a transaction `Bundle` (the patient a separate entry), as docs/fhir.md maps
-them. Each test's patient is its own (one patient's second active order is refused)."""
+"""An EHR's order as FHIR R4: the `ServiceRequest` of the API's own example (patient, consent and payer
+authorization contained; `services/order_intake/fhir.py`), for a patient of each test's own (one patient's
+second active order is refused) and dated from today, or the same as a transaction `Bundle` with the
+patient as an entry of its own."""
 
 from __future__ import annotations
 
@@ -9,91 +10,33 @@ import uuid
 from datetime import date, timedelta
 from typing import Any
 
-from services.common import fhir
 from services.order_intake import fhir as mapping
 
 
 def a_service_request(
     site: str = "TC-BOSTON",
     *,
-    therapy: str = "WASKYRA",
     npi: str = "1234567893",
     patient_ref: str | None = None,
     consent: bool = True,
     eligible: bool = True,
 ) -> dict[str, Any]:
     today = date.today()
-    patient_ref = patient_ref or f"PSN-{uuid.uuid4().hex[:8].upper()}"
-    patient = {
-        "resourceType": "Patient",
-        "id": "patient",
-        "identifier": [
-            {"system": fhir.PATIENT_REF_SYSTEM, "value": patient_ref},
-            {
-                "type": {
-                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
-                },
-                "system": "https://tc-boston.example/mrn",
-                "value": f"MRN-{uuid.uuid4().hex[:8]}",
-            },
-        ],
-        "name": [{"family": "Doe", "given": ["Jane"]}],
-        "birthDate": "2019-04-02",
-    }
-    contained: list[dict[str, Any]] = [patient]
-    supporting = []
-    if consent:
-        contained.append(
-            {
-                "resourceType": "Consent",
-                "id": "consent",
-                "identifier": [{"system": mapping.CONSENT_FORM_SYSTEM, "value": "WAS-ICF-2.1"}],
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "treatment"}
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"reference": "#patient"},
-                "dateTime": (today - timedelta(days=3)).isoformat(),
-            }
-        )
-        supporting.append({"reference": "#consent"})
-    contained.append(
-        {
-            "resourceType": "ClaimResponse",
-            "id": "authorization",
-            "status": "active",
-            "type": {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}
-                ]
-            },
-            "use": "preauthorization",
-            "patient": {"reference": "#patient"},
-            "created": (today - timedelta(days=5)).isoformat(),
-            "insurer": {"display": "Payer"},
-            "outcome": "complete",
-            "preAuthRef": "PA-2026-0042",
-            "preAuthPeriod": {"end": (today + timedelta(days=90)).isoformat()},
-        }
-    )
-    supporting.append({"reference": "#authorization"})
-    request: dict[str, Any] = {
-        "resourceType": "ServiceRequest",
-        "contained": contained,
-        "status": "active",
-        "intent": "order",
-        "code": {"coding": [{"system": mapping.THERAPY_SYSTEM, "code": therapy}]},
-        "subject": {"reference": "#patient"},
-        "authoredOn": today.isoformat(),
-        "requester": {"identifier": {"system": mapping.NPI_SYSTEM, "value": npi}},
-        "performer": [{"identifier": {"system": mapping.TREATMENT_CENTER_SYSTEM, "value": site}}],
-        "supportingInfo": supporting,
-    }
-    if eligible:
-        request["extension"] = [{"url": mapping.ELIGIBILITY_EXTENSION, "valueBoolean": True}]
+    request = copy.deepcopy(mapping.SERVICE_REQUEST_EXAMPLE)
+    patient, signed, authorization = request["contained"]
+    patient["identifier"][0]["value"] = patient_ref or f"PSN-{uuid.uuid4().hex[:8].upper()}"
+    patient["identifier"][1]["value"] = f"MRN-{uuid.uuid4().hex[:8]}"
+    signed["dateTime"] = (today - timedelta(days=3)).isoformat()
+    authorization["created"] = (today - timedelta(days=5)).isoformat()
+    authorization["preAuthPeriod"]["end"] = (today + timedelta(days=90)).isoformat()
+    request["authoredOn"] = today.isoformat()
+    request["requester"]["identifier"]["value"] = npi
+    request["performer"][0]["identifier"]["value"] = site
+    if not consent:
+        request["contained"].remove(signed)
+        request["supportingInfo"] = [{"reference": "#authorization"}]
+    if not eligible:
+        del request["extension"]
     return request
 
 
