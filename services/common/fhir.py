@@ -149,8 +149,9 @@ def operation_outcome(problem: Problem) -> dict[str, Any]:
     for error in problem.errors or []:
         issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": error.detail + trace}
         where = error.pointer if error.location == "body" else error.pointer.strip("/")
-        if where:
-            issue["expression"] = [_expression(where) if error.location == "body" else where]
+        expression = _expression(where) if error.location == "body" else where
+        if expression:  # an element named "" has no FHIRPath: the issue still says what is wrong
+            issue["expression"] = [expression]
         issues.append(issue)
     for reason in problem.reasons or []:
         issues.append({"severity": "error", "code": "business-rule", "diagnostics": reason + trace})

@@ -207,15 +207,46 @@ _RETRY_AFTER = {
 }
 
 
+_OUTCOME_CONTENT = {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+_OUTCOME_SCHEMA = {
+    "type": "object",
+    "description": "An HL7 FHIR R4 OperationOutcome: the same problem, one issue per failed element or rule",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["severity", "code"],
+                "properties": {
+                    "severity": {"type": "string"},
+                    "code": {"type": "string"},
+                    "diagnostics": {"type": "string"},
+                    "expression": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_FHIR_SEARCH_PROBLEMS = (400, 422)
+"""A FHIR search refuses an unknown parameter under `Prefer: handling=strict` (400) and a bad value (422)."""
+
+
 def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make every error response of every operation a Problem (`application/problem+json`): those the
     route declares, and those the edge gives: 400/413/415/422 with a body, 422 with parameters, 404 with
     a path parameter, 401/403 when the caller must authenticate, and 429 with `Retry-After` past the caller's
-    rate limit (`services/common/ratelimit.py`). FastAPI's own validation-error schemas go."""
-    for path_item in openapi.get("paths", {}).values():
-        for operation in path_item.values():
+    rate limit (`services/common/ratelimit.py`). Under `/fhir` the same errors are `OperationOutcome`s
+    (`application/fhir+json`, as `problem_response` answers there). FastAPI's own validation-error schemas go."""
+    for path, path_item in openapi.get("paths", {}).items():
+        under_fhir = path == "/fhir" or path.startswith("/fhir/")
+        for method, operation in path_item.items():
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            implied: list[int] = []
+            fhir_search = (
+                under_fhir and method == "get" and "{" not in path and not path.endswith("/metadata")
+            )
+            implied: list[int] = list(_FHIR_SEARCH_PROBLEMS) if fhir_search else []
             if "requestBody" in operation:
                 implied += _BODY_PROBLEMS
             parameters = operation.get("parameters", [])
@@ -231,11 +262,12 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
                 responses["429"].setdefault("headers", _RETRY_AFTER)
             for code, response in responses.items():
                 if code[0] in "45":
-                    response["content"] = _PROBLEM_CONTENT
+                    response["content"] = _OUTCOME_CONTENT if under_fhir else _PROBLEM_CONTENT
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(problem.pop("$defs", {}))
     schemas["Problem"] = problem
+    schemas["OperationOutcome"] = _OUTCOME_SCHEMA
     return openapi

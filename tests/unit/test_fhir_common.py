@@ -151,3 +151,18 @@ def test_the_capability_statement_is_valid_and_lists_exactly_the_served_routes()
         {("POST", "/fhir/Patient")},
         set(),
     )
+
+
+def test_an_element_named_by_an_empty_key_is_an_issue_without_an_expression() -> None:
+    """A body key "" has no FHIRPath; an empty expression is not valid FHIR (it was a 500)."""
+    problem = problems.Problem(
+        title="invalid",
+        status=422,
+        detail="1 field failed validation",
+        instance="c-1",
+        errors=[FieldError(pointer="/", detail="a key must not be empty")],
+    )
+    outcome = fhir.operation_outcome(problem)
+    assert outcome["issue"] == [
+        {"severity": "error", "code": "invalid", "diagnostics": "a key must not be empty (correlation id c-1)"}
+    ]

@@ -89,11 +89,18 @@ def test_every_operation_has_a_summary_and_a_description_of_its_own(
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_error_is_a_problem_document(apps: dict[str, FastAPI], service: str) -> None:
+    """A problem document, or under a FHIR base the same problem as an OperationOutcome."""
+
+    def media(name: str) -> list[str]:
+        path = name.split(maxsplit=1)[1]
+        fhir = path == "/fhir" or path.startswith("/fhir/")
+        return ["application/fhir+json"] if fhir else ["application/problem+json"]
+
     wrong = [
         f"{name} {code}"
         for name, operation in operations(apps[service])
         for code, response in operation["responses"].items()
-        if code[0] in "45" and list(response.get("content", {})) != ["application/problem+json"]
+        if code[0] in "45" and list(response.get("content", {})) != media(name)
     ]
     assert not wrong
 
