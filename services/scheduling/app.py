@@ -65,7 +65,13 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     return build_service(
         runtime,
         tables=TABLES,
-        routers=[api.router, network_api.router, webhook_api.router, fhir_api.router, subscription_api.router],
+        routers=[
+            api.router,
+            network_api.router,
+            webhook_api.router,
+            fhir_api.router,
+            subscription_api.router,
+        ],
         description=SCHEDULING,
         wire=partial(handlers.wire, receipt_buffer_hours=runtime.settings.receipt_buffer_hours),
         publishes=PUBLISHES,

@@ -22,6 +22,11 @@ from services.scheduling.subscription_domain import TOPIC
 router = APIRouter(route_class=EdgeRoute, tags=["fhir"])
 NOT_FOUND = "no such Subscription"
 
+TOPIC_CANONICAL: dict[str, Any] = {
+    "url": subscription_domain.TOPIC_CANONICAL_EXTENSION,
+    "valueCanonical": TOPIC,
+}
+"""The backport's extension on the CapabilityStatement's Subscription entry, naming the topic served."""
 SUBSCRIPTION_CAPABILITIES: tuple[fhir.ResourceCapability, ...] = (
     fhir.ResourceCapability(
         type="Subscription",
@@ -31,13 +36,10 @@ SUBSCRIPTION_CAPABILITIES: tuple[fhir.ResourceCapability, ...] = (
         "full-resource. A treatment center subscribes to its own site.",
         operations={"status": "/{id}/$status"},
         profile=subscription_domain.SUBSCRIPTION_PROFILE,
+        extensions=(TOPIC_CANONICAL,),
     ),
 )
-TOPIC_CANONICAL: dict[str, Any] = {
-    "url": subscription_domain.TOPIC_CANONICAL_EXTENSION,
-    "valueCanonical": TOPIC,
-}
-"""The backport's extension on the CapabilityStatement's Subscription entry, naming the topic served."""
+
 
 EXAMPLE: dict[str, Any] = {
     "resourceType": "Subscription",

@@ -10,15 +10,19 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 from fhir.resources.R4B.appointment import Appointment as FhirAppointment
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.subscription import Subscription
 
-from services.common.fhir import FHIR_JSON
+from services.common.fhir import FHIR_JSON, FhirJSONResponse, capability_statement, undeclared_routes
 from services.scheduling import fhir
 from services.scheduling.domain import AppointmentState, SiteCalendar
 from services.scheduling.models import Appointment, Case
+from services.scheduling.subscription_api import SUBSCRIPTION_CAPABILITIES, TOPIC_CANONICAL, router
 from services.scheduling.subscription_domain import (
     FILTER_CRITERIA_EXTENSION,
     NOTIFICATION_PROFILE,
@@ -318,14 +322,25 @@ def test_a_read_masks_the_header_values() -> None:
     assert resource["criteria"] == TOPIC and resource["status"] == "active"
 
 
-def test_the_capabilities_list_exactly_the_subscription_routes() -> None:
-    from fastapi import FastAPI
-
-    from services.common.fhir import undeclared_routes
-    from services.scheduling.subscription_api import SUBSCRIPTION_CAPABILITIES, TOPIC_CANONICAL, router
+def test_the_capabilities_list_exactly_the_subscription_routes_and_name_the_topic() -> None:
+    served_not_declared, declared_not_served = undeclared_routes(router.routes, SUBSCRIPTION_CAPABILITIES)  # type: ignore[arg-type]
+    assert served_not_declared == set() and declared_not_served == {("GET", "/fhir/metadata")}
 
     app = FastAPI()
-    app.router.routes.extend(router.routes)  # include_router would wrap them where served_routes looks
-    served_not_declared, declared_not_served = undeclared_routes(app, SUBSCRIPTION_CAPABILITIES)
-    assert served_not_declared == set() and declared_not_served == {("GET", "/fhir/metadata")}
-    assert TOPIC_CANONICAL["valueCanonical"] == TOPIC
+
+    @app.get("/fhir/metadata")
+    def metadata(request: Request) -> FhirJSONResponse:
+        return FhirJSONResponse(
+            capability_statement(request, service="scheduling", resources=SUBSCRIPTION_CAPABILITIES)
+        )
+
+    statement = TestClient(app).get("/fhir/metadata").json()
+    CapabilityStatement.model_validate(statement)
+    [entry] = statement["rest"][0]["resource"]
+    assert entry["type"] == "Subscription" and entry["extension"] == [TOPIC_CANONICAL]
+    assert TOPIC_CANONICAL == {
+        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+        "capabilitystatement-subscriptiontopic-canonical",
+        "valueCanonical": TOPIC,
+    }
+    assert [op["name"] for op in entry["operation"]] == ["status"]
