@@ -30,7 +30,7 @@ TOPIC_CANONICAL: dict[str, Any] = {
 SUBSCRIPTION_CAPABILITIES: tuple[fhir.ResourceCapability, ...] = (
     fhir.ResourceCapability(
         type="Subscription",
-        interactions=("create", "read", "delete"),
+        interactions=("create", "read", "update", "delete"),
         documentation="Topic-based rest-hook subscriptions (R4 subscriptions backport) to a site's appointment "
         f"changes: criteria {TOPIC}, filter Appointment?actor=Location/<site>; payload empty, id-only or "
         "full-resource. A treatment center subscribes to its own site.",
@@ -121,6 +121,11 @@ DELETED: dict[str, Any] = {
 }
 
 
+_update_body = json_body(media_types=(FHIR_JSON, "application/json"))
+for _media in _update_body["requestBody"]["content"].values():
+    _media["example"] = READ_EXAMPLE
+
+
 def _documented(example: dict[str, Any]) -> dict[str, Any]:
     return {"content": {FHIR_JSON: {"example": example}}}
 
@@ -205,6 +210,44 @@ def read_subscription(
     404, a deleted one 410."""
     subscription, endpoint = _found(session, subscription_id, caller)
     return fhir.read_response(request, _resource(subscription, endpoint))
+
+
+@router.put(
+    "/fhir/Subscription/{subscription_id}",
+    summary="Change or re-activate a Subscription (FHIR)",
+    response_class=FhirJSONResponse,
+    openapi_extra=_update_body,
+    responses={200: _documented(READ_EXAMPLE), **problems.documented(404, 410)},
+)
+async def update_subscription(
+    subscription_id: UUID, request: Request, session: SessionDep, caller: Reader, runtime: RuntimeDep
+) -> Response:
+    """The whole Subscription again, with its `id`, under the rules of creation; its site cannot change.
+    A header sent back masked (`Authorization: ***`, as read) keeps its stored value. The channel is
+    active again: one disabled after consecutive failures (`status` `error`) resumes, its count of
+    failures at zero and its waiting notifications sent, oldest first. Another site's is 404."""
+    document = await request.json()
+    if not isinstance(document, dict):
+        raise problems.invalid("body", "resourceType", "must be a Subscription resource")
+    subscription, endpoint = _found(session, subscription_id, caller, to_change=True)
+    try:
+        subscription_commands.update(
+            session,
+            subscription,
+            endpoint,
+            document,
+            caller_site=caller.site_scope,
+            settings=runtime.webhooks,
+        )
+    except SubscriptionRefused as refused:
+        if refused.status == 403:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, refused.detail) from refused
+        raise problems.invalid("body", refused.element, refused.detail) from refused
+    session.flush()
+    session.refresh(endpoint)
+    resource = _resource(subscription, endpoint)
+    session.commit()
+    return FhirJSONResponse(resource, headers={"ETag": fhir.version_tag(resource)})
 
 
 @router.delete(

@@ -75,20 +75,65 @@ def create(
     )
     session.add(endpoint)
     session.flush()
-    headers = [list(pair) for pair in request.headers]
     subscription = FhirSubscription(
         endpoint_id=endpoint.id,
         treatment_center_id=request.site,
         payload_content=request.payload_content,
-        headers=settings.secret_keys.encrypt(json.dumps(headers).encode()).decode() if headers else None,
-        header_names=",".join(name for name, _ in request.headers),
         reason=request.reason,
         end_at=request.end,
         fhir_base=base,
     )
+    _store_headers(subscription, request.headers, settings)
     session.add(subscription)
     session.flush()
     return subscription
+
+
+def _store_headers(
+    subscription: FhirSubscription, headers: Sequence[tuple[str, str]], settings: WebhookSettings
+) -> None:
+    pairs = [list(pair) for pair in headers]
+    subscription.headers = (
+        settings.secret_keys.encrypt(json.dumps(pairs).encode()).decode() if pairs else None
+    )
+    subscription.header_names = ",".join(name for name, _ in headers)
+
+
+def update(
+    session: Session,
+    subscription: FhirSubscription,
+    endpoint: WebhookEndpoint,
+    document: dict[str, Any],
+    *,
+    caller_site: str | None,
+    settings: WebhookSettings,
+) -> None:
+    """The Subscription as `document` says (under the rules of creation; its site stays), and its channel
+    active again: one disabled after consecutive failures resumes with its count at zero and its waiting
+    notifications sent (FHIR's way to re-activate: update it with status `requested` or `active`)."""
+    if document.get("id") != str(subscription.id):
+        raise SubscriptionRefused("id", "must be the id in the URL")
+    request = subscription_domain.requested(
+        document, caller_site=caller_site, allow_loopback=settings.allow_loopback, now=utc_now()
+    )
+    if request.site != subscription.treatment_center_id:
+        raise SubscriptionRefused("_criteria", "a Subscription's site cannot change: create another")
+    headers = subscription_domain.kept_headers(request.headers, channel_headers(subscription, settings))
+    locked_endpoint = session.exec(
+        locked(session, select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id))
+    ).one()
+    locked_endpoint.url = request.endpoint
+    locked_endpoint.updated_at = utc_now()
+    session.add(locked_endpoint)
+    if not locked_endpoint.active:
+        webhook_commands.resume(session, locked_endpoint)
+    subscription.payload_content = request.payload_content
+    subscription.reason = request.reason
+    subscription.end_at = request.end
+    _store_headers(subscription, headers, settings)
+    subscription.version += 1
+    subscription.updated_at = utc_now()
+    session.add(subscription)
 
 
 def visible(

@@ -172,6 +172,23 @@ def requested(
     )
 
 
+def kept_headers(
+    given: Sequence[tuple[str, str]], stored: Sequence[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    """The headers an update leaves: those given, where a masked value (`Name: ***`, as a read shows
+    it) keeps the stored value of that name — a client may send back what it read. A masked header
+    with no stored value is refused (it would send `***`)."""
+    previous = {name.lower(): value for name, value in stored}
+    kept: list[tuple[str, str]] = []
+    for index, (name, value) in enumerate(given):
+        if value == MASKED:
+            if name.lower() not in previous:
+                raise SubscriptionRefused(f"channel.header[{index}]", "is masked but has no stored value")
+            value = previous[name.lower()]
+        kept.append((name, value))
+    return tuple(kept)
+
+
 # ---------------------------------------------------------------- what is sent and read
 
 

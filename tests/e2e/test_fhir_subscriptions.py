@@ -138,6 +138,11 @@ async def test_a_site_subscribed_with_fhirpy_receives_the_notification_of_the_co
         answer = await center.execute(f"Subscription/{created.id}/$status", method="get")
         counted = int(_parameters(answer)["events-since-subscription-start"]["valueString"])
         assert counted >= confirmed
+
+        # Changed through the client (a PUT of what it read: the masked header keeps its value).
+        read["reason"] = "TC-BOSTON's infusions, changed"
+        await read.save()
+        assert read["meta"]["versionId"] == "2" and read["channel"]["header"] == ["Authorization: ***"]
     finally:
         await created.delete()  # type: ignore[no-untyped-call]
     with pytest.raises(ResourceNotFound):

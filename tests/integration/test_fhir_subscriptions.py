@@ -21,7 +21,7 @@ from services.common.development import DEV_WEBHOOK_SECRET_KEY
 from services.common.encryption import key_ring
 from services.common.fhir import FHIR_JSON
 from services.common.unit_of_work import session_factory
-from services.scheduling import commands
+from services.scheduling import commands, webhook_commands, webhook_domain
 from services.scheduling.models import Appointment, FhirSubscription, WebhookDelivery
 from services.scheduling.subscription_domain import (
     FILTER_CRITERIA_EXTENSION,
@@ -195,3 +195,73 @@ def test_each_change_queues_one_numbered_notification_per_subscription(
     status = client.get(f"/fhir/Subscription/{full['id']}/$status", headers=BOSTON).json()
     parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
     assert parameters["events-since-subscription-start"]["valueString"] == "2"
+
+
+def test_an_update_re_activates_a_channel_disabled_after_failures_and_keeps_masked_headers(
+    client: TestClient, engine: Engine
+) -> None:
+    created = subscribe(client, BOSTON).json()
+    url = f"/fhir/Subscription/{created['id']}"
+    with session_factory(engine)() as session:
+        row = session.get(FhirSubscription, uuid.UUID(created["id"]))
+        assert row is not None
+        appointment = Appointment(
+            coi="CHW4321260000014",
+            treatment_center_id="TC-BOSTON",
+            conditioning_start_on=date(2026, 12, 10),
+            infusion_on=date(2026, 12, 14),
+        )
+        session.add(appointment)
+        commands.notify_site(session, appointment, "slot.proposed")
+        session.flush()
+        [delivery] = session.exec(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == row.endpoint_id)
+        ).all()
+        results = [
+            webhook_commands.AttemptResult(delivery.id, row.endpoint_id, False, 503, "HTTP 503")
+            for _ in range(3)
+        ]
+        assert webhook_commands.record_attempts(session, results, runtime_failure_policy())
+        session.commit()
+    read = client.get(url, headers=BOSTON).json()
+    assert read["status"] == "error" and "HTTP 503" in read["error"]
+    worklist = client.get("/worklist", headers=COORDINATOR).json()
+    assert [i["detail"].split(" (channel")[0] for i in worklist if i["kind"] == "webhook_failing"] == [
+        f"FHIR Subscription/{created['id']}"
+    ]
+
+    # The client sends back what it read (the header masked), asking for it to be active again.
+    updated = client.put(url, json={**read, "status": "requested"}, headers={**BOSTON, **FHIR})
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["status"] == "active" and updated.json()["meta"]["versionId"] == "2"
+    assert updated.headers["etag"] == 'W/"2"'
+    with session_factory(engine)() as session:
+        row = session.get(FhirSubscription, uuid.UUID(created["id"]))
+        assert row is not None and row.headers is not None
+        ring = key_ring(DEV_WEBHOOK_SECRET_KEY, "WEBHOOK_SECRET_KEY")
+        assert json.loads(ring.decrypt(row.headers.encode())) == [
+            ["Authorization", "Bearer site-secret-token"]
+        ]
+        statuses = session.exec(
+            select(WebhookDelivery.status).where(WebhookDelivery.endpoint_id == row.endpoint_id)
+        ).all()
+    assert list(statuses) == ["pending"]
+
+    moved = {
+        **read,
+        "_criteria": {
+            "extension": [
+                {"url": FILTER_CRITERIA_EXTENSION, "valueString": "Appointment?actor=Location/TC-DENVER"}
+            ]
+        },
+    }
+    assert client.put(url, json=moved, headers={**COORDINATOR, **FHIR}).status_code == 422
+    assert (
+        client.put(url, json={**read, "id": str(uuid.uuid4())}, headers={**BOSTON, **FHIR}).status_code == 422
+    )
+    assert client.put(url, json=read, headers={**DENVER, **FHIR}).status_code == 404
+
+
+def runtime_failure_policy() -> webhook_domain.FailurePolicy:
+    """The app's (app_client: 4 attempts, disabled after 3 consecutive failures)."""
+    return webhook_domain.FailurePolicy(max_attempts=4, disable_after_failures=3, backoff_base_seconds=2)

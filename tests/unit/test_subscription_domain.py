@@ -25,6 +25,7 @@ from services.scheduling.models import Appointment, Case
 from services.scheduling.subscription_api import SUBSCRIPTION_CAPABILITIES, TOPIC_CANONICAL, router
 from services.scheduling.subscription_domain import (
     FILTER_CRITERIA_EXTENSION,
+    MASKED,
     NOTIFICATION_PROFILE,
     PAYLOAD_CONTENT_EXTENSION,
     STATUS_PROFILE,
@@ -32,6 +33,7 @@ from services.scheduling.subscription_domain import (
     StoredSubscription,
     SubscriptionRefused,
     SubscriptionState,
+    kept_headers,
     notification_bundle,
     requested,
     status_bundle,
@@ -344,3 +346,15 @@ def test_the_capabilities_list_exactly_the_subscription_routes_and_name_the_topi
         "valueCanonical": TOPIC,
     }
     assert [op["name"] for op in entry["operation"]] == ["status"]
+
+
+def test_an_update_keeps_a_masked_headers_stored_value_and_refuses_an_unknown_masked_one() -> None:
+    stored = [("Authorization", "Bearer site-token")]
+    assert kept_headers([("authorization", MASKED), ("X-Site", "b")], stored) == (
+        ("authorization", "Bearer site-token"),
+        ("X-Site", "b"),
+    )
+    assert kept_headers([("Authorization", "Bearer new")], stored) == (("Authorization", "Bearer new"),)
+    with pytest.raises(SubscriptionRefused) as refused:
+        kept_headers([("Authorization", "Bearer new"), ("X-Other", MASKED)], stored)
+    assert refused.value.element == "channel.header[1]"
