@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from services.common import fhir, problems
-from services.common.edge import EdgeRoute, json_body
+from services.common.edge import json_body
 from services.common.fhir import FHIR_JSON, FhirJSONResponse
 from services.scheduling import subscription_commands, subscription_domain
 from services.scheduling.api import Reader, SessionDep
@@ -19,7 +19,7 @@ from services.scheduling.runtime import RuntimeDep
 from services.scheduling.subscription_commands import SubscriptionRefused, TooManySubscriptions
 from services.scheduling.subscription_domain import TOPIC
 
-router = APIRouter(route_class=EdgeRoute, tags=["fhir"])
+router = APIRouter(route_class=fhir.FhirRoute, tags=["fhir"])
 NOT_FOUND = "no such Subscription"
 
 TOPIC_CANONICAL: dict[str, Any] = {
