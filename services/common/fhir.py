@@ -408,6 +408,8 @@ class ResourceCapability:
     operations: Mapping[str, str] = field(default_factory=dict)
     """`{"status": "/{id}/$status"}`: an operation's name and its path under `/fhir/<type>`."""
     profile: str | None = None
+    extensions: tuple[Mapping[str, Any], ...] = ()
+    """On the statement's entry for the type (the subscriptions backport's topic canonical, …)."""
 
 
 CAPABILITY_EXAMPLE: dict[str, Any] = {
@@ -500,6 +502,8 @@ def _resource_entry(resource: ResourceCapability) -> dict[str, Any]:
         entry["conditionalRead"] = "full-support"
     if resource.profile:
         entry["profile"] = resource.profile
+    if resource.extensions:
+        entry["extension"] = [dict(extension) for extension in resource.extensions]
     if resource.search_parameters:
         entry["searchParam"] = [
             {"name": p.name, "type": p.type, "documentation": p.documentation}

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from services.common.service import build_service
 from services.common.topics import SCHEDULING as SCHEDULING_EVENTS
-from services.scheduling import api, fhir_api, handlers, network_api, webhook_api
+from services.scheduling import api, fhir_api, handlers, network_api, subscription_api, webhook_api
 from services.scheduling.models import TABLES
 from services.scheduling.runtime import SchedulingRuntime, SchedulingSettings
 
@@ -35,8 +35,8 @@ SCHEDULING = (
     "Infusion-site scheduling. Coordinators keep each treatment center's calendar and capacity and book "
     "an infusion option; the appointment stays tentative until the product is delivered with its COI "
     "verified and a clean temperature record, and is held or moved when the shipment is quarantined or "
-    "delayed. Treatment centers register signed webhooks and read their cases, appointments and FHIR R4 "
-    "Schedule, Slot and Appointment resources."
+    "delayed. Treatment centers register signed webhooks (or FHIR Subscriptions) and read their cases, "
+    "appointments and FHIR R4 Schedule, Slot and Appointment resources."
 )
 
 PUBLISHES = {
@@ -65,7 +65,13 @@ def create_app(settings: SchedulingSettings | None = None) -> FastAPI:
     return build_service(
         runtime,
         tables=TABLES,
-        routers=[api.router, network_api.router, webhook_api.router, fhir_api.router],
+        routers=[
+            api.router,
+            network_api.router,
+            webhook_api.router,
+            fhir_api.router,
+            subscription_api.router,
+        ],
         description=SCHEDULING,
         wire=partial(handlers.wire, receipt_buffer_hours=runtime.settings.receipt_buffer_hours),
         publishes=PUBLISHES,

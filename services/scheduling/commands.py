@@ -42,7 +42,7 @@ from services.common.outbox import enqueue
 from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.scope import visible_to
 from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
-from services.scheduling import domain, webhook_commands
+from services.scheduling import domain, subscription_commands, webhook_commands
 from services.scheduling.domain import ACTIVE_STATES, AppointmentState, RiskCause
 from services.scheduling.models import (
     Appointment,
@@ -255,6 +255,13 @@ def notify_site(
         kind=kind,
         payload=payload,
     )
+    notify_subscribers(session, appointment, kind)
+
+
+def notify_subscribers(session: Session, appointment: Appointment, kind: str) -> None:
+    """Queue a FHIR notification Bundle to each of the site's Subscriptions, with the webhooks."""
+    calendar = calendar_of(session.get(Site, appointment.treatment_center_id))
+    subscription_commands.queue_notifications(session, appointment, kind, calendar)
 
 
 def _touch(session: Session, appointment: Appointment, state: AppointmentState | None = None) -> None:

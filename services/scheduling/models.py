@@ -257,6 +257,36 @@ class WebhookEndpoint(SQLModel, table=True):
     previous_secret: str | None = Field(default=None, max_length=256)
     previous_secret_valid_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
     updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    channel: str | None = Field(default=None, max_length=16)
+    """None for the site's own webhook; `fhir` for a FHIR Subscription's rest-hook channel (hidden from
+    `/webhooks`: the Subscription manages it; it shares the deliveries, retries and failure policy)."""
+
+
+class FhirSubscription(SQLModel, table=True):
+    """A FHIR R4 Subscription (the subscriptions backport, topic-based, rest-hook) to a site's appointment
+    changes. Its channel is a `WebhookEndpoint` (`channel` `fhir`): notifications are its deliveries."""
+
+    __tablename__ = "fhir_subscription"
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    endpoint_id: UUID = Field(foreign_key="webhook_endpoint.id", index=True)
+    treatment_center_id: str = Field(index=True, max_length=64)
+    payload_content: str = Field(max_length=16)
+    """empty, id-only or full-resource."""
+    headers: str | None = Field(default=None, sa_column=Column(Text))
+    """The channel's headers (JSON list of [name, value]) encrypted under WEBHOOK_SECRET_KEY: they may carry
+    the subscriber's credentials. None when there are none."""
+    header_names: str = Field(default="", sa_column=Column(Text, nullable=False))
+    """Comma-separated names of those headers: what a read shows (never the values)."""
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    end_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    fhir_base: str = Field(max_length=2048)
+    """The absolute FHIR base the notifications' `fullUrl`s and references are under."""
+    events_since_start: int = 0
+    version: int = 1
+    created_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    updated_at: datetime = Field(sa_type=UtcDateTime, default_factory=utc_now)
+    deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -310,6 +340,7 @@ TABLES: tuple[Table, ...] = tables_of(
     FollowUpVisit,
     WebhookEndpoint,
     WebhookDelivery,
+    FhirSubscription,
     SlotAlert,
     CollectionCenter,
     ManufacturingSite,

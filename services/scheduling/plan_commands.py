@@ -482,6 +482,9 @@ def _replanned(
             kind="plan.replanned",
             payload=json.dumps(payload, sort_keys=True),
         )
+        appointment = session.get(Appointment, row.appointment_id)
+        if appointment is not None:
+            commands.notify_subscribers(session, appointment, "plan.replanned")
     log.info("scheduling.plan_replanned", coi=row.coi, cause=cause.value)
 
 

@@ -1,4 +1,4 @@
-"""Re-encrypt every stored webhook secret under the newest key: `python -m services.scheduling.rekey`.
+"""Re-encrypt every stored webhook secret (and FHIR Subscription channel header) under the newest key: `python -m services.scheduling.rekey`.
 
 Rotation without downtime: set WEBHOOK_SECRET_KEY to the new key followed by the old ones (comma-separated)
 and restart scheduling, which then stores new secrets under the new key and still signs with every stored
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from services.common.db import make_engine
 from services.common.encryption import reencrypt_column, rekey_command
-from services.scheduling.models import WebhookEndpoint
+from services.scheduling.models import FhirSubscription, WebhookEndpoint
 from services.scheduling.runtime import SchedulingSettings
 
 
@@ -24,6 +24,10 @@ def rewrite() -> dict[str, object]:
         column.name: reencrypt_column(engine, table, column, ring, plaintext_before=True)
         for column in columns
     }
+    subscriptions = FhirSubscription.__table__  # type: ignore[attr-defined]
+    counts["fhir_subscription.headers"] = reencrypt_column(
+        engine, subscriptions, subscriptions.c.headers, ring
+    )
     return {"table": table.name, "values_reencrypted": counts}
 
 

@@ -51,6 +51,9 @@ class SchedulingSettings(ServiceSettings):
     webhook_allow_loopback: bool = False
     """Development and tests only: webhooks to loopback hosts, over http too."""
     follow_up_check_seconds: float = Field(default=60.0, gt=0)
+    public_base_url: str | None = Field(default=None, max_length=1024, pattern=r"^https?://[^\s]+$")
+    """PUBLIC_BASE_URL: the service's address as subscribers reach it (behind a proxy); a FHIR
+    notification's `fullUrl`s are under `<it>/fhir`. Unset: the address the Subscription was created at."""
     seed_sites: bool = True
     webhook_secret_key: SecretStr = Field(
         min_length=44,

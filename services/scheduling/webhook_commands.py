@@ -26,7 +26,7 @@ from services.common.outbox import enqueue
 from services.common.paging import FIRST_PAGE, PageRequest, page_of
 from services.common.topics import SCHEDULING, SCHEDULING_SOURCE
 from services.scheduling import webhook_domain
-from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+from services.scheduling.models import FhirSubscription, WebhookDelivery, WebhookEndpoint
 from services.scheduling.webhook_domain import AttemptOutcome, FailurePolicy
 
 SOURCE = SCHEDULING_SOURCE
@@ -128,6 +128,7 @@ def _refuse_duplicate(session: Session, site: str, url: str, itself: UUID | None
         .where(WebhookEndpoint.treatment_center_id == site)
         .where(WebhookEndpoint.url == url)
         .where(col(WebhookEndpoint.deleted_at).is_(None))
+        .where(col(WebhookEndpoint.channel).is_(None))
     )
     if itself is not None:
         query = query.where(WebhookEndpoint.id != itself)
@@ -173,6 +174,7 @@ def _refuse_past_limit(session: Session, site: str) -> None:
         .select_from(WebhookEndpoint)
         .where(WebhookEndpoint.treatment_center_id == site)
         .where(col(WebhookEndpoint.deleted_at).is_(None))
+        .where(col(WebhookEndpoint.channel).is_(None))
     ).one()
     refusal = webhook_domain.endpoint_limit_refusal(existing)
     if refusal is not None:
@@ -187,7 +189,7 @@ def visible_endpoint(
     the same to the caller."""
     query = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
     endpoint = session.exec(locked(session, query) if to_change else query).first()
-    if endpoint is None or endpoint.deleted_at is not None:
+    if endpoint is None or endpoint.deleted_at is not None or endpoint.channel is not None:
         return None
     if site_scope is not None and endpoint.treatment_center_id != site_scope:
         return None
@@ -199,7 +201,11 @@ def list_endpoints(
 ) -> tuple[list[WebhookEndpoint], str | None]:
     """One page of the endpoints the caller may see, oldest first, and the next page's cursor; `site`
     narrows them (for a site's own caller, another site's id finds nothing)."""
-    query = select(WebhookEndpoint).where(col(WebhookEndpoint.deleted_at).is_(None))
+    query = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.deleted_at).is_(None))
+        .where(col(WebhookEndpoint.channel).is_(None))
+    )
     for narrowed in {site_scope, site} - {None}:
         query = query.where(WebhookEndpoint.treatment_center_id == narrowed)
     return page_of(session, query, WebhookEndpoint, page)
@@ -309,6 +315,7 @@ def queue_deliveries(
         select(WebhookEndpoint)
         .where(WebhookEndpoint.treatment_center_id == site)
         .where(col(WebhookEndpoint.deleted_at).is_(None))
+        .where(col(WebhookEndpoint.channel).is_(None))
     ).all()
     for endpoint in endpoints:
         kinds = event_types_of(endpoint)
@@ -446,6 +453,16 @@ class FailingWork:
     appointment_id: UUID | None
 
 
+def _named(session: Session, endpoint: WebhookEndpoint) -> str:
+    """How the worklist names an endpoint: a FHIR Subscription's channel by the Subscription's id."""
+    if endpoint.channel is None:
+        return f"webhook endpoint {endpoint.id}"
+    subscription = session.exec(
+        select(FhirSubscription.id).where(FhirSubscription.endpoint_id == endpoint.id)
+    ).first()
+    return f"FHIR Subscription/{subscription} (channel {endpoint.id})"
+
+
 def failing_work(session: Session) -> list[FailingWork]:
     """What a coordinator must see about webhooks: each disabled endpoint once (with how many messages
     wait for it), and each message that ran out of attempts on an endpoint that still answers."""
@@ -469,7 +486,7 @@ def failing_work(session: Session) -> list[FailingWork]:
                 coi=waiting[0].coi if waiting else "",
                 treatment_center_id=endpoint.treatment_center_id,
                 since=endpoint.disabled_at,
-                detail=f"webhook endpoint {endpoint.id} disabled after {endpoint.disabled_reason}; "
+                detail=f"{_named(session, endpoint)} disabled after {endpoint.disabled_reason}; "
                 f"{len(waiting)} message(s) wait until it is resumed",
                 appointment_id=waiting[0].appointment_id if waiting else None,
             )
@@ -486,7 +503,7 @@ def failing_work(session: Session) -> list[FailingWork]:
                 coi=delivery.coi,
                 treatment_center_id=endpoint.treatment_center_id,
                 since=delivery.created_at,
-                detail=f"{delivery.kind} to webhook endpoint {endpoint.id}: failed after "
+                detail=f"{delivery.kind} to {_named(session, endpoint)}: failed after "
                 f"{delivery.attempts} attempts ({delivery.last_error})",
                 appointment_id=delivery.appointment_id,
             )

@@ -31,9 +31,10 @@ from cryptography.fernet import InvalidToken
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from services.common.fhir import FHIR_JSON
 from services.common.unit_of_work import session_factory
-from services.scheduling import webhook_commands, webhook_domain
-from services.scheduling.models import WebhookDelivery, WebhookEndpoint
+from services.scheduling import subscription_commands, webhook_commands, webhook_domain
+from services.scheduling.models import FhirSubscription, WebhookDelivery, WebhookEndpoint
 from services.scheduling.webhook_commands import AttemptResult, WebhookSettings
 from services.scheduling.webhook_domain import (
     IDEMPOTENCY_HEADER,
@@ -44,6 +45,8 @@ from services.scheduling.webhook_domain import (
 
 log = structlog.get_logger()
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+Due = tuple[WebhookDelivery, WebhookEndpoint, FhirSubscription | None]
+"""A due delivery, its endpoint, and the FHIR Subscription whose channel the endpoint is (if it is one)."""
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
@@ -154,15 +157,15 @@ class WebhookDeliverer:
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
         """Attempt every due delivery; database work runs in a thread, never on the event loop."""
         due = await asyncio.to_thread(self._due)
-        by_case: dict[str, list[tuple[WebhookDelivery, WebhookEndpoint]]] = {}
-        for delivery, endpoint in due:
-            by_case.setdefault(delivery.coi, []).append((delivery, endpoint))
+        by_case: dict[str, list[Due]] = {}
+        for row in due:
+            by_case.setdefault(row[0].coi, []).append(row)
         results: list[AttemptResult] = []
 
-        async def deliver_in_order(deliveries: list[tuple[WebhookDelivery, WebhookEndpoint]]) -> None:
+        async def deliver_in_order(deliveries: list[Due]) -> None:
             # A patient's deliveries go out in the order they were queued; different patients' at once.
-            for delivery, endpoint in deliveries:
-                results.append(await self._attempt(client, delivery, endpoint))
+            for delivery, endpoint, subscription in deliveries:
+                results.append(await self._attempt(client, delivery, endpoint, subscription))
 
         await asyncio.gather(*(deliver_in_order(deliveries) for deliveries in by_case.values()))
         if results:
@@ -170,11 +173,12 @@ class WebhookDeliverer:
             await asyncio.to_thread(self._save, results)
         return len(due)
 
-    def _due(self) -> list[tuple[WebhookDelivery, WebhookEndpoint]]:
+    def _due(self) -> list[Due]:
         with session_factory(self._engine)(expire_on_commit=False) as session:
             rows = session.exec(
-                select(WebhookDelivery, WebhookEndpoint)
+                select(WebhookDelivery, WebhookEndpoint, FhirSubscription)
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+                .outerjoin(FhirSubscription, col(FhirSubscription.endpoint_id) == col(WebhookEndpoint.id))
                 .where(WebhookDelivery.status == "pending")
                 .where(col(WebhookEndpoint.active).is_(True))
                 .where(col(WebhookDelivery.next_attempt_at) <= utc_now())
@@ -182,7 +186,7 @@ class WebhookDeliverer:
                 .limit(50)
             ).all()
             session.expunge_all()
-            return [(delivery, endpoint) for delivery, endpoint in rows]
+            return [(delivery, endpoint, subscription) for delivery, endpoint, subscription in rows]
 
     def _save(self, results: list[AttemptResult]) -> bool:
         """Record the attempts in one transaction; True if a failure was published."""
@@ -192,7 +196,11 @@ class WebhookDeliverer:
         return published
 
     async def _attempt(
-        self, client: httpx.AsyncClient, delivery: WebhookDelivery, endpoint: WebhookEndpoint
+        self,
+        client: httpx.AsyncClient,
+        delivery: WebhookDelivery,
+        endpoint: WebhookEndpoint,
+        subscription: FhirSubscription | None = None,
     ) -> AttemptResult:
         target = await target_of(
             endpoint.url, allow_loopback=self._settings.allow_loopback, resolve=self._resolve
@@ -203,7 +211,7 @@ class WebhookDeliverer:
             succeeded, error = False, target
         else:
             try:
-                response = await self._post(client, target, delivery, endpoint)
+                response = await self._post(client, target, delivery, endpoint, subscription)
                 status_code = response.status_code
                 succeeded = 200 <= status_code < 300
                 error = None if succeeded else f"HTTP {status_code}"
@@ -224,20 +232,32 @@ class WebhookDeliverer:
         return AttemptResult(delivery.id, endpoint.id, succeeded, status_code, error)
 
     async def _post(
-        self, client: httpx.AsyncClient, target: Target, delivery: WebhookDelivery, endpoint: WebhookEndpoint
+        self,
+        client: httpx.AsyncClient,
+        target: Target,
+        delivery: WebhookDelivery,
+        endpoint: WebhookEndpoint,
+        subscription: FhirSubscription | None = None,
     ) -> httpx.Response:
         body = delivery.payload.encode()
-        timestamp = int(time.time())
         key = str(delivery.id)
-        secrets = webhook_commands.signing_secrets(endpoint, self._settings, utc_now())
         headers = {
             "Host": target.host_header,
-            "Content-Type": "application/json",
             IDEMPOTENCY_HEADER: key,
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: webhook_domain.signature_header(secrets, timestamp, key, body),
             "User-Agent": "cgt-logistics-scheduling/1",
         }
+        if endpoint.channel == subscription_commands.FHIR_CHANNEL:
+            # A FHIR notification Bundle: the subscriber's own channel headers authenticate it (no signature).
+            headers |= dict(subscription_commands.channel_headers(subscription, self._settings))
+            headers["Content-Type"] = FHIR_JSON
+        else:
+            timestamp = int(time.time())
+            secrets = webhook_commands.signing_secrets(endpoint, self._settings, utc_now())
+            headers |= {
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: str(timestamp),
+                SIGNATURE_HEADER: webhook_domain.signature_header(secrets, timestamp, key, body),
+            }
         extensions: dict[str, Any] = {}
         if target.sni_hostname is not None:
             extensions["sni_hostname"] = target.sni_hostname

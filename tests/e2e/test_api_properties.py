@@ -50,8 +50,12 @@ def fuzzed_stack(
 
 
 def keep_on_loopback(case: Any) -> None:
+    """A webhook's `url` and a FHIR Subscription's `channel.endpoint` go to the sink."""
     if isinstance(case.body, dict) and isinstance(case.body.get("url"), str):
         case.body["url"] = LOOPBACK_SINK
+    channel = case.body.get("channel") if isinstance(case.body, dict) else None
+    if isinstance(channel, dict) and isinstance(channel.get("endpoint"), str):
+        channel["endpoint"] = LOOPBACK_SINK
 
 
 def failures_of(url: str) -> list[str]:

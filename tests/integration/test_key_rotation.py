@@ -23,7 +23,7 @@ from services.common.unit_of_work import session_factory
 from services.order_intake import commands
 from services.order_intake.models import PatientRecord
 from services.scheduling import models as scheduling_models
-from services.scheduling.models import WebhookEndpoint
+from services.scheduling.models import FhirSubscription, WebhookEndpoint
 from services.scheduling.webhook_commands import WebhookSettings, new_secret, signing_secrets
 from services.scheduling.webhook_domain import FailurePolicy
 from tests.support.infra import database
@@ -122,8 +122,21 @@ def test_webhook_secrets_are_rotated_to_a_new_key_and_plain_ones_from_before_are
 ) -> None:
     old, new = Fernet.generate_key(), Fernet.generate_key()
     secret, stored = new_secret(webhook_settings(ring(old)))
+    headers = ring(old).encrypt(b'[["Authorization", "Bearer fhir-subscriber"]]').decode()
     with session_factory(scheduling_db)() as session:
-        session.add(WebhookEndpoint(treatment_center_id="TC-A", url="https://a.example.org/h", secret=stored))
+        endpoint = WebhookEndpoint(treatment_center_id="TC-A", url="https://a.example.org/h", secret=stored)
+        session.add(endpoint)
+        session.flush()
+        session.add(
+            FhirSubscription(
+                endpoint_id=endpoint.id,
+                treatment_center_id="TC-A",
+                payload_content="id-only",
+                headers=headers,
+                reason="r",
+                fhir_base="https://s.example.org/fhir",
+            )
+        )
         session.add(
             WebhookEndpoint(
                 treatment_center_id="TC-B", url="https://b.example.org/h", secret="legacy-plain-secret"
@@ -138,6 +151,7 @@ def test_webhook_secrets_are_rotated_to_a_new_key_and_plain_ones_from_before_are
     assert json.loads(done.stdout.splitlines()[-1])["values_reencrypted"] == {
         "secret": 2,
         "previous_secret": 0,
+        "fhir_subscription.headers": 1,
     }
     only_new = webhook_settings(ring(new))
     with session_factory(scheduling_db)() as session:
@@ -145,3 +159,8 @@ def test_webhook_secrets_are_rotated_to_a_new_key_and_plain_ones_from_before_are
         assert "legacy-plain-secret" not in {row.secret for row in rows.values()}
         assert signing_secrets(rows["TC-A"], only_new, rows["TC-A"].created_at) == [secret]
         assert signing_secrets(rows["TC-B"], only_new, rows["TC-B"].created_at) == ["legacy-plain-secret"]
+        subscription = session.exec(select(FhirSubscription)).one()
+        assert subscription.headers is not None and subscription.headers != headers
+        assert json.loads(ring(new).decrypt(subscription.headers.encode())) == [
+            ["Authorization", "Bearer fhir-subscriber"]
+        ]
