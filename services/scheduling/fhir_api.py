@@ -15,11 +15,11 @@ from sqlmodel import Session, col, select
 
 from services.common import fhir, problems
 from services.common.paging import encode_cursor
-from services.scheduling import commands, fhir_search
+from services.scheduling import commands, fhir_search, subscription_api, subscription_commands
 from services.scheduling import fhir as views
 from services.scheduling.api import Reader, SessionDep, _appointment, _site
 from services.scheduling.domain import FHIR_SLOT_STATUS
-from services.scheduling.models import Appointment, Case, Site, SlotAlert
+from services.scheduling.models import Appointment, Case, Site
 
 router = APIRouter(
     route_class=fhir.FhirRoute,
@@ -56,7 +56,8 @@ SiteId = Annotated[str, Path(pattern=fhir.FHIR_ID.pattern)]
 
 
 def capabilities() -> Sequence[fhir.ResourceCapability]:
-    return RESOURCES
+    """Everything this base serves: the scheduling resources and the Subscriptions (`subscription_api`)."""
+    return (*RESOURCES, *subscription_api.SUBSCRIPTION_CAPABILITIES)
 
 
 @router.get(
@@ -70,15 +71,9 @@ def metadata(request: Request) -> Response:
 
 
 def appointment_view(session: Session, appointment: Appointment) -> dict[str, Any]:
-    case = session.get(Case, appointment.coi)
+    """The Appointment as read, searched and notified (`subscription_commands.appointment_resource`)."""
     site = session.get(Site, appointment.treatment_center_id)
-    alerts = session.exec(
-        select(SlotAlert)
-        .where(SlotAlert.appointment_id == appointment.id)
-        .where(col(SlotAlert.resolved_at).is_(None))
-        .order_by(col(SlotAlert.raised_at))
-    ).all()
-    return views.appointment_resource(appointment, case, commands.calendar_of(site), alerts)
+    return subscription_commands.appointment_resource(session, appointment, commands.calendar_of(site))
 
 
 def slot_view(session: Session, appointment: Appointment) -> dict[str, Any]:

@@ -164,5 +164,9 @@ def test_an_element_named_by_an_empty_key_is_an_issue_without_an_expression() ->
     )
     outcome = fhir.operation_outcome(problem)
     assert outcome["issue"] == [
-        {"severity": "error", "code": "invalid", "diagnostics": "a key must not be empty (correlation id c-1)"}
+        {
+            "severity": "error",
+            "code": "invalid",
+            "diagnostics": "a key must not be empty (correlation id c-1)",
+        }
     ]
