@@ -1229,7 +1229,11 @@ def _own_job(session: Session, capture_id: UUID, caller: Principal) -> CaptureJo
 
 
 @router.get(
-    "/capture/{capture_id}", summary="Read a capture's result", response_model=CaptureJobView, tags=["epcis"]
+    "/capture/{capture_id}",
+    summary="Read a capture's result",
+    response_model=CaptureJobView,
+    tags=["epcis"],
+    responses=problems.documented(400, 406),  # the GS1 version headers, as on the capture
 )
 def read_capture(
     capture_id: UUID, response: Response, session: SessionDep, caller: Courier, _versions: Gs1Versions
