@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Request, Response
 from sqlmodel import Session, col, select
 
 from services.common import fhir, problems
-from services.common.paging import encode_cursor
+from services.common.paging import page_list
 from services.scheduling import commands, fhir_search, subscription_api, subscription_commands
 from services.scheduling import fhir as views
 from services.scheduling.api import Reader, SessionDep, _appointment, _site
@@ -109,10 +109,10 @@ def search_appointments(request: Request, session: SessionDep, caller: Reader) -
     in an OperationOutcome entry (`Prefer: handling=strict`: 400)."""
     search = fhir.search_request(request, {p.name for p in fhir_search.APPOINTMENT_PARAMETERS})
     wanted = fhir_search.appointment_search(session, caller.site_scope, search)
-    appointments, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
+    appointments, total, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
     resources = [appointment_view(session, a) for a in appointments]
     return fhir.FhirJSONResponse(
-        fhir.searchset(request, "Appointment", resources, search, next_cursor=next_cursor)
+        fhir.searchset(request, "Appointment", resources, search, total=total, next_cursor=next_cursor)
     )
 
 
@@ -145,9 +145,11 @@ def search_slots(request: Request, session: SessionDep, caller: Reader) -> Respo
     if schedule is not None:
         _site(session, schedule.rpartition("/")[2], caller)
     wanted = fhir_search.slot_search(session, caller.site_scope, search)
-    appointments, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
+    appointments, total, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
     resources = [slot_view(session, a) for a in appointments]
-    return fhir.FhirJSONResponse(fhir.searchset(request, "Slot", resources, search, next_cursor=next_cursor))
+    return fhir.FhirJSONResponse(
+        fhir.searchset(request, "Slot", resources, search, total=total, next_cursor=next_cursor)
+    )
 
 
 @router.get(
@@ -172,13 +174,11 @@ def search_schedules(request: Request, session: SessionDep, caller: Reader) -> R
     actor, site_id = search.first("actor"), search.first("_id")
     wanted = site_id or (actor.rpartition("/")[2] if actor else None)
     sites = fhir_search.visible_sites(session, caller.site_scope, wanted)
-    page = fhir.page_of_search(search)
-    after = page.after[0] if page.after else ""
-    sites = [site for site in sites if site.id > after]
-    more = len(sites) > page.limit
-    resources = [views.schedule_resource(site, commands.calendar_of(site)) for site in sites[: page.limit]]
-    cursor = encode_cursor(sites[page.limit - 1].id) if more else None
-    return fhir.FhirJSONResponse(fhir.searchset(request, "Schedule", resources, search, next_cursor=cursor))
+    page, cursor = page_list(sites, lambda site: (site.id,), fhir.page_of_search(search))
+    resources = [views.schedule_resource(site, commands.calendar_of(site)) for site in page]
+    return fhir.FhirJSONResponse(
+        fhir.searchset(request, "Schedule", resources, search, total=len(sites), next_cursor=cursor)
+    )
 
 
 @router.get(

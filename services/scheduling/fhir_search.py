@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
 from services.common import fhir
@@ -160,10 +160,7 @@ def _on_days(site: Site, dates: Sequence[fhir.DateRanges]) -> Any:
     return and_(*conditions)
 
 
-def find(session: Session, wanted: Wanted, page: PageRequest) -> tuple[list[Appointment], str | None]:
-    """One page of the appointments `wanted` matches, by start (infusion day, then id)."""
-    if not wanted.sites:
-        return [], None
+def _matching(wanted: Wanted) -> Any:
     query = select(Appointment).where(or_(*(_on_days(site, wanted.dates or []) for site in wanted.sites)))
     if wanted.states is not None:
         query = query.where(col(Appointment.state).in_(wanted.states))
@@ -174,4 +171,17 @@ def find(session: Session, wanted: Wanted, page: PageRequest) -> tuple[list[Appo
     if wanted.patient_ref is not None:
         cases = select(Case.coi).where(Case.patient_ref == wanted.patient_ref)
         query = query.where(col(Appointment.coi).in_(cases))
-    return page_of(session, query, Appointment, page, key=(col(Appointment.infusion_on), col(Appointment.id)))
+    return query
+
+
+def find(session: Session, wanted: Wanted, page: PageRequest) -> tuple[list[Appointment], int, str | None]:
+    """One page of the appointments `wanted` matches, by start (infusion day, then id), how many match in
+    all (the Bundle's `total`), and the next page's cursor."""
+    if not wanted.sites:
+        return [], 0, None
+    query = _matching(wanted)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows, cursor = page_of(
+        session, query, Appointment, page, key=(col(Appointment.infusion_on), col(Appointment.id))
+    )
+    return rows, total, cursor
