@@ -21,7 +21,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -83,6 +83,13 @@ class FhirRoute(EdgeRoute):
 
 class FhirJSONResponse(JSONResponse):
     media_type = FHIR_JSON
+
+
+def router() -> APIRouter:
+    """A service's FHIR router: under `BASE_PATH`, `FhirRoute`s answering `application/fhir+json`."""
+    return APIRouter(
+        route_class=FhirRoute, prefix=BASE_PATH, tags=["fhir"], default_response_class=FhirJSONResponse
+    )
 
 
 def documented(

@@ -9,7 +9,7 @@ import json
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import Path, Request, Response, status
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from sqlmodel import Session, col, select
@@ -26,12 +26,7 @@ from services.order_intake.api import (
 )
 from services.order_intake.models import Order
 
-router = APIRouter(
-    route_class=fhir.FhirRoute,
-    prefix=fhir.BASE_PATH,
-    tags=["fhir"],
-    default_response_class=fhir.FhirJSONResponse,
-)
+router = fhir.router()
 
 RESOURCES = (
     fhir.ResourceCapability(

@@ -6,11 +6,11 @@ site's resource as for none. Views in `fhir.py`, searches in `fhir_search.py`, m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import Path, Request, Response
 from sqlmodel import Session, col, select
 
 from services.common import fhir, problems
@@ -21,12 +21,7 @@ from services.scheduling.api import Reader, SessionDep, _appointment, _site
 from services.scheduling.domain import FHIR_SLOT_STATUS
 from services.scheduling.models import Appointment, Case, Site
 
-router = APIRouter(
-    route_class=fhir.FhirRoute,
-    prefix=fhir.BASE_PATH,
-    tags=["fhir"],
-    default_response_class=fhir.FhirJSONResponse,
-)
+router = fhir.router()
 
 RESOURCES = (
     fhir.ResourceCapability(
@@ -82,6 +77,22 @@ def slot_view(session: Session, appointment: Appointment) -> dict[str, Any]:
     return views.slot_resource(site, appointment, commands.calendar_of(site))
 
 
+def _searchset(
+    request: Request,
+    session: Session,
+    search: fhir.SearchRequest,
+    wanted: fhir_search.Wanted,
+    resource_type: str,
+    view: Callable[[Session, Appointment], dict[str, Any]],
+) -> Response:
+    """One page of the appointments `wanted` matches, each as `view` renders it (an Appointment, or the
+    Slot it holds), with the total and the next page's link."""
+    appointments, total, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
+    resources = [view(session, appointment) for appointment in appointments]
+    bundle = fhir.searchset(request, resource_type, resources, search, total=total, next_cursor=next_cursor)
+    return fhir.FhirJSONResponse(bundle)
+
+
 @router.get(
     "/Appointment/{appointment_id}",
     summary="Read an appointment as FHIR",
@@ -109,11 +120,7 @@ def search_appointments(request: Request, session: SessionDep, caller: Reader) -
     in an OperationOutcome entry (`Prefer: handling=strict`: 400)."""
     search = fhir.search_request(request, {p.name for p in fhir_search.APPOINTMENT_PARAMETERS})
     wanted = fhir_search.appointment_search(session, caller.site_scope, search)
-    appointments, total, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
-    resources = [appointment_view(session, a) for a in appointments]
-    return fhir.FhirJSONResponse(
-        fhir.searchset(request, "Appointment", resources, search, total=total, next_cursor=next_cursor)
-    )
+    return _searchset(request, session, search, wanted, "Appointment", appointment_view)
 
 
 @router.get(
@@ -145,11 +152,7 @@ def search_slots(request: Request, session: SessionDep, caller: Reader) -> Respo
     if schedule is not None:
         _site(session, schedule.rpartition("/")[2], caller)
     wanted = fhir_search.slot_search(session, caller.site_scope, search)
-    appointments, total, next_cursor = fhir_search.find(session, wanted, fhir.page_of_search(search))
-    resources = [slot_view(session, a) for a in appointments]
-    return fhir.FhirJSONResponse(
-        fhir.searchset(request, "Slot", resources, search, total=total, next_cursor=next_cursor)
-    )
+    return _searchset(request, session, search, wanted, "Slot", slot_view)
 
 
 @router.get(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import HTTPException, Request, Response, status
 
 from services.common import fhir, problems
 from services.common.edge import json_body
@@ -19,7 +19,7 @@ from services.scheduling.runtime import RuntimeDep
 from services.scheduling.subscription_commands import SubscriptionRefused, TooManySubscriptions
 from services.scheduling.subscription_domain import TOPIC
 
-router = APIRouter(route_class=fhir.FhirRoute, tags=["fhir"])
+router = fhir.router()
 NOT_FOUND = "no such Subscription"
 
 TOPIC_CANONICAL: dict[str, Any] = {
@@ -145,7 +145,7 @@ def _resource(subscription: FhirSubscription, endpoint: WebhookEndpoint) -> dict
 
 
 @router.post(
-    "/fhir/Subscription",
+    "/Subscription",
     summary="Subscribe to a site's appointment changes (FHIR)",
     response_class=FhirJSONResponse,
     status_code=status.HTTP_201_CREATED,
@@ -197,7 +197,7 @@ async def create_subscription(
 
 
 @router.get(
-    "/fhir/Subscription/{subscription_id}",
+    "/Subscription/{subscription_id}",
     summary="Read a Subscription (FHIR)",
     response_class=FhirJSONResponse,
     responses={200: _documented(READ_EXAMPLE), **problems.documented(404, 410)},
@@ -213,7 +213,7 @@ def read_subscription(
 
 
 @router.put(
-    "/fhir/Subscription/{subscription_id}",
+    "/Subscription/{subscription_id}",
     summary="Change or re-activate a Subscription (FHIR)",
     response_class=FhirJSONResponse,
     openapi_extra=_update_body,
@@ -251,7 +251,7 @@ async def update_subscription(
 
 
 @router.delete(
-    "/fhir/Subscription/{subscription_id}",
+    "/Subscription/{subscription_id}",
     summary="Delete a Subscription (FHIR)",
     response_class=FhirJSONResponse,
     responses={200: _documented(DELETED), **problems.documented(404, 410)},
@@ -266,7 +266,7 @@ def delete_subscription(subscription_id: UUID, session: SessionDep, caller: Read
 
 
 @router.get(
-    "/fhir/Subscription/{subscription_id}/$status",
+    "/Subscription/{subscription_id}/$status",
     summary="A Subscription's status (FHIR)",
     response_class=FhirJSONResponse,
     responses={200: _documented(STATUS_EXAMPLE), **problems.documented(404, 410)},
