@@ -1,10 +1,10 @@
-"""Fetch the official AsyncAPI 3.0.0 and 2.6.0 JSON Schemas that the tests validate the bus documents with.
+"""Fetch the official AsyncAPI 3.0.0 JSON Schema that the tests validate the bus documents with.
 
 `make install` runs this from the repository root: `python3 -m deploy.fetch_asyncapi_schemas
 [--via auto|npm|https]`. Standard library only; the fetching and checking is deploy/npm_fetch.py's, shared
 with deploy/fetch_epcis_schema.py.
 
-The schemas are `package/schemas/3.0.0.json` and `package/schemas/2.6.0.json` of the npm package
+The schema is `package/schemas/3.0.0.json` of the npm package
 @asyncapi/specs 6.11.1 (Apache-2.0; the AsyncAPI Initiative's bundled JSON Schemas, draft-07, each
 definition under its own `$id`), each checked against its own pinned SHA-256; they land in `.cache/asyncapi/`
 (git-ignored), and the tarball is fetched only when one of them is missing or stale. Exits 1 with the reason
@@ -38,10 +38,6 @@ MEMBERS = {
     "3.0.0": (
         "package/schemas/3.0.0.json",
         "d4571a420e6ffb7fcc7066c95a6db1202f299a3c51daa103d0706bf30f95e626",
-    ),
-    "2.6.0": (
-        "package/schemas/2.6.0.json",
-        "4b0bfe579e3c98a1da14db72bbd22a446ae23d5ae347ec7873a4cb488e446583",
     ),
 }
 """Each AsyncAPI version's schema: its path in the tarball and its pinned SHA-256."""
