@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -44,8 +45,11 @@ class ConsoleSession:
 class SessionStore:
     """Sessions by id, in this process's memory (see the module's note on several instances)."""
 
-    def __init__(self, secret_key: str, lifetime_seconds: int) -> None:
+    def __init__(
+        self, secret_key: str, lifetime_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.lifetime_seconds = lifetime_seconds
+        self.clock = clock
         self._sessions: dict[str, ConsoleSession] = {}
         self._session_ids = URLSafeTimedSerializer(secret_key, salt="cgt-console-session")
         self._sign_in = URLSafeTimedSerializer(secret_key, salt="cgt-console-sign-in")
@@ -58,7 +62,7 @@ class SessionStore:
             token=token,
             caller=caller,
             csrf_token=secrets.token_urlsafe(32),
-            expires_at=time.time() + self.lifetime_seconds,
+            expires_at=self.clock() + self.lifetime_seconds,
         )
         self._sessions[session.id] = session
         return session, self._session_ids.dumps(session.id)
@@ -74,7 +78,7 @@ class SessionStore:
         session = self._sessions.get(str(session_id))
         if session is None:
             return None
-        if session.expires_at <= time.time():
+        if session.expires_at <= self.clock():
             self._sessions.pop(session.id, None)
             return None
         return session
@@ -86,7 +90,7 @@ class SessionStore:
         return len(self._sessions)
 
     def _forget_expired(self) -> None:
-        now = time.time()
+        now = self.clock()
         for session_id in [i for i, s in self._sessions.items() if s.expires_at <= now]:
             del self._sessions[session_id]
 
