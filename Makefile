@@ -36,7 +36,7 @@ kafka-deps: $(KAFKA_LIB) ## Apache Kafka jars from Maven Central
 postgres: ## PostgreSQL on 127.0.0.1:5432 for the suite (installs Debian's package if missing)
 	bash deploy/postgres-local.sh
 
-up: install kafka-deps ## Broker + three services on SQLite, in the foreground (Ctrl-C stops)
+up: install kafka-deps ## Broker + three services on SQLite + the console (:8004), in the foreground (Ctrl-C stops)
 	$(PY) -m deploy.stack up
 
 demo: install kafka-deps ## The vein-to-vein journey against a running stack (or one it starts)
