@@ -217,6 +217,10 @@ def test_signing_in_with_a_good_token_opens_a_session_whose_cookie_holds_no_toke
     page = console.get("/")
     assert page.status_code == 200
     assert COORDINATOR not in page.text
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == console_app.PAGE_HEADERS["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
 
 
 def test_the_cookie_is_secure_unless_configured_off(services: Services) -> None:
