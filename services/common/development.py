@@ -22,6 +22,8 @@ DEV_WEBHOOK_SECRET_KEY = "REVWLU9OTFktd2ViaG9vay1zZWNyZXRzLWtleS0wMDE="
 """Scheduling's Fernet key of the stored webhook secrets (its bytes spell DEV-ONLY-...)."""
 DEV_LEDGER_SIGNING_KEYS = {"dev-ledger-1": "REVWLU9OTFktbGVkZ2VyLWtleS1ub3QtZm9yLXByb2Q="}
 """COI tracking's Ed25519 ledger key (key id -> base64 seed spelling DEV-ONLY-...)."""
+DEV_CONSOLE_SESSION_KEY = "DEV-ONLY-console-session-key-not-for-production"
+"""The coordinator console's key that signs its session and sign-in cookies (CONSOLE_SESSION_KEY)."""
 DEV_QA_SIGNING_PIN = "24681357"
 """The development QA signer's (qa-jr, dev-qa-token) signing PIN; production seeds none, signers enrol."""
 DEV_SIGNING_PINS = {"qa-jr": DEV_QA_SIGNING_PIN}
@@ -56,6 +58,7 @@ DEVELOPMENT_VALUES: frozenset[str] = frozenset(
         DEV_PHI_KEY,
         DEV_PATIENT_MATCH_KEY,
         DEV_WEBHOOK_SECRET_KEY,
+        DEV_CONSOLE_SESSION_KEY,
         DEV_QA_SIGNING_PIN,
         *DEV_TOKENS,
         *DEV_LEDGER_SIGNING_KEYS.values(),

@@ -14,21 +14,23 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import structlog
 from cgt_contracts.envelope import EventEnvelope
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from faststream.kafka import KafkaBroker
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 from sqlalchemy import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.common.asyncapi import declare_publishers, service_document
-from services.common.auth import BEARER, authenticate
+from services.common.auth import BEARER, Principal, Role, authenticate, require
 from services.common.consumer import ProcessedEvent
 from services.common.db import (
     WalCheckpointer,
@@ -258,7 +260,51 @@ def ops_router(name: str, engine: Engine, broker: KafkaBroker) -> APIRouter:
             return problem_response(request, problem)
         return JSONResponse({"status": "ready", "ready": True, "checks": checks})
 
+    @router.get(
+        "/whoami",
+        tags=["ops"],
+        summary="Say who the bearer token is",
+        response_model=Caller,
+        responses={200: {"content": {"application/json": {"example": CALLER_EXAMPLE}}}},
+    )
+    async def whoami(caller: Annotated[Principal, Depends(require(*Role))]) -> Caller:
+        """The caller the bearer token belongs to: its subject, role and display name, and the site (a
+        treatment center) or courier company (a courier) it acts for. Any role; 401 without a valid token.
+        The coordinator console asks it at sign-in to learn who is signing in."""
+        return Caller.of(caller)
+
     return router
+
+
+CALLER_EXAMPLE: JsonDict = {
+    "subject": "tc-boston-desk",
+    "role": "treatment_center",
+    "display_name": "Boston QTC cell lab",
+    "treatment_center_id": "TC-BOSTON",
+    "courier_company": None,
+}
+
+
+class Caller(BaseModel):
+    """Who a bearer token is (`GET /whoami`): nothing but the caller's identity and scope."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [CALLER_EXAMPLE]})
+
+    subject: str
+    role: str = Field(description="coordinator, courier, treatment_center, qa or service")
+    display_name: str
+    treatment_center_id: str | None = Field(description="The one site a treatment center acts for")
+    courier_company: str | None = Field(description="The one company a courier acts for")
+
+    @classmethod
+    def of(cls, principal: Principal) -> Caller:
+        return cls(
+            subject=principal.subject,
+            role=principal.role.value,
+            display_name=principal.display_name,
+            treatment_center_id=principal.treatment_center_id,
+            courier_company=principal.courier_company,
+        )
 
 
 def _document_problems(app: FastAPI) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -126,6 +126,13 @@ def put_site(site_id: Ident, body: SiteBody, session: SessionDep, _: Coordinator
     session.add(site)
     session.commit()
     return _site_view(site)
+
+
+@router.get("/sites/{site_id}", summary="Read a treatment center's calendar", response_model=SiteView)
+def read_site(site_id: Ident, session: SessionDep, caller: Reader) -> SiteView:
+    """A site's time zone, infusions per day, beds for patients in conditioning, working weekdays and
+    blackout dates. A treatment center reads only its own (another site's is the same 404 as a missing one)."""
+    return _site_view(_site(session, site_id, caller))
 
 
 class DayAvailability(BaseModel):
@@ -1046,18 +1053,43 @@ def _on_hold_items(session: Session) -> list[WorkItem]:
     ]
 
 
+WorkKind = Literal["at_risk", "attention", "to_book", "on_hold", "webhook_failing", "follow_up_overdue"]
+
+
+def wanted_work(
+    items: list[WorkItem], site_scope: str | None, kind: str | None, treatment_center_id: str | None
+) -> list[WorkItem]:
+    """The items a caller sees: a treatment center only its own site's; each filter given narrows them."""
+    return [
+        item
+        for item in items
+        if (site_scope is None or item.treatment_center_id == site_scope)
+        and (kind is None or item.kind == kind)
+        and (treatment_center_id is None or item.treatment_center_id == treatment_center_id)
+    ]
+
+
 @router.get("/worklist", summary="Read the coordinators' worklist", response_model=list[WorkItem])
 def worklist(
-    request: Request, response: Response, session: SessionDep, _: Coordinator, page: Page
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    caller: Reader,
+    page: Page,
+    kind: WorkKind | None = None,
+    treatment_center_id: Ident | None = None,
 ) -> list[WorkItem]:
     """Every case needing a coordinator, oldest first, a page at a time (`limit`, `cursor`; the next page
     in `Link`): an appointment the site may act on that is
     threatened (`at_risk`: it stays until resolved with POST /alerts/{alert_id}/resolve), options to book
     (`to_book`), a case to look at (`attention`: an ETA that has passed, no feasible option, a rejected
     product), an appointment on hold (`on_hold`, with its cause), a webhook the site is not receiving
-    (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`)."""
+    (`webhook_failing`), a follow-up visit overdue (`follow_up_overdue`). A coordinator sees every site's,
+    a treatment center its own (read-only: the actions are the coordinators'). Each filter given narrows
+    the list: `kind`, `treatment_center_id` (for a treatment center, another site's finds none)."""
     # Computed from open items only (each ends when it is handled); paged like every list, by when and what.
-    shown, next_cursor = page_list(work_items(session), _work_item_key, page)
+    items = wanted_work(work_items(session), caller.site_scope, kind, treatment_center_id)
+    shown, next_cursor = page_list(items, _work_item_key, page)
     link_next(request, response, next_cursor)
     return shown
 

@@ -182,6 +182,7 @@ def test_another_sites_scheduling_object_is_the_same_404_as_a_missing_one(
         (f"/fhir/Appointment/{denver}", f"/fhir/Appointment/{MISSING_ID}", {}),
         (f"/appointments/{denver}/deliveries", f"/appointments/{MISSING_ID}/deliveries", {}),
         ("/sites/TC-DENVER/availability", "/sites/TC-NOWHERE/availability", days),
+        ("/sites/TC-DENVER", "/sites/TC-NOWHERE", {}),
     ]
     for elsewhere, missing, query in pairs:
         other = client.get(elsewhere, params=query, headers=BOSTON)
@@ -429,3 +430,41 @@ def test_the_worklist_is_paged_oldest_first(scheduling: tuple[TestClient, Engine
     assert [item for page in pages for item in page] == whole  # every item once, in the same order
     assert [item["since"] for item in whole] == sorted(item["since"] for item in whole)
     assert {item["detail"] for item in whole if item["kind"] == "at_risk"} >= {f"alert {n}" for n in range(5)}
+
+
+def test_the_worklist_is_filtered_by_kind_and_site_and_a_treatment_center_sees_its_own(
+    scheduling: tuple[TestClient, Engine],
+) -> None:
+    client, engine = scheduling
+    with session_factory(engine)() as session:
+        for minute, (site, coi) in enumerate((("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI))):
+            session.add(
+                SlotAlert(
+                    appointment_id=uuid.uuid4(),
+                    coi=coi,
+                    treatment_center_id=site,
+                    cause="delay",
+                    detail=f"filtered {site}",
+                    raised_at=datetime(2026, 11, 29, 9, minute, tzinfo=UTC),
+                )
+            )
+        session.commit()
+
+    def mine(headers: dict[str, str], **params: str) -> list[tuple[str, str]]:
+        answer = client.get("/worklist", params={"limit": "500", **params}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return [
+            (i["kind"], i["treatment_center_id"]) for i in answer.json() if i["detail"].startswith("filtered")
+        ]
+
+    assert mine(COORDINATOR) == [("at_risk", "TC-BOSTON"), ("at_risk", "TC-DENVER")]
+    assert mine(COORDINATOR, treatment_center_id="TC-DENVER") == [("at_risk", "TC-DENVER")]
+    assert mine(COORDINATOR, kind="on_hold") == []
+    assert mine(BOSTON) == [("at_risk", "TC-BOSTON")]
+    assert mine(BOSTON, treatment_center_id="TC-DENVER") == []  # another site's: none
+    assert {i["treatment_center_id"] for i in client.get("/worklist", headers=BOSTON).json()} == {"TC-BOSTON"}
+    refused = client.get("/worklist", params={"kind": "everything"}, headers=COORDINATOR)
+    assert refused.status_code == 422
+    assert [e["pointer"] for e in refused.json()["errors"]] == ["/kind"]
+    assert client.get("/worklist", headers=CRYO).status_code == 403
+    assert client.get("/sites/TC-BOSTON", headers=BOSTON).json()["timezone"] == "America/New_York"
