@@ -128,6 +128,13 @@ def put_site(site_id: Ident, body: SiteBody, session: SessionDep, _: Coordinator
     return _site_view(site)
 
 
+@router.get("/sites", summary="List the treatment centers' calendars", response_model=list[SiteView])
+def list_sites(session: SessionDep, caller: Reader) -> list[SiteView]:
+    """Every site scheduling has a calendar of, by id (at most one per treatment center, so no paging). A
+    treatment center sees its own only."""
+    return [_site_view(site) for site in commands.visible_sites(session, caller.site_scope)]
+
+
 @router.get("/sites/{site_id}", summary="Read a treatment center's calendar", response_model=SiteView)
 def read_site(site_id: Ident, session: SessionDep, caller: Reader) -> SiteView:
     """A site's time zone, infusions per day, beds for patients in conditioning, working weekdays and

@@ -468,3 +468,22 @@ def test_the_worklist_is_filtered_by_kind_and_site_and_a_treatment_center_sees_i
     assert [e["pointer"] for e in refused.json()["errors"]] == ["/kind"]
     assert client.get("/worklist", headers=CRYO).status_code == 403
     assert client.get("/sites/TC-BOSTON", headers=BOSTON).json()["timezone"] == "America/New_York"
+
+
+def test_the_site_list_is_every_calendar_for_a_coordinator_and_its_own_for_a_treatment_center(
+    scheduling: tuple[TestClient, Engine],
+) -> None:
+    client, _ = scheduling
+    every = client.get("/sites", headers=COORDINATOR)
+    assert every.status_code == 200, every.text
+    assert [site["id"] for site in every.json()] == ["TC-BOSTON", "TC-DENVER"]
+    assert every.json()[0] == {
+        "id": "TC-BOSTON",
+        "timezone": "America/New_York",
+        "infusions_per_day": 1,
+        "admissions_capacity": 2,
+        "working_weekdays": [1, 2, 3, 4, 5],
+        "blackout_dates": [],
+    }
+    assert [site["id"] for site in client.get("/sites", headers=BOSTON).json()] == ["TC-BOSTON"]
+    assert client.get("/sites", headers=CRYO).status_code == 403
