@@ -79,6 +79,7 @@ TOKENS = {
         "coordinator": {"subject": "coord", "role": "coordinator"},
         "boston": {"subject": "boston-desk", "role": "treatment_center", "treatment_center_id": "TC-BOSTON"},
         "cryo": {"subject": "courier-ben", "role": "courier", "courier_company": "CRYO-EXPRESS"},
+        "qa": {"subject": "qa-jr", "role": "qa"},
         "other": {"subject": "courier-dee", "role": "courier", "courier_company": "OTHER-LOGISTICS"},
     }
 }
@@ -486,4 +487,9 @@ def test_the_site_list_is_every_calendar_for_a_coordinator_and_its_own_for_a_tre
         "blackout_dates": [],
     }
     assert [site["id"] for site in client.get("/sites", headers=BOSTON).json()] == ["TC-BOSTON"]
+    # QA reads the calendars (their time zones: QA's pages show its signatures in the site's zone).
+    qa = {"Authorization": "Bearer qa"}
+    assert client.get("/sites", headers=qa).json() == every.json()
+    assert client.get("/sites/TC-DENVER", headers=qa).json()["timezone"] == "America/New_York"
+    assert client.get("/sites/TC-DENVER/availability", headers=qa).status_code == 403
     assert client.get("/sites", headers=CRYO).status_code == 403
