@@ -1,10 +1,23 @@
 """Browser tests: Playwright driving Debian's chromium (headless, one per session), a fresh page per test,
 a screenshot in test-artifacts/screenshots/ when a test fails, and the axe-core check `assert_accessible`.
 The machinery is tests/support/browser.py's (importable, so a sub-run can load it as a plugin); the names
-imported here are what pytest registers for this folder."""
+imported here are what pytest registers for this folder. `console_site`: the console and the three real
+service apps on loopback ports (tests/support/console.py)."""
 
 from __future__ import annotations
 
-from tests.support.browser import browser, loopback_guard, page, playwright, pytest_runtest_makereport
+from collections.abc import Iterator
 
-__all__ = ["browser", "loopback_guard", "page", "playwright", "pytest_runtest_makereport"]
+import pytest
+
+from tests.support.browser import browser, loopback_guard, page, playwright, pytest_runtest_makereport
+from tests.support.console import ConsoleSite, running_console
+
+__all__ = ["browser", "console_site", "loopback_guard", "page", "playwright", "pytest_runtest_makereport"]
+
+
+@pytest.fixture(scope="session")
+def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
+    """The console's base URL (`.url`), the services' (`.service_urls`), and the services in process."""
+    with running_console(tmp_path_factory.mktemp("console-site")) as site:
+        yield site

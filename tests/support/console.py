@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -233,7 +233,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: FastAPI, *, lifespan: str) -> Iterator[str]:
+def serving(app: FastAPI, *, lifespan: Literal["on", "off"]) -> Iterator[str]:
     """`app` under uvicorn on a free loopback port in a thread, until the block ends; its base URL."""
     port = free_port()
     server = uvicorn.Server(
