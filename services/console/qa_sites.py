@@ -58,8 +58,14 @@ def zone_for(zones: dict[str, ZoneInfo], site: str) -> ZoneInfo:
     return zones.get(site) or timeline.zone_of(None)
 
 
-def refused(request: Request, session: ConsoleSession, message: str) -> HTMLResponse:
-    return render(request, "refused.html", session, 403, message=message)
+def refused(
+    request: Request,
+    session: ConsoleSession,
+    message: str,
+    status_code: int = 403,
+    heading: str = "Not for your role",
+) -> HTMLResponse:
+    return render(request, "refused.html", session, status_code, message=message, heading=heading)
 
 
 # ------------------------------------------------------------------------ QA
@@ -152,12 +158,15 @@ def _uuid(value: str) -> bool:
 
 
 @router.post("/qa/shipments/{shipment_id}/dispositions", response_class=HTMLResponse)
-async def sign_disposition(request: Request, shipment_id: UUID) -> Response:
+async def sign_disposition(request: Request, shipment_id: str) -> Response:
     """QA's release or rejection, signed with the PIN, posted to COI tracking; the PIN is passed on, never
     logged nor shown again. Signed: back to the QA page showing the manifestation. Refused: the QA page with
-    the service's refusal in words at that shipment's form."""
+    the service's refusal in words at that shipment's form. The CSRF token is checked before anything,
+    the shipment id too."""
     session = signed_in(request)
     form = await posted_form(request, session)
+    if not _uuid(shipment_id):
+        return refused(request, session, "There is no such shipment. Nothing was done.", 404, "Not found")
     calls = Calls(request, session)
     try:
         await calls.client.post(
@@ -182,7 +191,8 @@ async def sign_disposition(request: Request, shipment_id: UUID) -> Response:
             session,
             status_code,
             refusal=error,
-            refused_shipment=str(shipment_id),
+            refused_shipment=shipment_id,
+            refusal_elsewhere=shipment_id not in {row["shipment"]["id"] for row in context["rows"]},
             typed={k: form.get(k, "") for k in ("decision", "reason_code", "note", "meaning")},
             **context,
         )

@@ -177,3 +177,30 @@ def test_the_signing_form_needs_its_csrf_token(services: ServiceApps, console: T
         .json()
         == []
     )
+
+
+def test_a_signature_for_no_such_shipment_is_404_and_signs_nothing(console: TestClient) -> None:
+    sign_in(console, QA)
+    token = hidden(console.get("/qa").text)
+    for path in (
+        "/qa/shipments/not-an-id/dispositions",
+        "/qa/shipments/" + "0" * 8 + "-0000-4000-8000-" + "0" * 12 + "/dispositions",
+    ):
+        answer = console.post(
+            path,
+            data={
+                CSRF_FIELD: token,
+                "decision": "release",
+                "reason_code": "product_within_limits",
+                "meaning": "approval",
+                "signing_pin": QA_PIN,
+            },
+        )
+        assert answer.status_code == 404, (path, answer.text)
+        if "not-an-id" not in path:
+            assert "coi tracking answered 404: Not Found." in answer.text
+            assert "no such shipment" in answer.text
+    assert (
+        "There is no such shipment. Nothing was done."
+        in console.post("/qa/shipments/not-an-id/dispositions", data={CSRF_FIELD: token}).text
+    )
