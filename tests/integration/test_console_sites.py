@@ -1,7 +1,6 @@
 """The console's Sites page against the real scheduling app in process: each site's next four weeks as a
 calendar, booked / capacity per day, closed days (weekends, blackouts) said in words; a coordinator sees
-every site scheduling knows (its `GET /sites`), a treatment center its own; a treatment center's pages
-carry no action form and its nav no QA."""
+every site scheduling knows (its `GET /sites`); the treatment center's view: test_console_center.py."""
 
 from __future__ import annotations
 
@@ -17,14 +16,11 @@ from fastapi.testclient import TestClient
 from services.common.unit_of_work import session_factory
 from services.scheduling.models import Appointment, Case
 from tests.support.console import (
-    CENTER,
     COORDINATOR,
     QA,
     ServiceApps,
     console_client,
-    post_forms,
     put_site,
-    quarantined_shipment,
     service_apps,
     sign_in,
 )
@@ -68,7 +64,6 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceApps]:
                 )
             )
             session.commit()
-        quarantined_shipment(apps, apps.client("coi_tracking"), "TC-BOSTON")
         yield apps
 
 
@@ -112,25 +107,6 @@ def test_the_calendar_marks_a_booked_day_a_blackout_and_weekends_in_words(consol
     assert '<th scope="col">Monday</th>' in boston and '<th scope="row">' in boston
     denver = page.text.split('id="site-TC-DENVER"')[1]
     assert "Days in America/Denver" in denver and "Closed: blackout" not in denver
-
-
-def test_a_treatment_center_sees_its_own_site_only_and_no_action_form_anywhere(console: TestClient) -> None:
-    sign_in(console, CENTER)
-    sites = console.get("/sites")
-    assert site_ids(sites.text) == ["TC-BOSTON"]
-    pages = {path: console.get(path) for path in ("/", "/worklist", "/sites", f"/cases/{BOSTON_COI}")}
-    for path, page in pages.items():
-        assert page.status_code == 200, (path, page.text)
-        assert post_forms(page.text) == ["/sign-out"], path
-        assert '<a href="/qa">' not in page.text, path
-        assert '<a href="/sites">Sites</a>' in page.text
-    qa = console.get("/qa")
-    assert qa.status_code == 403 and "The QA page is for QA reviewers and coordinators." in qa.text
-    assert post_forms(qa.text) == ["/sign-out"]
-    other = console.get(f"/cases/{DENVER_COI}", headers={"X-Correlation-ID": "center-test-1"})
-    assert other.status_code == 404
-    assert "scheduling answered 404: Not Found." in other.text and "no such case" in other.text
-    assert '<code class="correlation-id">center-test-1</code>' in other.text
 
 
 def test_coordinators_and_qa_see_the_qa_link(console: TestClient) -> None:
