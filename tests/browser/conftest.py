@@ -1,8 +1,15 @@
 """Browser tests: Playwright driving Debian's chromium (headless, one per session), a fresh page per test,
 a screenshot in test-artifacts/screenshots/ when a test fails, and the axe-core check `assert_accessible`.
 The machinery is tests/support/browser.py's (importable, so a sub-run can load it as a plugin); the names
-imported here are what pytest registers for this folder. `console_site`: the console and the three real
-service apps on loopback ports (tests/support/console.py)."""
+imported here are what pytest registers for this folder.
+
+`console_stack`: the console in front of the real stack (a broker, the three services as processes on
+SQLite, the console as a process; tests/support/console_stack.py), one for the whole session, started only
+when a test asks for it.
+
+`console_site`: lighter, no broker — the three real service apps (lifespan off) and the console under
+uvicorn in threads on loopback ports, with the services' apps and databases in process so a test makes its
+facts through their APIs (tests/support/console.py); the QA and Sites page tests use it."""
 
 from __future__ import annotations
 
@@ -12,8 +19,23 @@ import pytest
 
 from tests.support.browser import browser, loopback_guard, page, playwright, pytest_runtest_makereport
 from tests.support.console import ConsoleSite, running_console
+from tests.support.console_stack import ConsoleStack, console_on_stack
 
-__all__ = ["browser", "console_site", "loopback_guard", "page", "playwright", "pytest_runtest_makereport"]
+__all__ = [
+    "browser",
+    "console_site",
+    "console_stack",
+    "loopback_guard",
+    "page",
+    "playwright",
+    "pytest_runtest_makereport",
+]
+
+
+@pytest.fixture(scope="session")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    with console_on_stack(tmp_path_factory.mktemp("console-stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

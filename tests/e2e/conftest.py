@@ -1,89 +1,39 @@
 """End-to-end fixtures: a real broker and the three services as separate processes, on SQLite and on
-PostgreSQL (each backend gets its own broker, so the two runs cannot see each other's events)."""
+PostgreSQL (each backend gets its own broker, so the two runs cannot see each other's events).
+
+The stack itself is tests/support/stack.py's (the browser tests start one too); its names stay importable
+from here, where the journeys' tests have always found them."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from deploy.observe import EventLog, WebhookListener
-from deploy.stack import (
-    SERVICES,
-    KafkaAccounts,
-    Stack,
-    create_postgres_databases,
-    drop_postgres_databases,
-    sqlite_urls,
-)
-from services.common.kafka_access import KafkaAccess
 from services.common.topics import ALL_TOPICS
-from tests.support.infra import kafka_broker
+from tests.support.stack import (
+    CENTER,
+    COORDINATOR,
+    COURIER,
+    COURIER_2,
+    OTHER_COURIER,
+    QA,
+    RunningStack,
+    running_stack,
+)
 
-COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
-COURIER = {"Authorization": "Bearer dev-courier-token"}
-COURIER_2 = {"Authorization": "Bearer dev-courier2-token"}
-OTHER_COURIER = {"Authorization": "Bearer dev-other-courier-token"}
-CENTER = {"Authorization": "Bearer dev-center-token"}
-QA = {"Authorization": "Bearer dev-qa-token"}
-
-
-@dataclass
-class RunningStack:
-    backend: str
-    broker: KafkaAccounts
-    """The broker and its principals (`broker.access("courier-cryo-express")`)."""
-    stack: Stack
-
-    @property
-    def kafka(self) -> KafkaAccess:
-        """The broker's super user: what the tests' own raw clients log in as."""
-        return self.broker.access()
-
-    @property
-    def orders(self) -> str:
-        return self.stack.url("order-intake")
-
-    @property
-    def tracking(self) -> str:
-        return self.stack.url("coi-tracking")
-
-    @property
-    def scheduling(self) -> str:
-        return self.stack.url("scheduling")
-
-
-@contextlib.contextmanager
-def running_stack(backend: str, workdir: Path) -> Iterator[RunningStack]:
-    """A broker of its own and the three services on `backend` ("sqlite" or "postgresql")."""
-    with kafka_broker(workdir / "kafka") as broker:
-        urls = (
-            sqlite_urls(workdir / "db") if backend == "sqlite" else create_postgres_databases(list(SERVICES))
-        )
-        running = Stack(
-            kafka=broker,
-            database_urls=urls,
-            workdir=workdir / "logs",
-            extra_env={
-                "WEBHOOK_BACKOFF_SECONDS": "0.2",
-                "WEBHOOK_MAX_ATTEMPTS": "4",
-                "WEBHOOK_DISABLE_AFTER_FAILURES": "4",
-                "OUTBOX_POLL_SECONDS": "0.2",
-                "FOLLOW_UP_CHECK_SECONDS": "0.5",
-            },
-        )
-        try:
-            running.start()
-            yield RunningStack(backend, broker, running)
-        finally:
-            running.stop()
-            if backend == "postgresql":
-                with contextlib.suppress(Exception):
-                    drop_postgres_databases(urls)
+__all__ = [
+    "CENTER",
+    "COORDINATOR",
+    "COURIER",
+    "COURIER_2",
+    "OTHER_COURIER",
+    "QA",
+    "RunningStack",
+    "running_stack",
+]
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

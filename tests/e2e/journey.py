@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from deploy.observe import EventLog
-from tests.e2e.conftest import COORDINATOR, COURIER, RunningStack
+from tests.support.stack import COORDINATOR, COURIER, RunningStack
 
 DEMO_SITE = "TC-BOSTON"
 WASKYRA = "WASKYRA"
