@@ -46,6 +46,8 @@ HTMX_PATH = ROOT / ".cache" / "console" / "htmx.min.js"
 """Where deploy/fetch_console_assets.py puts htmx (a unit test holds the two together)."""
 CONSOLE_ROLES = frozenset({"coordinator", "qa", "treatment_center"})
 """Who the console is for: the pharmacy's coordinators and QA reviewers, and the treatment centers."""
+READ_ONLY_ROLES = frozenset({"treatment_center"})
+"""Who sees the console read-only: every template shows its action forms only `{% if not read_only %}`."""
 MAX_FORM_BYTES = 16 * 1024
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
@@ -123,6 +125,7 @@ def render(
         {
             "caller": session.caller if session else None,
             "csrf_token": session.csrf_token if session else None,
+            "read_only": session is not None and session.caller.role in READ_ONLY_ROLES,
             "correlation_id": correlation_id_of(request),
             "kind_labels": timeline.KIND_LABELS,
             **context,
@@ -375,4 +378,7 @@ def create_app(
             errors=errors,
         )
 
+    from services.console import qa_sites  # its routes use this module's helpers
+
+    app.router.routes.extend(qa_sites.router.routes)  # as the app's own: the CSRF test lists every POST
     return app

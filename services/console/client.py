@@ -80,10 +80,42 @@ class ServiceClient:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """The JSON a service answers a GET with; a `ServiceError` for anything but a 2xx."""
+        return await self._call("GET", service, path, token, correlation_id, params=params)
+
+    async def post(
+        self,
+        service: ServiceName,
+        path: str,
+        *,
+        token: str,
+        correlation_id: str,
+        body: Mapping[str, Any],
+    ) -> Any:
+        """The JSON a service answers a POST of `body` with; a `ServiceError` for anything but a 2xx. The
+        body (a signing PIN, say) is sent, never logged."""
+        return await self._call("POST", service, path, token, correlation_id, body=body)
+
+    async def _call(
+        self,
+        method: Literal["GET", "POST"],
+        service: ServiceName,
+        path: str,
+        token: str,
+        correlation_id: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
         url = self.base_urls[service] + path
         headers = {"Authorization": f"Bearer {token}", CORRELATION_HEADER: correlation_id}
         try:
-            response = await self.http.get(url, params=dict(params or {}), headers=headers)
+            response = await self.http.request(
+                method,
+                url,
+                params=dict(params or {}),
+                json=dict(body) if body is not None else None,
+                headers=headers,
+            )
         except httpx.HTTPError as error:
             structlog.get_logger().warning(
                 "console.service_unreachable", service=service, error=type(error).__name__

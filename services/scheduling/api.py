@@ -41,6 +41,8 @@ router = APIRouter(route_class=EdgeRoute, tags=["scheduling"])
 SessionDep = Annotated[Session, Depends(db_session)]
 Reader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER))]
 Coordinator = Annotated[Principal, Depends(require(Role.COORDINATOR))]
+SiteReader = Annotated[Principal, Depends(require(Role.COORDINATOR, Role.TREATMENT_CENTER, Role.QA))]
+"""A site's calendar (its time zone above all) is read by QA too: QA shows its signatures in the site's zone."""
 Ident = Identifier
 COI = "CHW4321260000014"
 APPOINTMENT_ID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
@@ -128,10 +130,18 @@ def put_site(site_id: Ident, body: SiteBody, session: SessionDep, _: Coordinator
     return _site_view(site)
 
 
+@router.get("/sites", summary="List the treatment centers' calendars", response_model=list[SiteView])
+def list_sites(session: SessionDep, caller: SiteReader) -> list[SiteView]:
+    """Every site scheduling has a calendar of, by id (at most one per treatment center, so no paging), for
+    coordinators and QA; a treatment center sees its own only."""
+    return [_site_view(site) for site in commands.visible_sites(session, caller.site_scope)]
+
+
 @router.get("/sites/{site_id}", summary="Read a treatment center's calendar", response_model=SiteView)
-def read_site(site_id: Ident, session: SessionDep, caller: Reader) -> SiteView:
+def read_site(site_id: Ident, session: SessionDep, caller: SiteReader) -> SiteView:
     """A site's time zone, infusions per day, beds for patients in conditioning, working weekdays and
-    blackout dates. A treatment center reads only its own (another site's is the same 404 as a missing one)."""
+    blackout dates (coordinators and QA). A treatment center reads only its own (another site's is the same
+    404 as a missing one)."""
     return _site_view(_site(session, site_id, caller))
 
 

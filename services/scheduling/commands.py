@@ -183,6 +183,14 @@ def visible_site(session: Session, site_id: str, scope: str | None) -> Site | No
     return session.get(Site, site_id) if visible_to(scope, site_id) else None
 
 
+def visible_sites(session: Session, scope: str | None) -> list[Site]:
+    """Every site with a calendar the caller may see, by id: a scoped caller's own (if it has a calendar)."""
+    query = select(Site).order_by(col(Site.id))
+    if scope is not None:
+        query = query.where(Site.id == scope)
+    return list(session.exec(query))
+
+
 def find_appointments(
     session: Session, scope: str | None, wanted: AppointmentFilter, page: PageRequest = FIRST_PAGE
 ) -> tuple[list[Appointment], str | None]:

@@ -5,7 +5,11 @@ imported here are what pytest registers for this folder.
 
 `console_stack`: the console in front of the real stack (a broker, the three services as processes on
 SQLite, the console as a process; tests/support/console_stack.py), one for the whole session, started only
-when a test asks for it."""
+when a test asks for it.
+
+`console_site`: lighter, no broker — the three real service apps (lifespan off) and the console under
+uvicorn in threads on loopback ports, with the services' apps and databases in process so a test makes its
+facts through their APIs (tests/support/console.py); the QA and Sites page tests use it."""
 
 from __future__ import annotations
 
@@ -14,12 +18,28 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.browser import browser, loopback_guard, page, playwright, pytest_runtest_makereport
+from tests.support.console import ConsoleSite, running_console
 from tests.support.console_stack import ConsoleStack, console_on_stack
 
-__all__ = ["browser", "console_stack", "loopback_guard", "page", "playwright", "pytest_runtest_makereport"]
+__all__ = [
+    "browser",
+    "console_site",
+    "console_stack",
+    "loopback_guard",
+    "page",
+    "playwright",
+    "pytest_runtest_makereport",
+]
 
 
 @pytest.fixture(scope="session")
 def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     with console_on_stack(tmp_path_factory.mktemp("console-stack")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
+    """The console's base URL (`.url`), the services' (`.service_urls`), and the services in process."""
+    with running_console(tmp_path_factory.mktemp("console-site")) as site:
+        yield site

@@ -79,6 +79,7 @@ TOKENS = {
         "coordinator": {"subject": "coord", "role": "coordinator"},
         "boston": {"subject": "boston-desk", "role": "treatment_center", "treatment_center_id": "TC-BOSTON"},
         "cryo": {"subject": "courier-ben", "role": "courier", "courier_company": "CRYO-EXPRESS"},
+        "qa": {"subject": "qa-jr", "role": "qa"},
         "other": {"subject": "courier-dee", "role": "courier", "courier_company": "OTHER-LOGISTICS"},
     }
 }
@@ -468,3 +469,27 @@ def test_the_worklist_is_filtered_by_kind_and_site_and_a_treatment_center_sees_i
     assert [e["pointer"] for e in refused.json()["errors"]] == ["/kind"]
     assert client.get("/worklist", headers=CRYO).status_code == 403
     assert client.get("/sites/TC-BOSTON", headers=BOSTON).json()["timezone"] == "America/New_York"
+
+
+def test_the_site_list_is_every_calendar_for_a_coordinator_and_its_own_for_a_treatment_center(
+    scheduling: tuple[TestClient, Engine],
+) -> None:
+    client, _ = scheduling
+    every = client.get("/sites", headers=COORDINATOR)
+    assert every.status_code == 200, every.text
+    assert [site["id"] for site in every.json()] == ["TC-BOSTON", "TC-DENVER"]
+    assert every.json()[0] == {
+        "id": "TC-BOSTON",
+        "timezone": "America/New_York",
+        "infusions_per_day": 1,
+        "admissions_capacity": 2,
+        "working_weekdays": [1, 2, 3, 4, 5],
+        "blackout_dates": [],
+    }
+    assert [site["id"] for site in client.get("/sites", headers=BOSTON).json()] == ["TC-BOSTON"]
+    # QA reads the calendars (their time zones: QA's pages show its signatures in the site's zone).
+    qa = {"Authorization": "Bearer qa"}
+    assert client.get("/sites", headers=qa).json() == every.json()
+    assert client.get("/sites/TC-DENVER", headers=qa).json()["timezone"] == "America/New_York"
+    assert client.get("/sites/TC-DENVER/availability", headers=qa).status_code == 403
+    assert client.get("/sites", headers=CRYO).status_code == 403
