@@ -22,6 +22,8 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 64
 """The plot's margins: room for the axes' labels and titles."""
 TIME_TICKS = 5
 TEMPERATURE_TICKS = 5
+MINUS = "\u2212"
+"""A typographic minus sign in the labels (read as "minus" by screen readers, unlike a hyphen)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def _instant(value: Any) -> datetime:
 
 
 def _celsius(value: float) -> str:
-    return f"{value:g} °C".replace("-", "−")
+    return f"{value:g} °C".replace("-", MINUS)
 
 
 def _local(at: datetime, zone: ZoneInfo) -> str:
@@ -102,7 +104,7 @@ def temperature_chart(
 
     readings: what `GET /shipments/{id}/readings` answers (each a mapping with `at`, an ISO 8601 instant or
       a datetime, and `celsius`), in any order.
-    max_celsius: the shipment's limit (`storage_limit_celsius`: −150 cryopreserved, 8 fresh), a line.
+    max_celsius: the shipment's limit (`storage_limit_celsius`: -150 cryopreserved, 8 fresh), a line.
     min_celsius: the shipment's minimum, if it has one (`min_celsius`: 2 on a fresh leg), a second line.
     zone: the site's time zone; the time axis is labelled in it and names it.
     title: the `<title>` (and visible heading) of the chart; chart_id: unique per page (ids in the SVG).
@@ -145,7 +147,7 @@ def temperature_chart(
         parts.append(f'<line x1="{LEFT - 4}" y1="{ty:.1f}" x2="{LEFT}" y2="{ty:.1f}" stroke="#595959"/>')
         parts.append(
             f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="11" fill="#222">'
-            f"{escape(f'{value:.0f}'.replace('-', '−'))}</text>"
+            f"{escape(f'{value:.0f}'.replace('-', MINUS))}</text>"
         )
     parts.append(
         f'<text x="14" y="{TOP + plot_h / 2:.1f}" transform="rotate(-90 14 {TOP + plot_h / 2:.1f})" '
@@ -172,17 +174,18 @@ def temperature_chart(
         f"{escape(start.astimezone(zone).tzname() or '')})</text>"
     )
     # The limits: dashed lines, each named in words at its end.
-    for value, name, cls in ((max_celsius, "limit", "limit"), (min_celsius, "minimum", "minimum")):
-        if value is None:
+    limits: list[tuple[float | None, str]] = [(max_celsius, "limit"), (min_celsius, "minimum")]
+    for limit, name in limits:
+        if limit is None:
             continue
-        ly = y(value)
+        ly = y(limit)
         parts.append(
-            f'<line class="{cls}" x1="{LEFT}" y1="{ly:.1f}" x2="{LEFT + plot_w}" y2="{ly:.1f}" '
+            f'<line class="{name}" x1="{LEFT}" y1="{ly:.1f}" x2="{LEFT + plot_w}" y2="{ly:.1f}" '
             f'stroke="#b00020" stroke-width="1.5" stroke-dasharray="6 4"/>'
         )
         parts.append(
             f'<text x="{LEFT + plot_w - 4}" y="{ly - 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#8a0018">{name} {escape(_celsius(value))}</text>'
+            f'fill="#8a0018">{name} {escape(_celsius(limit))}</text>'
         )
     # The readings: a line through them, a dot each; outside the limits a triangle with its words.
     if len(points) > 1:

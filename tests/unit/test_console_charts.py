@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the chart writes a typographic minus sign, U+2212)
 """The temperature chart: an accessible inline SVG of a shipment's readings, its limit a line, excursions a
 distinct shape labelled in words, times in the site's zone."""
 
@@ -52,12 +53,15 @@ def test_a_fresh_leg_draws_its_band_and_marks_both_sides() -> None:
     assert "limit 8 °C</text>" in svg and "minimum 2 °C</text>" in svg
     assert "9.5 °C above limit</text>" in svg and "1 °C below minimum</text>" in svg
     assert "2 excursions: the first 9.5 °C at 2026-12-01 10:00 EST (above the limit)." in svg
-    on_limit = [{"at": "2026-12-01T14:00:00Z", "celsius": 8.0}, {"at": "2026-12-01T15:00:00Z", "celsius": 2.0}]
+    on_limit = [
+        {"at": "2026-12-01T14:00:00Z", "celsius": 8.0},
+        {"at": "2026-12-01T15:00:00Z", "celsius": 2.0},
+    ]
     assert "No excursions." in str(temperature_chart(on_limit, max_celsius=8.0, min_celsius=2.0, zone=BOSTON))
 
 
 def test_no_readings_is_said_in_words_and_text_is_escaped() -> None:
     svg = str(temperature_chart([], max_celsius=-150.0, zone=BOSTON, title="<b>leg</b>"))
-    assert "<desc id=\"temperature-chart-desc\">No temperature readings yet; limit −150 °C.</desc>" in svg
+    assert '<desc id="temperature-chart-desc">No temperature readings yet; limit −150 °C.</desc>' in svg
     assert "No readings yet</text>" in svg
     assert "&lt;b&gt;leg&lt;/b&gt;" in svg and "<b>" not in svg
