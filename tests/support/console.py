@@ -253,3 +253,35 @@ def serve(app: Any, port: int) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class ConsoleSite:
+    """The console and the three service apps under uvicorn on loopback: their base URLs, and the stack
+    (its `relay()` carries events between the services, as their consumers would)."""
+
+    url: str
+    services: dict[str, str]
+    stack: ServiceStack
+
+
+CONSOLE_SESSION_KEY = "test-console-session-key-of-32-chars-or-more"
+
+
+@contextmanager
+def console_site_running(scratch: Path) -> Iterator[ConsoleSite]:
+    from services.console import app as console_app
+    from services.console.settings import ConsoleSettings
+
+    with service_stack(scratch) as stack, ExitStack() as servers:
+        services = {name: servers.enter_context(serve(app, free_port())) for name, app in stack.apps.items()}
+        settings = ConsoleSettings(
+            console_session_key=CONSOLE_SESSION_KEY,
+            console_cookie_secure=False,
+            order_intake_url=services["order_intake"],
+            coi_tracking_url=services["coi_tracking"],
+            scheduling_url=services["scheduling"],
+            log_level="WARNING",
+        )
+        url = servers.enter_context(serve(console_app.create_app(settings), free_port()))
+        yield ConsoleSite(url, services, stack)
