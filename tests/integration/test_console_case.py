@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from services.common.unit_of_work import session_factory
 from services.console import app as console_app
@@ -296,6 +297,44 @@ def test_an_excursion_is_marked_on_the_chart_and_the_shipment_quarantined(
     assert "1 excursion: the first \u2212140.5 °C at " in chart
     assert '<span class="shipment-status">quarantined</span>' in shipments
     assert '<dd class="quarantine">' in shipments
+
+
+def test_a_broken_ledger_is_shown_with_its_first_broken_entry(world: World, console: TestClient) -> None:
+    sign_in(console, CONSOLE_COORDINATOR)
+    coi, order_id = placed(world)
+    released(world, console, coi, order_id, "LOT-CASE-4", plan=False)
+    leg = picked_up(world, coi, [-182.0])
+    with world.stack.engines["coi_tracking"].begin() as connection:  # someone edits the first entry
+        connection.execute(
+            text("UPDATE custody_ledger SET location = 'Elsewhere' WHERE shipment_id = :id AND sequence = 1"),
+            {"id": uuid.UUID(leg["id"]).hex},
+        )
+    shipments = section(console.get(f"/cases/{coi}").text, "shipments")
+    assert "<strong>Custody ledger BROKEN</strong> at entry 1:" in shipments
+    assert '<tr class="broken"><td>1 (broken)</td>' in shipments
+
+
+def test_the_readings_are_followed_page_by_page_up_to_the_bound(world: World, console: TestClient) -> None:
+    coi, order_id = placed(world)
+    sign_in(console, CONSOLE_COORDINATOR)
+    released(world, console, coi, order_id, "LOT-CASE-5", plan=False)
+    leg = picked_up(world, coi, [-182.0, -181.0, -180.0, -179.0])
+    client = console.app.state.console.client  # type: ignore[attr-defined]
+    path, token = f"/shipments/{leg['id']}/readings", CONSOLE_COORDINATOR
+
+    async def read(max_pages: int) -> tuple[list[Any], bool]:
+        found: tuple[list[Any], bool] = await client.get_pages(
+            "coi_tracking", path, token=token, correlation_id="t", params={"limit": "2"}, max_pages=max_pages
+        )
+        return found
+
+    every, more = console.portal.call(read, 10)  # type: ignore[union-attr]
+    assert ([r["celsius"] for r in every], more) == (
+        [-182.0, -181.0, -180.0, -179.0, -182.0],
+        False,
+    )  # the logger's, then the scan's
+    first, more = console.portal.call(read, 2)  # type: ignore[union-attr]
+    assert ([r["celsius"] for r in first], more) == ([-182.0, -181.0, -180.0, -179.0], True)
 
 
 # ---------------------------------------------------------------- actions and refusals
