@@ -215,14 +215,6 @@ def call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
     return answer.json() if answer.content else None
 
 
-def return_leg(client: httpx.Client, urls: dict[str, str], coi: str) -> dict[str, Any]:
-    shipments = call(
-        client, "GET", f"{urls['coi_tracking']}/shipments", params={"coi": coi}, headers=COORDINATOR
-    )
-    [leg] = [s for s in shipments if s["leg"] == "return" and not s["lot_failed_at"]]
-    return dict(leg)
-
-
 # --------------------------------------------------------------------------------- under uvicorn
 
 
