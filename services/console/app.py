@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from services.common.logging import CorrelationMiddleware, configure_logging, new_correlation_id
 from services.common.service import Caller
 from services.console import timeline
-from services.console.client import ServiceClient, ServiceError, ServiceName
+from services.console.client import ServiceClient, ServiceError
 from services.console.sessions import (
     CSRF_FIELD,
     SESSION_COOKIE,
@@ -74,6 +74,8 @@ class Console:
     client: ServiceClient
     sessions: SessionStore
     templates: Jinja2Templates
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    """Each session's last action on a case (a `case_page.Outcome`), shown once on the page it went back to."""
 
 
 def console_of(request: Request) -> Console:
@@ -335,48 +337,11 @@ def create_app(
             return render(request, "_error.html", session, 200, error=error)
         return render(request, "_worklist_rows.html", session, **context)
 
-    # ------------------------------------------------------------------------ case
+    # ------------------------------------------------------------------------ case (services/console/case_page.py)
 
-    @app.get("/cases/{coi}", response_class=HTMLResponse)
-    async def case_page(request: Request, coi: str) -> Response:
-        session = signed_in(request)
-        correlation_id = correlation_id_of(request)
+    from services.console.case_page import router as case_router  # it uses this module's page helpers
 
-        async def fetch(service: ServiceName, path: str, params: dict[str, str] | None = None) -> Any:
-            return await client.get(
-                service, path, token=session.token, correlation_id=correlation_id, params=params
-            )
-
-        try:
-            case = await fetch("scheduling", f"/cases/{coi}")
-        except ServiceError as error:
-            return error_page(request, session, error)
-        site = case["treatment_center_id"]
-        parts = await asyncio.gather(
-            fetch("order_intake", "/orders", {"coi": coi}),
-            fetch("coi_tracking", "/shipments", {"coi": coi}),
-            site_zones(session, request, {site}),
-            return_exceptions=True,
-        )
-        errors = [part for part in parts if isinstance(part, ServiceError)]
-        for part in parts:
-            if isinstance(part, BaseException) and not isinstance(part, ServiceError):
-                raise part
-        orders = parts[0] if isinstance(parts[0], list) else []
-        shipments = parts[1] if isinstance(parts[1], list) else []
-        zone = parts[2][site] if isinstance(parts[2], dict) else timeline.zone_of(None)
-        return render(
-            request,
-            "case.html",
-            session,
-            case=case,
-            orders=orders,
-            shipments=shipments,
-            zone=zone.key,
-            eta_local=timeline.local_time(case.get("eta_at"), zone),
-            moments=timeline.case_timeline(case, orders, shipments, zone),
-            errors=errors,
-        )
+    app.router.routes.extend(case_router.routes)  # flat, as if declared here (include_router nests them)
 
     from services.console import qa_sites  # its routes use this module's helpers
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import structlog
@@ -70,51 +71,22 @@ class ServiceClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def get(
+    async def _send(
         self,
+        method: str,
         service: ServiceName,
         path: str,
         *,
         token: str,
         correlation_id: str,
         params: Mapping[str, str] | None = None,
-    ) -> Any:
-        """The JSON a service answers a GET with; a `ServiceError` for anything but a 2xx."""
-        return await self._call("GET", service, path, token, correlation_id, params=params)
-
-    async def post(
-        self,
-        service: ServiceName,
-        path: str,
-        *,
-        token: str,
-        correlation_id: str,
-        body: Mapping[str, Any],
-    ) -> Any:
-        """The JSON a service answers a POST of `body` with; a `ServiceError` for anything but a 2xx. The
-        body (a signing PIN, say) is sent, never logged."""
-        return await self._call("POST", service, path, token, correlation_id, body=body)
-
-    async def _call(
-        self,
-        method: Literal["GET", "POST"],
-        service: ServiceName,
-        path: str,
-        token: str,
-        correlation_id: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-    ) -> Any:
+        body: Any = None,
+    ) -> httpx.Response:
         url = self.base_urls[service] + path
         headers = {"Authorization": f"Bearer {token}", CORRELATION_HEADER: correlation_id}
         try:
             response = await self.http.request(
-                method,
-                url,
-                params=dict(params or {}),
-                json=dict(body) if body is not None else None,
-                headers=headers,
+                method, url, params=dict(params or {}), headers=headers, json=body
             )
         except httpx.HTTPError as error:
             structlog.get_logger().warning(
@@ -128,8 +100,68 @@ class ServiceClient:
                 correlation_id,
             ) from None
         if response.is_success:
-            return response.json()
+            return response
         raise service_error(service, response, correlation_id)
+
+    async def post(
+        self, service: ServiceName, path: str, body: Any, *, token: str, correlation_id: str
+    ) -> Any:
+        """The JSON a service answers a POST of `body` with; a `ServiceError` for anything but a 2xx. The
+        body (a signing PIN, say) is sent, never logged."""
+        response = await self._send(
+            "POST", service, path, token=token, correlation_id=correlation_id, body=body
+        )
+        return response.json()
+
+    async def get_pages(
+        self,
+        service: ServiceName,
+        path: str,
+        *,
+        token: str,
+        correlation_id: str,
+        params: Mapping[str, str] | None = None,
+        max_pages: int = 10,
+    ) -> tuple[list[Any], bool]:
+        """A paged list (`Link: <...>; rel="next"`) followed page by page, at most `max_pages`: the items,
+        and whether more were left unread. Only the next link's `cursor` is taken, asked of the same
+        service's base URL (a link naming another host is never followed)."""
+        query = dict(params or {})
+        items: list[Any] = []
+        for _ in range(max_pages):
+            response = await self._send(
+                "GET", service, path, token=token, correlation_id=correlation_id, params=query
+            )
+            items.extend(response.json())
+            cursor = next_cursor(response)
+            if cursor is None:
+                return items, False
+            query = {**query, "cursor": cursor}
+        return items, True
+
+    async def get(
+        self,
+        service: ServiceName,
+        path: str,
+        *,
+        token: str,
+        correlation_id: str,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The JSON a service answers a GET with; a `ServiceError` for anything but a 2xx."""
+        response = await self._send(
+            "GET", service, path, token=token, correlation_id=correlation_id, params=params
+        )
+        return response.json()
+
+
+def next_cursor(response: httpx.Response) -> str | None:
+    """The `cursor` of a list's next page, from its `Link` header; None on the last page."""
+    link = response.links.get("next")
+    if not link or not link.get("url"):
+        return None
+    values = parse_qs(urlsplit(link["url"]).query).get("cursor")
+    return values[-1] if values else None
 
 
 def service_error(service: str, response: httpx.Response, correlation_id: str) -> ServiceError:

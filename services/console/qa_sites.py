@@ -172,9 +172,9 @@ async def sign_disposition(request: Request, shipment_id: str) -> Response:
         await calls.client.post(
             "coi_tracking",
             f"/shipments/{shipment_id}/dispositions",
+            quarantine.disposition_body(form),
             token=session.token,
             correlation_id=calls.correlation_id,
-            body=quarantine.disposition_body(form),
         )
     except ServiceError as error:
         log.info("console.disposition_refused", status=error.status, shipment_id=str(shipment_id))

@@ -9,7 +9,11 @@ when a test asks for it.
 
 `console_site`: lighter, no broker — the three real service apps (lifespan off) and the console under
 uvicorn in threads on loopback ports, with the services' apps and databases in process so a test makes its
-facts through their APIs (tests/support/console.py); the QA and Sites page tests use it."""
+facts through their APIs (tests/support/console.py); the QA and Sites page tests use it.
+
+`console_relay_site`: the same with each service's outbox carried to the others' handlers by a relay in
+the test (`.stack.relay()`), so a case moves between services without a broker
+(tests/support/console_relay.py); the case page's test uses it."""
 
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ import pytest
 
 from tests.support.browser import browser, loopback_guard, page, playwright, pytest_runtest_makereport
 from tests.support.console import ConsoleSite, running_console
+from tests.support.console_relay import ConsoleSite as RelaySite
+from tests.support.console_relay import console_site_running
 from tests.support.console_stack import ConsoleStack, console_on_stack
 
 __all__ = [
     "browser",
+    "console_relay_site",
     "console_site",
     "console_stack",
     "loopback_guard",
@@ -42,4 +49,11 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
 def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSite]:
     """The console's base URL (`.url`), the services' (`.service_urls`), and the services in process."""
     with running_console(tmp_path_factory.mktemp("console-site")) as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
+def console_relay_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelaySite]:
+    """The console's base URL (`.url`), the services' (`.services`) and their stack (`.stack.relay()`)."""
+    with console_site_running(tmp_path_factory.mktemp("console-relay-site")) as site:
         yield site

@@ -304,7 +304,18 @@ def test_the_sign_in_form_needs_its_own_token(console: TestClient) -> None:
 def test_every_post_route_refuses_a_form_without_its_token(console: TestClient) -> None:
     sign_in(console, COORDINATOR)
     posts = [r.path for r in console.app.routes if "POST" in (getattr(r, "methods", None) or set())]  # type: ignore[attr-defined]
-    assert sorted(posts) == ["/qa/shipments/{shipment_id}/dispositions", "/sign-in", "/sign-out"]
+    assert sorted(posts) == [
+        "/cases/{coi}/cancel",
+        "/cases/{coi}/collections",
+        "/cases/{coi}/manufacturing-release",
+        "/cases/{coi}/manufacturing-start",
+        "/cases/{coi}/plans",
+        "/cases/{coi}/plans/{plan_id}/book",
+        "/cases/{coi}/reschedule",
+        "/qa/shipments/{shipment_id}/dispositions",
+        "/sign-in",
+        "/sign-out",
+    ]
     for path in posts:
         assert console.post(path, data={"token": COORDINATOR}).status_code == 403, path
 

@@ -1,0 +1,397 @@
+"""The case page (`GET /cases/{coi}`): one COI's whole vein-to-vein record from the three services, and the
+coordinator's actions on it, each a CSRF form the console posts on to the service that owns the step.
+
+Reads: scheduling's case first (its 404 is the page's: a treatment center asking for another site's case
+gets the service's words), then one concurrent round (orders, shipments, plans, follow-up, the site's zone,
+the appointment's messages), then one more for what hangs off those (each order's history and collections,
+each shipment's scans, ledger and readings). Actions answer 303 back to the page, which shows the outcome
+or the service's refusal in words with the correlation id, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from cgt_contracts.events import CancellationReasonCode
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from services.console import charts, timeline
+from services.console.client import ServiceError, ServiceName
+from services.console.sessions import ConsoleSession
+
+router = APIRouter()
+
+CANCEL_REASONS = tuple(code.value for code in CancellationReasonCode)
+"""The closed list order intake takes for a cancellation (`POST /orders/{id}/cancel`)."""
+RESCHEDULE_REASONS = (
+    "site_request",
+    "patient_request",
+    "patient_condition",
+    "clinical_decision",
+    "site_capacity",
+    "delay",
+    "other",
+)
+"""The reasons a coordinator may give for moving an appointment (scheduling's `COORDINATOR_REASONS`; a unit
+test holds the two together). The service checks them again."""
+READING_PAGES = 10
+"""At most this many pages of 500 readings per shipment's chart (5 000 readings: days of a 5-minute logger)."""
+NO_ORDER = "The case has no order to act on."
+ACTOR_ROLES = frozenset({"coordinator"})
+"""Who gets the action forms; everyone else (a treatment center, QA) sees the page read-only."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the last action of a session did on a case: a sentence, or the service's refusal."""
+
+    coi: str
+    done: str | None = None
+    error: ServiceError | None = None
+    problem: str | None = None
+
+
+def _app() -> Any:
+    from services.console import app as console_app  # the page helpers; app.py includes this router
+
+    return console_app
+
+
+async def _zone(request: Request, session: ConsoleSession, site: str) -> ZoneInfo:
+    app = _app()
+    try:
+        found = await app.console_of(request).client.get(
+            "scheduling", f"/sites/{site}", token=session.token, correlation_id=app.correlation_id_of(request)
+        )
+    except ServiceError:
+        return timeline.zone_of(None)
+    return timeline.zone_of(found.get("timezone"))
+
+
+def _day(value: str | None, zone: ZoneInfo) -> str:
+    return f"{value} ({zone.key})" if value else ""
+
+
+@router.get("/cases/{coi}", response_class=HTMLResponse)
+async def case_page(request: Request, coi: str) -> Response:
+    app = _app()
+    session = app.signed_in(request)
+    console = app.console_of(request)
+    correlation_id = app.correlation_id_of(request)
+    client = console.client
+
+    async def fetch(service: ServiceName, path: str, params: dict[str, str] | None = None) -> Any:
+        return await client.get(
+            service, path, token=session.token, correlation_id=correlation_id, params=params
+        )
+
+    async def pages(service: ServiceName, path: str, max_pages: int) -> list[Any]:
+        items: list[Any]
+        items, _ = await client.get_pages(
+            service,
+            path,
+            token=session.token,
+            correlation_id=correlation_id,
+            params={"limit": "500"},
+            max_pages=max_pages,
+        )
+        return items
+
+    try:
+        case = await fetch("scheduling", f"/cases/{quote(coi, safe='')}")
+    except ServiceError as error:
+        refused: Response = app.error_page(request, session, error)
+        return refused
+    site = case["treatment_center_id"]
+    appointment = case.get("appointment")
+    errors: list[ServiceError] = []
+
+    def kept(part: Any, empty: Any) -> Any:
+        if isinstance(part, ServiceError):
+            errors.append(part)
+            return empty
+        if isinstance(part, BaseException):
+            raise part
+        return part
+
+    first = await asyncio.gather(
+        fetch("order_intake", "/orders", {"coi": coi}),
+        fetch("coi_tracking", "/shipments", {"coi": coi}),
+        fetch("scheduling", f"/cases/{quote(coi, safe='')}/plans"),
+        fetch("scheduling", f"/cases/{quote(coi, safe='')}/follow-up"),
+        _zone(request, session, site),
+        pages("scheduling", f"/appointments/{appointment['id']}/deliveries", 2)
+        if appointment
+        else asyncio.sleep(0, []),
+        return_exceptions=True,
+    )
+    orders = kept(first[0], [])
+    shipments = kept(first[1], [])
+    plans = kept(first[2], [])
+    visits = kept(first[3], [])
+    zone: ZoneInfo = first[4] if isinstance(first[4], ZoneInfo) else timeline.zone_of(None)
+    deliveries = kept(first[5], [])
+
+    second = await asyncio.gather(
+        *(fetch("order_intake", f"/orders/{o['id']}/history") for o in orders),
+        *(fetch("order_intake", f"/orders/{o['id']}/collections") for o in orders),
+        *(fetch("coi_tracking", f"/shipments/{s['id']}/scans") for s in shipments),
+        *(fetch("coi_tracking", f"/shipments/{s['id']}/ledger") for s in shipments),
+        *(pages("coi_tracking", f"/shipments/{s['id']}/readings", READING_PAGES) for s in shipments),
+        return_exceptions=True,
+    )
+    n, m = len(orders), len(shipments)
+    for i, order in enumerate(orders):
+        order["history"] = kept(second[i], [])
+        order["collections"] = kept(second[n + i], [])
+    for i, shipment in enumerate(shipments):
+        shipment["scans"] = kept(second[2 * n + i], [])
+        shipment["ledger"] = kept(second[2 * n + m + i], None)
+        readings = kept(second[2 * n + 2 * m + i], [])
+        shipment["chart"] = charts.temperature_chart(
+            readings,
+            max_celsius=shipment["storage_limit_celsius"],
+            min_celsius=shipment.get("min_celsius"),
+            zone=zone,
+            title=f"Temperatures of the {shipment['leg']} shipment to {shipment['destination']}",
+            chart_id=f"chart-{shipment['id']}",
+        )
+        shipment["reading_count"] = len(readings)
+
+    outcome = console.outcomes.pop(session.id, None)
+    if outcome is not None and outcome.coi != coi:
+        outcome = None
+    live_order = next((o for o in reversed(orders) if o["status"] not in ("rejected", "cancelled")), None)
+    local = datetime.now(UTC).astimezone(zone)
+    page: Response = app.render(
+        request,
+        "case.html",
+        session,
+        case=case,
+        orders=orders,
+        live_order=live_order,
+        shipments=shipments,
+        plans=plans,
+        visits=visits,
+        deliveries=deliveries,
+        zone=zone.key,
+        eta_local=timeline.local_time(case.get("eta_at"), zone),
+        at=lambda value: timeline.local_time(value, zone),
+        day=lambda value: _day(value, zone),
+        moments=timeline.case_timeline(case, orders, shipments, zone),
+        errors=errors,
+        outcome=outcome,
+        may_act=session.caller.role in ACTOR_ROLES,
+        cancel_reasons=CANCEL_REASONS,
+        reschedule_reasons=RESCHEDULE_REASONS,
+        now_local=f"{local:%Y-%m-%dT%H:%M}",
+    )
+    return page
+
+
+# ---------------------------------------------------------------------------------------------- actions
+
+
+def _back(coi: str) -> RedirectResponse:
+    return RedirectResponse(f"/cases/{quote(coi, safe='')}", status_code=303)
+
+
+async def _act(
+    request: Request,
+    coi: str,
+    service: ServiceName,
+    path: str,
+    body: Any,
+    done: str,
+    session: ConsoleSession,
+) -> Response:
+    """Post `body` to the service, keep the outcome for the session's next view of the case, go back."""
+    app = _app()
+    console = app.console_of(request)
+    try:
+        await console.client.post(
+            service, path, body, token=session.token, correlation_id=app.correlation_id_of(request)
+        )
+    except ServiceError as error:
+        console.outcomes[session.id] = Outcome(coi, error=error)
+    else:
+        console.outcomes[session.id] = Outcome(coi, done=done)
+    return _back(coi)
+
+
+async def _form(request: Request) -> tuple[ConsoleSession, dict[str, str]]:
+    app = _app()
+    session = app.signed_in(request)
+    return session, await app.posted_form(request, session)
+
+
+def _refuse(request: Request, session: ConsoleSession, coi: str, problem: str) -> Response:
+    """A form the console cannot send as it is (nothing sent): said in words, back on the page."""
+    _app().console_of(request).outcomes[session.id] = Outcome(coi, problem=problem)
+    return _back(coi)
+
+
+def _id(form: dict[str, str], name: str) -> str | None:
+    """A form's id field, only if it is a UUID (it goes into a service's path)."""
+    try:
+        return str(uuid.UUID(form.get(name, "").strip()))
+    except ValueError:
+        return None
+
+
+def _note(form: dict[str, str]) -> str | None:
+    note = form.get("note", "").strip()
+    return note or None
+
+
+async def _instant(request: Request, session: ConsoleSession, coi: str, value: str) -> str | None:
+    """A `datetime-local` value, in the case's site's zone, as an ISO 8601 instant (None if not one)."""
+    app = _app()
+    try:
+        local = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    try:
+        case = await app.console_of(request).client.get(
+            "scheduling",
+            f"/cases/{quote(coi, safe='')}",
+            token=session.token,
+            correlation_id=app.correlation_id_of(request),
+        )
+        zone = await _zone(request, session, case["treatment_center_id"])
+    except ServiceError:
+        zone = timeline.zone_of(None)
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=zone)
+    return local.isoformat()
+
+
+@router.post("/cases/{coi}/plans", response_class=HTMLResponse)
+async def offer_plans(request: Request, coi: str) -> Response:
+    session, _ = await _form(request)
+    return await _act(
+        request,
+        coi,
+        "scheduling",
+        f"/cases/{quote(coi, safe='')}/plans",
+        {"count": 3},
+        "Plans offered.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/plans/{plan_id}/book", response_class=HTMLResponse)
+async def book_plan(request: Request, coi: str, plan_id: str) -> Response:
+    session, _ = await _form(request)
+    plan = _id({"plan_id": plan_id}, "plan_id")
+    if plan is None:
+        return _refuse(request, session, coi, "That is not one of the case's plans.")
+    return await _act(
+        request,
+        coi,
+        "scheduling",
+        f"/cases/{quote(coi, safe='')}/plans/{plan}/book",
+        {},
+        "Plan booked: every leg is held and the infusion appointment is tentative.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/reschedule", response_class=HTMLResponse)
+async def reschedule(request: Request, coi: str) -> Response:
+    session, form = await _form(request)
+    appointment_id, option_id = _id(form, "appointment_id"), _id(form, "option_id")
+    if appointment_id is None or option_id is None:
+        return _refuse(request, session, coi, "Choose the option to move the appointment to.")
+    body = {"option_id": option_id, "reason_code": form.get("reason_code", ""), "note": _note(form)}
+    return await _act(
+        request,
+        coi,
+        "scheduling",
+        f"/appointments/{appointment_id}/reschedule",
+        body,
+        "Appointment moved.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/cancel", response_class=HTMLResponse)
+async def cancel_order(request: Request, coi: str) -> Response:
+    session, form = await _form(request)
+    order_id = _id(form, "order_id")
+    if order_id is None:
+        return _refuse(request, session, coi, NO_ORDER)
+    body = {"reason_code": form.get("reason_code", ""), "note": _note(form)}
+    return await _act(
+        request,
+        coi,
+        "order_intake",
+        f"/orders/{order_id}/cancel",
+        body,
+        "Order cancelled.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/collections", response_class=HTMLResponse)
+async def record_collection(request: Request, coi: str) -> Response:
+    session, form = await _form(request)
+    order_id = _id(form, "order_id")
+    if order_id is None:
+        return _refuse(request, session, coi, NO_ORDER)
+    collected_at = await _instant(request, session, coi, form.get("collected_at", ""))
+    if collected_at is None:
+        return _refuse(request, session, coi, "Give when the cells were collected (date and time).")
+    return await _act(
+        request,
+        coi,
+        "order_intake",
+        f"/orders/{order_id}/collections",
+        {"collected_at": collected_at},
+        "Collection recorded.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/manufacturing-start", response_class=HTMLResponse)
+async def start_manufacturing(request: Request, coi: str) -> Response:
+    session, form = await _form(request)
+    order_id = _id(form, "order_id")
+    if order_id is None:
+        return _refuse(request, session, coi, NO_ORDER)
+    return await _act(
+        request,
+        coi,
+        "order_intake",
+        f"/orders/{order_id}/status",
+        {"status": "in_manufacturing"},
+        "Manufacturing started.",
+        session,
+    )
+
+
+@router.post("/cases/{coi}/manufacturing-release", response_class=HTMLResponse)
+async def release(request: Request, coi: str) -> Response:
+    session, form = await _form(request)
+    order_id = _id(form, "order_id")
+    if order_id is None:
+        return _refuse(request, session, coi, NO_ORDER)
+    released_at = await _instant(request, session, coi, form.get("released_at", ""))
+    if released_at is None:
+        return _refuse(request, session, coi, "Give when the lot was released (date and time).")
+    return await _act(
+        request,
+        coi,
+        "order_intake",
+        f"/orders/{order_id}/manufacturing-release",
+        {"lot_number": form.get("lot_number", "").strip(), "released_at": released_at},
+        "Manufacturing release recorded.",
+        session,
+    )
