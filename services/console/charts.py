@@ -15,7 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cgt_contracts.events import QuarantineReasonCode
 from markupsafe import Markup, escape
+
+from services.coi_tracking.domain import Problem, Reading, TemperaturePolicy, range_problems
 
 WIDTH, HEIGHT = 720, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 64
@@ -53,17 +56,20 @@ def points_of(
 ) -> list[Point]:
     """The readings (`at`, `celsius`, as `GET /shipments/{id}/readings` answers them), oldest first, each
     marked outside the shipment's given limits or not."""
+    policy = TemperaturePolicy(max_celsius=max_celsius, min_celsius=min_celsius)
     found = []
     for reading in readings:
-        celsius = float(reading["celsius"])
+        celsius, at = float(reading["celsius"]), _instant(reading["at"])
+        # COI tracking's own rule (I2), not a second copy: above the limit, or below a fresh leg's minimum
+        codes = {p.code for p in range_problems(policy, Reading(at, celsius)) if isinstance(p, Problem)}
         outside = (
             "above"
-            if celsius > max_celsius
+            if QuarantineReasonCode.TEMPERATURE_EXCURSION in codes
             else "below"
-            if min_celsius is not None and celsius < min_celsius
+            if QuarantineReasonCode.BELOW_MINIMUM_TEMPERATURE in codes
             else None
         )
-        found.append(Point(_instant(reading["at"]), celsius, outside))
+        found.append(Point(at, celsius, outside))
     return sorted(found, key=lambda p: p.at)
 
 

@@ -13,7 +13,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.console import quarantine, site_calendar, timeline
+from services.console import charts, quarantine, site_calendar, timeline
 from services.console.app import (
     console_of,
     correlation_id_of,
@@ -111,6 +111,14 @@ async def qa_context(request: Request, session: ConsoleSession, signed: str | No
             {
                 "shipment": shipment,
                 "summary": quarantine.summarise(readings, shipment, READINGS_PAGE),
+                "chart": charts.temperature_chart(
+                    readings,
+                    max_celsius=shipment["storage_limit_celsius"],
+                    min_celsius=shipment.get("min_celsius"),
+                    zone=zone,
+                    title=f"Temperatures of the {shipment['leg']} shipment of {shipment['coi']}",
+                    chart_id=f"chart-{shipment['id']}",
+                ),
                 "zone": zone.key,
                 "eta_local": timeline.local_time(shipment.get("eta_at"), zone),
                 "dispositions": [manifestation(d, zone) for d in dispositions],

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from cgt_contracts.events import QaReasonCode
 
-from services.coi_tracking.domain import (
-    MEANING_OF,
-    QA_REASONS,
-    Disposition,
-    Reading,
-    TemperaturePolicy,
-    range_problems,
-)
+from services.coi_tracking.domain import MEANING_OF, QA_REASONS, Disposition
+from services.console import charts
 
 REASON_LABELS: dict[str, str] = {
     QaReasonCode.PRODUCT_WITHIN_LIMITS: "Product within limits",
@@ -81,21 +74,16 @@ class ReadingsSummary:
 def summarise(
     readings: list[Mapping[str, Any]], shipment: Mapping[str, Any], page_size: int
 ) -> ReadingsSummary:
-    policy = TemperaturePolicy(
-        max_celsius=float(shipment["storage_limit_celsius"]), min_celsius=shipment.get("min_celsius")
-    )
-    values = [float(r["celsius"]) for r in readings]
-    out = sum(
-        1
-        for r in readings
-        if range_problems(policy, Reading(datetime.fromisoformat(r["at"]), float(r["celsius"])))
-    )
+    """The numbers beside the chart, out of the chart's own points (the limits are the shipment's)."""
+    limit = float(shipment["storage_limit_celsius"])
+    points = charts.points_of(readings, limit, shipment.get("min_celsius"))
+    values = [p.celsius for p in points]
     return ReadingsSummary(
         count=len(values),
         min_celsius=min(values, default=None),
         max_celsius=max(values, default=None),
-        excursions=out,
-        limit_celsius=policy.max_celsius,
+        excursions=sum(1 for p in points if p.outside is not None),
+        limit_celsius=limit,
         first_page_only=len(values) >= page_size,
     )
 

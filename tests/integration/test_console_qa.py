@@ -80,6 +80,9 @@ def test_the_qa_page_lists_a_quarantined_shipment_with_its_reason_and_readings(
     assert '<td class="count">2</td>' in mine
     assert '<td class="min">-180.0 °C</td>' in mine and '<td class="max">-140.0 °C</td>' in mine
     assert '<td class="excursions">1</td>' in mine
+    # the record is a chart too, its one excursion marked and said in words
+    assert f'id="chart-{shipment["id"]}" role="img"' in mine
+    assert mine.count('<polygon class="excursion"') == 1
     assert f'<a href="/cases/{shipment["coi"]}">' in mine
     assert "<dd>TC-BOSTON (times in America/New_York)</dd>" in mine
     # The signing form: every control labelled, the PIN a password field.
