@@ -496,9 +496,13 @@ async def test_the_worklist_shows_cases_to_book_oldest_first(
     await book_first_option(http, stack, events, first)
     items = (await http.get(f"{stack.scheduling}/worklist", headers=COORDINATOR)).json()
     assert first not in [i["coi"] for i in items if i["kind"] == "to_book"]
-    assert (
-        await http.get(f"{stack.scheduling}/worklist", headers={"Authorization": "Bearer dev-center-token"})
-    ).status_code == 403
+    # A treatment center reads the worklist too (the console's read-only view), its own site's items only.
+    center = await http.get(
+        f"{stack.scheduling}/worklist", headers={"Authorization": "Bearer dev-center-token"}
+    )
+    assert center.status_code == 200
+    assert {i["treatment_center_id"] for i in center.json()} <= {"TC-BOSTON"}
+    assert second not in [i["coi"] for i in center.json()]
 
 
 async def test_a_webhook_that_fails_twice_is_delivered_once_in_effect_and_survives_a_restart(
