@@ -320,11 +320,19 @@ class ConsoleSite:
 
 
 @contextmanager
+def serving_console(
+    apps: dict[str, FastAPI], *, lifespan: Literal["on", "off"]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """The service apps (lifespan off: no broker) and a console wired to them, each under uvicorn on
+    loopback, until the block ends: the console's URL (its lifespan as given) and the services' URLs."""
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(serving(app, lifespan="off")) for name, app in apps.items()}
+        console = console_app.create_app(console_settings(urls))
+        yield stack.enter_context(serving(console, lifespan=lifespan)), urls
+
+
+@contextmanager
 def running_console(scratch: Path) -> Iterator[ConsoleSite]:
     """The three service apps (lifespan off: no broker) and the console, each under uvicorn on loopback."""
-    with service_apps(scratch) as services, ExitStack() as stack:
-        urls = {
-            name: stack.enter_context(serving(app, lifespan="off")) for name, app in services.apps.items()
-        }
-        console = console_app.create_app(console_settings(urls))
-        yield ConsoleSite(stack.enter_context(serving(console, lifespan="on")), urls, services)
+    with service_apps(scratch) as services, serving_console(services.apps, lifespan="on") as (url, urls):
+        yield ConsoleSite(url, urls, services)

@@ -34,7 +34,7 @@ from services.order_intake.seed import seed_registry
 from services.scheduling import handlers as scheduling_handlers
 from services.scheduling import runtime as scheduling_runtime
 from services.scheduling.models import TABLES as SCHEDULING_TABLES
-from tests.support.console import console_settings, service_env, serving
+from tests.support.console import service_env, serving_console
 from tests.support.infra import database
 
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
@@ -219,12 +219,5 @@ class ConsoleSite:
 
 @contextmanager
 def console_site_running(scratch: Path) -> Iterator[ConsoleSite]:
-    from services.console import app as console_app
-
-    with service_stack(scratch) as stack, ExitStack() as servers:
-        services = {
-            name: servers.enter_context(serving(app, lifespan="off")) for name, app in stack.apps.items()
-        }
-        console = console_app.create_app(console_settings(services))
-        url = servers.enter_context(serving(console, lifespan="off"))
+    with service_stack(scratch) as stack, serving_console(stack.apps, lifespan="off") as (url, services):
         yield ConsoleSite(url, services, stack)
