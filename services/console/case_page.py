@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -203,18 +204,64 @@ def _back(coi: str) -> RedirectResponse:
     return RedirectResponse(f"/cases/{quote(coi, safe='')}", status_code=303)
 
 
-async def _act(
-    request: Request,
-    coi: str,
-    service: ServiceName,
-    path: str,
-    body: Any,
-    done: str,
-    session: ConsoleSession,
-) -> Response:
-    """Post `body` to the service, keep the outcome for the session's next view of the case, go back."""
+class _Refused(Exception):
+    """A form the console cannot send as it is (nothing sent): the problem, said in words on the page."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _uuid(value: str, problem: str) -> str:
+    """An id that goes into a service's path, only if it is a UUID."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise _Refused(problem) from None
+
+
+@dataclass(frozen=True)
+class _Posted:
+    """A case action's form, CSRF-checked, with the readings the actions share."""
+
+    request: Request
+    session: ConsoleSession
+    coi: str
+    fields: dict[str, str]
+
+    def id(self, name: str, problem: str = NO_ORDER) -> str:
+        return _uuid(self.fields.get(name, ""), problem)
+
+    def text(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+    def note(self) -> str | None:
+        return self.text("note").strip() or None
+
+    async def instant(self, name: str, problem: str) -> str:
+        """A `datetime-local` field, in the case's site's zone, as an ISO 8601 instant."""
+        found = await _instant(self.request, self.session, self.coi, self.text(name))
+        if found is None:
+            raise _Refused(problem)
+        return found
+
+
+Send = Callable[[_Posted], Awaitable[tuple[str, Any]]]
+"""What an action sends: from its form, the service's path and the body (or `_Refused`)."""
+
+
+async def _act(request: Request, coi: str, service: ServiceName, done: str, send: Send) -> Response:
+    """Read the form, post what `send` makes of it to the service, keep the outcome (`done`, the service's
+    refusal, or the form's problem) for the session's next view of the case, go back to the page."""
     app = _app()
+    session = app.signed_in(request)
     console = app.console_of(request)
+    form = await app.posted_form(request, session)
+    try:
+        path, body = await send(_Posted(request, session, coi, form))
+    except _Refused as refused:
+        console.outcomes[session.id] = Outcome(coi, problem=refused.problem)
+        return _back(coi)
     try:
         await console.client.post(
             service, path, body, token=session.token, correlation_id=app.correlation_id_of(request)
@@ -224,31 +271,6 @@ async def _act(
     else:
         console.outcomes[session.id] = Outcome(coi, done=done)
     return _back(coi)
-
-
-async def _form(request: Request) -> tuple[ConsoleSession, dict[str, str]]:
-    app = _app()
-    session = app.signed_in(request)
-    return session, await app.posted_form(request, session)
-
-
-def _refuse(request: Request, session: ConsoleSession, coi: str, problem: str) -> Response:
-    """A form the console cannot send as it is (nothing sent): said in words, back on the page."""
-    _app().console_of(request).outcomes[session.id] = Outcome(coi, problem=problem)
-    return _back(coi)
-
-
-def _id(form: dict[str, str], name: str) -> str | None:
-    """A form's id field, only if it is a UUID (it goes into a service's path)."""
-    try:
-        return str(uuid.UUID(form.get(name, "").strip()))
-    except ValueError:
-        return None
-
-
-def _note(form: dict[str, str]) -> str | None:
-    note = form.get("note", "").strip()
-    return note or None
 
 
 async def _instant(request: Request, session: ConsoleSession, coi: str, value: str) -> str | None:
@@ -275,123 +297,68 @@ async def _instant(request: Request, session: ConsoleSession, coi: str, value: s
 
 @router.post("/cases/{coi}/plans", response_class=HTMLResponse)
 async def offer_plans(request: Request, coi: str) -> Response:
-    session, _ = await _form(request)
-    return await _act(
-        request,
-        coi,
-        "scheduling",
-        f"/cases/{quote(coi, safe='')}/plans",
-        {"count": 3},
-        "Plans offered.",
-        session,
-    )
+    async def send(_: _Posted) -> tuple[str, Any]:
+        return f"/cases/{quote(coi, safe='')}/plans", {"count": 3}
+
+    return await _act(request, coi, "scheduling", "Plans offered.", send)
 
 
 @router.post("/cases/{coi}/plans/{plan_id}/book", response_class=HTMLResponse)
 async def book_plan(request: Request, coi: str, plan_id: str) -> Response:
-    session, _ = await _form(request)
-    plan = _id({"plan_id": plan_id}, "plan_id")
-    if plan is None:
-        return _refuse(request, session, coi, "That is not one of the case's plans.")
-    return await _act(
-        request,
-        coi,
-        "scheduling",
-        f"/cases/{quote(coi, safe='')}/plans/{plan}/book",
-        {},
-        "Plan booked: every leg is held and the infusion appointment is tentative.",
-        session,
-    )
+    async def send(_: _Posted) -> tuple[str, Any]:
+        plan = _uuid(plan_id, "That is not one of the case's plans.")
+        return f"/cases/{quote(coi, safe='')}/plans/{plan}/book", {}
+
+    done = "Plan booked: every leg is held and the infusion appointment is tentative."
+    return await _act(request, coi, "scheduling", done, send)
 
 
 @router.post("/cases/{coi}/reschedule", response_class=HTMLResponse)
 async def reschedule(request: Request, coi: str) -> Response:
-    session, form = await _form(request)
-    appointment_id, option_id = _id(form, "appointment_id"), _id(form, "option_id")
-    if appointment_id is None or option_id is None:
-        return _refuse(request, session, coi, "Choose the option to move the appointment to.")
-    body = {"option_id": option_id, "reason_code": form.get("reason_code", ""), "note": _note(form)}
-    return await _act(
-        request,
-        coi,
-        "scheduling",
-        f"/appointments/{appointment_id}/reschedule",
-        body,
-        "Appointment moved.",
-        session,
-    )
+    async def send(form: _Posted) -> tuple[str, Any]:
+        choose = "Choose the option to move the appointment to."
+        appointment_id, option_id = form.id("appointment_id", choose), form.id("option_id", choose)
+        body = {"option_id": option_id, "reason_code": form.text("reason_code"), "note": form.note()}
+        return f"/appointments/{appointment_id}/reschedule", body
+
+    return await _act(request, coi, "scheduling", "Appointment moved.", send)
 
 
 @router.post("/cases/{coi}/cancel", response_class=HTMLResponse)
 async def cancel_order(request: Request, coi: str) -> Response:
-    session, form = await _form(request)
-    order_id = _id(form, "order_id")
-    if order_id is None:
-        return _refuse(request, session, coi, NO_ORDER)
-    body = {"reason_code": form.get("reason_code", ""), "note": _note(form)}
-    return await _act(
-        request,
-        coi,
-        "order_intake",
-        f"/orders/{order_id}/cancel",
-        body,
-        "Order cancelled.",
-        session,
-    )
+    async def send(form: _Posted) -> tuple[str, Any]:
+        body = {"reason_code": form.text("reason_code"), "note": form.note()}
+        return f"/orders/{form.id('order_id')}/cancel", body
+
+    return await _act(request, coi, "order_intake", "Order cancelled.", send)
 
 
 @router.post("/cases/{coi}/collections", response_class=HTMLResponse)
 async def record_collection(request: Request, coi: str) -> Response:
-    session, form = await _form(request)
-    order_id = _id(form, "order_id")
-    if order_id is None:
-        return _refuse(request, session, coi, NO_ORDER)
-    collected_at = await _instant(request, session, coi, form.get("collected_at", ""))
-    if collected_at is None:
-        return _refuse(request, session, coi, "Give when the cells were collected (date and time).")
-    return await _act(
-        request,
-        coi,
-        "order_intake",
-        f"/orders/{order_id}/collections",
-        {"collected_at": collected_at},
-        "Collection recorded.",
-        session,
-    )
+    async def send(form: _Posted) -> tuple[str, Any]:
+        order_id = form.id("order_id")
+        when = await form.instant("collected_at", "Give when the cells were collected (date and time).")
+        return f"/orders/{order_id}/collections", {"collected_at": when}
+
+    return await _act(request, coi, "order_intake", "Collection recorded.", send)
 
 
 @router.post("/cases/{coi}/manufacturing-start", response_class=HTMLResponse)
 async def start_manufacturing(request: Request, coi: str) -> Response:
-    session, form = await _form(request)
-    order_id = _id(form, "order_id")
-    if order_id is None:
-        return _refuse(request, session, coi, NO_ORDER)
-    return await _act(
-        request,
-        coi,
-        "order_intake",
-        f"/orders/{order_id}/status",
-        {"status": "in_manufacturing"},
-        "Manufacturing started.",
-        session,
-    )
+    async def send(form: _Posted) -> tuple[str, Any]:
+        return f"/orders/{form.id('order_id')}/status", {"status": "in_manufacturing"}
+
+    return await _act(request, coi, "order_intake", "Manufacturing started.", send)
 
 
 @router.post("/cases/{coi}/manufacturing-release", response_class=HTMLResponse)
 async def release(request: Request, coi: str) -> Response:
-    session, form = await _form(request)
-    order_id = _id(form, "order_id")
-    if order_id is None:
-        return _refuse(request, session, coi, NO_ORDER)
-    released_at = await _instant(request, session, coi, form.get("released_at", ""))
-    if released_at is None:
-        return _refuse(request, session, coi, "Give when the lot was released (date and time).")
-    return await _act(
-        request,
-        coi,
-        "order_intake",
-        f"/orders/{order_id}/manufacturing-release",
-        {"lot_number": form.get("lot_number", "").strip(), "released_at": released_at},
-        "Manufacturing release recorded.",
-        session,
-    )
+    async def send(form: _Posted) -> tuple[str, Any]:
+        order_id = form.id("order_id")
+        when = await form.instant("released_at", "Give when the lot was released (date and time).")
+        return f"/orders/{order_id}/manufacturing-release", {
+            "lot_number": form.text("lot_number").strip(),
+            "released_at": when,
+        }
+
+    return await _act(request, coi, "order_intake", "Manufacturing release recorded.", send)

@@ -5,84 +5,48 @@ page's times in the site's zone, and a service's refusal shown in words with the
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
-from cryptography.fernet import Fernet
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from deploy import fetch_console_assets, npm_fetch
-from services.coi_tracking.models import TABLES as TRACKING_TABLES
 from services.common.development import DEV_CONSOLE_SESSION_KEY
-from services.common.service import COMMON_TABLES
 from services.common.unit_of_work import session_factory
 from services.console import app as console_app
 from services.console.sessions import CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE
 from services.console.settings import ConsoleSettings
-from services.order_intake.models import TABLES as ORDER_TABLES
-from services.scheduling.models import TABLES as SCHEDULING_TABLES
-from services.scheduling.models import Case, OfferedOption, Site, SlotAlert
-from tests.support.infra import database
-
-ROOT = Path(__file__).resolve().parents[2]
-TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
-COORDINATOR, CENTER, COURIER, QA = (
-    "dev-coordinator-token",
-    "dev-center-token",
-    "dev-courier-token",
-    "dev-qa-token",
+from services.scheduling.models import Site, SlotAlert
+from tests.support.console import (
+    CENTER,
+    COORDINATOR,
+    COURIER,
+    QA,
+    ServiceApps,
+    add_cases,
+    console_client,
+    console_settings,
+    hidden,
+    mounts,
+    service_apps,
+    sign_in,
 )
+
 BOSTON_COI, DENVER_COI = "CHW4321260000014", "CHW43212600000M*"
-SERVICE_URLS = {
-    "order_intake": "http://order-intake.test",
-    "coi_tracking": "http://coi-tracking.test",
-    "scheduling": "http://scheduling.test",
-}
-SETTINGS = {
-    "order_intake": ("OrderIntakeSettings", [*COMMON_TABLES, *ORDER_TABLES]),
-    "coi_tracking": ("TrackingSettings", [*COMMON_TABLES, *TRACKING_TABLES]),
-    "scheduling": ("SchedulingSettings", [*COMMON_TABLES, *SCHEDULING_TABLES]),
-}
-BOSTON_OFFERED = datetime(2026, 11, 30, 14, 5, tzinfo=UTC)
 DENVER_RAISED = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
 
 def seed_scheduling(engine: Any) -> None:
     """Boston: a case with options offered (to book); Denver: a case whose slot is at risk."""
+    add_cases(engine, (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)), offered=(BOSTON_COI,))
     with session_factory(engine)() as session:
         session.add(Site(id="TC-BOSTON", timezone="America/New_York"))
         session.add(Site(id="TC-DENVER", timezone="America/Denver"))
-        for site, coi in (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)):
-            session.add(
-                Case(
-                    coi=coi,
-                    order_id=uuid.uuid4(),
-                    patient_ref=f"PSN-{site}",
-                    therapy_code="WASKYRA",
-                    treatment_center_id=site,
-                    conditioning_days=4,
-                    eta_at=datetime(2026, 12, 3, 14, 0, tzinfo=UTC),
-                )
-            )
-        session.add(
-            OfferedOption(
-                coi=BOSTON_COI,
-                conditioning_start_on=date(2026, 12, 4),
-                infusion_on=date(2026, 12, 8),
-                offered_at=BOSTON_OFFERED,
-            )
-        )
         session.add(
             SlotAlert(
                 appointment_id=uuid.uuid4(),
@@ -96,68 +60,18 @@ def seed_scheduling(engine: Any) -> None:
         session.commit()
 
 
-@dataclass
-class Services:
-    apps: dict[str, FastAPI]
-
-
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceApps]:
     """The three service apps (never started) on SQLite databases of their own, scheduling's seeded."""
-    scratch = tmp_path_factory.mktemp("console")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CGT_API_TOKENS_FILE", str(TOKENS_FILE))
-        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
-        env.setenv("DATABASE_URL", f"sqlite:///{scratch / 'unused.db'}")
-        env.setenv("LOG_LEVEL", "WARNING")
-        apps: dict[str, FastAPI] = {}
-        with ExitStack() as stack:
-            for service, (settings_class, tables) in SETTINGS.items():
-                (scratch / service).mkdir()
-                engine = stack.enter_context(database("sqlite", scratch / service, tables))
-                module = importlib.import_module(f"services.{service}.app")
-                settings = getattr(module, settings_class)(
-                    database_url=engine.url.render_as_string(hide_password=False)
-                )
-                apps[service] = module.create_app(settings)
-                if service == "scheduling":
-                    seed_scheduling(engine)
-            yield Services(apps)
-
-
-def console_settings(**overrides: Any) -> ConsoleSettings:
-    values: dict[str, Any] = {
-        "console_session_key": "test-console-session-key-of-32-chars-or-more",
-        "console_cookie_secure": False,
-        "order_intake_url": SERVICE_URLS["order_intake"],
-        "coi_tracking_url": SERVICE_URLS["coi_tracking"],
-        "scheduling_url": SERVICE_URLS["scheduling"],
-        "log_level": "WARNING",
-        **overrides,
-    }
-    return ConsoleSettings(**values)
+    with service_apps(tmp_path_factory.mktemp("console")) as apps:
+        seed_scheduling(apps.engines["scheduling"])
+        yield apps
 
 
 @pytest.fixture
-def console(services: Services) -> Iterator[TestClient]:
-    mounts = {SERVICE_URLS[name]: httpx.ASGITransport(app=app) for name, app in services.apps.items()}
-    client = TestClient(console_app.create_app(console_settings(), mounts=mounts), follow_redirects=False)
-    with client:
+def console(services: ServiceApps) -> Iterator[TestClient]:
+    with console_client(services) as client:
         yield client
-
-
-def hidden(page: str, name: str = CSRF_FIELD) -> str:
-    found = re.search(rf'name="{name}" value="([^"]+)"', page)
-    assert found is not None, page
-    return found.group(1)
-
-
-def sign_in(client: TestClient, token: str) -> httpx.Response:
-    form = client.get("/sign-in")
-    assert form.status_code == 200
-    answer: httpx.Response = client.post("/sign-in", data={CSRF_FIELD: hidden(form.text), "token": token})
-    return answer
 
 
 def rows(page: str) -> list[tuple[str, str, str]]:
@@ -175,7 +89,7 @@ def rows(page: str) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------- /whoami on every service
 
 
-def test_whoami_answers_the_callers_identity_and_scope_and_nothing_else(services: Services) -> None:
+def test_whoami_answers_the_callers_identity_and_scope_and_nothing_else(services: ServiceApps) -> None:
     for name, app in services.apps.items():
         client = TestClient(app)
         answer = client.get("/whoami", headers={"Authorization": f"Bearer {CENTER}"})
@@ -223,9 +137,8 @@ def test_signing_in_with_a_good_token_opens_a_session_whose_cookie_holds_no_toke
     assert page.headers["cache-control"] == "no-store"
 
 
-def test_the_cookie_is_secure_unless_configured_off(services: Services) -> None:
-    mounts = {SERVICE_URLS[name]: httpx.ASGITransport(app=app) for name, app in services.apps.items()}
-    app = console_app.create_app(console_settings(console_cookie_secure=True), mounts=mounts)
+def test_the_cookie_is_secure_unless_configured_off(services: ServiceApps) -> None:
+    app = console_app.create_app(console_settings(console_cookie_secure=True), mounts=mounts(services))
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
         answer = sign_in(client, COORDINATOR)
         [cookie] = [c for c in answer.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
@@ -233,7 +146,7 @@ def test_the_cookie_is_secure_unless_configured_off(services: Services) -> None:
 
 
 def test_a_bad_token_is_refused_in_words_and_opens_no_session(console: TestClient) -> None:
-    answer = sign_in(console, "not-a-token-anyone-has")
+    answer = sign_in(console, "not-a-token-anyone-has", status=401)
     assert answer.status_code == 401
     assert "That access token was not accepted." in answer.text
     assert not [c for c in answer.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
@@ -241,7 +154,7 @@ def test_a_bad_token_is_refused_in_words_and_opens_no_session(console: TestClien
 
 
 def test_a_courier_may_not_sign_in_to_the_console(console: TestClient) -> None:
-    answer = sign_in(console, COURIER)
+    answer = sign_in(console, COURIER, status=403)
     assert answer.status_code == 403
     assert "The console is for coordinators, QA reviewers and treatment centers." in answer.text
     assert console.get("/").status_code == 303

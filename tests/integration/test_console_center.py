@@ -5,21 +5,18 @@ reach, no QA in its nav, and another site's case is scheduling's 404 in words.""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.common.unit_of_work import session_factory
 from services.console.sessions import CSRF_FIELD
-from services.scheduling.models import Case, OfferedOption
 from tests.support.console import (
     CENTER,
     QA_PIN,
     ServiceApps,
+    add_cases,
     console_client,
     hidden,
     post_forms,
@@ -39,28 +36,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceApps]:
         scheduling = apps.client("scheduling")
         put_site(scheduling, "TC-BOSTON")
         put_site(scheduling, "TC-DENVER", timezone="America/Denver")
-        with session_factory(apps.engines["scheduling"])() as session:
-            for site, coi in (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)):
-                session.add(
-                    Case(
-                        coi=coi,
-                        order_id=uuid.uuid4(),
-                        patient_ref=f"PSN-{site}",
-                        therapy_code="WASKYRA",
-                        treatment_center_id=site,
-                        conditioning_days=4,
-                        eta_at=datetime(2026, 12, 3, 14, 0, tzinfo=UTC),
-                    )
-                )
-                session.add(
-                    OfferedOption(
-                        coi=coi,
-                        conditioning_start_on=date(2026, 12, 4),
-                        infusion_on=date(2026, 12, 8),
-                        offered_at=datetime(2026, 11, 30, 14, 5, tzinfo=UTC),
-                    )
-                )
-            session.commit()
+        add_cases(
+            apps.engines["scheduling"],
+            (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)),
+            offered=(BOSTON_COI, DENVER_COI),
+        )
         quarantined_shipment(apps, apps.client("coi_tracking"), "TC-DENVER")
         yield apps
 

@@ -5,7 +5,6 @@ every site scheduling knows (its `GET /sites`); the treatment center's view: tes
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -14,11 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.common.unit_of_work import session_factory
-from services.scheduling.models import Appointment, Case
+from services.scheduling.models import Appointment
 from tests.support.console import (
     COORDINATOR,
     QA,
     ServiceApps,
+    add_cases,
     console_client,
     put_site,
     service_apps,
@@ -43,18 +43,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceApps]:
         scheduling = apps.client("scheduling")
         put_site(scheduling, "TC-BOSTON", blackout_dates=[BLACKOUT.isoformat()])
         put_site(scheduling, "TC-DENVER", timezone="America/Denver")
+        add_cases(
+            apps.engines["scheduling"], (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)), eta_at=None
+        )
         with session_factory(apps.engines["scheduling"])() as session:
-            for site, coi in (("TC-BOSTON", BOSTON_COI), ("TC-DENVER", DENVER_COI)):
-                session.add(
-                    Case(
-                        coi=coi,
-                        order_id=uuid.uuid4(),
-                        patient_ref=f"PSN-{site}",
-                        therapy_code="WASKYRA",
-                        treatment_center_id=site,
-                        conditioning_days=4,
-                    )
-                )
             session.add(
                 Appointment(
                     coi=BOSTON_COI,

@@ -13,10 +13,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ from services.console.sessions import CSRF_FIELD
 from services.console.settings import ConsoleSettings
 from services.order_intake.models import TABLES as ORDER_TABLES
 from services.scheduling.models import TABLES as SCHEDULING_TABLES
+from services.scheduling.models import Case, OfferedOption
 from tests.support.infra import database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,14 +81,22 @@ class ServiceApps:
 
 
 @contextmanager
-def service_apps(scratch: Path) -> Iterator[ServiceApps]:
-    """The three service apps (never started: no broker) on SQLite databases of their own in `scratch`."""
+def service_env(scratch: Path) -> Iterator[None]:
+    """The environment a service app reads at creation: the dev tokens, fresh keys, a database URL in
+    `scratch` that nothing uses (each app is given its own), quiet logs."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CGT_API_TOKENS_FILE", str(TOKENS_FILE))
         env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
         env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
         env.setenv("DATABASE_URL", f"sqlite:///{scratch / 'unused.db'}")
         env.setenv("LOG_LEVEL", "WARNING")
+        yield
+
+
+@contextmanager
+def service_apps(scratch: Path) -> Iterator[ServiceApps]:
+    """The three service apps (never started: no broker) on SQLite databases of their own in `scratch`."""
+    with service_env(scratch):
         apps: dict[str, FastAPI] = {}
         engines: dict[str, Engine] = {}
         with ExitStack() as stack:
@@ -117,11 +126,16 @@ def console_settings(urls: dict[str, str] | None = None, **overrides: Any) -> Co
     return ConsoleSettings(**values)
 
 
+def mounts(services: ServiceApps) -> dict[str, httpx.AsyncBaseTransport]:
+    """The console client's transports to the service apps in process, by the URLs `console_settings` gives."""
+    return {SERVICE_URLS[name]: httpx.ASGITransport(app=app) for name, app in services.apps.items()}
+
+
 @contextmanager
 def console_client(services: ServiceApps) -> Iterator[TestClient]:
     """The console under TestClient, its client wired to the service apps in process."""
-    mounts = {SERVICE_URLS[name]: httpx.ASGITransport(app=app) for name, app in services.apps.items()}
-    client = TestClient(console_app.create_app(console_settings(), mounts=mounts), follow_redirects=False)
+    app = console_app.create_app(console_settings(), mounts=mounts(services))
+    client = TestClient(app, follow_redirects=False)
     with client:
         yield client
 
@@ -132,11 +146,12 @@ def hidden(page: str, name: str = CSRF_FIELD) -> str:
     return found.group(1)
 
 
-def sign_in(client: TestClient, token: str) -> httpx.Response:
+def sign_in(client: TestClient, token: str, status: int = 303) -> httpx.Response:
+    """The sign-in form posted with `token`; its answer, whose status must be `status` (303: signed in)."""
     form = client.get("/sign-in")
     assert form.status_code == 200
     answer: httpx.Response = client.post("/sign-in", data={CSRF_FIELD: hidden(form.text), "token": token})
-    assert answer.status_code == 303, answer.text
+    assert answer.status_code == status, answer.text
     return answer
 
 
@@ -164,6 +179,44 @@ def put_site(scheduling: TestClient, site: str, **calendar: Any) -> None:
 def enrol_pin(tracking: TestClient, token: str, pin: str = QA_PIN) -> None:
     answer = tracking.put("/qa-signers/me/signing-pin", json={"signing_pin": pin}, headers=bearer(token))
     assert answer.status_code == 200, answer.text
+
+
+CASE_ETA = datetime(2026, 12, 3, 14, 0, tzinfo=UTC)
+OFFERED_AT = datetime(2026, 11, 30, 14, 5, tzinfo=UTC)
+
+
+def add_cases(
+    engine: Engine,
+    cases: Iterable[tuple[str, str]],
+    *,
+    eta_at: datetime | None = CASE_ETA,
+    offered: Iterable[str] = (),
+) -> None:
+    """Into scheduling's database: a case per (site, COI) (4 days of conditioning, its ETA `eta_at`), and
+    for each COI in `offered` one option offered at OFFERED_AT (conditioning 2026-12-04, infusion 12-08)."""
+    with session_factory(engine)() as session:
+        for site, coi in cases:
+            session.add(
+                Case(
+                    coi=coi,
+                    order_id=uuid.uuid4(),
+                    patient_ref=f"PSN-{site}",
+                    therapy_code="WASKYRA",
+                    treatment_center_id=site,
+                    conditioning_days=4,
+                    eta_at=eta_at,
+                )
+            )
+        for coi in offered:
+            session.add(
+                OfferedOption(
+                    coi=coi,
+                    conditioning_start_on=date(2026, 12, 4),
+                    infusion_on=date(2026, 12, 8),
+                    offered_at=OFFERED_AT,
+                )
+            )
+        session.commit()
 
 
 SHIPMENT_NUMBERS = itertools.count(1)
@@ -234,10 +287,13 @@ def free_port() -> int:
 
 @contextmanager
 def serving(app: FastAPI, *, lifespan: Literal["on", "off"]) -> Iterator[str]:
-    """`app` under uvicorn on a free loopback port in a thread, until the block ends; its base URL."""
+    """`app` under uvicorn on a free loopback port in a thread, until the block ends; its base URL. With
+    `lifespan="off"` no broker is started: a service app's routes need only its database."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan=lifespan, log_level="warning")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan=lifespan, log_level="warning", access_log=False
+        )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -264,11 +320,19 @@ class ConsoleSite:
 
 
 @contextmanager
+def serving_console(
+    apps: dict[str, FastAPI], *, lifespan: Literal["on", "off"]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """The service apps (lifespan off: no broker) and a console wired to them, each under uvicorn on
+    loopback, until the block ends: the console's URL (its lifespan as given) and the services' URLs."""
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(serving(app, lifespan="off")) for name, app in apps.items()}
+        console = console_app.create_app(console_settings(urls))
+        yield stack.enter_context(serving(console, lifespan=lifespan)), urls
+
+
+@contextmanager
 def running_console(scratch: Path) -> Iterator[ConsoleSite]:
     """The three service apps (lifespan off: no broker) and the console, each under uvicorn on loopback."""
-    with service_apps(scratch) as services, ExitStack() as stack:
-        urls = {
-            name: stack.enter_context(serving(app, lifespan="off")) for name, app in services.apps.items()
-        }
-        console = console_app.create_app(console_settings(urls))
-        yield ConsoleSite(stack.enter_context(serving(console, lifespan="on")), urls, services)
+    with service_apps(scratch) as services, serving_console(services.apps, lifespan="on") as (url, urls):
+        yield ConsoleSite(url, urls, services)

@@ -1,15 +1,13 @@
 """The three real service apps for the console's tests, never started (no broker): SQLite databases of their
 own with the services' seeds, and `Relay`, which carries what each wrote to its outbox to the others'
 handlers as their consumers would (one transaction per event), so that a case can be driven through the real
-APIs from order to infusion. `serve` runs the apps and the console under uvicorn on loopback ports, for the
-browser tests (`console_site` in tests/browser/conftest.py)."""
+APIs from order to infusion. `console_site_running` runs the apps and the console under uvicorn on loopback
+ports (`serving` of tests/support/console.py), for the browser tests (`console_relay_site` in
+tests/browser/conftest.py)."""
 
 from __future__ import annotations
 
 import importlib
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
 from cgt_contracts.events import parse_event
-from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -39,10 +34,9 @@ from services.order_intake.seed import seed_registry
 from services.scheduling import handlers as scheduling_handlers
 from services.scheduling import runtime as scheduling_runtime
 from services.scheduling.models import TABLES as SCHEDULING_TABLES
+from tests.support.console import service_env, serving_console
 from tests.support.infra import database
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKENS_FILE = ROOT / "deploy" / "dev-tokens.json"
 COORDINATOR = {"Authorization": "Bearer dev-coordinator-token"}
 COURIER = {"Authorization": "Bearer dev-courier-token"}
 COURIER_2 = {"Authorization": "Bearer dev-courier2-token"}
@@ -139,12 +133,7 @@ class ServiceStack:
 def service_stack(scratch: Path) -> Iterator[ServiceStack]:
     """The three service apps on SQLite databases under `scratch`, seeded as `make up` seeds them (order
     intake's registry, COI tracking's couriers, scheduling's sites, network and protocol)."""
-    with pytest.MonkeyPatch.context() as env, ExitStack() as stack:
-        env.setenv("CGT_API_TOKENS_FILE", str(TOKENS_FILE))
-        env.setenv("PHI_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("PATIENT_MATCH_KEY", "test-patient-match-key-of-32-chars-or-more")
-        env.setenv("DATABASE_URL", f"sqlite:///{scratch / 'unused.db'}")
-        env.setenv("LOG_LEVEL", "WARNING")
+    with service_env(scratch), ExitStack() as stack:
         apps: dict[str, FastAPI] = {}
         engines: dict[str, Engine] = {}
         for service, (settings_class, tables) in SERVICES.items():
@@ -218,35 +207,6 @@ def call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
 # --------------------------------------------------------------------------------- under uvicorn
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def serve(app: Any, port: int) -> Iterator[str]:
-    """`app` under uvicorn on 127.0.0.1:`port` in a thread, without its lifespan (no broker is started:
-    a service app's routes need only its database), until the block ends."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"uvicorn did not start on port {port}")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @dataclass
 class ConsoleSite:
     """The console and the three service apps under uvicorn on loopback: their base URLs, and the stack
@@ -257,23 +217,7 @@ class ConsoleSite:
     stack: ServiceStack
 
 
-CONSOLE_SESSION_KEY = "test-console-session-key-of-32-chars-or-more"
-
-
 @contextmanager
 def console_site_running(scratch: Path) -> Iterator[ConsoleSite]:
-    from services.console import app as console_app
-    from services.console.settings import ConsoleSettings
-
-    with service_stack(scratch) as stack, ExitStack() as servers:
-        services = {name: servers.enter_context(serve(app, free_port())) for name, app in stack.apps.items()}
-        settings = ConsoleSettings(
-            console_session_key=CONSOLE_SESSION_KEY,
-            console_cookie_secure=False,
-            order_intake_url=services["order_intake"],
-            coi_tracking_url=services["coi_tracking"],
-            scheduling_url=services["scheduling"],
-            log_level="WARNING",
-        )
-        url = servers.enter_context(serve(console_app.create_app(settings), free_port()))
+    with service_stack(scratch) as stack, serving_console(stack.apps, lifespan="off") as (url, services):
         yield ConsoleSite(url, services, stack)
