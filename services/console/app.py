@@ -193,6 +193,26 @@ def create_app(
 
     app.add_middleware(CorrelationMiddleware)
 
+    _add_basics(app, console, log)
+    _add_sign_in_routes(app, console, log)
+    _add_worklist_routes(app, console)
+
+    # ------------------------------------------------------------------------ case (services/console/case_page.py)
+
+    from services.console.case_page import router as case_router  # it uses this module's page helpers
+
+    app.router.routes.extend(case_router.routes)  # flat, as if declared here (include_router nests them)
+
+    from services.console import qa_sites  # its routes use this module's helpers
+
+    app.router.routes.extend(qa_sites.router.routes)  # as the app's own: the CSRF test lists every POST
+    return app
+
+
+def _add_basics(app: FastAPI, console: Console, log: Any) -> None:
+    """The sign-in and CSRF handlers, `/health`, htmx and the static files, on the app itself."""
+    settings = console.settings
+
     @app.exception_handler(SignInRequired)
     async def to_sign_in(request: Request, _: SignInRequired) -> Response:
         if request.headers.get("HX-Request"):
@@ -219,7 +239,10 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    # ------------------------------------------------------------------------ sign-in, sign-out
+
+def _add_sign_in_routes(app: FastAPI, console: Console, log: Any) -> None:
+    """`GET`/`POST /sign-in` and `POST /sign-out`, on the app itself."""
+    settings, client = console.settings, console.client
 
     def sign_in_page(request: Request, status_code: int = 200, problem: str | None = None) -> HTMLResponse:
         token, cookie = console.sessions.sign_in_token()
@@ -274,7 +297,10 @@ def create_app(
         response.delete_cookie(SESSION_COOKIE, **_cookie_options(settings))
         return response
 
-    # ------------------------------------------------------------------------ worklist
+
+def _add_worklist_routes(app: FastAPI, console: Console) -> None:
+    """`GET /`, `/worklist` and `/worklist/rows`, on the app itself."""
+    client = console.client
 
     async def site_zones(session: ConsoleSession, request: Request, sites: set[str]) -> dict[str, Any]:
         """Each site's time zone (scheduling `GET /sites/{id}`); UTC for a site it has no calendar of."""
@@ -336,14 +362,3 @@ def create_app(
         except ServiceError as error:
             return render(request, "_error.html", session, 200, error=error)
         return render(request, "_worklist_rows.html", session, **context)
-
-    # ------------------------------------------------------------------------ case (services/console/case_page.py)
-
-    from services.console.case_page import router as case_router  # it uses this module's page helpers
-
-    app.router.routes.extend(case_router.routes)  # flat, as if declared here (include_router nests them)
-
-    from services.console import qa_sites  # its routes use this module's helpers
-
-    app.router.routes.extend(qa_sites.router.routes)  # as the app's own: the CSRF test lists every POST
-    return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.console import charts, timeline
-from services.console.client import ServiceError, ServiceName
+from services.console.client import ServiceClient, ServiceError, ServiceName
 from services.console.sessions import ConsoleSession
 
 router = APIRouter()
@@ -80,95 +80,128 @@ def _day(value: str | None, zone: ZoneInfo) -> str:
     return f"{value} ({zone.key})" if value else ""
 
 
-@router.get("/cases/{coi}", response_class=HTMLResponse)
-async def case_page(request: Request, coi: str) -> Response:
-    app = _app()
-    session = app.signed_in(request)
-    console = app.console_of(request)
-    correlation_id = app.correlation_id_of(request)
-    client = console.client
+@dataclass
+class _Reads:
+    """The case page's calls to the services, as the signed-in session, and the refusals they met (shown on
+    the page in words, each part it could not read left empty)."""
 
-    async def fetch(service: ServiceName, path: str, params: dict[str, str] | None = None) -> Any:
-        return await client.get(
-            service, path, token=session.token, correlation_id=correlation_id, params=params
+    client: ServiceClient
+    token: str
+    correlation_id: str
+    errors: list[ServiceError] = field(default_factory=list)
+
+    async def fetch(self, service: ServiceName, path: str, params: dict[str, str] | None = None) -> Any:
+        return await self.client.get(
+            service, path, token=self.token, correlation_id=self.correlation_id, params=params
         )
 
-    async def pages(service: ServiceName, path: str, max_pages: int) -> list[Any]:
+    async def pages(self, service: ServiceName, path: str, max_pages: int) -> list[Any]:
         items: list[Any]
-        items, _ = await client.get_pages(
+        items, _ = await self.client.get_pages(
             service,
             path,
-            token=session.token,
-            correlation_id=correlation_id,
+            token=self.token,
+            correlation_id=self.correlation_id,
             params={"limit": "500"},
             max_pages=max_pages,
         )
         return items
 
-    try:
-        case = await fetch("scheduling", f"/cases/{quote(coi, safe='')}")
-    except ServiceError as error:
-        refused: Response = app.error_page(request, session, error)
-        return refused
-    site = case["treatment_center_id"]
-    appointment = case.get("appointment")
-    errors: list[ServiceError] = []
-
-    def kept(part: Any, empty: Any) -> Any:
+    def kept(self, part: Any, empty: Any) -> Any:
         if isinstance(part, ServiceError):
-            errors.append(part)
+            self.errors.append(part)
             return empty
         if isinstance(part, BaseException):
             raise part
         return part
 
+
+@dataclass
+class _Record:
+    """What the first round of calls read of a case (each part empty if its service refused)."""
+
+    orders: list[Any]
+    shipments: list[Any]
+    plans: list[Any]
+    visits: list[Any]
+    zone: ZoneInfo
+    deliveries: list[Any]
+
+
+async def _first_round(
+    reads: _Reads, request: Request, session: ConsoleSession, coi: str, case: dict[str, Any]
+) -> _Record:
+    """Orders, shipments, plans, follow-up, the site's zone and the appointment's messages, concurrently."""
+    appointment = case.get("appointment")
     first = await asyncio.gather(
-        fetch("order_intake", "/orders", {"coi": coi}),
-        fetch("coi_tracking", "/shipments", {"coi": coi}),
-        fetch("scheduling", f"/cases/{quote(coi, safe='')}/plans"),
-        fetch("scheduling", f"/cases/{quote(coi, safe='')}/follow-up"),
-        _zone(request, session, site),
-        pages("scheduling", f"/appointments/{appointment['id']}/deliveries", 2)
+        reads.fetch("order_intake", "/orders", {"coi": coi}),
+        reads.fetch("coi_tracking", "/shipments", {"coi": coi}),
+        reads.fetch("scheduling", f"/cases/{quote(coi, safe='')}/plans"),
+        reads.fetch("scheduling", f"/cases/{quote(coi, safe='')}/follow-up"),
+        _zone(request, session, case["treatment_center_id"]),
+        reads.pages("scheduling", f"/appointments/{appointment['id']}/deliveries", 2)
         if appointment
         else asyncio.sleep(0, []),
         return_exceptions=True,
     )
-    orders = kept(first[0], [])
-    shipments = kept(first[1], [])
-    plans = kept(first[2], [])
-    visits = kept(first[3], [])
+    orders = reads.kept(first[0], [])
+    shipments = reads.kept(first[1], [])
+    plans = reads.kept(first[2], [])
+    visits = reads.kept(first[3], [])
     zone: ZoneInfo = first[4] if isinstance(first[4], ZoneInfo) else timeline.zone_of(None)
-    deliveries = kept(first[5], [])
+    deliveries = reads.kept(first[5], [])
+    return _Record(orders, shipments, plans, visits, zone, deliveries)
 
+
+async def _second_round(reads: _Reads, record: _Record) -> None:
+    """What hangs off the orders and shipments, concurrently: each order's history and collections, each
+    shipment's scans, ledger and readings (the readings drawn as its chart), kept on them."""
+    orders, shipments = record.orders, record.shipments
     second = await asyncio.gather(
-        *(fetch("order_intake", f"/orders/{o['id']}/history") for o in orders),
-        *(fetch("order_intake", f"/orders/{o['id']}/collections") for o in orders),
-        *(fetch("coi_tracking", f"/shipments/{s['id']}/scans") for s in shipments),
-        *(fetch("coi_tracking", f"/shipments/{s['id']}/ledger") for s in shipments),
-        *(pages("coi_tracking", f"/shipments/{s['id']}/readings", READING_PAGES) for s in shipments),
+        *(reads.fetch("order_intake", f"/orders/{o['id']}/history") for o in orders),
+        *(reads.fetch("order_intake", f"/orders/{o['id']}/collections") for o in orders),
+        *(reads.fetch("coi_tracking", f"/shipments/{s['id']}/scans") for s in shipments),
+        *(reads.fetch("coi_tracking", f"/shipments/{s['id']}/ledger") for s in shipments),
+        *(reads.pages("coi_tracking", f"/shipments/{s['id']}/readings", READING_PAGES) for s in shipments),
         return_exceptions=True,
     )
     n, m = len(orders), len(shipments)
     for i, order in enumerate(orders):
-        order["history"] = kept(second[i], [])
-        order["collections"] = kept(second[n + i], [])
+        order["history"] = reads.kept(second[i], [])
+        order["collections"] = reads.kept(second[n + i], [])
     for i, shipment in enumerate(shipments):
-        shipment["scans"] = kept(second[2 * n + i], [])
-        shipment["ledger"] = kept(second[2 * n + m + i], None)
-        readings = kept(second[2 * n + 2 * m + i], [])
-        shipment["chart"] = charts.temperature_chart(
-            readings,
-            max_celsius=shipment["storage_limit_celsius"],
-            min_celsius=shipment.get("min_celsius"),
-            zone=zone,
-            title=f"Temperatures of the {shipment['leg']} shipment to {shipment['destination']}",
-            chart_id=f"chart-{shipment['id']}",
-        )
-        shipment["reading_count"] = len(readings)
+        shipment["scans"] = reads.kept(second[2 * n + i], [])
+        shipment["ledger"] = reads.kept(second[2 * n + m + i], None)
+        _chart(shipment, reads.kept(second[2 * n + 2 * m + i], []), record.zone)
 
-    outcome = console.outcomes.pop(session.id, None)
+
+def _chart(shipment: dict[str, Any], readings: list[Any], zone: ZoneInfo) -> None:
+    """A shipment's temperature chart (against its own limits) and how many readings it draws."""
+    shipment["chart"] = charts.temperature_chart(
+        readings,
+        max_celsius=shipment["storage_limit_celsius"],
+        min_celsius=shipment.get("min_celsius"),
+        zone=zone,
+        title=f"Temperatures of the {shipment['leg']} shipment to {shipment['destination']}",
+        chart_id=f"chart-{shipment['id']}",
+    )
+    shipment["reading_count"] = len(readings)
+
+
+def _render(
+    request: Request,
+    session: ConsoleSession,
+    coi: str,
+    case: dict[str, Any],
+    record: _Record,
+    errors: list[ServiceError],
+) -> Response:
+    """The page: the record, the session's last outcome on this case (once), and the forms it may use."""
+    app = _app()
+    outcome = app.console_of(request).outcomes.pop(session.id, None)
     if outcome is not None and outcome.coi != coi:
         outcome = None
+    orders, zone = record.orders, record.zone
     live_order = next((o for o in reversed(orders) if o["status"] not in ("rejected", "cancelled")), None)
     local = datetime.now(UTC).astimezone(zone)
     page: Response = app.render(
@@ -178,15 +211,15 @@ async def case_page(request: Request, coi: str) -> Response:
         case=case,
         orders=orders,
         live_order=live_order,
-        shipments=shipments,
-        plans=plans,
-        visits=visits,
-        deliveries=deliveries,
+        shipments=record.shipments,
+        plans=record.plans,
+        visits=record.visits,
+        deliveries=record.deliveries,
         zone=zone.key,
         eta_local=timeline.local_time(case.get("eta_at"), zone),
         at=lambda value: timeline.local_time(value, zone),
         day=lambda value: _day(value, zone),
-        moments=timeline.case_timeline(case, orders, shipments, zone),
+        moments=timeline.case_timeline(case, orders, record.shipments, zone),
         errors=errors,
         outcome=outcome,
         may_act=session.caller.role in ACTOR_ROLES,
@@ -195,6 +228,21 @@ async def case_page(request: Request, coi: str) -> Response:
         now_local=f"{local:%Y-%m-%dT%H:%M}",
     )
     return page
+
+
+@router.get("/cases/{coi}", response_class=HTMLResponse)
+async def case_page(request: Request, coi: str) -> Response:
+    app = _app()
+    session = app.signed_in(request)
+    reads = _Reads(app.console_of(request).client, session.token, app.correlation_id_of(request))
+    try:
+        case = await reads.fetch("scheduling", f"/cases/{quote(coi, safe='')}")
+    except ServiceError as error:
+        refused: Response = app.error_page(request, session, error)
+        return refused
+    record = await _first_round(reads, request, session, coi, case)
+    await _second_round(reads, record)
+    return _render(request, session, coi, case, record, reads.errors)
 
 
 # ---------------------------------------------------------------------------------------------- actions
